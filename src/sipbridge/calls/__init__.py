@@ -1,0 +1,1 @@
+"""Calls: what the gateway does with each call the SIP core reports."""
