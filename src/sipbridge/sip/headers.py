@@ -1,0 +1,335 @@
+"""Typed header values: name-addr, Via, CSeq, and the header-name tables (RFC 3261 7.3, 20, 25.1)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from sipbridge.sip.errors import ParseError
+from sipbridge.sip.uri import Params, SipUri, Uri, parse_host_port, parse_uri
+
+# RFC 3261 7.3.3 and the registry of compact forms.
+COMPACT = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+    "y": "Identity",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+}
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+        "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+        "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+        "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "In-Reply-To",
+        "Max-Forwards", "MIME-Version", "Min-Expires", "Organization", "P-Asserted-Identity",
+        "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+        "Reason", "Record-Route", "Refer-To", "Referred-By", "Reply-To", "Require",
+        "Retry-After", "Route", "RSeq", "Server", "Session-Expires", "Subject",
+        "Subscription-State", "Supported", "Timestamp", "To", "Unsupported", "User-Agent",
+        "Via", "Warning", "WWW-Authenticate",
+    )
+}
+
+# Headers whose values are comma-separated lists (RFC 3261 7.3.1): `get_all` splits them.
+LIST_HEADERS = frozenset(
+    {
+        "via", "contact", "route", "record-route", "allow", "supported", "require",
+        "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
+        "allow-events", "content-encoding", "content-language", "in-reply-to",
+    }
+)
+
+_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+
+
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+
+def canonical_name(name: str) -> tuple[str, str]:
+    """(lower-case key, display name) for a header name, expanding compact forms."""
+    cached = _NAME_CACHE.get(name)
+    if cached is not None:
+        return cached
+    result = _canonical_name(name)
+    if len(_NAME_CACHE) < 4096:  # names come from peers: keep the cache bounded
+        _NAME_CACHE[name] = result
+    return result
+
+
+def _canonical_name(name: str) -> tuple[str, str]:
+    lname = name.lower()
+    full = COMPACT.get(lname)
+    if full is not None:
+        return full.lower(), full
+    return lname, _CANONICAL.get(lname, name)
+
+
+def is_token(text: str) -> bool:
+    return bool(_TOKEN.match(text))
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            items.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    items.append(value[start:].strip())
+    return [item for item in items if item]
+
+
+def _split_params(text: str, what: str) -> Params:
+    """`;name[=value]` header parameters (generic-param, RFC 3261 25.1); quoted values kept."""
+    out: list[tuple[str, str | None]] = []
+    for part in _split_semicolons(text):
+        part = part.strip()
+        if not part:
+            raise ParseError(f"empty parameter in {what}")
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not is_token(name):
+            raise ParseError(f"invalid parameter name {name[:40]!r} in {what}")
+        if sep:
+            if not value:
+                raise ParseError(f"parameter {name} has an empty value in {what}")
+            if value.startswith('"'):
+                if len(value) < 2 or not value.endswith('"'):
+                    raise ParseError(f"unterminated quoted value in {what}")
+            elif not re.match(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$", value):
+                raise ParseError(f"invalid value for parameter {name} in {what}")
+        out.append((name, value if sep else None))
+    return tuple(out)
+
+
+def _split_semicolons(text: str) -> list[str]:
+    if '"' not in text:
+        return text.split(";")[1:] if text.startswith(";") else text.split(";")
+    parts: list[str] = []
+    quoted = False
+    cur: list[str] = []
+    for i, c in enumerate(text):
+        if c == '"' and (i == 0 or text[i - 1] != "\\"):
+            quoted = not quoted
+        if c == ";" and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    if quoted:
+        raise ParseError("unterminated quoted string in parameters")
+    parts.append("".join(cur))
+    return parts[1:] if text.startswith(";") else parts
+
+
+def _get_param(params: Params, name: str) -> str | None:
+    lname = name.lower()
+    for k, v in params:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def _format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """name-addr / addr-spec with header parameters: From, To, Contact, Route (RFC 3261 20.10)."""
+
+    uri: Uri
+    display: str | None = None
+    params: Params = ()
+
+    @property
+    def tag(self) -> str | None:
+        return _get_param(self.params, "tag")
+
+    def param(self, name: str) -> str | None:
+        return _get_param(self.params, name)
+
+    def with_tag(self, tag: str) -> NameAddr:
+        keep = tuple((k, v) for k, v in self.params if k.lower() != "tag")
+        return replace(self, params=keep + (("tag", tag),))
+
+    def __str__(self) -> str:
+        display = f"{self.display} " if self.display else ""
+        return f"{display}<{self.uri}>{_format_params(self.params)}"
+
+
+def parse_name_addr(value: str, what: str = "header") -> NameAddr:
+    """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters."""
+    text = value.strip()
+    if not text:
+        raise ParseError(f"empty {what}")
+    display: str | None = None
+    if "<" in text:
+        lt = text.find("<")
+        if text.startswith('"'):
+            end = _closing_quote(text, what)
+            display = text[: end + 1]
+            lt = text.find("<", end)
+            if lt < 0 or text[end + 1 : lt].strip():
+                raise ParseError(f"junk after display name in {what}")
+        else:
+            display = text[:lt].strip() or None
+            if display is not None and not all(is_token(w) for w in display.split()):
+                raise ParseError(f"invalid display name in {what}")
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise ParseError(f"unterminated <uri> in {what}")
+        uri = parse_uri(text[lt + 1 : gt].strip())
+        rest = text[gt + 1 :].strip()
+        if rest and not rest.startswith(";"):
+            raise ParseError(f"junk after <uri> in {what}")
+        params = _split_params(rest, what) if rest else ()
+        return NameAddr(uri=uri, display=display, params=params)
+    # addr-spec: parameters after it belong to the header, not the URI (RFC 3261 20.10).
+    if text.startswith('"'):
+        raise ParseError(f"display name without <uri> in {what}")
+    uri_text, semi, rest = text.partition(";")
+    if " " in uri_text.strip():
+        raise ParseError(f"invalid address in {what}")
+    params = _split_params(rest, what) if semi else ()
+    return NameAddr(uri=parse_uri(uri_text.strip()), params=params)
+
+
+def _closing_quote(text: str, what: str) -> int:
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i
+        i += 1
+    raise ParseError(f"unterminated quoted display name in {what}")
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via entry (RFC 3261 20.42, RFC 3581 rport/received)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = ()
+
+    @property
+    def branch(self) -> str | None:
+        return _get_param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return _get_param(self.params, "received")
+
+    @property
+    def has_rport(self) -> bool:
+        return any(k.lower() == "rport" for k, _ in self.params)
+
+    @property
+    def rport(self) -> int | None:
+        value = _get_param(self.params, "rport")
+        return int(value) if value and value.isdigit() else None
+
+    def with_received(self, host: str, port: int | None) -> Via:
+        """RFC 3581 4: add received=, and fill rport= when the client asked for it."""
+        out: list[tuple[str, str | None]] = []
+        for k, v in self.params:
+            lk = k.lower()
+            if lk == "received":
+                continue
+            if lk == "rport" and port is not None:
+                v = str(port)
+            out.append((k, v))
+        out.append(("received", host))
+        return replace(self, params=tuple(out))
+
+    def __str__(self) -> str:
+        hp = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"SIP/2.0/{self.transport} {hp}{_format_params(self.params)}"
+
+
+def parse_via(value: str) -> Via:
+    """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`."""
+    text = value.strip()
+    proto, _, rest = text.partition(" ")
+    parts = [p.strip() for p in proto.split("/")]
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not is_token(parts[2]):
+        # Tolerate whitespace around the slashes (RFC 4475 3.1.1.1): re-split on "/".
+        joined = re.sub(r"\s*/\s*", "/", text)
+        proto, _, rest = joined.partition(" ")
+        parts = proto.split("/")
+        if len(parts) != 3 or parts[0].upper() != "SIP" or not is_token(parts[2]):
+            raise ParseError(f"invalid Via protocol {proto[:40]!r}")
+        if parts[1] != "2.0":
+            raise ParseError(f"unsupported Via protocol version {parts[1][:10]!r}")
+    sent_by, semi, params_text = rest.strip().partition(";")
+    host, port = parse_host_port(sent_by.strip().replace(" ", ""), "Via")
+    params = _split_params(params_text, "Via") if semi else ()
+    return Via(transport=parts[2].upper(), host=host, port=port, params=params)
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    """CSeq: sequence number and method (RFC 3261 20.16)."""
+
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    num, _, method = value.strip().partition(" ")
+    method = method.strip()
+    if not num.isdigit() or len(num) > 10 or int(num) >= 2**32:
+        raise ParseError(f"invalid CSeq number {num[:20]!r}")
+    if not is_token(method):
+        raise ParseError(f"invalid CSeq method {method[:20]!r}")
+    return CSeq(int(num), method)
+
+
+def sip_target(addr: NameAddr, what: str) -> SipUri:
+    """The SIP URI of a Contact or Route entry; a tel: URI there is an error."""
+    if not isinstance(addr.uri, SipUri):
+        raise ParseError(f"{what} must be a sip: or sips: URI")
+    return addr.uri

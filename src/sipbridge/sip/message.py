@@ -1,0 +1,464 @@
+"""SIP messages: parse bytes into typed requests and responses, and serialise them back.
+
+RFC 3261 section 7 (message format), 18.3 (framing), 20 (header fields). Parsing is
+in two steps: `parse_message` frames the message (start line, headers, body) and
+`Request.validate()` checks the mandatory headers, so a request that frames but is
+broken can still be answered with a precise 4xx (RFC 3261 8.2.6.2 needs only the raw
+Via, From, To, Call-ID and CSeq values to build a response).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
+
+from sipbridge.sip.errors import MessageTooLarge, ParseError, SipError
+from sipbridge.sip.headers import (
+    LIST_HEADERS,
+    CSeq,
+    NameAddr,
+    Via,
+    canonical_name,
+    is_token,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
+from sipbridge.sip.uri import Uri, parse_uri
+
+SIP_VERSION = "SIP/2.0"
+DEFAULT_MAX_SIZE = 65_535
+MAX_HEADERS = 200
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Moved Temporarily", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 500: "Server Internal Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+_STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) (.*)$")
+_HEADER_NAME_OK = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+
+
+_T = TypeVar("_T")
+
+
+class cached_property(Generic[_T]):  # noqa: N801 - same role as functools.cached_property
+    """A lock-free cached property: functools' one takes a lock on every first access in 3.11."""
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> cached_property[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> _T: ...
+    def __get__(self, obj: object | None, owner: type) -> _T | cached_property[_T]:
+        if obj is None:
+            return self
+        value = self.func(obj)
+        obj.__dict__[self.name] = value
+        return value
+
+
+def reason_phrase(status: int) -> str:
+    return REASONS.get(status, "Unknown")
+
+
+class Headers:
+    """An ordered, case-insensitive multi-map of header fields; compact names expanded."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        # Each item: (lower-case key, display name, value).
+        self._items: list[tuple[str, str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    def add(self, name: str, value: str) -> None:
+        key, display = canonical_name(name)
+        self._items.append((key, display, value))
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header, or None."""
+        key = canonical_name(name)[0]
+        for k, _, v in self._items:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, comma-joined list headers split (RFC 3261 7.3.1)."""
+        key = canonical_name(name)[0]
+        values = [v for k, _, v in self._items if k == key]
+        if key in LIST_HEADERS:
+            return [item for v in values for item in split_list(v)]
+        return values
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of a header with one value, kept at the first one's place."""
+        key, display = canonical_name(name)
+        for i, (k, _, _) in enumerate(self._items):
+            if k == key:
+                self._items[i] = (key, display, value)
+                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0] != key]
+                return
+        self._items.append((key, display, value))
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name)[0]
+        self._items = [it for it in self._items if it[0] != key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((display, value) for _, display, value in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def copy(self) -> Headers:
+        h = Headers()
+        h._items = list(self._items)
+        return h
+
+
+class Message:
+    """What requests and responses share: headers, body and typed views of common headers."""
+
+    headers: Headers
+    body: bytes
+
+    def __init__(self, headers: Headers | Iterable[tuple[str, str]], body: bytes) -> None:
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise; Content-Length always states the real body length (RFC 3261 20.14)."""
+        lines = [self._start_line()]
+        for name, value in self.headers:
+            if name != "Content-Length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    # Typed views, parsed on first use and cached (parse once, at the edge).
+    @cached_property
+    def vias(self) -> tuple[Via, ...]:
+        values = self.headers.get_all("Via")
+        if not values:
+            raise ParseError("missing Via header")
+        return tuple(parse_via(v) for v in values)
+
+    @property
+    def top_via(self) -> Via:
+        return self.vias[0]
+
+    @cached_property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self._one("From"), "From")
+
+    @cached_property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self._one("To"), "To")
+
+    @cached_property
+    def call_id(self) -> str:
+        value = self._one("Call-ID").strip()
+        if not value or any(c.isspace() for c in value):
+            raise ParseError("invalid Call-ID")
+        return value
+
+    @cached_property
+    def cseq(self) -> CSeq:
+        return parse_cseq(self._one("CSeq"))
+
+    @cached_property
+    def contacts(self) -> tuple[NameAddr, ...]:
+        values = self.headers.get_all("Contact")
+        if values == ["*"]:
+            return ()
+        return tuple(parse_name_addr(v, "Contact") for v in values)
+
+    @cached_property
+    def record_routes(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route"))
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("Content-Type")
+        return value.split(";")[0].strip().lower() if value else None
+
+    def _one(self, name: str) -> str:
+        key = name.lower()
+        values = [v for k, _, v in self.headers._items if k == key]
+        if not values:
+            raise ParseError(f"missing {name} header")
+        if len(values) > 1:
+            raise ParseError(f"more than one {name} header")
+        return values[0]
+
+
+class Request(Message):
+    """A SIP request (RFC 3261 7.1)."""
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+    @cached_property
+    def max_forwards(self) -> int:
+        value = self.headers.get("Max-Forwards")
+        if value is None:
+            return 70
+        value = value.strip()
+        if not value.isdigit() or len(value) > 3 or int(value) > 255:
+            raise ParseError("invalid Max-Forwards")
+        return int(value)
+
+    def validate(self) -> None:
+        """Check what RFC 3261 8.1.1 makes mandatory; raises SipError with the answer to give."""
+        _ = self.vias, self.from_, self.to, self.call_id
+        if self.cseq.method != self.method:
+            raise ParseError("CSeq method does not match the request method")
+        if self.max_forwards == 0 and self.method != "OPTIONS":
+            raise SipError("Too Many Hops", 483)
+        _ = self.contacts
+        length = self.headers.get("Content-Length")
+        if length is not None and length.strip() != str(len(self.body)):
+            raise ParseError("Content-Length does not match the body")
+
+
+class Response(Message):
+    """A SIP response (RFC 3261 7.2)."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason if reason is not None else reason_phrase(status)
+
+    def _start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+    def validate(self) -> None:
+        _ = self.vias, self.from_, self.to, self.call_id, self.cseq
+
+
+def response_to(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to `request` (RFC 3261 8.2.6.2): Via, From, To, Call-ID, CSeq copied.
+
+    Works from the raw header values, so it can answer a request whose headers do not
+    all parse. `to_tag` is added to To unless it already carries a tag.
+    """
+    h = Headers()
+    for name, value in request.headers:
+        if name in ("Via", "From", "Call-ID", "CSeq"):
+            h.add(name, value)
+        elif name == "To":
+            if to_tag is not None and ";tag=" not in value.replace(" ", "").lower():
+                value = f"{value};tag={to_tag}"
+            h.add(name, value)
+    if status == 100 and (ts := request.headers.get("Timestamp")) is not None:
+        h.add("Timestamp", ts)  # RFC 3261 8.2.6.1
+    for name, value in headers:
+        h.add(name, value)
+    return Response(status, reason, h, body)
+
+
+def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Response:
+    """Frame and parse one SIP message from a datagram or a framed stream chunk.
+
+    Raises ParseError (or MessageTooLarge) when the bytes are not a SIP message. Whether a
+    request's headers are right is left to `validate()`, so the caller can still answer.
+    """
+    if len(data) > max_size:
+        raise MessageTooLarge(f"message of {len(data)} bytes is over the {max_size}-byte limit")
+    end = data.find(b"\r\n\r\n")
+    sep = 4
+    if end < 0:
+        end = data.find(b"\n\n")
+        sep = 2
+        if end < 0:
+            if data.endswith(b"\r\n") or data.endswith(b"\n"):
+                end, sep = len(data), 0
+            else:
+                raise ParseError("message has no end of headers")
+    try:
+        head = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("message headers are not UTF-8") from None
+    body = data[end + sep :]
+    lines = head.split("\n")
+    while lines and not lines[0].strip("\r"):
+        lines.pop(0)  # RFC 3261 7.5: ignore CRLFs before the start line
+    if not lines:
+        raise ParseError("empty message")
+    start = lines[0].rstrip("\r")
+    headers = Headers()
+    count = 0
+    for raw in lines[1:]:
+        line = raw.rstrip("\r")
+        if line[:1] in (" ", "\t"):
+            if not headers._items:
+                raise ParseError("continuation line before the first header")
+            key, display, value = headers._items[-1]
+            headers._items[-1] = (key, display, value + " " + line.strip())  # RFC 3261 7.3.1
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _HEADER_NAME_OK.match(name):
+            raise ParseError(f"malformed header line {line[:60]!r}")
+        count += 1
+        if count > MAX_HEADERS:
+            raise ParseError("too many header fields")
+        headers.add(name, value.strip(" \t"))
+    length_value = headers.get("Content-Length")
+    if length_value is not None:
+        length_value = length_value.strip()
+        if not length_value.isdigit() or len(length_value) > 9:
+            raise ParseError(f"invalid Content-Length {length_value[:20]!r}")
+        length = int(length_value)
+        if length > len(body):
+            raise ParseError(f"Content-Length {length} is larger than the {len(body)}-byte body")
+        body = body[:length]  # RFC 3261 18.3: bytes past Content-Length are discarded
+    if start.startswith("SIP/"):
+        m = _STATUS_LINE.match(start)
+        if not m:
+            raise ParseError(f"malformed status line {start[:60]!r}")
+        return Response(int(m.group(1)), m.group(2), headers, body)
+    parts = start.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise ParseError(f"malformed request line {start[:60]!r}")
+    method, uri_text, version = parts
+    if not is_token(method):
+        raise ParseError(f"invalid method {method[:20]!r}")
+    if version != SIP_VERSION:
+        if not version.upper().startswith("SIP/"):
+            raise ParseError(f"malformed request line {start[:60]!r}")
+        return _BadRequest(method, uri_text, headers, body, SipError("Version Not Supported", 505))
+    try:
+        uri = parse_uri(uri_text)
+    except SipError as exc:
+        return _BadRequest(method, uri_text, headers, body, exc)
+    return Request(method, uri, headers, body)
+
+
+class _BadRequest(Request):
+    """A request that framed but whose start line cannot be served; `validate` says why."""
+
+    def __init__(
+        self, method: str, uri_text: str, headers: Headers, body: bytes, error: SipError
+    ) -> None:
+        super().__init__(method, parse_uri("sip:invalid"), headers, body)
+        self.uri_text = uri_text
+        self.error = error
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri_text} {SIP_VERSION}"
+
+    def validate(self) -> None:
+        raise self.error
+
+
+def frame_length(head: bytes) -> int | None:
+    """Content-Length from a stream message's header block (compact `l` too), or None."""
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit() or len(value) > 9:
+                raise ParseError("invalid Content-Length in stream")
+            return int(value)
+    return None
+
+
+class StreamFramer:
+    """Cut a TCP byte stream into SIP messages by Content-Length (RFC 3261 18.3)."""
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+        self.keepalives = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes; return the complete messages now available. Raises ParseError when
+        the stream cannot be framed any more (the connection should then be closed)."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            # RFC 5626 3.5.1: CRLF keep-alives between messages.
+            stripped = 0
+            while self._buf[stripped : stripped + 2] == b"\r\n":
+                stripped += 2
+            if stripped:
+                if stripped >= 4:
+                    self.keepalives += 1
+                del self._buf[:stripped]
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > self.max_size:
+                    raise MessageTooLarge("header block over the size limit")
+                return out
+            length = frame_length(bytes(self._buf[:end]))
+            if length is None:
+                length = 0  # RFC 3261 18.3 requires it on streams; treat as no body
+            total = end + 4 + length
+            if total > self.max_size:
+                raise MessageTooLarge(f"message of {total} bytes is over the {self.max_size}-byte limit")
+            if len(self._buf) < total:
+                return out
+            out.append(bytes(self._buf[:total]))
+            del self._buf[:total]
