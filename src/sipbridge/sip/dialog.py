@@ -1,0 +1,155 @@
+"""SIP dialogs (RFC 3261 12): identity, route set, CSeq, and in-dialog requests."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from sipbridge.sip.address import Address
+from sipbridge.sip.errors import SipError
+from sipbridge.sip.headers import NameAddr, Via, parse_name_addr
+from sipbridge.sip.message import Headers, Request, Response
+from sipbridge.sip.uri import SipUri, Uri
+
+DialogId = tuple[str, str, str]  # (Call-ID, local tag, remote tag)
+
+
+class DialogState(enum.Enum):
+    EARLY = "early"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+@dataclass(slots=True)
+class Dialog:
+    """One dialog, from either side (RFC 3261 12.1)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local: NameAddr  # our From in requests we send
+    remote: NameAddr  # their address, our To in requests we send
+    remote_target: Uri
+    route_set: tuple[NameAddr, ...]
+    local_seq: int
+    remote_seq: int | None
+    peer: Address  # where in-dialog requests go: the flow the dialog was made on
+    is_uas: bool
+    state: DialogState = DialogState.EARLY
+    local_contact: str = ""
+    secure: bool = False
+    via_host: str = ""
+    via_port: int = 5060
+    _branch_count: int = field(default=0)
+
+    @property
+    def id(self) -> DialogId:
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    @classmethod
+    def as_uas(
+        cls, invite: Request, local_tag: str, local_seq: int, peer: Address, local_contact: str
+    ) -> Dialog:
+        """RFC 3261 12.1.1: the UAS side, from the INVITE we answer."""
+        contacts = invite.contacts
+        if not contacts:
+            raise SipError("INVITE has no Contact header", 400)
+        return cls(
+            call_id=invite.call_id,
+            local_tag=local_tag,
+            remote_tag=invite.from_.tag or "",
+            local=invite.to.with_tag(local_tag),
+            remote=invite.from_,
+            remote_target=contacts[0].uri,
+            route_set=invite.record_routes,
+            local_seq=local_seq,
+            remote_seq=invite.cseq.seq,
+            peer=peer,
+            is_uas=True,
+            local_contact=local_contact,
+            secure=isinstance(invite.uri, SipUri) and invite.uri.scheme == "sips",
+        )
+
+    @classmethod
+    def as_uac(cls, invite: Request, response: Response, peer: Address) -> Dialog:
+        """RFC 3261 12.1.2: the UAC side, from a 1xx/2xx with a To tag."""
+        contacts = response.contacts
+        target = contacts[0].uri if contacts else invite.uri
+        return cls(
+            call_id=invite.call_id,
+            local_tag=invite.from_.tag or "",
+            remote_tag=response.to.tag or "",
+            local=invite.from_,
+            remote=response.to,
+            remote_target=target,
+            route_set=tuple(reversed(response.record_routes)),
+            local_seq=invite.cseq.seq,
+            remote_seq=None,
+            peer=peer,
+            is_uas=False,
+            local_contact=invite.headers.get("Contact") or "",
+        )
+
+    def check_remote_cseq(self, request: Request) -> None:
+        """RFC 3261 12.2.2: a lower CSeq than the last one is out of order (500)."""
+        seq = request.cseq.seq
+        if request.method in ("ACK", "CANCEL"):
+            return
+        if self.remote_seq is not None and seq <= self.remote_seq:
+            # Equal CSeq on a new transaction is a retransmission the transaction layer missed.
+            raise SipError("CSeq out of order", 500)
+        self.remote_seq = seq
+
+    def refresh_target(self, request_or_response: Request | Response) -> None:
+        """A target refresh (re-INVITE, UPDATE, or their 2xx) may move the remote target."""
+        contacts = request_or_response.contacts
+        if contacts:
+            self.remote_target = contacts[0].uri
+
+    def create_request(
+        self,
+        method: str,
+        branch: str,
+        *,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        cseq: int | None = None,
+    ) -> Request:
+        """Build an in-dialog request (RFC 3261 12.2.1.1), loose or strict routing."""
+        if cseq is None:
+            self.local_seq += 1
+            cseq = self.local_seq
+        h = Headers()
+        via = Via(self.peer.transport.upper(), self.via_host, self.via_port,
+                  (("branch", branch), ("rport", None)))
+        h.add("Via", str(via))
+        h.add("Max-Forwards", "70")
+        h.add("From", str(self.local))
+        h.add("To", str(self.remote))
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{cseq} {method}")
+        uri: Uri = self.remote_target
+        routes = list(self.route_set)
+        if routes and isinstance(routes[0].uri, SipUri) and not routes[0].uri.has_param("lr"):
+            # RFC 3261 12.2.1.1 strict routing: the first route becomes the Request-URI.
+            uri = routes[0].uri
+            routes = routes[1:] + [NameAddr(self.remote_target)]
+        for route in routes:
+            h.add("Route", str(route))
+        if self.local_contact and method in ("INVITE", "UPDATE", "REFER", "SUBSCRIBE", "NOTIFY"):
+            h.add("Contact", self.local_contact)
+        if headers is not None:
+            for name, value in headers:
+                h.add(name, value)
+        return Request(method, uri, h, body)
+
+    def ack_for_2xx(self, invite: Request) -> Request:
+        """The ACK for a 2xx (RFC 3261 13.2.2.4): a new branch is not needed by the dialog's
+        peer, but the CSeq number is the INVITE's."""
+        ack = self.create_request("ACK", invite.top_via.branch or "", cseq=invite.cseq.seq)
+        ack.headers.set("Via", invite.headers.get_all("Via")[0])
+        return ack
+
+
+def name_addr_from_text(text: str) -> NameAddr:
+    return parse_name_addr(text)
