@@ -57,7 +57,7 @@ _HEADER_NAME_OK = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _T = TypeVar("_T")
 
 
-class cached_property(Generic[_T]):  # noqa: N801 - same role as functools.cached_property
+class cached_property(Generic[_T]):
     """A lock-free cached property: functools' one takes a lock on every first access in 3.11."""
 
     def __init__(self, func: Callable[[Any], _T]) -> None:
@@ -332,7 +332,7 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
         end = data.find(b"\n\n")
         sep = 2
         if end < 0:
-            if data.endswith(b"\r\n") or data.endswith(b"\n"):
+            if data.endswith((b"\r\n", b"\n")):
                 end, sep = len(data), 0
             else:
                 raise ParseError("message has no end of headers")

@@ -72,11 +72,14 @@ def client_key(branch: str, method: str) -> tuple[str, ...]:
 class Transaction:
     """What every transaction has: a peer, an outbox, timers as deadlines."""
 
-    def __init__(self, peer: Address, timers: TimerConfig) -> None:
+    def __init__(
+        self, peer: Address, timers: TimerConfig, outbox: list[tuple[bytes, Address]] | None
+    ) -> None:
         self.peer = peer
         self.timers = timers
         self.state = State.TRYING
-        self.outbox: list[tuple[bytes, Address]] = []
+        self.owner = ""  # the id of the leg this transaction belongs to, if any
+        self.outbox: list[tuple[bytes, Address]] = [] if outbox is None else outbox
         # Retransmit timer (A, E, G or the 2xx timer) and the timer that ends a state.
         self._retransmit_at: float | None = None
         self._interval = timers.t1
@@ -125,8 +128,15 @@ class Transaction:
 class ClientTransaction(Transaction):
     """INVITE (17.1.1) and non-INVITE (17.1.2) client transactions."""
 
-    def __init__(self, request: Request, peer: Address, now: float, timers: TimerConfig) -> None:
-        super().__init__(peer, timers)
+    def __init__(
+        self,
+        request: Request,
+        peer: Address,
+        now: float,
+        timers: TimerConfig,
+        outbox: list[tuple[bytes, Address]] | None = None,
+    ) -> None:
+        super().__init__(peer, timers, outbox)
         self.request = request
         self.is_invite = request.method == "INVITE"
         self.branch = request.top_via.branch or ""
@@ -164,9 +174,8 @@ class ClientTransaction(Transaction):
             return True
         if state is State.ACCEPTED:
             return 200 <= status < 300  # 2xx retransmissions go to the TU to re-ACK
-        if state is State.COMPLETED and self.is_invite and status >= 300:
-            if self._last is not None:
-                self.outbox.append((self._last, self.peer))  # resend the ACK
+        if state is State.COMPLETED and self.is_invite and status >= 300 and self._last:
+            self.outbox.append((self._last, self.peer))  # resend the ACK
         return False
 
     def on_timer(self, now: float) -> Timeout | None:
@@ -209,8 +218,15 @@ class ServerTransaction(Transaction):
     stops that, and a `Timeout.NO_2XX_ACK` tells the TU to end the call.
     """
 
-    def __init__(self, request: Request, peer: Address, now: float, timers: TimerConfig) -> None:
-        super().__init__(peer, timers)
+    def __init__(
+        self,
+        request: Request,
+        peer: Address,
+        now: float,
+        timers: TimerConfig,
+        outbox: list[tuple[bytes, Address]] | None = None,
+    ) -> None:
+        super().__init__(peer, timers, outbox)
         self.request = request
         self.is_invite = request.method == "INVITE"
         self.key = server_key(request)

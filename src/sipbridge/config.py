@@ -1,0 +1,163 @@
+"""One typed config, loaded once: command-line flags over SIPBRIDGE_ variables over the
+TOML file over defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+AUTO_ANSWER_MODES = ("silence",)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message says which key and why."""
+
+
+def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """`HOST:PORT`, `HOST`, `[V6]:PORT` or `:PORT` into (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    elif value.count(":") > 1:
+        host, port_text = value, ""  # a bare IPv6 address
+    else:
+        host, port_text = value, ""
+    host = host or "0.0.0.0"
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+            raise ValueError(f"invalid port in {value!r}")
+        return host, int(port_text)
+    return host, default_port
+
+
+class AuthConfig(BaseModel):
+    """Digest authentication for callers outside `allow` (RFC 3261 22, RFC 8760)."""
+
+    realm: str = "sipbridge"
+    users: dict[str, str] = Field(default_factory=dict)
+    algorithms: list[str] = Field(default_factory=lambda: ["SHA-256", "MD5"])
+    nonce_ttl: float = Field(300.0, gt=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        known = {"MD5", "SHA-256", "SHA-512-256"}
+        bad = [a for a in value if a.upper() not in known]
+        if bad or not value:
+            raise ValueError(f"algorithms must be among {sorted(known)}, got {value}")
+        return [a.upper() for a in value]
+
+
+class Config(BaseSettings):
+    """Everything `sipbridge serve` can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIPBRIDGE_", env_nested_delimiter="__", extra="forbid"
+    )
+    toml_path: ClassVar[Path | None] = None
+
+    sip: str = "0.0.0.0:5060"
+    http: str = "127.0.0.1:8080"
+    auto_answer: str | None = None
+    ring_time: float = Field(0.0, ge=0, le=300)
+    reject_code: int = Field(480, ge=300, le=699)
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    auth: AuthConfig | None = None
+    public_address: str | None = None
+    rtp_ports: str = "10000-20000"
+    max_message_size: int = Field(65535, ge=1024, le=1 << 20)
+    tcp_idle_timeout: float = Field(300.0, gt=0)
+    t1: float = Field(0.5, gt=0)
+    t2: float = Field(4.0, gt=0)
+    t4: float = Field(5.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("sip", "http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_host_port(value, 0)
+        return value
+
+    @field_validator("auto_answer")
+    @classmethod
+    def _mode(cls, value: str | None) -> str | None:
+        if value in (None, "", "none", "off"):
+            return None
+        if value not in AUTO_ANSWER_MODES:
+            raise ValueError(f"auto_answer must be one of {', '.join(AUTO_ANSWER_MODES)}")
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        low, _, high = value.partition("-")
+        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) < 65536):
+            raise ValueError("rtp_ports must be LOW-HIGH, within 1024-65535")
+        return value
+
+    @property
+    def sip_bind(self) -> tuple[str, int]:
+        return parse_host_port(self.sip, 5060)
+
+    @property
+    def http_bind(self) -> tuple[str, int]:
+        return parse_host_port(self.http, 8080)
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.rtp_ports.partition("-")
+        return int(low), int(high)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Load the config: `overrides` (flags) > environment > TOML file > defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+    try:
+        Config.toml_path = Path(path) if path is not None else None
+        return Config(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"invalid config file {path}: {exc}") from None
+    finally:
+        Config.toml_path = None

@@ -1,0 +1,136 @@
+"""The running gateway: one event loop driving the sans-IO UA core, its transport and calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+
+from sipbridge.calls.manager import CallManager, PortPool
+from sipbridge.config import Config
+from sipbridge.sip.access import AccessGuard
+from sipbridge.sip.address import Address
+from sipbridge.sip.auth import DigestServer
+from sipbridge.sip.transaction import TimerConfig
+from sipbridge.sip.transport import SipTransport, local_address_for
+from sipbridge.sip.ua import UaConfig, UserAgent
+
+log = logging.getLogger("sipbridge")
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class Gateway:
+    """Owns the UA core and moves bytes, events and timers between it and the world."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        host, port = config.sip_bind
+        self.transport = SipTransport(
+            self._on_message, max_size=config.max_message_size,
+            idle_timeout=config.tcp_idle_timeout,
+        )
+        auth = config.auth
+        digest = None
+        if auth is not None and auth.users:
+            digest = DigestServer(auth.realm, auth.users, algorithms=auth.algorithms,
+                                  nonce_ttl=auth.nonce_ttl)
+        self.guard = AccessGuard(config.allow, digest)
+        self._bind_host = host
+        self._bind_port = port
+        self.ua: UserAgent | None = None
+        self.calls: CallManager | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    @property
+    def advertised_host(self) -> str:
+        if self.config.public_address:
+            return self.config.public_address
+        if self._bind_host not in WILDCARDS:
+            return self._bind_host
+        return _local_for("127.0.0.1")
+
+    def media_host(self, peer_host: str) -> str:
+        """The address we give a peer for media: public_address, the bound host, or the
+        local address that routes to the peer."""
+        if self.config.public_address:
+            return self.config.public_address
+        if self._bind_host not in WILDCARDS:
+            return self._bind_host
+        return _local_for(peer_host)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.transport.start(self._bind_host, self._bind_port)
+        c = self.config
+        self.ua = UserAgent(
+            UaConfig(host=self.advertised_host, port=self.transport.port,
+                     timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size),
+            self.guard,
+        )
+        self.calls = CallManager(
+            self.ua, self._schedule, media_host=self.media_host,
+            ports=PortPool(*c.rtp_port_range), auto_answer=c.auto_answer,
+            ring_time=c.ring_time, reject_code=c.reject_code, clock=self.loop.time,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transport.close()
+
+    def _on_message(self, data: bytes, source: Address) -> None:
+        assert self.ua is not None and self.loop is not None
+        self.ua.receive(data, source, self.loop.time())
+        self._pump()
+
+    def _schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
+        assert self.loop is not None
+
+        def run() -> None:
+            callback()
+            self._pump()
+
+        handle = self.loop.call_later(delay, run)
+        return handle.cancel
+
+    def _pump(self) -> None:
+        """Hand the core's events to the calls, send what it queued, re-arm its timer."""
+        ua, calls, loop = self.ua, self.calls, self.loop
+        assert ua is not None and calls is not None and loop is not None
+        while True:
+            events = ua.events()
+            for event in events:
+                try:
+                    calls.handle(event)
+                except Exception:
+                    log.exception("error handling %s", type(event).__name__)
+            for data, dest in ua.outgoing():
+                self.transport.send(data, dest)
+            if not events:
+                break
+        deadline = ua.deadline
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.ua is not None and self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.ua.handle_timer(self.loop.time())
+        self._pump()
+
+
+@lru_cache(maxsize=1024)
+def _local_for(peer_host: str) -> str:
+    return local_address_for(peer_host)

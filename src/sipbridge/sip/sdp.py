@@ -1,0 +1,450 @@
+"""Session descriptions (RFC 4566) and the offer/answer model (RFC 3264).
+
+Sans-IO: `parse_sdp` turns a body into a `SessionDescription` or raises `SdpError`
+(400), and `SessionDescription.to_bytes` is its exact inverse. `answer_offer` answers
+an offer with one G.711 audio stream or raises `NotAcceptable` (488); `build_offer`
+makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sipbridge.sip.errors import NotAcceptable, SdpError
+
+MAX_LINES = 1000
+MAX_MEDIA = 64
+
+# RFC 3551 6, table 4: audio payload types that need no a=rtpmap.
+STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int]] = {
+    0: ("PCMU", 8000), 3: ("GSM", 8000), 4: ("G723", 8000), 8: ("PCMA", 8000),
+    9: ("G722", 8000), 13: ("CN", 8000), 18: ("G729", 8000),
+}
+
+# RFC 4566 5: line types we know; i u e p b z k r are read and dropped.
+_KNOWN_TYPES = frozenset("vosctamiuepbzkr")
+_SESSION_ONLY = frozenset("vostzruep")
+
+Attribute = tuple[str, str | None]
+Line = tuple[int, str, str]  # (line number, type letter, value)
+
+
+class Direction(enum.Enum):
+    """Stream direction attributes (RFC 4566 6, RFC 3264 5.1), from the describing side."""
+
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+    @property
+    def sends(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.SENDONLY)
+
+    @property
+    def receives(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.RECVONLY)
+
+    @classmethod
+    def from_flags(cls, *, sends: bool, receives: bool) -> Direction:
+        if sends:
+            return cls.SENDRECV if receives else cls.SENDONLY
+        return cls.RECVONLY if receives else cls.INACTIVE
+
+    def answer(self) -> Direction:
+        """The direction an answerer gives a stream offered with this one (RFC 3264 6.1)."""
+        return Direction.from_flags(sends=self.receives, receives=self.sends)
+
+
+_DIRECTIONS = frozenset(d.value for d in Direction)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One RTP payload format: a=rtpmap plus a=fmtp (RFC 4566 6), or a static type."""
+
+    payload_type: int
+    name: str
+    clock_rate: int
+    channels: int = 1
+    fmtp: str | None = None
+
+    def rtpmap(self) -> str:
+        encoding = f"{self.payload_type} {self.name}/{self.clock_rate}"
+        return encoding if self.channels == 1 else f"{encoding}/{self.channels}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The o= line (RFC 4566 5.2)."""
+
+    username: str
+    session_id: int
+    session_version: int
+    nettype: str
+    addrtype: str
+    address: str
+
+
+@dataclass(frozen=True)
+class MediaDescription:
+    """One m= section (RFC 4566 5.14), its c= and its attributes.
+
+    `codecs` are the formats with an rtpmap or a static type, in format order;
+    `direction` is resolved against the session level; other attributes stay in
+    `attributes`. Formats of a non-RTP transport (udptl for T.38) are `other_formats`.
+    """
+
+    media: str
+    port: int
+    proto: str
+    formats: tuple[int, ...]
+    codecs: tuple[Codec, ...]
+    connection: str | None
+    direction: Direction = Direction.SENDRECV
+    ptime: int | None = None
+    attributes: tuple[Attribute, ...] = ()
+    other_formats: tuple[str, ...] = ()
+
+    def rejected(self) -> MediaDescription:
+        """This stream as an answer rejects it (RFC 3264 6): port 0, same formats."""
+        direction = self.direction.answer()
+        return replace(self, port=0, connection=None, direction=direction, ptime=None, attributes=())
+
+    def _lines(self) -> list[str]:
+        formats = " ".join([*map(str, self.formats), *self.other_formats])
+        lines = [f"m={self.media} {self.port} {self.proto} {formats}"]
+        if self.connection is not None:
+            lines.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+        lines += (f"a=rtpmap:{c.rtpmap()}" for c in self.codecs)
+        lines += (f"a=fmtp:{c.payload_type} {c.fmtp}" for c in self.codecs if c.fmtp is not None)
+        if self.ptime is not None:
+            lines.append(f"a=ptime:{self.ptime}")
+        lines.append(f"a={self.direction.value}")
+        return lines + [_attribute_line(a) for a in self.attributes]
+
+
+@dataclass(frozen=True)
+class SessionDescription:
+    """A whole session description (RFC 4566 5)."""
+
+    version: int
+    origin: Origin
+    session_name: str
+    connection: str | None
+    connection_addrtype: str
+    timing: tuple[int, int]
+    media: tuple[MediaDescription, ...]
+    attributes: tuple[Attribute, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise in RFC 4566 5 order (v, o, s, c, t, a, then each m= section), CRLF."""
+        o = self.origin
+        lines = [
+            f"v={self.version}",
+            f"o={o.username} {o.session_id} {o.session_version} {o.nettype} {o.addrtype} {o.address}",
+            f"s={self.session_name}",
+        ]
+        if self.connection is not None:
+            lines.append(f"c=IN {self.connection_addrtype} {self.connection}")
+        lines.append(f"t={self.timing[0]} {self.timing[1]}")
+        lines += (_attribute_line(a) for a in self.attributes)
+        for media in self.media:
+            lines += media._lines()
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@dataclass(frozen=True)
+class NegotiatedAudio:
+    """What an answer settled for the audio stream; `direction` is ours, as answered."""
+
+    codec: Codec
+    telephone_event_pt: int | None
+    remote_address: str
+    remote_port: int
+    direction: Direction
+    ptime: int
+
+
+def effective_address(media: MediaDescription, session: SessionDescription) -> str | None:
+    """Where the stream's peer receives RTP: media-level c= over session c= (RFC 4566 5.7)."""
+    return media.connection if media.connection is not None else session.connection
+
+
+def is_hold(media: MediaDescription, session: SessionDescription) -> bool:
+    """Whether the describing side wants no media from us (RFC 3264 8.4): sendonly,
+    inactive, or the old-style (RFC 2543) connection address 0.0.0.0."""
+    return not media.direction.receives or effective_address(media, session) == "0.0.0.0"
+
+
+def parse_sdp(data: bytes | str) -> SessionDescription:
+    """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SdpError(f"SDP is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    raw = data.split("\n")
+    while raw and raw[-1] in ("", "\r"):
+        raw.pop()
+    if len(raw) > MAX_LINES:
+        raise SdpError(f"SDP has {len(raw)} lines, more than {MAX_LINES}")
+    sections: list[list[Line]] = [[]]
+    for number, text in enumerate(raw, 1):
+        kind, value = text[:1], text.removesuffix("\r")[2:]
+        if text[1:2] != "=" or not "a" <= kind <= "z":
+            raise SdpError(f"SDP line {number} is not type=value")
+        if kind not in _KNOWN_TYPES:
+            raise SdpError(f"SDP line {number} has unknown type {kind!r}")
+        if kind == "m":
+            if len(sections) > MAX_MEDIA:
+                raise SdpError(f"SDP has more than {MAX_MEDIA} m= lines")
+            sections.append([])
+        elif kind in _SESSION_ONLY and len(sections) > 1:
+            raise SdpError(f"SDP line {number}: {kind}= is not allowed after m=")
+        sections[-1].append((number, kind, value))
+
+    head, fields, attributes = sections[0], dict[str, Line](), list[Attribute]()
+    if not head or head[0][1] != "v":
+        raise SdpError("SDP does not start with v=")
+    if head[0][2] != "0":
+        raise SdpError(f"SDP version {head[0][2]!r} is not supported (v=0)")
+    for line in head[1:]:
+        if line[1] == "a":
+            attributes.append(_attribute(line[2]))
+        elif line[1] in "vosc" and line[1] in fields:
+            raise SdpError(f"SDP line {line[0]} is a second {line[1]}= line")
+        else:
+            fields.setdefault(line[1], line)
+    if "o" not in fields:
+        raise SdpError("SDP has no o= line")
+    addrtype, connection = _connection(fields["c"]) if "c" in fields else ("IP4", None)
+    inherited = next((Direction(n) for n, v in attributes if v is None and n in _DIRECTIONS), None)
+    media = tuple(_media(section, inherited) for section in sections[1:])
+    for section, m in zip(sections[1:], media, strict=True):
+        if m.port != 0 and m.connection is None and connection is None:
+            raise SdpError(f"SDP line {section[0][0]}: m= has no c= and the session has none")
+    session_name = fields["s"][2] if "s" in fields else "-"
+    timing = _timing(fields["t"]) if "t" in fields else (0, 0)
+    origin = _origin(fields["o"])
+    return SessionDescription(
+        0, origin, session_name, connection, addrtype, timing, media, tuple(attributes)
+    )
+
+
+def _media(section: list[Line], inherited: Direction | None) -> MediaDescription:
+    """One m= section (RFC 4566 5.14) with its rtpmap, fmtp, ptime and direction (RFC 4566 6)."""
+    number, _, value = section[0]
+    parts = value.split()
+    if len(parts) < 4:
+        raise SdpError(f"SDP line {number}: m= needs media, port, proto and at least one format")
+    kind, port_text, proto, *tokens = parts
+    port = _int(number, "port", port_text, 65535)
+    rtp = "RTP/" in proto.upper()
+    formats = tuple(_int(number, "payload type", t, 127) for t in tokens) if rtp else ()
+    if len(set(formats)) != len(formats):
+        raise SdpError(f"SDP line {number}: a payload type is listed twice")
+    connection: str | None = None
+    attrs: list[tuple[int, str, str | None]] = []
+    for line in section[1:]:
+        if line[1] == "c" and connection is not None:
+            raise SdpError(f"SDP line {line[0]} is a second c= line in one m= section")
+        if line[1] == "c":
+            connection = _connection(line)[1]
+        elif line[1] == "a":
+            attrs.append((line[0], *_attribute(line[2])))
+    # rtpmaps first: an fmtp for a format with no rtpmap is kept as a plain attribute.
+    rtpmaps: dict[int, Codec] = {}
+    consumed: set[int] = set()
+    for index, (line_no, name, arg) in enumerate(attrs):
+        if rtp and name == "rtpmap" and arg is not None:
+            codec = _rtpmap(line_no, arg)
+            if codec.payload_type in formats and codec.payload_type not in rtpmaps:
+                rtpmaps[codec.payload_type] = codec
+                consumed.add(index)
+    mapped = {pt for pt in formats if pt in rtpmaps or pt in STATIC_PAYLOAD_TYPES}
+    fmtps: dict[int, str] = {}
+    direction: Direction | None = None
+    ptime: int | None = None
+    kept: list[Attribute] = []
+    for line_no, name, arg in (a for i, a in enumerate(attrs) if i not in consumed):
+        if name == "fmtp" and rtp and arg is not None:
+            pt_text, _, params = arg.partition(" ")
+            pt = _int(line_no, "payload type", pt_text, 127)
+            if pt in mapped and pt not in fmtps:
+                fmtps[pt] = params.strip()
+                continue
+        elif name in _DIRECTIONS and arg is None:
+            if direction is not None:
+                raise SdpError(f"SDP line {line_no} is a second direction attribute")
+            direction = Direction(name)
+            continue
+        elif name == "ptime":
+            ptime = _int(line_no, "ptime", arg or "")
+            continue
+        kept.append((name, arg))
+    codecs = tuple(
+        replace(rtpmaps.get(pt) or Codec(pt, *STATIC_PAYLOAD_TYPES[pt]), fmtp=fmtps.get(pt))
+        for pt in formats
+        if pt in mapped
+    )
+    return MediaDescription(
+        kind, port, proto, formats, codecs, connection, direction or inherited or Direction.SENDRECV,
+        ptime, tuple(kept), () if rtp else tuple(tokens),
+    )
+
+
+def _int(number: int, what: str, text: str, maximum: int | None = None) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise SdpError(f"SDP line {number}: {what} {text!r} is not a number")
+    if maximum is not None and int(text) > maximum:
+        raise SdpError(f"SDP line {number}: {what} {text} is out of range (0-{maximum})")
+    return int(text)
+
+
+def _origin(line: Line) -> Origin:
+    """RFC 4566 5.2: o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>."""
+    parts = line[2].split()
+    if len(parts) != 6:
+        raise SdpError(f"SDP line {line[0]}: o= needs 6 fields, has {len(parts)}")
+    user, sid, version, nettype, addrtype, address = parts
+    sid_n, version_n = _int(line[0], "session id", sid), _int(line[0], "session version", version)
+    return Origin(user, sid_n, version_n, nettype, addrtype, address)
+
+
+def _connection(line: Line) -> tuple[str, str | None]:
+    """RFC 4566 5.7: c=IN <IP4|IP6> <address>; returns (addrtype, address)."""
+    parts = line[2].split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise SdpError(f"SDP line {line[0]}: c= is not 'IN IP4|IP6 <address>'")
+    return parts[1], parts[2]
+
+
+def _timing(line: Line) -> tuple[int, int]:
+    """RFC 4566 5.9: t=<start-time> <stop-time>."""
+    parts = line[2].split()
+    if len(parts) != 2:
+        raise SdpError(f"SDP line {line[0]}: t= needs a start and a stop time")
+    return _int(line[0], "start time", parts[0]), _int(line[0], "stop time", parts[1])
+
+
+def _rtpmap(number: int, arg: str) -> Codec:
+    """RFC 4566 6: a=rtpmap:<payload type> <encoding name>/<clock rate>[/<channels>]."""
+    pt_text, _, encoding = arg.partition(" ")
+    pieces = encoding.strip().split("/")
+    if len(pieces) not in (2, 3) or not pieces[0]:
+        raise SdpError(f"SDP line {number}: rtpmap {arg!r} is not '<pt> <name>/<rate>[/<ch>]'")
+    pt, rate = _int(number, "payload type", pt_text, 127), _int(number, "clock rate", pieces[1])
+    return Codec(pt, pieces[0], rate, _int(number, "channels", pieces[2]) if pieces[2:] else 1)
+
+
+def _attribute(value: str) -> Attribute:
+    name, colon, arg = value.partition(":")
+    return (name, arg if colon else None)
+
+
+def _attribute_line(attribute: Attribute) -> str:
+    name, value = attribute
+    return f"a={name}" if value is None else f"a={name}:{value}"
+
+
+def _addrtype(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def answer_offer(
+    offer: SessionDescription, *, local_address: str, local_port: int, session_id: int,
+    session_version: int, supported: Sequence[str] = ("PCMU", "PCMA"),
+    telephone_event: bool = True, ptime: int = 20,
+) -> tuple[SessionDescription, NegotiatedAudio]:
+    """Answer an offer with one audio stream (RFC 3264 6), or raise NotAcceptable (488).
+
+    The first RTP/AVP audio stream with a nonzero port and a codec in `supported`
+    (8000 Hz, mono) is accepted with the first such codec in the offerer's order, plus
+    telephone-event (RFC 4733) if offered; every other m= line is rejected with port 0
+    (RFC 3264 6: the answer has the same m= lines in the same order).
+    """
+    wanted = {name.lower() for name in supported} - {"telephone-event", "cn"}  # not voice
+    found = next((
+        (index, m, codec)
+        for index, m in enumerate(offer.media)
+        if m.media == "audio" and m.port != 0 and m.proto.upper() == "RTP/AVP"
+        for codec in m.codecs if _is_narrowband(codec, wanted)
+    ), None)
+    if found is None:
+        raise NotAcceptable(_why_not(offer, supported))
+    index, offered, codec = found
+    events = [c for c in offered.codecs if _is_narrowband(c, {"telephone-event"})]
+    event = events[0] if events and telephone_event else None
+    remote = effective_address(offered, offer)
+    if remote is None:
+        raise NotAcceptable("the offered audio stream has no connection address")
+    theirs = offered.direction
+    if remote == "0.0.0.0":  # RFC 3264 8.4: send nothing there, whatever the attribute says
+        theirs = Direction.from_flags(sends=theirs.sends, receives=False)
+    direction = theirs.answer()
+    audio_ptime = offered.ptime if offered.ptime is not None else ptime
+    codecs = (codec,) if event is None else (codec, event)
+    formats = tuple(c.payload_type for c in codecs)
+    ours = MediaDescription(
+        "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime
+    )
+    media = tuple(ours if i == index else m.rejected() for i, m in enumerate(offer.media))
+    event_pt = None if event is None else event.payload_type
+    negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime)
+    return _local_session(local_address, session_id, session_version, media), negotiated
+
+
+def build_offer(
+    *, local_address: str, local_port: int, session_id: int, session_version: int,
+    codecs: Sequence[str] = ("PCMU", "PCMA"), telephone_event_pt: int | None = 101,
+    direction: Direction = Direction.SENDRECV, ptime: int = 20,
+) -> SessionDescription:
+    """Our offer (RFC 3264 5): one audio stream with static-type codecs in preference
+    order and telephone-event (RFC 4733 7.1); hold is `direction=SENDONLY` (RFC 3264 8.4)."""
+    by_name = {name.lower(): pt for pt, (name, _) in STATIC_PAYLOAD_TYPES.items()}
+    unknown = [name for name in codecs if name.lower() not in by_name]
+    if unknown or not codecs:
+        raise ValueError(f"codecs must be static payload types, got {list(codecs)!r}")
+    chosen = [Codec(pt, *STATIC_PAYLOAD_TYPES[pt]) for pt in (by_name[n.lower()] for n in codecs)]
+    if telephone_event_pt is not None:
+        if not 96 <= telephone_event_pt <= 127:
+            raise ValueError(f"telephone-event payload type {telephone_event_pt} is not dynamic")
+        chosen.append(Codec(telephone_event_pt, "telephone-event", 8000, fmtp="0-16"))
+    formats = tuple(c.payload_type for c in chosen)
+    media = MediaDescription(
+        "audio", local_port, "RTP/AVP", formats, tuple(chosen), None, direction, ptime
+    )
+    return _local_session(local_address, session_id, session_version, (media,))
+
+
+def _is_narrowband(codec: Codec, names: set[str]) -> bool:
+    return codec.name.lower() in names and codec.clock_rate == 8000 and codec.channels == 1
+
+
+def _local_session(
+    address: str, session_id: int, session_version: int, media: tuple[MediaDescription, ...]
+) -> SessionDescription:
+    addrtype = _addrtype(address)
+    origin = Origin("sipbridge", session_id, session_version, "IN", addrtype, address)
+    return SessionDescription(0, origin, "sipbridge", address, addrtype, (0, 0), media)
+
+
+def _why_not(offer: SessionDescription, supported: Sequence[str]) -> str:
+    """The 488 reason: what ruled the offer out, in the order `answer_offer` searches."""
+    audio = [m for m in offer.media if m.media == "audio"]
+    if not audio:
+        kinds = ", ".join(m.media for m in offer.media) or "none"
+        return f"no audio stream offered (offered media: {kinds})"
+    live = [m for m in audio if m.port != 0]
+    if not live:
+        return "every offered audio stream is disabled (port 0)"
+    avp = [m for m in live if m.proto.upper() == "RTP/AVP"]
+    if not avp:
+        protos = ", ".join(m.proto for m in live)
+        return f"no RTP/AVP audio stream: offered {protos} (only RTP/AVP is supported, not SRTP)"
+    named = [({c.payload_type: f"{c.name}/{c.clock_rate}" for c in m.codecs}, m) for m in avp]
+    offered = ", ".join(n.get(pt, f"payload type {pt}") for n, m in named for pt in m.formats)
+    return f"no common audio codec: offered {offered}; supported {', '.join(supported)}"

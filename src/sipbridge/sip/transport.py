@@ -1,0 +1,178 @@
+"""The thin asyncio layer: UDP and TCP sockets on one port, moving bytes to and from the core.
+
+No parsing and no policy here (STYLE 3): datagrams go up whole, TCP streams are cut
+into messages by Content-Length (RFC 3261 18.3), and outgoing bytes go to the address
+the core names, over an existing TCP connection when there is one (RFC 3261 18.2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from sipbridge.sip.address import Address
+from sipbridge.sip.errors import ParseError
+from sipbridge.sip.message import DEFAULT_MAX_SIZE, StreamFramer
+
+log = logging.getLogger("sipbridge.transport")
+
+OnMessage = Callable[[bytes, Address], None]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, on_message: OnMessage) -> None:
+        self.on_message = on_message
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.on_message(data, Address("udp", str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)  # ICMP unreachable from a peer that went away
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+        self.framer = StreamFramer(owner.max_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address | None = None
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Address("tcp", host, port)
+        self.owner.connections[(host, port)] = self
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as exc:
+            self.owner.stats_framing_errors += 1
+            log.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        assert self.peer is not None
+        for message in messages:
+            self.owner.on_message(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            key = (self.peer.host, self.peer.port)
+            if self.owner.connections.get(key) is self:
+                del self.owner.connections[key]
+
+    def send(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class SipTransport:
+    """UDP and TCP listeners on one host and port, and outbound TCP connections."""
+
+    def __init__(self, on_message: OnMessage, *, max_size: int = DEFAULT_MAX_SIZE,
+                 idle_timeout: float = 300.0) -> None:
+        self.on_message = on_message
+        self.max_size = max_size
+        self.idle_timeout = idle_timeout
+        self.connections: dict[tuple[str, int], _TcpConnection] = {}
+        self.stats_framing_errors = 0
+        self._udp: _Udp | None = None
+        self._server: asyncio.Server | None = None
+        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.host = ""
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind UDP and TCP on the same port (port 0: the UDP port the OS picks)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp_sock = socket.socket(family, socket.SOCK_DGRAM)
+        udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        udp_sock.bind((host, port))
+        self.port = udp_sock.getsockname()[1]
+        self.host = host
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.on_message), sock=udp_sock
+        )
+        self._udp = protocol
+        self._server = await loop.create_server(
+            lambda: _TcpConnection(self), host, self.port, reuse_address=True, backlog=1024
+        )
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    def send(self, data: bytes, dest: Address) -> None:
+        """Send bytes to a peer; TCP reuses the peer's connection or opens one."""
+        if dest.transport == "udp":
+            if self._udp is not None and self._udp.transport is not None:
+                self._udp.transport.sendto(data, (dest.host, dest.port))
+            return
+        key = (dest.host, dest.port)
+        conn = self.connections.get(key)
+        if conn is not None:
+            conn.send(data)
+            return
+        queued = self._pending.get(key)
+        if queued is not None:
+            queued.append(data)
+            return
+        self._pending[key] = [data]
+        asyncio.get_running_loop().create_task(self._connect(key))
+
+    async def _connect(self, key: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _TcpConnection(self), key[0], key[1]), 5.0
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.info("TCP connect to %s:%s failed: %s", key[0], key[1], exc)
+            self._pending.pop(key, None)
+            return
+        for data in self._pending.pop(key, []):
+            conn.send(data)
+
+    async def _sweep_idle(self) -> None:
+        """Close TCP connections idle for longer than idle_timeout (one task for all)."""
+        interval = max(0.05, self.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - self.idle_timeout
+            for conn in list(self.connections.values()):
+                if conn.last_active < cutoff and conn.transport is not None:
+                    conn.transport.close()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def local_address_for(peer_host: str) -> str:
+    """The local IP the OS would use to reach `peer_host` (a UDP connect sends nothing)."""
+    family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((peer_host, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "::1" if family == socket.AF_INET6 else "127.0.0.1"

@@ -1,0 +1,535 @@
+"""The UA core (RFC 3261 8, 12-15, 17): routes each message to its transaction or dialog.
+
+Sans-IO like the rest of `sip`: `receive(data, source, now)` takes bytes, the caller
+drains `outgoing()` and `events()`, and calls `handle_timer(now)` at `deadline`.
+Everything a peer can send is answered here or dropped and counted in `stats`;
+nothing raises out of `receive`.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from sipbridge.sip.access import AccessGuard
+from sipbridge.sip.address import Address, response_target, stamp_via
+from sipbridge.sip.dialog import Dialog, DialogId, DialogState
+from sipbridge.sip.errors import MessageTooLarge, ParseError, SipError
+from sipbridge.sip.events import (
+    CallConfirmed,
+    CallEnded,
+    EndReason,
+    Event,
+    IncomingCall,
+    InDialogRequest,
+    ReInvite,
+    RequestOutcome,
+)
+from sipbridge.sip.message import (
+    DEFAULT_MAX_SIZE,
+    Headers,
+    Request,
+    Response,
+    parse_message,
+    response_to,
+)
+from sipbridge.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    State,
+    Timeout,
+    TimerConfig,
+    client_key,
+    new_branch,
+    server_key,
+)
+
+log = logging.getLogger("sipbridge.sip")
+
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "REFER")
+KNOWN_METHODS = frozenset(
+    ALLOW + ("REGISTER", "SUBSCRIBE", "MESSAGE", "UPDATE", "PRACK", "PUBLISH")
+)
+SUPPORTED: frozenset[str] = frozenset({"norefersub"})
+
+
+@dataclass(frozen=True, slots=True)
+class UaConfig:
+    host: str = "127.0.0.1"  # the address we put in Contact and Via when none is better
+    port: int = 5060
+    user_agent: str = "sipbridge"
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    max_message_size: int = DEFAULT_MAX_SIZE
+
+
+class LegState(enum.Enum):
+    INCOMING = "incoming"  # INVITE received, no final response yet
+    ANSWERED = "answered"  # 2xx sent, waiting for ACK
+    CONFIRMED = "confirmed"  # ACK received
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class Leg:
+    """One INVITE session the UA serves: its transaction, dialog and state."""
+
+    id: str
+    invite: Request
+    source: Address
+    tx: ServerTransaction
+    dialog: Dialog
+    state: LegState = LegState.INCOMING
+    pending_invite: ServerTransaction | ClientTransaction | None = None  # a re-INVITE transaction under way (14.2)
+    bye_after_ack: bool = False
+
+
+class UserAgent:
+    """The sans-IO SIP user agent core. One per gateway."""
+
+    def __init__(
+        self,
+        config: UaConfig,
+        guard: AccessGuard,
+        *,
+        token: Callable[[], str] = lambda: secrets.token_hex(8),
+    ) -> None:
+        self.config = config
+        self.guard = guard
+        self._token = token
+        self._server: dict[tuple[str, ...], ServerTransaction] = {}
+        self._client: dict[tuple[str, ...], tuple[ClientTransaction, str]] = {}
+        self._legs: dict[str, Leg] = {}
+        self._dialogs: dict[DialogId, Leg] = {}
+        self._timers: list[tuple[float, int, ServerTransaction | ClientTransaction]] = []
+        self._timer_seq = 0
+        self._out: list[tuple[bytes, Address]] = []
+        self._events: list[Event] = []
+        self.stats: Counter[str] = Counter()
+
+    # ---- I/O side -------------------------------------------------------------------
+
+    def outgoing(self) -> list[tuple[bytes, Address]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def receive(self, data: bytes, source: Address, now: float) -> None:
+        """Take one datagram or framed stream message. Never raises."""
+        self.stats["received"] += 1
+        try:
+            msg = parse_message(data, self.config.max_message_size)
+        except MessageTooLarge as exc:
+            self._answer_oversize(data, source, exc)
+            return
+        except ParseError as exc:
+            self.stats["dropped_unparseable"] += 1
+            log.debug("dropped from %s: %s", source, exc.reason)
+            return
+        try:
+            if isinstance(msg, Response):
+                self._on_response(msg, source, now)
+            else:
+                self._on_request(msg, source, now)
+        except Exception:  # a bug must not take the receive loop down
+            self.stats["internal_errors"] += 1
+            log.exception("error handling a message from %s", source)
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self._stateless(msg, source, 500, "Server Internal Error")
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every transaction timer that is due."""
+        while self._timers and self._timers[0][0] <= now:
+            at, _, tx = heapq.heappop(self._timers)
+            if tx.terminated or tx.deadline != at:
+                continue  # stale entry: the timer moved or the transaction ended
+            result = tx.on_timer(now)
+            if isinstance(tx, ServerTransaction):
+                self._server_timeout(tx, result, now)
+            else:
+                self._client_timeout(tx, result, now)
+            self._track(tx)
+
+    # ---- TU commands ----------------------------------------------------------------
+
+    def leg(self, leg_id: str) -> Leg | None:
+        return self._legs.get(leg_id)
+
+    def ring(self, leg_id: str, now: float, status: int = 180, body: bytes = b"") -> None:
+        """Send a provisional response; it makes the early dialog (RFC 3261 12.1.1)."""
+        leg = self._need(leg_id, LegState.INCOMING)
+        headers = [("Contact", leg.dialog.local_contact)]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        self._respond_tx(leg.tx, response_to(leg.invite, status, to_tag=leg.dialog.local_tag,
+                                             headers=headers, body=body), now)
+
+    def answer(self, leg_id: str, body: bytes, now: float) -> None:
+        """Send 200 OK with our SDP; retransmitted until the ACK (RFC 3261 13.3.1.4)."""
+        leg = self._need(leg_id, LegState.INCOMING)
+        headers = [
+            ("Contact", leg.dialog.local_contact),
+            ("Allow", ", ".join(ALLOW)),
+            ("Supported", ", ".join(sorted(SUPPORTED))),
+            ("Server", self.config.user_agent),
+        ]
+        for rr in leg.invite.headers.get_all("Record-Route"):
+            headers.append(("Record-Route", rr))
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        leg.state = LegState.ANSWERED
+        self._respond_tx(leg.tx, response_to(leg.invite, 200, to_tag=leg.dialog.local_tag,
+                                             headers=headers, body=body), now)
+
+    def reject(self, leg_id: str, status: int, now: float, reason: str | None = None,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer the INVITE with a final non-2xx and end the leg."""
+        leg = self._need(leg_id, LegState.INCOMING)
+        resp = response_to(leg.invite, status, reason, to_tag=leg.dialog.local_tag,
+                           headers=headers)
+        self._respond_tx(leg.tx, resp, now)
+        self._end(leg, EndReason.REJECTED, status, resp.reason)
+
+    def hangup(self, leg_id: str, now: float) -> None:
+        """End the leg from our side: BYE once answered, 480 before (RFC 3261 15)."""
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.state is LegState.ENDED:
+            return
+        if leg.state is LegState.INCOMING:
+            self.reject(leg_id, 480, now)
+        elif leg.state is LegState.ANSWERED:
+            leg.bye_after_ack = True  # 15.1.1: no BYE before the ACK or the 2xx times out
+        else:
+            self._send_bye(leg, now, EndReason.LOCAL_BYE)
+
+    def respond(self, leg_id: str, request: Request, status: int, now: float, *,
+                reason: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                body: bytes = b"") -> None:
+        """Answer an in-dialog request the TU was handed (ReInvite, InDialogRequest)."""
+        leg = self._legs.get(leg_id)
+        tx = self._server.get(server_key(request))
+        if tx is None or leg is None:
+            raise KeyError("no pending transaction for that request")
+        h = list(headers)
+        if request.method == "INVITE" and 200 <= status < 300:
+            h.append(("Contact", leg.dialog.local_contact))
+            if body:
+                h.append(("Content-Type", "application/sdp"))
+        self._respond_tx(tx, response_to(request, status, reason, to_tag=leg.dialog.local_tag,
+                                         headers=h, body=body), now)
+        if request.method == "INVITE" and status >= 200:
+            leg.pending_invite = None
+
+    def send_request(self, leg_id: str, method: str, now: float, *,
+                     headers: Headers | None = None, body: bytes = b"") -> Request:
+        """Send a request inside the leg's dialog (BYE, INFO, REFER, re-INVITE)."""
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.state is LegState.ENDED:
+            raise KeyError(f"no live leg {leg_id}")
+        request = leg.dialog.create_request(method, new_branch(self._token()),
+                                            headers=headers, body=body)
+        self._start_client(leg, request, now)
+        return request
+
+    # ---- requests -------------------------------------------------------------------
+
+    def _on_request(self, req: Request, source: Address, now: float) -> None:
+        try:
+            top = req.top_via
+        except SipError as exc:
+            if req.headers.get("Via") is None:
+                self.stats["dropped_no_via"] += 1
+                return
+            self._stateless(req, source, exc.status, exc.reason, target=source)
+            return
+        stamped = stamp_via(top, source)
+        if stamped is not None:
+            vias = req.headers.get_all("Via")
+            req.headers.remove("Via")
+            req.headers.add("Via", str(stamped))
+            for v in vias[1:]:
+                req.headers.add("Via", v)
+            req.__dict__["vias"] = (stamped,) + req.vias[1:]
+        try:
+            req.validate()
+        except SipError as exc:
+            self._stateless(req, source, exc.status, exc.reason)
+            return
+        method = req.method
+        if method == "ACK":
+            self._on_ack(req, now)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, source, now)
+            return
+        tx = self._server.get(server_key(req))
+        if tx is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            tx.receive(req, now)
+            return
+        if req.to.tag is not None:
+            self._in_dialog(req, source, now)
+            return
+        if method not in KNOWN_METHODS:
+            self._stateless(req, source, 501, f"Method {method} Not Implemented")
+            return
+        unsupported = [t for t in req.headers.get_all("Require") if t not in SUPPORTED]
+        if unsupported:
+            self._stateless(req, source, 420, "Bad Extension",
+                            headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        if method not in ("INVITE", "OPTIONS"):
+            status = 481 if method in ("BYE", "NOTIFY") else 405
+            self._stateless(req, source, status, headers=[("Allow", ", ".join(ALLOW))])
+            return
+        decision = self.guard.check(req, source, now)
+        if not decision.allowed:
+            self.stats[f"refused_{decision.status}"] += 1
+            self._stateless(req, source, decision.status, decision.reason,
+                            headers=decision.headers)
+            return
+        if method == "OPTIONS":
+            self._stateless(req, source, 200, headers=self._capabilities())
+            return
+        self._new_call(req, source, now, decision.username)
+
+    def _new_call(self, req: Request, source: Address, now: float, user: str | None) -> None:
+        local_tag = self._token()
+        contact = self._contact(source)
+        dialog = Dialog.as_uas(req, local_tag, 1, source, contact)  # SipError -> 400 above
+        dialog.via_host, dialog.via_port = self.config.host, self.config.port
+        tx = ServerTransaction(req, source, now, self.config.timers, self._out)
+        tx.peer = response_target(req.top_via, source)
+        tx.owner = local_tag
+        self._server[tx.key] = tx
+        leg = Leg(id=local_tag, invite=req, source=source, tx=tx, dialog=dialog)
+        self._legs[leg.id] = leg
+        self._dialogs[dialog.id] = leg
+        self._respond_tx(tx, response_to(req, 100), now)
+        self.stats["calls_in"] += 1
+        self._events.append(IncomingCall(leg.id, req, source, user))
+
+    def _in_dialog(self, req: Request, source: Address, now: float) -> None:
+        leg = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
+        if leg is None or leg.state is LegState.ENDED:
+            self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
+            return
+        try:
+            leg.dialog.check_remote_cseq(req)
+        except SipError as exc:
+            self._stateless(req, source, exc.status, exc.reason)
+            return
+        method = req.method
+        if method not in ALLOW:
+            status = 405 if method in KNOWN_METHODS else 501
+            self._stateless(req, source, status, headers=[("Allow", ", ".join(ALLOW))])
+            return
+        tx = ServerTransaction(req, response_target(req.top_via, source), now,
+                               self.config.timers, self._out)
+        self._server[tx.key] = tx
+        if method == "BYE":
+            self._respond_tx(tx, response_to(req, 200), now)
+            if leg.state is LegState.INCOMING:
+                self._respond_tx(leg.tx, response_to(leg.invite, 487,
+                                                     to_tag=leg.dialog.local_tag), now)
+            self._end(leg, EndReason.REMOTE_BYE)
+        elif method == "INVITE":
+            if leg.pending_invite is not None or leg.state is not LegState.CONFIRMED:
+                self._respond_tx(tx, response_to(req, 491, to_tag=leg.dialog.local_tag), now)
+                return
+            leg.pending_invite = tx
+            tx.owner = leg.id
+            leg.dialog.refresh_target(req)
+            self._events.append(ReInvite(leg.id, req))
+        elif method in ("INFO", "OPTIONS"):
+            headers = self._capabilities() if method == "OPTIONS" else []
+            self._respond_tx(tx, response_to(req, 200, headers=headers), now)
+            self._events.append(InDialogRequest(leg.id, req, answered=True))
+        else:
+            self._events.append(InDialogRequest(leg.id, req, answered=False))
+        self._track(tx)
+
+    def _on_ack(self, req: Request, now: float) -> None:
+        tx = self._server.get(server_key(req))
+        if tx is not None and tx.state in (State.COMPLETED, State.CONFIRMED):
+            tx.receive(req, now)  # ACK for a non-2xx: absorbed by the transaction
+            self._track(tx)
+            return
+        leg = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
+        if leg is None:
+            self.stats["dropped_stray_ack"] += 1
+            return
+        for pending in (leg.tx, leg.pending_invite):
+            if isinstance(pending, ServerTransaction) and pending.request.cseq.seq == req.cseq.seq:
+                pending.ack_received(now)
+                self._track(pending)
+        if leg.state is LegState.ANSWERED and req.cseq.seq == leg.invite.cseq.seq:
+            leg.state = LegState.CONFIRMED
+            leg.dialog.state = DialogState.CONFIRMED
+            self._events.append(CallConfirmed(leg.id, req.body))
+            if leg.bye_after_ack:
+                self._send_bye(leg, now, EndReason.LOCAL_BYE)
+
+    def _on_cancel(self, req: Request, source: Address, now: float) -> None:
+        """RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
+        invite_tx = self._server.get(server_key(req)[:-1] + ("INVITE",))
+        if invite_tx is None:
+            self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
+            return
+        self._stateless(req, source, 200)
+        leg = self._dialogs_by_tx(invite_tx)
+        if leg is not None and leg.state is LegState.INCOMING:
+            self._respond_tx(invite_tx, response_to(leg.invite, 487, to_tag=leg.dialog.local_tag),
+                             now)
+            self._end(leg, EndReason.CANCELLED, 487)
+
+    # ---- responses ------------------------------------------------------------------
+
+    def _on_response(self, resp: Response, source: Address, now: float) -> None:
+        try:
+            resp.validate()
+        except SipError:
+            self.stats["dropped_bad_response"] += 1
+            return
+        branch = resp.top_via.branch or ""
+        entry = self._client.get(client_key(branch, resp.cseq.method))
+        if entry is None:
+            self.stats["dropped_stray_response"] += 1
+            return
+        tx, leg_id = entry
+        if tx.receive(resp, now):
+            leg = self._legs.get(leg_id)
+            if tx.is_invite and 200 <= resp.status < 300 and leg is not None:
+                leg.dialog.refresh_target(resp)
+                self._out.append((leg.dialog.ack_for_2xx(tx.request).to_bytes(), leg.dialog.peer))
+                leg.pending_invite = None
+            elif tx.is_invite and resp.status >= 300 and leg is not None:
+                leg.pending_invite = None
+            self._events.append(RequestOutcome(leg_id, tx.request, resp))
+        self._track(tx)
+
+    # ---- timers ---------------------------------------------------------------------
+
+    def _server_timeout(self, tx: ServerTransaction, result: Timeout | None, now: float) -> None:
+        if result is Timeout.NO_2XX_ACK:
+            leg = self._dialogs_by_tx(tx)
+            if leg is not None and leg.state is not LegState.ENDED:
+                self._send_bye(leg, now, EndReason.NO_ACK)
+
+    def _client_timeout(self, tx: ClientTransaction, result: Timeout | None, now: float) -> None:
+        if result is Timeout.NO_RESPONSE:
+            _, leg_id = self._client.get(tx.key, (tx, ""))
+            leg = self._legs.get(leg_id)
+            if leg is not None and tx.is_invite:
+                leg.pending_invite = None
+            self._events.append(RequestOutcome(leg_id, tx.request, None, timed_out=True))
+
+    def _track(self, tx: ServerTransaction | ClientTransaction) -> None:
+        """Re-arm a transaction's timer, or forget it once it has ended."""
+        if tx.terminated:
+            if isinstance(tx, ServerTransaction):
+                if self._server.get(tx.key) is tx:
+                    del self._server[tx.key]
+            else:
+                self._client.pop(tx.key, None)
+            return
+        at = tx.deadline
+        if at is not None:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (at, self._timer_seq, tx))
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _need(self, leg_id: str, state: LegState) -> Leg:
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.state is not state:
+            got = "unknown" if leg is None else leg.state.value
+            raise RuntimeError(f"leg {leg_id} is {got}, not {state.value}")
+        return leg
+
+    def _respond_tx(self, tx: ServerTransaction, resp: Response, now: float) -> None:
+        if tx.state not in (State.TRYING, State.PROCEEDING):
+            return  # already answered (e.g. CANCEL raced the answer)
+        tx.respond(resp, now)
+        self._track(tx)
+
+    def _start_client(self, leg: Leg, request: Request, now: float) -> None:
+        tx = ClientTransaction(request, leg.dialog.peer, now, self.config.timers, self._out)
+        self._client[tx.key] = (tx, leg.id)
+        if tx.is_invite:
+            leg.pending_invite = tx
+        self._track(tx)
+
+    def _send_bye(self, leg: Leg, now: float, reason: EndReason) -> None:
+        request = leg.dialog.create_request("BYE", new_branch(self._token()))
+        self._start_client(leg, request, now)
+        self._end(leg, reason)
+
+    def _end(self, leg: Leg, reason: EndReason, status: int | None = None,
+             detail: str = "") -> None:
+        if leg.state is LegState.ENDED:
+            return
+        leg.state = LegState.ENDED
+        leg.dialog.state = DialogState.TERMINATED
+        self._legs.pop(leg.id, None)
+        self._dialogs.pop(leg.dialog.id, None)
+        self._events.append(CallEnded(leg.id, reason, status, detail))
+
+    def _dialogs_by_tx(self, tx: ServerTransaction) -> Leg | None:
+        return self._legs.get(tx.owner)
+
+    def _contact(self, source: Address) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        transport = "" if source.transport == "udp" else f";transport={source.transport}"
+        return f"<sip:sipbridge@{host}:{self.config.port}{transport}>"
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        return [
+            ("Allow", ", ".join(ALLOW)),
+            ("Accept", "application/sdp"),
+            ("Supported", ", ".join(sorted(SUPPORTED))),
+            ("Server", self.config.user_agent),
+        ]
+
+    def _stateless(self, req: Request, source: Address, status: int, reason: str | None = None,
+                   *, headers: Iterable[tuple[str, str]] = (), target: Address | None = None
+                   ) -> None:
+        """A response sent without a transaction (RFC 3261 8.2.7): it leaves no state."""
+        if req.method == "ACK":
+            return
+        self.stats[f"answered_{status}"] += 1
+        if target is None:
+            try:
+                target = response_target(req.top_via, source)
+            except SipError:
+                target = source
+        to_tag = None if status == 100 else self._token()
+        resp = response_to(req, status, reason, to_tag=to_tag, headers=headers)
+        self._out.append((resp.to_bytes(), target))
+
+    def _answer_oversize(self, data: bytes, source: Address, exc: MessageTooLarge) -> None:
+        """Answer 513 when the headers of an oversized request can be read."""
+        end = data.find(b"\r\n\r\n", 0, 16384)
+        try:
+            if end < 0:
+                raise ParseError("no end of headers")
+            head = parse_message(data[: end + 4], self.config.max_message_size)
+        except SipError:
+            self.stats["dropped_oversize"] += 1
+            return
+        if isinstance(head, Request):
+            self._stateless(head, source, 513, exc.reason)
+        else:
+            self.stats["dropped_oversize"] += 1
+
