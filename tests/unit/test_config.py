@@ -1,0 +1,103 @@
+"""Config: flags over SIPBRIDGE_ variables over the TOML file over defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sipbridge.config import ConfigError, load_config, parse_host_port
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sipbridge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config()
+    assert config.sip_bind == ("0.0.0.0", 5060)
+    assert config.http_bind == ("127.0.0.1", 8080)
+    assert config.auto_answer is None
+    assert config.reject_code == 480
+    assert config.allow == ["127.0.0.0/8", "::1/128"]
+    assert config.auth is None
+
+
+def test_file_env_and_flags_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        'sip = "127.0.0.1:5071"\nhttp = "127.0.0.1:9001"\nauto_answer = "silence"\n'
+        'ring_time = 2.5\n[auth]\nrealm = "pbx"\nusers = { alice = "secret" }\n',
+    )
+    config = load_config(path)
+    assert config.sip_bind == ("127.0.0.1", 5071)
+    assert config.ring_time == 2.5
+    assert config.auth is not None and config.auth.users == {"alice": "secret"}
+    monkeypatch.setenv("SIPBRIDGE_SIP", "127.0.0.1:5072")
+    monkeypatch.setenv("SIPBRIDGE_AUTH__REALM", "trunk")
+    config = load_config(path)
+    assert config.sip_bind == ("127.0.0.1", 5072)  # env over file
+    assert config.http_bind == ("127.0.0.1", 9001)  # file where env is silent
+    config = load_config(path, sip="127.0.0.1:5073", http=None)
+    assert config.sip_bind == ("127.0.0.1", 5073)  # flag over env
+    assert config.http_bind == ("127.0.0.1", 9001)  # an unset flag changes nothing
+
+
+def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIPBRIDGE_AUTO_ANSWER", "silence")
+    monkeypatch.setenv("SIPBRIDGE_ALLOW", '["10.0.0.0/8"]')
+    config = load_config()
+    assert config.auto_answer == "silence"
+    assert config.allow == ["10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('sip = "127.0.0.1:99999"', "sip"),
+        ('auto_answer = "karaoke"', "auto_answer"),
+        ('allow = ["not-a-network"]', "allow"),
+        ("reject_code = 200", "reject_code"),
+        ('rtp_ports = "5000"', "rtp_ports"),
+        ('unknown_key = 1', "unknown_key"),
+        ('[auth]\nalgorithms = ["ROT13"]', "auth.algorithms"),
+        ("sip = ", "invalid config file"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert fragment in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/sipbridge.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:5060", ("127.0.0.1", 5060)),
+        ("[::1]:5070", ("::1", 5070)),
+        ("::1", ("::1", 5060)),
+        (":5080", ("0.0.0.0", 5080)),
+        ("example.com", ("example.com", 5060)),
+    ],
+)
+def test_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(value, 5060) == expected
+
+
+def test_serve_refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, 'auto_answer = "karaoke"')
+    proc = subprocess.run(
+        [sys.executable, "-m", "sipbridge", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "auto_answer" in proc.stderr
