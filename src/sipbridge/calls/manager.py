@@ -15,13 +15,20 @@ from sipbridge.sip.events import (
     CallConfirmed,
     CallEnded,
     Event,
-    InDialogRequest,
     IncomingCall,
+    InDialogRequest,
     ReInvite,
     RequestOutcome,
 )
 from sipbridge.sip.message import Request
-from sipbridge.sip.sdp import Direction, NegotiatedAudio, answer_offer, build_offer, parse_sdp
+from sipbridge.sip.sdp import (
+    Direction,
+    NegotiatedAudio,
+    answer_offer,
+    build_offer,
+    parse_sdp,
+    read_answer,
+)
 from sipbridge.sip.ua import UserAgent
 
 log = logging.getLogger("sipbridge.calls")
@@ -98,10 +105,12 @@ class CallManager:
         match event:
             case IncomingCall():
                 self._incoming(event, now)
-            case CallConfirmed(leg_id=leg_id):
+            case CallConfirmed(leg_id=leg_id, body=body):
                 call = self._by_leg.get(leg_id)
                 if call is not None:
                     call.state = CallState.ACTIVE
+                    if body and call.audio is None:
+                        self._late_answer(call, body, now)
             case CallEnded(leg_id=leg_id, reason=reason):
                 call = self._by_leg.pop(leg_id, None)
                 if call is not None:
@@ -166,6 +175,14 @@ class CallManager:
                 local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
             ).to_bytes()
+
+    def _late_answer(self, call: Call, body: bytes, now: float) -> None:
+        """RFC 3261 13.2.1: after an INVITE without SDP, the ACK carries the answer."""
+        try:
+            call.audio = read_answer(parse_sdp(call.local_sdp), parse_sdp(body))
+        except SipError as exc:
+            log.info("call %s: unusable answer in ACK (%s); hanging up", call.id, exc.reason)
+            self.ua.hangup(call.leg_id, now)
 
     def _answer(self, call: Call) -> None:
         call.cancel_timer = None

@@ -397,6 +397,23 @@ def answer_offer(
     return _local_session(local_address, session_id, session_version, media), negotiated
 
 
+def read_answer(offer: SessionDescription, answer: SessionDescription) -> NegotiatedAudio:
+    """What an answer to our offer settled (RFC 3264 7); NotAcceptable if it took nothing."""
+    offered = {c.payload_type: c for m in offer.media if m.media == "audio" for c in m.codecs}
+    for m in answer.media:
+        if m.media != "audio" or m.port == 0:
+            continue
+        voice = [c for c in m.codecs if c.payload_type in offered
+                 and c.name.lower() not in ("telephone-event", "cn")]
+        remote = effective_address(m, answer)
+        if not voice or remote is None:
+            break
+        events = [c.payload_type for c in m.codecs if c.name.lower() == "telephone-event"]
+        return NegotiatedAudio(voice[0], events[0] if events else None, remote, m.port,
+                               m.direction.answer(), m.ptime or 20)
+    raise NotAcceptable("the answer accepted no audio codec of our offer")
+
+
 def build_offer(
     *, local_address: str, local_port: int, session_id: int, session_version: int,
     codecs: Sequence[str] = ("PCMU", "PCMA"), telephone_event_pt: int | None = 101,

@@ -114,7 +114,8 @@ class UserAgent:
     # ---- I/O side -------------------------------------------------------------------
 
     def outgoing(self) -> list[tuple[bytes, Address]]:
-        out, self._out = self._out, []
+        out = self._out[:]  # transactions hold this list: empty it in place
+        self._out.clear()
         return out
 
     def events(self) -> list[Event]:

@@ -1,0 +1,180 @@
+"""CallManager over a real UA core, with a fake clock and scheduler: answer by policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sipbridge.calls.manager import CallManager, CallState, PortPool
+from sipbridge.sip.access import AccessGuard
+from sipbridge.sip.address import Address
+from sipbridge.sip.events import CallEnded, EndReason
+from sipbridge.sip.message import Response, parse_message
+from sipbridge.sip.sdp import Direction, parse_sdp
+from sipbridge.sip.ua import UaConfig, UserAgent
+
+PEER = Address("udp", "127.0.0.1", 5062)
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    "a=fmtp:101 0-16\r\na={direction}\r\n"
+)
+
+
+class Harness:
+    def __init__(self, *, auto_answer: str | None = "silence", ring_time: float = 0.0,
+                 reject_code: int = 480) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
+        self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
+        self.manager = CallManager(
+            self.ua, self.schedule, media_host=lambda peer: "127.0.0.1",
+            ports=PortPool(20000, 20010), auto_answer=auto_answer, ring_time=ring_time,
+            reject_code=reject_code, clock=lambda: self.now,
+        )
+        self.sent: list[Response] = []
+        self.ended: list[CallEnded] = []
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
+        cancelled = [False]
+        self.timers.append((self.now + delay, callback, cancelled))
+        return lambda: cancelled.__setitem__(0, True)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for at, callback, cancelled in list(self.timers):
+            if at <= self.now and not cancelled[0]:
+                self.timers.remove((at, callback, cancelled))
+                callback()
+        self.pump()
+
+    def pump(self) -> None:
+        while events := self.ua.events():
+            for event in events:
+                if isinstance(event, CallEnded):
+                    self.ended.append(event)
+                self.manager.handle(event)
+        for data, _ in self.ua.outgoing():
+            msg = parse_message(data)
+            if isinstance(msg, Response):
+                self.sent.append(msg)
+
+    def send(self, text: str) -> None:
+        self.ua.receive(text.replace("\n", "\r\n").encode(), PEER, self.now)
+        self.pump()
+
+    def statuses(self) -> list[int]:
+        return [r.status for r in self.sent]
+
+
+def invite(body: str = "", content_type: str = "application/sdp", branch: str = "b1",
+           cseq: int = 1, to_tag: str = "") -> str:
+    body = body.replace("\r\n", "\n")
+    ctype = f"Content-Type: {content_type}\n" if body else ""
+    to = f"<sip:bot@127.0.0.1>{';tag=' + to_tag if to_tag else ''}"
+    return (
+        f"INVITE sip:bot@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
+        f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: {to}\nCall-ID: call-1\n"
+        f"CSeq: {cseq} INVITE\nContact: <sip:carrier@127.0.0.1:5062>\nMax-Forwards: 70\n"
+        f"{ctype}Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}"
+    )
+
+
+def ack(to_tag: str, body: str = "", cseq: int = 1, branch: str = "a1") -> str:
+    body = body.replace("\r\n", "\n")
+    ctype = "Content-Type: application/sdp\n" if body else ""
+    return (
+        f"ACK sip:sipbridge@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
+        f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>;tag={to_tag}\n"
+        f"Call-ID: call-1\nCSeq: {cseq} ACK\nMax-Forwards: 70\n"
+        f"{ctype}Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}"
+    )
+
+
+def test_auto_answer_silence_answers_with_sdp() -> None:
+    h = Harness()
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    assert h.statuses() == [100, 180, 200]
+    answer = parse_sdp(h.sent[-1].body)
+    assert answer.media[0].port == 20000
+    assert [c.name for c in answer.media[0].codecs] == ["PCMU", "telephone-event"]
+    call = next(iter(h.manager.calls.values()))
+    assert call.id.startswith("rtc_") and call.state is CallState.RINGING
+    h.send(ack(h.sent[-1].to.tag or ""))
+    assert call.state is CallState.ACTIVE
+
+
+def test_without_application_calls_are_refused_with_the_configured_code() -> None:
+    h = Harness(auto_answer=None, reject_code=503)
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    assert h.statuses() == [100, 503]
+    assert h.ended[0].reason is EndReason.REJECTED
+    assert h.manager.calls == {}
+
+
+def test_no_common_codec_gets_488_with_a_warning() -> None:
+    h = Harness()
+    g729 = OFFER.format(direction="sendrecv").replace("RTP/AVP 0 8 101", "RTP/AVP 18")
+    h.send(invite(g729))
+    assert h.statuses() == [100, 488]
+    assert "codec" in (h.sent[-1].headers.get("Warning") or "")
+
+
+def test_non_sdp_body_gets_415() -> None:
+    h = Harness()
+    h.send(invite("hello", content_type="text/plain"))
+    assert h.statuses() == [100, 415]
+    assert h.sent[-1].headers.get("Accept") == "application/sdp"
+
+
+def test_ring_time_delays_the_answer_and_cancel_stops_it() -> None:
+    h = Harness(ring_time=3.0)
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    assert h.statuses() == [100, 180]
+    h.advance(2.0)
+    assert h.statuses() == [100, 180]
+    h.advance(1.5)
+    assert h.statuses() == [100, 180, 200]
+
+    h2 = Harness(ring_time=3.0)
+    h2.send(invite(OFFER.format(direction="sendrecv")))
+    h2.send(
+        "CANCEL sip:bot@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKb1\n"
+        "From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>\nCall-ID: call-1\n"
+        "CSeq: 1 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n"
+    )
+    assert sorted(h2.statuses()[2:]) == [200, 487]
+    h2.advance(5.0)
+    assert 200 not in h2.statuses()[2:] or h2.statuses().count(200) == 1  # only the CANCEL's
+    assert h2.ended[0].reason is EndReason.CANCELLED
+
+
+def test_late_offer_puts_our_offer_in_200_and_reads_the_answer_from_ack() -> None:
+    h = Harness()
+    h.send(invite(""))
+    ok = h.sent[-1]
+    assert ok.status == 200
+    offer = parse_sdp(ok.body)
+    assert [c.name for c in offer.media[0].codecs][:2] == ["PCMU", "PCMA"]
+    answer = OFFER.format(direction="sendrecv").replace("RTP/AVP 0 8 101", "RTP/AVP 8 101")
+    h.send(ack(ok.to.tag or "", answer))
+    call = next(iter(h.manager.calls.values()))
+    assert call.audio is not None and call.audio.codec.name == "PCMA"
+    assert call.audio.remote_port == 6000
+
+
+def test_reinvite_hold_and_resume() -> None:
+    h = Harness()
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    tag = h.sent[-1].to.tag or ""
+    h.send(ack(tag))
+    call = next(iter(h.manager.calls.values()))
+    h.send(invite(OFFER.format(direction="sendonly"), branch="b2", cseq=2, to_tag=tag))
+    held = parse_sdp(h.sent[-1].body)
+    assert h.sent[-1].status == 200 and held.media[0].direction is Direction.RECVONLY
+    assert call.on_hold
+    h.send(ack(tag, cseq=2, branch="a2"))
+    h.send(invite(OFFER.format(direction="sendrecv"), branch="b3", cseq=3, to_tag=tag))
+    resumed = parse_sdp(h.sent[-1].body)
+    assert resumed.media[0].direction is Direction.SENDRECV and not call.on_hold
+    assert resumed.media[0].port == held.media[0].port  # same stream, same port
+    assert resumed.origin.session_version > held.origin.session_version  # RFC 3264 8
