@@ -143,12 +143,14 @@ class Dialog:
                 h.add(name, value)
         return Request(method, uri, h, body)
 
-    def ack_for_2xx(self, invite: Request) -> Request:
-        """The ACK for a 2xx (RFC 3261 13.2.2.4): a new branch is not needed by the dialog's
-        peer, but the CSeq number is the INVITE's."""
-        ack = self.create_request("ACK", invite.top_via.branch or "", cseq=invite.cseq.seq)
-        ack.headers.set("Via", invite.headers.get_all("Via")[0])
-        return ack
+    def ack_for_2xx(self, invite: Request, branch: str | None = None) -> Request:
+        """The ACK for a 2xx (RFC 3261 13.2.2.4): built like any in-dialog request, with the
+        INVITE's CSeq number. It is a transaction of its own, so it needs a branch of its own
+        (8.1.1.7); by default one derived from the INVITE's, so that the ACK sent again for
+        each 2xx retransmission is the same ACK."""
+        if branch is None:
+            branch = f"{invite.top_via.branch or ''}.ack"
+        return self.create_request("ACK", branch, cseq=invite.cseq.seq)
 
 
 def name_addr_from_text(text: str) -> NameAddr:

@@ -137,7 +137,7 @@ class SipTransport:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _TcpConnection(self), key[0], key[1]), 5.0
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.info("TCP connect to %s:%s failed: %s", key[0], key[1], exc)
             self._pending.pop(key, None)
             return

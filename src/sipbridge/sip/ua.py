@@ -229,8 +229,8 @@ class UserAgent:
                 h.append(("Content-Type", "application/sdp"))
         self._respond_tx(tx, response_to(request, status, reason, to_tag=leg.dialog.local_tag,
                                          headers=h, body=body), now)
-        if request.method == "INVITE" and status >= 200:
-            leg.pending_invite = None
+        if request.method == "INVITE" and status >= 300:
+            leg.pending_invite = None  # a 2xx stays pending until its ACK (13.3.1.4)
 
     def send_request(self, leg_id: str, method: str, now: float, *,
                      headers: Headers | None = None, body: bytes = b"") -> Request:
@@ -308,7 +308,11 @@ class UserAgent:
     def _new_call(self, req: Request, source: Address, now: float, user: str | None) -> None:
         local_tag = self._token()
         contact = self._contact(source)
-        dialog = Dialog.as_uas(req, local_tag, 1, source, contact)  # SipError -> 400 above
+        try:
+            dialog = Dialog.as_uas(req, local_tag, 1, source, contact)
+        except SipError as exc:  # no Contact (RFC 3261 8.1.1.8), a bad Record-Route
+            self._stateless(req, source, exc.status, exc.reason)
+            return
         dialog.via_host, dialog.via_port = self.config.host, self.config.port
         tx = ServerTransaction(req, source, now, self.config.timers, self._out)
         tx.peer = response_target(req.top_via, source)
@@ -346,7 +350,14 @@ class UserAgent:
                                                      to_tag=leg.dialog.local_tag), now)
             self._end(leg, EndReason.REMOTE_BYE)
         elif method == "INVITE":
-            if leg.pending_invite is not None or leg.state is not LegState.CONFIRMED:
+            pending = leg.pending_invite
+            if isinstance(pending, ServerTransaction) and pending.final is None:
+                # RFC 3261 14.2: an INVITE before our final response to the previous one.
+                retry = ("Retry-After", str(secrets.randbelow(11)))
+                self._respond_tx(tx, response_to(req, 500, to_tag=leg.dialog.local_tag,
+                                                 headers=[retry]), now)
+                return
+            if pending is not None or leg.state is not LegState.CONFIRMED:
                 self._respond_tx(tx, response_to(req, 491, to_tag=leg.dialog.local_tag), now)
                 return
             leg.pending_invite = tx
@@ -375,6 +386,8 @@ class UserAgent:
             if isinstance(pending, ServerTransaction) and pending.request.cseq.seq == req.cseq.seq:
                 pending.ack_received(now)
                 self._track(pending)
+                if pending is leg.pending_invite:
+                    leg.pending_invite = None  # the re-INVITE is complete (14.2)
         if leg.state is LegState.ANSWERED and req.cseq.seq == leg.invite.cseq.seq:
             leg.state = LegState.CONFIRMED
             leg.dialog.state = DialogState.CONFIRMED
@@ -388,7 +401,7 @@ class UserAgent:
         if invite_tx is None:
             self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
             return
-        self._stateless(req, source, 200)
+        self._stateless(req, source, 200, to_tag=invite_tx.owner or None)  # 9.2: same To tag
         leg = self._dialogs_by_tx(invite_tx)
         if leg is not None and leg.state is LegState.INCOMING:
             self._respond_tx(invite_tx, response_to(leg.invite, 487, to_tag=leg.dialog.local_tag),
@@ -409,12 +422,19 @@ class UserAgent:
             self.stats["dropped_stray_response"] += 1
             return
         tx, leg_id = entry
+        retransmitted = tx.state is State.ACCEPTED
         if tx.receive(resp, now):
             leg = self._legs.get(leg_id)
-            if tx.is_invite and 200 <= resp.status < 300 and leg is not None:
-                leg.dialog.refresh_target(resp)
-                self._out.append((leg.dialog.ack_for_2xx(tx.request).to_bytes(), leg.dialog.peer))
-                leg.pending_invite = None
+            if tx.is_invite and 200 <= resp.status < 300:
+                if leg is not None:
+                    leg.dialog.refresh_target(resp)
+                    ack = leg.dialog.ack_for_2xx(tx.request)
+                    self._out.append((ack.to_bytes(), leg.dialog.peer))
+                    if leg.pending_invite is tx:
+                        leg.pending_invite = None
+                if retransmitted:
+                    self._track(tx)  # 13.2.2.4: ACK each 2xx, but the TU hears of it once
+                    return
             elif tx.is_invite and resp.status >= 300 and leg is not None:
                 leg.pending_invite = None
             self._events.append(RequestOutcome(leg_id, tx.request, resp))
@@ -504,8 +524,8 @@ class UserAgent:
         ]
 
     def _stateless(self, req: Request, source: Address, status: int, reason: str | None = None,
-                   *, headers: Iterable[tuple[str, str]] = (), target: Address | None = None
-                   ) -> None:
+                   *, headers: Iterable[tuple[str, str]] = (), target: Address | None = None,
+                   to_tag: str | None = None) -> None:
         """A response sent without a transaction (RFC 3261 8.2.7): it leaves no state."""
         if req.method == "ACK":
             return
@@ -515,7 +535,8 @@ class UserAgent:
                 target = response_target(req.top_via, source)
             except SipError:
                 target = source
-        to_tag = None if status == 100 else self._token()
+        if to_tag is None and status != 100:
+            to_tag = self._token()
         resp = response_to(req, status, reason, to_tag=to_tag, headers=headers)
         self._out.append((resp.to_bytes(), target))
 
