@@ -417,6 +417,27 @@ def test_bye_before_answer_gets_200_and_the_invite_487(phone: Phone) -> None:
     assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
 
 
+def test_bye_before_the_ack_stops_the_200_retransmissions(phone: Phone) -> None:
+    leg = phone.call()
+    phone.ua.answer(leg, ANSWER, phone.now)
+    phone.collect()
+    ok = phone.one().msg
+    assert isinstance(ok, Response)
+    phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-bye-early", contact=False))
+    assert phone.one().status == 200
+    assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
+    phone.advance(40.0)
+    assert phone.take() == []  # the 200 to the INVITE is not resent, no BYE of ours
+    assert phone.empty()
+
+
+def test_unknown_in_dialog_method_retransmitted_gets_the_same_501(phone: Phone) -> None:
+    _, ok = phone.answered_call()
+    for _ in range(2):
+        phone.receive(in_dialog("FOO", ok, 2, "z9hG4bK-foo"))
+        assert phone.one().status == 501
+
+
 def test_in_dialog_cseq_out_of_order_gets_500(phone: Phone) -> None:
     leg, ok = phone.answered_call()
     phone.receive(in_dialog("INFO", ok, 5, "z9hG4bK-i5"))

@@ -330,15 +330,15 @@ class UserAgent:
         if leg is None or leg.state is LegState.ENDED:
             self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
             return
-        try:
-            leg.dialog.check_remote_cseq(req)
-        except SipError as exc:
-            self._stateless(req, source, exc.status, exc.reason)
-            return
         method = req.method
         if method not in ALLOW:
             status = 405 if method in KNOWN_METHODS else 501
             self._stateless(req, source, status, headers=[("Allow", ", ".join(ALLOW))])
+            return
+        try:
+            leg.dialog.check_remote_cseq(req)
+        except SipError as exc:
+            self._stateless(req, source, exc.status, exc.reason)
             return
         tx = ServerTransaction(req, response_target(req.top_via, source), now,
                                self.config.timers, self._out)
@@ -348,6 +348,9 @@ class UserAgent:
             if leg.state is LegState.INCOMING:
                 self._respond_tx(leg.tx, response_to(leg.invite, 487,
                                                      to_tag=leg.dialog.local_tag), now)
+            elif leg.state is LegState.ANSWERED:
+                leg.tx.ack_received(now)  # a BYE shows our 2xx arrived: stop resending it
+                self._track(leg.tx)
             self._end(leg, EndReason.REMOTE_BYE)
         elif method == "INVITE":
             pending = leg.pending_invite
