@@ -789,6 +789,23 @@ def test_digest_wrong_password_gets_403(make_phone: Callable[..., Phone]) -> Non
     assert phone.take_events() == [] and phone.empty()
 
 
+@pytest.mark.parametrize(
+    ("digest_uri", "status"),
+    [("sip:127.0.0.1:5060", 100), ("sip:other@127.0.0.1:5060", 100),
+     ("sip:agent@elsewhere.test", 403), ("sip:127.0.0.1:5999", 403)],
+)
+def test_digest_uri_must_name_the_request_uri_host(
+    make_phone: Callable[..., Phone], digest_uri: str, status: int
+) -> None:
+    phone = digest_phone(make_phone)
+    chal = choose_challenge(challenge_for(phone))
+    auth = authorization(chal, method="INVITE", uri=digest_uri, username="alice",
+                         password="wonderland", cnonce="abc123")
+    phone.receive(sip("INVITE", body=OFFER, host="192.0.2.10", cseq=2, branch="z9hG4bK-2",
+                      headers=[f"Authorization: {auth}"]), STRANGER)
+    assert phone.one().status == status
+
+
 def test_allowed_source_needs_no_digest(make_phone: Callable[..., Phone]) -> None:
     phone = digest_phone(make_phone)
     phone.call()

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
+from sipbridge.sip.errors import ParseError
 from sipbridge.sip.message import Request
+from sipbridge.sip.uri import SipUri, parse_uri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,6 +62,9 @@ class AccessGuard:
         if values:
             result = self.digest.verify_any(request.method, values, now)
             if result.ok:
+                if not _names_request_uri(result.uri, request):
+                    # RFC 7616 3.4.6: credentials computed for some other resource.
+                    return Decision(False, 403, "Forbidden (digest uri is not the Request-URI)")
                 return Decision(True, username=result.username)
             if not result.stale:
                 # A wrong answer to our challenge: refuse rather than loop (RFC 3261 22.2).
@@ -70,3 +75,22 @@ class AccessGuard:
             False, 401, "Unauthorized",
             headers=tuple(("WWW-Authenticate", c) for c in challenge),
         )
+
+
+def _names_request_uri(digest_uri: str | None, request: Request) -> bool:
+    """Whether the digest-uri names the Request-URI (RFC 3261 22.4, RFC 7616 3.4.6).
+
+    Lenient where deployed UACs differ: a SIP URI naming the same host and port
+    matches even without the user part (SIPp and several PBXs sign `sip:host:port`).
+    """
+    if digest_uri is None:
+        return False
+    try:
+        uri = parse_uri(digest_uri)
+    except ParseError:
+        return False
+    target = request.uri
+    if uri == target:
+        return True
+    return (isinstance(uri, SipUri) and isinstance(target, SipUri)
+            and uri.host.lower() == target.host.lower() and uri.port == target.port)

@@ -1,0 +1,387 @@
+"""Highest sustained SIP call rate (calls per second) of sipbridge, beside SIPp's own UAS.
+
+Run from the project root after ``bash scripts/setup.sh``::
+
+    .venv/bin/python bench/sip_cps.py [--duration 30] [--start 50] [--max 2000]
+
+Each step runs SIPp's built-in ``uac`` scenario (INVITE, 100/180, 200, ACK,
+BYE, 200) at one rate for ``--duration`` seconds (``-m rate*duration``)
+against a fresh server pinned to one core, with SIPp pinned to another. A
+step passes when every call succeeded, no message was retransmitted, and
+SIPp kept the rate (the run did not overrun its time). The rate rises
+(doubling) until a step fails or ``--max`` is reached, then a bisection
+narrows the highest passing rate. The same search runs against
+``sipp -sn uas`` on the same core, so the figure comes with a reference
+from the same machine in the same run. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- small process helpers -------------------------------------------------
+
+
+def free_port(kinds: tuple[socket.SocketKind, ...], offsets: tuple[int, ...] = (0,)) -> int:
+    """A loopback port free for every socket kind given (and port + offset)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kinds[0]) as s:
+            s.bind((LOOPBACK, 0))
+            port: int = s.getsockname()[1]
+        try:
+            for off in offsets:
+                for kind in kinds:
+                    with socket.socket(socket.AF_INET, kind) as t:
+                        t.bind((LOOPBACK, port + off))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free loopback port")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, proc(5))."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)"
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    """``cmd`` run on one core with taskset, when there is one to pin to."""
+    if core is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", str(core), *cmd]
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def options_ping(port: int, timeout: float = 0.5) -> bool:
+    """Whether a SIP server answers an OPTIONS on loopback UDP ``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        tag = os.urandom(6).hex()
+        msg = (
+            f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOOPBACK}:{lport};branch=z9hG4bK{tag}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:bench@{LOOPBACK}>;tag={tag}\r\n"
+            f"To: <sip:{LOOPBACK}:{port}>\r\nCall-ID: {tag}@bench\r\n"
+            f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), (LOOPBACK, port))
+        try:
+            return s.recvfrom(65535)[0].startswith(b"SIP/2.0 ")
+        except OSError:
+            return False
+
+
+# --- the servers under test ------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+
+def start_sipbridge(workdir: Path, core: int | None, transport: str) -> Server:
+    port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
+    http = free_port((socket.SOCK_STREAM,))
+    config = workdir / "sipbridge.toml"
+    config.write_text(
+        f'sip = "{LOOPBACK}:{port}"\n'
+        f'http = "{LOOPBACK}:{http}"\n'
+        'auto_answer = "silence"\n'
+        "ring_time = 0.0\n"
+        'log_level = "warning"\n'
+    )
+    log = workdir / "sipbridge.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            pinned([sys.executable, "-m", "sipbridge", "serve", "--config", str(config)], core),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server("sipbridge", proc, port, log)
+    deadline = time.monotonic() + 15
+    while not options_ping(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise SystemExit(f"sipbridge did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return server
+
+
+def start_sipp_uas(workdir: Path, core: int | None, transport: str) -> Server:
+    port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
+    log = workdir / "sipp-uas.log"
+    cmd = [
+        "sipp", "-sn", "uas", "-i", LOOPBACK, "-p", str(port), "-bind_local",
+        "-t", "u1" if transport == "udp" else "t1", "-nostdin",
+        "-cp", str(free_port((socket.SOCK_DGRAM,))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            pinned(cmd, core), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    time.sleep(0.5)  # SIPp's uas does not answer OPTIONS; give it time to bind
+    if proc.poll() is not None:
+        raise SystemExit(f"sipp -sn uas did not start:\n{log.read_text(errors='replace')}")
+    return Server("sipp uas", proc, port, log)
+
+
+STARTERS = {"sipbridge": start_sipbridge, "sipp uas": start_sipp_uas}
+
+
+# --- one step --------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    target: str
+    rate: int
+    calls: int
+    successful: int
+    failed: int
+    retransmissions: int
+    wall: float
+    server_cpu: float  # percent of one core over the step
+    client_cpu: float
+    returncode: int
+    passed: bool
+    why: str
+
+
+def read_stats(path: Path) -> dict[str, str]:
+    """The last row of SIPp's -trace_stat CSV, by column name."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")))
+
+
+def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> Step:
+    workdir = root / f"{target.replace(' ', '-')}-{rate}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    calls = rate * args.duration
+    server = STARTERS[target](workdir, args.server_core, args.transport)
+    stats_file = workdir / "stats.csv"
+    cmd = [
+        "sipp", f"{LOOPBACK}:{server.port}", "-sn", "uac",
+        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
+        "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
+        "-cp", str(free_port((socket.SOCK_DGRAM,))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+        "-r", str(rate), "-m", str(calls), "-nostdin",
+        "-recv_timeout", "5000",
+        "-timeout", f"{args.duration * 2 + 30}s", "-timeout_error",
+        "-trace_stat", "-stf", str(stats_file), "-fd", "1",
+    ]  # fmt: skip
+    try:
+        server_cpu0 = cpu_seconds(server.proc.pid)
+        start = time.monotonic()
+        with (workdir / "sipp-uac.log").open("wb") as out:
+            client = subprocess.Popen(
+                pinned(cmd, args.client_core),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            client_cpu = 0.0
+            while client.poll() is None:
+                client_cpu = max(client_cpu, cpu_seconds(client.pid))
+                time.sleep(0.2)
+        wall = time.monotonic() - start
+        server_cpu = cpu_seconds(server.proc.pid) - server_cpu0
+        server_alive = server.proc.poll() is None
+    finally:
+        stop(server.proc, signal.SIGTERM if target == "sipbridge" else signal.SIGKILL)
+
+    stats = read_stats(stats_file)
+    successful = int(stats.get("SuccessfulCall(C)", 0) or 0)
+    failed = int(stats.get("FailedCall(C)", 0) or 0)
+    retrans = int(stats.get("Retransmissions(C)", 0) or 0)
+    # SIPp must have kept the rate: all calls placed within the step's time,
+    # with a little slack for the last calls to end.
+    overrun = wall > args.duration * 1.05 + 2
+    why = []
+    if client.returncode != 0:
+        why.append(f"sipp exit {client.returncode}")
+    if failed:
+        why.append(f"{failed} failed")
+    if retrans:
+        why.append(f"{retrans} retransmissions")
+    if successful != calls:
+        why.append(f"{successful}/{calls} successful")
+    if overrun:
+        why.append(f"rate not kept ({wall:.1f} s)")
+    if not server_alive:
+        why.append("server exited")
+    return Step(
+        target=target,
+        rate=rate,
+        calls=calls,
+        successful=successful,
+        failed=failed,
+        retransmissions=retrans,
+        wall=wall,
+        server_cpu=100 * server_cpu / wall if wall else 0.0,
+        client_cpu=100 * client_cpu / wall if wall else 0.0,
+        returncode=client.returncode,
+        passed=not why,
+        why=", ".join(why) or "ok",
+    )
+
+
+# --- the search ------------------------------------------------------------
+
+HEADER = (
+    f"{'target':<10} {'rate':>6} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} "
+    f"{'wall s':>7} {'srv cpu%':>8} {'sipp cpu%':>9}  result"
+)
+
+
+def print_step(step: Step) -> None:
+    verdict = "pass" if step.passed else f"FAIL: {step.why}"
+    print(
+        f"{step.target:<10} {step.rate:>6} {step.calls:>7} {step.successful:>7} "
+        f"{step.failed:>6} {step.retransmissions:>7} {step.wall:>7.1f} "
+        f"{step.server_cpu:>8.1f} {step.client_cpu:>9.1f}  {verdict}",
+        flush=True,
+    )
+
+
+def search(target: str, args: argparse.Namespace, root: Path) -> tuple[int, bool]:
+    """The highest passing rate, and whether it is only a lower bound (--max)."""
+    good, rate = 0, args.start
+    while True:  # step up
+        step = run_step(target, rate, args, root)
+        print_step(step)
+        if not step.passed:
+            bad = rate
+            break
+        good = rate
+        if rate >= args.max:
+            return good, True
+        rate = min(rate * 2, args.max)
+        time.sleep(args.cooldown)
+    while bad - good > max(args.resolution, good * args.resolution_pct / 100):  # bisect
+        time.sleep(args.cooldown)
+        rate = (good + bad) // 2
+        step = run_step(target, rate, args, root)
+        print_step(step)
+        if step.passed:
+            good = rate
+        else:
+            bad = rate
+    return good, False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=30, help="seconds per step (default 30)")
+    ap.add_argument("--start", type=int, default=50, help="first rate in cps (default 50)")
+    ap.add_argument("--max", type=int, default=2000, help="highest rate tried (default 2000)")
+    ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    ap.add_argument(
+        "--targets",
+        default="sipbridge,sipp uas",
+        help="comma-separated: sipbridge, sipp uas (default both)",
+    )
+    ap.add_argument("--resolution", type=int, default=10, help="bisect until within N cps")
+    ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
+    ap.add_argument("--cooldown", type=float, default=2.0, help="seconds between steps")
+    ap.add_argument("--keep", metavar="DIR", help="keep SIPp and server logs in DIR")
+    args = ap.parse_args()
+
+    if shutil.which("sipp") is None:
+        print("sip_cps: sipp not found (Debian package sip-tester; scripts/setup.sh)")
+        return 2
+    if args.start < 1 or args.max < args.start or args.duration < 1:
+        ap.error("need 1 <= --start <= --max and --duration >= 1")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in STARTERS]
+    if unknown:
+        ap.error(f"unknown targets {unknown}; choose from {sorted(STARTERS)}")
+
+    cores = os.sched_getaffinity(0)
+    if len(cores) >= 2 and shutil.which("taskset"):
+        first, second = sorted(cores)[:2]
+        args.server_core, args.client_core = first, second
+        pinning = f"server on core {first}, SIPp uac on core {second}"
+    else:
+        args.server_core = args.client_core = None
+        pinning = "no pinning (needs taskset and 2 cores)"
+    print(
+        f"sip_cps: {args.transport}, {args.duration} s per step, rates {args.start}..{args.max} "
+        f"cps; {pinning}",
+        flush=True,
+    )
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sip_cps-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, tuple[int, bool]] = {}
+    try:
+        print(HEADER)
+        for target in targets:
+            results[target] = search(target, args, root)
+    except KeyboardInterrupt:
+        print("sip_cps: interrupted")
+        return 130
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def shown(target: str) -> str:
+        rate, capped = results[target]
+        return f">={rate}" if capped else str(rate)
+
+    summary = ", ".join(f"{t} {shown(t)} cps" for t in targets)
+    if "sipbridge" in results and "sipp uas" in results and results["sipp uas"][0]:
+        (ours, ours_capped), (ref, ref_capped) = results["sipbridge"], results["sipp uas"]
+        if ours_capped and ref_capped:
+            summary += "; ratio unknown (both reached --max: raise it)"
+        else:
+            bound = "<=" if ref_capped else ">=" if ours_capped else ""
+            summary += f"; ratio sipbridge/sipp-uas {bound}{ours / ref:.2f}"
+    print(f"result: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Prepare this machine for sipbridge: the Debian packages that the tests and
+# the demo use (SIPp, sipsak, python3-venv) and the project's virtualenv in
+# .venv with sipbridge installed in editable mode.
+#
+# Idempotent: apt is not touched when every package is present, and the
+# virtualenv is not reinstalled while pyproject.toml is unchanged.
+#
+# Environment:
+#   SIPBRIDGE_PYTHON   interpreter for the virtualenv (default: python3, >= 3.11)
+#   SIPBRIDGE_NO_APT=1 never call apt-get (report what is missing instead)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+STAMP="$VENV/.sipbridge-setup"
+PYTHON="${SIPBRIDGE_PYTHON:-python3}"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# Two scripts may run setup at once (test.sh and demo.sh): serialise them.
+if command -v flock >/dev/null 2>&1 && [[ -z "${SIPBRIDGE_SETUP_LOCKED:-}" ]]; then
+    export SIPBRIDGE_SETUP_LOCKED=1
+    lock="${TMPDIR:-/tmp}/sipbridge-setup.$(printf '%s' "$ROOT" | sha256sum | cut -c1-12).lock"
+    exec flock "$lock" bash "${BASH_SOURCE[0]}" "$@"
+fi
+
+# --- Debian packages -------------------------------------------------------
+
+deb_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+python_ok() {
+    command -v "$PYTHON" >/dev/null 2>&1 &&
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
+# `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
+venv_ok() {
+    "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v sipsak >/dev/null 2>&1 || missing+=(sipsak)
+if ! python_ok; then
+    [[ "$PYTHON" == python3 ]] || die "$PYTHON is not a Python >= 3.11"
+    missing+=(python3 python3-venv)
+elif ! venv_ok && ! [[ -x "$VENV/bin/python" ]]; then
+    missing+=(python3-venv)
+fi
+
+if ((${#missing[@]})); then
+    [[ -z "${SIPBRIDGE_NO_APT:-}" ]] || die "missing Debian packages: ${missing[*]}"
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get here"
+    SUDO=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 || die "installing ${missing[*]} needs root"
+        SUDO=(sudo)
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine has empty package lists: update first.
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v sipp >/dev/null 2>&1 || die "sipp (Debian package sip-tester) is still missing"
+python_ok || die "no Python >= 3.11 as $PYTHON"
+
+# --- virtualenv ------------------------------------------------------------
+
+# Reinstall when the project's metadata or the interpreter changes.
+want="$({ cat pyproject.toml; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+
+if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] &&
+    "$VENV/bin/python" -c 'import sipbridge' >/dev/null 2>&1; then
+    exit 0
+fi
+
+pyversion() { "$1" -c 'import sys; print(sys.version)' 2>/dev/null; }
+
+# A virtualenv made by another interpreter (or a broken one) is made anew.
+if ! [[ -x "$VENV/bin/python" ]] || [[ "$(pyversion "$VENV/bin/python")" != "$(pyversion "$PYTHON")" ]]; then
+    log "creating $VENV"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+log "installing sipbridge (editable) with test and dev extras"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+printf '%s\n' "$want" >"$STAMP"
+log "ready: $VENV"
