@@ -498,12 +498,14 @@ def test_server_invite_in_accepted_absorbs_invite_and_ack() -> None:
 
 @pytest.mark.parametrize("status", [100, 200, 486])
 def test_server_respond_after_final_is_refused(status: int) -> None:
-    tx = ServerTransaction(make_request(), UDP, 0.0, DEFAULT)
-    tx.respond(reply(tx.request, 486 if status == 100 else status), 0.0)
+    request = make_request()
+    tx = ServerTransaction(request, UDP, 0.0, DEFAULT)
+    tx.respond(reply(request, 486 if status == 100 else status), 0.0)
     with pytest.raises(RuntimeError):
-        tx.respond(reply(tx.request, status), 0.1)
+        tx.respond(reply(request, status), 0.1)
     assert len(tx.outbox) == 1
-    assert tx.final is not None and tx.final.status == (486 if status == 100 else status)
+    assert tx.final_status == (486 if status == 100 else status)
+    assert tx.request is None  # released once answered
 
 
 # --- server non-INVITE (17.2.2) ----------------------------------------------

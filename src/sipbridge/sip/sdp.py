@@ -260,7 +260,10 @@ def _media(section: list[Line], inherited: Direction | None) -> MediaDescription
     consumed: set[int] = set()
     for index, (line_no, name, arg) in enumerate(attrs):
         if rtp and name == "rtpmap" and arg is not None:
-            codec = _rtpmap(line_no, arg)
+            try:
+                codec = _rtpmap(line_no, arg)
+            except SdpError:
+                continue  # names no codec we could use (RFC 4475 has `a=rtpmap:31 LPC`): kept as is
             if codec.payload_type in formats and codec.payload_type not in rtpmaps:
                 rtpmaps[codec.payload_type] = codec
                 consumed.add(index)

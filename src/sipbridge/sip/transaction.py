@@ -227,11 +227,14 @@ class ServerTransaction(Transaction):
         outbox: list[tuple[bytes, Address]] | None = None,
     ) -> None:
         super().__init__(peer, timers, outbox)
-        self.request = request
+        # The request is let go once answered: a transaction then lives on for up to
+        # 64*T1 holding only bytes, which keeps the garbage collector's work small.
+        self.request: Request | None = request
+        self.cseq = request.cseq.seq
         self.is_invite = request.method == "INVITE"
         self.key = server_key(request)
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
-        self.final: Response | None = None
+        self.final_status: int | None = None
         self.acked = False
 
     def respond(self, response: Response, now: float) -> None:
@@ -243,7 +246,8 @@ class ServerTransaction(Transaction):
         if status < 200:
             self.state = State.PROCEEDING
             return
-        self.final = response
+        self.final_status = status
+        self.request = None
         reliable = self.peer.reliable
         if self.is_invite and status < 300:
             self.state = State.ACCEPTED

@@ -354,7 +354,7 @@ class UserAgent:
             self._end(leg, EndReason.REMOTE_BYE)
         elif method == "INVITE":
             pending = leg.pending_invite
-            if isinstance(pending, ServerTransaction) and pending.final is None:
+            if isinstance(pending, ServerTransaction) and pending.final_status is None:
                 # RFC 3261 14.2: an INVITE before our final response to the previous one.
                 retry = ("Retry-After", str(secrets.randbelow(11)))
                 self._respond_tx(tx, response_to(req, 500, to_tag=leg.dialog.local_tag,
@@ -386,7 +386,7 @@ class UserAgent:
             self.stats["dropped_stray_ack"] += 1
             return
         for pending in (leg.tx, leg.pending_invite):
-            if isinstance(pending, ServerTransaction) and pending.request.cseq.seq == req.cseq.seq:
+            if isinstance(pending, ServerTransaction) and pending.cseq == req.cseq.seq:
                 pending.ack_received(now)
                 self._track(pending)
                 if pending is leg.pending_invite:
