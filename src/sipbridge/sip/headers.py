@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass, replace
 
 from sipbridge.sip.errors import ParseError
-from sipbridge.sip.uri import Params, SipUri, Uri, parse_host_port, parse_uri
+from sipbridge.sip.uri import (
+    Params,
+    SipUri,
+    UnsupportedUriScheme,
+    Uri,
+    parse_host_port,
+    parse_uri,
+)
 
 # RFC 3261 7.3.3 and the registry of compact forms.
 COMPACT = {
@@ -57,6 +64,8 @@ LIST_HEADERS = frozenset(
 )
 
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# gen-value = token / host / quoted-string (RFC 3261 25.1); host adds ":" "[" "]" for IPv6.
+_PARAM_VALUE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$")
 
 
 _NAME_CACHE: dict[str, tuple[str, str]] = {}
@@ -132,7 +141,7 @@ def _split_params(text: str, what: str) -> Params:
             if value.startswith('"'):
                 if len(value) < 2 or not value.endswith('"'):
                     raise ParseError(f"unterminated quoted value in {what}")
-            elif not re.match(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$", value):
+            elif not _PARAM_VALUE.match(value):
                 raise ParseError(f"invalid value for parameter {name} in {what}")
         out.append((name, value if sep else None))
     return tuple(out)
@@ -143,18 +152,24 @@ def _split_semicolons(text: str) -> list[str]:
         return text.split(";")[1:] if text.startswith(";") else text.split(";")
     parts: list[str] = []
     quoted = False
-    cur: list[str] = []
-    for i, c in enumerate(text):
-        if c == '"' and (i == 0 or text[i - 1] != "\\"):
-            quoted = not quoted
-        if c == ";" and not quoted:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
+    start = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1  # quoted-pair: the next character is literal (RFC 3261 25.1)
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ";":
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
     if quoted:
         raise ParseError("unterminated quoted string in parameters")
-    parts.append("".join(cur))
+    parts.append(text[start:])
     return parts[1:] if text.startswith(";") else parts
 
 
@@ -215,7 +230,11 @@ def parse_name_addr(value: str, what: str = "header") -> NameAddr:
         gt = text.find(">", lt)
         if gt < 0:
             raise ParseError(f"unterminated <uri> in {what}")
-        uri = parse_uri(text[lt + 1 : gt].strip())
+        uri_text = text[lt + 1 : gt]
+        # LAQUOT addr-spec RAQUOT: no LWS inside the brackets (RFC 4475 3.1.2.14)
+        if uri_text != uri_text.strip():
+            raise ParseError(f"whitespace inside <uri> in {what}")
+        uri = _header_uri(uri_text, what)
         rest = text[gt + 1 :].strip()
         if rest and not rest.startswith(";"):
             raise ParseError(f"junk after <uri> in {what}")
@@ -225,10 +244,22 @@ def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     if text.startswith('"'):
         raise ParseError(f"display name without <uri> in {what}")
     uri_text, semi, rest = text.partition(";")
-    if " " in uri_text.strip():
+    uri_text = uri_text.strip()
+    if " " in uri_text or "\t" in uri_text:
         raise ParseError(f"invalid address in {what}")
+    if "?" in uri_text or "," in uri_text:
+        raise ParseError(f"a URI with ? or , must be in <> in {what} (RFC 3261 20.10)")
     params = _split_params(rest, what) if semi else ()
-    return NameAddr(uri=parse_uri(uri_text.strip()), params=params)
+    return NameAddr(uri=_header_uri(uri_text, what), params=params)
+
+
+def _header_uri(text: str, what: str) -> Uri:
+    """A header's URI. 416 is for the Request-URI alone (RFC 3261 8.2.2.1, 21.4.17): another
+    scheme in From, To or Contact makes the request one we cannot serve, so 400."""
+    try:
+        return parse_uri(text)
+    except UnsupportedUriScheme as exc:
+        raise ParseError(f"{exc.reason} in {what}") from None
 
 
 def _closing_quote(text: str, what: str) -> int:
@@ -267,7 +298,9 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = _get_param(self.params, "rport")
-        return int(value) if value and value.isdigit() else None
+        if value and value.isascii() and value.isdigit() and len(value) <= 5:
+            return int(value)
+        return None
 
     def with_received(self, host: str, port: int | None) -> Via:
         """RFC 3581 4: add received=, and fill rport= when the client asked for it."""
@@ -294,7 +327,7 @@ def parse_via(value: str) -> Via:
     parts = [p.strip() for p in proto.split("/")]
     if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not is_token(parts[2]):
         # Tolerate whitespace around the slashes (RFC 4475 3.1.1.1): re-split on "/".
-        joined = re.sub(r"\s*/\s*", "/", text)
+        joined = re.sub(r"\s*/\s*", "/", text).replace("\t", " ")
         proto, _, rest = joined.partition(" ")
         parts = proto.split("/")
         if len(parts) != 3 or parts[0].upper() != "SIP" or not is_token(parts[2]):
@@ -319,9 +352,12 @@ class CSeq:
 
 
 def parse_cseq(value: str) -> CSeq:
-    num, _, method = value.strip().partition(" ")
-    method = method.strip()
-    if not num.isdigit() or len(num) > 10 or int(num) >= 2**32:
+    """CSeq = 1*DIGIT LWS Method (RFC 3261 20.16); the number fits in 32 bits (8.1.1.5)."""
+    parts = value.split()
+    if len(parts) != 2:
+        raise ParseError(f"invalid CSeq {value[:40]!r}")
+    num, method = parts
+    if not num.isascii() or not num.isdigit() or len(num) > 10 or int(num) >= 2**32:
         raise ParseError(f"invalid CSeq number {num[:20]!r}")
     if not is_token(method):
         raise ParseError(f"invalid CSeq method {method[:20]!r}")

@@ -26,7 +26,7 @@ from sipbridge.sip.headers import (
     parse_via,
     split_list,
 )
-from sipbridge.sip.uri import Uri, parse_uri
+from sipbridge.sip.uri import SipUri, Uri, parse_uri
 
 SIP_VERSION = "SIP/2.0"
 DEFAULT_MAX_SIZE = 65_535
@@ -51,6 +51,7 @@ REASONS = {
 }
 
 _STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) (.*)$")
+_VERSION = re.compile(r"^SIP/[0-9]+\.[0-9]+$", re.IGNORECASE)  # RFC 3261 7.1, case-insensitive
 _HEADER_NAME_OK = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
@@ -188,7 +189,7 @@ class Message:
     @cached_property
     def call_id(self) -> str:
         value = self._one("Call-ID").strip()
-        if not value or any(c.isspace() for c in value):
+        if not value or len(value.split(maxsplit=1)) != 1:  # word ["@" word], no LWS
             raise ParseError("invalid Call-ID")
         return value
 
@@ -248,7 +249,9 @@ class Request(Message):
         if value is None:
             return 70
         value = value.strip()
-        if not value.isdigit() or len(value) > 3 or int(value) > 255:
+        # 1*DIGIT with leading zeros allowed (RFC 4475 3.1.1.1); isascii because
+        # str.isdigit() also accepts digits such as "\u00b2" that int() rejects.
+        if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > 255:
             raise ParseError("invalid Max-Forwards")
         return int(value)
 
@@ -261,7 +264,7 @@ class Request(Message):
             raise SipError("Too Many Hops", 483)
         _ = self.contacts
         length = self.headers.get("Content-Length")
-        if length is not None and length.strip() != str(len(self.body)):
+        if length is not None and _content_length(length) != len(self.body):
             raise ParseError("Content-Length does not match the body")
 
 
@@ -308,7 +311,7 @@ def response_to(
         if name in ("Via", "From", "Call-ID", "CSeq"):
             h.add(name, value)
         elif name == "To":
-            if to_tag is not None and ";tag=" not in value.replace(" ", "").lower():
+            if to_tag is not None and not _has_tag(value):
                 value = f"{value};tag={to_tag}"
             h.add(name, value)
     if status == 100 and (ts := request.headers.get("Timestamp")) is not None:
@@ -318,14 +321,38 @@ def response_to(
     return Response(status, reason, h, body)
 
 
+def _has_tag(to_value: str) -> bool:
+    """Whether a raw To value has a tag header parameter; a tag inside <uri> is a URI
+    parameter and does not count (RFC 3261 20.10)."""
+    try:
+        return parse_name_addr(to_value, "To").tag is not None
+    except SipError:  # unparseable: the request gets a 4xx anyway, so guess from the text
+        return ";tag=" in to_value.replace(" ", "").lower()
+
+
+def _content_length(value: str) -> int:
+    """Content-Length = 1*DIGIT (RFC 3261 20.14); ASCII digits only, bounded."""
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise ParseError(f"invalid Content-Length {value[:20]!r}")
+    return int(value)
+
+
 def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Response:
     """Frame and parse one SIP message from a datagram or a framed stream chunk.
 
     Raises ParseError (or MessageTooLarge) when the bytes are not a SIP message. Whether a
-    request's headers are right is left to `validate()`, so the caller can still answer.
+    request's headers are right is left to `validate()`, so the caller can still answer:
+    that includes a request whose Content-Length does not frame the datagram, which
+    RFC 3261 18.3 answers with 400, and a request line with stray whitespace (RFC 4475
+    3.1.2.8 to 3.1.2.10).
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} bytes is over the {max_size}-byte limit")
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # RFC 3261 7.5: ignore CRLFs before the start line
+        if not data:
+            raise ParseError("empty message")
     end = data.find(b"\r\n\r\n")
     sep = 4
     if end < 0:
@@ -342,67 +369,90 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
         raise ParseError("message headers are not UTF-8") from None
     body = data[end + sep :]
     lines = head.split("\n")
-    while lines and not lines[0].strip("\r"):
-        lines.pop(0)  # RFC 3261 7.5: ignore CRLFs before the start line
-    if not lines:
-        raise ParseError("empty message")
     start = lines[0].rstrip("\r")
     headers = Headers()
-    count = 0
+    items = headers._items
     for raw in lines[1:]:
-        line = raw.rstrip("\r")
+        line = raw.removesuffix("\r")
+        if "\r" in line:
+            # A bare CR would end the line for some peers: never let one into a header we
+            # may echo back (Via, From, To, Call-ID, CSeq in responses).
+            raise ParseError("bare CR in the header section")
         if line[:1] in (" ", "\t"):
-            if not headers._items:
+            if not items:
                 raise ParseError("continuation line before the first header")
-            key, display, value = headers._items[-1]
-            headers._items[-1] = (key, display, value + " " + line.strip())  # RFC 3261 7.3.1
+            folded = line.strip(" \t")
+            if folded:  # RFC 3261 7.3.1: the fold and its LWS become one SP
+                key, display, value = items[-1]
+                items[-1] = (key, display, f"{value} {folded}" if value else folded)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not _HEADER_NAME_OK.match(name):
             raise ParseError(f"malformed header line {line[:60]!r}")
-        count += 1
-        if count > MAX_HEADERS:
+        if len(items) >= MAX_HEADERS:
             raise ParseError("too many header fields")
-        headers.add(name, value.strip(" \t"))
-    length_value = headers.get("Content-Length")
-    if length_value is not None:
-        length_value = length_value.strip()
-        if not length_value.isdigit() or len(length_value) > 9:
-            raise ParseError(f"invalid Content-Length {length_value[:20]!r}")
-        length = int(length_value)
-        if length > len(body):
-            raise ParseError(f"Content-Length {length} is larger than the {len(body)}-byte body")
-        body = body[:length]  # RFC 3261 18.3: bytes past Content-Length are discarded
+        key, display = canonical_name(name)
+        items.append((key, display, value.strip(" \t")))
+    length_error: ParseError | None = None
+    lengths = [v for k, _, v in items if k == "content-length"]
+    if lengths:
+        try:
+            if len(lengths) > 1:
+                raise ParseError("more than one Content-Length header")
+            length = _content_length(lengths[0])
+            if length > len(body):
+                raise ParseError(
+                    f"Content-Length {length} is larger than the {len(body)}-byte body"
+                )
+            body = body[:length]  # RFC 3261 18.3: bytes past Content-Length are discarded
+        except ParseError as exc:
+            length_error = exc
     if start.startswith("SIP/"):
         m = _STATUS_LINE.match(start)
         if not m:
             raise ParseError(f"malformed status line {start[:60]!r}")
+        if length_error is not None:
+            raise length_error  # RFC 3261 18.3: such a response is discarded
         return Response(int(m.group(1)), m.group(2), headers, body)
     parts = start.split(" ")
     if len(parts) != 3 or not all(parts):
+        words = start.split()
+        if len(words) >= 3 and is_token(words[0]) and _VERSION.match(words[-1]):
+            error = ParseError("Malformed Request-Line")
+            return _BadRequest(words[0], " ".join(words[1:-1]), headers, body, error)
         raise ParseError(f"malformed request line {start[:60]!r}")
     method, uri_text, version = parts
     if not is_token(method):
         raise ParseError(f"invalid method {method[:20]!r}")
-    if version != SIP_VERSION:
-        if not version.upper().startswith("SIP/"):
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
+        if not _VERSION.match(version):
             raise ParseError(f"malformed request line {start[:60]!r}")
         return _BadRequest(method, uri_text, headers, body, SipError("Version Not Supported", 505))
+    if length_error is not None:
+        return _BadRequest(method, uri_text, headers, body, length_error)
     try:
         uri = parse_uri(uri_text)
     except SipError as exc:
         return _BadRequest(method, uri_text, headers, body, exc)
+    if isinstance(uri, SipUri) and uri.headers:
+        # RFC 3261 19.1.1 (table 1): headers are not allowed in a Request-URI (RFC 4475 3.1.2.11)
+        error = ParseError("Request-URI must not have headers")
+        return _BadRequest(method, uri_text, headers, body, error)
     return Request(method, uri, headers, body)
 
 
+_NO_URI = SipUri("invalid")
+
+
 class _BadRequest(Request):
-    """A request that framed but whose start line cannot be served; `validate` says why."""
+    """A request that framed but cannot be served as it stands (its start line, Request-URI
+    or Content-Length is wrong); `validate` raises the error to answer with."""
 
     def __init__(
         self, method: str, uri_text: str, headers: Headers, body: bytes, error: SipError
     ) -> None:
-        super().__init__(method, parse_uri("sip:invalid"), headers, body)
+        super().__init__(method, _NO_URI, headers, body)
         self.uri_text = uri_text
         self.error = error
 
@@ -415,14 +465,19 @@ class _BadRequest(Request):
 
 def frame_length(head: bytes) -> int | None:
     """Content-Length from a stream message's header block (compact `l` too), or None."""
-    for line in head.split(b"\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit() or len(value) > 9:
-                raise ParseError("invalid Content-Length in stream")
-            return int(value)
-    return None
+    length: int | None = None
+    for m in _STREAM_LENGTH.finditer(head):
+        value = m.group(1).strip()
+        if not value.isdigit() or len(value) > 9:  # bytes.isdigit() is ASCII-only
+            raise ParseError("invalid Content-Length in stream")
+        if length is not None and int(value) != length:
+            raise ParseError("conflicting Content-Length headers in stream")
+        length = int(value)
+    return length
+
+
+# A Content-Length header line; a name after "\n" is never a folded continuation line.
+_STREAM_LENGTH = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 
 
 class StreamFramer:
@@ -431,34 +486,58 @@ class StreamFramer:
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.max_size = max_size
         self._buf = bytearray()
+        self._scanned = 0  # bytes at the front of _buf known to hold no end of headers
+        self._total: int | None = None  # size of the message at the front, once its head is in
+        self._crlfs = 0  # CRLFs seen since the last message: two make a keep-alive ping
         self.keepalives = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete messages now available. Raises ParseError when
-        the stream cannot be framed any more (the connection should then be closed)."""
+        the stream cannot be framed any more (the connection should then be closed).
+
+        Work per call is proportional to the new bytes, so a peer that trickles a message
+        one byte at a time costs linear, not quadratic, time."""
         self._buf += data
         out: list[bytes] = []
         while True:
-            # RFC 5626 3.5.1: CRLF keep-alives between messages.
-            stripped = 0
-            while self._buf[stripped : stripped + 2] == b"\r\n":
-                stripped += 2
-            if stripped:
-                if stripped >= 4:
-                    self.keepalives += 1
-                del self._buf[:stripped]
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > self.max_size:
-                    raise MessageTooLarge("header block over the size limit")
+            if self._total is None:
+                if not self._skip_crlfs():
+                    return out
+                end = self._buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                if end < 0:
+                    if len(self._buf) > self.max_size:
+                        raise MessageTooLarge("header block over the size limit")
+                    self._scanned = len(self._buf)
+                    return out
+                # Missing Content-Length on a stream (RFC 3261 18.3 requires it): no body.
+                total = end + 4 + (frame_length(bytes(self._buf[:end])) or 0)
+                if total > self.max_size:
+                    raise MessageTooLarge(
+                        f"message of {total} bytes is over the {self.max_size}-byte limit"
+                    )
+                self._total = total
+            if len(self._buf) < self._total:
                 return out
-            length = frame_length(bytes(self._buf[:end]))
-            if length is None:
-                length = 0  # RFC 3261 18.3 requires it on streams; treat as no body
-            total = end + 4 + length
-            if total > self.max_size:
-                raise MessageTooLarge(f"message of {total} bytes is over the {self.max_size}-byte limit")
-            if len(self._buf) < total:
-                return out
-            out.append(bytes(self._buf[:total]))
-            del self._buf[:total]
+            out.append(bytes(self._buf[: self._total]))
+            del self._buf[: self._total]
+            self._total = None
+            self._scanned = 0
+
+    def _skip_crlfs(self) -> bool:
+        """Drop CRLFs before a message (RFC 3261 7.5), counting each CRLFCRLF as one
+        keep-alive ping (RFC 5626 3.5.1) even when it arrives in pieces. False while
+        nothing but (part of) a CRLF is buffered."""
+        buf = self._buf
+        i = 0
+        while buf.startswith(b"\r\n", i):
+            i += 2
+            self._crlfs += 1
+            if self._crlfs == 2:
+                self.keepalives += 1
+                self._crlfs = 0
+        if i:
+            del buf[:i]
+        if not buf or buf == b"\r":
+            return False
+        self._crlfs = 0
+        return True

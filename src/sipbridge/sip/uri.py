@@ -12,8 +12,13 @@ Params = tuple[tuple[str, str | None], ...]
 
 MAX_URI_LENGTH = 2048
 
-# RFC 3261 25.1: hostname = *( domainlabel "." ) toplabel [ "." ]
-_HOSTNAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?$")
+# RFC 3261 25.1: hostname = *( domainlabel "." ) toplabel [ "." ], where toplabel starts
+# with ALPHA; a host whose last label is numeric must be an IPv4address (octets <= 255).
+_HOSTNAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?$"
+)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+_IPV4 = re.compile(rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$")
 # user = 1*( unreserved / escaped / user-unreserved ); password adds "&=+$,"
 _USER = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
 _PASSWORD = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*$")
@@ -33,8 +38,6 @@ class UnsupportedUriScheme(ParseError):
 def _parse_params(text: str, what: str) -> Params:
     """`;name[=value]` list, as in uri-parameters (RFC 3261 19.1.1)."""
     out: list[tuple[str, str | None]] = []
-    if not text:
-        return ()
     for part in text.split(";"):
         if not part:
             raise ParseError(f"empty parameter in {what}")
@@ -56,6 +59,9 @@ def parse_host_port(text: str, what: str = "URI") -> tuple[str, int | None]:
         if end < 0:
             raise ParseError(f"unterminated IPv6 reference in {what}")
         host, rest = text[: end + 1], text[end + 1 :]
+        # Python accepts a zone ("%eth0"); RFC 3261 25.1 IPv6reference does not.
+        if "%" in host:
+            raise ParseError(f"invalid IPv6 address {host!r} in {what}")
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
@@ -66,11 +72,17 @@ def parse_host_port(text: str, what: str = "URI") -> tuple[str, int | None]:
     else:
         host, sep, port_text_s = text.partition(":")
         port_text = port_text_s if sep else None
-        if not host or not _HOSTNAME.match(host):
+        if not _IPV4.match(host) and not _HOSTNAME.match(host):
             raise ParseError(f"invalid host {host!r} in {what}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        # isascii: str.isdigit() accepts digits such as "²" that int() rejects
+        if (
+            not port_text.isascii()
+            or not port_text.isdigit()
+            or len(port_text) > 5
+            or not 0 < int(port_text) < 65536
+        ):
             raise ParseError(f"invalid port {port_text!r} in {what}")
         port = int(port_text)
     return host, port
@@ -160,10 +172,10 @@ def parse_uri(text: str) -> Uri:
     if lscheme in ("sip", "sips"):
         return _parse_sip(lscheme, rest, text)
     if lscheme == "tel":
-        number, _, params = rest.partition(";")
+        number, semi, params = rest.partition(";")
         if not _TEL_NUMBER.match(number):
             raise ParseError(f"invalid tel number {number!r}")
-        return TelUri(number, _parse_params(params, "tel URI"))
+        return TelUri(number, _parse_params(params, "tel URI") if semi else ())
     if not re.match(r"^[A-Za-z][A-Za-z0-9+\-.]*$", scheme):
         raise ParseError(f"invalid URI scheme {scheme[:40]!r}")
     raise UnsupportedUriScheme(f"unsupported URI scheme {scheme!r}")
@@ -172,21 +184,21 @@ def parse_uri(text: str) -> Uri:
 def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
     if _URI_BAD_CHARS.search(rest):
         raise ParseError(f"invalid character in URI {text[:80]!r}")
-    body, qmark, header_text = rest.partition("?")
     user: str | None = None
     password: str | None = None
-    at = body.rfind("@")
+    # The user part may hold "?" and ";" (user-unreserved) but neither parameters nor
+    # headers may hold "@", so the last "@" ends the userinfo (RFC 3261 25.1).
+    at = rest.rfind("@")
+    hostpart, qmark, header_text = rest[at + 1 :].partition("?")
     if at >= 0:
-        userinfo, hostpart = body[:at], body[at + 1 :]
+        userinfo = rest[:at]
         user_s, colon, password_s = userinfo.partition(":")
         if not user_s or not _USER.match(user_s):
             raise ParseError(f"invalid user part in URI {text[:80]!r}")
         if colon and not _PASSWORD.match(password_s):
             raise ParseError(f"invalid password in URI {text[:80]!r}")
         user, password = user_s, (password_s if colon else None)
-    else:
-        hostpart = body
-    hostport, _, params_text = hostpart.partition(";")
+    hostport, semi, params_text = hostpart.partition(";")
     host, port = parse_host_port(hostport)
     headers: list[tuple[str, str]] = []
     if qmark:
@@ -201,7 +213,7 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
         port=port,
         scheme=scheme,
         password=password,
-        params=_parse_params(params_text, "URI"),
+        params=_parse_params(params_text, "URI") if semi else (),
         headers=tuple(headers),
     )
 
