@@ -47,6 +47,7 @@ venv_ok() {
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || missing+=(sipsak)
+command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 if ! python_ok; then
     [[ "$PYTHON" == python3 ]] || die "$PYTHON is not a Python >= 3.11"
     missing+=(python3 python3-venv)
