@@ -25,7 +25,7 @@ needs_sipvicious = pytest.mark.skipif(
 
 
 def run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     return proc.stdout + proc.stderr
 
 
