@@ -45,7 +45,7 @@ async def _serve(gateway: Gateway) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await gateway.stop()
-    print("sipbridge: stopped", file=sys.stderr, flush=True)
+    print(f"sipbridge: stopped; {gateway.summary()}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -91,6 +91,12 @@ class Gateway:
             self._timer.cancel()
         await self.transport.close()
 
+    def summary(self) -> str:
+        """Message counters (received, answered by status, dropped and why), one line."""
+        stats = dict(self.ua.stats) if self.ua is not None else {}
+        stats["tcp_framing_errors"] = self.transport.stats_framing_errors
+        return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v)
+
     def _on_message(self, data: bytes, source: Address) -> None:
         assert self.ua is not None and self.loop is not None
         self.ua.receive(data, source, self.loop.time())
