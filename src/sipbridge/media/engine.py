@@ -1,0 +1,134 @@
+"""All calls' media in one place: the port pool, the one playout scheduler, the sockets
+registered with the event loop, and the auto-answer audio modes (echo, play)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sipbridge.media.dtmf import DtmfDigit
+from sipbridge.media.jitterbuffer import JitterBuffer
+from sipbridge.media.pacer import PacerDriver, PlayoutScheduler, Tick
+from sipbridge.media.ports import Endpoint, PortPool
+from sipbridge.media.recorder import Recorder
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler, resample
+from sipbridge.media.session import MediaSession
+from sipbridge.sip.sdp import NegotiatedAudio
+
+log = logging.getLogger("sipbridge.media")
+
+PHASE_MARGIN = 0.001  # tick this long after the caller's packets arrive (echo latency)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    ports: tuple[int, int] = (10000, 20000)
+    timeout: float = 30.0  # seconds without RTP before the call ends; 0: never
+    jitter_min_ms: int = 0
+    jitter_max_ms: int = 200
+    recordings: Path | None = None
+
+
+def load_wav(path: Path) -> np.ndarray:
+    """A mono or stereo PCM16 WAV as 24 kHz mono int16 (the model side's format)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV files can be played")
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return resample(data, rate, MODEL_RATE)
+
+
+class MediaEngine:
+    """Opens and closes media sessions and drives their 20 ms ticks."""
+
+    def __init__(self, config: MediaConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.pool = PortPool(*config.ports)
+        self.scheduler = PlayoutScheduler()
+        self.driver = PacerDriver(self.scheduler, self._on_tick, loop)
+        self.sessions: dict[str, MediaSession] = {}
+        self._pending: dict[str, Endpoint] = {}
+
+    def allocate(self, key: str, host: str) -> Endpoint:
+        """Bind the call's RTP port before the SDP answer names it (NoMediaPort if none)."""
+        endpoint = self.pool.allocate(host)
+        self._pending[key] = endpoint
+        return endpoint
+
+    def start(
+        self,
+        key: str,
+        audio: NegotiatedAudio,
+        *,
+        on_dtmf: Callable[[DtmfDigit], None] | None = None,
+        on_timeout: Callable[[str], None] | None = None,
+    ) -> MediaSession:
+        """Start RTP for an answered call on the endpoint `allocate` bound for it."""
+        endpoint = self._pending.pop(key)
+        now = self.loop.time()
+        recorder = None
+        if self.config.recordings is not None:
+            recorder = Recorder(self.config.recordings / f"{key}.wav")
+        session = MediaSession(
+            key, endpoint, audio, now=now, wall=time.time, timeout=self.config.timeout,
+            jitter=JitterBuffer(min_delay_ms=self.config.jitter_min_ms,
+                                max_delay_ms=self.config.jitter_max_ms),
+            recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
+            on_first_packet=lambda at: self._rephase(key, at),
+        )
+        self.sessions[key] = session
+        self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
+        self.loop.add_reader(endpoint.rtcp.fileno(), session.rtcp_readable)
+        self.scheduler.add(key, now + 0.020)
+        self.driver.poke()
+        return session
+
+    def echo(self, session: MediaSession) -> None:
+        """Send the caller's audio back through decode, 8->24 kHz, 24->8 kHz, encode."""
+        up = Resampler(PHONE_RATE, MODEL_RATE)
+        session.on_audio = lambda pcm: session.play(up.process(pcm))
+
+    def stop(self, key: str) -> MediaSession | None:
+        """End a call's media and free its port."""
+        endpoint = self._pending.pop(key, None)
+        if endpoint is not None:
+            self.pool.release(endpoint)
+        session = self.sessions.pop(key, None)
+        if session is None:
+            return None
+        self.scheduler.remove(key)
+        for sock in (session.endpoint.rtp, session.endpoint.rtcp):
+            self.loop.remove_reader(sock.fileno())
+        session.close()
+        self.pool.release(session.endpoint)
+        return session
+
+    def close(self) -> None:
+        for key in list(self.sessions) + list(self._pending):
+            self.stop(key)
+        self.driver.stop()
+
+    def _readable(self, session: MediaSession) -> None:
+        session.readable(self.loop.time())
+
+    def _rephase(self, key: str, arrival: float) -> None:
+        """Tick just after the caller's packets arrive, so an echo waits ~1 ms, not ~20."""
+        self.scheduler.remove(key)
+        self.scheduler.add(key, arrival + PHASE_MARGIN)
+        self.driver.poke()
+
+    def _on_tick(self, tick: Tick) -> None:
+        session = self.sessions.get(str(tick.key))
+        if session is not None:
+            session.tick(self.loop.time())

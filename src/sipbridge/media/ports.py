@@ -1,0 +1,67 @@
+"""RTP ports: an even port for RTP and the next odd one for RTCP (RFC 3550 11), bound
+as non-blocking UDP sockets from the configured range."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+
+class NoMediaPort(Exception):
+    """Every port of the range is in use (the call is refused with 503)."""
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """A bound RTP/RTCP socket pair."""
+
+    host: str
+    port: int
+    rtp: socket.socket
+    rtcp: socket.socket
+
+    def close(self) -> None:
+        self.rtp.close()
+        self.rtcp.close()
+
+
+class PortPool:
+    """Hands out bound endpoints round-robin, skipping ports that are busy."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low + (low % 2)
+        self.high = high
+        self._next = self.low
+        self._in_use: set[int] = set()
+
+    @property
+    def in_use(self) -> int:
+        return len(self._in_use)
+
+    def allocate(self, host: str) -> Endpoint:
+        """Bind the next free even port and its RTCP neighbour on `host`."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        span = (self.high - self.low) // 2
+        for _ in range(span):
+            port = self._next
+            self._next = self._next + 2 if self._next + 3 <= self.high else self.low
+            if port in self._in_use:
+                continue
+            rtp = socket.socket(family, socket.SOCK_DGRAM)
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                rtp.bind((host, port))
+                rtcp.bind((host, port + 1))
+            except OSError:
+                rtp.close()
+                rtcp.close()
+                continue
+            for s in (rtp, rtcp):
+                s.setblocking(False)
+            self._in_use.add(port)
+            return Endpoint(host, port, rtp, rtcp)
+        raise NoMediaPort(f"no free RTP port in {self.low}-{self.high}")
+
+    def release(self, endpoint: Endpoint) -> None:
+        endpoint.close()
+        self._in_use.discard(endpoint.port)

@@ -1,0 +1,324 @@
+"""One call's RTP endpoint: receive, buffer, decode; encode, pace and send.
+
+The I/O is a non-blocking socket read by the event loop (`add_reader`); the work per
+packet and per 20 ms tick is plain calls into the sans-IO pieces (rtp, g711, dtmf,
+jitterbuffer). The playout tick comes from the one scheduler all sessions share.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
+from sipbridge.media.g711 import G711Codec, codec_for
+from sipbridge.media.jitterbuffer import JitterBuffer, conceal
+from sipbridge.media.ports import Endpoint
+from sipbridge.media.recorder import Recorder
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+from sipbridge.media.rtp import (
+    ReceiverReport,
+    ReceptionStats,
+    RtpError,
+    SenderReport,
+    SourceDescription,
+    build_rtcp,
+    build_rtp,
+    ntp_timestamp,
+    parse_rtcp,
+    parse_rtp,
+)
+from sipbridge.sip.sdp import NegotiatedAudio
+
+log = logging.getLogger("sipbridge.media")
+
+FRAME = 160  # samples in 20 ms at 8 kHz
+RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party session)
+FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + slack)
+FLOOD_BURST = 75.0
+SSRC_SWITCH = 10  # consecutive packets from a new SSRC before it is adopted
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class MediaStats:
+    packets_in: int = 0
+    packets_out: int = 0
+    rtcp_in: int = 0
+    rtcp_out: int = 0
+    remote_fraction_lost: int = 0  # what the peer's last report says of our stream
+    remote_jitter: int = 0
+
+
+class MediaSession:
+    """RTP for one call. `on_audio` receives the caller's audio as 8 kHz int16 frames;
+    `play` queues agent audio at 24 kHz."""
+
+    def __init__(
+        self,
+        key: str,
+        endpoint: Endpoint,
+        audio: NegotiatedAudio,
+        *,
+        now: float,
+        wall: Callable[[], float],
+        timeout: float,
+        jitter: JitterBuffer,
+        recorder: Recorder | None = None,
+        on_dtmf: Callable[[DtmfDigit], None] | None = None,
+        on_timeout: Callable[[str], None] | None = None,
+        on_first_packet: Callable[[float], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.jitter = jitter
+        self.recorder = recorder
+        self.on_dtmf = on_dtmf
+        self.on_timeout = on_timeout
+        self.on_first_packet = on_first_packet
+        self.on_audio: Callable[[np.ndarray], None] | None = None
+        self.wall = wall
+        self.stats = MediaStats()
+        self.dropped: Counter[str] = Counter()
+        self.rx = ReceptionStats()
+        self.dtmf = DtmfReceiver()
+        self.digits: list[DtmfDigit] = []
+        self._down = Resampler(MODEL_RATE, PHONE_RATE)
+        self._out = bytearray()  # agent audio, 8 kHz int16, waiting to be sent
+        self._last_pcm: np.ndarray | None = None
+        self._lost_run = 0
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._talking = False
+        self._octets = 0
+        self._remote_ssrc: int | None = None
+        self._foreign = 0
+        self._latched: Address | None = None
+        self._tokens = FLOOD_BURST
+        self._token_at = now
+        self._last_rx = now
+        self._next_rtcp = now + RTCP_INTERVAL
+        self.timed_out = False
+        self.closed = False
+        self.update(audio)
+
+    # ---- negotiation ------------------------------------------------------------
+
+    def update(self, audio: NegotiatedAudio) -> None:
+        """Apply an (re-)negotiated stream: codec, DTMF type, remote address, direction."""
+        self.audio = audio
+        self.codec: G711Codec = codec_for(audio.codec.name)
+        self._silence = self.codec.encode(np.zeros(FRAME, np.int16))
+        remote = (audio.remote_address, audio.remote_port)
+        if self._latched is None or remote != getattr(self, "_sdp_remote", None):
+            self._latched = None  # a new offer may move the peer: latch again (symmetric RTP)
+        self._sdp_remote = remote
+        self._remote: Address = remote
+        self.sending = audio.direction.sends and audio.remote_address != "0.0.0.0"
+        self.expect_rtp = audio.direction.receives
+
+    # ---- receive ----------------------------------------------------------------
+
+    def readable(self, now: float) -> None:
+        """The RTP socket has datagrams: read them all (called by the event loop)."""
+        sock = self.endpoint.rtp
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.dropped["socket_error"] += 1  # ICMP unreachable echoes on Linux
+                return
+            self.receive(data, (addr[0], addr[1]), now)
+
+    def receive(self, data: bytes, addr: Address, now: float) -> None:
+        """One RTP datagram. Anything wrong with it is dropped and counted."""
+        self.stats.packets_in += 1
+        # Token bucket: a flood costs the flooder, not the call.
+        self._tokens = min(FLOOD_BURST, self._tokens + (now - self._token_at) * FLOOD_RATE)
+        self._token_at = now
+        if self._tokens < 1.0:
+            self.dropped["flood"] += 1
+            return
+        self._tokens -= 1.0
+        if self._latched is not None and addr != self._latched:
+            self.dropped["source"] += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        pt = packet.payload_type
+        audio = self.audio
+        if pt != audio.codec.payload_type and pt != audio.telephone_event_pt:
+            self.dropped["payload_type"] += 1
+            return
+        if self._remote_ssrc is None:
+            self._remote_ssrc = packet.ssrc
+        elif packet.ssrc != self._remote_ssrc:
+            self._foreign += 1
+            if self._foreign < SSRC_SWITCH:
+                self.dropped["ssrc"] += 1
+                return
+            # A steady new source from the same address: the peer restarted its stream.
+            self._remote_ssrc = packet.ssrc
+            self.rx = ReceptionStats()
+        self._foreign = 0
+        if self._latched is None:
+            self._latched = addr
+            self._remote = addr  # symmetric RTP: answer where the caller sends from
+            if self.on_first_packet is not None:
+                self.on_first_packet(now)
+        self._last_rx = now
+        self.rx.update(packet.sequence, packet.timestamp, int(now * PHONE_RATE))
+        if pt == audio.telephone_event_pt:
+            digit = self.dtmf.feed(packet.timestamp, packet.marker, packet.payload)
+            if digit is not None:
+                self.digits.append(digit)
+                if self.on_dtmf is not None:
+                    self.on_dtmf(digit)
+            return
+        self.jitter.put(packet.sequence, packet.timestamp, packet.payload, now)
+
+    def rtcp_readable(self) -> None:
+        while True:
+            try:
+                data, _ = self.endpoint.rtcp.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                packets = parse_rtcp(data)
+            except RtpError as exc:
+                self.dropped["rtcp_" + exc.reason] += 1
+                continue
+            self.stats.rtcp_in += 1
+            for p in packets:
+                if isinstance(p, SenderReport | ReceiverReport):
+                    for block in p.reports:
+                        if block.ssrc == self._ssrc:
+                            self.stats.remote_fraction_lost = block.fraction_lost
+                            self.stats.remote_jitter = block.jitter
+
+    # ---- the 20 ms tick ---------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Take one frame in (to `on_audio`) and send one frame out."""
+        frame = self.jitter.get(now)
+        pcm: np.ndarray | None = None
+        if frame.payload is not None:
+            pcm = self.codec.decode(frame.payload)
+            self._last_pcm = pcm
+            self._lost_run = 0
+        elif frame.lost:
+            self._lost_run += 1
+            pcm = conceal(self._last_pcm, self._lost_run)
+        if pcm is not None and self.on_audio is not None:
+            self.on_audio(pcm)
+        out = self._send_frame()
+        if self.recorder is not None:
+            self.recorder.frame(pcm if pcm is not None else np.zeros(FRAME, np.int16), out)
+        if now >= self._next_rtcp:
+            self._send_rtcp(now)
+        if (self.timeout > 0 and self.expect_rtp and not self.timed_out
+                and now - self._last_rx > self.timeout):
+            self.timed_out = True
+            if self.on_timeout is not None:
+                self.on_timeout(f"no RTP for {self.timeout:g} s")
+
+    def play(self, pcm24: np.ndarray) -> None:
+        """Queue agent audio (24 kHz int16) to be sent in paced 20 ms packets."""
+        self._out += self._down.process(pcm24).tobytes()
+
+    def play_phone(self, pcm8: np.ndarray) -> None:
+        """Queue agent audio already at 8 kHz."""
+        self._out += pcm8.astype(np.int16, copy=False).tobytes()
+
+    def clear_playout(self) -> None:
+        """Drop queued agent audio (barge-in)."""
+        self._out.clear()
+
+    @property
+    def queued_ms(self) -> int:
+        return len(self._out) // 2 // 8
+
+    def _send_frame(self) -> np.ndarray | None:
+        """Send the next 20 ms of agent audio, or silence; RTP time moves on either way."""
+        out: np.ndarray | None = None
+        if len(self._out) >= FRAME * 2:
+            out = np.frombuffer(bytes(self._out[: FRAME * 2]), np.int16)
+            del self._out[: FRAME * 2]
+            payload = self.codec.encode(out)
+            marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
+            self._talking = True
+        else:
+            payload = self._silence
+            marker = False
+            self._talking = False
+        if self.sending:
+            data = build_rtp(self.codec.payload_type, self._seq, self._ts, self._ssrc,
+                             payload, marker)
+            try:
+                self.endpoint.rtp.sendto(data, self._remote)
+                self.stats.packets_out += 1
+                self._octets += len(payload)
+            except (BlockingIOError, InterruptedError):
+                self.dropped["send_blocked"] += 1
+            except OSError:
+                self.dropped["send_error"] += 1
+            self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + FRAME) & 0xFFFFFFFF
+        return out
+
+    def _send_rtcp(self, now: float) -> None:
+        """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""
+        self._next_rtcp = now + RTCP_INTERVAL
+        blocks = ()
+        if self._remote_ssrc is not None:
+            blocks = (self.rx.report_block(self._remote_ssrc),)
+        report: SenderReport | ReceiverReport
+        if self.sending:
+            report = SenderReport(self._ssrc, ntp_timestamp(self.wall()), self._ts,
+                                  self.stats.packets_out, self._octets, blocks)
+        else:
+            report = ReceiverReport(self._ssrc, blocks)
+        cname = SourceDescription(((self._ssrc, f"sipbridge@{self.endpoint.host}"),))
+        host, port = self._remote
+        try:
+            self.endpoint.rtcp.sendto(build_rtcp(report, cname), (host, port + 1))
+            self.stats.rtcp_out += 1
+        except OSError:
+            self.dropped["rtcp_send_error"] += 1
+
+    def summary(self) -> str:
+        rx = self.rx
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
+        return (f"rtp in={self.stats.packets_in} out={self.stats.packets_out} "
+                f"lost={max(rx.lost, 0)} jitter={rx.jitter_ms(PHONE_RATE):.1f}ms "
+                f"late={self.jitter.late} concealed={self.jitter.concealed} "
+                f"dtmf={''.join(d.digit for d in self.digits) or '-'}"
+                + (f" dropped: {dropped}" if dropped else ""))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        digit = self.dtmf.flush()
+        if digit is not None:
+            self.digits.append(digit)
+            if self.on_dtmf is not None:
+                self.on_dtmf(digit)
+        if self.recorder is not None:
+            self.recorder.close()
+
