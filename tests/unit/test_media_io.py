@@ -1,0 +1,86 @@
+"""Resampling, recording and the RTP port pool."""
+
+from __future__ import annotations
+
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sipbridge.media.ports import NoMediaPort, PortPool
+from sipbridge.media.recorder import Recorder
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler, resample
+
+
+def tone(freq: float, rate: int, seconds: float, amp: float = 8000) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def dominant_freq(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def test_streaming_up_then_down_keeps_a_tone_and_its_length() -> None:
+    up, down = Resampler(PHONE_RATE, MODEL_RATE), Resampler(MODEL_RATE, PHONE_RATE)
+    x = tone(440, PHONE_RATE, 1.0)
+    mid = [up.process(x[i:i + 160]) for i in range(0, len(x), 160)]
+    assert abs(sum(len(m) for m in mid) - 3 * len(x)) <= 3 * 160  # filter delay at most
+    y = np.concatenate([down.process(m) for m in mid] + [down.flush()])
+    assert abs(len(y) - len(x)) <= 160
+    assert abs(dominant_freq(np.concatenate(mid)[4800:], MODEL_RATE) - 440) < 5
+    assert abs(dominant_freq(y[800:], PHONE_RATE) - 440) < 5
+    # Energy survives the round trip (no clicks or gaps at 20 ms chunk edges).
+    ratio = np.sqrt(np.mean(y[800:7200].astype(float) ** 2) / np.mean(x[800:7200].astype(float) ** 2))
+    assert 0.9 < ratio < 1.1
+
+
+def test_downsampling_removes_what_8_khz_cannot_carry() -> None:
+    x = tone(6000, MODEL_RATE, 0.5)  # above the 4 kHz Nyquist limit of the phone side
+    y = resample(x, MODEL_RATE, PHONE_RATE)
+    assert np.sqrt(np.mean(y[400:].astype(float) ** 2)) < 100  # filtered out, not aliased
+
+
+def test_recorder_writes_stereo_with_caller_left_agent_right(tmp_path: Path) -> None:
+    path = tmp_path / "calls" / "rtc_x.wav"
+    rec = Recorder(path)
+    caller, agent = tone(300, PHONE_RATE, 1.2), tone(1000, PHONE_RATE, 1.2)
+    for i in range(0, len(caller), 160):
+        rec.frame(caller[i:i + 160], agent[i:i + 160] if i < 4000 else None)
+    rec.close()
+    rec.close()  # idempotent
+    with wave.open(str(path), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 8000)
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)
+    assert len(data) == len(caller)
+    assert np.array_equal(data[:, 0], caller)
+    assert np.array_equal(data[:4000, 1], agent[:4000])
+    assert not data[4000:, 1].any()  # nothing played: silence on the agent channel
+
+
+def test_port_pool_binds_even_rtp_and_odd_rtcp_and_skips_busy_ports() -> None:
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    base = probe.getsockname()[1] & ~1
+    probe.close()
+    try:
+        blocker.bind(("127.0.0.1", base))
+    except OSError:
+        pytest.skip("could not prepare a busy port")
+    pool = PortPool(base, base + 6)
+    try:
+        first = pool.allocate("127.0.0.1")
+        assert first.port == base + 2 and first.port % 2 == 0  # base is busy: skipped
+        assert first.rtcp.getsockname()[1] == first.port + 1
+        second = pool.allocate("127.0.0.1")
+        assert second.port == base + 4
+        with pytest.raises(NoMediaPort):
+            pool.allocate("127.0.0.1")  # base busy, base+2 and base+4 taken, base+7 is past the range
+        pool.release(first)
+        assert pool.allocate("127.0.0.1").port == base + 2
+    finally:
+        blocker.close()
