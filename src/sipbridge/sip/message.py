@@ -53,6 +53,9 @@ REASONS = {
 _STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) (.*)$")
 _VERSION = re.compile(r"^SIP/[0-9]+\.[0-9]+$", re.IGNORECASE)  # RFC 3261 7.1, case-insensitive
 _HEADER_NAME_OK = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# Header names from the wire already checked against _HEADER_NAME_OK, with canonical_name()'s
+# answer; bounded because the names come from peers.
+_WIRE_NAMES: dict[str, tuple[str, str]] = {}
 
 
 _T = TypeVar("_T")
@@ -372,6 +375,7 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
     start = lines[0].rstrip("\r")
     headers = Headers()
     items = headers._items
+    length_at: list[int] = []
     for raw in lines[1:]:
         line = raw.removesuffix("\r")
         if "\r" in line:
@@ -388,15 +392,21 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _HEADER_NAME_OK.match(name):
-            raise ParseError(f"malformed header line {line[:60]!r}")
+        known = _WIRE_NAMES.get(name) if colon else None
+        if known is None:
+            if not colon or not _HEADER_NAME_OK.match(name):
+                raise ParseError(f"malformed header line {line[:60]!r}")
+            known = canonical_name(name)
+            if len(_WIRE_NAMES) < 4096:
+                _WIRE_NAMES[name] = known
         if len(items) >= MAX_HEADERS:
             raise ParseError("too many header fields")
-        key, display = canonical_name(name)
-        items.append((key, display, value.strip(" \t")))
+        if known[0] == "content-length":
+            length_at.append(len(items))
+        items.append((known[0], known[1], value.strip(" \t")))
     length_error: ParseError | None = None
-    lengths = [v for k, _, v in items if k == "content-length"]
-    if lengths:
+    if length_at:
+        lengths = [items[i][2] for i in length_at]  # after folding
         try:
             if len(lengths) > 1:
                 raise ParseError("more than one Content-Length header")
