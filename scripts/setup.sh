@@ -48,6 +48,8 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || missing+=(sipsak)
 command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 if ! python_ok; then
     [[ "$PYTHON" == python3 ]] || die "$PYTHON is not a Python >= 3.11"
     missing+=(python3 python3-venv)

@@ -21,7 +21,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sip", help="HOST:PORT for SIP over UDP and TCP (default 0.0.0.0:5060)")
     p.add_argument("--http", help="HOST:PORT for the HTTP API (default 127.0.0.1:8080)")
     p.add_argument("--auto-answer", dest="auto_answer",
-                   help="answer every call itself: silence")
+                   help="answer every call itself: silence, echo or play:FILE.wav")
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
 
 

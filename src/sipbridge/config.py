@@ -15,7 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-AUTO_ANSWER_MODES = ("silence",)
+AUTO_ANSWER_MODES = ("silence", "echo", "play:FILE")
 
 
 class ConfigError(Exception):
@@ -77,6 +77,10 @@ class Config(BaseSettings):
     auth: AuthConfig | None = None
     public_address: str | None = None
     rtp_ports: str = "10000-20000"
+    media_timeout: float = Field(30.0, ge=0)  # seconds without RTP before hanging up; 0: never
+    jitter_min_ms: int = Field(0, ge=0, le=1000)
+    jitter_max_ms: int = Field(200, ge=20, le=2000)
+    recordings: str | None = None  # a directory for one stereo WAV per call
     max_message_size: int = Field(65535, ge=1024, le=1 << 20)
     tcp_idle_timeout: float = Field(300.0, gt=0)
     t1: float = Field(0.5, gt=0)
@@ -95,6 +99,11 @@ class Config(BaseSettings):
     def _mode(cls, value: str | None) -> str | None:
         if value in (None, "", "none", "off"):
             return None
+        if value.startswith("play:"):
+            path = Path(value[5:])
+            if not path.is_file():
+                raise ValueError(f"auto_answer {value!r}: no such file {str(path)!r}")
+            return value
         if value not in AUTO_ANSWER_MODES:
             raise ValueError(f"auto_answer must be one of {', '.join(AUTO_ANSWER_MODES)}")
         return value

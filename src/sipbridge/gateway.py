@@ -7,9 +7,11 @@ import gc
 import logging
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
-from sipbridge.calls.manager import CallManager, PortPool
+from sipbridge.calls.manager import CallManager
 from sipbridge.config import Config
+from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
@@ -43,6 +45,7 @@ class Gateway:
         self._bind_port = port
         self.ua: UserAgent | None = None
         self.calls: CallManager | None = None
+        self.media: MediaEngine | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -72,10 +75,17 @@ class Gateway:
                      timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size),
             self.guard,
         )
+        self.media = MediaEngine(
+            MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
+                        jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
+                        recordings=Path(c.recordings) if c.recordings else None),
+            self.loop,
+        )
         self.calls = CallManager(
-            self.ua, self._schedule, media_host=self.media_host,
-            ports=PortPool(*c.rtp_port_range), auto_answer=c.auto_answer,
+            self.ua, self._schedule, media_host=self.media_host, media=self.media,
+            bind_host=self._bind_host or "0.0.0.0", auto_answer=c.auto_answer,
             ring_time=c.ring_time, reject_code=c.reject_code, clock=self.loop.time,
+            wake=self._pump,
         )
         # What start-up made lives as long as the process: keep it out of every
         # garbage collection, so full collections stay short under load.
@@ -89,6 +99,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.media is not None:
+            self.media.close()
         await self.transport.close()
 
     def summary(self) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from sipbridge.calls.manager import CallManager, CallState, PortPool
+from sipbridge.calls.manager import CallManager, CallState
+from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, EndReason
@@ -26,9 +28,12 @@ class Harness:
         self.now = 0.0
         self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
         self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
+        # A loop that never runs: media sockets are bound and registered, ticks never fire.
+        self.loop = asyncio.new_event_loop()
+        self.media = MediaEngine(MediaConfig(ports=(20000, 20100)), self.loop)
         self.manager = CallManager(
-            self.ua, self.schedule, media_host=lambda peer: "127.0.0.1",
-            ports=PortPool(20000, 20010), auto_answer=auto_answer, ring_time=ring_time,
+            self.ua, self.schedule, media_host=lambda peer: "127.0.0.1", media=self.media,
+            bind_host="127.0.0.1", auto_answer=auto_answer, ring_time=ring_time,
             reject_code=reject_code, clock=lambda: self.now,
         )
         self.sent: list[Response] = []
@@ -95,12 +100,15 @@ def test_auto_answer_silence_answers_with_sdp() -> None:
     h.send(invite(OFFER.format(direction="sendrecv")))
     assert h.statuses() == [100, 180, 200]
     answer = parse_sdp(h.sent[-1].body)
-    assert answer.media[0].port == 20000
-    assert [c.name for c in answer.media[0].codecs] == ["PCMU", "telephone-event"]
     call = next(iter(h.manager.calls.values()))
+    assert answer.media[0].port == call.rtp_port and 20000 <= call.rtp_port < 20100
+    assert call.id in h.media.sessions  # RTP started with the 200
+    assert [c.name for c in answer.media[0].codecs] == ["PCMU", "telephone-event"]
     assert call.id.startswith("rtc_") and call.state is CallState.RINGING
     h.send(ack(h.sent[-1].to.tag or ""))
     assert call.state is CallState.ACTIVE
+    h.send(ack(h.sent[-1].to.tag or "").replace("ACK sip", "BYE sip").replace("1 ACK", "2 BYE"))
+    assert h.media.sessions == {} and h.media.pool.in_use == 0  # port freed at the end
 
 
 def test_without_application_calls_are_refused_with_the_configured_code() -> None:
@@ -109,6 +117,7 @@ def test_without_application_calls_are_refused_with_the_configured_code() -> Non
     assert h.statuses() == [100, 503]
     assert h.ended[0].reason is EndReason.REJECTED
     assert h.manager.calls == {}
+    assert h.media.pool.in_use == 0 and h.media.sessions == {}  # its RTP port was freed
 
 
 def test_no_common_codec_gets_488_with_a_warning() -> None:

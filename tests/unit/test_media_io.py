@@ -24,18 +24,43 @@ def dominant_freq(x: np.ndarray, rate: int) -> float:
     return float(np.argmax(spectrum) * rate / len(x))
 
 
-def test_streaming_up_then_down_keeps_a_tone_and_its_length() -> None:
+def test_streaming_up_then_down_keeps_a_tone_its_length_and_adds_little_delay() -> None:
     up, down = Resampler(PHONE_RATE, MODEL_RATE), Resampler(MODEL_RATE, PHONE_RATE)
     x = tone(440, PHONE_RATE, 1.0)
     mid = [up.process(x[i:i + 160]) for i in range(0, len(x), 160)]
-    assert abs(sum(len(m) for m in mid) - 3 * len(x)) <= 3 * 160  # filter delay at most
-    y = np.concatenate([down.process(m) for m in mid] + [down.flush()])
-    assert abs(len(y) - len(x)) <= 160
+    assert all(len(m) == 480 for m in mid)  # exactly 3x per 20 ms chunk: nothing held back
+    y = np.concatenate([down.process(m) for m in mid])
+    assert len(y) == len(x)
     assert abs(dominant_freq(np.concatenate(mid)[4800:], MODEL_RATE) - 440) < 5
     assert abs(dominant_freq(y[800:], PHONE_RATE) - 440) < 5
     # Energy survives the round trip (no clicks or gaps at 20 ms chunk edges).
     ratio = np.sqrt(np.mean(y[800:7200].astype(float) ** 2) / np.mean(x[800:7200].astype(float) ** 2))
-    assert 0.9 < ratio < 1.1
+    assert 0.95 < ratio < 1.05
+    # The round trip delays by ~3 ms (two 72-tap filters), not tens of ms.
+    lags = [int(np.argmax(np.correlate(y[2000:3000].astype(float),
+                                        x[2000 - d:3000 - d].astype(float)))) for d in [0]]
+    corr = [float(np.dot(y[2000:3000].astype(float), x[2000 - d:3000 - d].astype(float)))
+            for d in range(60)]
+    delay_ms = int(np.argmax(corr)) / 8
+    assert lags == [0] and delay_ms <= 4.0
+
+
+def test_fir_paths_match_a_direct_convolution() -> None:
+    from sipbridge.media.resample import _FILTER, _FILTER_UP
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(1600) * 3000).astype(np.int16)
+    up = Resampler(PHONE_RATE, MODEL_RATE)
+    got = np.concatenate([up.process(x[i:i + 160]) for i in range(0, 1600, 160)])
+    stuffed = np.zeros(4800)
+    stuffed[::3] = x
+    ref = np.convolve(stuffed, _FILTER_UP.astype(float))[:4800]
+    assert np.abs(got - np.clip(ref, -32768, 32767)).max() <= 1.0
+    down = Resampler(MODEL_RATE, PHONE_RATE)
+    odd = [got[:479], got[479:1000], got[1000:]]  # chunks not a multiple of 3 carry over
+    low = np.concatenate([down.process(c) for c in odd])
+    ref_low = np.convolve(got.astype(float), _FILTER.astype(float))[:4800][2::3]
+    assert len(low) == 1600 and np.abs(low - ref_low).max() <= 1.0
 
 
 def test_downsampling_removes_what_8_khz_cannot_carry() -> None:

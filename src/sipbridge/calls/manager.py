@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
+
+from sipbridge.media.engine import MediaEngine, load_wav
+from sipbridge.media.ports import NoMediaPort
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
     CallConfirmed,
@@ -62,17 +66,6 @@ class Call:
     cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
 
 
-class PortPool:
-    """Even RTP ports from a range, handed out round-robin (RFC 3550 11: RTP on even ports)."""
-
-    def __init__(self, low: int, high: int) -> None:
-        start = low + (low % 2)
-        self._ports = itertools.cycle(range(start, high, 2))
-
-    def take(self) -> int:
-        return next(self._ports)
-
-
 class CallManager:
     """Answers calls by policy until an application takes over (auto-answer, reject)."""
 
@@ -82,20 +75,27 @@ class CallManager:
         scheduler: Scheduler,
         *,
         media_host: Callable[[str], str],
-        ports: PortPool,
+        media: MediaEngine,
+        bind_host: str,
         auto_answer: str | None,
         ring_time: float,
         reject_code: int,
         clock: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.ua = ua
         self.schedule = scheduler
         self.media_host = media_host
-        self.ports = ports
+        self.media = media
+        self.bind_host = bind_host
+        self._play: np.ndarray | None = None
+        if auto_answer is not None and auto_answer.startswith("play:"):
+            self._play = load_wav(Path(auto_answer[5:]))
         self.auto_answer = auto_answer
         self.ring_time = ring_time
         self.reject_code = reject_code
         self.clock = clock
+        self.wake = wake
         self.calls: dict[str, Call] = {}
         self._by_leg: dict[str, Call] = {}
         self.ended = 0
@@ -111,6 +111,7 @@ class CallManager:
                     call.state = CallState.ACTIVE
                     if body and call.audio is None:
                         self._late_answer(call, body, now)
+                        self._start_media(call)
             case CallEnded(leg_id=leg_id, reason=reason):
                 call = self._by_leg.pop(leg_id, None)
                 if call is not None:
@@ -141,6 +142,10 @@ class CallManager:
             return
         try:
             self._negotiate(call, req.body, event.source.host)
+        except NoMediaPort as exc:
+            log.warning("call %s refused: %s", call.id, exc)
+            self.ua.reject(event.leg_id, 503, now, headers=[("Retry-After", "5")])
+            return
         except SipError as exc:
             self.ua.reject(event.leg_id, exc.status, now,
                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
@@ -159,7 +164,7 @@ class CallManager:
         """RFC 3264: answer the caller's offer, or make our own offer when it sent none."""
         host = self.media_host(peer_host)
         if not call.rtp_port:
-            call.rtp_port = self.ports.take()
+            call.rtp_port = self.media.allocate(call.id, self.bind_host).port
         port = call.rtp_port
         call.sdp_version += 1
         if offer:
@@ -181,6 +186,7 @@ class CallManager:
         try:
             call.audio = read_answer(parse_sdp(call.local_sdp), parse_sdp(body))
         except SipError as exc:
+            call.end_reason = "bad_sdp_answer"
             log.info("call %s: unusable answer in ACK (%s); hanging up", call.id, exc.reason)
             self.ua.hangup(call.leg_id, now)
 
@@ -189,6 +195,27 @@ class CallManager:
         if call.state is not CallState.RINGING or call.leg_id not in self._by_leg:
             return
         self.ua.answer(call.leg_id, call.local_sdp, self.clock())
+        if call.audio is not None:
+            self._start_media(call)
+
+    def _start_media(self, call: Call) -> None:
+        """RTP starts with the 200: the caller may send before its ACK arrives."""
+        assert call.audio is not None
+        session = self.media.start(
+            call.id, call.audio,
+            on_dtmf=lambda d: log.info("call %s dtmf %s %dms", call.id, d.digit, d.duration_ms),
+            on_timeout=lambda reason: self._media_timeout(call, reason),
+        )
+        if self.auto_answer == "echo":
+            self.media.echo(session)
+        elif self._play is not None:
+            session.play(self._play)
+
+    def _media_timeout(self, call: Call, reason: str) -> None:
+        log.info("call %s: %s, hanging up", call.id, reason)
+        call.end_reason = "media_timeout"
+        self.ua.hangup(call.leg_id, self.clock())
+        self.wake()  # a media tick is outside the SIP pump: flush the BYE now
 
     def _reinvite(self, leg_id: str, offer: bytes, request: Request, now: float) -> None:
         """RFC 3264 8: a new offer in the dialog (hold, resume, codec change)."""
@@ -203,11 +230,17 @@ class CallManager:
             return
         log.info("call %s %s", call.id, "on hold" if call.on_hold else "active")
         self.ua.respond(leg_id, request, 200, now, body=call.local_sdp)
+        session = self.media.sessions.get(call.id)
+        if session is not None and call.audio is not None:
+            session.update(call.audio)
 
     def _forget(self, call: Call, reason: str) -> None:
         if call.cancel_timer is not None:
             call.cancel_timer()
         call.state = CallState.ENDED
-        call.end_reason = reason
+        call.end_reason = call.end_reason or reason
+        session = self.media.stop(call.id)
+        if session is not None:
+            log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
         self.calls.pop(call.id, None)
         self.ended += 1

@@ -57,6 +57,7 @@ class MediaEngine:
         self.pool = PortPool(*config.ports)
         self.scheduler = PlayoutScheduler()
         self.driver = PacerDriver(self.scheduler, self._on_tick, loop)
+        self.driver.start()
         self.sessions: dict[str, MediaSession] = {}
         self._pending: dict[str, Endpoint] = {}
 
@@ -82,8 +83,11 @@ class MediaEngine:
             recorder = Recorder(self.config.recordings / f"{key}.wav")
         session = MediaSession(
             key, endpoint, audio, now=now, wall=time.time, timeout=self.config.timeout,
+            # Start at the minimum: ticks are phased to the caller's packets, so on a
+            # clean path each frame plays ~1 ms after it arrives; late packets grow it.
             jitter=JitterBuffer(min_delay_ms=self.config.jitter_min_ms,
-                                max_delay_ms=self.config.jitter_max_ms),
+                                max_delay_ms=self.config.jitter_max_ms,
+                                initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
             on_first_packet=lambda at: self._rephase(key, at),
         )

@@ -24,6 +24,7 @@ from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
 from sipbridge.media.rtp import (
     ReceiverReport,
     ReceptionStats,
+    ReportBlock,
     RtpError,
     SenderReport,
     SourceDescription,
@@ -221,7 +222,8 @@ class MediaSession:
             pcm = self.codec.decode(frame.payload)
             self._last_pcm = pcm
             self._lost_run = 0
-        elif frame.lost:
+        elif frame.lost or (frame.buffering and self._last_pcm is not None):
+            # A gap, or a stall while the buffer grows: conceal rather than go silent.
             self._lost_run += 1
             pcm = conceal(self._last_pcm, self._lost_run)
         if pcm is not None and self.on_audio is not None:
@@ -284,7 +286,7 @@ class MediaSession:
     def _send_rtcp(self, now: float) -> None:
         """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""
         self._next_rtcp = now + RTCP_INTERVAL
-        blocks = ()
+        blocks: tuple[ReportBlock, ...] = ()
         if self._remote_ssrc is not None:
             blocks = (self.rx.report_block(self._remote_ssrc),)
         report: SenderReport | ReceiverReport
