@@ -157,3 +157,23 @@ def test_ipv6_loopback() -> None:
             await gateway.stop()
 
     asyncio.run(main())
+
+
+def test_tcp_crlf_ping_gets_a_pong_and_udp_keepalive_is_ignored() -> None:
+    async def body(gw: Gateway) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"\r\n\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"  # RFC 5626 3.5.1
+        writer.write(options("after-ping", "TCP"))
+        await writer.drain()
+        assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+        writer.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(b"\r\n\r\n", ("127.0.0.1", gw.port))
+        sock.close()
+        await asyncio.sleep(0.2)
+        assert gw.ua is not None
+        assert gw.ua.stats["keepalives"] == 1 and gw.ua.stats["dropped_unparseable"] == 0
+
+    run_with_gateway(body)

@@ -1046,3 +1046,18 @@ def test_receive_never_raises_and_never_hits_internal_errors(
     for out, _ in phone.ua.outgoing():
         parse_message(out)  # everything we send parses
     assert phone.ua.stats["internal_errors"] == 0
+
+
+def test_bad_version_with_a_bad_via_still_gets_505_at_the_source(phone: Phone) -> None:
+    """RFC 4475 badvers: SIP/7.0 in the start line and in the Via."""
+    data = (
+        b"OPTIONS sip:t.watson@192.0.2.1 SIP/7.0\r\n"
+        b"Via: SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw\r\n"
+        b"Max-Forwards: 70\r\nFrom: A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe\r\n"
+        b"To: T. Watson <sip:t.watson@example.org>\r\nCall-ID: badvers.31417@c.example.com\r\n"
+        b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    phone.receive(data)
+    sent = phone.one()
+    assert sent.status == 505 and sent.addr == UAC
+    assert phone.empty()

@@ -229,6 +229,8 @@ class Message:
 class Request(Message):
     """A SIP request (RFC 3261 7.1)."""
 
+    start_line_error: SipError | None = None  # set when the start line cannot be served
+
     def __init__(
         self,
         method: str,
@@ -465,6 +467,7 @@ class _BadRequest(Request):
         super().__init__(method, _NO_URI, headers, body)
         self.uri_text = uri_text
         self.error = error
+        self.start_line_error = error
 
     def _start_line(self) -> str:
         return f"{self.method} {self.uri_text} {SIP_VERSION}"

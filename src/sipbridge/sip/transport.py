@@ -54,6 +54,7 @@ class _TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        pings = self.framer.keepalives
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
@@ -62,6 +63,8 @@ class _TcpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.framer.keepalives != pings:
+            self.send(b"\r\n")  # RFC 5626 3.5.1: a CRLF pong for each CRLFCRLF ping
         assert self.peer is not None
         for message in messages:
             self.owner.on_message(message, self.peer)

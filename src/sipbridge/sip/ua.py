@@ -129,6 +129,9 @@ class UserAgent:
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """Take one datagram or framed stream message. Never raises."""
         self.stats["received"] += 1
+        if not data.strip(b"\r\n"):
+            self.stats["keepalives"] += 1  # NAT keep-alive (RFC 5626 4.4.1): nothing to do
+            return
         try:
             msg = parse_message(data, self.config.max_message_size)
         except MessageTooLarge as exc:
@@ -252,7 +255,9 @@ class UserAgent:
             if req.headers.get("Via") is None:
                 self.stats["dropped_no_via"] += 1
                 return
-            self._stateless(req, source, exc.status, exc.reason, target=source)
+            # A bad start line says more than the Via it broke too (SIP/7.0: 505, not 400).
+            error = req.start_line_error or exc
+            self._stateless(req, source, error.status, error.reason, target=source)
             return
         stamped = stamp_via(top, source)
         if stamped is not None:
