@@ -24,7 +24,7 @@ from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
 
-PHASE_MARGIN = 0.001  # tick this long after the caller's packets arrive (echo latency)
+PHASE_MARGIN = 0.003  # tick this long after the caller's packets arrive: loop wake-up jitter fits
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ one frame (the "+1 frame") and the total stays within max_delay.
   packets are for the slots it just concealed (a stall, then a burst), it
   steps back over those slots and plays them instead. While the buffer first
   fills (50 samples) the target is at least `initial_delay_ms`.
-- Shrink slowly: once more than 1.25 frames behind the target, `get` skips a
+- Shrink slowly: once more than 1.05 frames behind the target, `get` skips a
   missing slot (free: nothing to conceal) or drops one queued frame, at most
   one a second. With no jitter the target is `min_delay_ms` and each frame
   plays at the first tick after it arrives: an echo adds under a frame.
@@ -49,7 +49,7 @@ _WARMUP = 50  # samples before the target may drop below initial_delay_ms
 _MIN_SPAN = 2.0  # seconds over which the fastest transit is the reference
 _LATE_HOLD = 5.0  # seconds a late packet props up the target
 _SHRINK_EVERY = 50  # ticks between dropped frames when shrinking: one a second
-_HYSTERESIS = 1.25  # frames behind target before shrinking, so it does not oscillate
+_HYSTERESIS = 1.05  # frames behind target before shrinking: a frame given back once it can be
 _BEHIND = 50  # slots behind the playout point still counted late, not a restart
 _HISTORY = 64  # played slots remembered, to tell a duplicate from a late packet
 _EPS = 1e-6
