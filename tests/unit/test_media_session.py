@@ -226,3 +226,38 @@ def test_recording_has_caller_and_agent_channels(tmp_path: Path, pool: PortPool,
     assert len(data) == 59 * 160
     assert np.abs(data[:, 0]).mean() > 900  # the caller's 1000-level frames
     assert (np.abs(data[:1600, 1]) > 2500).all() and not data[1600:, 1].any()
+
+
+def test_arrival_time_is_the_kernels_not_when_the_loop_reads(pool: PortPool, peer: Peer) -> None:
+    """A packet read 50 ms after it arrived counts as arrived then (SO_TIMESTAMPNS)."""
+    import time
+
+    s = MediaSession("rtc_ts", pool.allocate("127.0.0.1"), peer.audio(), now=time.monotonic(),
+                     wall=time.time, timeout=5.0, jitter=JitterBuffer(initial_delay_ms=0))
+    if not s.endpoint.timestamps:
+        pytest.skip("no kernel receive timestamps on this platform")
+    sent_at = time.monotonic()
+    peer.rtp.sendto(packet(1), ("127.0.0.1", s.endpoint.port))
+    time.sleep(0.05)
+    read_at = time.monotonic()
+    s.readable(read_at)
+    assert s.jitter.received == 1
+    assert abs(s._last_rx - sent_at) < 0.01 and read_at - s._last_rx > 0.04
+    s.close()
+
+
+def test_echo_keeps_one_frame_in_one_frame_out(pool: PortPool, peer: Peer) -> None:
+    """A replayed or concealed frame must not leave the echo 20 ms later for good."""
+    loop = asyncio.new_event_loop()
+    engine = MediaEngine(MediaConfig(), loop)
+    s = make_session(pool, peer)
+    engine.echo(s)
+    assert s.on_audio is not None
+    frame = np.full(160, 500, np.int16)
+    s.on_audio(frame)
+    assert s.queued_ms == 20
+    s.on_audio(frame)  # a second frame before the tick sent the first
+    assert s.queued_ms == 20
+    s.close()
+    engine.close()
+    loop.close()

@@ -89,7 +89,7 @@ class MediaEngine:
                                 max_delay_ms=self.config.jitter_max_ms,
                                 initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
-            on_first_packet=lambda at: self._rephase(key, at),
+            on_phase=lambda at: self._rephase(key, at),
         )
         self.sessions[key] = session
         self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
@@ -101,7 +101,15 @@ class MediaEngine:
     def echo(self, session: MediaSession) -> None:
         """Send the caller's audio back through decode, 8->24 kHz, 24->8 kHz, encode."""
         up = Resampler(PHONE_RATE, MODEL_RATE)
-        session.on_audio = lambda pcm: session.play(up.process(pcm))
+
+        def echo(pcm: np.ndarray) -> None:
+            # One frame in, one out: a frame still queued here came from a stall or a
+            # replayed late frame, and keeping it would delay the rest of the call by 20 ms.
+            if session.queued_ms >= 20:
+                session.clear_playout()
+            session.play(up.process(pcm))
+
+        session.on_audio = echo
 
     def stop(self, key: str) -> MediaSession | None:
         """End a call's media and free its port."""

@@ -4,7 +4,10 @@ as non-blocking UDP sockets from the configured range."""
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+
+SO_TIMESTAMPNS = 35  # Linux <asm-generic/socket.h>; Python's socket module does not name it
 
 
 class NoMediaPort(Exception):
@@ -19,6 +22,7 @@ class Endpoint:
     port: int
     rtp: socket.socket
     rtcp: socket.socket
+    timestamps: bool = field(default=False)  # the kernel stamps each datagram's arrival
 
     def close(self) -> None:
         self.rtp.close()
@@ -59,9 +63,19 @@ class PortPool:
             for s in (rtp, rtcp):
                 s.setblocking(False)
             self._in_use.add(port)
-            return Endpoint(host, port, rtp, rtcp)
+            return Endpoint(host, port, rtp, rtcp, _enable_timestamps(rtp))
         raise NoMediaPort(f"no free RTP port in {self.low}-{self.high}")
 
     def release(self, endpoint: Endpoint) -> None:
         endpoint.close()
         self._in_use.discard(endpoint.port)
+
+
+def _enable_timestamps(sock: socket.socket) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True

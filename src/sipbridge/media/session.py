@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
 from sipbridge.media.g711 import G711Codec, codec_for
 from sipbridge.media.jitterbuffer import JitterBuffer, conceal
-from sipbridge.media.ports import Endpoint
+from sipbridge.media.ports import SO_TIMESTAMPNS, Endpoint
 from sipbridge.media.recorder import Recorder
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
 from sipbridge.media.rtp import (
@@ -37,6 +39,9 @@ from sipbridge.media.rtp import (
 from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
+
+_TIMESPEC = struct.Struct("qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 FRAME = 160  # samples in 20 ms at 8 kHz
 RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party session)
@@ -74,7 +79,7 @@ class MediaSession:
         recorder: Recorder | None = None,
         on_dtmf: Callable[[DtmfDigit], None] | None = None,
         on_timeout: Callable[[str], None] | None = None,
-        on_first_packet: Callable[[float], None] | None = None,
+        on_phase: Callable[[float], None] | None = None,
     ) -> None:
         self.key = key
         self.endpoint = endpoint
@@ -83,7 +88,7 @@ class MediaSession:
         self.recorder = recorder
         self.on_dtmf = on_dtmf
         self.on_timeout = on_timeout
-        self.on_first_packet = on_first_packet
+        self.on_phase = on_phase
         self.on_audio: Callable[[np.ndarray], None] | None = None
         self.wall = wall
         self.stats = MediaStats()
@@ -102,6 +107,7 @@ class MediaSession:
         self._octets = 0
         self._remote_ssrc: int | None = None
         self._foreign = 0
+        self._audio_in = 0
         self._latched: Address | None = None
         self._tokens = FLOOD_BURST
         self._token_at = now
@@ -129,17 +135,33 @@ class MediaSession:
     # ---- receive ----------------------------------------------------------------
 
     def readable(self, now: float) -> None:
-        """The RTP socket has datagrams: read them all (called by the event loop)."""
+        """The RTP socket has datagrams: read them all (called by the event loop).
+
+        Each packet's arrival time is the kernel's receive timestamp where the socket
+        has them (SO_TIMESTAMPNS): the loop's own wake-up delay is not network jitter,
+        and counting it as such would grow the jitter buffer for nothing.
+        """
         sock = self.endpoint.rtp
+        stamped = self.endpoint.timestamps
+        offset = self.wall() - now if stamped else 0.0  # kernel stamps are wall-clock time
         while True:
             try:
-                data, addr = sock.recvfrom(2048)
+                if stamped:
+                    data, ancillary, _, addr = sock.recvmsg(2048, _CMSG_SPACE)
+                else:
+                    data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.dropped["socket_error"] += 1  # ICMP unreachable echoes on Linux
                 return
-            self.receive(data, (addr[0], addr[1]), now)
+            arrival = now
+            if stamped:
+                for level, kind, cdata in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                        sec, nsec = _TIMESPEC.unpack_from(cdata)
+                        arrival = min(now, sec + nsec * 1e-9 - offset)
+            self.receive(data, (addr[0], addr[1]), arrival)
 
     def receive(self, data: bytes, addr: Address, now: float) -> None:
         """One RTP datagram. Anything wrong with it is dropped and counted."""
@@ -178,8 +200,9 @@ class MediaSession:
         if self._latched is None:
             self._latched = addr
             self._remote = addr  # symmetric RTP: answer where the caller sends from
-            if self.on_first_packet is not None:
-                self.on_first_packet(now)
+        self._audio_in += 1
+        if self._audio_in == 1 and self.on_phase is not None:
+            self.on_phase(now)  # tick just after the caller's packets arrive
         self._last_rx = now
         self.rx.update(packet.sequence, packet.timestamp, int(now * PHONE_RATE))
         if pt == audio.telephone_event_pt:
