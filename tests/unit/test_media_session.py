@@ -261,3 +261,15 @@ def test_echo_keeps_one_frame_in_one_frame_out(pool: PortPool, peer: Peer) -> No
     s.close()
     engine.close()
     loop.close()
+
+
+def test_ticks_are_aligned_to_the_callers_packets_at_the_start_and_a_second_in(
+    pool: PortPool, peer: Peer
+) -> None:
+    phases: list[float] = []
+    s = make_session(pool, peer, on_phase=phases.append)
+    s.receive(packet(1), peer.addr, 0.0137)  # an off-grid first packet
+    for k in range(2, 80):
+        s.receive(packet(k), peer.addr, 0.005 + k * 0.02)  # then the steady grid
+    assert phases == [0.0137, 0.005 + 50 * 0.02]
+    s.close()

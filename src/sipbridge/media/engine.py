@@ -143,4 +143,8 @@ class MediaEngine:
     def _on_tick(self, tick: Tick) -> None:
         session = self.sessions.get(str(tick.key))
         if session is not None:
-            session.tick(self.loop.time())
+            now = self.loop.time()
+            # A packet that came in since the loop last polled may be the one this tick
+            # plays: the timer can run before the socket's read callback does.
+            session.readable(now)
+            session.tick(now)
