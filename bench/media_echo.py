@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sip_cps import LOOPBACK, cpu_seconds, free_port, options_ping, pinned, stop
+from sip_cps import LOOPBACK, cpu_seconds, start_sipbridge, stop
 
 PERIOD = 0.020  # one PCMU frame: 160 samples at 8 kHz
 SAMPLES = 160
@@ -142,35 +142,11 @@ def bind_pair(start: int, end: int) -> tuple[socket.socket, socket.socket, int]:
 
 
 def start_gateway(workdir: Path, core: int | None) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
-    http = free_port((socket.SOCK_STREAM,))
-    config = workdir / "sipbridge.toml"
-    config.write_text(
-        f'sip = "{LOOPBACK}:{port}"\n'
-        f'http = "{LOOPBACK}:{http}"\n'
-        'auto_answer = "echo"\n'
-        "ring_time = 0.0\n"
-        'log_level = "warning"\n'
-        f'rtp_ports = "{GATEWAY_PORTS[0]}-{GATEWAY_PORTS[1]}"\n'
-        "media_timeout = 0\n"
+    server = start_sipbridge(
+        workdir, core, "udp", auto_answer="echo",
+        extra_config=f'rtp_ports = "{GATEWAY_PORTS[0]}-{GATEWAY_PORTS[1]}"\nmedia_timeout = 0\n',
     )
-    log = workdir / "sipbridge.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            pinned([sys.executable, "-m", "sipbridge", "serve", "--config", str(config)], core),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + 15
-    while not options_ping(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit(f"sipbridge did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return proc, port
+    return server.proc, server.port
 
 
 # --- the SIP UAC: text templates, just enough for INVITE/200/ACK and BYE/200 -------------

@@ -112,16 +112,21 @@ class Server:
     log: Path
 
 
-def start_sipbridge(workdir: Path, core: int | None, transport: str) -> Server:
+def start_sipbridge(
+    workdir: Path, core: int | None, transport: str, *, auto_answer: str = "silence",
+    extra_config: str = "",
+) -> Server:
+    """A gateway pinned to `core`, answering by itself; ready once it answers OPTIONS.
+    `extra_config` is more TOML (media benchmarks set the RTP range and timeout)."""
     port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
     http = free_port((socket.SOCK_STREAM,))
     config = workdir / "sipbridge.toml"
     config.write_text(
         f'sip = "{LOOPBACK}:{port}"\n'
         f'http = "{LOOPBACK}:{http}"\n'
-        'auto_answer = "silence"\n'
+        f'auto_answer = "{auto_answer}"\n'
         "ring_time = 0.0\n"
-        'log_level = "warning"\n'
+        'log_level = "warning"\n' + extra_config
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}

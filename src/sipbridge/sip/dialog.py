@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sipbridge.sip.address import Address
 from sipbridge.sip.errors import SipError
-from sipbridge.sip.headers import NameAddr, Via, parse_name_addr
+from sipbridge.sip.headers import NameAddr, Via
 from sipbridge.sip.message import Headers, Request, Response
 from sipbridge.sip.uri import SipUri, Uri
 
@@ -152,6 +152,3 @@ class Dialog:
             branch = f"{invite.top_via.branch or ''}.ack"
         return self.create_request("ACK", branch, cseq=invite.cseq.seq)
 
-
-def name_addr_from_text(text: str) -> NameAddr:
-    return parse_name_addr(text)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.uri import (
     Params,
-    SipUri,
     UnsupportedUriScheme,
     Uri,
     parse_host_port,
@@ -94,17 +93,17 @@ def is_token(text: str) -> bool:
     return bool(_TOKEN.match(text))
 
 
-def split_list(value: str) -> list[str]:
-    """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
-    if "," not in value:
-        return [value.strip()] if value.strip() else []
-    items: list[str] = []
+def _split_outside(text: str, sep: str, brackets: bool) -> tuple[list[str], bool]:
+    """Split on `sep` outside quoted strings (and `<...>` when `brackets`); also says
+    whether a quoted string was left open. Backslash escapes inside quotes are honoured
+    (quoted-pair, RFC 3261 25.1)."""
+    parts: list[str] = []
     depth = 0
     quoted = False
     start = 0
     i = 0
-    while i < len(value):
-        c = value[i]
+    while i < len(text):
+        c = text[i]
         if quoted:
             if c == "\\":
                 i += 1
@@ -112,16 +111,24 @@ def split_list(value: str) -> list[str]:
                 quoted = False
         elif c == '"':
             quoted = True
-        elif c == "<":
+        elif brackets and c == "<":
             depth += 1
-        elif c == ">":
+        elif brackets and c == ">":
             depth = max(0, depth - 1)
-        elif c == "," and depth == 0:
-            items.append(value[start:i].strip())
+        elif c == sep and depth == 0:
+            parts.append(text[start:i])
             start = i + 1
         i += 1
-    items.append(value[start:].strip())
-    return [item for item in items if item]
+    parts.append(text[start:])
+    return parts, quoted
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    items, _ = _split_outside(value, ",", brackets=True)
+    return [item.strip() for item in items if item.strip()]
 
 
 def _split_params(text: str, what: str) -> Params:
@@ -149,27 +156,11 @@ def _split_params(text: str, what: str) -> Params:
 
 def _split_semicolons(text: str) -> list[str]:
     if '"' not in text:
-        return text.split(";")[1:] if text.startswith(";") else text.split(";")
-    parts: list[str] = []
-    quoted = False
-    start = 0
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1  # quoted-pair: the next character is literal (RFC 3261 25.1)
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == ";":
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    if quoted:
-        raise ParseError("unterminated quoted string in parameters")
-    parts.append(text[start:])
+        parts = text.split(";")
+    else:
+        parts, open_quote = _split_outside(text, ";", brackets=False)
+        if open_quote:
+            raise ParseError("unterminated quoted string in parameters")
     return parts[1:] if text.startswith(";") else parts
 
 
@@ -362,10 +353,3 @@ def parse_cseq(value: str) -> CSeq:
     if not is_token(method):
         raise ParseError(f"invalid CSeq method {method[:20]!r}")
     return CSeq(int(num), method)
-
-
-def sip_target(addr: NameAddr, what: str) -> SipUri:
-    """The SIP URI of a Contact or Route entry; a tel: URI there is an error."""
-    if not isinstance(addr.uri, SipUri):
-        raise ParseError(f"{what} must be a sip: or sips: URI")
-    return addr.uri
