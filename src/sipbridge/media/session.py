@@ -51,7 +51,7 @@ FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + 
 FLOOD_BURST = 75.0
 SSRC_SWITCH = 10  # consecutive packets from a new SSRC before it is adopted
 PHASE_MARGIN = 0.001  # a tick comes this long after the frames it plays are due
-PHASE_CHECK = 5  # ticks between checks that the tick phase still fits the arrivals
+PHASE_CHECK = 25  # ticks between checks that the tick phase still fits the arrivals
 
 Address = tuple[str, int]
 
