@@ -130,14 +130,6 @@ class JitterBuffer:
         """The current target delay beyond the fastest transit, in milliseconds."""
         return self._target() * 1000
 
-    def playout_base(self) -> float | None:
-        """When slot 0 is due: the fastest transit plus the target delay (slot s is due
-        `s` frames later); None before the first packet. A tick just after it finds every
-        packet the target covers already queued."""
-        if not self._mins:
-            return None
-        return float(self._mins[0][1] + self._target())
-
     @property
     def depth(self) -> int:
         """Frames queued."""

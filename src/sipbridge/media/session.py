@@ -8,7 +8,6 @@ jitterbuffer). The playout tick comes from the one scheduler all sessions share.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import socket
 import struct
@@ -45,13 +44,11 @@ _TIMESPEC = struct.Struct("qq")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 FRAME = 160  # samples in 20 ms at 8 kHz
-FRAME_S = 0.020
 RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party session)
 FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + slack)
 FLOOD_BURST = 75.0
 SSRC_SWITCH = 10  # consecutive packets from a new SSRC before it is adopted
-PHASE_MARGIN = 0.001  # a tick comes this long after the frames it plays are due
-PHASE_CHECK = 25  # ticks between checks that the tick phase still fits the arrivals
+REPHASE_AT = (1, 50)  # the caller's packets after which ticks align to their arrival
 
 Address = tuple[str, int]
 
@@ -112,8 +109,6 @@ class MediaSession:
         self._remote_ssrc: int | None = None
         self._foreign = 0
         self._audio_in = 0
-        self._phase: float | None = None  # a time on the current tick grid
-        self._ticks = 0
         self._latched: Address | None = None
         self._tokens = FLOOD_BURST
         self._token_at = now
@@ -207,9 +202,10 @@ class MediaSession:
             self._latched = addr
             self._remote = addr  # symmetric RTP: answer where the caller sends from
         self._audio_in += 1
-        if self._audio_in == 1 and self.on_phase is not None:
-            self._phase = now + PHASE_MARGIN  # tick just after the caller's packets arrive
-            self.on_phase(self._phase)
+        if self._audio_in in REPHASE_AT and self.on_phase is not None:
+            # Tick just after the caller's packets arrive; once more a second in, since a
+            # stream's first packets may leave off its steady 20 ms grid.
+            self.on_phase(now)
         self._last_rx = now
         self.rx.update(packet.sequence, packet.timestamp, int(now * PHONE_RATE))
         if pt == audio.telephone_event_pt:
@@ -247,9 +243,6 @@ class MediaSession:
     def tick(self, now: float) -> None:
         """Take one frame in (to `on_audio`) and send one frame out."""
         frame = self.jitter.get(now)
-        self._ticks += 1
-        if frame.lost or self._ticks % PHASE_CHECK == 0:
-            self._check_phase(now)
         pcm: np.ndarray | None = None
         if frame.payload is not None:
             pcm = self.codec.decode(frame.payload)
@@ -271,21 +264,6 @@ class MediaSession:
             self.timed_out = True
             if self.on_timeout is not None:
                 self.on_timeout(f"no RTP for {self.timeout:g} s")
-
-    def _check_phase(self, now: float) -> None:
-        """Keep ticks just after the frames are due by the jitter buffer's measure (its
-        fastest transit plus target): move the grid by the change, not a whole frame, when
-        arrivals spread out (late by more than 0.5 ms) or close up (early by 2 ms)."""
-        base = self.jitter.playout_base()
-        if base is None or self._phase is None or self.on_phase is None:
-            return
-        want = base + PHASE_MARGIN
-        shift = (want - self._phase + FRAME_S / 2) % FRAME_S - FRAME_S / 2
-        if -0.002 < shift < 0.0005:
-            return
-        at = want + math.ceil((now + 0.001 - want) / FRAME_S) * FRAME_S
-        self._phase = at
-        self.on_phase(at)
 
     def play(self, pcm24: np.ndarray) -> None:
         """Queue agent audio (24 kHz int16) to be sent in paced 20 ms packets."""
