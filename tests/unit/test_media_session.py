@@ -263,7 +263,7 @@ def test_echo_keeps_one_frame_in_one_frame_out(pool: PortPool, peer: Peer) -> No
     loop.close()
 
 
-def test_ticks_are_aligned_to_the_callers_packets_at_the_start_and_a_second_in(
+def test_ticks_are_aligned_to_the_callers_first_packet_only(
     pool: PortPool, peer: Peer
 ) -> None:
     phases: list[float] = []
@@ -271,5 +271,6 @@ def test_ticks_are_aligned_to_the_callers_packets_at_the_start_and_a_second_in(
     s.receive(packet(1), peer.addr, 0.0137)  # an off-grid first packet
     for k in range(2, 80):
         s.receive(packet(k), peer.addr, 0.005 + k * 0.02)  # then the steady grid
-    assert phases == [0.0137, 0.005 + 50 * 0.02]
+    # Moving the grid mid-call would play a frame twice or drop one.
+    assert phases == [0.0137]
     s.close()

@@ -48,7 +48,6 @@ RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party sessio
 FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + slack)
 FLOOD_BURST = 75.0
 SSRC_SWITCH = 10  # consecutive packets from a new SSRC before it is adopted
-REPHASE_AT = (1, 50)  # the caller's packets after which ticks align to their arrival
 
 Address = tuple[str, int]
 
@@ -202,10 +201,8 @@ class MediaSession:
             self._latched = addr
             self._remote = addr  # symmetric RTP: answer where the caller sends from
         self._audio_in += 1
-        if self._audio_in in REPHASE_AT and self.on_phase is not None:
-            # Tick just after the caller's packets arrive; once more a second in, since a
-            # stream's first packets may leave off its steady 20 ms grid.
-            self.on_phase(now)
+        if self._audio_in == 1 and self.on_phase is not None:
+            self.on_phase(now)  # tick just after the caller's packets arrive
         self._last_rx = now
         self.rx.update(packet.sequence, packet.timestamp, int(now * PHONE_RATE))
         if pt == audio.telephone_event_pt:
