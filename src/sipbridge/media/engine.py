@@ -24,7 +24,10 @@ from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
 
-PHASE_MARGIN = 0.003  # tick this long after the caller's packets arrive: loop wake-up jitter fits
+# A call's ticks fall this long after its first packet arrived. Frames on time run as
+# soon as they are in (MediaSession.pump), so this is how long a late packet is waited
+# for before its frame is concealed, not a delay every frame pays.
+PHASE_MARGIN = 0.010
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,7 @@ class MediaEngine:
         self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
         self.loop.add_reader(endpoint.rtcp.fileno(), session.rtcp_readable)
         self.scheduler.add(key, now + 0.020)
+        session.next_tick = now + 0.020
         self.driver.poke()
         return session
 
@@ -110,6 +114,7 @@ class MediaEngine:
             session.play(up.process(pcm))
 
         session.on_audio = echo
+        session.follow_input = True
 
     def stop(self, key: str) -> MediaSession | None:
         """End a call's media and free its port."""
@@ -135,9 +140,10 @@ class MediaEngine:
         session.readable(self.loop.time())
 
     def _rephase(self, key: str, arrival: float) -> None:
-        """Tick just after the caller's packets arrive, so an echo waits ~1 ms, not ~20."""
+        """Phase the call's ticks on its first packet: each one a little after its frame."""
         self.scheduler.remove(key)
         self.scheduler.add(key, arrival + PHASE_MARGIN)
+        self.sessions[key].next_tick = arrival + PHASE_MARGIN
         self.driver.poke()
 
     def _on_tick(self, tick: Tick) -> None:
@@ -148,3 +154,5 @@ class MediaEngine:
             # plays: the timer can run before the socket's read callback does.
             session.readable(now)
             session.tick(now)
+            session.next_tick = tick.at + self.scheduler.interval
+            session.pump()  # a burst may already hold the next tick's frame

@@ -217,6 +217,15 @@ class JitterBuffer:
             target = max(target, self._hold)
         return min(max(target, self._min), self._max)
 
+    def ready(self, now: float) -> bool:
+        """Whether `get(now)` would hand back the frame queued at the playout point, with
+        no stall and no skip. A session uses it to run a tick as soon as its packet is in,
+        ahead of the tick's time (see MediaSession.pump)."""
+        if not self._mins or self._next not in self._queue:
+            return False
+        excess = now - self._mins[0][1] - self._target() - self._next * self._frame
+        return -_EPS <= excess < _HYSTERESIS * self._frame
+
     def get(self, now: float) -> Frame:
         """The frame for this playout tick (by timestamp order); advances the playout point."""
         self._now = now

@@ -3,11 +3,20 @@
 The I/O is a non-blocking socket read by the event loop (`add_reader`); the work per
 packet and per 20 ms tick is plain calls into the sans-IO pieces (rtp, g711, dtmf,
 jitterbuffer). The playout tick comes from the one scheduler all sessions share.
+
+A tick has two halves: input (the jitter buffer's frame for the tick, decoded, to
+`on_audio`) and output (the next 20 ms of queued audio, encoded and sent). The tick's
+time is a deadline, not a wait: once the frame the next tick would take is in the
+buffer, `pump` runs that tick's input at once (at most one tick ahead), and with
+`follow_input` (echo) its output too, so an echo leaves as soon as its packet is in.
+At the tick's time only what has not run yet runs: the input with a late or lost
+frame (concealed), and the output of sessions that play their own audio, on the grid.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import struct
@@ -90,6 +99,10 @@ class MediaSession:
         self.on_timeout = on_timeout
         self.on_phase = on_phase
         self.on_audio: Callable[[np.ndarray], None] | None = None
+        self.next_tick = math.inf  # when the next scheduled tick is due (the engine sets it)
+        self.follow_input = False  # send each tick's output with its input (echo)
+        self._ahead = False  # the next tick's input already ran
+        self._in_pcm: np.ndarray | None = None
         self.wall = wall
         self.stats = MediaStats()
         self.dropped: Counter[str] = Counter()
@@ -151,10 +164,10 @@ class MediaSession:
                 else:
                     data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 self.dropped["socket_error"] += 1  # ICMP unreachable echoes on Linux
-                return
+                break
             arrival = now
             if stamped:
                 for level, kind, cdata in ancillary:
@@ -162,6 +175,7 @@ class MediaSession:
                         sec, nsec = _TIMESPEC.unpack_from(cdata)
                         arrival = min(now, sec + nsec * 1e-9 - offset)
             self.receive(data, (addr[0], addr[1]), arrival)
+        self.pump()
 
     def receive(self, data: bytes, addr: Address, now: float) -> None:
         """One RTP datagram. Anything wrong with it is dropped and counted."""
@@ -237,8 +251,34 @@ class MediaSession:
 
     # ---- the 20 ms tick ---------------------------------------------------------
 
+    def pump(self) -> None:
+        """Run the next tick's input now if its frame is here (and with `follow_input` its
+        output): a frame on time waits for nothing. Never more than one tick ahead."""
+        if not self._ahead and self.jitter.ready(self.next_tick):
+            self._ahead = True
+            self._take_in(self.next_tick)
+            if self.follow_input:
+                self._give_out()
+
     def tick(self, now: float) -> None:
-        """Take one frame in (to `on_audio`) and send one frame out."""
+        """The scheduled tick: whatever of its input and output has not run ahead."""
+        if self._ahead:
+            self._ahead = False
+            if not self.follow_input:
+                self._give_out()
+        else:
+            self._take_in(now)
+            self._give_out()
+        if now >= self._next_rtcp:
+            self._send_rtcp(now)
+        if (self.timeout > 0 and self.expect_rtp and not self.timed_out
+                and now - self._last_rx > self.timeout):
+            self.timed_out = True
+            if self.on_timeout is not None:
+                self.on_timeout(f"no RTP for {self.timeout:g} s")
+
+    def _take_in(self, now: float) -> None:
+        """One frame in: decoded, or concealed, to `on_audio`."""
         frame = self.jitter.get(now)
         pcm: np.ndarray | None = None
         if frame.payload is not None:
@@ -249,18 +289,16 @@ class MediaSession:
             # A gap, or a stall while the buffer grows: conceal rather than go silent.
             self._lost_run += 1
             pcm = conceal(self._last_pcm, self._lost_run)
+        self._in_pcm = pcm
         if pcm is not None and self.on_audio is not None:
             self.on_audio(pcm)
+
+    def _give_out(self) -> None:
+        """One frame out, and the tick's pair (in, out) to the recorder."""
         out = self._send_frame()
         if self.recorder is not None:
+            pcm = self._in_pcm
             self.recorder.frame(pcm if pcm is not None else np.zeros(FRAME, np.int16), out)
-        if now >= self._next_rtcp:
-            self._send_rtcp(now)
-        if (self.timeout > 0 and self.expect_rtp and not self.timed_out
-                and now - self._last_rx > self.timeout):
-            self.timed_out = True
-            if self.on_timeout is not None:
-                self.on_timeout(f"no RTP for {self.timeout:g} s")
 
     def play(self, pcm24: np.ndarray) -> None:
         """Queue agent audio (24 kHz int16) to be sent in paced 20 ms packets."""
