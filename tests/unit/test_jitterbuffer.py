@@ -227,3 +227,17 @@ def test_config_is_checked() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(frame_ms=0)
     assert JitterBuffer(initial_delay_ms=500).delay_ms == 180
+
+
+def test_ready_says_whether_get_would_play_the_queued_frame() -> None:
+    jb = JitterBuffer(min_delay_ms=40, initial_delay_ms=40)
+    assert not jb.ready(1.0)  # nothing yet
+    jb.put(1, 0, b"a", 0.0)
+    assert not jb.ready(0.039)  # queued, but the 40 ms minimum delay is not over
+    assert jb.ready(0.040)
+    assert jb.get(0.040).payload == b"a"
+    assert not jb.ready(0.060)  # frame 2 has not come
+    jb.put(3, 320, b"c", 0.041)
+    assert not jb.ready(0.060)  # frame 3 is here, but 2 is next: the tick must conceal
+    assert jb.get(0.060).lost
+    assert jb.ready(0.080) and jb.get(0.080).payload == b"c"

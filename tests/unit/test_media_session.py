@@ -274,3 +274,90 @@ def test_ticks_are_aligned_to_the_callers_first_packet_only(
     # Moving the grid mid-call would play a frame twice or drop one.
     assert phases == [0.0137]
     s.close()
+
+
+def echo_session(pool: PortPool, peer: Peer) -> tuple[MediaSession, MediaEngine,
+                                                       asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    engine = MediaEngine(MediaConfig(), loop)
+    s = make_session(pool, peer)
+    engine.echo(s)
+    peer.rtp.setblocking(False)
+    return s, engine, loop
+
+
+def sent(peer: Peer) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(peer.rtp.recv(2048))
+        except BlockingIOError:
+            return out
+
+
+def test_an_echo_leaves_as_soon_as_its_packet_is_in_not_at_the_tick(
+    pool: PortPool, peer: Peer
+) -> None:
+    s, engine, loop = echo_session(pool, peer)
+    s.next_tick = 0.010  # ticks 10 ms after the packets: the deadline for late ones
+    for k in range(20):
+        s.receive(packet(k), peer.addr, k * 0.02)
+        s.pump()
+        assert len(sent(peer)) == 1, k  # the echo is out before its tick comes
+        s.tick(k * 0.02 + 0.010)
+        s.next_tick = (k + 1) * 0.02 + 0.010
+        s.pump()
+        assert sent(peer) == [], k  # and the tick sends nothing more
+    assert s.jitter.played == 20 and s.jitter.concealed == 0
+    s.close()
+    engine.close()
+    loop.close()
+
+
+def test_a_burst_runs_at_most_one_tick_ahead(pool: PortPool, peer: Peer) -> None:
+    s, engine, loop = echo_session(pool, peer)
+    s.next_tick = 0.010
+    for k in range(4):  # four frames in the buffer before the first tick comes
+        s.receive(packet(k), peer.addr, k * 0.02)
+    s.pump()
+    s.pump()
+    assert len(sent(peer)) == 1
+    for k in range(1, 4):  # each tick lets the next frame out, one at a time
+        s.tick(0.010 + (k - 1) * 0.02)
+        s.next_tick = 0.010 + k * 0.02
+        s.pump()
+        assert len(sent(peer)) == 1
+    assert s.jitter.played == 4
+    s.close()
+    engine.close()
+    loop.close()
+
+
+def test_a_late_frame_is_concealed_at_its_deadline(pool: PortPool, peer: Peer) -> None:
+    s, engine, loop = echo_session(pool, peer)
+    s.next_tick = 0.010
+    s.receive(packet(0), peer.addr, 0.0)
+    s.pump()
+    s.tick(0.010)
+    s.next_tick = 0.030
+    s.pump()  # frame 1 has not come: nothing runs ahead
+    assert len(sent(peer)) == 1
+    s.tick(0.030)  # its deadline: concealed, and the echo still leaves on time
+    assert len(sent(peer)) == 1 and s.jitter.concealed == 1
+    s.close()
+    engine.close()
+    loop.close()
+
+
+def test_own_audio_leaves_on_the_grid_while_input_runs_ahead(pool: PortPool, peer: Peer) -> None:
+    s = make_session(pool, peer)
+    heard: list[np.ndarray] = []
+    s.on_audio = heard.append
+    peer.rtp.setblocking(False)
+    s.next_tick = 0.010
+    s.receive(packet(0), peer.addr, 0.0)
+    s.pump()
+    assert len(heard) == 1 and sent(peer) == []  # the caller's frame is already passed on
+    s.tick(0.010)
+    assert len(heard) == 1 and len(sent(peer)) == 1  # the output waits for its tick
+    s.close()
