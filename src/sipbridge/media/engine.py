@@ -150,9 +150,10 @@ class MediaEngine:
         session = self.sessions.get(str(tick.key))
         if session is not None:
             now = self.loop.time()
-            # A packet that came in since the loop last polled may be the one this tick
-            # plays: the timer can run before the socket's read callback does.
-            session.readable(now)
+            if not session.ahead:
+                # A packet that came in since the loop last polled may be the one this
+                # tick plays: the timer can run before the socket's read callback does.
+                session.readable(now, drain=True)
             session.tick(now)
             session.next_tick = tick.at + self.scheduler.interval
             session.pump()  # a burst may already hold the next tick's frame

@@ -30,6 +30,33 @@ def _lowpass(taps: int, cutoff: float, rate: float, beta: float = 7.0) -> np.nda
 
 _FILTER = _lowpass(TAPS, 3700.0, MODEL_RATE)
 _FILTER_UP = (_FILTER * 3).astype(np.float32)  # zero-stuffing by 3 divides the gain by 3
+_HISTORY_UP = (TAPS - 1) // 3  # 8 kHz samples the 1:3 filter still needs from before
+_HISTORY_DOWN = TAPS - 1  # 24 kHz samples the 3:1 filter still needs from before
+CHUNK = 160  # 20 ms at 8 kHz: the chunk the call path converts, by one matrix product
+
+
+def _up_any(history: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """1:3 for any chunk: zero-stuff (history, x) and filter; 3 * len(x) samples out."""
+    buf = np.zeros(_HISTORY_DOWN + 3 * len(x), np.float32)
+    buf[2:_HISTORY_DOWN:3] = history  # the history's zero-stuffed places, as if never cut
+    buf[_HISTORY_DOWN::3] = x
+    return np.convolve(buf, _FILTER_UP, "valid")
+
+
+def _down_any(buf: np.ndarray) -> np.ndarray:
+    """3:1 for any chunk: filter (tail, x) and keep every third sample."""
+    return np.convolve(buf, _FILTER, "valid")[2::3]
+
+
+# The same two filters for a 20 ms chunk, as matrices built from the functions above:
+# one product instead of zero-stuffing a buffer and filtering three times the samples.
+_UP_MATRIX = np.stack([
+    _up_any(e[:_HISTORY_UP], e[_HISTORY_UP:])
+    for e in np.eye(_HISTORY_UP + CHUNK, dtype=np.float32)
+], axis=1)
+_DOWN_MATRIX = np.stack([
+    _down_any(e) for e in np.eye(_HISTORY_DOWN + 3 * CHUNK, dtype=np.float32)
+], axis=1)
 
 
 class Resampler:
@@ -40,12 +67,13 @@ class Resampler:
         self.out_rate = out_rate
         if (in_rate, out_rate) == (PHONE_RATE, MODEL_RATE):
             self._mode = "up"
+            self._history = np.zeros(_HISTORY_UP, np.float32)
         elif (in_rate, out_rate) == (MODEL_RATE, PHONE_RATE):
             self._mode = "down"
+            self._history = np.zeros(_HISTORY_DOWN, np.float32)
         else:
             self._mode = "soxr"
             self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ")
-        self._buf = np.zeros(TAPS - 1, np.float32)
         self._carry = np.zeros(0, np.int16)  # 24 kHz samples short of a multiple of 3
 
     def process(self, samples: np.ndarray) -> np.ndarray:
@@ -59,32 +87,27 @@ class Resampler:
         return out
 
     def _up(self, x: np.ndarray) -> np.ndarray:
-        n = len(x) * 3
-        buf = self._buf
-        if len(buf) != TAPS - 1 + n:
-            buf = np.concatenate((buf[len(buf) - (TAPS - 1) :], np.zeros(n, np.float32)))
+        if len(x) == CHUNK:
+            xh = np.concatenate((self._history, x), dtype=np.float32)
+            y = _UP_MATRIX @ xh
+            self._history = xh[CHUNK:]
         else:
-            buf[: TAPS - 1] = buf[n:]
-            buf[TAPS - 1 :] = 0
-        buf[TAPS - 1 :: 3] = x
-        self._buf = buf
-        y = np.convolve(buf, _FILTER_UP, "valid")
+            y = _up_any(self._history, x)
+            self._history = np.concatenate((self._history, x), dtype=np.float32)[len(x):]
         return _to_int16(y)
 
     def _down(self, x: np.ndarray) -> np.ndarray:
         if len(self._carry):
             x = np.concatenate((self._carry, x))
         usable = len(x) - len(x) % 3
-        self._carry = x[usable:].copy()
-        x = x[:usable]
-        buf = self._buf
-        if len(buf) != TAPS - 1 + usable:
-            buf = np.concatenate((buf[len(buf) - (TAPS - 1) :], np.zeros(usable, np.float32)))
-        else:
-            buf[: TAPS - 1] = buf[usable:]
-        buf[TAPS - 1 :] = x
-        self._buf = buf
-        y = np.convolve(buf, _FILTER, "valid")[2::3]
+        if usable != len(x):
+            self._carry = x[usable:].copy()
+            x = x[:usable]
+        elif len(self._carry):
+            self._carry = x[:0]
+        buf = np.concatenate((self._history, x), dtype=np.float32)
+        y = _DOWN_MATRIX @ buf if usable == 3 * CHUNK else _down_any(buf)
+        self._history = buf[usable:]
         return _to_int16(y)
 
     def flush(self) -> np.ndarray:
@@ -96,8 +119,13 @@ class Resampler:
         return np.zeros(0, np.int16)
 
 
+_LOW, _HIGH = np.float32(-32768), np.float32(32767)
+
+
 def _to_int16(y: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.clip(y, -32768, 32767).astype(np.int16)
+    np.maximum(y, _LOW, out=y)
+    np.minimum(y, _HIGH, out=y)
+    out: np.ndarray = y.astype(np.int16)
     return out
 
 

@@ -101,7 +101,7 @@ class MediaSession:
         self.on_audio: Callable[[np.ndarray], None] | None = None
         self.next_tick = math.inf  # when the next scheduled tick is due (the engine sets it)
         self.follow_input = False  # send each tick's output with its input (echo)
-        self._ahead = False  # the next tick's input already ran
+        self.ahead = False  # the next tick's input already ran (read-only outside)
         self._in_pcm: np.ndarray | None = None
         self.wall = wall
         self.stats = MediaStats()
@@ -147,8 +147,9 @@ class MediaSession:
 
     # ---- receive ----------------------------------------------------------------
 
-    def readable(self, now: float) -> None:
-        """The RTP socket has datagrams: read them all (called by the event loop).
+    def readable(self, now: float, *, drain: bool = False) -> None:
+        """The RTP socket has datagrams: read one (the loop calls again while there are
+        more: no failed read per packet), or with `drain` all of them.
 
         Each packet's arrival time is the kernel's receive timestamp where the socket
         has them (SO_TIMESTAMPNS): the loop's own wake-up delay is not network jitter,
@@ -175,6 +176,8 @@ class MediaSession:
                         sec, nsec = _TIMESPEC.unpack_from(cdata)
                         arrival = min(now, sec + nsec * 1e-9 - offset)
             self.receive(data, (addr[0], addr[1]), arrival)
+            if not drain:
+                break
         self.pump()
 
     def receive(self, data: bytes, addr: Address, now: float) -> None:
@@ -254,16 +257,16 @@ class MediaSession:
     def pump(self) -> None:
         """Run the next tick's input now if its frame is here (and with `follow_input` its
         output): a frame on time waits for nothing. Never more than one tick ahead."""
-        if not self._ahead and self.jitter.ready(self.next_tick):
-            self._ahead = True
+        if not self.ahead and self.jitter.ready(self.next_tick):
+            self.ahead = True
             self._take_in(self.next_tick)
             if self.follow_input:
                 self._give_out()
 
     def tick(self, now: float) -> None:
         """The scheduled tick: whatever of its input and output has not run ahead."""
-        if self._ahead:
-            self._ahead = False
+        if self.ahead:
+            self.ahead = False
             if not self.follow_input:
                 self._give_out()
         else:
