@@ -23,6 +23,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-answer", dest="auto_answer",
                    help="answer every call itself: silence, echo or play:FILE.wav")
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    p.add_argument("--api-key", dest="api_key", action="append",
+                   help="an API key the HTTP API accepts as 'Bearer KEY' (repeatable)")
+    p.add_argument("--webhook-url", dest="webhook_url",
+                   help="the application's webhook URL: calls ring until it accepts them")
+    p.add_argument("--webhook-secret", dest="webhook_secret",
+                   help="whsec_... secret that signs the webhooks (Standard Webhooks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +45,10 @@ async def _serve(gateway: Gateway) -> int:
     host = gateway.transport.host
     shown = f"[{host}]" if ":" in host else host
     print(f"sipbridge: listening on udp+tcp {shown}:{gateway.port}", file=sys.stderr, flush=True)
+    if gateway.http is not None:
+        h = gateway.http.host
+        print(f"sipbridge: HTTP API on http://{f'[{h}]' if ':' in h else h}:{gateway.http.port}/v1",
+              file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,7 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         config = load_config(
             args.config or os.environ.get("SIPBRIDGE_CONFIG"),
             sip=args.sip, http=args.http, auto_answer=args.auto_answer,
-            log_level=args.log_level,
+            log_level=args.log_level, api_key=args.api_key, webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
         )
     except ConfigError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)
@@ -64,8 +75,11 @@ def serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(Gateway(config)))
     except OSError as exc:
-        print(f"sipbridge: cannot bind {config.sip}: {exc}", file=sys.stderr)
+        print(f"sipbridge: cannot bind {config.sip} or {config.http}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _demo(calls: int) -> int:
@@ -75,7 +89,7 @@ async def _demo(calls: int) -> int:
         print("sipbridge demo: SIPp is not installed (apt-get install sip-tester)",
               file=sys.stderr)
         return 1
-    config = load_config(None, sip="127.0.0.1:0", auto_answer="silence")
+    config = load_config(None, sip="127.0.0.1:0", http="off", auto_answer="silence")
     gateway = Gateway(config)
     await gateway.start()
     print(f"gateway listening on udp+tcp 127.0.0.1:{gateway.port} (auto-answer: silence)")

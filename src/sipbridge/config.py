@@ -3,13 +3,16 @@ TOML file over defaults."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -87,10 +90,20 @@ class Config(BaseSettings):
     t2: float = Field(4.0, gt=0)
     t4: float = Field(5.0, gt=0)
     log_level: str = "info"
+    # The application side (OpenAI's Realtime API for SIP calls).
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
+    webhook_url: str | None = None  # realtime.call.incoming goes here; calls then wait
+    webhook_secret: str | None = None  # whsec_...: signs webhooks (Standard Webhooks)
+    webhook_timeout: float = Field(5.0, gt=0, le=60)  # seconds per delivery attempt
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    accept_timeout: float = Field(30.0, gt=0, le=600)  # seconds a call rings for the app
+    accept_timeout_code: int = Field(480, ge=400, le=699)
 
     @field_validator("sip", "http")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "http" and value.strip().lower() in ("", "off", "none"):
+            return "off"  # no HTTP API
         parse_host_port(value, 0)
         return value
 
@@ -106,6 +119,33 @@ class Config(BaseSettings):
             return value
         if value not in AUTO_ANSWER_MODES:
             raise ValueError(f"auto_answer must be one of {', '.join(AUTO_ANSWER_MODES)}")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # SIPBRIDGE_API_KEY=key1,key2
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        body = value.removeprefix("whsec_")
+        try:
+            if value == body or not base64.b64decode(body, validate=True):
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise ValueError("webhook_secret must be whsec_ followed by base64") from None
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
         return value
 
     @field_validator("allow")

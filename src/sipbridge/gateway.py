@@ -9,7 +9,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from sipbridge.calls.manager import CallManager
+from sipbridge.api.app import HttpServer, SidebandHubs, create_app
+from sipbridge.api.webhooks import WebhookSender, make_event
+from sipbridge.calls.manager import Call, CallManager
 from sipbridge.config import Config
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
@@ -48,6 +50,9 @@ class Gateway:
         self.media: MediaEngine | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.sideband = SidebandHubs()
+        self.http: HttpServer | None = None
+        self.webhooks: WebhookSender | None = None
 
     @property
     def advertised_host(self) -> str:
@@ -81,12 +86,27 @@ class Gateway:
                         recordings=Path(c.recordings) if c.recordings else None),
             self.loop,
         )
+        if c.webhook_url:
+            if not c.webhook_secret:
+                raise ValueError("webhook_url needs webhook_secret (whsec_...) to sign with")
+            self.webhooks = WebhookSender(c.webhook_url, c.webhook_secret,
+                                          timeout=c.webhook_timeout,
+                                          max_attempts=c.webhook_attempts)
         self.calls = CallManager(
             self.ua, self._schedule, media_host=self.media_host, media=self.media,
             bind_host=self._bind_host or "0.0.0.0", auto_answer=c.auto_answer,
             ring_time=c.ring_time, reject_code=c.reject_code, clock=self.loop.time,
             wake=self._pump,
+            on_incoming=self._on_incoming if self.webhooks is not None else None,
+            accept_timeout=c.accept_timeout, accept_timeout_code=c.accept_timeout_code,
+            on_end=lambda call: self.sideband.close(call.id),
         )
+        if c.http != "off":
+            host, port = c.http_bind
+            if not c.api_key:
+                log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
+            self.http = HttpServer(create_app(self, c.api_key), host, port)
+            await self.http.start()
         # What start-up made lives as long as the process: keep it out of every
         # garbage collection, so full collections stay short under load.
         gc.collect()
@@ -97,6 +117,10 @@ class Gateway:
         return self.transport.port
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self._timer is not None:
             self._timer.cancel()
         if self.media is not None:
@@ -108,6 +132,20 @@ class Gateway:
         stats = dict(self.ua.stats) if self.ua is not None else {}
         stats["tcp_framing_errors"] = self.transport.stats_framing_errors
         return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v)
+
+    def pump(self) -> None:
+        """Send what the SIP core queued after a call-control request."""
+        self._pump()
+
+    def _on_incoming(self, call: Call) -> None:
+        """realtime.call.incoming to the application; the call rings meanwhile."""
+        assert self.webhooks is not None
+        event = make_event("realtime.call.incoming", {
+            "call_id": call.id,
+            "sip_headers": [{"name": n, "value": v} for n, v in call.sip_headers],
+            "sip_media_security": "rtp",
+        })
+        call.webhooks.append(self.webhooks.send(event))
 
     def _on_message(self, data: bytes, source: Address) -> None:
         assert self.ua is not None and self.loop is not None

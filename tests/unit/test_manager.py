@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sipbridge.calls.manager import CallManager, CallState
+import pytest
+
+from sipbridge.calls.manager import Call, CallError, CallManager, CallState
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, EndReason
-from sipbridge.sip.message import Response, parse_message
+from sipbridge.sip.message import Request, Response, parse_message
 from sipbridge.sip.sdp import Direction, parse_sdp
 from sipbridge.sip.ua import UaConfig, UserAgent
 
@@ -23,9 +25,12 @@ OFFER = (
 
 
 class Harness:
+    incoming: list[Call]
+
     def __init__(self, *, auto_answer: str | None = "silence", ring_time: float = 0.0,
-                 reject_code: int = 480) -> None:
+                 reject_code: int = 480, app: bool = False) -> None:
         self.now = 0.0
+        self.incoming = []
         self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
         self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
         # A loop that never runs: media sockets are bound and registered, ticks never fire.
@@ -35,8 +40,11 @@ class Harness:
             self.ua, self.schedule, media_host=lambda peer: "127.0.0.1", media=self.media,
             bind_host="127.0.0.1", auto_answer=auto_answer, ring_time=ring_time,
             reject_code=reject_code, clock=lambda: self.now,
+            on_incoming=self.incoming.append if app else None, accept_timeout=20.0,
+            accept_timeout_code=408,
         )
         self.sent: list[Response] = []
+        self.requests: list[Request] = []
         self.ended: list[CallEnded] = []
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
@@ -62,6 +70,8 @@ class Harness:
             msg = parse_message(data)
             if isinstance(msg, Response):
                 self.sent.append(msg)
+            else:
+                self.requests.append(msg)
 
     def send(self, text: str) -> None:
         self.ua.receive(text.replace("\n", "\r\n").encode(), PEER, self.now)
@@ -104,7 +114,8 @@ def test_auto_answer_silence_answers_with_sdp() -> None:
     assert answer.media[0].port == call.rtp_port and 20000 <= call.rtp_port < 20100
     assert call.id in h.media.sessions  # RTP started with the 200
     assert [c.name for c in answer.media[0].codecs] == ["PCMU", "telephone-event"]
-    assert call.id.startswith("rtc_") and call.state is CallState.RINGING
+    assert call.id.startswith("rtc_") and call.state is CallState.ACTIVE  # answered
+    assert call.answered_at is not None
     h.send(ack(h.sent[-1].to.tag or ""))
     assert call.state is CallState.ACTIVE
     h.send(ack(h.sent[-1].to.tag or "").replace("ACK sip", "BYE sip").replace("1 ACK", "2 BYE"))
@@ -187,3 +198,65 @@ def test_reinvite_hold_and_resume() -> None:
     assert resumed.media[0].direction is Direction.SENDRECV and not call.on_hold
     assert resumed.media[0].port == held.media[0].port  # same stream, same port
     assert resumed.origin.session_version > held.origin.session_version  # RFC 3264 8
+
+
+def app_call() -> tuple[Harness, Call]:
+    h = Harness(auto_answer=None, app=True)
+    h.send(invite(OFFER.format(direction="sendrecv")).replace(
+        "Max-Forwards: 70\n", "Max-Forwards: 70\nAuthorization: Digest secret\nX-Case: 42\n"))
+    assert h.statuses() == [100, 180] and len(h.incoming) == 1
+    return h, h.incoming[0]
+
+
+def test_application_calls_ring_until_accepted() -> None:
+    h, call = app_call()
+    names = [n for n, _ in call.sip_headers]
+    assert names[:2] == ["Via", "From"] and ("X-Case", "42") in call.sip_headers
+    assert "Authorization" not in names  # never shown to the application
+    h.manager.accept(call.id, {"type": "realtime"})
+    h.pump()
+    assert h.statuses() == [100, 180, 200] and call.state is CallState.ACTIVE
+    assert call.id in h.media.sessions
+    with pytest.raises(CallError) as err:
+        h.manager.accept(call.id, {"type": "realtime"})
+    assert err.value.kind == "conflict" and "already accepted" in err.value.message
+    h.advance(30)  # the accept timer was cancelled: nothing more is sent
+    assert h.statuses() == [100, 180, 200]
+
+
+def test_application_reject_and_the_accept_timeout() -> None:
+    h, call = app_call()
+    h.manager.reject(call.id, 486)
+    h.pump()
+    assert h.statuses()[-1] == 486 and call.state is CallState.ENDED
+    assert h.manager.get(call.id) is call  # still known after the end ...
+    with pytest.raises(CallError) as err:
+        h.manager.hangup(call.id)
+    assert err.value.kind == "conflict" and "ended" in err.value.message  # ... and final
+    h2, call2 = app_call()
+    h2.advance(19.9)
+    assert h2.statuses() == [100, 180]
+    h2.advance(0.2)
+    assert h2.statuses()[-1] == 408 and call2.end_reason == "accept_timeout"
+    with pytest.raises(CallError) as err:
+        h2.manager.get("rtc_nope")
+    assert err.value.kind == "not_found"
+
+
+def test_refer_needs_an_answered_call_and_sends_refer_in_the_dialog() -> None:
+    h, call = app_call()
+    with pytest.raises(CallError) as err:
+        h.manager.refer(call.id, "tel:+61420351258")
+    assert err.value.kind == "conflict" and "not been accepted" in err.value.message
+    h.manager.accept(call.id, {"type": "realtime"})
+    h.pump()
+    h.send(ack(h.sent[-1].to.tag or ""))
+    transfer = h.manager.refer(call.id, "tel:+61420351258")
+    h.pump()
+    refer = h.requests[-1]
+    assert refer.method == "REFER" and refer.headers.get("Refer-To") == "<tel:+61420351258>"
+    assert refer.headers.get("Referred-By") == "<sip:bot@127.0.0.1>"
+    assert transfer.status == "sent"
+    with pytest.raises(CallError) as err:
+        h.manager.refer(call.id, "tel:+1555")
+    assert err.value.kind == "conflict" and "in progress" in err.value.message

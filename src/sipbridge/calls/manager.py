@@ -1,4 +1,6 @@
-"""The call registry: turns the UA's events into calls and answers them by policy."""
+"""The call registry: turns the UA's events into calls, answers them by policy or leaves
+them ringing for an application, and carries out its call-control requests (accept,
+reject, refer, hangup)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import enum
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -24,7 +28,7 @@ from sipbridge.sip.events import (
     ReInvite,
     RequestOutcome,
 )
-from sipbridge.sip.message import Request
+from sipbridge.sip.message import Headers, Request
 from sipbridge.sip.sdp import (
     Direction,
     NegotiatedAudio,
@@ -41,10 +45,55 @@ log = logging.getLogger("sipbridge.calls")
 Scheduler = Callable[[float, Callable[[], None]], Callable[[], None]]
 
 
+RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the store has them
+PRIVATE_HEADERS = {"authorization", "proxy-authorization"}  # never shown to the application
+
+
+class Record(Protocol):
+    """Anything kept on a call that the API shows (a webhook delivery, say)."""
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
 class CallState(enum.Enum):
     RINGING = "ringing"
     ACTIVE = "active"
     ENDED = "ended"
+
+
+class CallError(Exception):
+    """A call-control request that cannot be carried out: `kind` is "not_found" or
+    "conflict" (the call is in the wrong state); the message says which and why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One REFER sent for a call and what became of it (RFC 3515)."""
+
+    id: str
+    target: str
+    requested_at: float
+    status: str = "sent"  # sent, accepted, progress, succeeded, failed, rejected, timed_out
+    sip_status: int | None = None
+    reason: str | None = None
+    cseq: int = 0
+    notifications: list[str] = field(default_factory=list)  # sipfrag status lines
+    updated_at: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("succeeded", "failed", "rejected", "timed_out")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "target_uri": self.target, "status": self.status,
+                "sip_status": self.sip_status, "reason": self.reason,
+                "requested_at": self.requested_at, "updated_at": self.updated_at,
+                "notifications": list(self.notifications)}
 
 
 @dataclass(slots=True)
@@ -64,6 +113,34 @@ class Call:
     on_hold: bool = False
     end_reason: str | None = None
     cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+    sip_call_id: str = ""
+    source: str = ""
+    sip_headers: list[tuple[str, str]] = field(default_factory=list)
+    mode: str = "auto"  # "auto": answered by policy; "app": waits for accept or reject
+    answered_at: float | None = None
+    ended_at: float | None = None
+    final_status: int | None = None  # the SIP status a rejected call was answered with
+    session: dict[str, object] | None = None  # the accepted session config
+    transfers: list[Transfer] = field(default_factory=list)
+    webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
+
+    def to_dict(self) -> dict[str, object]:
+        """The call record the API shows (GET /v1/realtime/calls/{id})."""
+        audio = self.audio
+        return {
+            "id": self.id, "object": "realtime.call", "state": self.state.value,
+            "created_at": self.created_at, "answered_at": self.answered_at,
+            "ended_at": self.ended_at, "end_reason": self.end_reason,
+            "sip": {
+                "call_id": self.sip_call_id, "from": self.caller, "to": self.callee,
+                "source": self.source, "final_status": self.final_status,
+                "rtp_port": self.rtp_port or None,
+                "codec": audio.codec.name if audio is not None else None,
+                "on_hold": self.on_hold,
+            },
+            "transfers": [t.to_dict() for t in self.transfers],
+            "webhooks": [w.to_dict() for w in self.webhooks],
+        }
 
 
 class CallManager:
@@ -82,6 +159,11 @@ class CallManager:
         reject_code: int,
         clock: Callable[[], float],
         wake: Callable[[], None] = lambda: None,
+        on_incoming: Callable[[Call], None] | None = None,
+        accept_timeout: float = 30.0,
+        accept_timeout_code: int = 480,
+        on_transfer: Callable[[Call, Transfer], None] | None = None,
+        on_end: Callable[[Call], None] | None = None,
     ) -> None:
         self.ua = ua
         self.schedule = scheduler
@@ -96,7 +178,14 @@ class CallManager:
         self.reject_code = reject_code
         self.clock = clock
         self.wake = wake
+        # Set: calls ring until the application accepts or rejects them (webhook mode).
+        self.on_incoming = on_incoming
+        self.accept_timeout = accept_timeout
+        self.accept_timeout_code = accept_timeout_code
+        self.on_transfer = on_transfer
+        self.on_end = on_end
         self.calls: dict[str, Call] = {}
+        self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self._by_leg: dict[str, Call] = {}
         self.ended = 0
 
@@ -119,9 +208,13 @@ class CallManager:
             case ReInvite(leg_id=leg_id, request=request):
                 self._reinvite(leg_id, request.body, request, now)
             case InDialogRequest(leg_id=leg_id, request=request, answered=False):
+                if request.method == "NOTIFY" and self._notify(leg_id, request, now):
+                    return
                 # REFER from the peer, NOTIFY with no subscription of ours.
                 status = 481 if request.method == "NOTIFY" else 403
                 self.ua.respond(leg_id, request, status, now)
+            case RequestOutcome(leg_id=leg_id, request=request) if request.method == "REFER":
+                self._refer_outcome(event, now)
             case InDialogRequest() | RequestOutcome():
                 pass
 
@@ -133,6 +226,9 @@ class CallManager:
             caller=str(req.from_.uri),
             callee=str(req.to.uri),
             created_at=time.time(),
+            sip_call_id=req.call_id,
+            source=f"{event.source.host}:{event.source.port}",
+            sip_headers=[(n, v) for n, v in req.headers if n.lower() not in PRIVATE_HEADERS],
         )
         self.calls[call.id] = call
         self._by_leg[event.leg_id] = call
@@ -150,8 +246,16 @@ class CallManager:
             self.ua.reject(event.leg_id, exc.status, now,
                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
             return
+        if self.auto_answer is None and self.on_incoming is not None:
+            # The application decides (webhook); the caller hears ringing meanwhile.
+            call.mode = "app"
+            self.ua.ring(event.leg_id, now)
+            call.cancel_timer = self.schedule(self.accept_timeout,
+                                              lambda: self._accept_timeout(call))
+            self.on_incoming(call)
+            return
         if self.auto_answer is None:
-            # No application to ask yet: refuse by policy.
+            # No application to ask: refuse by policy.
             self.ua.reject(event.leg_id, self.reject_code, now)
             return
         self.ua.ring(event.leg_id, now)
@@ -195,8 +299,154 @@ class CallManager:
         if call.state is not CallState.RINGING or call.leg_id not in self._by_leg:
             return
         self.ua.answer(call.leg_id, call.local_sdp, self.clock())
+        call.state = CallState.ACTIVE
+        call.answered_at = time.time()
         if call.audio is not None:
             self._start_media(call)
+
+    # ---- call control (the application's requests) ------------------------------
+
+    def get(self, call_id: str) -> Call:
+        """A live or recently ended call; CallError("not_found") otherwise."""
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        if call is None:
+            raise CallError("not_found", f"No call found with id '{call_id}'.")
+        return call
+
+    def _live(self, call_id: str, action: str) -> Call:
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            raise CallError("conflict", f"Cannot {action} call '{call_id}': the call has "
+                            f"already ended ({call.end_reason}).")
+        return call
+
+    def accept(self, call_id: str, session: dict[str, object]) -> Call:
+        """Answer a ringing call (200 OK with our SDP) and start its media."""
+        call = self._live(call_id, "accept")
+        if call.state is not CallState.RINGING:
+            raise CallError("conflict", f"Cannot accept call '{call_id}': it was already "
+                            "accepted.")
+        if call.cancel_timer is not None:
+            call.cancel_timer()
+        call.session = session
+        self._answer(call)
+        log.info("call %s accepted by the application", call.id)
+        return call
+
+    def reject(self, call_id: str, status: int) -> Call:
+        """Refuse a ringing call with a SIP final status."""
+        call = self._live(call_id, "reject")
+        if call.state is not CallState.RINGING:
+            raise CallError("conflict", f"Cannot reject call '{call_id}': it was already "
+                            "accepted; use hangup to end it.")
+        call.end_reason = "rejected"
+        call.final_status = status
+        self.ua.reject(call.leg_id, status, self.clock())
+        log.info("call %s rejected by the application with %d", call.id, status)
+        return call
+
+    def hangup(self, call_id: str) -> Call:
+        """End a call: BYE once answered, 480 while it still rings."""
+        call = self._live(call_id, "hang up")
+        call.end_reason = "hangup"
+        if call.state is CallState.RINGING:
+            call.final_status = 480
+        self.ua.hangup(call.leg_id, self.clock())
+        log.info("call %s hung up by the application", call.id)
+        return call
+
+    def refer(self, call_id: str, target: str) -> Transfer:
+        """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`."""
+        call = self._live(call_id, "refer")
+        if call.state is not CallState.ACTIVE:
+            raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
+                            "accepted yet.")
+        running = [t for t in call.transfers if not t.final]
+        if running:
+            raise CallError("conflict", f"Cannot refer call '{call_id}': transfer "
+                            f"{running[0].id} to {running[0].target} is still in progress.")
+        leg = self.ua.leg(call.leg_id)
+        now = self.clock()
+        headers = Headers([("Refer-To", f"<{target}>")])
+        if leg is not None:
+            headers.add("Referred-By", f"<{leg.dialog.local.uri}>")
+        request = self.ua.send_request(call.leg_id, "REFER", now, headers=headers)
+        transfer = Transfer(id="xfer_" + secrets.token_hex(12), target=target,
+                            requested_at=time.time(), cseq=request.cseq.seq,
+                            updated_at=time.time())
+        call.transfers.append(transfer)
+        log.info("call %s: REFER to %s sent (%s)", call.id, target, transfer.id)
+        self._transfer_changed(call, transfer)
+        return transfer
+
+    def _transfer_changed(self, call: Call, transfer: Transfer) -> None:
+        transfer.updated_at = time.time()
+        if self.on_transfer is not None:
+            self.on_transfer(call, transfer)
+
+    def _refer_outcome(self, event: RequestOutcome, now: float) -> None:
+        call = self._by_leg.get(event.leg_id)
+        if call is None:
+            return
+        cseq = event.request.cseq.seq
+        transfer = next((t for t in call.transfers if t.cseq == cseq), None)
+        if transfer is None or transfer.status != "sent":
+            return
+        if event.timed_out or event.response is None:
+            transfer.status, transfer.reason = "timed_out", "no answer to REFER"
+        elif event.response.status < 200:
+            return
+        elif event.response.status < 300:
+            transfer.status, transfer.sip_status = "accepted", event.response.status
+        else:
+            transfer.status = "rejected"
+            transfer.sip_status = event.response.status
+            transfer.reason = event.response.reason
+        log.info("call %s: transfer %s %s%s", call.id, transfer.id, transfer.status,
+                 f" ({transfer.sip_status})" if transfer.sip_status else "")
+        self._transfer_changed(call, transfer)
+
+    def _notify(self, leg_id: str, request: Request, now: float) -> bool:
+        """A NOTIFY for a REFER of ours (Event: refer, message/sipfrag, RFC 3515 2.4.5)."""
+        call = self._by_leg.get(leg_id)
+        event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
+        if call is None or event != "refer" or not call.transfers:
+            return False
+        transfer = call.transfers[-1]
+        line = request.body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].upper().startswith("SIP/") or not parts[1].isdigit():
+            self.ua.respond(leg_id, request, 400, now, reason="Bad sipfrag")
+            return True
+        self.ua.respond(leg_id, request, 200, now)
+        status = int(parts[1])
+        transfer.notifications.append(line)
+        if transfer.final:
+            return True
+        transfer.sip_status = status
+        if status < 200:
+            transfer.status = "progress"
+        elif status < 300:
+            transfer.status = "succeeded"
+        else:
+            transfer.status = "failed"
+            transfer.reason = parts[2] if len(parts) > 2 else None
+        log.info("call %s: transfer %s %s (%s)", call.id, transfer.id, transfer.status, line)
+        self._transfer_changed(call, transfer)
+        if transfer.status == "succeeded":
+            call.end_reason = "transferred"
+            self.ua.hangup(leg_id, now)  # the caller is with the target: our leg is done
+        return True
+
+    def _accept_timeout(self, call: Call) -> None:
+        call.cancel_timer = None
+        if call.state is not CallState.RINGING or call.leg_id not in self._by_leg:
+            return
+        log.info("call %s: not accepted within %g s, answering %d", call.id,
+                 self.accept_timeout, self.accept_timeout_code)
+        call.end_reason = "accept_timeout"
+        call.final_status = self.accept_timeout_code
+        self.ua.reject(call.leg_id, self.accept_timeout_code, self.clock())
 
     def _start_media(self, call: Call) -> None:
         """RTP starts with the 200: the caller may send before its ACK arrives."""
@@ -237,10 +487,22 @@ class CallManager:
     def _forget(self, call: Call, reason: str) -> None:
         if call.cancel_timer is not None:
             call.cancel_timer()
+            call.cancel_timer = None
         call.state = CallState.ENDED
         call.end_reason = call.end_reason or reason
+        call.ended_at = time.time()
         session = self.media.stop(call.id)
         if session is not None:
             log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
+        for transfer in call.transfers:
+            if not transfer.final:
+                transfer.status, transfer.reason = "failed", "the call ended first"
+                self._transfer_changed(call, transfer)
         self.calls.pop(call.id, None)
         self.ended += 1
+        if self.on_end is not None:
+            self.on_end(call)
+        if call.mode == "app":  # the application may still ask about it
+            self.recent[call.id] = call
+            while len(self.recent) > RECENT_CALLS:
+                self.recent.popitem(last=False)

@@ -1,0 +1,1 @@
+"""The HTTP side of the gateway: the API applications call and the webhooks it sends them."""

@@ -1,0 +1,339 @@
+"""The HTTP API: OpenAI's Realtime call control (accept, reject, refer, hangup), the call
+records, and the sideband WebSocket, served by FastAPI in the gateway's own event loop.
+
+Every error, ours or the framework's, leaves in OpenAI's shape
+(`{"error": {"message", "type", "param", "code"}}`) so the SDK raises its usual
+exception classes (`openai.NotFoundError`, `openai.ConflictError`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sipbridge.api.errors import ApiError, conflict, from_validation_errors, unauthorized
+from sipbridge.api.schemas import ReferBody, RejectBody, SessionConfig
+from sipbridge.api.session import SidebandSession
+from sipbridge.calls.manager import Call, CallError, CallManager
+
+log = logging.getLogger("sipbridge.api")
+
+MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits
+
+
+class Control(Protocol):
+    """What the API needs from the gateway."""
+
+    calls: CallManager | None
+    sideband: SidebandHubs
+
+    def pump(self) -> None:
+        """Send what the SIP core queued (after a call-control request)."""
+
+
+class SidebandHubs:
+    """Each accepted call's sideband session and the WebSocket clients watching it."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, SidebandSession] = {}
+        self.clients: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+
+    def open(self, call: Call, config: SessionConfig) -> SidebandSession:
+        session = SidebandSession(call.id, config)
+        self.sessions[call.id] = session
+        self.clients.setdefault(call.id, set())
+        return session
+
+    def publish(self, call_id: str, event: dict[str, Any]) -> None:
+        """Fan one server event out to every sideband client of the call."""
+        for queue in self.clients.get(call_id, ()):
+            queue.put_nowait(event)
+
+    def close(self, call_id: str) -> None:
+        """The call ended: its clients are disconnected, its session dropped."""
+        self.sessions.pop(call_id, None)
+        for queue in self.clients.pop(call_id, ()):
+            queue.put_nowait(None)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def _call_error(exc: CallError) -> ApiError:
+    if exc.kind == "not_found":
+        return ApiError(404, exc.message, code="not_found")
+    return conflict(exc.message)
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = ApiError(413, f"Request body too large: the limit is {self.limit} bytes.",
+                           code="request_too_large")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _error_response(too_big)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _error_response(too_big)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(control: Control, api_keys: list[str]) -> FastAPI:
+    """The FastAPI application for one gateway. With no API keys configured the API is
+    open (the default listens on loopback only)."""
+    app = FastAPI(
+        title="sipbridge",
+        summary="OpenAI Realtime API call control for SIP calls, self-hosted.",
+        version="0.1.0",
+        docs_url=None, redoc_url=None,
+    )
+    keys = [k.encode() for k in api_keys]
+
+    def authorize(header: str | None) -> None:
+        if not keys:
+            return
+        if not header:
+            raise unauthorized("You didn't provide an API key. Provide it in the "
+                               "Authorization header as 'Bearer YOUR_KEY'.")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            secrets.compare_digest(token.strip().encode(), k) for k in keys
+        ):
+            raise unauthorized("Incorrect API key provided.")
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                   ) -> Response:
+        if request.url.path.startswith("/v1/"):
+            try:
+                authorize(request.headers.get("authorization"))
+            except ApiError as exc:
+                return _error_response(exc)
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error_response(ApiError(
+                400, "We could not parse the JSON body of your request. The body must be "
+                "a JSON object.", code="invalid_json"))
+        return _error_response(from_validation_errors(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        messages = {404: "Not found.", 405: "Method not allowed."}
+        message = messages.get(exc.status_code, str(exc.detail))
+        return _error_response(ApiError(exc.status_code, message,
+                                        code="not_found" if exc.status_code == 404 else None))
+
+    def manager() -> CallManager:
+        if control.calls is None:
+            raise ApiError(503, "The gateway is starting.", type="server_error")
+        return control.calls
+
+    @contextlib.contextmanager
+    def call_control() -> Iterator[CallManager]:
+        try:
+            yield manager()
+        except CallError as exc:
+            raise _call_error(exc) from None
+        finally:
+            control.pump()
+
+    @app.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
+              response_class=Response, summary="Accept an incoming call")
+    async def accept(call_id: str, config: SessionConfig) -> Response:
+        with call_control() as calls:
+            call = calls.accept(call_id, config.model_dump(exclude_none=True))
+            control.sideband.open(call, config)
+        return Response(status_code=200)
+
+    @app.post("/v1/realtime/calls/{call_id}/reject", status_code=200,
+              response_class=Response, summary="Reject an incoming call")
+    async def reject(call_id: str, body: RejectBody | None = None) -> Response:
+        status = body.status_code if body is not None else 603
+        with call_control() as calls:
+            calls.reject(call_id, status)
+        return Response(status_code=200)
+
+    @app.post("/v1/realtime/calls/{call_id}/refer", status_code=200,
+              response_class=Response, summary="Transfer an answered call (SIP REFER)")
+    async def refer(call_id: str, body: ReferBody) -> Response:
+        with call_control() as calls:
+            calls.refer(call_id, body.target_uri)
+        return Response(status_code=200)
+
+    @app.post("/v1/realtime/calls/{call_id}/hangup", status_code=200,
+              response_class=Response, summary="End a call")
+    async def hangup(call_id: str) -> Response:
+        with call_control() as calls:
+            calls.hangup(call_id)
+        return Response(status_code=200)
+
+    @app.get("/v1/realtime/calls", summary="List live and recent calls")
+    async def list_calls() -> dict[str, Any]:
+        calls = manager()
+        data = [c.to_dict() for c in (*calls.calls.values(), *reversed(calls.recent.values()))]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/realtime/calls/{call_id}", summary="One call: state, SIP details, transfers")
+    async def get_call(call_id: str) -> dict[str, Any]:
+        with call_control() as calls:
+            return calls.get(call_id).to_dict()
+
+    @app.websocket("/v1/realtime")
+    async def sideband(ws: WebSocket) -> None:
+        try:
+            authorize(ws.headers.get("authorization"))
+        except ApiError:
+            await ws.close(code=1008, reason="invalid API key")
+            return
+        call_id = ws.query_params.get("call_id", "")
+        session = control.sideband.sessions.get(call_id)
+        await ws.accept()
+        if session is None:
+            reason = _no_session_reason(control, call_id)
+            await ws.send_json({"type": "error", "event_id": "event_" + secrets.token_hex(12),
+                                "error": {"type": "invalid_request_error",
+                                          "code": "call_not_found" if "No call" in reason
+                                          else "invalid_state",
+                                          "message": reason, "param": "call_id",
+                                          "event_id": None}})
+            await ws.close(code=1008)
+            return
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        clients = control.sideband.clients.setdefault(call_id, set())
+        clients.add(queue)
+        sender = asyncio.create_task(_send_events(ws, queue))
+        try:
+            await ws.send_json(session.created_event())
+            while True:
+                raw = await ws.receive_text()
+                own, everyone = session.handle(raw)
+                for event in own:
+                    queue.put_nowait(event)
+                for event in everyone:
+                    control.sideband.publish(call_id, event)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            clients.discard(queue)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    return app
+
+
+def _no_session_reason(control: Control, call_id: str) -> str:
+    calls = control.calls
+    if not call_id:
+        return "Missing required parameter: 'call_id'."
+    if calls is None:
+        return "The gateway is starting."
+    try:
+        call = calls.get(call_id)
+    except CallError as exc:
+        return exc.message
+    if call.end_reason is not None or call.state.value == "ended":
+        return f"Call '{call_id}' has ended."
+    return f"Call '{call_id}' has not been accepted yet: accept it first."
+
+
+async def _send_events(ws: WebSocket, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    """Writes one client's events in order; None means the call ended."""
+    while True:
+        event = await queue.get()
+        if event is None:
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await ws.close(code=1000, reason="call ended")
+            return
+        try:
+            await ws.send_text(json.dumps(event))
+        except (RuntimeError, OSError, WebSocketDisconnect):
+            return  # the client went away; its reader ends the connection
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside the gateway's loop: the gateway owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """Runs the API on a socket it binds itself (so port 0 works and the port is known)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(BodyLimit(app, MAX_BODY), log_level="warning",
+                                lifespan="off", ws_max_size=MAX_BODY, access_log=False)
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.server.serve([self.sock]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                return
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 5)
+        self.sock.close()

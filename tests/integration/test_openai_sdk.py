@@ -1,0 +1,262 @@
+"""The official `openai` SDK drives sipbridge unchanged; SIPp plays the carrier.
+
+The application side is what an OpenAI Realtime SIP app does: it receives the
+`realtime.call.incoming` webhook (checked with `client.webhooks.unwrap`), then
+accepts, rejects, refers or hangs up with `client.realtime.calls.*`, and opens the
+sideband with `client.realtime.connect(call_id=...)`. Only `base_url` differs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
+
+from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(b"sipbridge integration test secret").decode()
+KEY = "sk-sipbridge-test"
+
+
+class WebhookSink:
+    """The application's webhook endpoint: a real HTTP server that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[bytes, dict[str, str]]] = queue.Queue()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.received.put((body, dict(self.headers.items())))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def next(self, timeout: float = 10.0) -> tuple[bytes, dict[str, str]]:
+        return self.received.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class App:
+    gateway: Gateway
+    client: openai.OpenAI
+    sink: WebhookSink
+    pool: ThreadPoolExecutor
+    tmp: Path
+
+    def call(self, scenario: str | Path, **options: Any) -> Future[SippResult]:
+        """SIPp places one call in the background."""
+        workdir = self.tmp / f"sipp-{time.monotonic_ns()}"
+        return self.pool.submit(run_sipp, self.gateway.address, scenario, workdir, **options)
+
+    def incoming(self) -> RealtimeCallIncomingWebhookEvent:
+        body, headers = self.sink.next()
+        event = self.client.webhooks.unwrap(body, headers)  # verifies the signature
+        assert isinstance(event, RealtimeCallIncomingWebhookEvent)
+        return event
+
+    def record(self, call_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.base_url}/realtime/calls/{call_id}",
+                      headers={"Authorization": f"Bearer {KEY}"})
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def wait_for(self, call_id: str, check: Callable[[dict[str, Any]], bool],
+                 timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.record(call_id)
+            if check(record) or time.monotonic() > deadline:
+                return record
+            time.sleep(0.05)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.http_port}/v1"
+
+
+@pytest.fixture
+def app(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Iterator[App]:
+    sink = WebhookSink()
+    gateway = start_gateway(webhook_url=sink.url, webhook_secret=SECRET, api_key=[KEY],
+                            accept_timeout=20)
+    client = openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{gateway.http_port}/v1",
+                           webhook_secret=SECRET, max_retries=0, timeout=10)
+    pool = ThreadPoolExecutor(max_workers=2)
+    yield App(gateway, client, sink, pool, tmp_path)
+    pool.shutdown(wait=True, cancel_futures=True)
+    client.close()
+    sink.close()
+
+
+def refused_scenario(tmp: Path, code: int) -> Path:
+    path = tmp / f"app_refused_{code}.xml"
+    path.write_text((SCENARIOS / "app_refused.xml").read_text().replace("__CODE__", str(code)))
+    return path
+
+
+def test_webhook_accept_sideband_and_refer(app: App) -> None:
+    sipp = app.call("app_refer.xml", timeout=40, recv_timeout=20)
+    event = app.incoming()
+    call_id = event.data.call_id
+    assert call_id.startswith("rtc_")
+    names = [h.name for h in event.data.sip_headers]
+    assert names[:3] == ["Via", "From", "To"] and "Call-ID" in names
+    assert {"name": "X-Account", "value": "acme-42"} in [h.model_dump() for h in
+                                                         event.data.sip_headers]
+    assert event.data.sip_media_security == "rtp"
+    assert app.record(call_id)["state"] == "ringing"  # the caller hears ringing meanwhile
+
+    app.client.realtime.calls.accept(call_id, type="realtime", model="gpt-realtime",
+                                     instructions="You answer the phone for Acme.")
+    record = app.wait_for(call_id, lambda r: r["state"] == "active")
+    assert record["state"] == "active" and record["sip"]["codec"] == "PCMU"
+
+    with app.client.realtime.connect(call_id=call_id) as conn:
+        created = conn.recv()
+        assert created.type == "session.created"
+        assert created.session.instructions == "You answer the phone for Acme."
+        conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        updated = conn.recv()
+        assert updated.type == "session.updated"
+        assert updated.session.instructions == "Be brief."
+        conn.send({"type": "session.update", "event_id": "evt_no_type",  # type: ignore[arg-type]
+                   "session": {"instructions": "no type"}})
+        error = conn.recv()
+        assert error.type == "error"
+        assert error.error.param == "session.type" and error.error.event_id == "evt_no_type"
+        assert "type" in error.error.message and "realtime" in error.error.message
+
+    app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
+    result = sipp.result(timeout=60)
+    assert result.ok, result.describe()
+    assert "Refer-To: <tel:+61420351258>" in result.messages
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+    assert record["end_reason"] == "transferred"
+    [transfer] = record["transfers"]
+    assert transfer["status"] == "succeeded" and transfer["sip_status"] == 200
+    assert transfer["target_uri"] == "tel:+61420351258"
+    assert record["webhooks"][0]["outcome"] == "delivered"
+
+
+def test_reject_sends_the_status_and_603_by_default(app: App) -> None:
+    for code, kwargs in ((486, {"status_code": 486}), (603, {})):
+        sipp = app.call(refused_scenario(app.tmp, code))
+        call_id = app.incoming().data.call_id
+        app.client.realtime.calls.reject(call_id, **kwargs)
+        result = sipp.result(timeout=60)
+        assert result.ok, result.describe()
+        record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+        assert record["sip"]["final_status"] == code and record["end_reason"] == "rejected"
+
+
+def test_hangup_sends_bye(app: App) -> None:
+    sipp = app.call("uac_wait_bye.xml")
+    call_id = app.incoming().data.call_id
+    app.client.realtime.calls.accept(call_id, type="realtime")
+    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.client.realtime.calls.hangup(call_id)
+    result = sipp.result(timeout=60)
+    assert result.ok, result.describe()
+    assert "BYE sip:" in result.messages
+    assert app.wait_for(call_id, lambda r: r["state"] == "ended")["end_reason"] == "hangup"
+
+
+def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> None:
+    client = app.client
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.realtime.calls.accept("rtc_nosuchcall", type="realtime")
+    assert "rtc_nosuchcall" in nf.value.message
+    sipp = app.call("uac_wait_bye.xml")
+    call_id = app.incoming().data.call_id
+    with pytest.raises(openai.ConflictError):
+        client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")  # before accept
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.accept(call_id, type="realtime",
+                                     extra_body={"voice_of_doom": True})
+    assert bad.value.body["param"] == "voice_of_doom"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.refer(call_id, target_uri="http://example.invalid/")
+    assert bad.value.body["param"] == "target_uri"  # type: ignore[index]
+    assert app.record(call_id)["state"] == "ringing"  # none of it touched the call
+    wrong = openai.OpenAI(api_key="sk-wrong", base_url=app.base_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.realtime.calls.accept(call_id, type="realtime")
+    wrong.close()
+    client.realtime.calls.accept(call_id, type="realtime")
+    with pytest.raises(openai.ConflictError) as twice:
+        client.realtime.calls.accept(call_id, type="realtime")
+    assert "already accepted" in twice.value.message
+    raw = httpx.post(f"{app.base_url}/realtime/calls/{call_id}/refer", content=b"{not json",
+                     headers={"Authorization": f"Bearer {KEY}",
+                              "Content-Type": "application/json"})
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+    huge = httpx.post(f"{app.base_url}/realtime/calls/{call_id}/accept",
+                      content=json.dumps({"type": "realtime", "instructions": "x" * (2 << 20)}),
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "Content-Type": "application/json"})
+    assert huge.status_code == 413 and "error" in huge.json()
+    client.realtime.calls.hangup(call_id)
+    assert sipp.result(timeout=60).ok
+    with pytest.raises(openai.ConflictError) as ended:
+        client.realtime.calls.hangup(call_id)
+    assert "ended" in ended.value.message
+
+
+def test_a_call_nobody_accepts_ends_with_the_configured_code(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    sink = WebhookSink()
+    try:
+        gateway = start_gateway(webhook_url=sink.url, webhook_secret=SECRET, api_key=[KEY],
+                                accept_timeout=1.5, accept_timeout_code=480)
+        started = time.monotonic()
+        result = run_sipp(gateway.address, refused_scenario(tmp_path, 480), tmp_path / "sipp")
+        assert result.ok, result.describe()
+        assert 1.4 < time.monotonic() - started < 8
+        sink.next()  # the webhook went out all the same
+    finally:
+        sink.close()
+
+
+def test_a_webhook_endpoint_that_is_down_leaves_the_call_to_the_timeout(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gateway = start_gateway(webhook_url="http://127.0.0.1:9/down", webhook_secret=SECRET,
+                            api_key=[KEY], accept_timeout=2, webhook_timeout=0.5)
+    result = run_sipp(gateway.address, refused_scenario(tmp_path, 480), tmp_path / "sipp")
+    assert result.ok, result.describe()
+    calls = httpx.get(f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls",
+                      headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    [call] = calls
+    assert call["end_reason"] == "accept_timeout"
+    attempts = call["webhooks"][0]["attempts"]
+    assert attempts and attempts[0]["status_code"] is None and attempts[0]["error"]
