@@ -140,20 +140,30 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
     record = app.wait_for(call_id, lambda r: r["state"] == "active")
     assert record["state"] == "active" and record["sip"]["codec"] == "PCMU"
 
-    with app.client.realtime.connect(call_id=call_id) as conn:
+    with app.client.realtime.connect(call_id=call_id) as conn, \
+            app.client.realtime.connect(call_id=call_id) as watcher:
         created = conn.recv()
         assert created.type == "session.created"
         assert created.session.instructions == "You answer the phone for Acme."
+        assert watcher.recv().type == "session.created"
         conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
         updated = conn.recv()
         assert updated.type == "session.updated"
         assert updated.session.instructions == "Be brief."
+        seen = watcher.recv()  # every sideband client of the call sees the update
+        assert seen.type == "session.updated" and seen.event_id == updated.event_id
         conn.send({"type": "session.update", "event_id": "evt_no_type",  # type: ignore[arg-type]
                    "session": {"instructions": "no type"}})
         error = conn.recv()
         assert error.type == "error"
         assert error.error.param == "session.type" and error.error.event_id == "evt_no_type"
         assert "type" in error.error.message and "realtime" in error.error.message
+
+    wrong = openai.OpenAI(api_key="sk-wrong", base_url=app.base_url, max_retries=0)
+    with pytest.raises(Exception, match="403|401|rejected"):  # the handshake is refused
+        with wrong.realtime.connect(call_id=call_id) as conn:
+            conn.recv()
+    wrong.close()
 
     app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
     result = sipp.result(timeout=60)
