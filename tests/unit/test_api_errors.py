@@ -59,14 +59,19 @@ def test_body_has_all_four_keys() -> None:
 
 def test_helpers() -> None:
     missing = not_found("call 'rtc_1'")
-    assert (missing.status, missing.code, missing.message) == (404, "not_found",
-                                                               "Call 'rtc_1' not found.")
+    assert (missing.status, missing.code, missing.message) == (
+        404,
+        "not_found",
+        "Call 'rtc_1' not found.",
+    )
     clash = conflict("Call 'rtc_1' was already accepted.")
-    assert (clash.status, clash.code, clash.type) == (409, "invalid_state",
-                                                      "invalid_request_error")
+    assert (clash.status, clash.code, clash.type) == (409, "invalid_state", "invalid_request_error")
     denied = unauthorized("Incorrect API key provided.")
-    assert (denied.status, denied.code, denied.type) == (401, "invalid_api_key",
-                                                         "invalid_request_error")
+    assert (denied.status, denied.code, denied.type) == (
+        401,
+        "invalid_api_key",
+        "invalid_request_error",
+    )
 
 
 @pytest.mark.parametrize(
@@ -120,22 +125,28 @@ def test_helpers() -> None:
             {"type": "realtime", "count": 0},
             "count",
             "integer_below_min_value",
-            "Invalid 'count': integer below minimum value. Expected a value >= 1, "
-            "but got 0 instead.",
+            (
+                "Invalid 'count': integer below minimum value. Expected a value >= 1, "
+                "but got 0 instead."
+            ),
         ),
         (
             {"type": "realtime", "ratio": 1.5},
             "ratio",
             "decimal_above_max_value",
-            "Invalid 'ratio': decimal above maximum value. Expected a value <= 1.0, "
-            "but got 1.5 instead.",
+            (
+                "Invalid 'ratio': decimal above maximum value. Expected a value <= 1.0, "
+                "but got 1.5 instead."
+            ),
         ),
         (
             {"type": "realtime", "items": [{"type": "a", "name": "long"}]},
             "items[0].name",
             "string_above_max_length",
-            "Invalid 'items[0].name': string too long. Expected a string with maximum length 3, "
-            "but got a string with length 4 instead.",
+            (
+                "Invalid 'items[0].name': string too long. Expected a string with maximum "
+                "length 3, but got a string with length 4 instead."
+            ),
         ),
     ],
 )
@@ -150,8 +161,9 @@ def test_pydantic_errors_read_like_openai(
 def test_literal_given_a_number_is_a_type_error() -> None:
     error = error_for({"type": 5})
     assert error.code == "invalid_type"
-    assert error.message.startswith("Invalid type for 'type': expected a string, but got an "
-                                    "integer instead.")
+    assert error.message.startswith(
+        "Invalid type for 'type': expected a string, but got an integer instead."
+    )
 
 
 def test_prefix_names_the_enclosing_object() -> None:
@@ -179,7 +191,11 @@ def test_fastapi_locations_lose_their_source() -> None:
 
 def test_variant_tags_are_not_parameters() -> None:
     errors = [
-        {"type": "missing", "loc": ("tools", 0, "variant:function", "name"), "msg": "Field required"}
+        {
+            "type": "missing",
+            "loc": ("tools", 0, "variant:function", "name"),
+            "msg": "Field required",
+        }
     ]
     assert from_validation_errors(errors).param == "tools[0].name"
 
@@ -204,8 +220,15 @@ def test_empty_error_list_still_gives_a_400() -> None:
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(None, "null"), (True, "a boolean"), (3, "an integer"), (1.5, "a decimal"),
-     ("s", "a string"), ([], "an array"), ({}, "an object")],
+    [
+        (None, "null"),
+        (True, "a boolean"),
+        (3, "an integer"),
+        (1.5, "a decimal"),
+        ("s", "a string"),
+        ([], "an array"),
+        ({}, "an object"),
+    ],
 )
 def test_describe(value: object, kind: str) -> None:
     assert describe(value) == kind
@@ -236,8 +259,9 @@ def test_through_fastapi_and_the_sdk() -> None:
                 "code": "invalid_value",
             }
         }
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=http,
-                               max_retries=0)
+        client = openai.OpenAI(
+            api_key="k", base_url="http://testserver/v1", http_client=http, max_retries=0
+        )
         with pytest.raises(openai.BadRequestError) as info:
             client.post("/things", body={"type": "realtime", "oops": 1}, cast_to=object)
         assert info.value.param == "oops"

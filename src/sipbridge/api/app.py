@@ -188,7 +188,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
               response_class=Response, summary="Accept an incoming call")
     async def accept(call_id: str, config: SessionConfig) -> Response:
         with call_control() as calls:
-            call = calls.accept(call_id, config.model_dump(exclude_none=True))
+            call = calls.accept(call_id, config.session_object())
             control.sideband.open(call, config)
         return Response(status_code=200)
 

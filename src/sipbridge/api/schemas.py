@@ -69,7 +69,8 @@ class _TypeCheck(BaseModel):
 
 
 class _Context(dict[str, int | str | float]):
-    """A hashable error context: `Discriminator` is hashed when its union is `| None`-ed."""
+    """A hashable error context: a `Discriminator` is hashed when the annotation holding it
+    becomes part of a Union (`list[Tool] | None`), and a plain dict cannot be."""
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted(self.items())))
@@ -132,7 +133,7 @@ def _pick(
 
 class AudioPCM(_Strict):
     """16-bit PCM at 24 kHz. `type` is required here (the SDK's TypedDict marks it optional)
-    because it tells the formats apart; OpenAI needs it too."""
+    because it tells the formats apart."""
 
     type: Literal["audio/pcm"]
     rate: Literal[24000] = 24000
