@@ -101,3 +101,37 @@ def test_serve_refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "auto_answer" in proc.stderr
+
+
+SECRET = "whsec_c2lwYnJpZGdlIHRlc3Qgc2VjcmV0"
+
+
+def test_application_keys_from_flags_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, f'api_key = ["file-key"]\nwebhook_secret = "{SECRET}"\n'
+                           'webhook_url = "http://127.0.0.1:8000/hook"\n')
+    config = load_config(path)
+    assert config.api_key == ["file-key"] and config.webhook_secret == SECRET
+    monkeypatch.setenv("SIPBRIDGE_API_KEY", "env-1, env-2")
+    monkeypatch.setenv("SIPBRIDGE_WEBHOOK_URL", "https://app.example/hook")
+    config = load_config(path)
+    assert config.api_key == ["env-1", "env-2"]  # comma-separated in one variable
+    assert config.webhook_url == "https://app.example/hook"
+    config = load_config(path, api_key=["flag-1", "flag-2"])  # --api-key repeated
+    assert config.api_key == ["flag-1", "flag-2"]
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("webhook_secret", "not-a-secret", "whsec_"),
+    ("webhook_secret", "whsec_***", "whsec_"),
+    ("webhook_url", "ftp://app/hook", "http"),
+    ("accept_timeout_code", 200, "accept_timeout_code"),
+])
+def test_bad_application_settings_are_refused(key: str, value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, **{key: value})
+
+
+def test_http_off() -> None:
+    assert load_config(None, http="off").http == "off"
