@@ -75,4 +75,22 @@ class RequestOutcome:
         return self.timed_out or (self.response is not None and self.response.status >= 200)
 
 
-Event = IncomingCall | CallConfirmed | CallEnded | ReInvite | InDialogRequest | RequestOutcome
+@dataclass(frozen=True, slots=True)
+class OutgoingProgress:
+    """A provisional response to a call we placed (`UserAgent.invite`)."""
+
+    leg_id: str
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingAnswered:
+    """A call we placed was answered (2xx, already ACKed); the body holds the SDP answer.
+    A call that fails ends with CallEnded(REJECTED, status) instead."""
+
+    leg_id: str
+    response: Response
+
+
+Event = (IncomingCall | CallConfirmed | CallEnded | ReInvite | InDialogRequest | RequestOutcome
+         | OutgoingProgress | OutgoingAnswered)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address, response_target, stamp_via
+from sipbridge.sip.auth import authorization, choose_challenge
 from sipbridge.sip.dialog import Dialog, DialogId, DialogState
 from sipbridge.sip.errors import MessageTooLarge, ParseError, SipError
 from sipbridge.sip.events import (
@@ -27,9 +28,12 @@ from sipbridge.sip.events import (
     Event,
     IncomingCall,
     InDialogRequest,
+    OutgoingAnswered,
+    OutgoingProgress,
     ReInvite,
     RequestOutcome,
 )
+from sipbridge.sip.headers import NameAddr, Via
 from sipbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     Headers,
@@ -48,6 +52,7 @@ from sipbridge.sip.transaction import (
     new_branch,
     server_key,
 )
+from sipbridge.sip.uri import parse_uri
 
 log = logging.getLogger("sipbridge.sip")
 
@@ -68,6 +73,7 @@ class UaConfig:
 
 
 class LegState(enum.Enum):
+    CALLING = "calling"  # we sent an INVITE (an outgoing leg), no final response yet
     INCOMING = "incoming"  # INVITE received, no final response yet
     ANSWERED = "answered"  # 2xx sent, waiting for ACK
     CONFIRMED = "confirmed"  # ACK received
@@ -81,11 +87,16 @@ class Leg:
     id: str
     invite: Request
     source: Address
-    tx: ServerTransaction
+    tx: ServerTransaction  # an outgoing leg's is a stand-in that never sends
     dialog: Dialog
     state: LegState = LegState.INCOMING
     pending_invite: ServerTransaction | ClientTransaction | None = None  # a re-INVITE transaction under way (14.2)
     bye_after_ack: bool = False
+    # Outgoing legs: the INVITE's client transaction, digest credentials, CANCEL asked.
+    client: ClientTransaction | None = None
+    credentials: tuple[str, str] | None = None
+    auth_tried: bool = False
+    cancel_sent: bool = False
 
 
 class UserAgent:
@@ -210,12 +221,127 @@ class UserAgent:
         leg = self._legs.get(leg_id)
         if leg is None or leg.state is LegState.ENDED:
             return
-        if leg.state is LegState.INCOMING:
+        if leg.state is LegState.CALLING:
+            if not leg.cancel_sent:
+                self._cancel(leg, now)  # the leg ends with the INVITE's 487 (or a BYE)
+        elif leg.state is LegState.INCOMING:
             self.reject(leg_id, 480, now)
         elif leg.state is LegState.ANSWERED:
             leg.bye_after_ack = True  # 15.1.1: no BYE before the ACK or the 2xx times out
         else:
             self._send_bye(leg, now, EndReason.LOCAL_BYE)
+
+    def invite(self, target: str, dest: Address, now: float, *, body: bytes,
+               from_uri: str, headers: Iterable[tuple[str, str]] = (),
+               credentials: tuple[str, str] | None = None) -> str:
+        """Place a call (RFC 3261 13.2): INVITE `target` (a SIP URI) through `dest` with our
+        SDP offer. Returns the leg id. The TU then hears OutgoingProgress, OutgoingAnswered
+        (the 2xx is ACKed here) or CallEnded(REJECTED, status); a 401/407 is answered once
+        with `credentials` (user, password)."""
+        uri = parse_uri(target)
+        local_tag = self._token()
+        h = Headers()
+        h.add("Via", str(Via(dest.transport.upper(), self.config.host, self.config.port,
+                             (("branch", new_branch(self._token())), ("rport", None)))))
+        h.add("Max-Forwards", "70")
+        h.add("From", str(NameAddr(parse_uri(from_uri)).with_tag(local_tag)))
+        h.add("To", str(NameAddr(uri)))
+        h.add("Call-ID", f"{self._token()}{self._token()}@{self.config.host}")
+        h.add("CSeq", "1 INVITE")
+        h.add("Contact", self._contact(dest))
+        h.add("Allow", ", ".join(ALLOW))
+        h.add("User-Agent", self.config.user_agent)
+        for name, value in headers:
+            h.add(name, value)
+        if body:
+            h.add("Content-Type", "application/sdp")
+        request = Request("INVITE", uri, h, body)
+        stand_in = ServerTransaction(request, dest, now, self.config.timers, [])
+        placeholder = Dialog(call_id=request.call_id, local_tag=local_tag, remote_tag="",
+                             local=request.from_, remote=request.to, remote_target=uri,
+                             route_set=(), local_seq=1, remote_seq=None, peer=dest,
+                             is_uas=False, local_contact=h.get("Contact") or "")
+        leg = Leg(id=local_tag, invite=request, source=dest, tx=stand_in, dialog=placeholder,
+                  state=LegState.CALLING, credentials=credentials)
+        self._legs[leg.id] = leg
+        self._send_invite(leg, request, now)
+        self.stats["calls_out"] += 1
+        return leg.id
+
+    def _send_invite(self, leg: Leg, request: Request, now: float) -> None:
+        tx = ClientTransaction(request, leg.source, now, self.config.timers, self._out)
+        self._client[tx.key] = (tx, leg.id)
+        leg.client = tx
+        leg.invite = request
+        self._track(tx)
+
+    def _outgoing_response(self, leg: Leg, tx: ClientTransaction, resp: Response,
+                           now: float) -> None:
+        """A response to the INVITE of a call we placed."""
+        status = resp.status
+        if status < 200:
+            if leg.state is LegState.CALLING:
+                self._events.append(OutgoingProgress(leg.id, resp))
+            return
+        if status < 300:
+            if leg.state is LegState.CALLING:
+                dialog = Dialog.as_uac(tx.request, resp, leg.source)
+                dialog.via_host, dialog.via_port = self.config.host, self.config.port
+                leg.dialog = dialog
+                leg.state = LegState.CONFIRMED
+                dialog.state = DialogState.CONFIRMED
+                self._dialogs[dialog.id] = leg
+                self._out.append((dialog.ack_for_2xx(tx.request).to_bytes(), dialog.peer))
+                self._events.append(OutgoingAnswered(leg.id, resp))
+                if leg.cancel_sent:  # answered while our CANCEL was on its way: 15.1.1
+                    self._send_bye(leg, now, EndReason.LOCAL_BYE)
+            elif leg.dialog.remote_tag == (resp.to.tag or ""):
+                self._out.append((leg.dialog.ack_for_2xx(tx.request).to_bytes(),
+                                  leg.dialog.peer))  # a retransmitted 2xx: ACK it again
+            return
+        if leg.state is not LegState.CALLING:
+            return
+        challenges = resp.headers.get_all(
+            "WWW-Authenticate" if status == 401 else "Proxy-Authenticate")
+        if status in (401, 407) and leg.credentials and not leg.auth_tried and challenges:
+            try:
+                challenge = choose_challenge(challenges)
+            except ParseError:
+                challenge = None
+            if challenge is not None and not leg.cancel_sent:
+                leg.auth_tried = True
+                user, password = leg.credentials
+                retry = Headers(list(leg.invite.headers))
+                retry.set("Via", str(Via(leg.source.transport.upper(), self.config.host,
+                                         self.config.port,
+                                         (("branch", new_branch(self._token())),
+                                          ("rport", None)))))
+                retry.set("CSeq", f"{leg.invite.cseq.seq + 1} INVITE")
+                retry.add("Authorization" if status == 401 else "Proxy-Authorization",
+                          authorization(challenge, method="INVITE", uri=str(leg.invite.uri),
+                                        username=user, password=password,
+                                        cnonce=self._token(), body=leg.invite.body))
+                self._send_invite(leg, Request("INVITE", leg.invite.uri, retry,
+                                               leg.invite.body), now)
+                return
+        reason = EndReason.CANCELLED if leg.cancel_sent and status == 487 else EndReason.REJECTED
+        self._end(leg, reason, status, resp.reason)
+
+    def _cancel(self, leg: Leg, now: float) -> None:
+        """RFC 3261 9.1: CANCEL a call we placed that has not been answered."""
+        invite = leg.invite
+        h = Headers()
+        h.add("Via", invite.headers.get("Via") or "")
+        h.add("Max-Forwards", "70")
+        h.add("From", invite.headers.get("From") or "")
+        h.add("To", invite.headers.get("To") or "")
+        h.add("Call-ID", invite.call_id)
+        h.add("CSeq", f"{invite.cseq.seq} CANCEL")
+        cancel = Request("CANCEL", invite.uri, h)
+        tx = ClientTransaction(cancel, leg.source, now, self.config.timers, self._out)
+        self._client[tx.key] = (tx, leg.id)
+        leg.cancel_sent = True
+        self._track(tx)
 
     def respond(self, leg_id: str, request: Request, status: int, now: float, *,
                 reason: str | None = None, headers: Iterable[tuple[str, str]] = (),
@@ -431,8 +557,13 @@ class UserAgent:
             return
         tx, leg_id = entry
         retransmitted = tx.state is State.ACCEPTED
+        leg = self._legs.get(leg_id)
+        if leg is not None and tx is leg.client:
+            if tx.receive(resp, now):
+                self._outgoing_response(leg, tx, resp, now)
+            self._track(tx)
+            return
         if tx.receive(resp, now):
-            leg = self._legs.get(leg_id)
             if tx.is_invite and 200 <= resp.status < 300:
                 if leg is not None:
                     leg.dialog.refresh_target(resp)
@@ -460,6 +591,10 @@ class UserAgent:
         if result is Timeout.NO_RESPONSE:
             _, leg_id = self._client.get(tx.key, (tx, ""))
             leg = self._legs.get(leg_id)
+            if leg is not None and tx is leg.client:
+                if leg.state is LegState.CALLING:
+                    self._end(leg, EndReason.REJECTED, 408, "no answer to INVITE")
+                return
             if leg is not None and tx.is_invite:
                 leg.pending_invite = None
             self._events.append(RequestOutcome(leg_id, tx.request, None, timed_out=True))
