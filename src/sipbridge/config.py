@@ -63,6 +63,30 @@ class AuthConfig(BaseModel):
         return [a.upper() for a in value]
 
 
+class TrunkConfig(BaseModel):
+    """The outbound trunk the gateway dials through (the `bridge` transfer fallback)."""
+
+    address: str  # HOST:PORT where outbound INVITEs go
+    transport: str = Field("udp", pattern="^(udp|tcp)$")
+    username: str | None = None  # digest credentials, answered once per call
+    password: str | None = None
+    from_uri: str = "sip:sipbridge@localhost"  # our From in outbound calls
+    domain: str | None = None  # tel: targets become sip:NUMBER@domain (default: the address)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_host_port(value, 5060)
+        return value
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return parse_host_port(self.address, 5060)
+
+
+TRANSFER_FALLBACKS = ("none", "announce", "bridge")
+
+
 class Config(BaseSettings):
     """Everything `sipbridge serve` can be told."""
 
@@ -98,6 +122,13 @@ class Config(BaseSettings):
     webhook_attempts: int = Field(5, ge=1, le=20)
     accept_timeout: float = Field(30.0, gt=0, le=600)  # seconds a call rings for the app
     accept_timeout_code: int = Field(480, ge=400, le=699)
+    # Transfers (REFER, RFC 3515): every one reaches an outcome within these bounds.
+    transfer_refer_timeout: float = Field(8.0, gt=0, le=64)  # REFER unanswered -> timed_out
+    transfer_notify_timeout: float = Field(30.0, gt=0, le=600)  # 202, no final NOTIFY -> unconfirmed
+    transfer_bye_after_accept: str = Field("unconfirmed", pattern="^(unconfirmed|succeeded)$")
+    transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
+    transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
+    trunk: TrunkConfig | None = None
 
     @field_validator("sip", "http")
     @classmethod
@@ -146,6 +177,21 @@ class Config(BaseSettings):
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("transfer_fallback")
+    @classmethod
+    def _fallback(cls, value: str) -> str:
+        if value not in TRANSFER_FALLBACKS:
+            raise ValueError(f"transfer_fallback must be one of {', '.join(TRANSFER_FALLBACKS)}")
+        return value
+
+    @field_validator("transfer_tel_uri")
+    @classmethod
+    def _tel_uri(cls, value: str | None) -> str | None:
+        if value is not None and ("{number}" not in value
+                                  or not value.startswith(("sip:", "sips:"))):
+            raise ValueError("transfer_tel_uri must be a sip: URI containing {number}")
         return value
 
     @field_validator("allow")

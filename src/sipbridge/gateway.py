@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
 from sipbridge.api.webhooks import WebhookSender, make_event
-from sipbridge.calls.manager import Call, CallManager
+from sipbridge.calls.manager import Call, CallManager, TransferJob, Trunk
+from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
@@ -100,6 +102,11 @@ class Gateway:
             on_incoming=self._on_incoming if self.webhooks is not None else None,
             accept_timeout=c.accept_timeout, accept_timeout_code=c.accept_timeout_code,
             on_end=lambda call: self.sideband.close(call.id),
+            on_transfer=self._on_transfer,
+            transfer_timers=TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
+                                           c.transfer_bye_after_accept),
+            transfer_fallback=c.transfer_fallback, tel_uri=c.transfer_tel_uri,
+            trunk=self._trunk(),
         )
         if c.http != "off":
             host, port = c.http_bind
@@ -144,6 +151,33 @@ class Gateway:
             "call_id": call.id,
             "sip_headers": [{"name": n, "value": v} for n, v in call.sip_headers],
             "sip_media_security": "rtp",
+        })
+        call.webhooks.append(self.webhooks.send(event))
+
+    def _trunk(self) -> Trunk | None:
+        t = self.config.trunk
+        if t is None:
+            return None
+        host, port = t.bind
+        credentials = (t.username, t.password or "") if t.username else None
+        return Trunk(Address(t.transport, host, port), t.from_uri, t.domain or host,
+                     credentials)
+
+    def _on_transfer(self, call: Call, job: TransferJob, step: TransferStep | None) -> None:
+        """Every transfer step to the call's sideband clients; the outcome as a webhook."""
+        machine = job.machine
+        self.sideband.publish(call.id, {
+            "type": "call.transfer.updated", "event_id": "event_" + secrets.token_hex(12),
+            "call_id": call.id, "transfer_id": job.id, "status": machine.status,
+            "final": machine.final, "sip_status": machine.sip_status, "reason": machine.reason,
+            "target_uri": machine.target, "fallback": job.fallback,
+        })
+        if step is None or not step.final or self.webhooks is None:
+            return
+        kind = "succeeded" if step.status == SUCCEEDED else "failed"
+        event = make_event(f"realtime.call.transfer.{kind}", {
+            "call_id": call.id, "transfer_id": job.id, "status": step.status,
+            "sip_status": step.sip_status, "reason": step.reason, "target_uri": machine.target,
         })
         call.webhooks.append(self.webhooks.send(event))
 

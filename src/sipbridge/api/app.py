@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,10 +29,13 @@ from sipbridge.api.errors import ApiError, conflict, from_validation_errors, una
 from sipbridge.api.schemas import ReferBody, RejectBody, SessionConfig
 from sipbridge.api.session import SidebandSession
 from sipbridge.calls.manager import Call, CallError, CallManager
+from sipbridge.config import TRANSFER_FALLBACKS
 
 log = logging.getLogger("sipbridge.api")
 
-MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits
+MAX_BODY = 1 << 20
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")  # RFC 3261 token
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # bytes: a session config with long instructions and many tools fits
 
 
 class Control(Protocol):
@@ -187,8 +191,14 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
     @app.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
               response_class=Response, summary="Accept an incoming call")
     async def accept(call_id: str, config: SessionConfig) -> Response:
+        options = config.sipbridge or {}
+        fallback = options.get("transfer_fallback")
+        if fallback is not None and fallback not in TRANSFER_FALLBACKS:
+            raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
+                           f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
+                           param="sipbridge.transfer_fallback", code="invalid_value")
         with call_control() as calls:
-            call = calls.accept(call_id, config.session_object())
+            call = calls.accept(call_id, config.session_object(), options)
             control.sideband.open(call, config)
         return Response(status_code=200)
 
@@ -203,8 +213,22 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
     @app.post("/v1/realtime/calls/{call_id}/refer", status_code=200,
               response_class=Response, summary="Transfer an answered call (SIP REFER)")
     async def refer(call_id: str, body: ReferBody) -> Response:
+        options = body.sipbridge or {}
+        fallback = options.get("fallback")
+        if fallback is not None and fallback not in TRANSFER_FALLBACKS:
+            raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
+                           f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
+                           param="sipbridge.fallback", code="invalid_value")
+        extra = options.get("headers") or {}
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _HEADER_NAME.fullmatch(k)
+            and not _UNSAFE.search(v) for k, v in extra.items()
+        ):
+            raise ApiError(400, "sipbridge.headers must map header names to single-line "
+                           "values.", param="sipbridge.headers", code="invalid_value")
         with call_control() as calls:
-            calls.refer(call_id, body.target_uri)
+            calls.refer(call_id, body.target_uri, fallback=fallback,
+                        headers=list(extra.items()))
         return Response(status_code=200)
 
     @app.post("/v1/realtime/calls/{call_id}/hangup", status_code=200,

@@ -16,15 +16,29 @@ from typing import Protocol
 
 import numpy as np
 
+from sipbridge.calls.transfer import (
+    FAILED,
+    REJECTED,
+    SUCCEEDED,
+    TIMED_OUT,
+    UNCONFIRMED,
+    Transfer,
+    TransferStep,
+    TransferTimers,
+)
 from sipbridge.media.engine import MediaEngine, load_wav
 from sipbridge.media.ports import NoMediaPort
+from sipbridge.sip.address import Address
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
     CallConfirmed,
     CallEnded,
+    EndReason,
     Event,
     IncomingCall,
     InDialogRequest,
+    OutgoingAnswered,
+    OutgoingProgress,
     ReInvite,
     RequestOutcome,
 )
@@ -36,6 +50,13 @@ from sipbridge.sip.sdp import (
     build_offer,
     parse_sdp,
     read_answer,
+)
+from sipbridge.sip.subscription import (
+    SipFragError,
+    parse_event,
+    parse_sipfrag,
+    parse_subscription_state,
+    refer_sub_disabled,
 )
 from sipbridge.sip.ua import UserAgent
 
@@ -71,29 +92,47 @@ class CallError(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
-class Transfer:
-    """One REFER sent for a call and what became of it (RFC 3515)."""
+FALLBACK_STATES = (FAILED, REJECTED, TIMED_OUT, UNCONFIRMED)  # outcomes that run the fallback
 
-    id: str
-    target: str
-    requested_at: float
-    status: str = "sent"  # sent, accepted, progress, succeeded, failed, rejected, timed_out
-    sip_status: int | None = None
-    reason: str | None = None
-    cseq: int = 0
-    notifications: list[str] = field(default_factory=list)  # sipfrag status lines
-    updated_at: float = 0.0
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """Where the gateway dials out (the `bridge` fallback), and as whom."""
+
+    address: Address
+    from_uri: str
+    domain: str
+    credentials: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class TransferJob:
+    """One transfer of a call: the REFER's state machine plus what the gateway did
+    about it (the fallback), and the timer that bounds it."""
+
+    machine: Transfer
+    fallback_mode: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    fallback: dict[str, object] | None = None
+    bridge_leg: str | None = None
+    cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.machine.id
+
+    @property
+    def status(self) -> str:
+        return self.machine.status
 
     @property
     def final(self) -> bool:
-        return self.status in ("succeeded", "failed", "rejected", "timed_out")
+        return self.machine.final
 
     def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "target_uri": self.target, "status": self.status,
-                "sip_status": self.sip_status, "reason": self.reason,
-                "requested_at": self.requested_at, "updated_at": self.updated_at,
-                "notifications": list(self.notifications)}
+        record = self.machine.to_dict()
+        record["fallback"] = dict(self.fallback) if self.fallback is not None else None
+        return record
 
 
 @dataclass(slots=True)
@@ -121,7 +160,9 @@ class Call:
     ended_at: float | None = None
     final_status: int | None = None  # the SIP status a rejected call was answered with
     session: dict[str, object] | None = None  # the accepted session config
-    transfers: list[Transfer] = field(default_factory=list)
+    options: dict[str, object] = field(default_factory=dict)  # accept's "sipbridge" extension
+    transfers: list[TransferJob] = field(default_factory=list)
+    timeline: list[dict[str, object]] = field(default_factory=list)
     webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
 
     def to_dict(self) -> dict[str, object]:
@@ -139,6 +180,7 @@ class Call:
                 "on_hold": self.on_hold,
             },
             "transfers": [t.to_dict() for t in self.transfers],
+            "timeline": list(self.timeline),
             "webhooks": [w.to_dict() for w in self.webhooks],
         }
 
@@ -162,8 +204,13 @@ class CallManager:
         on_incoming: Callable[[Call], None] | None = None,
         accept_timeout: float = 30.0,
         accept_timeout_code: int = 480,
-        on_transfer: Callable[[Call, Transfer], None] | None = None,
+        # Each step of a transfer, and each change of its fallback (step None).
+        on_transfer: Callable[[Call, TransferJob, TransferStep | None], None] | None = None,
         on_end: Callable[[Call], None] | None = None,
+        transfer_timers: TransferTimers | None = None,
+        transfer_fallback: str = "none",
+        tel_uri: str | None = None,
+        trunk: Trunk | None = None,
     ) -> None:
         self.ua = ua
         self.schedule = scheduler
@@ -184,6 +231,11 @@ class CallManager:
         self.accept_timeout_code = accept_timeout_code
         self.on_transfer = on_transfer
         self.on_end = on_end
+        self.transfer_timers = transfer_timers or TransferTimers()
+        self.transfer_fallback = transfer_fallback
+        self.tel_uri = tel_uri
+        self.trunk = trunk
+        self._bridges: dict[str, tuple[Call, TransferJob, bytes]] = {}  # outbound leg ->
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self._by_leg: dict[str, Call] = {}
@@ -191,6 +243,9 @@ class CallManager:
 
     def handle(self, event: Event) -> None:
         now = self.clock()
+        if event.leg_id in self._bridges:
+            self._bridge_event(event, now)
+            return
         match event:
             case IncomingCall():
                 self._incoming(event, now)
@@ -204,6 +259,7 @@ class CallManager:
             case CallEnded(leg_id=leg_id, reason=reason):
                 call = self._by_leg.pop(leg_id, None)
                 if call is not None:
+                    self._end_transfers(call, reason, now)
                     self._forget(call, reason.value)
             case ReInvite(leg_id=leg_id, request=request):
                 self._reinvite(leg_id, request.body, request, now)
@@ -320,7 +376,8 @@ class CallManager:
                             f"already ended ({call.end_reason}).")
         return call
 
-    def accept(self, call_id: str, session: dict[str, object]) -> Call:
+    def accept(self, call_id: str, session: dict[str, object],
+               options: dict[str, object] | None = None) -> Call:
         """Answer a ringing call (200 OK with our SDP) and start its media."""
         call = self._live(call_id, "accept")
         if call.state is not CallState.RINGING:
@@ -329,6 +386,7 @@ class CallManager:
         if call.cancel_timer is not None:
             call.cancel_timer()
         call.session = session
+        call.options = dict(options or {})
         self._answer(call)
         log.info("call %s accepted by the application", call.id)
         return call
@@ -355,8 +413,10 @@ class CallManager:
         log.info("call %s hung up by the application", call.id)
         return call
 
-    def refer(self, call_id: str, target: str) -> Transfer:
-        """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`."""
+    def refer(self, call_id: str, target: str, *, fallback: str | None = None,
+              headers: list[tuple[str, str]] | None = None) -> TransferJob:
+        """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
+        track it to an outcome: the result comes as steps (`on_transfer`), never here."""
         call = self._live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -364,79 +424,228 @@ class CallManager:
         running = [t for t in call.transfers if not t.final]
         if running:
             raise CallError("conflict", f"Cannot refer call '{call_id}': transfer "
-                            f"{running[0].id} to {running[0].target} is still in progress.")
-        leg = self.ua.leg(call.leg_id)
+                            f"{running[0].id} to {running[0].machine.target} is still in "
+                            "progress.")
         now = self.clock()
-        headers = Headers([("Refer-To", f"<{target}>")])
+        mode = fallback or self._call_fallback(call)
+        job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
+                                   self.transfer_timers), mode, list(headers or []))
+        call.transfers.append(job)
+        self._steps(call, job, list(job.machine.steps))  # "requested"
+        refer_to = self._refer_target(target)
+        h = Headers([("Refer-To", f"<{refer_to}>")])
+        leg = self.ua.leg(call.leg_id)
         if leg is not None:
-            headers.add("Referred-By", f"<{leg.dialog.local.uri}>")
-        request = self.ua.send_request(call.leg_id, "REFER", now, headers=headers)
-        transfer = Transfer(id="xfer_" + secrets.token_hex(12), target=target,
-                            requested_at=time.time(), cseq=request.cseq.seq,
-                            updated_at=time.time())
-        call.transfers.append(transfer)
-        log.info("call %s: REFER to %s sent (%s)", call.id, target, transfer.id)
-        self._transfer_changed(call, transfer)
-        return transfer
+            h.add("Referred-By", f"<{leg.dialog.local.uri}>")
+        for name, value in job.headers:
+            h.add(name, value)
+        request = self.ua.send_request(call.leg_id, "REFER", now, headers=h)
+        log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
+        self._steps(call, job, job.machine.sent(now, request.cseq.seq))
+        return job
 
-    def _transfer_changed(self, call: Call, transfer: Transfer) -> None:
-        transfer.updated_at = time.time()
-        if self.on_transfer is not None:
-            self.on_transfer(call, transfer)
+    def _call_fallback(self, call: Call) -> str:
+        mode = call.options.get("transfer_fallback")
+        return mode if isinstance(mode, str) else self.transfer_fallback
+
+    def _refer_target(self, target: str) -> str:
+        """tel: targets become SIP URIs at the trunk when the carrier wants that."""
+        if target.startswith("tel:") and self.tel_uri is not None:
+            return self.tel_uri.replace("{number}", target[4:].split(";")[0])
+        return target
+
+    def _steps(self, call: Call, job: TransferJob, steps: list[TransferStep]) -> None:
+        """Report a transfer's changes, re-arm its timer, and act on its outcome."""
+        for step in steps:
+            call.timeline.append({"at": time.time(), "kind": "transfer", "transfer_id": job.id,
+                                  **step.to_dict()})
+            log.info("call %s: transfer %s %s%s%s", call.id, job.id, step.status,
+                     f" {step.sip_status}" if step.sip_status else "",
+                     f" ({step.reason})" if step.reason else "")
+            if self.on_transfer is not None:
+                self.on_transfer(call, job, step)
+        if job.cancel_timer is not None:
+            job.cancel_timer()
+            job.cancel_timer = None
+        deadline = job.machine.deadline
+        if deadline is not None and not job.final:
+            job.cancel_timer = self.schedule(max(0.0, deadline - self.clock()),
+                                             lambda: self._transfer_timer(call, job))
+        if not steps or not job.final or call.state is CallState.ENDED:
+            return
+        if job.status == SUCCEEDED:
+            call.end_reason = "transferred"
+            self.ua.hangup(call.leg_id, self.clock())  # the caller is with the target now
+        elif job.status in FALLBACK_STATES and job.fallback is None:
+            self._fallback(call, job)
+
+    def _transfer_timer(self, call: Call, job: TransferJob) -> None:
+        job.cancel_timer = None
+        self._steps(call, job, job.machine.handle_timer(self.clock()))
 
     def _refer_outcome(self, event: RequestOutcome, now: float) -> None:
         call = self._by_leg.get(event.leg_id)
         if call is None:
             return
         cseq = event.request.cseq.seq
-        transfer = next((t for t in call.transfers if t.cseq == cseq), None)
-        if transfer is None or transfer.status != "sent":
+        job = next((t for t in call.transfers if t.machine.refer_cseq == cseq), None)
+        if job is None:
             return
-        if event.timed_out or event.response is None:
-            transfer.status, transfer.reason = "timed_out", "no answer to REFER"
-        elif event.response.status < 200:
-            return
-        elif event.response.status < 300:
-            transfer.status, transfer.sip_status = "accepted", event.response.status
+        response = event.response
+        if event.timed_out or response is None:
+            steps = job.machine.no_response(now)
         else:
-            transfer.status = "rejected"
-            transfer.sip_status = event.response.status
-            transfer.reason = event.response.reason
-        log.info("call %s: transfer %s %s%s", call.id, transfer.id, transfer.status,
-                 f" ({transfer.sip_status})" if transfer.sip_status else "")
-        self._transfer_changed(call, transfer)
+            steps = job.machine.response(
+                response.status, now, reason=response.reason,
+                refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
+        self._steps(call, job, steps)
 
     def _notify(self, leg_id: str, request: Request, now: float) -> bool:
-        """A NOTIFY for a REFER of ours (Event: refer, message/sipfrag, RFC 3515 2.4.5)."""
+        """A NOTIFY in a call's dialog: the REFER's implicit subscription (RFC 3515 2.4.5).
+        Answered 200 when it belongs to a transfer of ours, whatever its state (a carrier
+        may abort a transfer on 481), 400 when its sipfrag is broken, 489 for another
+        event package; False when the call has no transfer at all (481 then)."""
         call = self._by_leg.get(leg_id)
-        event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
-        if call is None or event != "refer" or not call.transfers:
+        if call is None or not call.transfers:
             return False
-        transfer = call.transfers[-1]
-        line = request.body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
-        parts = line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].upper().startswith("SIP/") or not parts[1].isdigit():
-            self.ua.respond(leg_id, request, 400, now, reason="Bad sipfrag")
+        try:
+            event = parse_event(request.headers.get("Event"))
+        except SipFragError:
+            event = None
+        if event is None or event[0] != "refer":
+            self.ua.respond(leg_id, request, 489, now, reason="Bad Event",
+                            headers=[("Allow-Events", "refer")])
+            return True
+        job = call.transfers[-1]
+        if event[1] is not None and event[1].isdigit():  # id= the REFER's CSeq (RFC 3515 2.4.6)
+            job = next((t for t in call.transfers if t.machine.refer_cseq == int(event[1])),
+                       job)
+        try:
+            sub_state = parse_subscription_state(request.headers.get("Subscription-State"))
+            frag = parse_sipfrag(request.body) if request.body else None
+        except SipFragError as exc:
+            log.info("call %s: NOTIFY refused: %s", call.id, exc.reason)
+            self.ua.respond(leg_id, request, 400, now, reason="Bad Request",
+                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
             return True
         self.ua.respond(leg_id, request, 200, now)
-        status = int(parts[1])
-        transfer.notifications.append(line)
-        if transfer.final:
-            return True
-        transfer.sip_status = status
-        if status < 200:
-            transfer.status = "progress"
-        elif status < 300:
-            transfer.status = "succeeded"
-        else:
-            transfer.status = "failed"
-            transfer.reason = parts[2] if len(parts) > 2 else None
-        log.info("call %s: transfer %s %s (%s)", call.id, transfer.id, transfer.status, line)
-        self._transfer_changed(call, transfer)
-        if transfer.status == "succeeded":
-            call.end_reason = "transferred"
-            self.ua.hangup(leg_id, now)  # the caller is with the target: our leg is done
+        self._steps(call, job, job.machine.notify(frag, sub_state, now,
+                                                  cseq=request.cseq.seq))
         return True
+
+    def _end_transfers(self, call: Call, reason: EndReason, now: float) -> None:
+        for job in call.transfers:
+            if job.bridge_leg is not None:
+                self.ua.hangup(job.bridge_leg, now)
+            if job.final:
+                continue
+            if reason is EndReason.REMOTE_BYE and call.end_reason is None:
+                steps = job.machine.peer_bye(now)
+            else:
+                steps = job.machine.local_end(now, "the call ended during the transfer")
+            self._steps(call, job, steps)
+
+    # ---- fallbacks ----------------------------------------------------------------
+
+    def _fallback(self, call: Call, job: TransferJob) -> None:
+        mode = job.fallback_mode
+        if mode == "bridge":
+            self._dial(call, job)
+        elif mode == "announce":
+            job.fallback = {"mode": "announce", "status": "announced"}
+            log.info("call %s: transfer %s %s; the agent is told", call.id, job.id, job.status)
+        else:
+            job.fallback = {"mode": "none", "status": "none"}
+        self._fallback_changed(call, job)
+
+    def _fallback_changed(self, call: Call, job: TransferJob) -> None:
+        call.timeline.append({"at": time.time(), "kind": "fallback", "transfer_id": job.id,
+                              **(job.fallback or {})})
+        if self.on_transfer is not None:
+            self.on_transfer(call, job, None)
+
+    def _sip_target(self, target: str) -> str:
+        if target.startswith("tel:"):
+            number = target[4:].split(";")[0]
+            if self.tel_uri is not None:
+                return self.tel_uri.replace("{number}", number)
+            assert self.trunk is not None
+            return f"sip:{number}@{self.trunk.domain}"
+        return target
+
+    def _dial(self, call: Call, job: TransferJob) -> None:
+        """The `bridge` fallback: call the target through the trunk and join the audio."""
+        if self.trunk is None:
+            job.fallback = {"mode": "bridge", "status": "failed",
+                            "reason": "no outbound trunk configured"}
+            return
+        trunk = self.trunk
+        key = f"{call.id}:bridge"
+        try:
+            port = self.media.allocate(key, self.bind_host).port
+        except NoMediaPort as exc:
+            job.fallback = {"mode": "bridge", "status": "failed", "reason": str(exc)}
+            return
+        target = self._sip_target(job.machine.target)
+        offer = build_offer(local_address=self.media_host(trunk.address.host), local_port=port,
+                            session_id=hash(key) & 0x7FFFFFFF, session_version=1).to_bytes()
+        leg = self.ua.leg(call.leg_id)
+        headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
+        try:
+            leg_id = self.ua.invite(target, trunk.address, self.clock(), body=offer,
+                                    from_uri=trunk.from_uri, headers=headers,
+                                    credentials=trunk.credentials)
+        except SipError as exc:
+            self.media.stop(key)
+            job.fallback = {"mode": "bridge", "status": "failed", "reason": exc.reason}
+            return
+        job.bridge_leg = leg_id
+        self._bridges[leg_id] = (call, job, offer)
+        job.fallback = {"mode": "bridge", "status": "dialing", "target_uri": target}
+        log.info("call %s: transfer %s %s; dialing %s to bridge", call.id, job.id,
+                 job.status, target)
+
+    def _bridge_event(self, event: Event, now: float) -> None:
+        call, job, offer = self._bridges[event.leg_id]
+        key = f"{call.id}:bridge"
+        fallback = job.fallback if job.fallback is not None else {}
+        match event:
+            case OutgoingProgress(response=response) if response.status in (180, 183):
+                if fallback.get("status") == "dialing":
+                    fallback["status"] = "ringing"
+                    self._fallback_changed(call, job)
+            case OutgoingAnswered(response=response):
+                caller = self.media.sessions.get(call.id)
+                try:
+                    audio = read_answer(parse_sdp(offer), parse_sdp(response.body))
+                except SipError as exc:
+                    fallback.update(status="failed", reason=f"bad SDP answer: {exc.reason}")
+                    self._fallback_changed(call, job)
+                    self.ua.hangup(event.leg_id, now)
+                    return
+                if call.state is CallState.ENDED or caller is None:
+                    self.ua.hangup(event.leg_id, now)
+                    return
+                target = self.media.start(key, audio)
+                self.media.bridge(caller, target)
+                fallback.update(status="answered", sip_status=response.status)
+                self._fallback_changed(call, job)
+            case CallEnded(status=status, reason=reason):
+                del self._bridges[event.leg_id]
+                job.bridge_leg = None
+                self.media.stop(key)
+                if fallback.get("status") == "answered":
+                    fallback["status"] = "ended"
+                    self._fallback_changed(call, job)
+                    if call.state is not CallState.ENDED:
+                        call.end_reason = "bridge_ended"
+                        self.ua.hangup(call.leg_id, now)  # the target hung up: so do we
+                else:
+                    fallback.update(status="failed", sip_status=status,
+                                    reason=f"target call ended: {reason.value}")
+                    self._fallback_changed(call, job)
+            case _:
+                pass
 
     def _accept_timeout(self, call: Call) -> None:
         call.cancel_timer = None
@@ -494,10 +703,10 @@ class CallManager:
         session = self.media.stop(call.id)
         if session is not None:
             log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
-        for transfer in call.transfers:
-            if not transfer.final:
-                transfer.status, transfer.reason = "failed", "the call ended first"
-                self._transfer_changed(call, transfer)
+        for job in call.transfers:
+            if job.cancel_timer is not None:
+                job.cancel_timer()
+                job.cancel_timer = None
         self.calls.pop(call.id, None)
         self.ended += 1
         if self.on_end is not None:

@@ -116,6 +116,28 @@ class MediaEngine:
         session.on_audio = echo
         session.follow_input = True
 
+    def bridge(self, a: MediaSession, b: MediaSession) -> None:
+        """Join two calls' audio: what each caller says is played to the other, at 8 kHz
+        with no resampling, each leg on its own tick grid. A leg that falls more than
+        two frames behind drops its backlog rather than delaying the conversation."""
+
+        def join(src: MediaSession, dst: MediaSession) -> None:
+            def forward(pcm: np.ndarray) -> None:
+                if dst.queued_ms >= 60:
+                    dst.clear_playout()
+                dst.play_phone(pcm)
+
+            src.on_audio = forward
+            src.follow_input = False
+
+        join(a, b)
+        join(b, a)
+
+    def unbridge(self, *sessions: MediaSession) -> None:
+        for session in sessions:
+            session.on_audio = None
+            session.clear_playout()
+
     def stop(self, key: str) -> MediaSession | None:
         """End a call's media and free its port."""
         endpoint = self._pending.pop(key, None)
