@@ -8,120 +8,24 @@ sideband with `client.realtime.connect(call_id=...)`. Only `base_url` differs.
 
 from __future__ import annotations
 
-import base64
 import json
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 import websockets
-from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
 
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.appside import KEY, SECRET, App, WebhookSink, refused_scenario, start_app
+from tests.integration.conftest import Gateway, run_sipp
 
 pytestmark = pytest.mark.integration
 
-SECRET = "whsec_" + base64.b64encode(b"sipbridge integration test secret").decode()
-KEY = "sk-sipbridge-test"
-
-
-class WebhookSink:
-    """The application's webhook endpoint: a real HTTP server that keeps what it gets."""
-
-    def __init__(self) -> None:
-        self.received: queue.Queue[tuple[bytes, dict[str, str]]] = queue.Queue()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                sink.received.put((body, dict(self.headers.items())))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def next(self, timeout: float = 10.0) -> tuple[bytes, dict[str, str]]:
-        return self.received.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@dataclass
-class App:
-    gateway: Gateway
-    client: openai.OpenAI
-    sink: WebhookSink
-    pool: ThreadPoolExecutor
-    tmp: Path
-
-    def call(self, scenario: str | Path, **options: Any) -> Future[SippResult]:
-        """SIPp places one call in the background."""
-        workdir = self.tmp / f"sipp-{time.monotonic_ns()}"
-        return self.pool.submit(run_sipp, self.gateway.address, scenario, workdir, **options)
-
-    def incoming(self) -> RealtimeCallIncomingWebhookEvent:
-        body, headers = self.sink.next()
-        event = self.client.webhooks.unwrap(body, headers)  # verifies the signature
-        assert isinstance(event, RealtimeCallIncomingWebhookEvent)
-        return event
-
-    def record(self, call_id: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.base_url}/realtime/calls/{call_id}",
-                      headers={"Authorization": f"Bearer {KEY}"})
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
-        return data
-
-    def wait_for(self, call_id: str, check: Callable[[dict[str, Any]], bool],
-                 timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            record = self.record(call_id)
-            if check(record) or time.monotonic() > deadline:
-                return record
-            time.sleep(0.05)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway.http_port}/v1"
-
-
 @pytest.fixture
 def app(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Iterator[App]:
-    sink = WebhookSink()
-    gateway = start_gateway(webhook_url=sink.url, webhook_secret=SECRET, api_key=[KEY],
-                            accept_timeout=20)
-    client = openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{gateway.http_port}/v1",
-                           webhook_secret=SECRET, max_retries=0, timeout=10)
-    pool = ThreadPoolExecutor(max_workers=2)
-    yield App(gateway, client, sink, pool, tmp_path)
-    pool.shutdown(wait=True, cancel_futures=True)
-    client.close()
-    sink.close()
-
-
-def refused_scenario(tmp: Path, code: int) -> Path:
-    path = tmp / f"app_refused_{code}.xml"
-    path.write_text((SCENARIOS / "app_refused.xml").read_text().replace("__CODE__", str(code)))
-    return path
+    yield from start_app(start_gateway, tmp_path)
 
 
 def test_webhook_accept_sideband_and_refer(app: App) -> None:

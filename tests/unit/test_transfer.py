@@ -291,12 +291,23 @@ def test_peer_bye_after_202_is_unconfirmed_by_default() -> None:
 def test_peer_bye_after_202_configured_as_success() -> None:
     transfer = started(TransferTimers(bye_after_accept="succeeded"))
     transfer.response(202, T0 + 0.1)
-    transfer.notify(frag(100, "Trying"), ACTIVE, T0 + 0.2, cseq=1)
     transfer.peer_bye(T0 + 0.4)
     status, sip_status, reason, at = outcome(transfer)
-    assert (status, sip_status, at) == ("succeeded", 100, T0 + 0.4)
+    assert (status, sip_status, at) == ("succeeded", 202, T0 + 0.4)
     assert reason is not None
     assert reason.startswith("the peer ended the call without reporting the transfer")
+
+
+@pytest.mark.parametrize("bye_after_accept", ["unconfirmed", "succeeded"])
+def test_peer_bye_during_progress_is_the_caller_hanging_up(bye_after_accept: str) -> None:
+    transfer = started(TransferTimers(bye_after_accept=bye_after_accept))
+    transfer.response(202, T0 + 0.1)
+    transfer.notify(frag(180, "Ringing"), ACTIVE, T0 + 0.2, cseq=1)
+    transfer.peer_bye(T0 + 0.4)
+    assert outcome(transfer) == (
+        "cancelled", 180, "the caller hung up during the transfer (last: 180 Ringing)",
+        T0 + 0.4,
+    )
 
 
 def test_peer_bye_after_success_changes_nothing() -> None:

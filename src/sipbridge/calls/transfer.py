@@ -214,13 +214,18 @@ class Transfer:
         return steps
 
     def peer_bye(self, now: float) -> list[TransferStep]:
-        """The carrier ended the call. After the 2xx: `timers.bye_after_accept` decides;
-        before it: cancelled."""
+        """The carrier ended the call. Before the 2xx: cancelled. While NOTIFYs report
+        progress: cancelled too (a carrier that reports progress reports the outcome, so a
+        BYE then is the caller hanging up). After a bare 2xx: `timers.bye_after_accept`
+        decides (some carriers hang up instead of notifying)."""
         if self.final:
             return []
         now = self._clock(now)
         if self.status in _WAITING_FOR_ANSWER:
             return [self._move(now, CANCELLED, self.sip_status, ENDED_BEFORE_ANSWER, True)]
+        if self.status == PROGRESS:
+            reason = f"the caller hung up during the transfer ({self._last()})"
+            return [self._move(now, CANCELLED, self.sip_status, reason, final=True)]
         if self.timers.bye_after_accept == SUCCEEDED:
             return [self._move(now, SUCCEEDED, self.sip_status, PEER_ENDED_AS_SUCCESS, True)]
         return [self._move(now, UNCONFIRMED, self.sip_status, PEER_ENDED, final=True)]
