@@ -229,7 +229,9 @@ menu_bell               no
 
 # One account that never registers, offering one G.711 law (plus telephone-event,
 # which baresip always adds for RFC 4733 digits).
-BARESIP_ACCOUNT = "<sip:{user}@{host}>;regint=0;answermode=manual;ptime=20;audio_codecs={codec}\n"
+BARESIP_ACCOUNT = (
+    "<sip:{user}@{host}>;regint=0;answermode={answermode};ptime=20;audio_codecs={codec}\n"
+)
 
 
 class BaresipError(RuntimeError):
@@ -270,7 +272,8 @@ class Baresip:
     READY_TIMEOUT = 10.0
 
     def __init__(
-        self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK
+        self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK,
+        answermode: str = "manual",
     ) -> None:
         if codec.upper() not in ("PCMU", "PCMA"):
             raise ValueError("codec must be PCMU or PCMA")
@@ -278,6 +281,7 @@ class Baresip:
         self.codec = codec.upper()
         self.user = user
         self.host = host
+        self.answermode = answermode  # "auto": answers every call (a phone at the target)
         self.config_dir = workdir / "config"
         self.dumps = workdir / "dumps"
         self.play_path = workdir / "play.wav"
@@ -324,7 +328,8 @@ class Baresip:
             )
         )
         (self.config_dir / "accounts").write_text(
-            BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower())
+            BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),
+                                   answermode=self.answermode)
         )
         # aufile opens the source when a call's audio starts; until a call
         # writes its own, a short silence keeps a stray start harmless.
@@ -521,6 +526,30 @@ class Baresip:
                 f"{uri}: no answer within {answer_timeout:g} s\n{self.log()[-4000:]}"
             )
         return self._collect(uri, established, reason, sent_digits, self.events[start:])
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.sip_port}"
+
+    def prepare(self, play: Path | npt.ArrayLike, seconds: float) -> int:
+        """Set what an answering baresip (``answermode="auto"``) says in its next call:
+        ``play`` padded with silence to ``seconds``. Returns the event index to pass
+        to :meth:`answered`."""
+        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
+        padded = np.zeros(max(samples.size, int(seconds * rate)), np.int16)
+        padded[: samples.size] = samples
+        write_wav(self.play_path, padded, rate)
+        for old in self.dumps.glob("dump-*.wav"):
+            old.unlink()
+        return len(self.events)
+
+    def answered(self, since: int, timeout: float) -> BaresipCall:
+        """The call an answering baresip took after :meth:`prepare`, once it has ended."""
+        self._calls += 1
+        established = self.wait_event(["CALL_ESTABLISHED"], timeout, since=since) is not None
+        closed = self.wait_event(["CALL_CLOSED"], timeout, since=since)
+        reason = str(closed.get("param", "")) if closed else "(no CALL_CLOSED event)"
+        return self._collect("(incoming)", established, reason, "", self.events[since:])
 
     def _collect(
         self,
