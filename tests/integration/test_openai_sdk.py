@@ -40,8 +40,10 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
     assert event.data.sip_media_security == "rtp"
     assert app.record(call_id)["state"] == "ringing"  # the caller hears ringing meanwhile
 
-    app.client.realtime.calls.accept(call_id, type="realtime", model="gpt-realtime",
-                                     instructions="You answer the phone for Acme.")
+    app.client.realtime.calls.accept(
+        call_id, type="realtime", model="gpt-realtime",
+        instructions="You answer the phone for Acme.",
+        extra_body={"sipbridge": {"transfer_targets": {"human": "tel:+61420351258"}}})
     record = app.wait_for(call_id, lambda r: r["state"] == "active")
     assert record["state"] == "active" and record["sip"]["codec"] == "PCMU"
 
@@ -50,6 +52,9 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
         created = conn.recv()
         assert created.type == "session.created"
         assert created.session.instructions == "You answer the phone for Acme."
+        [tool] = created.session.tools  # the built-in transfer tool, for the declared target
+        assert tool.name == "transfer_call"
+        assert tool.parameters["properties"]["target"]["enum"] == ["human"]
         assert watcher.recv().type == "session.created"
         conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
         updated = conn.recv()
@@ -119,6 +124,10 @@ def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> 
         client.realtime.calls.accept(call_id, type="realtime",
                                      extra_body={"voice_of_doom": True})
     assert bad.value.body["param"] == "voice_of_doom"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.accept(call_id, type="realtime", extra_body={
+            "sipbridge": {"transfer_targets": {"human": "mailto:someone"}}})
+    assert bad.value.body["param"] == "sipbridge.transfer_targets.human"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as bad:
         client.realtime.calls.refer(call_id, target_uri="http://example.invalid/")
     assert bad.value.body["param"] == "target_uri"  # type: ignore[index]

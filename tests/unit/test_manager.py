@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import pytest
 
 from sipbridge.calls.manager import Call, CallError, CallManager, CallState
+from sipbridge.calls.tool import tool_definition, tool_output
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
@@ -260,3 +262,62 @@ def test_refer_needs_an_answered_call_and_sends_refer_in_the_dialog() -> None:
     with pytest.raises(CallError) as err:
         h.manager.refer(call.id, "tel:+1555")
     assert err.value.kind == "conflict" and "in progress" in err.value.message
+
+
+def answered_app_call() -> tuple[Harness, Call]:
+    h, call = app_call()
+    h.manager.accept(call.id, {"type": "realtime"},
+                     {"transfer_targets": {"sales": "tel:+14155550123",
+                                           "support": "sip:support@127.0.0.1:5090"}})
+    h.pump()
+    h.send(ack(h.sent[-1].to.tag or ""))
+    return h, call
+
+
+def test_the_transfer_tool_refers_to_the_declared_target() -> None:
+    h, call = answered_app_call()
+    job, problem = h.manager.run_transfer_tool(call.id, '{"target": "support", "reason": "x"}')
+    h.pump()
+    assert job is not None and problem == ""
+    assert h.requests[-1].headers.get("Refer-To") == "<sip:support@127.0.0.1:5090>"
+    output = json.loads(tool_output(job.machine))
+    assert output["status"] == "sent" and "under way" in output["instructions"]
+    none, problem = h.manager.run_transfer_tool(call.id, '{"target": "billing"}')
+    assert none is None and "unknown target 'billing'" in problem and "sales" in problem
+    assert json.loads(tool_output(None, problem))["status"] == "error"
+    none, problem = h.manager.run_transfer_tool(call.id, '{"target": "sales"}')
+    assert none is None and "in progress" in problem  # one transfer at a time
+
+
+def test_tool_definition_lists_the_targets() -> None:
+    tool = tool_definition({"sales": "tel:+1", "a_team": "sip:a@b"})
+    assert tool["name"] == "transfer_call" and tool["type"] == "function"
+    assert tool["parameters"]["properties"]["target"]["enum"] == ["a_team", "sales"]
+
+
+def notify(h: Harness, event: str, body: str = "SIP/2.0 200 OK", cseq: int = 2) -> int:
+    """The carrier's NOTIFY in the call's dialog; the status the gateway answered."""
+    to_tag = next(r.to.tag for r in h.sent if r.status == 200)
+    content = f"{body}\n"
+    h.send(
+        f"NOTIFY sip:sipbridge@127.0.0.1:5060 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKn{cseq}\n"
+        f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>;tag={to_tag}\n"
+        f"Call-ID: call-1\nCSeq: {cseq} NOTIFY\nMax-Forwards: 70\nEvent: {event}\n"
+        f"Subscription-State: active;expires=60\nContent-Type: message/sipfrag\n"
+        f"Content-Length: {len(content) + 1}\n\n{content}"
+    )
+    return h.sent[-1].status
+
+
+def test_notify_without_a_transfer_or_for_another_package() -> None:
+    h, call = answered_app_call()
+    assert notify(h, "refer") == 481  # no transfer: no subscription of ours
+    h.manager.refer(call.id, "tel:+14155550123")
+    h.pump()
+    assert notify(h, "presence", cseq=3) == 489  # not REFER's event package
+    assert notify(h, "refer", "garbage", cseq=4) == 400
+    assert call.transfers[0].status == "sent"  # the broken NOTIFY changed nothing
+    assert notify(h, "refer", "SIP/2.0 180 Ringing", cseq=5) == 200
+    assert call.transfers[0].status == "progress"
+    assert call.state is CallState.ACTIVE

@@ -26,15 +26,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sipbridge.api.errors import ApiError, conflict, from_validation_errors, unauthorized
-from sipbridge.api.schemas import ReferBody, RejectBody, SessionConfig
+from sipbridge.api.schemas import (
+    FunctionTool,
+    ReferBody,
+    RejectBody,
+    SessionConfig,
+    refer_target_problem,
+)
 from sipbridge.api.session import SidebandSession
 from sipbridge.calls.manager import Call, CallError, CallManager
+from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
 
 log = logging.getLogger("sipbridge.api")
 
 MAX_BODY = 1 << 20
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")  # RFC 3261 token
+_TOOL_TARGET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # bytes: a session config with long instructions and many tools fits
 
 
@@ -71,6 +79,23 @@ class SidebandHubs:
         self.sessions.pop(call_id, None)
         for queue in self.clients.pop(call_id, ()):
             queue.put_nowait(None)
+
+
+def _with_transfer_tool(config: SessionConfig, targets: object) -> SessionConfig:
+    """Check the declared transfer targets and give the session the transfer tool."""
+    if not isinstance(targets, dict) or not targets:
+        raise ApiError(400, "sipbridge.transfer_targets must map names to tel: or sip: URIs.",
+                       param="sipbridge.transfer_targets", code="invalid_value")
+    for name, uri in targets.items():
+        problem = (None if _TOOL_TARGET.fullmatch(str(name)) else
+                   "names are 1-64 letters, digits, '_' or '-'")
+        if problem is None:
+            problem = refer_target_problem(uri) if isinstance(uri, str) else "not a string"
+        if problem is not None:
+            raise ApiError(400, f"Invalid transfer target {name!r}: {problem}",
+                           param=f"sipbridge.transfer_targets.{name}", code="invalid_value")
+    tools = [t for t in (config.tools or []) if getattr(t, "name", None) != TOOL_NAME]
+    return config.model_copy(update={"tools": [*tools, FunctionTool(**tool_definition(targets))]})
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -197,6 +222,9 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
                            f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
                            param="sipbridge.transfer_fallback", code="invalid_value")
+        targets = options.get("transfer_targets")
+        if targets is not None:
+            config = _with_transfer_tool(config, targets)
         with call_control() as calls:
             call = calls.accept(call_id, config.session_object(), options)
             control.sideband.open(call, config)

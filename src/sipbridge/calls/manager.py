@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from sipbridge.calls.tool import pick_target
 from sipbridge.calls.transfer import (
     FAILED,
     REJECTED,
@@ -443,6 +444,20 @@ class CallManager:
         log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
         self._steps(call, job, job.machine.sent(now, request.cseq.seq))
         return job
+
+    def run_transfer_tool(self, call_id: str, arguments: str) -> tuple[TransferJob | None, str]:
+        """The model called the built-in transfer tool: refer the call to the target it
+        named among those the application declared. (job, "") or (None, why not)."""
+        targets = self.get(call_id).options.get("transfer_targets")
+        if not isinstance(targets, dict) or not targets:
+            return None, "no transfer targets were declared for this call"
+        uri, problem = pick_target(targets, arguments)
+        if uri is None:
+            return None, problem
+        try:
+            return self.refer(call_id, uri), ""
+        except CallError as exc:
+            return None, exc.message
 
     def _call_fallback(self, call: Call) -> str:
         mode = call.options.get("transfer_fallback")
