@@ -110,6 +110,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    http: int = 0  # the HTTP API's port (sipbridge)
 
 
 def start_sipbridge(
@@ -138,7 +139,7 @@ def start_sipbridge(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = Server("sipbridge", proc, port, log)
+    server = Server("sipbridge", proc, port, log, http)
     deadline = time.monotonic() + 15
     while not options_ping(port):
         if proc.poll() is not None or time.monotonic() > deadline:

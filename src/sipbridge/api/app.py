@@ -365,13 +365,15 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited on accept
         self.sock.bind((host, port))
         self.sock.listen(128)
         self.sock.setblocking(False)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(BodyLimit(app, MAX_BODY), log_level="warning",
-                                lifespan="off", ws_max_size=MAX_BODY, access_log=False)
+                                lifespan="off", ws_max_size=MAX_BODY, access_log=False,
+                                timeout_graceful_shutdown=2)
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -386,6 +388,7 @@ class HttpServer:
     async def stop(self) -> None:
         self.server.should_exit = True
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            # Open keep-alive and sideband connections get `timeout_graceful_shutdown`.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, 5)
         self.sock.close()
