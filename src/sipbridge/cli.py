@@ -21,7 +21,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sip", help="HOST:PORT for SIP over UDP and TCP (default 0.0.0.0:5060)")
     p.add_argument("--http", help="HOST:PORT for the HTTP API (default 127.0.0.1:8080)")
     p.add_argument("--auto-answer", dest="auto_answer",
-                   help="answer every call itself: silence, echo or play:FILE.wav")
+                   help="answer every call itself: silence, echo, agent or play:FILE.wav")
+    p.add_argument("--transfer-to", dest="transfer_to",
+                   help="with --auto-answer agent: the URI the agent transfers callers to")
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     p.add_argument("--api-key", dest="api_key", action="append",
                    help="an API key the HTTP API accepts as 'Bearer KEY' (repeatable)")
@@ -65,7 +67,7 @@ def serve(args: argparse.Namespace) -> int:
             args.config or os.environ.get("SIPBRIDGE_CONFIG"),
             sip=args.sip, http=args.http, auto_answer=args.auto_answer,
             log_level=args.log_level, api_key=args.api_key, webhook_url=args.webhook_url,
-            webhook_secret=args.webhook_secret,
+            webhook_secret=args.webhook_secret, transfer_to=args.transfer_to,
         )
     except ConfigError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-AUTO_ANSWER_MODES = ("silence", "echo", "play:FILE")
+AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
 
 
 class ConfigError(Exception):
@@ -129,6 +129,13 @@ class Config(BaseSettings):
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
     trunk: TrunkConfig | None = None
+    # The agent: the model each answered call talks to.
+    agent_url: str = "local"  # "local": the built-in model; or ws(s)://.../v1/realtime?model=...
+    agent_api_key: str | None = None  # Bearer key for agent_url (OpenAI's, say)
+    agent_policy: str | None = None  # the local model's dialog policy (YAML); None: built in
+    agent_reconnects: int = Field(3, ge=0, le=20)  # a dropped model connection is retried
+    agent_on_failure: str = Field("hangup", pattern="^(hangup|transfer)$")  # then this
+    transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to
 
     @field_validator("sip", "http")
     @classmethod

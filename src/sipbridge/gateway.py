@@ -6,16 +6,22 @@ import asyncio
 import gc
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+from sipbridge.agent.bridge import AgentBridge
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
+from sipbridge.api.schemas import FunctionTool, SessionConfig
 from sipbridge.api.webhooks import WebhookSender, make_event
 from sipbridge.calls.manager import Call, CallManager, TransferJob, Trunk
+from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
 from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config
 from sipbridge.media.engine import MediaConfig, MediaEngine
+from sipbridge.media.session import MediaSession
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
@@ -53,6 +59,10 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.sideband = SidebandHubs()
+        self.agents: dict[str, AgentBridge] = {}
+        self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
+        self.local_model: Any = None
+        self.agent_url = config.agent_url
         self.http: HttpServer | None = None
         self.webhooks: WebhookSender | None = None
 
@@ -101,13 +111,16 @@ class Gateway:
             wake=self._pump,
             on_incoming=self._on_incoming if self.webhooks is not None else None,
             accept_timeout=c.accept_timeout, accept_timeout_code=c.accept_timeout_code,
-            on_end=lambda call: self.sideband.close(call.id),
+            on_end=self._on_end, on_media=self._on_media,
+            on_digit=lambda call, digit: self._agent_digit(call.id, digit),
             on_transfer=self._on_transfer,
             transfer_timers=TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
                                            c.transfer_bye_after_accept),
             transfer_fallback=c.transfer_fallback, tel_uri=c.transfer_tel_uri,
             trunk=self._trunk(),
         )
+        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
+            await self._start_local_model()
         if c.http != "off":
             host, port = c.http_bind
             if not c.api_key:
@@ -124,8 +137,12 @@ class Gateway:
         return self.transport.port
 
     async def stop(self) -> None:
+        for bridge in list(self.agents.values()):
+            await bridge.close()
         if self.http is not None:
             await self.http.stop()
+        if self.local_model is not None:
+            await self.local_model.stop()
         if self.webhooks is not None:
             await self.webhooks.close()
         if self._timer is not None:
@@ -154,6 +171,95 @@ class Gateway:
         })
         call.webhooks.append(self.webhooks.send(event))
 
+    # ---- the agent -----------------------------------------------------------------
+
+    async def _start_local_model(self) -> None:
+        """The built-in model, in this process, on a loopback port of its own."""
+        try:
+            from sipbridge.localmodel.server import LocalModelServer
+        except ImportError as exc:  # the agent extra is not installed
+            log.warning("the built-in model is unavailable (%s): answered calls get silence", exc)
+            self.agent_url = ""
+            return
+        self.local_model = LocalModelServer(policy=self.config.agent_policy)
+        await self.local_model.start("127.0.0.1", 0)
+        self.agent_url = f"ws://127.0.0.1:{self.local_model.port}/v1/realtime?model=local"
+        log.info("built-in model on %s", self.agent_url)
+
+    def _on_media(self, call: Call, media: MediaSession) -> None:
+        """An answered call that is not echoed or played to: it talks with the agent."""
+        assert self.calls is not None
+        if self.config.auto_answer == "agent":
+            targets = {"human": self.config.transfer_to} if self.config.transfer_to else {}
+            call.options = {"transfer_targets": targets} if targets else {}
+            config = SessionConfig(type="realtime")
+            if targets:
+                config = config.model_copy(
+                    update={"tools": [FunctionTool(**tool_definition(targets))]})
+            call.session = config.session_object()
+            self.sideband.open(call, config)
+        if not self.agent_url or call.session is None:
+            return
+        bridge = AgentBridge(
+            call.id, self.agent_url, dict(call.session), media,
+            api_key=self.config.agent_api_key, greet=self.config.auto_answer == "agent",
+            on_event=lambda event: self.sideband.publish(call.id, event),
+            on_function_call=lambda name, tool_call, args: self._agent_tool(
+                call, name, tool_call, args),
+            on_status=lambda kind, detail: self._agent_status(call, kind, detail),
+            reconnects=self.config.agent_reconnects,
+        )
+        self.agents[call.id] = bridge
+        self.sideband.attach_model(call.id, bridge.send)
+        bridge.start()
+
+    def _agent_tool(self, call: Call, name: str, tool_call: str, arguments: str) -> None:
+        """The model called a function: the built-in transfer tool runs here; the others
+        are the application's (it sees the call on the sideband)."""
+        if name != TOOL_NAME or self.calls is None or "transfer_targets" not in call.options:
+            return
+        job, problem = self.calls.run_transfer_tool(call.id, arguments)
+        self._pump()
+        bridge = self.agents.get(call.id)
+        if job is None:
+            if bridge is not None:
+                bridge.function_output(tool_call, tool_output(None, problem))
+            return
+        self._tool_calls[job.id] = (call.id, tool_call)
+
+    def _agent_status(self, call: Call, kind: str, detail: str) -> None:
+        call.timeline.append({"at": time.time(), "kind": "agent", "status": kind,
+                              "detail": detail})
+        log.log(logging.INFO if kind == "connected" else logging.WARNING,
+                "call %s: model %s (%s)", call.id, kind, detail)
+        if kind != "failed" or self.calls is None or call.state.value == "ended":
+            return
+        # The caller must not sit in silence: hand them on, or end the call.
+        if self.config.agent_on_failure == "transfer" and self.config.transfer_to:
+            try:
+                self.calls.refer(call.id, self.config.transfer_to)
+            except Exception:
+                log.exception("call %s: transfer after the model failed", call.id)
+                self.calls.hangup(call.id)
+        else:
+            call.end_reason = "agent_failed"
+            self.calls.hangup(call.id)
+        self._pump()
+
+    def _agent_digit(self, call_id: str, digit: str) -> None:
+        bridge = self.agents.get(call_id)
+        if bridge is not None:
+            bridge.dtmf(digit)
+        else:
+            self.sideband.publish(call_id, {"type": "input_audio_buffer.dtmf_event_received",
+                                            "event": digit, "received_at": int(time.time())})
+
+    def _on_end(self, call: Call) -> None:
+        self.sideband.close(call.id)
+        bridge = self.agents.pop(call.id, None)
+        if bridge is not None and self.loop is not None:
+            self.loop.create_task(bridge.close())
+
     def _trunk(self) -> Trunk | None:
         t = self.config.trunk
         if t is None:
@@ -172,6 +278,12 @@ class Gateway:
             "final": machine.final, "sip_status": machine.sip_status, "reason": machine.reason,
             "target_uri": machine.target, "fallback": job.fallback,
         })
+        if step is not None and step.final and job.id in self._tool_calls:
+            call_id, tool_call = self._tool_calls.pop(job.id)
+            bridge = self.agents.get(call_id)
+            if bridge is not None:  # the model hears how its transfer went
+                bridge.function_output(tool_call, tool_output(machine),
+                                       respond=step.status != SUCCEEDED)
         if step is None or not step.final or self.webhooks is None:
             return
         kind = "succeeded" if step.status == SUCCEEDED else "failed"

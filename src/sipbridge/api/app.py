@@ -62,12 +62,20 @@ class SidebandHubs:
     def __init__(self) -> None:
         self.sessions: dict[str, SidebandSession] = {}
         self.clients: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self.models: dict[str, Callable[[dict[str, Any]], None]] = {}  # call -> model sink
 
     def open(self, call: Call, config: SessionConfig) -> SidebandSession:
-        session = SidebandSession(call.id, config)
+        session = SidebandSession(call.id, config, on_client_event=self.models.get(call.id))
         self.sessions[call.id] = session
         self.clients.setdefault(call.id, set())
         return session
+
+    def attach_model(self, call_id: str, sink: Callable[[dict[str, Any]], None]) -> None:
+        """Client events of the call's sideband go to `sink` (the model) from now on."""
+        self.models[call_id] = sink
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.on_client_event = sink
 
     def publish(self, call_id: str, event: dict[str, Any]) -> None:
         """Fan one server event out to every sideband client of the call."""
@@ -77,6 +85,7 @@ class SidebandHubs:
     def close(self, call_id: str) -> None:
         """The call ended: its clients are disconnected, its session dropped."""
         self.sessions.pop(call_id, None)
+        self.models.pop(call_id, None)
         for queue in self.clients.pop(call_id, ()):
             queue.put_nowait(None)
 

@@ -140,9 +140,15 @@ class SidebandSession:
         kind = message["type"]
         if kind == SESSION_UPDATE:
             try:
-                return [], [self._update(message)]
+                updated = self._update(message)
             except ApiError as exc:
                 return [error_event(exc, client_event_id=client_event_id)], []
+            if self.on_client_event is not None:
+                # The model holds the session: it answers, and its session.updated
+                # reaches every client through the fan-out.
+                self.on_client_event(message)
+                return [], []
+            return [], [updated]
         if kind in FORWARDED_EVENT_TYPES:
             if self.on_client_event is None:
                 error = ApiError(

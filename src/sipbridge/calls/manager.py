@@ -29,6 +29,7 @@ from sipbridge.calls.transfer import (
 )
 from sipbridge.media.engine import MediaEngine, load_wav
 from sipbridge.media.ports import NoMediaPort
+from sipbridge.media.session import MediaSession
 from sipbridge.sip.address import Address
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
@@ -208,6 +209,8 @@ class CallManager:
         # Each step of a transfer, and each change of its fallback (step None).
         on_transfer: Callable[[Call, TransferJob, TransferStep | None], None] | None = None,
         on_end: Callable[[Call], None] | None = None,
+        on_media: Callable[[Call, MediaSession], None] | None = None,
+        on_digit: Callable[[Call, str], None] | None = None,
         transfer_timers: TransferTimers | None = None,
         transfer_fallback: str = "none",
         tel_uri: str | None = None,
@@ -232,6 +235,8 @@ class CallManager:
         self.accept_timeout_code = accept_timeout_code
         self.on_transfer = on_transfer
         self.on_end = on_end
+        self.on_media = on_media  # media started for a call the gateway does not echo/play
+        self.on_digit = on_digit
         self.transfer_timers = transfer_timers or TransferTimers()
         self.transfer_fallback = transfer_fallback
         self.tel_uri = tel_uri
@@ -677,13 +682,22 @@ class CallManager:
         assert call.audio is not None
         session = self.media.start(
             call.id, call.audio,
-            on_dtmf=lambda d: log.info("call %s dtmf %s %dms", call.id, d.digit, d.duration_ms),
+            on_dtmf=lambda d: self._dtmf(call, d.digit, d.duration_ms),
             on_timeout=lambda reason: self._media_timeout(call, reason),
         )
         if self.auto_answer == "echo":
             self.media.echo(session)
         elif self._play is not None:
             session.play(self._play)
+        elif self.on_media is not None:
+            self.on_media(call, session)
+
+    def _dtmf(self, call: Call, digit: str, duration_ms: int) -> None:
+        log.info("call %s dtmf %s %dms", call.id, digit, duration_ms)
+        call.timeline.append({"at": time.time(), "kind": "dtmf", "digit": digit,
+                              "duration_ms": duration_ms})
+        if self.on_digit is not None:
+            self.on_digit(call, digit)
 
     def _media_timeout(self, call: Call, reason: str) -> None:
         log.info("call %s: %s, hanging up", call.id, reason)

@@ -1,0 +1,1 @@
+"""The bridge between calls and realtime speech models."""

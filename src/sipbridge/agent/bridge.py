@@ -1,0 +1,238 @@
+"""One call's link to a realtime model over OpenAI's Realtime WebSocket protocol.
+
+The model is the built-in local model, OpenAI (`wss://api.openai.com/v1/realtime?model=`)
+or any server speaking the same protocol. The bridge:
+
+- sends the accepted session config (`session.update`), and `response.create` when the
+  gateway answers alone (the agent greets);
+- streams the caller's audio as `input_audio_buffer.append`: 24 kHz PCM16, or the G.711
+  bytes untouched when the session's input format is `audio/pcmu` / `audio/pcma`;
+- plays `response.output_audio.delta` to the caller through the paced playout;
+- barge-in: on `input_audio_buffer.speech_started` it drops the agent audio still queued
+  and truncates the assistant item at what the caller actually heard;
+- hands every server event to `on_event` (the sideband fan-out) and takes the sideband's
+  client events (`send`);
+- runs the built-in transfer tool when the model calls it (`on_function_call`);
+- reconnects when the connection drops (`reconnects` times, with back-off, the session
+  config sent again); after that `on_failure` decides (hang up, or transfer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import websockets
+
+from sipbridge.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+from sipbridge.media.session import MediaSession
+
+log = logging.getLogger("sipbridge.agent")
+
+BYTES_PER_MS = MODEL_RATE * 2 // 1000  # PCM16 at 24 kHz
+
+
+def _format(session: dict[str, Any], side: str) -> str:
+    audio = session.get("audio") or {}
+    fmt = (audio.get(side) or {}).get("format") or {}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    return kind if isinstance(kind, str) else "audio/pcm"
+
+
+class AgentBridge:
+    """Bridges one call's media session to a model session (protocol notes above)."""
+
+    def __init__(
+        self,
+        call_id: str,
+        url: str,
+        session: dict[str, Any],
+        media: MediaSession,
+        *,
+        api_key: str | None = None,
+        greet: bool = False,
+        on_event: Callable[[dict[str, Any]], None] = lambda e: None,
+        on_function_call: Callable[[str, str, str], None] | None = None,
+        on_status: Callable[[str, str], None] = lambda kind, detail: None,
+        reconnects: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self.call_id = call_id
+        self.url = url
+        self.session = {k: v for k, v in session.items() if k not in ("object", "id")}
+        self.media = media
+        self.api_key = api_key
+        self.greet = greet
+        self.on_event = on_event
+        self.on_function_call = on_function_call
+        self.on_status = on_status
+        self.reconnects = reconnects
+        self.backoff = backoff
+        self.input_format = _format(self.session, "input")
+        self.output_format = _format(self.session, "output")
+        self._up = Resampler(PHONE_RATE, MODEL_RATE)
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = False
+        # What the caller heard of the current assistant item, for truncation.
+        self._item: str | None = None
+        self._item_ms = 0.0
+        self._played_at: float | None = None  # when the item's audio started playing
+        self.stats = {"audio_in": 0, "audio_out_ms": 0, "barge_ins": 0, "reconnects": 0}
+        media.on_audio = self._caller_audio
+
+    # ---- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closed = True
+        self._outbox.put_nowait(None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def send(self, event: dict[str, Any]) -> None:
+        """A client event to the model (from the sideband, or the gateway itself)."""
+        if not self._closed:
+            self._outbox.put_nowait(event)
+
+    async def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._closed:
+            try:
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                async with websockets.connect(self.url, additional_headers=headers,
+                                              max_size=16 << 20, open_timeout=10) as ws:
+                    self.connected = True
+                    attempt = 0
+                    self.on_status("connected" if first else "reconnected", self.url)
+                    await ws.send(json.dumps({"type": "session.update",
+                                              "session": self.session}))
+                    if self.greet and first:
+                        await ws.send(json.dumps({"type": "response.create"}))
+                    first = False
+                    sender = asyncio.create_task(self._send_loop(ws))
+                    try:
+                        async for raw in ws:
+                            self._server_event(json.loads(raw))
+                    finally:
+                        sender.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sender
+            except (OSError, websockets.exceptions.WebSocketException, TimeoutError,
+                    ValueError) as exc:
+                self.connected = False
+                if self._closed:
+                    return
+                attempt += 1
+                if attempt > self.reconnects:
+                    self.on_status("failed", f"{type(exc).__name__}: {exc}")
+                    return
+                self.stats["reconnects"] += 1
+                self.on_status("dropped", f"{type(exc).__name__}: {exc}; reconnecting "
+                                          f"({attempt}/{self.reconnects})")
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            self.connected = False
+            if self._closed:
+                return
+            attempt += 1  # the server closed the connection
+            if attempt > self.reconnects:
+                self.on_status("failed", "the model closed the connection")
+                return
+            self.stats["reconnects"] += 1
+            self.on_status("dropped", f"the model closed the connection; reconnecting "
+                                      f"({attempt}/{self.reconnects})")
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+    async def _send_loop(self, ws: Any) -> None:
+        while True:
+            event = await self._outbox.get()
+            if event is None:
+                await ws.close()
+                return
+            await ws.send(json.dumps(event))
+
+    # ---- audio ----------------------------------------------------------------------
+
+    def _caller_audio(self, pcm8: np.ndarray) -> None:
+        """One 20 ms frame of the caller to the model, in the session's input format."""
+        if not self.connected:
+            return
+        if self.input_format == "audio/pcmu":
+            data = ulaw_encode(pcm8)
+        elif self.input_format == "audio/pcma":
+            data = alaw_encode(pcm8)
+        else:
+            data = self._up.process(pcm8).tobytes()
+        self.stats["audio_in"] += 1
+        self._outbox.put_nowait({"type": "input_audio_buffer.append",
+                                 "audio": base64.b64encode(data).decode()})
+
+    def _agent_audio(self, item_id: str, b64: str) -> None:
+        data = base64.b64decode(b64)
+        if self.output_format == "audio/pcmu":
+            self.media.play_phone(ulaw_decode(data))
+            ms = len(data) / 8
+        elif self.output_format == "audio/pcma":
+            self.media.play_phone(alaw_decode(data))
+            ms = len(data) / 8
+        else:
+            self.media.play(np.frombuffer(data, np.int16))
+            ms = len(data) / BYTES_PER_MS
+        if item_id != self._item:
+            self._item, self._item_ms, self._played_at = item_id, 0.0, time.monotonic()
+            self._played_at += self.media.queued_ms / 1000 - ms / 1000
+        self._item_ms += ms
+        self.stats["audio_out_ms"] += int(ms)
+
+    def _barge_in(self) -> None:
+        """The caller spoke over the agent: stop its audio, truncate what was not heard."""
+        queued = self.media.queued_ms
+        self.media.clear_playout()
+        if self._item is None or queued <= 0:
+            return
+        heard = max(0, int(self._item_ms - queued))
+        self.stats["barge_ins"] += 1
+        self.send({"type": "conversation.item.truncate", "item_id": self._item,
+                   "content_index": 0, "audio_end_ms": heard})
+        self._item = None
+
+    # ---- server events --------------------------------------------------------------
+
+    def _server_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.output_audio.delta":
+            self._agent_audio(str(event.get("item_id", "")), str(event.get("delta", "")))
+        elif kind == "input_audio_buffer.speech_started":
+            self._barge_in()
+        elif kind == "response.function_call_arguments.done" and self.on_function_call:
+            self.on_function_call(str(event.get("name", "")), str(event.get("call_id", "")),
+                                  str(event.get("arguments", "")))
+        self.on_event(event)
+
+    def dtmf(self, digit: str) -> None:
+        """A DTMF digit from the caller: told to the sideband as OpenAI's SIP does."""
+        self.on_event({"type": "input_audio_buffer.dtmf_event_received", "event": digit,
+                       "received_at": int(time.time())})
+
+    def function_output(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """The result of a function call back to the model, and a new response."""
+        self.send({"type": "conversation.item.create",
+                   "item": {"type": "function_call_output", "call_id": call_id,
+                            "output": output}})
+        if respond:
+            self.send({"type": "response.create"})
