@@ -94,7 +94,7 @@ if ! [[ -x "$VENV/bin/python" ]] || [[ "$(pyversion "$VENV/bin/python")" != "$(p
     "$PYTHON" -m venv "$VENV"
 fi
 
-log "installing sipbridge (editable) with test and dev extras"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+log "installing sipbridge (editable) with the agent, test and dev extras"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,test,dev]'
 printf '%s\n' "$want" >"$STAMP"
 log "ready: $VENV"

@@ -62,6 +62,7 @@ class Gateway:
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
         self.local_model: Any = None
+        self._preload: asyncio.Future[Any] | None = None
         self.agent_url = config.agent_url
         self.http: HttpServer | None = None
         self.webhooks: WebhookSender | None = None
@@ -85,8 +86,17 @@ class Gateway:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self.transport.start(self._bind_host, self._bind_port)
         c = self.config
+        # The model and the API first: once SIP answers, everything answers.
+        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
+            await self._start_local_model()
+        if c.http != "off":
+            host, port = c.http_bind
+            if not c.api_key:
+                log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
+            self.http = HttpServer(create_app(self, c.api_key), host, port)
+            await self.http.start()
+        await self.transport.start(self._bind_host, self._bind_port)
         self.ua = UserAgent(
             UaConfig(host=self.advertised_host, port=self.transport.port,
                      timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size),
@@ -119,14 +129,6 @@ class Gateway:
             transfer_fallback=c.transfer_fallback, tel_uri=c.transfer_tel_uri,
             trunk=self._trunk(),
         )
-        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
-            await self._start_local_model()
-        if c.http != "off":
-            host, port = c.http_bind
-            if not c.api_key:
-                log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
-            self.http = HttpServer(create_app(self, c.api_key), host, port)
-            await self.http.start()
         # What start-up made lives as long as the process: keep it out of every
         # garbage collection, so full collections stay short under load.
         gc.collect()
@@ -181,8 +183,11 @@ class Gateway:
             log.warning("the built-in model is unavailable (%s): answered calls get silence", exc)
             self.agent_url = ""
             return
-        self.local_model = LocalModelServer(policy=self.config.agent_policy)
+        self.local_model = LocalModelServer(policy=self.config.agent_policy, preload=False)
         await self.local_model.start("127.0.0.1", 0)
+        transcriber = self.local_model.transcriber
+        if transcriber.available():  # load the speech model while the gateway serves
+            self._preload = asyncio.get_running_loop().run_in_executor(None, transcriber.load)
         self.agent_url = f"ws://127.0.0.1:{self.local_model.port}/v1/realtime?model=local"
         log.info("built-in model on %s", self.agent_url)
 

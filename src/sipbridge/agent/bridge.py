@@ -219,10 +219,11 @@ class AgentBridge:
             self._agent_audio(str(event.get("item_id", "")), str(event.get("delta", "")))
         elif kind == "input_audio_buffer.speech_started":
             self._barge_in()
-        elif kind == "response.function_call_arguments.done" and self.on_function_call:
+        self.on_event(event)
+        if kind == "response.function_call_arguments.done" and self.on_function_call:
+            # After the fan-out: the sideband sees the call before what it sets going.
             self.on_function_call(str(event.get("name", "")), str(event.get("call_id", "")),
                                   str(event.get("arguments", "")))
-        self.on_event(event)
 
     def dtmf(self, digit: str) -> None:
         """A DTMF digit from the caller: told to the sideband as OpenAI's SIP does."""

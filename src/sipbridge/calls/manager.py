@@ -740,7 +740,6 @@ class CallManager:
         self.ended += 1
         if self.on_end is not None:
             self.on_end(call)
-        if call.mode == "app":  # the application may still ask about it
-            self.recent[call.id] = call
-            while len(self.recent) > RECENT_CALLS:
-                self.recent.popitem(last=False)
+        self.recent[call.id] = call  # the application or an operator may still ask
+        while len(self.recent) > RECENT_CALLS:
+            self.recent.popitem(last=False)

