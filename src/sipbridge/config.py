@@ -133,6 +133,9 @@ class Config(BaseSettings):
     agent_url: str = "local"  # "local": the built-in model; or ws(s)://.../v1/realtime?model=...
     agent_api_key: str | None = None  # Bearer key for agent_url (OpenAI's, say)
     agent_policy: str | None = None  # the local model's dialog policy (YAML); None: built in
+    agent_llm_url: str | None = None  # an OpenAI-compatible chat-completions base URL ...
+    agent_llm_model: str = "gpt-4o-mini"  # ... that answers callers instead of the YAML
+    agent_llm_api_key: str | None = None  # policy (which still greets)
     agent_reconnects: int = Field(3, ge=0, le=20)  # a dropped model connection is retried
     agent_on_failure: str = Field("hangup", pattern="^(hangup|transfer)$")  # then this
     transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to

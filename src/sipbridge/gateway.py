@@ -183,7 +183,15 @@ class Gateway:
             log.warning("the built-in model is unavailable (%s): answered calls get silence", exc)
             self.agent_url = ""
             return
-        self.local_model = LocalModelServer(policy=self.config.agent_policy, preload=False)
+        from sipbridge.localmodel.policy import Policy
+
+        policy = Policy.load(self.config.agent_policy)
+        if self.config.agent_llm_url:
+            from sipbridge.localmodel.chat import ChatPolicy
+
+            policy = ChatPolicy(policy, self.config.agent_llm_url, self.config.agent_llm_model,
+                                api_key=self.config.agent_llm_api_key)
+        self.local_model = LocalModelServer(policy=policy, preload=False)
         await self.local_model.start("127.0.0.1", 0)
         transcriber = self.local_model.transcriber
         if transcriber.available():  # load the speech model while the gateway serves

@@ -772,8 +772,14 @@ class _ResponseRun:
         if self.cancelled:
             await self._done()
             return
-        reply = self.s._decide(self.tools) if self.in_band else self.s.server.policy.respond(
-            None, self.tools)
+        policy = self.s.server.policy
+        if self.in_band:
+            decide = self.s._decide
+            # A policy that waits on the network (chat completions) runs in a thread.
+            reply = (await asyncio.to_thread(decide, self.tools)
+                     if getattr(policy, "blocking", False) else decide(self.tools))
+        else:
+            reply = policy.respond(None, self.tools)
         self.s._greeted = True
         await self._message(reply.text)
         if reply.tool_call is not None and not self.cancelled:
