@@ -255,8 +255,8 @@ class Gateway:
                 log.exception("call %s: transfer after the model failed", call.id)
                 self.calls.hangup(call.id)
         else:
-            call.end_reason = "agent_failed"
             self.calls.hangup(call.id)
+            call.end_reason = "agent_failed"
         self._pump()
 
     def _agent_digit(self, call_id: str, digit: str) -> None:

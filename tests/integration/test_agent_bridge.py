@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
+import httpx
 import numpy as np
 import pydantic
 import pytest
@@ -194,3 +195,17 @@ def test_a_dropped_model_connection_is_reopened(
     assert voiced(sink)  # the greeting was heard
     log = gateway.log()
     assert "model dropped" in log and "model reconnected" in log
+
+
+def test_a_model_that_cannot_be_reached_does_not_leave_the_caller_in_silence(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gateway = start_gateway(auto_answer="agent", agent_url="ws://127.0.0.1:9/v1/realtime",
+                            agent_reconnects=1, api_key=["k"])
+    result = run_sipp(gateway.address, "uac_wait_bye.xml", tmp_path / "sipp")
+    assert result.ok, result.describe()  # the gateway hung up (SIPp waited for its BYE)
+    [call] = httpx.get(f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls",
+                       headers={"Authorization": "Bearer k"}).json()["data"]
+    assert call["end_reason"] == "agent_failed"
+    steps = [e["status"] for e in call["timeline"] if e["kind"] == "agent"]
+    assert steps == ["dropped", "failed"]
