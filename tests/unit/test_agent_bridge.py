@@ -1,0 +1,80 @@
+"""The agent bridge's audio formats: 24 kHz PCM16 by default, G.711 passed through
+untouched when the session asks for audio/pcmu or audio/pcma (no resampling)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from sipbridge.agent.bridge import AgentBridge
+from sipbridge.media.g711 import alaw_encode, ulaw_encode
+from sipbridge.media.jitterbuffer import JitterBuffer
+from sipbridge.media.ports import PortPool
+from sipbridge.media.session import MediaSession
+from sipbridge.sip.sdp import Codec, Direction, NegotiatedAudio
+
+
+@pytest.fixture
+def media() -> Iterator[MediaSession]:
+    pool = PortPool(32000, 32999)
+    audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, "127.0.0.1", 9, Direction.SENDRECV, 20)
+    session = MediaSession("rtc_b", pool.allocate("127.0.0.1"), audio, now=0.0,
+                           wall=lambda: 0.0, timeout=0, jitter=JitterBuffer())
+    yield session
+    session.close()
+    pool.release(session.endpoint)
+
+
+def bridge(media: MediaSession, fmt: str | None) -> AgentBridge:
+    session: dict[str, object] = {"type": "realtime"}
+    if fmt is not None:
+        session["audio"] = {"input": {"format": {"type": fmt}},
+                            "output": {"format": {"type": fmt}}}
+    b = AgentBridge("rtc_b", "ws://127.0.0.1:9", session, media)
+    b.connected = True
+    return b
+
+
+def sent_audio(b: AgentBridge) -> bytes:
+    event = b._outbox.get_nowait()
+    assert event is not None and event["type"] == "input_audio_buffer.append"
+    return base64.b64decode(event["audio"])
+
+
+FRAME = (3000 * np.sin(np.arange(160) / 5)).astype(np.int16)
+
+
+@pytest.mark.parametrize(("fmt", "encode"), [("audio/pcmu", ulaw_encode),
+                                              ("audio/pcma", alaw_encode)])
+def test_g711_goes_through_untouched(media: MediaSession, fmt: str, encode: object) -> None:
+    b = bridge(media, fmt)
+    assert media.on_audio is not None
+    media.on_audio(FRAME)
+    assert sent_audio(b) == encode(FRAME)  # type: ignore[operator]
+    b._agent_audio("item_1", base64.b64encode(encode(FRAME)).decode())  # type: ignore[operator]
+    assert media.queued_ms == 20  # 160 G.711 bytes: 20 ms at 8 kHz, played as they are
+
+
+def test_pcm_is_24_khz_both_ways(media: MediaSession) -> None:
+    b = bridge(media, None)
+    assert media.on_audio is not None
+    media.on_audio(FRAME)
+    assert len(sent_audio(b)) == 480 * 2  # 20 ms at 24 kHz, 16-bit
+    b._agent_audio("item_1", base64.b64encode(np.zeros(4800, "<i2").tobytes()).decode())
+    assert media.queued_ms == 200  # 4800 samples at 24 kHz: 200 ms at 8 kHz
+
+
+def test_barge_in_truncates_at_what_was_heard(media: MediaSession) -> None:
+    b = bridge(media, None)
+    b._agent_audio("item_7", base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode())
+    for _ in range(10):  # 200 ms of it played
+        media._send_frame()
+    b._server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+                     "item_id": "u1"})
+    assert media.queued_ms == 0
+    truncate = b._outbox.get_nowait()
+    assert truncate is not None and truncate["type"] == "conversation.item.truncate"
+    assert truncate["item_id"] == "item_7" and truncate["audio_end_ms"] == 200
