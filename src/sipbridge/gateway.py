@@ -247,10 +247,32 @@ class Gateway:
                 "call %s: model %s (%s)", call.id, kind, detail)
         if kind != "failed" or self.calls is None or call.state.value == "ended":
             return
-        # The caller must not sit in silence: hand them on, or end the call.
-        if self.config.agent_on_failure == "transfer" and self.config.transfer_to:
+        # The caller must not sit in silence: tell them, then hand them on or end the call.
+        transfer = self.config.agent_on_failure == "transfer" and bool(self.config.transfer_to)
+        message = ("Sorry, we are having technical difficulties. "
+                   + ("Let me put you through to a person." if transfer else "Please call again."))
+        assert self.loop is not None
+        self.loop.create_task(self._after_agent_failure(call, message, transfer))
+
+    async def _after_agent_failure(self, call: Call, message: str, transfer: bool) -> None:
+        delay = 0.0
+        media = self.media.sessions.get(call.id) if self.media is not None else None
+        try:
+            from sipbridge.localmodel.tts import synthesize
+
+            pcm = await asyncio.to_thread(synthesize, message, None)
+            if media is not None:
+                media.clear_playout()
+                media.play(pcm)
+                delay = len(pcm) / 24000 + 0.3
+        except Exception:  # noqa: BLE001 (no speech to be had: go on without the message)
+            log.warning("call %s: no speech for the failure message", call.id)
+        await asyncio.sleep(delay)
+        if self.calls is None or call.state.value == "ended":
+            return
+        if transfer:
             try:
-                self.calls.refer(call.id, self.config.transfer_to)
+                self.calls.refer(call.id, str(self.config.transfer_to))
             except Exception:
                 log.exception("call %s: transfer after the model failed", call.id)
                 self.calls.hangup(call.id)

@@ -21,6 +21,7 @@ import base64
 import json
 import threading
 import time
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -200,10 +201,17 @@ def test_a_dropped_model_connection_is_reopened(
 def test_a_model_that_cannot_be_reached_does_not_leave_the_caller_in_silence(
     start_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
     gateway = start_gateway(auto_answer="agent", agent_url="ws://127.0.0.1:9/v1/realtime",
-                            agent_reconnects=1, api_key=["k"])
+                            agent_reconnects=1, api_key=["k"], recordings=str(recordings))
     result = run_sipp(gateway.address, "uac_wait_bye.xml", tmp_path / "sipp")
     assert result.ok, result.describe()  # the gateway hung up (SIPp waited for its BYE)
+    [wav] = recordings.glob("*.wav")
+    with wave.open(str(wav), "rb") as w:
+        agent = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)[:, 1]
+    assert np.abs(agent.astype(np.int32)).max() > 3000  # the caller was told, not left silent
+    assert np.count_nonzero(np.abs(agent) > 500) > 8000  # a whole sentence of it
     [call] = httpx.get(f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls",
                        headers={"Authorization": "Bearer k"}).json()["data"]
     assert call["end_reason"] == "agent_failed"
