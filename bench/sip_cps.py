@@ -127,7 +127,8 @@ def start_sipbridge(
         f'http = "{LOOPBACK}:{http}"\n'
         f'auto_answer = "{auto_answer}"\n'
         "ring_time = 0.0\n"
-        'log_level = "warning"\n' + extra_config
+        'log_level = "warning"\n'
+        f'store = "{workdir / "sipbridge.db"}"\n' + extra_config
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}

@@ -37,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sipbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway"))
+    calls = sub.add_parser("calls", help="the calls in the store, newest first")
+    calls.add_argument("--config", help="TOML config file (for the store's path)")
+    calls.add_argument("--store", help="the store (default: the config's, sipbridge.db)")
+    calls.add_argument("--state", choices=["ringing", "active", "ended"])
+    calls.add_argument("--transfer", dest="transfer_status", help="a transfer outcome")
+    calls.add_argument("--caller", help="part of the caller's URI")
+    calls.add_argument("--limit", type=int, default=50)
+    trace = sub.add_parser("trace", help="one call's ladder: SIP, API, webhooks, transfer")
+    trace.add_argument("call_id")
+    trace.add_argument("--config", help="TOML config file (for the store's path)")
+    trace.add_argument("--store", help="the store (default: the config's, sipbridge.db)")
+    trace.add_argument("--full", action="store_true", help="each SIP message's full text")
     demo = sub.add_parser("demo", help="start a gateway and place real SIPp calls at it")
     demo.add_argument("--calls", type=int, default=5, help="how many calls SIPp places")
     return parser
@@ -91,7 +103,7 @@ async def _demo(calls: int) -> int:
         print("sipbridge demo: SIPp is not installed (apt-get install sip-tester)",
               file=sys.stderr)
         return 1
-    config = load_config(None, sip="127.0.0.1:0", http="off", auto_answer="silence")
+    config = load_config(None, sip="127.0.0.1:0", http="off", store="off", auto_answer="silence")
     gateway = Gateway(config)
     await gateway.start()
     print(f"gateway listening on udp+tcp 127.0.0.1:{gateway.port} (auto-answer: silence)")
@@ -132,10 +144,44 @@ def _sipp_counts(path: Path) -> tuple[int, int]:
     return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0))
 
 
+def show(args: argparse.Namespace) -> int:
+    """`calls` and `trace`, read from the store (no running gateway needed)."""
+    from sipbridge.store import SqliteStore
+    from sipbridge.trace import calls_table, ladder
+
+    path = args.store
+    if path is None:
+        try:
+            path = load_config(args.config or os.environ.get("SIPBRIDGE_CONFIG")).store
+        except ConfigError as exc:
+            print(f"sipbridge: {exc}", file=sys.stderr)
+            return 2
+    if path == "off" or not Path(path).is_file():
+        print(f"sipbridge: no call store at {path}", file=sys.stderr)
+        return 1
+    store = SqliteStore(path)
+    try:
+        if args.command == "calls":
+            print(calls_table(store.list_calls(state=args.state, caller=args.caller,
+                                               transfer_status=args.transfer_status,
+                                               limit=args.limit)))
+            return 0
+        call = store.get_call(args.call_id)
+        if call is None:
+            print(f"sipbridge: no call {args.call_id} in {path}", file=sys.stderr)
+            return 1
+        print(ladder(call, full=args.full))
+        return 0
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command in ("calls", "trace"):
+        return show(args)
     if args.command == "demo":
         return asyncio.run(_demo(args.calls))
     return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from sipbridge.sip.ua import UaConfig, UserAgent
 log = logging.getLogger("sipbridge")
 
 WILDCARDS = ("0.0.0.0", "::", "")
+_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+MAX_TRACE = 8192  # bytes of a SIP message kept on the timeline
 
 
 class Gateway:
@@ -59,6 +62,8 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.sideband = SidebandHubs()
+        self._inbound: tuple[bytes, Address] | None = None
+        self.store: Any = None
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
         self.local_model: Any = None
@@ -87,6 +92,15 @@ class Gateway:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         c = self.config
+        if c.store != "off":
+            from sipbridge.store import SqliteStore
+
+            self.store = SqliteStore(c.store, retention_days=c.store_retention_days)
+            ended = await asyncio.to_thread(self.store.mark_unfinished)
+            purged = await asyncio.to_thread(self.store.purge)
+            if ended or purged:
+                log.warning("store %s: %d calls left unfinished by the last run marked ended, "
+                            "%d old calls purged", c.store, ended, purged)
         # The model and the API first: once SIP answers, everything answers.
         if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
             await self._start_local_model()
@@ -121,7 +135,7 @@ class Gateway:
             wake=self._pump,
             on_incoming=self._on_incoming if self.webhooks is not None else None,
             accept_timeout=c.accept_timeout, accept_timeout_code=c.accept_timeout_code,
-            on_end=self._on_end, on_media=self._on_media,
+            on_end=self._on_end, on_media=self._on_media, on_change=self._on_change,
             on_digit=lambda call, digit: self._agent_digit(call.id, digit),
             on_transfer=self._on_transfer,
             transfer_timers=TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
@@ -145,6 +159,8 @@ class Gateway:
             await self.http.stop()
         if self.local_model is not None:
             await self.local_model.stop()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
         if self.webhooks is not None:
             await self.webhooks.close()
         if self._timer is not None:
@@ -171,7 +187,7 @@ class Gateway:
             "sip_headers": [{"name": n, "value": v} for n, v in call.sip_headers],
             "sip_media_security": "rtp",
         })
-        call.webhooks.append(self.webhooks.send(event))
+        call.webhooks.append(self.webhooks.send(event, on_attempt=self._webhook_attempt(call)))
 
     # ---- the agent -----------------------------------------------------------------
 
@@ -326,12 +342,69 @@ class Gateway:
             "call_id": call.id, "transfer_id": job.id, "status": step.status,
             "sip_status": step.sip_status, "reason": step.reason, "target_uri": machine.target,
         })
-        call.webhooks.append(self.webhooks.send(event))
+        call.webhooks.append(self.webhooks.send(event, on_attempt=self._webhook_attempt(call)))
 
     def _on_message(self, data: bytes, source: Address) -> None:
         assert self.ua is not None and self.loop is not None
+        # Traced before the UA acts on it; a new call's INVITE once the call exists.
+        if not self._trace(data, source, "in"):
+            self._inbound = (data, source)
         self.ua.receive(data, source, self.loop.time())
         self._pump()
+
+    def _on_change(self, call: Call) -> None:
+        """The call's record to the store (its timeline goes there entry by entry)."""
+        store = self.store
+        if store is None:
+            return
+        if call.timeline.sink is None:
+            def sink(entry: dict[str, object]) -> None:
+                at = entry.get("at")
+                store.add_event(call.id, at if isinstance(at, float) else time.time(),
+                                str(entry.get("kind")), entry)
+
+            call.timeline.sink = sink
+        record = call.to_dict()
+        record.pop("timeline", None)
+        if self.config.recordings:
+            call.recording = str(Path(self.config.recordings) / f"{call.id}.wav")
+            record["recording"] = call.recording
+        store.upsert_call(record)
+
+    def note(self, call_id: str, kind: str, **data: object) -> None:
+        """One entry on a call's timeline (the API's sideband connections, say)."""
+        if self.calls is None:
+            return
+        call = self.calls.calls.get(call_id) or self.calls.recent.get(call_id)
+        if call is not None:
+            call.timeline.append({"at": time.time(), "kind": kind, **data})
+
+    @staticmethod
+    def _webhook_attempt(call: Call) -> Callable[[Any, Any], None]:
+        def attempt(delivery: Any, result: Any) -> None:
+            call.timeline.append({"at": time.time(), "kind": "webhook",
+                                  "type": delivery.event_type, "attempt": result.number,
+                                  "status_code": result.status_code, "error": result.error,
+                                  "duration_ms": round(result.duration_ms, 1)})
+        return attempt
+
+    def _trace(self, data: bytes, peer: Address, direction: str) -> bool:
+        """A SIP message of a known call onto its timeline (start line, full text); False
+        when it belongs to no call (yet)."""
+        calls = self.calls
+        if calls is None or not calls.by_sip_id:
+            return False
+        match = _CALL_ID.search(data)
+        if match is None:
+            return False
+        call = calls.by_sip_id.get(match.group(1).strip().decode("utf-8", "replace"))
+        if call is None:
+            return False
+        text = data[:MAX_TRACE].decode("utf-8", "replace")
+        call.timeline.append({"at": time.time(), "kind": "sip", "dir": direction,
+                              "peer": str(peer), "line": text.split("\r\n", 1)[0],
+                              "text": text})
+        return True
 
     def _schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
         assert self.loop is not None
@@ -354,7 +427,11 @@ class Gateway:
                     calls.handle(event)
                 except Exception:
                     log.exception("error handling %s", type(event).__name__)
+            if self._inbound is not None:  # after the events: an INVITE's call exists now
+                self._trace(*self._inbound, "in")
+                self._inbound = None
             for data, dest in ua.outgoing():
+                self._trace(data, dest, "out")
                 self.transport.send(data, dest)
             if not events:
                 break

@@ -200,6 +200,7 @@ def _start(tmp_path: Path, name: str, config: dict[str, Any]) -> Gateway:
     config = dict(config)
     config.setdefault("sip", f"{LOOPBACK}:{find_free_port()}")
     config.setdefault("http", f"{LOOPBACK}:{find_free_port(udp=False)}")
+    config.setdefault("store", str(tmp_path / f"{name}.db"))
     host, port_text = str(config["sip"]).rsplit(":", 1)
     port = int(port_text)
     http_port = int(str(config["http"]).rsplit(":", 1)[1])

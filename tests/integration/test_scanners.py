@@ -65,7 +65,7 @@ def test_invite_flood_from_a_stranger_leaves_no_state() -> None:
     """10,000 INVITEs from outside the allow-list: each a 403, nothing kept, memory flat."""
 
     async def main() -> None:
-        gw = Gateway(load_config(None, sip="127.0.0.1:0", http="off", allow=["127.0.0.2/32"],
+        gw = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off", allow=["127.0.0.2/32"],
                                  auto_answer="silence"))
         await gw.start()
         loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ def run_with_gateway(
     body: Callable[[Gateway], Awaitable[None]], **overrides: object
 ) -> Gateway:
     async def main() -> Gateway:
-        gateway = Gateway(load_config(None, sip="127.0.0.1:0", http="off", **overrides))
+        gateway = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off", **overrides))
         await gateway.start()
         try:
             await asyncio.wait_for(body(gateway), 20)
@@ -137,7 +137,7 @@ def test_tcp_oversize_header_block_closes_connection() -> None:
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
 def test_ipv6_loopback() -> None:
     async def main() -> None:
-        gateway = Gateway(load_config(None, sip="[::1]:0", http="off"))
+        gateway = Gateway(load_config(None, sip="[::1]:0", http="off", store="off"))
         try:
             await gateway.start()
         except OSError as exc:

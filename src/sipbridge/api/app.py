@@ -16,12 +16,13 @@ import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,9 +52,13 @@ class Control(Protocol):
 
     calls: CallManager | None
     sideband: SidebandHubs
+    store: Any  # the call store (SqliteStore) or None
 
     def pump(self) -> None:
         """Send what the SIP core queued (after a call-control request)."""
+
+    def note(self, call_id: str, kind: str, **data: object) -> None:
+        """An entry on the call's timeline."""
 
 
 class SidebandHubs:
@@ -275,16 +280,51 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             calls.hangup(call_id)
         return Response(status_code=200)
 
-    @app.get("/v1/realtime/calls", summary="List live and recent calls")
-    async def list_calls() -> dict[str, Any]:
+    @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)")
+    async def list_calls(state: Literal["ringing", "active", "ended"] | None = None,
+                         since: float | None = None, until: float | None = None,
+                         caller: str | None = Query(None, max_length=256),
+                         transfer_status: str | None = Query(None, max_length=32),
+                         limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         calls = manager()
-        data = [c.to_dict() for c in (*calls.calls.values(), *reversed(calls.recent.values()))]
-        return {"object": "list", "data": data}
+        live: dict[str, dict[str, Any]] = {
+            c.id: c.to_dict() for c in (*calls.calls.values(), *reversed(calls.recent.values()))}
+        stored: list[dict[str, Any]] = []
+        if control.store is not None:
+            stored = await asyncio.to_thread(
+                control.store.list_calls, state=state, since=since, until=until,
+                caller=caller, transfer_status=transfer_status, limit=limit)
+        data = [c for c in live.values() if _matches(c, state, since, until, caller,
+                                                      transfer_status)]
+        data += [c for c in stored if c["id"] not in live]
+        data.sort(key=lambda c: float(c.get("created_at") or 0.0), reverse=True)
+        for c in data:
+            c.pop("timeline", None)
+        return {"object": "list", "data": data[:limit]}
 
-    @app.get("/v1/realtime/calls/{call_id}", summary="One call: state, SIP details, transfers")
+    @app.get("/v1/realtime/calls/{call_id}",
+             summary="One call: state, SIP details, transfers, the timeline")
     async def get_call(call_id: str) -> dict[str, Any]:
-        with call_control() as calls:
+        calls = manager()
+        try:
             return calls.get(call_id).to_dict()
+        except CallError as exc:
+            record = None
+            if control.store is not None:
+                record = await asyncio.to_thread(control.store.get_call, call_id)
+            if record is None:
+                raise _call_error(exc) from None
+            return dict(record)
+
+    @app.get("/v1/realtime/calls/{call_id}/recording", summary="The call's stereo WAV",
+             response_class=FileResponse)
+    async def recording(call_id: str) -> FileResponse:
+        record = await get_call(call_id)
+        path = record.get("recording")
+        if not path or not Path(str(path)).is_file():
+            raise ApiError(404, f"Call '{call_id}' has no recording.", code="not_found")
+        return FileResponse(str(path), media_type="audio/wav",
+                            filename=f"{call_id}.wav")
 
     @app.websocket("/v1/realtime")
     async def sideband(ws: WebSocket) -> None:
@@ -310,11 +350,17 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         clients = control.sideband.clients.setdefault(call_id, set())
         clients.add(queue)
         sender = asyncio.create_task(_send_events(ws, queue))
+        client = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        control.note(call_id, "sideband", status="connected", client=client)
         try:
             await ws.send_json(session.created_event())
             while True:
                 raw = await ws.receive_text()
                 own, everyone = session.handle(raw)
+                kind = next((e["error"].get("code") for e in own if e.get("type") == "error"),
+                            None)
+                control.note(call_id, "sideband", status="client_event",
+                             event=_event_type(raw), error=kind)
                 for event in own:
                     queue.put_nowait(event)
                 for event in everyone:
@@ -322,12 +368,31 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            control.note(call_id, "sideband", status="disconnected", client=client)
             clients.discard(queue)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
     return app
+
+
+def _matches(call: dict[str, Any], state: str | None, since: float | None,
+             until: float | None, caller: str | None, transfer_status: str | None) -> bool:
+    created = call.get("created_at") or 0.0
+    return ((state is None or call.get("state") == state)
+            and (since is None or created >= since) and (until is None or created < until)
+            and (caller is None or caller in str(call["sip"].get("from") or ""))
+            and (transfer_status is None
+                 or any(t.get("status") == transfer_status for t in call["transfers"])))
+
+
+def _event_type(raw: str) -> str:
+    try:
+        kind = json.loads(raw).get("type")
+    except (ValueError, AttributeError):
+        return "(not a JSON object)"
+    return kind[:64] if isinstance(kind, str) else "(no type)"
 
 
 def _no_session_reason(control: Control, call_id: str) -> str:

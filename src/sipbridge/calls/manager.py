@@ -68,6 +68,17 @@ log = logging.getLogger("sipbridge.calls")
 Scheduler = Callable[[float, Callable[[], None]], Callable[[], None]]
 
 
+class Timeline(list[dict[str, object]]):
+    """A call's timeline; `sink` (the store) sees each entry as it is added."""
+
+    sink: Callable[[dict[str, object]], None] | None = None
+
+    def append(self, entry: dict[str, object]) -> None:
+        super().append(entry)
+        if self.sink is not None:
+            self.sink(entry)
+
+
 RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the store has them
 PRIVATE_HEADERS = {"authorization", "proxy-authorization"}  # never shown to the application
 
@@ -164,8 +175,9 @@ class Call:
     session: dict[str, object] | None = None  # the accepted session config
     options: dict[str, object] = field(default_factory=dict)  # accept's "sipbridge" extension
     transfers: list[TransferJob] = field(default_factory=list)
-    timeline: list[dict[str, object]] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=Timeline)
     webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
+    recording: str | None = None  # the stereo WAV's path, when calls are recorded
 
     def to_dict(self) -> dict[str, object]:
         """The call record the API shows (GET /v1/realtime/calls/{id})."""
@@ -183,6 +195,7 @@ class Call:
             },
             "transfers": [t.to_dict() for t in self.transfers],
             "timeline": list(self.timeline),
+            "recording": self.recording,
             "webhooks": [w.to_dict() for w in self.webhooks],
         }
 
@@ -211,6 +224,7 @@ class CallManager:
         on_end: Callable[[Call], None] | None = None,
         on_media: Callable[[Call, MediaSession], None] | None = None,
         on_digit: Callable[[Call, str], None] | None = None,
+        on_change: Callable[[Call], None] | None = None,
         transfer_timers: TransferTimers | None = None,
         transfer_fallback: str = "none",
         tel_uri: str | None = None,
@@ -237,6 +251,7 @@ class CallManager:
         self.on_end = on_end
         self.on_media = on_media  # media started for a call the gateway does not echo/play
         self.on_digit = on_digit
+        self.on_change = on_change  # a call was created, answered, ended, or its transfer moved
         self.transfer_timers = transfer_timers or TransferTimers()
         self.transfer_fallback = transfer_fallback
         self.tel_uri = tel_uri
@@ -245,6 +260,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self._by_leg: dict[str, Call] = {}
+        self.by_sip_id: dict[str, Call] = {}  # SIP Call-ID (its own, or a bridge leg's) ->
         self.ended = 0
 
     def handle(self, event: Event) -> None:
@@ -294,6 +310,8 @@ class CallManager:
         )
         self.calls[call.id] = call
         self._by_leg[event.leg_id] = call
+        self.by_sip_id[call.sip_call_id] = call
+        self._changed(call)
         log.info("call %s from %s to %s", call.id, call.caller, call.callee)
         if req.body and req.content_type != "application/sdp":
             self.ua.reject(event.leg_id, 415, now, headers=[("Accept", "application/sdp")])
@@ -363,6 +381,7 @@ class CallManager:
         self.ua.answer(call.leg_id, call.local_sdp, self.clock())
         call.state = CallState.ACTIVE
         call.answered_at = time.time()
+        self._changed(call)
         if call.audio is not None:
             self._start_media(call)
 
@@ -393,6 +412,7 @@ class CallManager:
             call.cancel_timer()
         call.session = session
         call.options = dict(options or {})
+        self._api(call, "accept")
         self._answer(call)
         log.info("call %s accepted by the application", call.id)
         return call
@@ -405,6 +425,7 @@ class CallManager:
                             "accepted; use hangup to end it.")
         call.end_reason = "rejected"
         call.final_status = status
+        self._api(call, "reject", status_code=status)
         self.ua.reject(call.leg_id, status, self.clock())
         log.info("call %s rejected by the application with %d", call.id, status)
         return call
@@ -413,6 +434,7 @@ class CallManager:
         """End a call: BYE once answered, 480 while it still rings."""
         call = self._live(call_id, "hang up")
         call.end_reason = "hangup"
+        self._api(call, "hangup")
         if call.state is CallState.RINGING:
             call.final_status = 480
         self.ua.hangup(call.leg_id, self.clock())
@@ -433,6 +455,7 @@ class CallManager:
                             f"{running[0].id} to {running[0].machine.target} is still in "
                             "progress.")
         now = self.clock()
+        self._api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
                                    self.transfer_timers), mode, list(headers or []))
@@ -464,6 +487,14 @@ class CallManager:
         except CallError as exc:
             return None, exc.message
 
+    def _changed(self, call: Call) -> None:
+        if self.on_change is not None:
+            self.on_change(call)
+
+    @staticmethod
+    def _api(call: Call, action: str, **details: object) -> None:
+        call.timeline.append({"at": time.time(), "kind": "api", "action": action, **details})
+
     def _call_fallback(self, call: Call) -> str:
         mode = call.options.get("transfer_fallback")
         return mode if isinstance(mode, str) else self.transfer_fallback
@@ -477,13 +508,16 @@ class CallManager:
     def _steps(self, call: Call, job: TransferJob, steps: list[TransferStep]) -> None:
         """Report a transfer's changes, re-arm its timer, and act on its outcome."""
         for step in steps:
-            call.timeline.append({"at": time.time(), "kind": "transfer", "transfer_id": job.id,
-                                  **step.to_dict()})
+            entry = {"kind": "transfer", "transfer_id": job.id, **step.to_dict()}
+            entry["clock"], entry["at"] = entry["at"], time.time()  # the machine's clock; wall
+            call.timeline.append(entry)
             log.info("call %s: transfer %s %s%s%s", call.id, job.id, step.status,
                      f" {step.sip_status}" if step.sip_status else "",
                      f" ({step.reason})" if step.reason else "")
             if self.on_transfer is not None:
                 self.on_transfer(call, job, step)
+        if steps:
+            self._changed(call)
         if job.cancel_timer is not None:
             job.cancel_timer()
             job.cancel_timer = None
@@ -621,6 +655,9 @@ class CallManager:
             return
         job.bridge_leg = leg_id
         self._bridges[leg_id] = (call, job, offer)
+        outbound = self.ua.leg(leg_id)
+        if outbound is not None:
+            self.by_sip_id[outbound.invite.call_id] = call
         job.fallback = {"mode": "bridge", "status": "dialing", "target_uri": target}
         log.info("call %s: transfer %s %s; dialing %s to bridge", call.id, job.id,
                  job.status, target)
@@ -732,12 +769,24 @@ class CallManager:
         session = self.media.stop(call.id)
         if session is not None:
             log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
+            rx = session.rx
+            call.timeline.append({
+                "at": time.time(), "kind": "media", "packets_in": session.stats.packets_in,
+                "packets_out": session.stats.packets_out, "lost": max(rx.lost, 0),
+                "jitter_ms": round(rx.jitter_ms(8000), 2), "late": session.jitter.late,
+                "concealed": session.jitter.concealed,
+                "dtmf": "".join(d.digit for d in session.digits),
+                "dropped": dict(session.dropped)})
+        call.timeline.append({"at": time.time(), "kind": "call", "status": "ended",
+                              "reason": call.end_reason})
         for job in call.transfers:
             if job.cancel_timer is not None:
                 job.cancel_timer()
                 job.cancel_timer = None
         self.calls.pop(call.id, None)
+        self.by_sip_id.pop(call.sip_call_id, None)
         self.ended += 1
+        self._changed(call)
         if self.on_end is not None:
             self.on_end(call)
         self.recent[call.id] = call  # the application or an operator may still ask

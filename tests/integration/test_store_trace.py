@@ -1,0 +1,92 @@
+"""The call store and `sipbridge trace`: records survive a kill -9 of the gateway (the
+call in progress is marked ended abnormally at the next start), and the trace of a
+failed transfer names the failing step and its SIP status."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.appside import KEY, App, start_app
+from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipbridge", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def app(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Iterator[App]:
+    yield from start_app(start_gateway, tmp_path, transfer_fallback="none")
+
+
+def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None:
+    sipp = app.call("transfer_busy.xml", timeout=40, recv_timeout=20)
+    call_id = app.incoming().data.call_id
+    app.client.realtime.calls.accept(call_id, type="realtime")
+    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
+    assert sipp.result(timeout=60).ok
+    app.wait_for(call_id, lambda r: r["state"] == "ended")
+    store = app.gateway.config["store"]
+    time.sleep(0.3)  # the store's writer commits within milliseconds
+    trace = cli("trace", call_id, "--store", store)
+    assert trace.returncode == 0, trace.stderr
+    failed = [ln for ln in trace.stdout.splitlines() if "<== FAILED" in ln]
+    assert failed and "transfer failed 486 (Busy Here)" in failed[0], trace.stdout
+    lines = trace.stdout.splitlines()
+    order = [next(i for i, ln in enumerate(lines) if marker in ln)
+             for marker in ("INVITE sip:", "accept", "REFER sip:", "SIP/2.0 202",
+                            "transfer failed")]
+    assert order == sorted(order), trace.stdout  # SIP, API and transfer steps interleaved
+    calls = cli("calls", "--store", store, "--transfer", "failed")
+    assert call_id in calls.stdout and "failed 486" in calls.stdout, calls.stdout
+    full = cli("trace", call_id, "--store", store, "--full")
+    assert "Refer-To: <tel:+61420351258>" in full.stdout
+
+
+def test_a_killed_gateway_loses_no_reported_record(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    store = str(tmp_path / "calls.db")
+    gateway = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
+    text = (SCENARIOS / "uac_listen.xml").read_text()
+    scenario = tmp_path / "listen.xml"
+    scenario.write_text(text.replace("__RTP_PORT__", "40000").replace("__HOLD__", "4000"))
+    sipp = threading.Thread(target=run_sipp, args=(gateway.address, scenario,
+                                                   tmp_path / "sipp"), daemon=True)
+    sipp.start()
+    base = f"http://127.0.0.1:{gateway.http_port}/v1"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    deadline = time.monotonic() + 10
+    calls: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        calls = httpx.get(f"{base}/realtime/calls", headers=headers).json()["data"]
+        if calls and calls[0]["state"] == "active":
+            break
+        time.sleep(0.05)
+    assert calls and calls[0]["state"] == "active"
+    call_id = str(calls[0]["id"])
+    time.sleep(0.3)  # what was reported is committed within milliseconds
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait(5)
+    sipp.join(30)
+    again = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
+    record = httpx.get(f"http://127.0.0.1:{again.http_port}/v1/realtime/calls/{call_id}",
+                       headers=headers).json()
+    assert record["state"] == "ended"
+    assert record["end_reason"] == "abnormal: gateway_restarted"
+    sip = [e["line"] for e in record["timeline"] if e["kind"] == "sip"]
+    assert sip[0].startswith("INVITE ") and "SIP/2.0 200 OK" in sip  # written before the kill
+    assert record["timeline"][-1]["kind"] == "gateway"

@@ -1,0 +1,320 @@
+"""The SQLite call store: round trips, filters, restart handling, retention, durability."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbridge.store import SqliteStore
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def call(call_id: str, **fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": call_id,
+        "state": "ringing",
+        "created_at": 1000.0,
+        "answered_at": None,
+        "ended_at": None,
+        "end_reason": None,
+        "caller": "sip:+14155550100@carrier.example",
+        "callee": "sip:+14155550199@gw.example",
+        "sip": {"call_id": f"{call_id}@carrier", "from_tag": "a1"},
+        "transfers": [],
+        "webhooks": [],
+        "recording": None,
+    }
+    record.update(fields)
+    return record
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "calls.db", retention_days=30)
+    yield s
+    s.close()
+
+
+def test_round_trip_call_and_timeline_in_order(store: SqliteStore) -> None:
+    record = call(
+        "rtc_1",
+        state="active",
+        answered_at=1001.5,
+        transfers=[{"target": "tel:+1415", "status": "succeeded"}],
+        webhooks=[{"type": "realtime.call.incoming", "status": 200}],
+        recording="/var/rec/rtc_1.wav",
+    )
+    store.upsert_call(record)
+    kinds = ["sip", "webhook", "api", "sideband", "dtmf", "transfer", "media", "agent"]
+    for i, kind in enumerate(kinds):
+        # same timestamp for all: order must come from insertion, not from `at`
+        store.add_event("rtc_1", 1001.0, kind, {"n": i, "detail": {"x": [1, 2]}})
+    store.add_event("rtc_2", 1001.0, "sip", {"n": 99})  # another call's timeline
+    assert store.flush()
+
+    got = store.get_call("rtc_1")
+    assert got is not None
+    timeline = got.pop("timeline")
+    assert got == record
+    assert [e["kind"] for e in timeline] == kinds
+    assert timeline[0] == {"at": 1001.0, "kind": "sip", "n": 0, "detail": {"x": [1, 2]}}
+    assert [e["n"] for e in timeline] == list(range(len(kinds)))
+    assert store.get_call("rtc_missing") is None
+
+
+def test_upsert_replaces_and_keeps_extra_fields(store: SqliteStore) -> None:
+    store.upsert_call(call("rtc_1", custom={"a": 1}))
+    store.add_event("rtc_1", 1000.0, "sip", {"method": "INVITE"})
+    store.upsert_call(
+        call("rtc_1", state="ended", ended_at=1060.0, end_reason="remote_bye", custom={"a": 2})
+    )
+    assert store.flush()
+    got = store.get_call("rtc_1")
+    assert got is not None
+    assert got["state"] == "ended"
+    assert got["ended_at"] == 1060.0
+    assert got["end_reason"] == "remote_bye"
+    assert got["custom"] == {"a": 2}
+    assert [e["kind"] for e in got["timeline"]] == ["sip"]  # replacing keeps the timeline
+    assert len(store.list_calls()) == 1
+
+
+def test_record_is_captured_when_queued(store: SqliteStore) -> None:
+    record = call("rtc_1")
+    store.upsert_call(record)
+    record["transfers"].append({"status": "failed"})  # the caller goes on mutating it
+    record["state"] = "active"
+    assert store.flush()
+    got = store.get_call("rtc_1")
+    assert got is not None
+    assert got["state"] == "ringing"
+    assert got["transfers"] == []
+
+
+def test_list_filters_order_and_limit(store: SqliteStore) -> None:
+    store.upsert_call(call("rtc_a", created_at=100.0, state="ended", ended_at=150.0,
+                           caller="sip:+14155550100@a.example",
+                           transfers=[{"status": "failed"}, {"status": "succeeded"}]))
+    store.upsert_call(call("rtc_b", created_at=200.0, state="active",
+                           caller="sip:+442071234567@b.example",
+                           transfers=[{"status": "timed_out"}]))
+    store.upsert_call(call("rtc_c", created_at=300.0, state="ringing",
+                           caller="sip:+14155550777@c.example"))
+    store.upsert_call(call("rtc_d", created_at=400.0, state="ended", ended_at=410.0,
+                           caller="anonymous", transfers=[{"status": "failed"}]))
+    assert store.flush()
+
+    def ids(**kw: Any) -> list[str]:
+        return [c["id"] for c in store.list_calls(**kw)]
+
+    assert ids() == ["rtc_d", "rtc_c", "rtc_b", "rtc_a"]
+    assert ids(limit=2) == ["rtc_d", "rtc_c"]
+    assert ids(limit=0) == []
+    assert ids(state="ended") == ["rtc_d", "rtc_a"]
+    assert ids(since=200.0) == ["rtc_d", "rtc_c", "rtc_b"]
+    assert ids(until=300.0) == ["rtc_b", "rtc_a"]
+    assert ids(since=150.0, until=350.0) == ["rtc_c", "rtc_b"]
+    assert ids(caller="+1415555") == ["rtc_c", "rtc_a"]
+    assert ids(caller="b.example") == ["rtc_b"]
+    assert ids(caller="%") == []  # a substring, not a LIKE pattern
+    assert ids(transfer_status="failed") == ["rtc_d", "rtc_a"]
+    assert ids(transfer_status="succeeded") == ["rtc_a"]
+    assert ids(transfer_status="unconfirmed") == []
+    assert ids(state="ended", transfer_status="failed", caller="+1415") == ["rtc_a"]
+    assert all("timeline" not in c for c in store.list_calls())
+    assert store.list_calls(state="active")[0]["transfers"] == [{"status": "timed_out"}]
+
+
+def test_mark_unfinished(store: SqliteStore) -> None:
+    store.upsert_call(call("rtc_ringing"))
+    store.upsert_call(call("rtc_active", state="active", answered_at=1001.0))
+    store.upsert_call(call("rtc_done", state="ended", ended_at=1002.0, end_reason="local_bye"))
+    before = time.time()
+    # no flush: mark_unfinished is ordered after the writes queued before it
+    assert store.mark_unfinished() == 2
+    for call_id in ("rtc_ringing", "rtc_active"):
+        got = store.get_call(call_id)
+        assert got is not None
+        assert got["state"] == "ended"
+        assert got["ended_at"] >= before
+        assert got["end_reason"] == "abnormal: gateway_restarted"
+        assert got["timeline"][-1]["kind"] == "gateway"
+        assert got["timeline"][-1]["status"] == "restarted"
+    done = store.get_call("rtc_done")
+    assert done is not None
+    assert done["end_reason"] == "local_bye"
+    assert done["timeline"] == []
+    assert store.mark_unfinished() == 0
+
+
+def test_purge_with_retention(tmp_path: Path) -> None:
+    day = 86400.0
+    now = 100 * day
+    with SqliteStore(tmp_path / "calls.db", retention_days=7) as store:
+        store.upsert_call(call("rtc_old", state="ended", created_at=now - 10 * day,
+                               ended_at=now - 10 * day))
+        store.upsert_call(call("rtc_recent", state="ended", created_at=now - 8 * day,
+                               ended_at=now - 6 * day))
+        store.upsert_call(call("rtc_live", state="active", created_at=now - 9 * day))
+        store.add_event("rtc_old", now - 10 * day, "sip", {})
+        store.add_event("rtc_recent", now - 6 * day, "sip", {})
+        store.add_event("rtc_orphan", now - 20 * day, "sip", {})
+        assert store.purge(now=now) == 1
+        assert store.get_call("rtc_old") is None
+        assert {c["id"] for c in store.list_calls()} == {"rtc_recent", "rtc_live"}
+        with sqlite3.connect(tmp_path / "calls.db") as raw:
+            left = raw.execute("SELECT call_id FROM events ORDER BY id").fetchall()
+        assert left == [("rtc_recent",)]
+        assert store.purge(now=now) == 0
+
+    with SqliteStore(tmp_path / "calls.db") as keep_forever:
+        assert keep_forever.purge(now=now + 1000 * day) == 0
+        assert len(keep_forever.list_calls()) == 2
+
+
+def test_writes_do_not_block_on_a_locked_database(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    with SqliteStore(path, busy_timeout=10.0) as store:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the disk is "stuck": no writer can get in
+        try:
+            for i in range(1000):
+                store.upsert_call(call(f"rtc_{i:04d}", created_at=float(i)))
+                store.add_event(f"rtc_{i:04d}", float(i), "sip", {"i": i})
+            # every call returned although nothing could be written yet
+            assert store.list_calls(limit=5) == []
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert store.flush(timeout=10.0)
+        calls = store.list_calls(limit=5000)
+        assert len(calls) == 1000
+        assert calls[0]["id"] == "rtc_0999"
+        got = store.get_call("rtc_0500")
+        assert got is not None
+        assert got["timeline"] == [{"at": 500.0, "kind": "sip", "i": 500}]
+        assert store.write_errors == 0
+        assert store.dropped == 0
+
+
+def test_reopen_runs_no_migration_twice(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    with SqliteStore(path) as store:
+        store.upsert_call(call("rtc_1"))
+    with SqliteStore(path) as store:
+        assert store.get_call("rtc_1") is not None
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        raw.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(RuntimeError, match="newer"):
+        SqliteStore(path)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sipbridge.store import SqliteStore
+
+    store = SqliteStore(sys.argv[1])
+    store.upsert_call({"id": "rtc_crash", "state": "active", "created_at": 1.0,
+                       "answered_at": 2.0, "ended_at": None, "caller": "sip:alice@x",
+                       "callee": "sip:bot@y", "sip": {}, "transfers": [], "webhooks": []})
+    for i in range(5):
+        store.add_event("rtc_crash", 2.0 + i, "sip", {"i": i})
+    assert store.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_durable_across_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    pythonpath = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+
+    with SqliteStore(path) as store:
+        got = store.get_call("rtc_crash")
+        assert got is not None
+        assert got["state"] == "active"
+        assert [e["i"] for e in got["timeline"]] == [0, 1, 2, 3, 4]
+        assert store.mark_unfinished() == 1
+        got = store.get_call("rtc_crash")
+        assert got is not None
+        assert got["state"] == "ended"
+        assert got["end_reason"] == "abnormal: gateway_restarted"
+        assert got["timeline"][-1]["kind"] == "gateway"
+
+
+def test_write_errors_are_logged_and_counted_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "calls.db"
+    caplog.set_level(logging.DEBUG, logger="sipbridge.store")
+    store = SqliteStore(path, busy_timeout=0.05)
+
+    # a locked database: the write fails after the busy timeout, flush says so
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    store.upsert_call(call("rtc_locked"))
+    assert store.flush() is False
+    assert store.write_errors == 1
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert any("writes failed" in r.getMessage() for r in caplog.records)
+
+    # the writer is still alive and well
+    store.upsert_call(call("rtc_ok"))
+    assert store.flush() is True
+    assert store.get_call("rtc_ok") is not None
+
+    # a record that cannot be stored: a bad value, a missing id
+    store.upsert_call(call("rtc_bad", created_at={"not": "a number"}))
+    store.upsert_call({"state": "ringing"})
+    assert store.flush() is False
+    assert store.write_errors == 3
+    assert store.get_call("rtc_bad") is None
+
+    # writes after close are ignored and counted
+    store.close()
+    store.upsert_call(call("rtc_late"))
+    store.add_event("rtc_late", 1.0, "sip", {})
+    assert store.write_errors == 5
+    assert store.flush() is False
+    assert store.mark_unfinished() == 0
+    store.close()  # idempotent
+    assert any("after close" in r.getMessage() for r in caplog.records)
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    store = SqliteStore(path, max_queue=1, busy_timeout=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer is stuck on its first write
+    try:
+        for i in range(20):
+            store.add_event("rtc_1", float(i), "sip", {"i": i})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # at most one write in the writer's hands and one in the queue
+    assert store.dropped >= 18
+    store.close()
