@@ -23,6 +23,7 @@ from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
+from sipbridge.metrics import Metrics
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
@@ -64,6 +65,8 @@ class Gateway:
         self.sideband = SidebandHubs()
         self._inbound: tuple[bytes, Address] | None = None
         self.store: Any = None
+        self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0)
+        self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
         self.local_model: Any = None
@@ -236,6 +239,7 @@ class Gateway:
             on_function_call=lambda name, tool_call, args: self._agent_tool(
                 call, name, tool_call, args),
             on_status=lambda kind, detail: self._agent_status(call, kind, detail),
+            on_latency=self.metrics.model_latency.observe,
             reconnects=self.config.agent_reconnects,
         )
         self.agents[call.id] = bridge
@@ -305,7 +309,23 @@ class Gateway:
             self.sideband.publish(call_id, {"type": "input_audio_buffer.dtmf_event_received",
                                             "event": digit, "received_at": int(time.time())})
 
+    def _count_end(self, call: Call) -> None:
+        self._setup_seen.discard(call.id)
+        reason = (call.end_reason or "unknown").split(":")[0][:32]
+        self.metrics.calls.labels(reason).inc()
+        media = next((e for e in reversed(call.timeline) if e.get("kind") == "media"), None)
+        if media is not None:
+            lost, received, jitter = (media.get("lost"), media.get("packets_in"),
+                                      media.get("jitter_ms"))
+            if isinstance(lost, int) and lost > 0:
+                self.metrics.rtp_lost.inc(lost)
+            if isinstance(received, int) and received > 0:
+                self.metrics.rtp_received.inc(received)
+                if isinstance(jitter, int | float):
+                    self.metrics.jitter.observe(jitter / 1000)
+
     def _on_end(self, call: Call) -> None:
+        self._count_end(call)
         self.sideband.close(call.id)
         bridge = self.agents.pop(call.id, None)
         if bridge is not None and self.loop is not None:
@@ -335,6 +355,8 @@ class Gateway:
             if bridge is not None:  # the model hears how its transfer went
                 bridge.function_output(tool_call, tool_output(machine),
                                        respond=step.status != SUCCEEDED)
+        if step is not None and step.final:
+            self.metrics.transfers.labels(step.status).inc()
         if step is None or not step.final or self.webhooks is None:
             return
         kind = "succeeded" if step.status == SUCCEEDED else "failed"
@@ -354,6 +376,9 @@ class Gateway:
 
     def _on_change(self, call: Call) -> None:
         """The call's record to the store (its timeline goes there entry by entry)."""
+        if call.answered_at is not None and call.id not in self._setup_seen:
+            self._setup_seen.add(call.id)
+            self.metrics.setup.observe(max(0.0, call.answered_at - call.created_at))
         store = self.store
         if store is None:
             return
@@ -379,9 +404,12 @@ class Gateway:
         if call is not None:
             call.timeline.append({"at": time.time(), "kind": kind, **data})
 
-    @staticmethod
-    def _webhook_attempt(call: Call) -> Callable[[Any, Any], None]:
+    def _webhook_attempt(self, call: Call) -> Callable[[Any, Any], None]:
+        metrics = self.metrics
+
         def attempt(delivery: Any, result: Any) -> None:
+            if result.error or not 200 <= (result.status_code or 0) < 300:
+                metrics.webhook_failures.labels(delivery.event_type).inc()
             call.timeline.append({"at": time.time(), "kind": "webhook",
                                   "type": delivery.event_type, "attempt": result.number,
                                   "status_code": result.status_code, "error": result.error,

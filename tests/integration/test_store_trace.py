@@ -54,6 +54,14 @@ def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None
     assert call_id in calls.stdout and "failed 486" in calls.stdout, calls.stdout
     full = cli("trace", call_id, "--store", store, "--full")
     assert "Refer-To: <tel:+61420351258>" in full.stdout
+    metrics = httpx.get(f"http://127.0.0.1:{app.gateway.http_port}/metrics").text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in metrics.splitlines() if line and not line.startswith("#")}
+    assert values['sipbridge_transfers_total{status="failed"}'] == 1
+    assert values['sipbridge_calls_total{reason="remote_bye"}'] == 1
+    assert values["sipbridge_calls_active"] == 0
+    assert values["sipbridge_call_setup_seconds_count"] == 1
+    assert 0.2 < values["sipbridge_call_setup_seconds_sum"] < 5  # rang until accepted
 
 
 def test_a_killed_gateway_loses_no_reported_record(

@@ -62,6 +62,7 @@ class AgentBridge:
         on_event: Callable[[dict[str, Any]], None] = lambda e: None,
         on_function_call: Callable[[str, str, str], None] | None = None,
         on_status: Callable[[str, str], None] = lambda kind, detail: None,
+        on_latency: Callable[[float], None] = lambda seconds: None,
         reconnects: int = 3,
         backoff: float = 0.5,
     ) -> None:
@@ -74,6 +75,8 @@ class AgentBridge:
         self.on_event = on_event
         self.on_function_call = on_function_call
         self.on_status = on_status
+        self.on_latency = on_latency  # end of caller speech to the model's first audio
+        self._speech_stopped: float | None = None
         self.reconnects = reconnects
         self.backoff = backoff
         self.input_format = _format(self.session, "input")
@@ -216,7 +219,12 @@ class AgentBridge:
     def _server_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "response.output_audio.delta":
+            if self._speech_stopped is not None:
+                self.on_latency(time.monotonic() - self._speech_stopped)
+                self._speech_stopped = None
             self._agent_audio(str(event.get("item_id", "")), str(event.get("delta", "")))
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._speech_stopped = time.monotonic()
         elif kind == "input_audio_buffer.speech_started":
             self._barge_in()
         self.on_event(event)

@@ -38,6 +38,7 @@ from sipbridge.api.session import SidebandSession
 from sipbridge.calls.manager import Call, CallError, CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
+from sipbridge.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("sipbridge.api")
 
@@ -53,6 +54,7 @@ class Control(Protocol):
     calls: CallManager | None
     sideband: SidebandHubs
     store: Any  # the call store (SqliteStore) or None
+    metrics: Metrics
 
     def pump(self) -> None:
         """Send what the SIP core queued (after a call-control request)."""
@@ -325,6 +327,10 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             raise ApiError(404, f"Call '{call_id}' has no recording.", code="not_found")
         return FileResponse(str(path), media_type="audio/wav",
                             filename=f"{call_id}.wav")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(control.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.websocket("/v1/realtime")
     async def sideband(ws: WebSocket) -> None:
