@@ -357,6 +357,11 @@ class Gateway:
                                        respond=step.status != SUCCEEDED)
         if step is not None and step.final:
             self.metrics.transfers.labels(step.status).inc()
+        if (job.fallback or {}).get("status") == "answered":
+            # The caller talks with the target now: the model leaves the call.
+            bridge = self.agents.pop(call.id, None)
+            if bridge is not None and self.loop is not None:
+                self.loop.create_task(bridge.close())
         if step is None or not step.final or self.webhooks is None:
             return
         kind = "succeeded" if step.status == SUCCEEDED else "failed"

@@ -212,8 +212,9 @@ def test_a_model_that_cannot_be_reached_does_not_leave_the_caller_in_silence(
         agent = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)[:, 1]
     assert np.abs(agent.astype(np.int32)).max() > 3000  # the caller was told, not left silent
     assert np.count_nonzero(np.abs(agent) > 500) > 8000  # a whole sentence of it
-    [call] = httpx.get(f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls",
-                       headers={"Authorization": "Bearer k"}).json()["data"]
+    base = f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls"
+    [listed] = httpx.get(base, headers={"Authorization": "Bearer k"}).json()["data"]
+    call = httpx.get(f"{base}/{listed['id']}", headers={"Authorization": "Bearer k"}).json()
     assert call["end_reason"] == "agent_failed"
     steps = [e["status"] for e in call["timeline"] if e["kind"] == "agent"]
     assert steps == ["dropped", "failed"]

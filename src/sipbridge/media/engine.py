@@ -130,6 +130,8 @@ class MediaEngine:
             src.on_audio = forward
             src.follow_input = False
 
+        a.clear_playout()  # whatever was queued for either side (an agent's words) goes
+        b.clear_playout()
         join(a, b)
         join(b, a)
 

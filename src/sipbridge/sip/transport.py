@@ -102,18 +102,27 @@ class SipTransport:
         """Bind UDP and TCP on the same port (port 0: the UDP port the OS picks)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        udp_sock = socket.socket(family, socket.SOCK_DGRAM)
-        udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        udp_sock.bind((host, port))
-        self.port = udp_sock.getsockname()[1]
+        for attempt in range(20):
+            udp_sock = socket.socket(family, socket.SOCK_DGRAM)
+            udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            udp_sock.bind((host, port))
+            self.port = udp_sock.getsockname()[1]
+            try:
+                self._server = await loop.create_server(
+                    lambda: _TcpConnection(self), host, self.port, reuse_address=True,
+                    backlog=1024,
+                )
+                break
+            except OSError:
+                udp_sock.close()
+                # Port 0: the UDP port the OS picked may be taken for TCP; pick again.
+                if port != 0 or attempt == 19:
+                    raise
         self.host = host
         _, protocol = await loop.create_datagram_endpoint(
             lambda: _Udp(self.on_message), sock=udp_sock
         )
         self._udp = protocol
-        self._server = await loop.create_server(
-            lambda: _TcpConnection(self), host, self.port, reuse_address=True, backlog=1024
-        )
         self._sweeper = asyncio.create_task(self._sweep_idle())
 
     def send(self, data: bytes, dest: Address) -> None:
