@@ -27,7 +27,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import openai
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sip_cps import LOOPBACK, start_sipbridge, stop
+from sip_cps import LOOPBACK, start_sipbridge, stop, workdir
 
 from tests.integration.peers import make_speech_wav
 from tests.integration.rtpcaller import RtpCaller, voiced
@@ -145,12 +144,8 @@ def main() -> int:
             print(f"agent_latency: {tool} is not installed (bash scripts/setup.sh)",
                   file=sys.stderr)
             return 1
-    if args.keep:
-        workdir = Path(args.keep)
-        workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, workdir)
-    with tempfile.TemporaryDirectory(prefix="agent_latency-") as tmp:
-        return run(args, Path(tmp))
+    with workdir(args.keep, "agent_latency-") as root:
+        return run(args, root)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sip_cps import LOOPBACK, cpu_seconds, start_sipbridge, stop
+from sip_cps import LOOPBACK, cpu_seconds, start_sipbridge, stop, workdir
 
 PERIOD = 0.020  # one PCMU frame: 160 samples at 8 kHz
 SAMPLES = 160
@@ -708,40 +707,36 @@ def main() -> int:
         flush=True,
     )
 
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="media_echo-"))
-    root.mkdir(parents=True, exist_ok=True)
     good, bad, failed = 0, 0, None
     cpu_bound: Step | None = None
-    try:
-        print(HEADER)
-        for n in steps:
-            step = run_step(n, args, root)
-            print_step(step)
-            if cpu_bound is None and step.gateway_cpu >= CPU_BOUND:
-                cpu_bound = step
-            if step.verdict()[0]:
-                good = n if failed is None else good
-            elif failed is None:
-                bad, failed = n, step
-                if not args.all:
-                    break
-            time.sleep(args.cooldown)
-        if failed is not None and not failed.generator_limited and not args.all:
-            while bad - good > max(args.resolution, good * args.resolution_pct / 100):
-                time.sleep(args.cooldown)
-                n = (good + bad) // 2
+    with workdir(args.keep, "media_echo-") as root:
+        try:
+            print(HEADER)
+            for n in steps:
                 step = run_step(n, args, root)
                 print_step(step)
+                if cpu_bound is None and step.gateway_cpu >= CPU_BOUND:
+                    cpu_bound = step
                 if step.verdict()[0]:
-                    good = n
-                else:
+                    good = n if failed is None else good
+                elif failed is None:
                     bad, failed = n, step
-    except KeyboardInterrupt:
-        print("media_echo: interrupted")
-        return 130
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+                    if not args.all:
+                        break
+                time.sleep(args.cooldown)
+            if failed is not None and not failed.generator_limited and not args.all:
+                while bad - good > max(args.resolution, good * args.resolution_pct / 100):
+                    time.sleep(args.cooldown)
+                    n = (good + bad) // 2
+                    step = run_step(n, args, root)
+                    print_step(step)
+                    if step.verdict()[0]:
+                        good = n
+                    else:
+                        bad, failed = n, step
+        except KeyboardInterrupt:
+            print("media_echo: interrupted")
+            return 130
 
     shown = f">={good}" if failed is None else str(good)
     print(

@@ -18,6 +18,7 @@ from the same machine in the same run. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,19 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
     if core is None or shutil.which("taskset") is None:
         return cmd
     return ["taskset", "-c", str(core), *cmd]
+
+
+@contextlib.contextmanager
+def workdir(keep: str | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's files: in `keep` (made if missing, left in place), or in a temporary
+    directory removed afterwards."""
+    if keep:
+        path = Path(keep)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -360,19 +375,15 @@ def main() -> int:
         flush=True,
     )
 
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sip_cps-"))
-    root.mkdir(parents=True, exist_ok=True)
     results: dict[str, tuple[int, bool]] = {}
-    try:
-        print(HEADER)
-        for target in targets:
-            results[target] = search(target, args, root)
-    except KeyboardInterrupt:
-        print("sip_cps: interrupted")
-        return 130
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    with workdir(args.keep, "sip_cps-") as root:
+        try:
+            print(HEADER)
+            for target in targets:
+                results[target] = search(target, args, root)
+        except KeyboardInterrupt:
+            print("sip_cps: interrupted")
+            return 130
 
     def shown(target: str) -> str:
         rate, capped = results[target]

@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -42,7 +41,7 @@ import openai
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sip_cps import LOOPBACK, free_port, start_sipbridge, stop
+from sip_cps import LOOPBACK, free_port, start_sipbridge, stop, workdir
 
 from tests.integration.appside import KEY, SECRET, WebhookSink
 
@@ -191,12 +190,8 @@ def main() -> int:
     if shutil.which("sipp") is None:
         print("transfer_latency: SIPp is not installed (bash scripts/setup.sh)", file=sys.stderr)
         return 1
-    if args.keep:
-        workdir = Path(args.keep)
-        workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, workdir)
-    with tempfile.TemporaryDirectory(prefix="transfer_latency-") as tmp:
-        return run(args, Path(tmp))
+    with workdir(args.keep, "transfer_latency-") as root:
+        return run(args, root)
 
 
 if __name__ == "__main__":

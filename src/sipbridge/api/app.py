@@ -97,6 +97,16 @@ class SidebandHubs:
             queue.put_nowait(None)
 
 
+def _fallback(options: dict[str, Any], key: str) -> str | None:
+    """The transfer fallback named in a body's `sipbridge` options, checked (400 if unknown)."""
+    fallback = options.get(key)
+    if fallback is not None and fallback not in TRANSFER_FALLBACKS:
+        raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
+                       f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
+                       param=f"sipbridge.{key}", code="invalid_value")
+    return fallback
+
+
 def _with_transfer_tool(config: SessionConfig, targets: object) -> SessionConfig:
     """Check the declared transfer targets and give the session the transfer tool."""
     if not isinstance(targets, dict) or not targets:
@@ -233,11 +243,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
               response_class=Response, summary="Accept an incoming call")
     async def accept(call_id: str, config: SessionConfig) -> Response:
         options = config.sipbridge or {}
-        fallback = options.get("transfer_fallback")
-        if fallback is not None and fallback not in TRANSFER_FALLBACKS:
-            raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
-                           f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
-                           param="sipbridge.transfer_fallback", code="invalid_value")
+        _fallback(options, "transfer_fallback")
         targets = options.get("transfer_targets")
         if targets is not None:
             config = _with_transfer_tool(config, targets)
@@ -258,11 +264,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
               response_class=Response, summary="Transfer an answered call (SIP REFER)")
     async def refer(call_id: str, body: ReferBody) -> Response:
         options = body.sipbridge or {}
-        fallback = options.get("fallback")
-        if fallback is not None and fallback not in TRANSFER_FALLBACKS:
-            raise ApiError(400, f"Invalid value: {fallback!r}. Supported values are: "
-                           f"{', '.join(repr(f) for f in TRANSFER_FALLBACKS)}.",
-                           param="sipbridge.fallback", code="invalid_value")
+        fallback = _fallback(options, "fallback")
         extra = options.get("headers") or {}
         if not isinstance(extra, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and _HEADER_NAME.fullmatch(k)
