@@ -131,6 +131,10 @@ def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> 
     with pytest.raises(openai.BadRequestError) as bad:
         client.realtime.calls.refer(call_id, target_uri="http://example.invalid/")
     assert bad.value.body["param"] == "target_uri"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.accept(call_id, type="realtime", extra_body={
+            "sipbridge": {"transfer_fallback": "teleport"}})
+    assert bad.value.body["param"] == "sipbridge.transfer_fallback"  # type: ignore[index]
     assert app.record(call_id)["state"] == "ringing"  # none of it touched the call
     wrong = openai.OpenAI(api_key="sk-wrong", base_url=app.base_url, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -149,6 +153,14 @@ def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> 
                       headers={"Authorization": f"Bearer {KEY}",
                                "Content-Type": "application/json"})
     assert huge.status_code == 413 and "error" in huge.json()
+    for options, param in (({"fallback": "teleport"}, "sipbridge.fallback"),
+                           ({"headers": {"X-Evil": "a\r\nBYE: x"}}, "sipbridge.headers"),
+                           ({"headers": {"Bad Name": "x"}}, "sipbridge.headers")):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.realtime.calls.refer(call_id, target_uri="tel:+61420351258",
+                                        extra_body={"sipbridge": options})
+        assert bad.value.body["param"] == param  # type: ignore[index]
+    assert app.record(call_id)["transfers"] == []  # nothing was sent for any of them
     client.realtime.calls.hangup(call_id)
     assert sipp.result(timeout=60).ok
     with pytest.raises(openai.ConflictError) as ended:

@@ -85,7 +85,8 @@ def transfer(app: App, scenario: str, **placeholders: object) -> Outcome:
     app.wait_for(call_id, lambda r: r["state"] == "active")
     sideband = Sideband(app, call_id)
     started = time.monotonic()
-    app.client.realtime.calls.refer(call_id, target_uri=TARGET)
+    app.client.realtime.calls.refer(call_id, target_uri=TARGET, extra_body={
+        "sipbridge": {"headers": {"X-Ticket": "42"}}})
     record = app.wait_for(call_id, lambda r: bool(r["transfers"]) and r["transfers"][0]["final"],
                           timeout=15)
     took = time.monotonic() - started
@@ -116,6 +117,7 @@ def test_1_notify_200_succeeds_and_the_gateway_ends_its_leg(app: App) -> None:
     assert o.webhook["type"] == "realtime.call.transfer.succeeded"
     assert o.webhook["data"]["transfer_id"] == o.transfer["id"]
     assert "Refer-To: <tel:+61420351258>" in o.messages
+    assert "X-Ticket: 42" in o.messages  # the application's extra headers ride on the REFER
     assert "BYE sip:" in o.messages  # our BYE, after the final NOTIFY
     assert o.transfer["fallback"] is None
 
