@@ -394,8 +394,7 @@ class Gateway:
                                 str(entry.get("kind")), entry)
 
             call.timeline.sink = sink
-        record = call.to_dict()
-        record.pop("timeline", None)
+        record = call.to_dict(timeline=False)
         if self.config.recordings:
             call.recording = str(Path(self.config.recordings) / f"{call.id}.wav")
             record["recording"] = call.recording

@@ -88,8 +88,7 @@ class AgentBridge:
         self.connected = False
         # What the caller heard of the current assistant item, for truncation.
         self._item: str | None = None
-        self._item_ms = 0.0
-        self._played_at: float | None = None  # when the item's audio started playing
+        self._item_ms = 0.0  # its audio received so far; what is still queued was not heard
         self.stats = {"audio_in": 0, "audio_out_ms": 0, "barge_ins": 0, "reconnects": 0}
         media.on_audio = self._caller_audio
 
@@ -197,8 +196,7 @@ class AgentBridge:
             self.media.play(np.frombuffer(data, np.int16))
             ms = len(data) / BYTES_PER_MS
         if item_id != self._item:
-            self._item, self._item_ms, self._played_at = item_id, 0.0, time.monotonic()
-            self._played_at += self.media.queued_ms / 1000 - ms / 1000
+            self._item, self._item_ms = item_id, 0.0
         self._item_ms += ms
         self.stats["audio_out_ms"] += int(ms)
 

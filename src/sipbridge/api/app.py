@@ -292,7 +292,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
                          limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         calls = manager()
         live: dict[str, dict[str, Any]] = {
-            c.id: c.to_dict() for c in (*calls.calls.values(), *reversed(calls.recent.values()))}
+            c.id: c.to_dict(timeline=False)
+            for c in (*calls.calls.values(), *reversed(calls.recent.values()))}
         stored: list[dict[str, Any]] = []
         if control.store is not None:
             stored = await asyncio.to_thread(
@@ -302,8 +303,6 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
                                                       transfer_status)]
         data += [c for c in stored if c["id"] not in live]
         data.sort(key=lambda c: float(c.get("created_at") or 0.0), reverse=True)
-        for c in data:
-            c.pop("timeline", None)
         return {"object": "list", "data": data[:limit]}
 
     @app.get("/v1/realtime/calls/{call_id}",

@@ -179,10 +179,11 @@ class Call:
     webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
     recording: str | None = None  # the stereo WAV's path, when calls are recorded
 
-    def to_dict(self) -> dict[str, object]:
-        """The call record the API shows (GET /v1/realtime/calls/{id})."""
+    def to_dict(self, *, timeline: bool = True) -> dict[str, object]:
+        """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
+        take it without the timeline (the store gets that entry by entry)."""
         audio = self.audio
-        return {
+        record: dict[str, object] = {
             "id": self.id, "object": "realtime.call", "state": self.state.value,
             "created_at": self.created_at, "answered_at": self.answered_at,
             "ended_at": self.ended_at, "end_reason": self.end_reason,
@@ -194,10 +195,12 @@ class Call:
                 "on_hold": self.on_hold,
             },
             "transfers": [t.to_dict() for t in self.transfers],
-            "timeline": list(self.timeline),
             "recording": self.recording,
             "webhooks": [w.to_dict() for w in self.webhooks],
         }
+        if timeline:
+            record["timeline"] = list(self.timeline)
+        return record
 
 
 class CallManager:
