@@ -235,7 +235,7 @@ class Gateway:
         bridge = AgentBridge(
             call.id, self.agent_url, dict(call.session), media,
             api_key=self.config.agent_api_key, greet=self.config.auto_answer == "agent",
-            on_event=lambda event: self.sideband.publish(call.id, event),
+            on_event=lambda event: self._agent_event(call, event),
             on_function_call=lambda name, tool_call, args: self._agent_tool(
                 call, name, tool_call, args),
             on_status=lambda kind, detail: self._agent_status(call, kind, detail),
@@ -245,6 +245,14 @@ class Gateway:
         self.agents[call.id] = bridge
         self.sideband.attach_model(call.id, bridge.send)
         bridge.start()
+
+    def _agent_event(self, call: Call, event: dict[str, Any]) -> None:
+        """A model event: to the call's sideband clients; the words said (the caller's
+        transcript, the agent's), function calls and errors onto its timeline too."""
+        self.sideband.publish(call.id, event)
+        entry = _timeline_entry(event)
+        if entry is not None:
+            call.timeline.append({"at": time.time(), **entry})
 
     def _agent_tool(self, call: Call, name: str, tool_call: str, arguments: str) -> None:
         """The model called a function: the built-in transfer tool runs here; the others
@@ -480,6 +488,29 @@ class Gateway:
         self._timer_at = None
         self.ua.handle_timer(self.loop.time())
         self._pump()
+
+
+def _timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The timeline entry for a model event worth keeping (none for audio and the rest)."""
+    kind = event.get("type")
+    if kind == "conversation.item.input_audio_transcription.completed":
+        return {"kind": "transcript", "role": "caller", "text": str(event.get("transcript")),
+                "item_id": event.get("item_id")}
+    if kind == "response.output_audio_transcript.done":
+        return {"kind": "transcript", "role": "agent", "text": str(event.get("transcript")),
+                "item_id": event.get("item_id")}
+    if kind == "response.function_call_arguments.done":
+        return {"kind": "agent", "status": "function_call", "name": event.get("name"),
+                "arguments": str(event.get("arguments"))[:1000]}
+    if kind == "conversation.item.input_audio_transcription.failed":
+        error = event.get("error") or {}
+        return {"kind": "agent", "status": "transcription_failed",
+                "detail": str(error.get("message") if isinstance(error, dict) else error)}
+    if kind == "error":
+        error = event.get("error") or {}
+        return {"kind": "agent", "status": "error",
+                "detail": str(error.get("message") if isinstance(error, dict) else error)}
+    return None
 
 
 @lru_cache(maxsize=1024)

@@ -78,6 +78,12 @@ def test_the_default_agent_greets_listens_and_transfers(
     assert transfer["status"] == "succeeded" and transfer["target_uri"].startswith(f"sip:{NUMBER}")
     assert record["end_reason"] == "transferred"
     assert human_call.established
+    # the words said are on the call's timeline too (for the trace and the dashboard)
+    said = [(e["role"], e["text"]) for e in record["timeline"] if e["kind"] == "transcript"]
+    assert said[0][0] == "agent" and any(role == "caller" and "human" in text.lower()
+                                         for role, text in said), said
+    assert any(e["kind"] == "agent" and e.get("name") == "transfer_call"
+               for e in record["timeline"])
 
 
 def wait_for_call(base: str, timeout: float = 10) -> str:
