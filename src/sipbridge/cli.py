@@ -1,4 +1,5 @@
-"""sipbridge's command line: `serve` runs the gateway, `demo` places a real call at one."""
+"""sipbridge's command line: `serve` runs the gateway, `demo` places a real call at one
+(transferred to a human), `calls` and `trace` read the call store."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -49,8 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--config", help="TOML config file (for the store's path)")
     trace.add_argument("--store", help="the store (default: the config's, sipbridge.db)")
     trace.add_argument("--full", action="store_true", help="each SIP message's full text")
-    demo = sub.add_parser("demo", help="start a gateway and place real SIPp calls at it")
-    demo.add_argument("--calls", type=int, default=5, help="how many calls SIPp places")
+    demo = sub.add_parser("demo", help="a real call to the agent, transferred to a human")
+    demo.add_argument("--dir", help="where the store, recordings and phone logs go "
+                      "(default: a new directory under /tmp)")
+    demo.add_argument("--http", default="127.0.0.1:0",
+                      help="HOST:PORT for the API and dashboard (default: a free port)")
+    demo.add_argument("--stay", action="store_true",
+                      help="keep the gateway and its dashboard up after the call (Ctrl-C stops)")
+    demo.add_argument("--verbose", action="store_true", help="the gateway's log too")
+    demo.add_argument("--transfer-to", dest="transfer_to",
+                      help="transfer to this SIP URI (your own phone or PBX) instead of the "
+                      "demo's human phone")
     return parser
 
 
@@ -96,52 +105,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _demo(calls: int) -> int:
-    """Start a gateway on loopback and have SIPp (a carrier-like UAC) call it."""
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        print("sipbridge demo: SIPp is not installed (apt-get install sip-tester)",
-              file=sys.stderr)
-        return 1
-    config = load_config(None, sip="127.0.0.1:0", http="off", store="off", auto_answer="silence")
-    gateway = Gateway(config)
-    await gateway.start()
-    print(f"gateway listening on udp+tcp 127.0.0.1:{gateway.port} (auto-answer: silence)")
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = await asyncio.create_subprocess_exec(
-            sipp, "-sn", "uac", f"127.0.0.1:{gateway.port}", "-i", "127.0.0.1", "-p", "0",
-            "-m", str(calls), "-r", "5", "-d", "500", "-timeout", "30", "-timeout_error",
-            "-nostdin", "-trace_stat", "-stf", str(Path(tmp) / "stat.csv"),
-            cwd=tmp, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await proc.communicate()
-        await gateway.stop()
-        stats = _sipp_counts(Path(tmp) / "stat.csv")
-    assert gateway.calls is not None
-    ok, failed = stats
-    print(f"SIPp placed {calls} calls: {ok} succeeded, {failed} failed "
-          f"(INVITE, 100, 180, 200, ACK, BYE, 200); the gateway saw "
-          f"{gateway.calls.ended} calls end")
-    if proc.returncode != 0 or ok != calls:
-        print(err.decode(errors="replace")[-2000:], file=sys.stderr)
-        print("demo FAILED", file=sys.stderr)
-        return 1
-    print("demo OK")
-    return 0
+def demo(args: argparse.Namespace) -> int:
+    from sipbridge.demo.run import run_demo
 
-
-def _sipp_counts(path: Path) -> tuple[int, int]:
-    """(successful, failed) cumulative calls from SIPp's -trace_stat CSV."""
-    try:
-        lines = path.read_text().strip().splitlines()
-    except OSError:
-        return 0, 0
-    if len(lines) < 2:
-        return 0, 0
-    names = lines[0].split(";")
-    values = lines[-1].split(";")
-    row = dict(zip(names, values, strict=False))
-    return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0))
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="sipbridge-demo-"))
+    return run_demo(workdir, http=args.http, stay=args.stay, verbose=args.verbose,
+                    target=args.transfer_to,
+                    out=lambda line: print(line, flush=True))
 
 
 def show(args: argparse.Namespace) -> int:
@@ -183,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("calls", "trace"):
         return show(args)
     if args.command == "demo":
-        return asyncio.run(_demo(args.calls))
+        return demo(args)
     return 2
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from sipbridge.demo.baresip import find_free_port
+
 SCENARIOS = Path(__file__).parent / "scenarios"
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT = 10.0  # seconds for the gateway to answer its first OPTIONS
@@ -44,39 +46,6 @@ _gateways_key = pytest.StashKey[list["Gateway"]]()
 
 
 # --- ports -----------------------------------------------------------------
-
-
-def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def find_free_port(
-    host: str = LOOPBACK,
-    *,
-    tcp: bool = True,
-    udp: bool = True,
-    offsets: Sequence[int] = (0,),
-) -> int:
-    """A port on ``host`` that is free for TCP and/or UDP, as is
-    ``port + offset`` for each offset (SIPp's media port takes port and
-    port + 2)."""
-    kinds = [k for k, on in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)) if on]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(200):
-        with socket.socket(family, kinds[0]) as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
-        if port + max(offsets) > 65535:
-            continue
-        if all(_bindable(host, port + off, k) for off in offsets for k in kinds):
-            return port
-    raise RuntimeError(f"no free port on {host}")
 
 
 @pytest.fixture

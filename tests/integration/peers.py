@@ -2,15 +2,10 @@
 
 Everything runs on 127.0.0.1.
 
-- ``make_speech_wav(path, text, rate=8000)``: espeak-ng speech as a mono int16 WAV.
-- ``read_wav`` / ``write_wav``: mono int16 WAV files as numpy arrays.
-- ``xcorr_delay(sent, received, rate) -> (peak, delay_s)``: normalised
-  cross-correlation peak (1.0 for a copy, ~0 for an unrelated signal) and the lag.
+- From ``sipbridge.demo`` (the demo drives the same phones): ``make_speech_wav``,
+  ``read_wav`` / ``write_wav``, ``xcorr_delay``, and ``Baresip``, baresip 1.0 run
+  headless and driven over its ``ctrl_tcp`` socket.
 - ``active_fraction(samples, rate)``: the share of 20 ms frames that are not silent.
-- ``Baresip``: baresip 1.0 run headless in a temporary config directory and
-  driven over its ``ctrl_tcp`` socket; ``Baresip.call(uri, play, seconds, dtmf)``
-  dials, plays a WAV, optionally sends RFC 4733 digits, hangs up and returns
-  what it sent and received as a :class:`BaresipCall`.
 - ``SippUas``: SIPp as the called party in the background (the built-in
   ``uas`` with ``-rtp_echo``, or a scenario file).
 - ``RtpSink`` and ``telephone_events``: a UDP port that keeps every RTP packet
@@ -19,150 +14,46 @@ Everything runs on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import shutil
 import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
-from tests.integration.conftest import LOOPBACK, find_free_port, sipp_command
+from sipbridge.demo.audio import (
+    PHONE_RATE,
+    Pcm,
+    make_speech_wav,
+    read_wav,
+    to_int16,
+    write_wav,
+    xcorr_delay,
+)
+from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError
+from tests.integration.conftest import LOOPBACK, sipp_command
 
-Pcm = npt.NDArray[np.int16]
+__all__ = [
+    "PHONE_RATE", "Baresip", "BaresipCall", "BaresipError", "Pcm", "RtpPacket", "RtpSink",
+    "SippUas", "TelephoneEvent", "active_fraction", "frame_levels_dbfs", "make_speech_wav",
+    "read_wav", "telephone_events", "to_int16", "write_wav", "xcorr_delay",
+]
 
-PHONE_RATE = 8000
 SPEECH_TEXT = (
     "Thank you for calling. Please say the name of the person you want to reach, "
     "or press one for sales."
 )
 DTMF_DIGITS = "0123456789*#ABCD"  # RFC 4733 3.2: event codes 0 to 15, in this order
 FRAME_MS = 20
-
-
-# --- WAV files ---------------------------------------------------------------
-
-
-def read_wav(path: Path) -> tuple[Pcm, int]:
-    """A mono 16-bit PCM WAV as (int16 samples, sample rate).
-
-    A data chunk whose size field is 0 or runs past the end of the file (a
-    writer killed before it closed the file) is read to the end of the file."""
-    data = path.read_bytes()
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError(f"{path}: not a RIFF/WAVE file")
-    offset, fmt, pcm = 12, None, None
-    while offset + 8 <= len(data):
-        cid, size = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
-        body = offset + 8
-        if cid == b"fmt ":
-            fmt = struct.unpack_from("<HHIIHH", data, body)
-        elif cid == b"data":
-            end = len(data) if size == 0 or body + size > len(data) else body + size
-            pcm = data[body:end]
-            break
-        offset = body + size + (size & 1)
-    if fmt is None or pcm is None:
-        raise ValueError(f"{path}: no fmt or data chunk")
-    tag, channels, rate, _, _, bits = fmt
-    if tag not in (1, 0xFFFE) or bits != 16 or channels != 1:
-        raise ValueError(f"{path}: want mono 16-bit PCM, got tag {tag}, {channels} ch, {bits} bit")
-    return np.frombuffer(pcm[: len(pcm) // 2 * 2], "<i2").astype(np.int16), int(rate)
-
-
-def write_wav(path: Path, samples: npt.ArrayLike, rate: int) -> None:
-    """Write mono int16 samples as a 16-bit PCM WAV."""
-    pcm = np.asarray(samples, dtype="<i2").tobytes()
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + len(pcm), b"WAVE",
-        b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16,
-        b"data", len(pcm),
-    )  # fmt: skip
-    path.write_bytes(header + pcm)
-
-
-def to_int16(samples: npt.ArrayLike) -> Pcm:
-    """Float samples on the int16 scale, rounded and clipped."""
-    x = np.round(np.asarray(samples, dtype=np.float64))
-    return np.clip(x, -32768, 32767).astype(np.int16)
-
-
-def make_speech_wav(
-    path: Path,
-    text: str = SPEECH_TEXT,
-    rate: int = PHONE_RATE,
-    *,
-    peak_dbfs: float = -6.0,
-    voice: str = "en-us",
-) -> Pcm:
-    """Speak ``text`` with espeak-ng into ``path``: mono int16 at ``rate``,
-    normalised to ``peak_dbfs``. Returns the samples.
-
-    espeak-ng writes 22050 Hz; soxr resamples (its default quality keeps the
-    band below 4 kHz intact). Raises FileNotFoundError without espeak-ng."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        raise FileNotFoundError("espeak-ng is not installed (Debian package espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "espeak.wav"
-        subprocess.run(
-            [espeak, "-v", voice, "-s", "160", "-w", str(raw), text],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        speech, espeak_rate = read_wav(raw)
-    x = speech.astype(np.float64)
-    if espeak_rate != rate:
-        x = soxr.resample(x, espeak_rate, rate)
-    peak = float(np.max(np.abs(x))) or 1.0
-    out = to_int16(x * (32767 * 10 ** (peak_dbfs / 20) / peak))
-    write_wav(path, out, rate)
-    return out
-
-
-# --- measures ----------------------------------------------------------------
-
-
-def xcorr_delay(sent: npt.ArrayLike, received: npt.ArrayLike, rate: int) -> tuple[float, float]:
-    """The peak of the normalised cross-correlation of ``received`` against
-    ``sent``, and the delay (seconds) at which ``received`` best matches it.
-
-    Both signals have their mean removed; the correlation at each lag is
-    divided by sqrt(energy(sent) * energy(received)), so a delayed copy (at
-    any gain, with any amount of silence around it) gives 1.0, an unrelated
-    signal gives close to 0, and a copy with part of it missing or with noise
-    added gives less than 1. The sign is kept: an inverted copy gives -1.0,
-    and the peak is the lag of largest magnitude. A positive delay means
-    ``received`` lags ``sent``. Computed with one FFT of the padded signals."""
-    a = np.asarray(sent, dtype=np.float64)
-    b = np.asarray(received, dtype=np.float64)
-    if a.size == 0 or b.size == 0:
-        return 0.0, 0.0
-    a = a - a.mean()
-    b = b - b.mean()
-    norm = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
-    if norm == 0.0:
-        return 0.0, 0.0
-    n = a.size + b.size - 1
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
-    # corr[k] = sum_t b[t + k] a[t]; negative lags wrap to the end of the buffer.
-    lags = np.concatenate([corr[size - (a.size - 1) :], corr[: b.size]]) / norm
-    i = int(np.argmax(np.abs(lags)))
-    return float(lags[i]), (i - (a.size - 1)) / rate
 
 
 def frame_levels_dbfs(samples: npt.ArrayLike, rate: int, frame_ms: int = FRAME_MS) -> np.ndarray:
@@ -182,415 +73,6 @@ def active_fraction(samples: npt.ArrayLike, rate: int, *, threshold_dbfs: float 
     is -78 dBFS) and well below the quiet syllables of speech at -6 dBFS peak."""
     levels = frame_levels_dbfs(samples, rate)
     return float(np.mean(levels > threshold_dbfs)) if levels.size else 0.0
-
-
-# --- baresip -----------------------------------------------------------------
-
-BARESIP_MODULES = Path("/usr/lib/baresip/modules")
-
-BARESIP_CONFIG = """\
-# baresip 1.0 for sipbridge tests: no sound card, loopback only.
-poll_method             epoll
-sip_listen              {host}:{sip_port}
-net_interface           {host}
-call_local_timeout      30
-call_max_calls          1
-
-# The caller's voice is a WAV file; what it hears is dumped by sndfile
-# (the decode side of the filter chain, before any player). The player is
-# aubridge with no matching source: a sink that needs no sound card.
-audio_source            aufile,{play}
-audio_player            aubridge,sink
-audio_alert             aubridge,sink
-audio_level             no
-ausrc_format            s16
-auplay_format           s16
-auenc_format            s16
-audec_format            s16
-jitter_buffer_delay     1-10
-rtp_stats               no
-rtcp_mux                no
-
-module_path             {modules}
-module                  g711.so
-module                  aufile.so
-module                  aubridge.so
-module                  sndfile.so
-module_tmp              account.so
-module_app              menu.so
-module_app              ctrl_tcp.so
-
-snd_path                {dumps}
-ctrl_tcp_listen         {host}:{ctrl_port}
-statmode_default        off
-ringback_disabled       yes
-menu_bell               no
-"""
-
-# One account that never registers, offering one G.711 law (plus telephone-event,
-# which baresip always adds for RFC 4733 digits).
-BARESIP_ACCOUNT = (
-    "<sip:{user}@{host}>;regint=0;answermode={answermode};ptime=20;audio_codecs={codec}\n"
-)
-
-
-class BaresipError(RuntimeError):
-    """baresip did not start, or did not do what it was told; carries its log."""
-
-
-@dataclass
-class BaresipCall:
-    """One call placed by :meth:`Baresip.call`.
-
-    ``sent`` is what baresip encoded (sndfile's encode dump) and ``received``
-    what it decoded from the peer (the decode dump), both at ``rate``. The
-    dumps hold samples only: ``received`` starts with the first packet from
-    the peer, so a delay measured on it is the offset within the peer's
-    stream, which is the echo latency when the peer sends from the answer on."""
-
-    uri: str
-    rate: int
-    sent: Pcm
-    received: Pcm
-    sent_path: Path
-    received_path: Path
-    established: bool
-    close_reason: str
-    dtmf_sent: str
-    events: list[dict[str, Any]] = field(repr=False)
-
-
-class Baresip:
-    """baresip 1.0, headless, one call at a time, driven over ctrl_tcp.
-
-    ``with Baresip(tmp_path / "baresip") as ua: call = ua.call(uri, wav, 4)``.
-    The config directory is ``workdir/config``; ``workdir/baresip.log`` keeps
-    its output. Leaving the ``with`` block quits baresip and kills it if it
-    does not exit within ``STOP_TIMEOUT``."""
-
-    STOP_TIMEOUT = 3.0
-    READY_TIMEOUT = 10.0
-
-    def __init__(
-        self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK,
-        answermode: str = "manual",
-    ) -> None:
-        if codec.upper() not in ("PCMU", "PCMA"):
-            raise ValueError("codec must be PCMU or PCMA")
-        self.workdir = workdir
-        self.codec = codec.upper()
-        self.user = user
-        self.host = host
-        self.answermode = answermode  # "auto": answers every call (a phone at the target)
-        self.config_dir = workdir / "config"
-        self.dumps = workdir / "dumps"
-        self.play_path = workdir / "play.wav"
-        self.log_path = workdir / "baresip.log"
-        self.sip_port = 0
-        self.ctrl_port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.events: list[dict[str, Any]] = []
-        self._sock: socket.socket | None = None
-        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._token = 0
-        self._calls = 0
-
-    # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def write_config(self) -> None:
-        """The config, accounts file and directories baresip needs in ``workdir``."""
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.dumps.mkdir(parents=True, exist_ok=True)
-        # SIP takes the port for UDP and TCP (and port + 1 for TLS where built in).
-        self.sip_port = find_free_port(self.host, offsets=(0, 1))
-        self.ctrl_port = find_free_port(self.host, udp=False)
-        (self.config_dir / "config").write_text(
-            BARESIP_CONFIG.format(
-                host=self.host,
-                sip_port=self.sip_port,
-                ctrl_port=self.ctrl_port,
-                play=self.play_path,
-                modules=BARESIP_MODULES,
-                dumps=self.dumps,
-            )
-        )
-        (self.config_dir / "accounts").write_text(
-            BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),
-                                   answermode=self.answermode)
-        )
-        # aufile opens the source when a call's audio starts; until a call
-        # writes its own, a short silence keeps a stray start harmless.
-        write_wav(self.play_path, np.zeros(PHONE_RATE // 10, np.int16), PHONE_RATE)
-
-    def start(self) -> None:
-        """Write the config, start baresip and connect to its control socket."""
-        binary = shutil.which("baresip")
-        if binary is None:
-            raise FileNotFoundError("baresip is not installed (Debian package baresip)")
-        self.write_config()
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [binary, "-f", str(self.config_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + self.READY_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise BaresipError(f"baresip exited with {self.process.returncode}\n{self.log()}")
-            try:
-                self._sock = socket.create_connection((self.host, self.ctrl_port), timeout=0.2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BaresipError(f"no ctrl_tcp on {self.ctrl_port}\n{self.log()}") from None
-                time.sleep(0.05)
-        self._sock.settimeout(None)
-        self._reader = threading.Thread(target=self._read_loop, name="baresip-ctrl", daemon=True)
-        self._reader.start()
-
-    def stop(self) -> int | None:
-        """Quit baresip (``quit`` command, then SIGTERM, then SIGKILL); its exit code."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None and self._sock is not None:
-            try:
-                self._send("quit")
-                process.wait(self.STOP_TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if process.poll() is not None:
-                break
-            process.send_signal(sig)
-            try:
-                process.wait(self.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                continue
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._reader is not None:
-            self._reader.join(1.0)
-        return process.returncode
-
-    def log(self) -> str:
-        """What baresip printed so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    # -- ctrl_tcp: JSON in netstrings (baresip modules/ctrl_tcp) --
-
-    def _send(self, command: str, params: str | None = None) -> str:
-        if self._sock is None:
-            raise BaresipError("baresip is not running")
-        self._token += 1
-        token = str(self._token)
-        body = json.dumps({"command": command, "params": params, "token": token}).encode()
-        self._sock.sendall(b"%d:%s," % (len(body), body))
-        return token
-
-    def _read_loop(self) -> None:
-        sock, buf = self._sock, b""
-        assert sock is not None
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while True:
-                    length, colon, rest = buf.partition(b":")
-                    if not colon or len(rest) < int(length) + 1:
-                        break
-                    self._inbox.put(json.loads(rest[: int(length)]))
-                    buf = rest[int(length) + 1 :]
-        except (OSError, ValueError):
-            pass
-        self._inbox.put(None)
-
-    def _next(self, deadline: float) -> dict[str, Any] | None:
-        try:
-            message = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
-        if message is None:
-            raise BaresipError(f"baresip closed its control socket\n{self.log()[-4000:]}")
-        if message.get("event"):
-            self.events.append(message)
-        return message
-
-    def command(self, command: str, params: str | None = None, timeout: float = 5.0) -> str:
-        """Run a baresip command (``dial``, ``hangup``, ``sndcode``...); its output."""
-        token = self._send(command, params)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self._next(deadline)
-            if message is not None and message.get("response") and message.get("token") == token:
-                if not message.get("ok", False):
-                    raise BaresipError(f"{command} {params or ''}: {message.get('data')}")
-                return str(message.get("data", ""))
-        raise BaresipError(f"no answer to {command} within {timeout:g} s\n{self.log()[-4000:]}")
-
-    def wait_event(
-        self, types: Iterable[str], timeout: float, *, since: int = 0
-    ) -> dict[str, Any] | None:
-        """The first event of one of ``types`` (``CALL_ESTABLISHED``...) at or after
-        index ``since`` of :attr:`events`, waiting up to ``timeout``; None if none came."""
-        wanted = set(types)
-        deadline = time.monotonic() + timeout
-        seen = since
-        while True:
-            for event in self.events[seen:]:
-                if event.get("type") in wanted:
-                    return event
-            seen = len(self.events)
-            if time.monotonic() >= deadline:
-                return None
-            self._next(deadline)
-
-    # -- a call --
-
-    def call(
-        self,
-        uri: str,
-        play: Path | npt.ArrayLike,
-        seconds: float,
-        *,
-        dtmf: str = "",
-        dtmf_at: float = 0.5,
-        dtmf_gap: float = 0.25,
-        answer_timeout: float = 10.0,
-    ) -> BaresipCall:
-        """Dial ``uri``, send ``play`` (a mono 8 kHz WAV or samples) as the
-        caller's voice, hang up ``seconds`` after the answer and return what
-        was sent and received.
-
-        ``play`` is padded with silence to ``seconds`` + 1 s, since aufile ends
-        the call when its file runs out. ``dtmf`` digits are sent one at a time
-        (``sndcode``: RFC 4733 when the answer has telephone-event), the first
-        ``dtmf_at`` s after the answer, then every ``dtmf_gap`` s."""
-        if self.process is None:
-            raise BaresipError("baresip is not running")
-        self._calls += 1
-        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
-        if rate != PHONE_RATE:
-            raise ValueError(f"baresip's aufile wants {PHONE_RATE} Hz, got {rate} Hz")
-        padded = np.zeros(max(samples.size, int((seconds + 1.0) * rate)), np.int16)
-        padded[: samples.size] = samples
-        write_wav(self.play_path, padded, rate)
-        for old in self.dumps.glob("dump-*.wav"):
-            old.unlink()
-
-        start = len(self.events)
-        self.command("dial", uri)
-        event = self.wait_event(["CALL_ESTABLISHED", "CALL_CLOSED"], answer_timeout, since=start)
-        established = event is not None and event["type"] == "CALL_ESTABLISHED"
-        sent_digits = ""
-        if established:
-            answered = time.monotonic()
-            for i, digit in enumerate(dtmf):
-                pause = answered + dtmf_at + i * dtmf_gap - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                self.command("sndcode", digit)
-                sent_digits += digit
-            closed = self.wait_event(
-                ["CALL_CLOSED"], max(0.0, answered + seconds - time.monotonic()), since=start
-            )
-            if closed is None:
-                self.command("hangup")
-        elif event is None:
-            self.command("hangup")  # gives up the unanswered INVITE (CANCEL)
-        closed = self.wait_event(["CALL_CLOSED"], 5.0, since=start)
-        reason = str(closed.get("param", "")) if closed else "(no CALL_CLOSED event)"
-        if event is None:
-            raise BaresipError(
-                f"{uri}: no answer within {answer_timeout:g} s\n{self.log()[-4000:]}"
-            )
-        return self._collect(uri, established, reason, sent_digits, self.events[start:])
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.sip_port}"
-
-    def prepare(self, play: Path | npt.ArrayLike, seconds: float) -> int:
-        """Set what an answering baresip (``answermode="auto"``) says in its next call:
-        ``play`` padded with silence to ``seconds``. Returns the event index to pass
-        to :meth:`answered`."""
-        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
-        padded = np.zeros(max(samples.size, int(seconds * rate)), np.int16)
-        padded[: samples.size] = samples
-        write_wav(self.play_path, padded, rate)
-        for old in self.dumps.glob("dump-*.wav"):
-            old.unlink()
-        return len(self.events)
-
-    def answered(self, since: int, timeout: float) -> BaresipCall:
-        """The call an answering baresip took after :meth:`prepare`, once it has ended."""
-        self._calls += 1
-        established = self.wait_event(["CALL_ESTABLISHED"], timeout, since=since) is not None
-        closed = self.wait_event(["CALL_CLOSED"], timeout, since=since)
-        reason = str(closed.get("param", "")) if closed else "(no CALL_CLOSED event)"
-        return self._collect("(incoming)", established, reason, "", self.events[since:])
-
-    def _collect(
-        self,
-        uri: str,
-        established: bool,
-        reason: str,
-        dtmf: str,
-        events: list[dict[str, Any]],
-    ) -> BaresipCall:
-        """Move the call's sndfile dumps to ``callN-sent.wav`` and ``callN-received.wav``."""
-        paths = {}
-        for side, name in (("enc", "sent"), ("dec", "received")):
-            target = self.workdir / f"call{self._calls}-{name}.wav"
-            found = sorted(self.dumps.glob(f"dump-*-{side}*.wav"), key=os.path.getmtime)
-            if found:
-                _wait_wav_closed(found[-1])
-                found[-1].replace(target)
-            else:
-                write_wav(target, np.zeros(0, np.int16), PHONE_RATE)
-            paths[name] = target
-        sent, rate = read_wav(paths["sent"])
-        received, _ = read_wav(paths["received"])
-        return BaresipCall(
-            uri=uri, rate=rate, sent=sent, received=received,
-            sent_path=paths["sent"], received_path=paths["received"],
-            established=established, close_reason=reason, dtmf_sent=dtmf, events=events,
-        )  # fmt: skip
-
-
-def _wait_wav_closed(path: Path, timeout: float = 2.0) -> None:
-    """Wait until the writer has closed ``path``: libsndfile writes the RIFF
-    size when it closes the file, which baresip does as it frees the call,
-    just after it reports CALL_CLOSED."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with path.open("rb") as f:
-            head = f.read(8)
-            size = f.seek(0, os.SEEK_END)
-        if len(head) == 8 and struct.unpack_from("<I", head, 4)[0] == size - 8:
-            return
-        time.sleep(0.02)
 
 
 # --- SIPp as the called party --------------------------------------------------

@@ -1,0 +1,108 @@
+"""`sipbridge demo`, the README's main job, run as a user runs it.
+
+- The whole call: the caller's baresip asks the built-in agent for a person, the agent
+  transfers it, the caller's side follows the REFER to the human's baresip, and the
+  caller hears the human. Exit 0, the progress, the outcome, the trace and the
+  dashboard's address printed; the call is in the store for `sipbridge trace`.
+- A transfer that fails (the target is a SIPp phone answering 486 Busy Here): exit 1,
+  the reason printed, the trace's failing step marked.
+- A machine without baresip: exit 1 naming what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from tests.integration.peers import SippUas
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
+                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+]
+
+
+def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipbridge", "demo", *args],
+                          capture_output=True, text=True, timeout=150, check=False, env=env)
+
+
+def sipbridge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipbridge", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def call_id_of(output: str) -> str:
+    match = re.search(r"sipbridge trace (rtc_[0-9a-f]+) --store", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_the_demo_transfers_the_caller_to_the_human(tmp_path: Path) -> None:
+    pytest.importorskip("sipbridge.localmodel.server")
+    workdir = tmp_path / "demo"
+    run = demo("--dir", str(workdir))
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    # progress, in the order it happened
+    steps = ['agent says', 'caller says', 'agent calls          transfer_call',
+             'sipbridge -> caller   REFER sip:', 'caller -> sipbridge   SIP/2.0 202',
+             'transfer             succeeded 200', 'call ended           transferred']
+    at = [out.index(step) for step in steps]
+    assert at == sorted(at), out
+    said = re.search(r'caller says +"([^"]*)"', out)
+    assert said and "human" in said.group(1).lower(), out  # the agent's speech to text
+    assert "transfer succeeded: SIP 200 OK to sip:+61420351258@127.0.0.1" in out
+    heard = re.search(r"the human's phone answered; the caller heard the human at "
+                      r"correlation ([0-9.]+)", out)
+    assert heard and float(heard.group(1)) >= 0.8, out
+    call_id = call_id_of(out)
+    assert re.search(rf"dashboard: http://127\.0\.0\.1:\d+/dashboard/calls/{call_id}", out)
+    assert out.rstrip().splitlines()[-1].startswith("demo OK in ")
+    # the trace it printed, and the same from the store afterwards
+    trace = sipbridge("trace", call_id, "--store", str(workdir / "calls.db"))
+    assert trace.returncode == 0, trace.stderr
+    assert "transfer succeeded 200" in trace.stdout and "REFER sip:" in trace.stdout
+    assert "<== FAILED" not in trace.stdout
+    assert trace.stdout.strip() in out  # the demo printed the stored trace
+    with wave.open(str(workdir / "recordings" / f"{call_id}.wav")) as recording:
+        assert recording.getnchannels() == 2  # the caller and the agent
+        # the greeting, the request and the agent's reply: more than 5 s
+        assert recording.getnframes() > 5 * recording.getframerate()
+
+
+def test_the_demo_fails_when_the_transfer_fails(tmp_path: Path) -> None:
+    pytest.importorskip("sipbridge.localmodel.server")
+    with SippUas(tmp_path / "busy", "uas_busy.xml", rtp_echo=False) as busy:
+        run = demo("--dir", str(tmp_path / "demo"), "--transfer-to",
+                   f"sip:+61420351258@{busy.address}")
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
+    assert "transfer             failed 486 Busy Here" in out
+    assert "demo FAILED: the transfer ended failed 486 Busy Here" in out
+    failing = [ln for ln in out.splitlines() if "<== FAILED" in ln]
+    assert failing and "transfer failed 486 (Busy Here)" in failing[0], out
+    # the caller was not left in silence: the agent told them (the announce fallback)
+    after = out[out.index("transfer             failed"):]
+    assert "agent says" in after, out
+
+
+def test_the_demo_names_what_is_missing(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None
+    (bin_dir / "espeak-ng").symlink_to(espeak)  # everything but baresip
+    env = {**os.environ, "PATH": str(bin_dir)}
+    run = demo("--dir", str(tmp_path / "demo"), env=env)
+    assert run.returncode == 1
+    assert "demo FAILED: missing: baresip (Debian package baresip)" in run.stdout, run.stdout
+    assert "scripts/setup.sh" in run.stdout
