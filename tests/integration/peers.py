@@ -15,7 +15,6 @@ Everything runs on 127.0.0.1.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -39,7 +38,7 @@ from sipbridge.demo.audio import (
     write_wav,
     xcorr_delay,
 )
-from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError
+from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError, terminate
 from tests.integration.conftest import LOOPBACK, sipp_command
 
 __all__ = [
@@ -154,15 +153,7 @@ class SippUas:
         """SIGTERM (SIPp then exits with its statistics), SIGKILL if needed."""
         if self.process is None:
             return None
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(3.0)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.process.returncode
+        return terminate(self.process, 3.0)
 
     def output(self) -> str:
         """SIPp's screen output and error log."""

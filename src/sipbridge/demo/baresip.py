@@ -116,6 +116,19 @@ BARESIP_ACCOUNT = (
 )
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout`; its exit code."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.returncode
+
+
 class BaresipError(RuntimeError):
     """baresip did not start, or did not do what it was told; carries its log."""
 
@@ -256,14 +269,7 @@ class Baresip:
                 process.wait(self.STOP_TIMEOUT)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if process.poll() is not None:
-                break
-            process.send_signal(sig)
-            try:
-                process.wait(self.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                continue
+        terminate(process, self.STOP_TIMEOUT)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
