@@ -3,7 +3,9 @@
 - The whole call: the caller's baresip asks the built-in agent for a person, the agent
   transfers it, the caller's side follows the REFER to the human's baresip, and the
   caller hears the human. Exit 0, the progress, the outcome, the trace and the
-  dashboard's address printed; the call is in the store for `sipbridge trace`.
+  dashboard's address printed; the call is in the store for `sipbridge trace`; with
+  `--stay` the printed address opens in Chromium on the call's page (transcript, the
+  succeeded transfer, the recording; screenshot test-artifacts/dashboard-demo-call.png).
 - A transfer that fails (the target is a SIPp phone answering 486 Busy Here): exit 1,
   the reason printed, the trace's failing step marked.
 - A machine without baresip: exit 1 naming what is missing.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import wave
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.browser import ARTIFACTS, CHROMIUM, chromium
 from tests.integration.peers import SippUas
 
 pytestmark = [
@@ -49,9 +53,29 @@ def call_id_of(output: str) -> str:
 def test_the_demo_transfers_the_caller_to_the_human(tmp_path: Path) -> None:
     pytest.importorskip("sipbridge.localmodel.server")
     workdir = tmp_path / "demo"
-    run = demo("--dir", str(workdir))
-    out = run.stdout
-    assert run.returncode == 0, out + run.stderr
+    # --stay: the gateway keeps serving, so the dashboard address it prints can be opened
+    proc = subprocess.Popen([sys.executable, "-m", "sipbridge", "demo", "--dir", str(workdir),
+                             "--stay"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(("serving the dashboard", "demo FAILED")):
+                break
+        out = "".join(lines)
+        assert "serving the dashboard" in out, out + (proc.stderr.read() if proc.stderr else "")
+        page = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard/calls/(rtc_\w+))",
+                         out)
+        assert page, out
+        if Path(CHROMIUM).exists():
+            look_at_the_dashboard(page.group(1), page.group(2))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    out += rest
+    assert proc.returncode == 0, out + err
     # progress, in the order it happened
     steps = ['agent says', 'caller says', 'agent calls          transfer_call',
              'sipbridge -> caller   REFER sip:', 'caller -> sipbridge   SIP/2.0 202',
@@ -65,7 +89,7 @@ def test_the_demo_transfers_the_caller_to_the_human(tmp_path: Path) -> None:
                       r"correlation ([0-9.]+)", out)
     assert heard and float(heard.group(1)) >= 0.8, out
     call_id = call_id_of(out)
-    assert re.search(rf"dashboard: http://127\.0\.0\.1:\d+/dashboard/calls/{call_id}", out)
+    assert page.group(2) == call_id
     assert out.rstrip().splitlines()[-1].startswith("demo OK in ")
     # the trace it printed, and the same from the store afterwards
     trace = sipbridge("trace", call_id, "--store", str(workdir / "calls.db"))
@@ -77,6 +101,27 @@ def test_the_demo_transfers_the_caller_to_the_human(tmp_path: Path) -> None:
         assert recording.getnchannels() == 2  # the caller and the agent
         # the greeting, the request and the agent's reply: more than 5 s
         assert recording.getnframes() > 5 * recording.getframerate()
+
+
+def look_at_the_dashboard(url: str, call_id: str) -> None:
+    """The demo's call page in Chromium: the transcript, the transfer, the recording."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.goto(url)
+        expect = sync_api.expect
+        expect(page.locator("#call-id")).to_have_text(call_id)
+        expect(page.locator("#transfer-status")).to_have_text("succeeded")
+        turns = page.locator("#transcript .turn")
+        texts = turns.all_inner_texts()
+        assert any("Caller" in t and "human" in t.lower() for t in texts), texts
+        assert "Agent" in texts[0], texts  # the agent greets first
+        expect(page.locator(".ladder .step.failing")).to_have_count(0)
+        page.wait_for_function(
+            "document.querySelector('#recording audio').readyState >= 1")
+        assert page.locator("#recording audio").evaluate("a => a.duration") > 5
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-demo-call.png"), full_page=True)
 
 
 def test_the_demo_fails_when_the_transfer_fails(tmp_path: Path) -> None:

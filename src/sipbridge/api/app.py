@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, conflict, from_validation_errors, unauthorized
 from sipbridge.api.schemas import (
     FunctionTool,
@@ -381,6 +382,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
+    mount_dashboard(app, control, api_keys)
     return app
 
 
