@@ -16,7 +16,6 @@ import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import uvicorn
@@ -27,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sipbridge.api.dashboard import mount_dashboard
-from sipbridge.api.errors import ApiError, conflict, from_validation_errors, unauthorized
+from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
+from sipbridge.api.records import CallRecords, call_error, manager
 from sipbridge.api.schemas import (
     FunctionTool,
     ReferBody,
@@ -129,12 +129,6 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-def _call_error(exc: CallError) -> ApiError:
-    if exc.kind == "not_found":
-        return ApiError(404, exc.message, code="not_found")
-    return conflict(exc.message)
-
-
 class BodyLimit:
     """Refuses request bodies over `limit` bytes with 413 before the app reads them."""
 
@@ -226,17 +220,14 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         return _error_response(ApiError(exc.status_code, message,
                                         code="not_found" if exc.status_code == 404 else None))
 
-    def manager() -> CallManager:
-        if control.calls is None:
-            raise ApiError(503, "The gateway is starting.", type="server_error")
-        return control.calls
+    records = CallRecords(control)
 
     @contextlib.contextmanager
     def call_control() -> Iterator[CallManager]:
         try:
-            yield manager()
+            yield manager(control)
         except CallError as exc:
-            raise _call_error(exc) from None
+            raise call_error(exc) from None
         finally:
             control.pump()
 
@@ -291,44 +282,20 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
                          caller: str | None = Query(None, max_length=256),
                          transfer_status: str | None = Query(None, max_length=32),
                          limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        calls = manager()
-        live: dict[str, dict[str, Any]] = {
-            c.id: c.to_dict(timeline=False)
-            for c in (*calls.calls.values(), *reversed(calls.recent.values()))}
-        stored: list[dict[str, Any]] = []
-        if control.store is not None:
-            stored = await asyncio.to_thread(
-                control.store.list_calls, state=state, since=since, until=until,
-                caller=caller, transfer_status=transfer_status, limit=limit)
-        data = [c for c in live.values() if _matches(c, state, since, until, caller,
-                                                      transfer_status)]
-        data += [c for c in stored if c["id"] not in live]
-        data.sort(key=lambda c: float(c.get("created_at") or 0.0), reverse=True)
-        return {"object": "list", "data": data[:limit]}
+        data = await records.list(state=state, since=since, until=until, caller=caller,
+                                  transfer_status=transfer_status, limit=limit)
+        return {"object": "list", "data": data}
 
     @app.get("/v1/realtime/calls/{call_id}",
              summary="One call: state, SIP details, transfers, the timeline")
     async def get_call(call_id: str) -> dict[str, Any]:
-        calls = manager()
-        try:
-            return calls.get(call_id).to_dict()
-        except CallError as exc:
-            record = None
-            if control.store is not None:
-                record = await asyncio.to_thread(control.store.get_call, call_id)
-            if record is None:
-                raise _call_error(exc) from None
-            return dict(record)
+        return await records.get(call_id)
 
     @app.get("/v1/realtime/calls/{call_id}/recording", summary="The call's stereo WAV",
              response_class=FileResponse)
     async def recording(call_id: str) -> FileResponse:
-        record = await get_call(call_id)
-        path = record.get("recording")
-        if not path or not Path(str(path)).is_file():
-            raise ApiError(404, f"Call '{call_id}' has no recording.", code="not_found")
-        return FileResponse(str(path), media_type="audio/wav",
-                            filename=f"{call_id}.wav")
+        path = await records.recording(call_id)
+        return FileResponse(str(path), media_type="audio/wav", filename=f"{call_id}.wav")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -382,18 +349,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
-    mount_dashboard(app, control, api_keys)
+    mount_dashboard(app, records, api_keys)
     return app
-
-
-def _matches(call: dict[str, Any], state: str | None, since: float | None,
-             until: float | None, caller: str | None, transfer_status: str | None) -> bool:
-    created = call.get("created_at") or 0.0
-    return ((state is None or call.get("state") == state)
-            and (since is None or created >= since) and (until is None or created < until)
-            and (caller is None or caller in str(call["sip"].get("from") or ""))
-            and (transfer_status is None
-                 or any(t.get("status") == transfer_status for t in call["transfers"])))
 
 
 def _event_type(raw: str) -> str:

@@ -3,8 +3,8 @@
 how it ended, the transfer's outcome, the ladder (`sipbridge.trace.steps`, the same rows
 as `sipbridge trace`), the transcript and the recording.
 
-The pages read calls through the API's own GET routes (live calls from the CallManager,
-else the store). With API keys configured every dashboard route wants HTTP Basic auth, any
+The pages read calls the way the API's GET routes do (`CallRecords`: live calls from the
+CallManager, else the store). With API keys configured every dashboard route wants HTTP Basic auth, any
 user name and an API key as the password (a browser sends it on its own requests, the
 audio player's included). Everything from a call is escaped: SIP headers come from the
 internet. Scripts are served as files and the Content-Security-Policy allows no others.
@@ -20,15 +20,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from sipbridge.api.errors import ApiError
+from sipbridge.api.records import CallRecords
 from sipbridge.trace import FAILING, Step, Summary, outcome, step, steps, summarize
+
+T = TypeVar("T")
 
 BASE = "/dashboard"
 LIVE_STATES = ("ringing", "active")
@@ -68,20 +70,8 @@ def basic_password(header: str | None) -> str | None:
     return password if colon else None
 
 
-def _endpoint(app: FastAPI, path: str) -> Callable[..., Awaitable[Any]]:
-    """The API's own GET route for `path`: the dashboard reads calls the way the API does."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path == path and "GET" in (route.methods or ()):
-            return route.endpoint
-    raise RuntimeError(f"mount_dashboard needs the API route GET {path}: mount it last")
-
-
-def mount_dashboard(app: FastAPI, control: object, api_keys: list[str]) -> None:
+def mount_dashboard(app: FastAPI, records: CallRecords, api_keys: list[str]) -> None:
     """Add the dashboard's routes to the API's app (after the API's own routes)."""
-    del control  # the API's routes hold it: the dashboard reads through them
-    get_call = _endpoint(app, "/v1/realtime/calls/{call_id}")
-    list_calls = _endpoint(app, "/v1/realtime/calls")
-    recording = _endpoint(app, "/v1/realtime/calls/{call_id}/recording")
     keys = [k.encode() for k in api_keys]
     files = resources.files("sipbridge.api") / "static"
 
@@ -100,12 +90,12 @@ def mount_dashboard(app: FastAPI, control: object, api_keys: list[str]) -> None:
     app.add_exception_handler(_Unauthorized, unauthorized)
     router = APIRouter(prefix=BASE, dependencies=[Depends(authorize)], include_in_schema=False)
 
-    async def read(route: Callable[..., Awaitable[Any]], call_id: str) -> Any:
-        """What the API's route gives for the call, or the page that says why it cannot."""
+    async def read(what: Callable[[str], Awaitable[T]], call_id: str) -> T | Response:
+        """What `records` gives for the call, or the page that says why it cannot."""
         if len(call_id) > MAX_ID:
             return _error_page(404, "No such call.")
         try:
-            return await route(call_id)
+            return await what(call_id)
         except ApiError as exc:
             return _error_page(exc.status, exc.message)
 
@@ -116,17 +106,16 @@ def mount_dashboard(app: FastAPI, control: object, api_keys: list[str]) -> None:
     @router.get("/api/calls")
     async def calls_data(limit: int = Query(100, ge=1, le=1000)) -> Response:
         try:
-            listed = await list_calls(state=None, since=None, until=None, caller=None,
-                                      transfer_status=None, limit=limit)
+            listed = await records.list(limit=limit)
         except ApiError as exc:
             return JSONResponse(exc.body(), status_code=exc.status, headers=HEADERS)
         now = time.time()
-        rows = [_row(summarize(c, now)) for c in listed["data"]]
+        rows = [_row(summarize(c, now)) for c in listed]
         return JSONResponse({"now": now, "calls": rows}, headers=HEADERS)
 
     @router.get("/calls/{call_id}")
     async def call_page(call_id: str) -> Response:
-        record = await read(get_call, call_id)
+        record = await read(records.get, call_id)
         if isinstance(record, Response):
             return record
         summary = summarize(record)
@@ -135,9 +124,11 @@ def mount_dashboard(app: FastAPI, control: object, api_keys: list[str]) -> None:
 
     @router.get("/calls/{call_id}/recording")
     async def call_recording(call_id: str) -> Response:
-        response: Response = await read(recording, call_id)
-        response.headers.update(HEADERS)
-        return response
+        path = await read(records.recording, call_id)
+        if isinstance(path, Response):
+            return path
+        return FileResponse(str(path), media_type="audio/wav", filename=f"{call_id}.wav",
+                            headers=HEADERS)
 
     @router.get("/static/{name}")
     async def static(name: str) -> Response:
