@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for sipbridge: the Debian packages that the tests and
-# the demo use (SIPp, sipsak, python3-venv) and the project's virtualenv in
-# .venv with sipbridge installed in editable mode.
+# the demo use (SIPp, sipsak, PostgreSQL, python3-venv) and the project's
+# virtualenv in .venv with sipbridge installed in editable mode.
 #
 # Idempotent: apt is not touched when every package is present, and the
 # virtualenv is not reinstalled while pyproject.toml is unchanged.
@@ -50,6 +50,9 @@ command -v sipsak >/dev/null 2>&1 || missing+=(sipsak)
 command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The PostgreSQL server the store's tests start (its binaries are not on PATH).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ! python_ok; then
     [[ "$PYTHON" == python3 ]] || die "$PYTHON is not a Python >= 3.11"
     missing+=(python3 python3-venv)
@@ -94,7 +97,7 @@ if ! [[ -x "$VENV/bin/python" ]] || [[ "$(pyversion "$VENV/bin/python")" != "$(p
     "$PYTHON" -m venv "$VENV"
 fi
 
-log "installing sipbridge (editable) with the agent, test and dev extras"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,test,dev]'
+log "installing sipbridge (editable) with the agent, postgres, test and dev extras"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,postgres,test,dev]'
 printf '%s\n' "$want" >"$STAMP"
 log "ready: $VENV"

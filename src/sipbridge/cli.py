@@ -95,8 +95,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sipbridge.store import StoreError
+
     try:
         return asyncio.run(_serve(Gateway(config)))
+    except StoreError as exc:  # its message names the store without a password
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"sipbridge: cannot bind {config.sip} or {config.http}: {exc}", file=sys.stderr)
         return 1
@@ -116,7 +121,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     """`calls` and `trace`, read from the store (no running gateway needed)."""
-    from sipbridge.store import SqliteStore
+    from sipbridge.store import StoreError, is_database_url, open_store
     from sipbridge.trace import calls_table, ladder
 
     path = args.store
@@ -126,10 +131,14 @@ def show(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"sipbridge: {exc}", file=sys.stderr)
             return 2
-    if path == "off" or not Path(path).is_file():
+    if path == "off" or not (is_database_url(path) or Path(path).is_file()):
         print(f"sipbridge: no call store at {path}", file=sys.stderr)
         return 1
-    store = SqliteStore(path)
+    try:
+        store = open_store(path)
+    except StoreError as exc:  # its message names the store without the password
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.command == "calls":
             print(calls_table(store.list_calls(state=args.state, caller=args.caller,
@@ -138,7 +147,7 @@ def show(args: argparse.Namespace) -> int:
             return 0
         call = store.get_call(args.call_id)
         if call is None:
-            print(f"sipbridge: no call {args.call_id} in {path}", file=sys.stderr)
+            print(f"sipbridge: no call {args.call_id} in {store.label}", file=sys.stderr)
             return 1
         print(ladder(call, full=args.full))
         return 0

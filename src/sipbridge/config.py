@@ -129,7 +129,9 @@ class Config(BaseSettings):
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
     trunk: TrunkConfig | None = None
-    # The call store: every call and its timeline (SQLite). "off": in memory only.
+    # The call store: every call and its timeline. A SQLite file's path, or a
+    # postgresql://user:pass@host/db URL (pip install 'sipbridge[postgres]'; several
+    # gateways may share the database). "off": in memory only.
     store: str = "sipbridge.db"
     store_retention_days: float | None = Field(None, gt=0)
     # The agent: the model each answered call talks to.

@@ -96,14 +96,14 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         c = self.config
         if c.store != "off":
-            from sipbridge.store import SqliteStore
+            from sipbridge.store import open_store
 
-            self.store = SqliteStore(c.store, retention_days=c.store_retention_days)
+            self.store = open_store(c.store, retention_days=c.store_retention_days)
             ended = await asyncio.to_thread(self.store.mark_unfinished)
             purged = await asyncio.to_thread(self.store.purge)
             if ended or purged:
                 log.warning("store %s: %d calls left unfinished by the last run marked ended, "
-                            "%d old calls purged", c.store, ended, purged)
+                            "%d old calls purged", self.store.label, ended, purged)
         # The model and the API first: once SIP answers, everything answers.
         if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
             await self._start_local_model()

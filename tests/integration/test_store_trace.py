@@ -4,6 +4,7 @@ failed transfer names the failing step and its SIP status."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,12 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from tests.integration.appside import KEY, App, start_app
 from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.pgserver import PASSWORD
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +67,15 @@ def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None
     assert 0 < values["sipbridge_call_setup_seconds_sum"] < 5  # rang until accepted
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_killed_gateway_loses_no_reported_record(
-    start_gateway: Callable[..., Gateway], tmp_path: Path
+    start_gateway: Callable[..., Gateway], tmp_path: Path, backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    store = str(tmp_path / "calls.db")
+    if backend == "sqlite":
+        store = str(tmp_path / "calls.db")
+    else:
+        store = request.getfixturevalue("pg_url")
     gateway = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
     text = (SCENARIOS / "uac_listen.xml").read_text()
     scenario = tmp_path / "listen.xml"
@@ -98,3 +106,22 @@ def test_a_killed_gateway_loses_no_reported_record(
     sip = [e["line"] for e in record["timeline"] if e["kind"] == "sip"]
     assert sip[0].startswith("INVITE ") and "SIP/2.0 200 OK" in sip  # written before the kill
     assert record["timeline"][-1]["kind"] == "gateway"
+    # the restarted gateway names the store, never with its password
+    shown = store if backend == "sqlite" else store.replace(quote(PASSWORD, safe=""), "***")
+    assert f"store {shown}: 1 calls left unfinished by the last run" in again.log()
+    assert PASSWORD not in again.log() and quote(PASSWORD, safe="") not in again.log()
+
+
+@pytest.mark.parametrize("store", ["{tmp}/missing/dir/calls.db",
+                                   "postgresql://bob:hunter2@127.0.0.1:1/calls"])
+def test_a_store_that_cannot_be_opened_stops_serve_with_one_line(tmp_path: Path,
+                                                                 store: str) -> None:
+    """No traceback and no password: which store, and why."""
+    run = subprocess.run(
+        [sys.executable, "-m", "sipbridge", "serve", "--sip", "127.0.0.1:0", "--http", "off"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "SIPBRIDGE_STORE": store.format(tmp=tmp_path)})
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("sipbridge: cannot open the call store "), run.stderr
+    assert "Traceback" not in run.stderr and "hunter2" not in run.stderr, run.stderr

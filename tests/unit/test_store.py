@@ -1,4 +1,6 @@
-"""The SQLite call store: round trips, filters, restart handling, retention, durability."""
+"""The call store, on SQLite and on PostgreSQL: round trips, filters, restart handling,
+retention, durability. Tests of one backend only say so in their name; PostgreSQL's own
+are in test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sipbridge.store import SqliteStore
+from sipbridge.store import SqliteStore, Store, StoreError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -39,14 +43,73 @@ def call(call_id: str, **fields: Any) -> dict[str, Any]:
     return record
 
 
+@dataclass
+class Backend:
+    """A database for the store, and a way around the store to look at it or get in its way."""
+
+    name: str
+    target: str  # a SQLite file's path or a postgresql:// URL
+    open: Callable[..., Store]  # open(**options): a store on it
+    sql: Callable[[str], list[tuple[Any, ...]]]  # a statement run on a connection of our own
+    block: Callable[[], AbstractContextManager[None]]  # nobody may write; reading goes on
+
+
+def sqlite_backend(path: Path) -> Backend:
+    def sql(statement: str) -> list[tuple[Any, ...]]:
+        with closing(sqlite3.connect(path, isolation_level=None)) as raw:
+            return raw.execute(statement).fetchall()
+
+    @contextmanager
+    def block() -> Iterator[None]:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the disk is "stuck": no writer can get in
+        try:
+            yield
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+    return Backend("sqlite", str(path), lambda **kw: SqliteStore(path, **kw), sql, block)
+
+
+def postgres_backend(url: str) -> Backend:
+    import psycopg
+
+    from sipbridge.store.postgres import PostgresStore
+
+    def sql(statement: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as raw:
+            cursor = raw.execute(statement.encode())
+            return cursor.fetchall() if cursor.description else []
+
+    @contextmanager
+    def block() -> Iterator[None]:
+        with psycopg.connect(url) as blocker:
+            # EXCLUSIVE: no INSERT or UPDATE gets in, SELECT does
+            blocker.execute("LOCK TABLE calls, events IN EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                blocker.rollback()
+
+    return Backend("postgres", url, lambda **kw: PostgresStore(url, **kw), sql, block)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return sqlite_backend(tmp_path / "calls.db")
+    return postgres_backend(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "calls.db", retention_days=30)
+def store(backend: Backend) -> Iterator[Store]:
+    s = backend.open(retention_days=30)
     yield s
     s.close()
 
 
-def test_round_trip_call_and_timeline_in_order(store: SqliteStore) -> None:
+def test_round_trip_call_and_timeline_in_order(store: Store) -> None:
     record = call(
         "rtc_1",
         state="active",
@@ -73,7 +136,7 @@ def test_round_trip_call_and_timeline_in_order(store: SqliteStore) -> None:
     assert store.get_call("rtc_missing") is None
 
 
-def test_upsert_replaces_and_keeps_extra_fields(store: SqliteStore) -> None:
+def test_upsert_replaces_and_keeps_extra_fields(store: Store) -> None:
     store.upsert_call(call("rtc_1", custom={"a": 1}))
     store.add_event("rtc_1", 1000.0, "sip", {"method": "INVITE"})
     store.upsert_call(
@@ -90,7 +153,7 @@ def test_upsert_replaces_and_keeps_extra_fields(store: SqliteStore) -> None:
     assert len(store.list_calls()) == 1
 
 
-def test_record_is_captured_when_queued(store: SqliteStore) -> None:
+def test_record_is_captured_when_queued(store: Store) -> None:
     record = call("rtc_1")
     store.upsert_call(record)
     record["transfers"].append({"status": "failed"})  # the caller goes on mutating it
@@ -102,7 +165,7 @@ def test_record_is_captured_when_queued(store: SqliteStore) -> None:
     assert got["transfers"] == []
 
 
-def test_list_filters_order_and_limit(store: SqliteStore) -> None:
+def test_list_filters_order_and_limit(store: Store) -> None:
     store.upsert_call(call("rtc_a", created_at=100.0, state="ended", ended_at=150.0,
                            caller="sip:+14155550100@a.example",
                            transfers=[{"status": "failed"}, {"status": "succeeded"}]))
@@ -136,7 +199,7 @@ def test_list_filters_order_and_limit(store: SqliteStore) -> None:
     assert store.list_calls(state="active")[0]["transfers"] == [{"status": "timed_out"}]
 
 
-def test_mark_unfinished(store: SqliteStore) -> None:
+def test_mark_unfinished(store: Store) -> None:
     store.upsert_call(call("rtc_ringing"))
     store.upsert_call(call("rtc_active", state="active", answered_at=1001.0))
     store.upsert_call(call("rtc_done", state="ended", ended_at=1002.0, end_reason="local_bye"))
@@ -158,10 +221,10 @@ def test_mark_unfinished(store: SqliteStore) -> None:
     assert store.mark_unfinished() == 0
 
 
-def test_purge_with_retention(tmp_path: Path) -> None:
+def test_purge_with_retention(backend: Backend) -> None:
     day = 86400.0
     now = 100 * day
-    with SqliteStore(tmp_path / "calls.db", retention_days=7) as store:
+    with backend.open(retention_days=7) as store:
         store.upsert_call(call("rtc_old", state="ended", created_at=now - 10 * day,
                                ended_at=now - 10 * day))
         store.upsert_call(call("rtc_recent", state="ended", created_at=now - 8 * day,
@@ -173,30 +236,39 @@ def test_purge_with_retention(tmp_path: Path) -> None:
         assert store.purge(now=now) == 1
         assert store.get_call("rtc_old") is None
         assert {c["id"] for c in store.list_calls()} == {"rtc_recent", "rtc_live"}
-        with sqlite3.connect(tmp_path / "calls.db") as raw:
-            left = raw.execute("SELECT call_id FROM events ORDER BY id").fetchall()
+        left = backend.sql("SELECT call_id FROM events ORDER BY id")
         assert left == [("rtc_recent",)]
         assert store.purge(now=now) == 0
 
-    with SqliteStore(tmp_path / "calls.db") as keep_forever:
+    with backend.open() as keep_forever:
         assert keep_forever.purge(now=now + 1000 * day) == 0
         assert len(keep_forever.list_calls()) == 2
 
 
-def test_writes_do_not_block_on_a_locked_database(tmp_path: Path) -> None:
-    path = tmp_path / "calls.db"
-    with SqliteStore(path, busy_timeout=10.0) as store:
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")  # the disk is "stuck": no writer can get in
-        try:
+def test_timestamps_and_text_round_trip_exactly(store: Store) -> None:
+    record = call("rtc_1", created_at=1712345678.123456789, answered_at=0.1 + 0.2,
+                  ended_at=1e-7, caller="sip:\u00e9l\u00e8ve@\u4f8b.example",
+                  sip={"text": "INVITE \\u0000 \U0001f600\r\n", "n": 2**53 + 1,
+                       "jitter": 1e-05, "mos": 0.1 + 0.2})
+    store.upsert_call(record)
+    store.add_event("rtc_1", 1712345678.987654321, "sip", {"line": "back\\slash \"quoted\""})
+    assert store.flush()
+    got = store.get_call("rtc_1")
+    assert got is not None
+    timeline = got.pop("timeline")
+    assert got == record
+    assert timeline == [{"at": 1712345678.987654321, "kind": "sip",
+                         "line": "back\\slash \"quoted\""}]
+
+
+def test_writes_do_not_block_on_a_locked_database(backend: Backend) -> None:
+    with backend.open() as store:
+        with backend.block():
             for i in range(1000):
                 store.upsert_call(call(f"rtc_{i:04d}", created_at=float(i)))
                 store.add_event(f"rtc_{i:04d}", float(i), "sip", {"i": i})
             # every call returned although nothing could be written yet
             assert store.list_calls(limit=5) == []
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         assert store.flush(timeout=10.0)
         calls = store.list_calls(limit=5000)
         assert len(calls) == 1000
@@ -208,26 +280,30 @@ def test_writes_do_not_block_on_a_locked_database(tmp_path: Path) -> None:
         assert store.dropped == 0
 
 
-def test_reopen_runs_no_migration_twice(tmp_path: Path) -> None:
-    path = tmp_path / "calls.db"
-    with SqliteStore(path) as store:
+def test_reopen_runs_no_migration_twice(backend: Backend) -> None:
+    with backend.open() as store:
         store.upsert_call(call("rtc_1"))
-    with SqliteStore(path) as store:
+    with backend.open() as store:
         assert store.get_call("rtc_1") is not None
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert backend.sql("SELECT version FROM schema_version") == [(1,)]
+    backend.sql("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match="newer"):
+        backend.open()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    SqliteStore(path).close()
+    with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        raw.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
-        SqliteStore(path)
 
 
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from sipbridge.store import SqliteStore
+    from sipbridge.store import open_store
 
-    store = SqliteStore(sys.argv[1])
+    store = open_store(sys.argv[1])
     store.upsert_call({"id": "rtc_crash", "state": "active", "created_at": 1.0,
                        "answered_at": 2.0, "ended_at": None, "caller": "sip:alice@x",
                        "callee": "sip:bot@y", "sip": {}, "transfers": [], "webhooks": []})
@@ -239,11 +315,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_durable_across_a_killed_process(tmp_path: Path) -> None:
-    path = tmp_path / "calls.db"
+def run_killed_child(target: str) -> None:
+    """A process that writes the call "rtc_crash" (active), flushes and gets SIGKILL."""
     pythonpath = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)],
+        [sys.executable, "-c", CHILD, target],
         env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         timeout=30,
@@ -251,7 +327,11 @@ def test_durable_across_a_killed_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == -9, proc.stderr.decode()
 
-    with SqliteStore(path) as store:
+
+def test_durable_across_a_killed_process(backend: Backend) -> None:
+    run_killed_child(backend.target)
+
+    with backend.open() as store:
         got = store.get_call("rtc_crash")
         assert got is not None
         assert got["state"] == "active"
@@ -264,57 +344,68 @@ def test_durable_across_a_killed_process(tmp_path: Path) -> None:
         assert got["timeline"][-1]["kind"] == "gateway"
 
 
-def test_write_errors_are_logged_and_counted_not_raised(
+def test_sqlite_write_errors_on_a_locked_database_are_logged_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "calls.db"
     caplog.set_level(logging.DEBUG, logger="sipbridge.store")
-    store = SqliteStore(path, busy_timeout=0.05)
+    with SqliteStore(path, busy_timeout=0.05) as store:
+        # a locked database: the write fails after the busy timeout, flush says so
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        store.upsert_call(call("rtc_locked"))
+        assert store.flush() is False
+        assert store.write_errors == 1
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert any("writes failed" in r.getMessage() for r in caplog.records)
 
-    # a locked database: the write fails after the busy timeout, flush says so
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    store.upsert_call(call("rtc_locked"))
-    assert store.flush() is False
-    assert store.write_errors == 1
-    blocker.execute("ROLLBACK")
-    blocker.close()
-    assert any("writes failed" in r.getMessage() for r in caplog.records)
+        # the writer is still alive and well
+        store.upsert_call(call("rtc_ok"))
+        assert store.flush() is True
+        assert store.get_call("rtc_ok") is not None
+        assert store.get_call("rtc_locked") is None
 
-    # the writer is still alive and well
-    store.upsert_call(call("rtc_ok"))
-    assert store.flush() is True
-    assert store.get_call("rtc_ok") is not None
+
+def test_write_errors_are_logged_and_counted_not_raised(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sipbridge.store")
+    store = backend.open()
 
     # a record that cannot be stored: a bad value, a missing id
+    store.upsert_call(call("rtc_ok"))
     store.upsert_call(call("rtc_bad", created_at={"not": "a number"}))
     store.upsert_call({"state": "ringing"})
+    store.add_event("rtc_ok", 1.0, "sip", {"after": "the bad one"})
     assert store.flush() is False
-    assert store.write_errors == 3
+    assert store.write_errors == 2
     assert store.get_call("rtc_bad") is None
+    assert any("writes failed" in r.getMessage() for r in caplog.records)
+    # the rest of the batch is in, and the writer is alive and well
+    got = store.get_call("rtc_ok")
+    assert got is not None
+    assert got["timeline"] == [{"at": 1.0, "kind": "sip", "after": "the bad one"}]
+    store.upsert_call(call("rtc_later"))
+    assert store.flush() is True
+    assert store.get_call("rtc_later") is not None
 
     # writes after close are ignored and counted
     store.close()
     store.upsert_call(call("rtc_late"))
     store.add_event("rtc_late", 1.0, "sip", {})
-    assert store.write_errors == 5
+    assert store.write_errors == 4
     assert store.flush() is False
     assert store.mark_unfinished() == 0
     store.close()  # idempotent
     assert any("after close" in r.getMessage() for r in caplog.records)
 
 
-def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
-    path = tmp_path / "calls.db"
-    store = SqliteStore(path, max_queue=1, busy_timeout=0.2)
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")  # the writer is stuck on its first write
-    try:
+def test_full_queue_drops_and_counts(backend: Backend) -> None:
+    store = backend.open(max_queue=1)
+    with backend.block():  # the writer is stuck on its first write
         for i in range(20):
             store.add_event("rtc_1", float(i), "sip", {"i": i})
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     # at most one write in the writer's hands and one in the queue
     assert store.dropped >= 18
     store.close()

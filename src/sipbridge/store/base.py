@@ -1,0 +1,341 @@
+"""What every call store backend shares, on top of the writer thread (`QueuedWriter`):
+transactions and reconnection, set-up and migrations, the SQL of writes, restart marking,
+retention and reads.
+
+Writes (`upsert_call`, `add_event`) are serialised on the spot (so a record the caller
+mutates later is stored as it was) and queued for the writer thread, which owns the write
+connection. Reads are synchronous, on a second connection of their own (one reader at a
+time): fine from a thread, a CLI or `asyncio.to_thread`, not from the event loop itself.
+`mark_unfinished` and `purge` run on the writer thread and wait for it.
+
+A backend supplies the connection, its transactions, the dialect's bits of SQL and its
+migrations; the SQL here is written with `?` placeholders, turned into the driver's `PARAM`.
+A backend whose server can go away (PostgreSQL) reports a lost connection through `_lost`:
+the transaction is then run once more on a new connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from sipbridge.store.records import (
+    COLUMNS,
+    call_params,
+    dumps,
+    event_params,
+    row_to_call,
+    timeline,
+)
+from sipbridge.store.writer import QueuedWriter, Write
+
+log = logging.getLogger("sipbridge.store")
+
+T = TypeVar("T")
+
+_DAY = 86400.0
+
+
+class StoreError(RuntimeError):
+    """The call store cannot be opened or used: unreachable, or a schema too new."""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What the shared code needs of a DB-API connection (sqlite3's, psycopg's)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Connection)
+
+
+class _Link(Generic[C]):
+    """A connection, replaced by a new one when the server drops it."""
+
+    def __init__(self, conn: C, *, writer: bool) -> None:
+        self.conn = conn
+        self.writer = writer
+
+
+def _execute_all(writes: list[Write], conn: Connection) -> None:
+    for w in writes:
+        conn.execute(w.sql, w.params)
+
+
+class SqlStore(QueuedWriter, Generic[C]):
+    """The call store, less what depends on the database: see the module's docstring."""
+
+    # --- what a backend supplies --------------------------------------------------------
+
+    PARAM: ClassVar[str]  # the driver's placeholder, for each "?" in the SQL
+    ERRORS: ClassVar[tuple[type[Exception], ...]]  # what the driver raises
+    MIGRATIONS: ClassVar[tuple[tuple[str, ...], ...]]  # migration N is MIGRATIONS[N - 1]
+    CALLER_MATCH: ClassVar[str]  # caller contains ?, as a plain substring
+    TRANSFER_MATCH: ClassVar[str]  # a transfer of the call has status ?
+    INSERTION_ORDER: ClassVar[str]  # an expression growing with each new call row
+    label: str  # how logs and errors name the store (never with a password)
+    unfinished = "ended_at IS NULL"  # the calls that `mark_unfinished` ends
+    stamp: tuple[tuple[str, str], ...] = ()  # (column, SQL value) set by each upsert_call
+
+    @abstractmethod
+    def _connect(self, *, writer: bool) -> C:
+        """A new connection, ready for `_begin`; for the writer thread or for reads."""
+
+    @abstractmethod
+    def _begin(self, conn: C, *, writer: bool) -> None:
+        """Start a transaction (the writer's takes the database's write lock, if any)."""
+
+    @abstractmethod
+    def _commit(self, conn: C) -> None:
+        """Commit the transaction."""
+
+    @abstractmethod
+    def _rollback(self, conn: C) -> None:
+        """Roll back whatever is open; never raises."""
+
+    def _lost(self, conn: C) -> bool:
+        """After an error: is the connection gone (so that a new one may do better)?"""
+        return False
+
+    def _lock_schema(self, conn: C) -> None:
+        """Inside the migration's transaction: keep other processes from migrating too."""
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def __init__(self, *, retention_days: float | None, max_queue: int) -> None:
+        super().__init__(max_queue=max_queue)
+        self.retention_days = retention_days
+        columns = (*COLUMNS, *(c for c, _ in self.stamp))
+        values = ("?",) * len(COLUMNS) + tuple(v for _, v in self.stamp)
+        self._upsert_sql = self._sql(
+            f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join(values)}) "
+            "ON CONFLICT (id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
+        )
+        self._event_sql = self._sql("INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)")
+
+        wconn = self._connect(writer=True)
+        try:
+            self._once(wconn, self._migrate, writer=True)
+            rconn = self._connect(writer=False)
+        except BaseException:
+            wconn.close()
+            raise
+        self._w = _Link(wconn, writer=True)
+        self._r = _Link(rconn, writer=False)
+        self._read_lock = threading.Lock()
+        self._start_writer()
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.PARAM)
+
+    def _migrate(self, conn: C) -> None:
+        self._lock_schema(conn)
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = int(row[0] or 0)
+        if current > len(self.MIGRATIONS):
+            raise StoreError(
+                f"call store schema version {current} is newer than this sipbridge "
+                f"understands ({len(self.MIGRATIONS)})"
+            )
+        for version in range(current + 1, len(self.MIGRATIONS) + 1):
+            for statement in self.MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+
+    # --- transactions -------------------------------------------------------------------
+
+    def _once(self, conn: C, fn: Callable[[C], T], *, writer: bool) -> T:
+        self._begin(conn, writer=writer)
+        try:
+            result = fn(conn)
+            self._commit(conn)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return result
+
+    def _transact(self, link: _Link[C], fn: Callable[[C], T]) -> T:
+        """`fn(conn)` in one transaction; once more on a new connection if the server
+        dropped the link's. (A commit cut off by the loss may have been applied: the retry
+        then repeats it, which an upsert survives and an event shows twice.)"""
+        try:
+            return self._once(link.conn, fn, writer=link.writer)
+        except self.ERRORS as exc:
+            if not self._lost(link.conn):
+                raise
+            log.warning("call store %s: connection lost (%s); reconnecting",
+                        self.label, self._describe(exc))
+        link.conn.close()
+        link.conn = self._connect(writer=link.writer)
+        return self._once(link.conn, fn, writer=link.writer)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def upsert_call(self, record: Mapping[str, Any]) -> None:
+        """Queue the call record (replacing any earlier one with the same id)."""
+        try:
+            params = call_params(record)
+        except (KeyError, TypeError, ValueError) as exc:  # a bad record must not break the call
+            self._count_errors(1, "call store: unusable call record: %r", exc)
+            return
+        self._enqueue(Write(self._upsert_sql, params))
+
+    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> None:
+        """Queue one timeline entry of the call."""
+        try:
+            params = event_params(call_id, at, kind, data)
+        except (TypeError, ValueError) as exc:
+            self._count_errors(1, "call store: unusable event: %r", exc)
+            return
+        self._enqueue(Write(self._event_sql, params))
+
+    def mark_unfinished(self, reason: str = "gateway_restarted") -> int:
+        """End every call left without `ended_at` (by a crash): state "ended", ended now,
+        end_reason "abnormal: <reason>", and a "gateway" timeline event. Returns how many.
+        Blocks until the writer has done it (meant for start-up)."""
+
+        def task(conn: C) -> int:
+            now = time.time()
+            ended = conn.execute(
+                self._sql("UPDATE calls SET state = 'ended', ended_at = ?, end_reason = ? "
+                          f"WHERE {self.unfinished} RETURNING id"),
+                (now, f"abnormal: {reason}"),
+            ).fetchall()
+            data = dumps({"status": "restarted", "reason": reason})
+            for (call_id,) in ended:
+                conn.execute(self._event_sql, (call_id, now, "gateway", data))
+            return len(ended)
+
+        return self._run_task(task, default=0)
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete ended calls (and their events) that ended more than `retention_days` ago,
+        and orphan events as old. Returns how many calls. Blocks until done."""
+        if self.retention_days is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.retention_days * _DAY
+
+        def task(conn: C) -> int:
+            old = "FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?"
+            conn.execute(self._sql(f"DELETE FROM events WHERE call_id IN (SELECT id {old})"),
+                         (cutoff,))
+            n = conn.execute(self._sql(f"DELETE {old}"), (cutoff,)).rowcount
+            conn.execute(
+                self._sql("DELETE FROM events WHERE at < ? AND NOT EXISTS "
+                          "(SELECT 1 FROM calls WHERE calls.id = events.call_id)"),
+                (cutoff,),
+            )
+            return int(n)
+
+        return self._run_task(task, default=0)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer thread, close both connections."""
+        super().close()
+        with self._read_lock:
+            self._r.conn.close()
+
+    # --- on the writer thread -----------------------------------------------------------
+
+    def _run_task_fn(self, fn: Callable[[C], T]) -> T:
+        return self._transact(self._w, fn)
+
+    def _writer_done(self) -> None:
+        self._w.conn.close()
+
+    def _apply(self, writes: list[Write]) -> None:
+        try:
+            self._transact(self._w, partial(_execute_all, writes))
+            return
+        except self.ERRORS as exc:
+            error = exc
+        # Something failed: one write per transaction so only the bad ones are lost; all of
+        # them when there is no connection to the server any more.
+        failed = 0
+        first: Exception | None = None
+        for i, w in enumerate(writes):
+            if self._lost(self._w.conn):
+                failed += len(writes) - i
+                break
+            try:
+                self._transact(self._w, partial(_execute_all, [w]))
+            except self.ERRORS as exc:
+                failed += 1
+                first = first or exc
+        if failed:
+            self._count_errors(failed, "call store: %d of %d writes failed: %s",
+                               failed, len(writes), self._describe(first or error))
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[C], T]) -> T:
+        with self._read_lock:
+            return self._transact(self._r, fn)
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """The call record plus "timeline": its events in order, `{"at", "kind", **data}`."""
+
+        def read(conn: C) -> tuple[Any, list[Any]]:
+            row = conn.execute(
+                self._sql(f"SELECT {', '.join(COLUMNS)} FROM calls WHERE id = ?"), (call_id,)
+            ).fetchone()
+            events = conn.execute(
+                self._sql("SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY id"),
+                (call_id,),
+            ).fetchall()
+            return row, events
+
+        row, events = self._read(read)
+        if row is None:
+            return None
+        call = row_to_call(row)
+        call["timeline"] = timeline(events)
+        return call
+
+    def list_calls(
+        self,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        caller: str | None = None,
+        transfer_status: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Calls newest first (by created_at), without timelines. `since` <= created_at <
+        `until`; `caller` is a substring of the caller; `transfer_status` matches the status
+        of any of the call's transfers."""
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("state = ?", state),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+            (self.CALLER_MATCH, caller),
+            (self.TRANSFER_MATCH, transfer_status),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created_at DESC NULLS LAST, {self.INSERTION_ORDER} DESC LIMIT ?"
+        params.append(max(0, int(limit)))
+        rows = self._read(lambda conn: conn.execute(self._sql(sql), params).fetchall())
+        return [row_to_call(r) for r in rows]

@@ -1,0 +1,69 @@
+"""How a call record maps to a row of `calls`, and a timeline entry to a row of `events`.
+
+The same for every backend: scalar fields get a column each, `sip`, `transfers` and
+`webhooks` a JSON column each, and every other field of the record goes into `extra` (JSON),
+so a record reads back as it was written. JSON is serialised here, once, when a write is
+queued; a backend reads it back as text and `row_to_call` / `timeline` parse it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SCALARS = ("state", "created_at", "answered_at", "ended_at", "end_reason", "caller", "callee")
+JSON_COLUMNS: dict[str, Any] = {"sip": {}, "transfers": [], "webhooks": []}
+COLUMNS = ("id", *SCALARS, "recording", *JSON_COLUMNS, "extra")
+_KNOWN = {"id", "recording", "timeline", *SCALARS, *JSON_COLUMNS}
+
+
+class JsonText(str):
+    """Serialised JSON: a backend with a JSON column type binds it as that type."""
+
+    __slots__ = ()
+
+
+def dumps(value: Any) -> JsonText:
+    return JsonText(json.dumps(value, default=str, separators=(",", ":")))
+
+
+def call_params(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of `COLUMNS` for a call record. KeyError, TypeError or ValueError when
+    the record cannot be stored."""
+    recording = record.get("recording")
+    return (
+        str(record["id"]),
+        *(record.get(c) for c in SCALARS),
+        None if recording is None else str(recording),
+        *(dumps(record.get(c) or empty) for c, empty in JSON_COLUMNS.items()),
+        dumps({k: v for k, v in record.items() if k not in _KNOWN}),
+    )
+
+
+def event_params(call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of (call_id, at, kind, data) for a timeline entry."""
+    return (str(call_id), float(at), str(kind), dumps(dict(data)))
+
+
+def row_to_call(row: Iterable[Any]) -> dict[str, Any]:
+    """A row of `COLUMNS` back into the call record it was written from."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    extra = json.loads(values.pop("extra") or "{}")
+    call: dict[str, Any] = {}
+    for column, value in values.items():
+        call[column] = json.loads(value) if column in JSON_COLUMNS else value
+    for key, value in extra.items():
+        call.setdefault(key, value)
+    return call
+
+
+def timeline(events: Iterable[tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
+    """Rows of (at, kind, data), in order, as timeline entries `{"at", "kind", **data}`."""
+    entries = []
+    for at, kind, data in events:
+        entry: dict[str, Any] = {"at": at, "kind": kind}
+        for key, value in json.loads(data).items():
+            entry.setdefault(key, value)
+        entries.append(entry)
+    return entries
