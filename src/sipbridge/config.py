@@ -134,6 +134,7 @@ class Config(BaseSettings):
     # gateways may share the database). "off": in memory only.
     store: str = "sipbridge.db"
     store_retention_days: float | None = Field(None, gt=0)
+    store_purge_interval: float = Field(3600.0, gt=0)  # seconds between purges by age
     # The agent: the model each answered call talks to.
     agent_url: str = "local"  # "local": the built-in model; or ws(s)://.../v1/realtime?model=...
     agent_api_key: str | None = None  # Bearer key for agent_url (OpenAI's, say)

@@ -65,6 +65,7 @@ class Gateway:
         self.sideband = SidebandHubs()
         self._inbound: tuple[bytes, Address] | None = None
         self.store: Any = None
+        self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
@@ -104,6 +105,8 @@ class Gateway:
             if ended or purged:
                 log.warning("store %s: %d calls left unfinished by the last run marked ended, "
                             "%d old calls purged", self.store.label, ended, purged)
+            if c.store_retention_days is not None:
+                self._purging = asyncio.create_task(self._purge_every(c.store_purge_interval))
         # The model and the API first: once SIP answers, everything answers.
         if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
             await self._start_local_model()
@@ -155,7 +158,17 @@ class Gateway:
     def port(self) -> int:
         return self.transport.port
 
+    async def _purge_every(self, interval: float) -> None:
+        """Retention by age while the gateway runs, not only at start-up."""
+        while True:
+            await asyncio.sleep(interval)
+            purged = await asyncio.to_thread(self.store.purge)
+            if purged:
+                log.info("store %s: %d old calls purged", self.store.label, purged)
+
     async def stop(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
         for bridge in list(self.agents.values()):
             await bridge.close()
         if self.http is not None:

@@ -4,6 +4,7 @@ failed transfer names the failing step and its SIP status."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -125,3 +127,32 @@ def test_a_store_that_cannot_be_opened_stops_serve_with_one_line(tmp_path: Path,
     lines = run.stderr.strip().splitlines()
     assert lines[0].startswith("sipbridge: cannot open the call store "), run.stderr
     assert "Traceback" not in run.stderr and "hunter2" not in run.stderr, run.stderr
+
+
+def test_old_calls_are_purged_while_the_gateway_runs(tmp_path: Path) -> None:
+    """store_retention_days holds for a gateway that runs for months, not only at start-up."""
+    from sipbridge.config import load_config
+    from sipbridge.gateway import Gateway as InProcess
+
+    async def main() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        gateway = InProcess(load_config(
+            None, sip="127.0.0.1:0", http="off", store=str(tmp_path / "calls.db"),
+            store_retention_days=1 / 86400, store_purge_interval=0.2))  # one second
+        await gateway.start()
+        try:
+            store = gateway.store
+            now = time.time()
+            for call_id, ended in (("rtc_old", now - 5), ("rtc_live", None)):
+                store.upsert_call({"id": call_id, "state": "ended" if ended else "active",
+                                   "created_at": now - 10, "ended_at": ended})
+                store.add_event(call_id, now - 10, "sip", {"line": "INVITE sip:a@b SIP/2.0"})
+            assert store.flush()
+            assert store.get_call("rtc_old") is not None
+            await asyncio.sleep(1.0)
+            return store.get_call("rtc_old"), store.get_call("rtc_live")
+        finally:
+            await gateway.stop()
+
+    old, live = asyncio.run(main())
+    assert old is None  # ended 5 s ago, kept for 1 s
+    assert live is not None and live["timeline"]  # a call in progress is never purged
