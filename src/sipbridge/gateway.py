@@ -17,7 +17,8 @@ from sipbridge.agent.bridge import AgentBridge
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
 from sipbridge.api.schemas import FunctionTool, SessionConfig
 from sipbridge.api.webhooks import WebhookSender, make_event
-from sipbridge.calls.manager import Call, CallManager, TransferJob, Trunk
+from sipbridge.calls.call import Call, TransferJob, Trunk
+from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
 from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from sipbridge.api.app import SidebandHubs, create_app
 from sipbridge.api.dashboard import basic_password
-from sipbridge.calls.manager import Call, CallError, CallState
+from sipbridge.calls.call import Call, CallError, CallState
 from tests.unit.test_trace import T0, sample_call
 
 KEY = "sk-dashboard-test"

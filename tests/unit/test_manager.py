@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sipbridge.calls.manager import Call, CallError, CallManager, CallState
+from sipbridge.calls.call import Call, CallError, CallState
+from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import tool_definition, tool_output
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard

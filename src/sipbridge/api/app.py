@@ -36,7 +36,8 @@ from sipbridge.api.schemas import (
     refer_target_problem,
 )
 from sipbridge.api.session import SidebandSession
-from sipbridge.calls.manager import Call, CallError, CallManager
+from sipbridge.calls.call import Call, CallError
+from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
 from sipbridge.metrics import CONTENT_TYPE, Metrics

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sipbridge.api.errors import ApiError, conflict
-from sipbridge.calls.manager import CallError, CallManager
+from sipbridge.calls.call import CallError
+from sipbridge.calls.manager import CallManager
 
 
 class Source(Protocol):

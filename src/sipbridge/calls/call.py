@@ -1,0 +1,147 @@
+"""A call as the rest of sipbridge sees it: its record, its timeline, its transfers."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sipbridge.calls.transfer import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
+from sipbridge.sip.address import Address
+from sipbridge.sip.sdp import NegotiatedAudio
+
+
+class Timeline(list[dict[str, object]]):
+    """A call's timeline; `sink` (the store) sees each entry as it is added."""
+
+    sink: Callable[[dict[str, object]], None] | None = None
+
+    def append(self, entry: dict[str, object]) -> None:
+        super().append(entry)
+        if self.sink is not None:
+            self.sink(entry)
+
+
+RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the store has them
+PRIVATE_HEADERS = {"authorization", "proxy-authorization"}  # never shown to the application
+
+
+class Record(Protocol):
+    """Anything kept on a call that the API shows (a webhook delivery, say)."""
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
+class CallState(enum.Enum):
+    RINGING = "ringing"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class CallError(Exception):
+    """A call-control request that cannot be carried out: `kind` is "not_found" or
+    "conflict" (the call is in the wrong state); the message says which and why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+FALLBACK_STATES = (FAILED, REJECTED, TIMED_OUT, UNCONFIRMED)  # outcomes that run the fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """Where the gateway dials out (the `bridge` fallback), and as whom."""
+
+    address: Address
+    from_uri: str
+    domain: str
+    credentials: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class TransferJob:
+    """One transfer of a call: the REFER's state machine plus what the gateway did
+    about it (the fallback), and the timer that bounds it."""
+
+    machine: Transfer
+    fallback_mode: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    fallback: dict[str, object] | None = None
+    bridge_leg: str | None = None
+    cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.machine.id
+
+    @property
+    def status(self) -> str:
+        return self.machine.status
+
+    @property
+    def final(self) -> bool:
+        return self.machine.final
+
+    def to_dict(self) -> dict[str, object]:
+        record = self.machine.to_dict()
+        record["fallback"] = dict(self.fallback) if self.fallback is not None else None
+        return record
+
+
+@dataclass(slots=True)
+class Call:
+    """One call as the rest of sipbridge sees it."""
+
+    id: str
+    leg_id: str
+    caller: str
+    callee: str
+    created_at: float
+    state: CallState = CallState.RINGING
+    audio: NegotiatedAudio | None = None
+    local_sdp: bytes = b""
+    rtp_port: int = 0
+    sdp_version: int = 0
+    on_hold: bool = False
+    end_reason: str | None = None
+    cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+    sip_call_id: str = ""
+    source: str = ""
+    sip_headers: list[tuple[str, str]] = field(default_factory=list)
+    mode: str = "auto"  # "auto": answered by policy; "app": waits for accept or reject
+    answered_at: float | None = None
+    ended_at: float | None = None
+    final_status: int | None = None  # the SIP status a rejected call was answered with
+    session: dict[str, object] | None = None  # the accepted session config
+    options: dict[str, object] = field(default_factory=dict)  # accept's "sipbridge" extension
+    transfers: list[TransferJob] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=Timeline)
+    webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
+    recording: str | None = None  # the stereo WAV's path, when calls are recorded
+
+    def to_dict(self, *, timeline: bool = True) -> dict[str, object]:
+        """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
+        take it without the timeline (the store gets that entry by entry)."""
+        audio = self.audio
+        record: dict[str, object] = {
+            "id": self.id, "object": "realtime.call", "state": self.state.value,
+            "created_at": self.created_at, "answered_at": self.answered_at,
+            "ended_at": self.ended_at, "end_reason": self.end_reason,
+            "sip": {
+                "call_id": self.sip_call_id, "from": self.caller, "to": self.callee,
+                "source": self.source, "final_status": self.final_status,
+                "rtp_port": self.rtp_port or None,
+                "codec": audio.codec.name if audio is not None else None,
+                "on_hold": self.on_hold,
+            },
+            "transfers": [t.to_dict() for t in self.transfers],
+            "recording": self.recording,
+            "webhooks": [w.to_dict() for w in self.webhooks],
+        }
+        if timeline:
+            record["timeline"] = list(self.timeline)
+        return record

@@ -1,0 +1,318 @@
+"""Transfers of calls (RFC 3515): the REFER sent in a call's dialog, its 202 and NOTIFYs
+fed to each transfer's state machine (`calls.transfer`), the timer that bounds it, what
+the gateway does with the outcome (its leg ended on success), and the fallbacks when it
+fails: none, announce (the agent is told), or bridge (the gateway dials the target
+through its trunk and joins the two calls' audio)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
+from sipbridge.calls.tool import pick_target
+from sipbridge.calls.transfer import SUCCEEDED, Transfer, TransferStep, TransferTimers
+from sipbridge.media.ports import NoMediaPort
+from sipbridge.sip.errors import SipError
+from sipbridge.sip.events import (
+    CallEnded,
+    EndReason,
+    Event,
+    OutgoingAnswered,
+    OutgoingProgress,
+    RequestOutcome,
+)
+from sipbridge.sip.message import Headers, Request
+from sipbridge.sip.sdp import build_offer, parse_sdp, read_answer
+from sipbridge.sip.subscription import (
+    SipFragError,
+    parse_event,
+    parse_sipfrag,
+    parse_subscription_state,
+    refer_sub_disabled,
+)
+
+if TYPE_CHECKING:
+    from sipbridge.calls.manager import CallManager
+
+log = logging.getLogger("sipbridge.calls")
+
+# Each step of a transfer, and each change of its fallback (step None).
+OnTransfer = Callable[[Call, TransferJob, TransferStep | None], None]
+
+
+class Transfers:
+    """The transfers of one CallManager's calls."""
+
+    def __init__(self, calls: CallManager, *, on_transfer: OnTransfer | None,
+                 timers: TransferTimers, default_fallback: str, tel_uri: str | None,
+                 trunk: Trunk | None) -> None:
+        self.calls = calls
+        self.on_transfer = on_transfer
+        self.timers = timers
+        self.default_fallback = default_fallback
+        self.tel_uri = tel_uri
+        self.trunk = trunk
+        self._bridges: dict[str, tuple[Call, TransferJob, bytes]] = {}  # outbound leg ->
+
+    def bridges(self, leg_id: str) -> bool:
+        """Whether `leg_id` is an outbound call of the bridge fallback."""
+        return leg_id in self._bridges
+
+    def refer(self, call_id: str, target: str, *, fallback: str | None = None,
+              headers: list[tuple[str, str]] | None = None) -> TransferJob:
+        """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
+        track it to an outcome: the result comes as steps (`on_transfer`), never here."""
+        call = self.calls._live(call_id, "refer")
+        if call.state is not CallState.ACTIVE:
+            raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
+                            "accepted yet.")
+        running = [t for t in call.transfers if not t.final]
+        if running:
+            raise CallError("conflict", f"Cannot refer call '{call_id}': transfer "
+                            f"{running[0].id} to {running[0].machine.target} is still in "
+                            "progress.")
+        now = self.calls.clock()
+        self.calls._api(call, "refer", target_uri=target)
+        mode = fallback or self._call_fallback(call)
+        job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
+                                   self.timers), mode, list(headers or []))
+        call.transfers.append(job)
+        self._steps(call, job, list(job.machine.steps))  # "requested"
+        refer_to = self._refer_target(target)
+        h = Headers([("Refer-To", f"<{refer_to}>")])
+        leg = self.calls.ua.leg(call.leg_id)
+        if leg is not None:
+            h.add("Referred-By", f"<{leg.dialog.local.uri}>")
+        for name, value in job.headers:
+            h.add(name, value)
+        request = self.calls.ua.send_request(call.leg_id, "REFER", now, headers=h)
+        log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
+        self._steps(call, job, job.machine.sent(now, request.cseq.seq))
+        return job
+
+    def run_transfer_tool(self, call_id: str, arguments: str) -> tuple[TransferJob | None, str]:
+        """The model called the built-in transfer tool: refer the call to the target it
+        named among those the application declared. (job, "") or (None, why not)."""
+        targets = self.calls.get(call_id).options.get("transfer_targets")
+        if not isinstance(targets, dict) or not targets:
+            return None, "no transfer targets were declared for this call"
+        uri, problem = pick_target(targets, arguments)
+        if uri is None:
+            return None, problem
+        try:
+            return self.refer(call_id, uri), ""
+        except CallError as exc:
+            return None, exc.message
+
+    def _call_fallback(self, call: Call) -> str:
+        mode = call.options.get("transfer_fallback")
+        return mode if isinstance(mode, str) else self.default_fallback
+
+    def _refer_target(self, target: str) -> str:
+        """tel: targets become SIP URIs at the trunk when the carrier wants that."""
+        if target.startswith("tel:") and self.tel_uri is not None:
+            return self.tel_uri.replace("{number}", target[4:].split(";")[0])
+        return target
+
+    def _steps(self, call: Call, job: TransferJob, steps: list[TransferStep]) -> None:
+        """Report a transfer's changes, re-arm its timer, and act on its outcome."""
+        for step in steps:
+            entry = {"kind": "transfer", "transfer_id": job.id, **step.to_dict()}
+            entry["clock"], entry["at"] = entry["at"], time.time()  # the machine's clock; wall
+            call.timeline.append(entry)
+            log.info("call %s: transfer %s %s%s%s", call.id, job.id, step.status,
+                     f" {step.sip_status}" if step.sip_status else "",
+                     f" ({step.reason})" if step.reason else "")
+            if self.on_transfer is not None:
+                self.on_transfer(call, job, step)
+        if steps:
+            self.calls._changed(call)
+        if job.cancel_timer is not None:
+            job.cancel_timer()
+            job.cancel_timer = None
+        deadline = job.machine.deadline
+        if deadline is not None and not job.final:
+            job.cancel_timer = self.calls.schedule(max(0.0, deadline - self.calls.clock()),
+                                             lambda: self._transfer_timer(call, job))
+        if not steps or not job.final or call.state is CallState.ENDED:
+            return
+        if job.status == SUCCEEDED:
+            call.end_reason = "transferred"
+            self.calls.ua.hangup(call.leg_id, self.calls.clock())  # the caller is with the target now
+        elif job.status in FALLBACK_STATES and job.fallback is None:
+            self._fallback(call, job)
+
+    def _transfer_timer(self, call: Call, job: TransferJob) -> None:
+        job.cancel_timer = None
+        self._steps(call, job, job.machine.handle_timer(self.calls.clock()))
+
+    def refer_outcome(self, event: RequestOutcome, now: float) -> None:
+        call = self.calls._by_leg.get(event.leg_id)
+        if call is None:
+            return
+        cseq = event.request.cseq.seq
+        job = next((t for t in call.transfers if t.machine.refer_cseq == cseq), None)
+        if job is None:
+            return
+        response = event.response
+        if event.timed_out or response is None:
+            steps = job.machine.no_response(now)
+        else:
+            steps = job.machine.response(
+                response.status, now, reason=response.reason,
+                refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
+        self._steps(call, job, steps)
+
+    def notify(self, leg_id: str, request: Request, now: float) -> bool:
+        """A NOTIFY in a call's dialog: the REFER's implicit subscription (RFC 3515 2.4.5).
+        Answered 200 when it belongs to a transfer of ours, whatever its state (a carrier
+        may abort a transfer on 481), 400 when its sipfrag is broken, 489 for another
+        event package; False when the call has no transfer at all (481 then)."""
+        call = self.calls._by_leg.get(leg_id)
+        if call is None or not call.transfers:
+            return False
+        try:
+            event = parse_event(request.headers.get("Event"))
+        except SipFragError:
+            event = None
+        if event is None or event[0] != "refer":
+            self.calls.ua.respond(leg_id, request, 489, now, reason="Bad Event",
+                            headers=[("Allow-Events", "refer")])
+            return True
+        job = call.transfers[-1]
+        if event[1] is not None and event[1].isdigit():  # id= the REFER's CSeq (RFC 3515 2.4.6)
+            job = next((t for t in call.transfers if t.machine.refer_cseq == int(event[1])),
+                       job)
+        try:
+            sub_state = parse_subscription_state(request.headers.get("Subscription-State"))
+            frag = parse_sipfrag(request.body) if request.body else None
+        except SipFragError as exc:
+            log.info("call %s: NOTIFY refused: %s", call.id, exc.reason)
+            self.calls.ua.respond(leg_id, request, 400, now, reason="Bad Request",
+                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
+            return True
+        self.calls.ua.respond(leg_id, request, 200, now)
+        self._steps(call, job, job.machine.notify(frag, sub_state, now,
+                                                  cseq=request.cseq.seq))
+        return True
+
+    def end(self, call: Call, reason: EndReason, now: float) -> None:
+        for job in call.transfers:
+            if job.bridge_leg is not None:
+                self.calls.ua.hangup(job.bridge_leg, now)
+            if job.final:
+                continue
+            if reason is EndReason.REMOTE_BYE and call.end_reason is None:
+                steps = job.machine.peer_bye(now)
+            else:
+                steps = job.machine.local_end(now, "the call ended during the transfer")
+            self._steps(call, job, steps)
+
+    # ---- fallbacks ----------------------------------------------------------------
+
+    def _fallback(self, call: Call, job: TransferJob) -> None:
+        mode = job.fallback_mode
+        if mode == "bridge":
+            self._dial(call, job)
+        elif mode == "announce":
+            job.fallback = {"mode": "announce", "status": "announced"}
+            log.info("call %s: transfer %s %s; the agent is told", call.id, job.id, job.status)
+        else:
+            job.fallback = {"mode": "none", "status": "none"}
+        self._fallback_changed(call, job)
+
+    def _fallback_changed(self, call: Call, job: TransferJob) -> None:
+        call.timeline.append({"at": time.time(), "kind": "fallback", "transfer_id": job.id,
+                              **(job.fallback or {})})
+        if self.on_transfer is not None:
+            self.on_transfer(call, job, None)
+
+    def _sip_target(self, target: str) -> str:
+        if target.startswith("tel:"):
+            number = target[4:].split(";")[0]
+            if self.tel_uri is not None:
+                return self.tel_uri.replace("{number}", number)
+            assert self.trunk is not None
+            return f"sip:{number}@{self.trunk.domain}"
+        return target
+
+    def _dial(self, call: Call, job: TransferJob) -> None:
+        """The `bridge` fallback: call the target through the trunk and join the audio."""
+        if self.trunk is None:
+            job.fallback = {"mode": "bridge", "status": "failed",
+                            "reason": "no outbound trunk configured"}
+            return
+        trunk = self.trunk
+        key = f"{call.id}:bridge"
+        try:
+            port = self.calls.media.allocate(key, self.calls.bind_host).port
+        except NoMediaPort as exc:
+            job.fallback = {"mode": "bridge", "status": "failed", "reason": str(exc)}
+            return
+        target = self._sip_target(job.machine.target)
+        offer = build_offer(local_address=self.calls.media_host(trunk.address.host), local_port=port,
+                            session_id=hash(key) & 0x7FFFFFFF, session_version=1).to_bytes()
+        leg = self.calls.ua.leg(call.leg_id)
+        headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
+        try:
+            leg_id = self.calls.ua.invite(target, trunk.address, self.calls.clock(), body=offer,
+                                    from_uri=trunk.from_uri, headers=headers,
+                                    credentials=trunk.credentials)
+        except SipError as exc:
+            self.calls.media.stop(key)
+            job.fallback = {"mode": "bridge", "status": "failed", "reason": exc.reason}
+            return
+        job.bridge_leg = leg_id
+        self._bridges[leg_id] = (call, job, offer)
+        outbound = self.calls.ua.leg(leg_id)
+        if outbound is not None:
+            self.calls.by_sip_id[outbound.invite.call_id] = call
+        job.fallback = {"mode": "bridge", "status": "dialing", "target_uri": target}
+        log.info("call %s: transfer %s %s; dialing %s to bridge", call.id, job.id,
+                 job.status, target)
+
+    def bridge_event(self, event: Event, now: float) -> None:
+        call, job, offer = self._bridges[event.leg_id]
+        key = f"{call.id}:bridge"
+        fallback = job.fallback if job.fallback is not None else {}
+        match event:
+            case OutgoingProgress(response=response) if response.status in (180, 183):
+                if fallback.get("status") == "dialing":
+                    fallback["status"] = "ringing"
+                    self._fallback_changed(call, job)
+            case OutgoingAnswered(response=response):
+                caller = self.calls.media.sessions.get(call.id)
+                try:
+                    audio = read_answer(parse_sdp(offer), parse_sdp(response.body))
+                except SipError as exc:
+                    fallback.update(status="failed", reason=f"bad SDP answer: {exc.reason}")
+                    self._fallback_changed(call, job)
+                    self.calls.ua.hangup(event.leg_id, now)
+                    return
+                if call.state is CallState.ENDED or caller is None:
+                    self.calls.ua.hangup(event.leg_id, now)
+                    return
+                target = self.calls.media.start(key, audio)
+                self.calls.media.bridge(caller, target)
+                fallback.update(status="answered", sip_status=response.status)
+                self._fallback_changed(call, job)
+            case CallEnded(status=status, reason=reason):
+                del self._bridges[event.leg_id]
+                job.bridge_leg = None
+                self.calls.media.stop(key)
+                if fallback.get("status") == "answered":
+                    fallback["status"] = "ended"
+                    self._fallback_changed(call, job)
+                    if call.state is not CallState.ENDED:
+                        call.end_reason = "bridge_ended"
+                        self.calls.ua.hangup(call.leg_id, now)  # the target hung up: so do we
+                else:
+                    fallback.update(status="failed", sip_status=status,
+                                    reason=f"target call ended: {reason.value}")
+                    self._fallback_changed(call, job)
+            case _:
+                pass
