@@ -314,7 +314,7 @@ class Gateway:
             return
         if transfer:
             try:
-                self.calls.refer(call.id, str(self.config.transfer_to))
+                self.calls.refer(call.id, str(self.config.transfer_to), requested_by="gateway")
             except Exception:
                 log.exception("call %s: transfer after the model failed", call.id)
                 self.calls.hangup(call.id)

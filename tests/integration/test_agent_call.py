@@ -76,6 +76,7 @@ def test_the_default_agent_greets_listens_and_transfers(
         < kinds.index("call.transfer.updated")
     transfer = record["transfers"][0]
     assert transfer["status"] == "succeeded" and transfer["target_uri"].startswith(f"sip:{NUMBER}")
+    assert transfer["requested_by"] == "agent"
     assert record["end_reason"] == "transferred"
     assert human_call.established
     # the words said are on the call's timeline too (for the trace and the dashboard)

@@ -120,6 +120,7 @@ def test_1_notify_200_succeeds_and_the_gateway_ends_its_leg(app: App) -> None:
     assert "X-Ticket: 42" in o.messages  # the application's extra headers ride on the REFER
     assert "BYE sip:" in o.messages  # our BYE, after the final NOTIFY
     assert o.transfer["fallback"] is None
+    assert o.transfer["requested_by"] == "app"
 
 
 def test_2_notify_486_fails_and_the_fallback_runs(app: App) -> None:

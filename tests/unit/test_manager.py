@@ -283,6 +283,9 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     assert h.requests[-1].headers.get("Refer-To") == "<sip:support@127.0.0.1:5090>"
     output = json.loads(tool_output(job.machine))
     assert output["status"] == "sent" and "under way" in output["instructions"]
+    # the model asked, not the application: no API step on the timeline
+    assert job.to_dict()["requested_by"] == "agent"
+    assert not [e for e in call.timeline if e["kind"] == "api" and e["action"] == "refer"]
     none, problem = h.manager.run_transfer_tool(call.id, '{"target": "billing"}')
     assert none is None and "unknown target 'billing'" in problem and "sales" in problem
     assert json.loads(tool_output(None, problem))["status"] == "error"

@@ -72,6 +72,7 @@ class TransferJob:
     headers: list[tuple[str, str]] = field(default_factory=list)
     fallback: dict[str, object] | None = None
     bridge_leg: str | None = None
+    requested_by: str = "app"  # "app" (the API), "agent" (its transfer tool), "gateway"
     cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
@@ -89,6 +90,7 @@ class TransferJob:
     def to_dict(self) -> dict[str, object]:
         record = self.machine.to_dict()
         record["fallback"] = dict(self.fallback) if self.fallback is not None else None
+        record["requested_by"] = self.requested_by
         return record
 
 

@@ -293,10 +293,12 @@ class CallManager:
         return call
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
-              headers: list[tuple[str, str]] | None = None) -> TransferJob:
+              headers: list[tuple[str, str]] | None = None,
+              requested_by: str = "app") -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`on_transfer`), never here."""
-        return self.transfers.refer(call_id, target, fallback=fallback, headers=headers)
+        return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
+                                    requested_by=requested_by)
 
     def run_transfer_tool(self, call_id: str, arguments: str) -> tuple[TransferJob | None, str]:
         """The model called the built-in transfer tool: refer the call to the target it

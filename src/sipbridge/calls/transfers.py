@@ -63,9 +63,11 @@ class Transfers:
         return leg_id in self._bridges
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
-              headers: list[tuple[str, str]] | None = None) -> TransferJob:
+              headers: list[tuple[str, str]] | None = None,
+              requested_by: str = "app") -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
-        track it to an outcome: the result comes as steps (`on_transfer`), never here."""
+        track it to an outcome: the result comes as steps (`on_transfer`), never here.
+        `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway"."""
         call = self.calls._live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -76,10 +78,12 @@ class Transfers:
                             f"{running[0].id} to {running[0].machine.target} is still in "
                             "progress.")
         now = self.calls.clock()
-        self.calls._api(call, "refer", target_uri=target)
+        if requested_by == "app":
+            self.calls._api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
-                                   self.timers), mode, list(headers or []))
+                                   self.timers), mode, list(headers or []),
+                          requested_by=requested_by)
         call.transfers.append(job)
         self._steps(call, job, list(job.machine.steps))  # "requested"
         refer_to = self._refer_target(target)
@@ -104,7 +108,7 @@ class Transfers:
         if uri is None:
             return None, problem
         try:
-            return self.refer(call_id, uri), ""
+            return self.refer(call_id, uri, requested_by="agent"), ""
         except CallError as exc:
             return None, exc.message
 
