@@ -1,0 +1,227 @@
+"""One response of the local model (`response.create`): its events from
+`response.created` to `response.done`, the assistant's message as text or as speech (audio
+and transcript deltas, the words spread over the audio), and the policy's function call.
+A `response.cancel` stops it before its next piece of audio."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sipbridge.media.g711 import alaw_encode, ulaw_encode
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+
+if TYPE_CHECKING:
+    from sipbridge.localmodel.server import _Session
+
+log = logging.getLogger("sipbridge.localmodel")
+
+SAMPLES_PER_MS = MODEL_RATE // 1000
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(eq=False)
+class PendingResponse:
+    """A response requested (queued) or under way."""
+
+    id: str
+    params: dict[str, Any]
+    auto: bool
+    cancel_reason: str | None = None
+    started: bool = False
+    done: bool = False
+
+
+
+class ResponseRun:
+    """One response: its events, from response.created to response.done."""
+
+    def __init__(self, session: _Session, response: PendingResponse) -> None:
+        self.s = session
+        self.r = response
+        self.params = response.params
+        config = session.session_object()
+        self.in_band = self.params.get("conversation") != "none"
+        modalities = self.params.get("output_modalities") or config.get("output_modalities")
+        self.audio = "audio" in (modalities or ["audio"])
+        self.modalities = ["audio"] if self.audio else ["text"]
+        tools = self.params.get("tools")
+        tools = tools if isinstance(tools, list) else config.get("tools") or []
+        choice = self.params.get("tool_choice", config.get("tool_choice"))
+        self.tools: list[dict[str, Any]] = [] if choice == "none" else [
+            t for t in tools if isinstance(t, dict)]
+        output = session._audio_config("output")
+        audio = self.params.get("audio")
+        given = audio.get("output") if isinstance(audio, dict) else None
+        if isinstance(given, dict):
+            output = {**output, **{k: v for k, v in given.items() if v is not None}}
+        voice = output.get("voice")
+        self.voice = voice if isinstance(voice, str) else None
+        speed = output.get("speed")
+        self.speed = float(speed) if isinstance(speed, int | float) else 1.0
+        fmt = output.get("format")
+        self.format = fmt if isinstance(fmt, dict) else {"type": "audio/pcm", "rate": 24000}
+        self.output: list[dict[str, Any]] = []
+
+    def _object(self, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "object": "realtime.response", "id": self.r.id, "status": status,
+            "status_details": details, "output": self.output,
+            "conversation_id": self.s.conversation_id if self.in_band else None,
+            "output_modalities": self.modalities, "max_output_tokens": "inf",
+            "audio": {"output": {"format": self.format, "voice": self.voice}},
+            "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0},
+            "metadata": self.params.get("metadata") if isinstance(
+                self.params.get("metadata"), dict) else None,
+        }
+
+    @property
+    def cancelled(self) -> bool:
+        return self.r.cancel_reason is not None
+
+    async def _item_added(self, item: dict[str, Any]) -> None:
+        index = len(self.output)
+        self.output.append(item)
+        await self.s.emit({"type": "response.output_item.added", "response_id": self.r.id,
+                           "output_index": index, "item": item})
+        if self.in_band:
+            previous = next(reversed(self.s.items), None)
+            self.s.items[item["id"]] = item
+            self.s._seq[item["id"]] = self.s._next_seq
+            self.s._next_seq += 1
+            await self.s.emit({"type": "conversation.item.added",
+                               "previous_item_id": previous, "item": item})
+
+    async def _item_done(self, item: dict[str, Any]) -> None:
+        await self.s.emit({"type": "response.output_item.done", "response_id": self.r.id,
+                           "output_index": self.output.index(item), "item": item})
+        if self.in_band:
+            await self.s.emit({"type": "conversation.item.done", "item": item})
+
+    async def run(self) -> None:
+        self.r.started = True
+        self.s._last_response_id = self.r.id
+        await self.s.emit({"type": "response.created", "response": self._object("in_progress")})
+        if self.cancelled:
+            await self._done()
+            return
+        policy = self.s.server.policy
+        if self.in_band:
+            decide = self.s._decide
+            # A policy that waits on the network (chat completions) runs in a thread.
+            reply = (await asyncio.to_thread(decide, self.tools)
+                     if getattr(policy, "blocking", False) else decide(self.tools))
+        else:
+            reply = policy.respond(None, self.tools)
+        self.s._greeted = True
+        await self._message(reply.text)
+        if reply.tool_call is not None and not self.cancelled:
+            await self._function_call(*reply.tool_call)
+        await self._done()
+
+    async def _done(self) -> None:
+        if self.cancelled:
+            details = {"type": "cancelled", "reason": self.r.cancel_reason}
+            await self.s.emit({"type": "response.done",
+                               "response": self._object("cancelled", details)})
+        else:
+            await self.s.emit({"type": "response.done", "response": self._object("completed")})
+
+    async def _message(self, text: str) -> None:
+        item_id = new_id("item")
+        item: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": "message",
+                                "role": "assistant", "status": "in_progress", "content": []}
+        await self._item_added(item)
+        where = {"response_id": self.r.id, "item_id": item_id, "output_index":
+                 self.output.index(item), "content_index": 0}
+        if not self.audio:
+            await self.s.emit({"type": "response.content_part.added", **where,
+                               "part": {"type": "text", "text": ""}})
+            await self.s.emit({"type": "response.output_text.delta", **where, "delta": text})
+            await self.s.emit({"type": "response.output_text.done", **where, "text": text})
+            await self.s.emit({"type": "response.content_part.done", **where,
+                               "part": {"type": "text", "text": text}})
+            item.update(status="completed", content=[{"type": "output_text", "text": text}])
+            await self._item_done(item)
+            return
+        await self.s.emit({"type": "response.content_part.added", **where,
+                           "part": {"type": "audio", "transcript": ""}})
+        said = await self._speak(where, text)
+        complete = not self.cancelled
+        transcript = text if complete else said
+        await self.s.emit({"type": "response.output_audio.done", **where})
+        await self.s.emit({"type": "response.output_audio_transcript.done", **where,
+                           "transcript": transcript})
+        await self.s.emit({"type": "response.content_part.done", **where,
+                           "part": {"type": "audio", "transcript": transcript}})
+        item.update(status="completed" if complete else "incomplete",
+                    content=[{"type": "output_audio", "transcript": transcript}])
+        await self._item_done(item)
+
+    async def _speak(self, where: dict[str, Any], text: str) -> str:
+        """Audio and transcript deltas, the words spread over the audio; returns the words
+        sent (all of them unless cancelled)."""
+        try:
+            pcm = await asyncio.to_thread(self.s.server.synthesizer, text, self.voice,
+                                          self.speed)
+        except Exception as exc:  # noqa: BLE001 - any synthesizer: the transcript goes out
+            log.warning("local model: speech synthesis failed: %s", exc)
+            pcm = np.zeros(0, np.int16)
+        chunks = self._encode(pcm)
+        words = text.split()
+        sent = 0
+        for index, chunk in enumerate(chunks):
+            if self.cancelled:
+                break
+            upto = math.ceil(len(words) * (index + 1) / len(chunks))
+            if upto > sent:
+                delta = (" " if sent else "") + " ".join(words[sent:upto])
+                await self.s.emit({"type": "response.output_audio_transcript.delta", **where,
+                                   "delta": delta})
+                sent = upto
+            await self.s.emit({"type": "response.output_audio.delta", **where,
+                               "delta": base64.b64encode(chunk).decode("ascii")})
+            await asyncio.sleep(0)  # let a response.cancel in
+        if not chunks and words and not self.cancelled:
+            await self.s.emit({"type": "response.output_audio_transcript.delta", **where,
+                               "delta": " ".join(words)})
+            sent = len(words)
+        return " ".join(words[:sent])
+
+    def _encode(self, pcm: np.ndarray) -> list[bytes]:
+        """The audio in the output format, cut into `chunk_ms` pieces."""
+        kind = self.format.get("type")
+        step_ms = self.s.server.chunk_ms
+        if kind in ("audio/pcmu", "audio/pcma"):
+            pcm8 = Resampler(MODEL_RATE, PHONE_RATE).process(pcm)
+            data = ulaw_encode(pcm8) if kind == "audio/pcmu" else alaw_encode(pcm8)
+            step = PHONE_RATE // 1000 * step_ms
+        else:
+            data = pcm.astype("<i2").tobytes()
+            step = SAMPLES_PER_MS * 2 * step_ms
+        return [data[i:i + step] for i in range(0, len(data), step)]
+
+    async def _function_call(self, name: str, arguments: str) -> None:
+        call_id = new_id("call")
+        item: dict[str, Any] = {"id": new_id("item"), "object": "realtime.item",
+                                "type": "function_call", "status": "in_progress",
+                                "name": name, "call_id": call_id, "arguments": ""}
+        await self._item_added(item)
+        where = {"response_id": self.r.id, "item_id": item["id"],
+                 "output_index": self.output.index(item), "call_id": call_id}
+        await self.s.emit({"type": "response.function_call_arguments.delta", **where,
+                           "delta": arguments})
+        await self.s.emit({"type": "response.function_call_arguments.done", **where,
+                           "name": name, "arguments": arguments})
+        item.update(status="completed", arguments=arguments)
+        await self._item_done(item)
