@@ -110,7 +110,7 @@ class CallManager:
                                    trunk=trunk)
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
-        self._by_leg: dict[str, Call] = {}
+        self.by_leg: dict[str, Call] = {}
         self.by_sip_id: dict[str, Call] = {}  # SIP Call-ID (its own, or a bridge leg's) ->
         self.ended = 0
 
@@ -123,14 +123,14 @@ class CallManager:
             case IncomingCall():
                 self._incoming(event, now)
             case CallConfirmed(leg_id=leg_id, body=body):
-                call = self._by_leg.get(leg_id)
+                call = self.by_leg.get(leg_id)
                 if call is not None:
                     call.state = CallState.ACTIVE
                     if body and call.audio is None:
                         self._late_answer(call, body, now)
                         self._start_media(call)
             case CallEnded(leg_id=leg_id, reason=reason):
-                call = self._by_leg.pop(leg_id, None)
+                call = self.by_leg.pop(leg_id, None)
                 if call is not None:
                     self.transfers.end(call, reason, now)
                     self._forget(call, reason.value)
@@ -160,9 +160,9 @@ class CallManager:
             sip_headers=[(n, v) for n, v in req.headers if n.lower() not in PRIVATE_HEADERS],
         )
         self.calls[call.id] = call
-        self._by_leg[event.leg_id] = call
+        self.by_leg[event.leg_id] = call
         self.by_sip_id[call.sip_call_id] = call
-        self._changed(call)
+        self.changed(call)
         log.info("call %s from %s to %s", call.id, call.caller, call.callee)
         if req.body and req.content_type != "application/sdp":
             self.ua.reject(event.leg_id, 415, now, headers=[("Accept", "application/sdp")])
@@ -227,12 +227,12 @@ class CallManager:
 
     def _answer(self, call: Call) -> None:
         call.cancel_timer = None
-        if call.state is not CallState.RINGING or call.leg_id not in self._by_leg:
+        if call.state is not CallState.RINGING or call.leg_id not in self.by_leg:
             return
         self.ua.answer(call.leg_id, call.local_sdp, self.clock())
         call.state = CallState.ACTIVE
         call.answered_at = time.time()
-        self._changed(call)
+        self.changed(call)
         if call.audio is not None:
             self._start_media(call)
 
@@ -245,7 +245,7 @@ class CallManager:
             raise CallError("not_found", f"No call found with id '{call_id}'.")
         return call
 
-    def _live(self, call_id: str, action: str) -> Call:
+    def live(self, call_id: str, action: str) -> Call:
         call = self.get(call_id)
         if call.state is CallState.ENDED:
             raise CallError("conflict", f"Cannot {action} call '{call_id}': the call has "
@@ -255,7 +255,7 @@ class CallManager:
     def accept(self, call_id: str, session: dict[str, object],
                options: dict[str, object] | None = None) -> Call:
         """Answer a ringing call (200 OK with our SDP) and start its media."""
-        call = self._live(call_id, "accept")
+        call = self.live(call_id, "accept")
         if call.state is not CallState.RINGING:
             raise CallError("conflict", f"Cannot accept call '{call_id}': it was already "
                             "accepted.")
@@ -263,29 +263,29 @@ class CallManager:
             call.cancel_timer()
         call.session = session
         call.options = dict(options or {})
-        self._api(call, "accept")
+        self.note_api(call, "accept")
         self._answer(call)
         log.info("call %s accepted by the application", call.id)
         return call
 
     def reject(self, call_id: str, status: int) -> Call:
         """Refuse a ringing call with a SIP final status."""
-        call = self._live(call_id, "reject")
+        call = self.live(call_id, "reject")
         if call.state is not CallState.RINGING:
             raise CallError("conflict", f"Cannot reject call '{call_id}': it was already "
                             "accepted; use hangup to end it.")
         call.end_reason = "rejected"
         call.final_status = status
-        self._api(call, "reject", status_code=status)
+        self.note_api(call, "reject", status_code=status)
         self.ua.reject(call.leg_id, status, self.clock())
         log.info("call %s rejected by the application with %d", call.id, status)
         return call
 
     def hangup(self, call_id: str) -> Call:
         """End a call: BYE once answered, 480 while it still rings."""
-        call = self._live(call_id, "hang up")
+        call = self.live(call_id, "hang up")
         call.end_reason = "hangup"
-        self._api(call, "hangup")
+        self.note_api(call, "hangup")
         if call.state is CallState.RINGING:
             call.final_status = 480
         self.ua.hangup(call.leg_id, self.clock())
@@ -305,17 +305,17 @@ class CallManager:
         named among those the application declared. (job, "") or (None, why not)."""
         return self.transfers.run_transfer_tool(call_id, arguments)
 
-    def _changed(self, call: Call) -> None:
+    def changed(self, call: Call) -> None:
         if self.on_change is not None:
             self.on_change(call)
 
     @staticmethod
-    def _api(call: Call, action: str, **details: object) -> None:
+    def note_api(call: Call, action: str, **details: object) -> None:
         call.timeline.append({"at": time.time(), "kind": "api", "action": action, **details})
 
     def _accept_timeout(self, call: Call) -> None:
         call.cancel_timer = None
-        if call.state is not CallState.RINGING or call.leg_id not in self._by_leg:
+        if call.state is not CallState.RINGING or call.leg_id not in self.by_leg:
             return
         log.info("call %s: not accepted within %g s, answering %d", call.id,
                  self.accept_timeout, self.accept_timeout_code)
@@ -353,7 +353,7 @@ class CallManager:
 
     def _reinvite(self, leg_id: str, offer: bytes, request: Request, now: float) -> None:
         """RFC 3264 8: a new offer in the dialog (hold, resume, codec change)."""
-        call = self._by_leg.get(leg_id)
+        call = self.by_leg.get(leg_id)
         leg = self.ua.leg(leg_id)
         if call is None or leg is None:
             return
@@ -395,7 +395,7 @@ class CallManager:
         self.calls.pop(call.id, None)
         self.by_sip_id.pop(call.sip_call_id, None)
         self.ended += 1
-        self._changed(call)
+        self.changed(call)
         if self.on_end is not None:
             self.on_end(call)
         self.recent[call.id] = call  # the application or an operator may still ask

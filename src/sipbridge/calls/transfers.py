@@ -68,7 +68,7 @@ class Transfers:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`on_transfer`), never here.
         `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway"."""
-        call = self.calls._live(call_id, "refer")
+        call = self.calls.live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
                             "accepted yet.")
@@ -79,7 +79,7 @@ class Transfers:
                             "progress.")
         now = self.calls.clock()
         if requested_by == "app":
-            self.calls._api(call, "refer", target_uri=target)
+            self.calls.note_api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
                                    self.timers), mode, list(headers or []),
@@ -134,7 +134,7 @@ class Transfers:
             if self.on_transfer is not None:
                 self.on_transfer(call, job, step)
         if steps:
-            self.calls._changed(call)
+            self.calls.changed(call)
         if job.cancel_timer is not None:
             job.cancel_timer()
             job.cancel_timer = None
@@ -155,7 +155,7 @@ class Transfers:
         self._steps(call, job, job.machine.handle_timer(self.calls.clock()))
 
     def refer_outcome(self, event: RequestOutcome, now: float) -> None:
-        call = self.calls._by_leg.get(event.leg_id)
+        call = self.calls.by_leg.get(event.leg_id)
         if call is None:
             return
         cseq = event.request.cseq.seq
@@ -176,7 +176,7 @@ class Transfers:
         Answered 200 when it belongs to a transfer of ours, whatever its state (a carrier
         may abort a transfer on 481), 400 when its sipfrag is broken, 489 for another
         event package; False when the call has no transfer at all (481 then)."""
-        call = self.calls._by_leg.get(leg_id)
+        call = self.calls.by_leg.get(leg_id)
         if call is None or not call.transfers:
             return False
         try:

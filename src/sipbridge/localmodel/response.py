@@ -60,7 +60,7 @@ class ResponseRun:
         choice = self.params.get("tool_choice", config.get("tool_choice"))
         self.tools: list[dict[str, Any]] = [] if choice == "none" else [
             t for t in tools if isinstance(t, dict)]
-        output = session._audio_config("output")
+        output = session.audio_config("output")
         audio = self.params.get("audio")
         given = audio.get("output") if isinstance(audio, dict) else None
         if isinstance(given, dict):
@@ -95,10 +95,7 @@ class ResponseRun:
         await self.s.emit({"type": "response.output_item.added", "response_id": self.r.id,
                            "output_index": index, "item": item})
         if self.in_band:
-            previous = next(reversed(self.s.items), None)
-            self.s.items[item["id"]] = item
-            self.s._seq[item["id"]] = self.s._next_seq
-            self.s._next_seq += 1
+            previous = self.s.insert_item(item)
             await self.s.emit({"type": "conversation.item.added",
                                "previous_item_id": previous, "item": item})
 
@@ -110,20 +107,20 @@ class ResponseRun:
 
     async def run(self) -> None:
         self.r.started = True
-        self.s._last_response_id = self.r.id
+        self.s.last_response_id = self.r.id
         await self.s.emit({"type": "response.created", "response": self._object("in_progress")})
         if self.cancelled:
             await self._done()
             return
         policy = self.s.server.policy
         if self.in_band:
-            decide = self.s._decide
+            decide = self.s.decide
             # A policy that waits on the network (chat completions) runs in a thread.
             reply = (await asyncio.to_thread(decide, self.tools)
                      if getattr(policy, "blocking", False) else decide(self.tools))
         else:
             reply = policy.respond(None, self.tools)
-        self.s._greeted = True
+        self.s.greeted = True
         await self._message(reply.text)
         if reply.tool_call is not None and not self.cancelled:
             await self._function_call(*reply.tool_call)

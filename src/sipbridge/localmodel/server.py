@@ -216,7 +216,7 @@ class _Session:
         self._seq: dict[str, int] = {}
         self._next_seq = 0
         self._answered_seq = -1
-        self._greeted = False
+        self.greeted = False
         # The input audio buffer: 24 kHz samples since `_buf_start` (a session sample index).
         self._buf: list[np.ndarray] = []
         self._buf_len = 0
@@ -228,7 +228,7 @@ class _Session:
         self._turn: _Turn | None = None
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._responses: list[PendingResponse] = []  # requested and not done, oldest first
-        self._last_response_id: str | None = None
+        self.last_response_id: str | None = None
         self._object = self.config.session_object(session_id=self.id)
         self._configure_vad()
 
@@ -270,13 +270,13 @@ class _Session:
         changed: it is kept until the next update)."""
         return self._object
 
-    def _audio_config(self, side: str) -> dict[str, Any]:
+    def audio_config(self, side: str) -> dict[str, Any]:
         audio = self.session_object().get("audio") or {}
         value = audio.get(side) or {}
         return value if isinstance(value, dict) else {}
 
     def _format(self, side: str) -> str:
-        fmt = self._audio_config(side).get("format") or {}
+        fmt = self.audio_config(side).get("format") or {}
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         return kind if isinstance(kind, str) else "audio/pcm"
 
@@ -432,9 +432,9 @@ class _Session:
         pending[0].cancel_reason = "client_cancelled"
 
     async def _output_clear(self, event: dict[str, Any]) -> None:
-        if self._last_response_id is not None:
+        if self.last_response_id is not None:
             await self.emit({"type": "output_audio_buffer.cleared",
-                             "response_id": self._last_response_id})
+                             "response_id": self.last_response_id})
 
     _HANDLERS: ClassVar[dict[str, Callable[[_Session, dict[str, Any]], Awaitable[None]]]] = {
         "session.update": _session_update,
@@ -453,7 +453,7 @@ class _Session:
     # ---- turn detection -------------------------------------------------------------
 
     def _turn_detection(self) -> dict[str, Any] | None:
-        value = self._audio_config("input").get("turn_detection")
+        value = self.audio_config("input").get("turn_detection")
         return value if isinstance(value, dict) else None
 
     def _configure_vad(self) -> None:
@@ -527,11 +527,16 @@ class _Session:
         await self._add_item(item)
         self._jobs.put_nowait(_Job(lambda: self._transcribe(item, pcm)))
 
-    async def _add_item(self, item: dict[str, Any]) -> None:
+    def insert_item(self, item: dict[str, Any]) -> str | None:
+        """Append `item` to the conversation; the id of the item before it (or None)."""
         previous = next(reversed(self.items), None)
         self.items[item["id"]] = item
         self._seq[item["id"]] = self._next_seq
         self._next_seq += 1
+        return previous
+
+    async def _add_item(self, item: dict[str, Any]) -> None:
+        previous = self.insert_item(item)
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous,
                          "item": item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous,
@@ -649,7 +654,7 @@ class _Session:
         self._responses.append(response)
         self._jobs.put_nowait(_Job(lambda: self._run_response(response), response))
 
-    def _decide(self, tools: list[dict[str, Any]]) -> Reply:
+    def decide(self, tools: list[dict[str, Any]]) -> Reply:
         """The reply to the newest input since the last response."""
         policy = self.server.policy
         fresh = [item for item in self.items.values()
@@ -667,7 +672,7 @@ class _Session:
                     for part in item["content"]
                 ).strip()
                 return policy.respond(text, tools)
-        if not self._greeted:
+        if not self.greeted:
             return policy.respond(None, tools)
         return Reply(policy.reprompt)
 
