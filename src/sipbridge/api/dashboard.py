@@ -215,7 +215,7 @@ def render_call(record: Mapping[str, Any]) -> str:
     return "".join((
         f'<nav class="crumbs"><a href="{BASE}">&larr; All calls</a></nav>',
         _header(record, summary), _transfers(record, summary), _recording(record, summary),
-        _transcript(record),
+        _transcript(record, summary),
         '<section class="panel" id="ladder"><h2>Ladder</h2>',
         _ladder([(i, r) for i, r in enumerate(rows) if r.kind != "transcript"]),
         "</section>"))
@@ -292,9 +292,8 @@ def _recording(record: Mapping[str, Any], c: Summary) -> str:
             '</section>')
 
 
-def _transcript(record: Mapping[str, Any]) -> str:
-    start = summarize(record).started
-    turns = [(step(e, start).at, e) for e in record.get("timeline") or []
+def _transcript(record: Mapping[str, Any], c: Summary) -> str:
+    turns = [(step(e, c.started).at, e) for e in record.get("timeline") or []
              if isinstance(e, Mapping) and e.get("kind") == "transcript"]
     if not turns:
         return ""
