@@ -186,11 +186,77 @@ def test_create_request_target_refresh_carries_contact_and_extra_headers() -> No
     assert b"Content-Length: 5\r\n" in reinvite.to_bytes()
 
 
-def test_create_request_via_follows_the_peer_transport() -> None:
-    req = invite()
+def test_create_request_via_follows_the_destination_transport() -> None:
+    req = invite(contact="<sip:alice@192.0.2.1:5062;transport=tcp>")
     d = Dialog.as_uas(req, "bob-tag", 1, Address("tcp", "192.0.2.1", 40000), CONTACT)
     d.via_host = "198.51.100.7"
     assert d.create_request("BYE", "z9hG4bK-t").top_via.transport == "TCP"
+    d.remote_target = parse_uri("sip:alice@192.0.2.1:5062;transport=udp")
+    assert d.create_request("BYE", "z9hG4bK-u").top_via.transport == "UDP"
+
+
+# ---- where in-dialog requests go (RFC 3261 12.2.1.1, 8.1.2; RFC 3263 4) ----------------
+
+
+def test_destination_is_the_remote_target_not_the_flow() -> None:
+    """The INVITE came from 192.0.2.1:5060, its Contact names 5062: requests go there."""
+    d = uas(invite(contact="<sip:alice@203.0.113.5:5062>"))
+    assert d.destination() == Address("udp", "203.0.113.5", 5062)
+
+
+def test_destination_is_the_first_loose_route() -> None:
+    d = uas(invite(record_route=["<sip:127.0.0.1:25062;lr>", "<sip:10.0.0.1;lr>"]))
+    assert d.destination() == Address("udp", "127.0.0.1", 25062)
+
+
+def test_destination_is_the_first_strict_route_too() -> None:
+    d = uas(invite(record_route=["<sip:198.51.100.20:5070>"]))
+    assert d.destination() == Address("udp", "198.51.100.20", 5070)
+    assert str(d.create_request("BYE", "z9hG4bK-s").uri) == "sip:198.51.100.20:5070"
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("<sip:192.0.2.9;transport=TCP>", Address("tcp", "192.0.2.9", 5060)),
+    ("<sips:192.0.2.9>", Address("tls", "192.0.2.9", 5061)),
+    ("<sips:192.0.2.9:5071;transport=tcp>", Address("tls", "192.0.2.9", 5071)),
+    ("<sip:alice@[2001:db8::7]:5070>", Address("udp", "2001:db8::7", 5070)),
+    ("<sip:alice@proxy.example.com;maddr=192.0.2.33>", Address("udp", "192.0.2.33", 5060)),
+    ("<sip:alice@pbx.example.com:5080>", Address("udp", "pbx.example.com", 5080)),
+    ("<sip:alice@pbx.example.com>", Address("udp", "pbx.example.com", 0)),  # SRV first
+])
+def test_destination_reads_the_uri_as_rfc_3263(uri: str, expected: Address) -> None:
+    assert uas(invite(contact=uri)).destination() == expected
+
+
+def test_destination_reuses_the_connection_the_invite_came_on() -> None:
+    """Over TCP, a Contact naming the INVITE's source or its Via sent-by is reached over
+    the same connection (RFC 5923): a phone behind NAT cannot take a new one."""
+    flow = Address("tcp", "192.0.2.1", 40000)
+    d = Dialog.as_uas(invite(contact="<sip:alice@192.0.2.1:5062;transport=tcp>"), "t", 1,
+                      flow, CONTACT)
+    assert d.destination() == Address("tcp", "192.0.2.1", 5062)
+    d.flow_alias = ("192.0.2.1", 5062)
+    assert d.destination() == flow
+    # No transport= (as many phones on TCP write it): still this connection ...
+    d.remote_target = parse_uri("sip:alice@192.0.2.1:5062")
+    assert d.destination() == flow
+    # ... but a Contact that asks for UDP, or names another address, is not.
+    d.remote_target = parse_uri("sip:alice@192.0.2.1:5062;transport=udp")
+    assert d.destination() == Address("udp", "192.0.2.1", 5062)
+    d.remote_target = parse_uri("sip:alice@192.0.2.1:5064;transport=tcp")
+    assert d.destination() == Address("tcp", "192.0.2.1", 5064)
+
+
+def test_destination_is_the_source_for_peers_behind_nat() -> None:
+    d = uas(invite(contact="<sip:alice@10.1.2.3:5062>", record_route=["<sip:10.9.9.9;lr>"]))
+    d.to_source = True
+    assert d.destination() == PEER
+
+
+def test_destination_of_a_tel_contact_is_the_flow() -> None:
+    d = uas(invite())
+    d.remote_target = parse_uri("tel:+14155550123")
+    assert d.destination() == PEER
 
 
 def test_ack_for_2xx_has_its_own_branch_and_the_invites_cseq() -> None:

@@ -596,7 +596,8 @@ def test_our_reinvite_2xx_is_acked_and_reported(phone: Phone) -> None:
     ).encode()
     phone.receive(text)
     ack = phone.one()
-    assert ack.method == "ACK" and ack.addr == UAC
+    # The 2xx moved the remote target (a target refresh): the ACK goes there.
+    assert ack.method == "ACK" and ack.addr == Address("udp", "127.0.0.1", 5099)
     assert str(ack.msg.cseq) == "2 ACK"
     assert str(ack.msg.uri) == "sip:sipp@127.0.0.1:5099"  # the refreshed target
     # RFC 3261 8.1.1.7: the ACK for a 2xx is a new transaction with a new branch.

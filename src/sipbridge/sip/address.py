@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from sipbridge.sip.headers import Via
+from sipbridge.sip.uri import SipUri
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A peer as the transport layer sees it: transport name, host, port."""
+    """A peer as the transport layer sees it: transport name, host, port.
+
+    The core names peers by IP address, except where a URI it must honour names a host
+    (Route, Contact): then `host` is that name and the transport layer resolves it
+    (`sip.dns`); `port` 0 means the URI gave none (look up SRV)."""
 
     transport: str
     host: str
@@ -49,3 +55,35 @@ def response_target(via: Via, source: Address) -> Address:
         return source
     host = via.received or (via.host[1:-1] if via.host.startswith("[") else via.host)
     return Address(source.transport, host, via.port or 5060)
+
+
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+
+
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP literal (no brackets), as opposed to a name to look up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def next_hop(uri: SipUri) -> Address:
+    """Where a request for `uri` goes (RFC 3263 4.1, 4.2, before any DNS): maddr over the
+    host, the transport= parameter (TLS for sips:, else UDP), the URI's port.
+
+    A host name stays a name for the transport layer to look up without blocking. Its port
+    is 0 when the URI gives none: a name is then looked up by SRV first (RFC 3263 4.2); an
+    IP literal takes the transport's default port."""
+    host = uri.param("maddr") or uri.host
+    if host.startswith("["):
+        host = host[1:-1]
+    transport = uri.param("transport")
+    transport = transport.lower() if transport else ("tls" if uri.scheme == "sips" else "udp")
+    if uri.scheme == "sips" and transport == "tcp":
+        transport = "tls"  # RFC 5630 3.1.3: sips over TCP means TLS
+    port = uri.port
+    if port is None:
+        port = DEFAULT_PORTS.get(transport, 5060) if is_ip(host) else 0
+    return Address(transport, host, port)

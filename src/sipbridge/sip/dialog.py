@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sipbridge.sip.address import Address
+from sipbridge.sip.address import Address, next_hop
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.headers import NameAddr, Via
 from sipbridge.sip.message import Headers, Request, Response
@@ -33,13 +33,19 @@ class Dialog:
     route_set: tuple[NameAddr, ...]
     local_seq: int
     remote_seq: int | None
-    peer: Address  # where in-dialog requests go: the flow the dialog was made on
+    peer: Address  # the flow the dialog was made on (the INVITE's source, or where we sent it)
     is_uas: bool
     state: DialogState = DialogState.EARLY
     local_contact: str = ""
     secure: bool = False
     via_host: str = ""
     via_port: int = 5060
+    # The sent-by (host, port) of the INVITE that made the dialog over a connection (TCP):
+    # the address the peer listens on, reached over that same connection (RFC 5923).
+    flow_alias: tuple[str, int] | None = None
+    # Send in-dialog requests to `peer` whatever Contact and Record-Route say: for peers
+    # behind NAT whose Contact cannot be reached (Asterisk's rewrite_contact, force_rport).
+    to_source: bool = False
     _branch_count: int = field(default=0)
 
     @property
@@ -106,6 +112,27 @@ class Dialog:
         if contacts:
             self.remote_target = contacts[0].uri
 
+    def destination(self) -> Address:
+        """Where an in-dialog request goes (RFC 3261 12.2.1.1, 8.1.2; RFC 3263): the first
+        Route of the route set (loose or strict, the first route is the next hop either way),
+        else the remote target (Contact). A destination that is the connection the dialog
+        was made on, or the address its INVITE said it was sent by, reuses that connection
+        (RFC 5923)."""
+        if self.to_source:
+            return self.peer
+        uri = self.route_set[0].uri if self.route_set else self.remote_target
+        if not isinstance(uri, SipUri):
+            return self.peer  # a tel: or other Contact names no host: keep to the flow
+        hop = next_hop(uri)
+        peer = self.peer
+        # Many phones on TCP leave transport= out of their Contact: a URI without one that
+        # names this connection's far end keeps to the connection.
+        same_transport = hop.transport == peer.transport or not uri.has_param("transport")
+        if peer.reliable and same_transport and (
+                (hop.host, hop.port) in ((peer.host, peer.port), self.flow_alias)):
+            return peer
+        return hop
+
     def create_request(
         self,
         method: str,
@@ -120,7 +147,7 @@ class Dialog:
             self.local_seq += 1
             cseq = self.local_seq
         h = Headers()
-        via = Via(self.peer.transport.upper(), self.via_host, self.via_port,
+        via = Via(self.destination().transport.upper(), self.via_host, self.via_port,
                   (("branch", branch), ("rport", None)))
         h.add("Via", str(via))
         h.add("Max-Forwards", "70")

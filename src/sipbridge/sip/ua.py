@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import ipaddress
 import logging
 import secrets
 from collections import Counter
@@ -70,6 +71,9 @@ class UaConfig:
     user_agent: str = "sipbridge"
     timers: TimerConfig = field(default_factory=TimerConfig)
     max_message_size: int = DEFAULT_MAX_SIZE
+    # Peers (by source network) whose in-dialog requests go to the address their INVITE
+    # came from, or where ours went, instead of their Contact and Record-Route.
+    rewrite_contact: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 class LegState(enum.Enum):
@@ -260,7 +264,8 @@ class UserAgent:
         placeholder = Dialog(call_id=request.call_id, local_tag=local_tag, remote_tag="",
                              local=request.from_, remote=request.to, remote_target=uri,
                              route_set=(), local_seq=1, remote_seq=None, peer=dest,
-                             is_uas=False, local_contact=h.get("Contact") or "")
+                             is_uas=False, local_contact=h.get("Contact") or "",
+                             to_source=self._to_source(dest))
         leg = Leg(id=local_tag, invite=request, source=dest, tx=stand_in, dialog=placeholder,
                   state=LegState.CALLING, credentials=credentials)
         self._legs[leg.id] = leg
@@ -287,17 +292,19 @@ class UserAgent:
             if leg.state is LegState.CALLING:
                 dialog = Dialog.as_uac(tx.request, resp, leg.source)
                 dialog.via_host, dialog.via_port = self.config.host, self.config.port
+                dialog.to_source = leg.dialog.to_source
                 leg.dialog = dialog
                 leg.state = LegState.CONFIRMED
                 dialog.state = DialogState.CONFIRMED
                 self._dialogs[dialog.id] = leg
-                self._out.append((dialog.ack_for_2xx(tx.request).to_bytes(), dialog.peer))
+                self._out.append((dialog.ack_for_2xx(tx.request).to_bytes(),
+                                  dialog.destination()))
                 self._events.append(OutgoingAnswered(leg.id, resp))
                 if leg.cancel_sent:  # answered while our CANCEL was on its way: 15.1.1
                     self._send_bye(leg, now, EndReason.LOCAL_BYE)
             elif leg.dialog.remote_tag == (resp.to.tag or ""):
                 self._out.append((leg.dialog.ack_for_2xx(tx.request).to_bytes(),
-                                  leg.dialog.peer))  # a retransmitted 2xx: ACK it again
+                                  leg.dialog.destination()))  # a retransmitted 2xx: ACK again
             return
         if leg.state is not LegState.CALLING:
             return
@@ -445,6 +452,10 @@ class UserAgent:
             self._stateless(req, source, exc.status, exc.reason)
             return
         dialog.via_host, dialog.via_port = self.config.host, self.config.port
+        dialog.to_source = self._to_source(source)
+        if source.reliable:
+            via = req.top_via
+            dialog.flow_alias = (via.host.strip("[]"), via.port or 5060)
         tx = ServerTransaction(req, source, now, self.config.timers, self._out)
         tx.peer = response_target(req.top_via, source)
         tx.owner = local_tag
@@ -568,7 +579,7 @@ class UserAgent:
                 if leg is not None:
                     leg.dialog.refresh_target(resp)
                     ack = leg.dialog.ack_for_2xx(tx.request)
-                    self._out.append((ack.to_bytes(), leg.dialog.peer))
+                    self._out.append((ack.to_bytes(), leg.dialog.destination()))
                     if leg.pending_invite is tx:
                         leg.pending_invite = None
                 if retransmitted:
@@ -629,11 +640,50 @@ class UserAgent:
         self._track(tx)
 
     def _start_client(self, leg: Leg, request: Request, now: float) -> None:
-        tx = ClientTransaction(request, leg.dialog.peer, now, self.config.timers, self._out)
+        dest = leg.dialog.destination()
+        looped = self._is_self(dest)
+        # A request whose next hop is this gateway would come straight back (a proxy that
+        # forwards everything here and records no route): it fails as 482, unsent.
+        tx = ClientTransaction(request, dest, now, self.config.timers,
+                               [] if looped else self._out)
         self._client[tx.key] = (tx, leg.id)
         if tx.is_invite:
             leg.pending_invite = tx
         self._track(tx)
+        if looped:
+            self.stats["loops_refused"] += 1
+            self._on_response(response_to(request, 482, f"Loop Detected (the next hop {dest} "
+                                          "is this gateway)"), dest, now)
+
+    def transport_error(self, data: bytes, dest: Address, reason: str, now: float) -> None:
+        """The transport could not send `data` to `dest` (no address for its host name, a
+        refused connection): the request's client transaction fails as if answered 503
+        (RFC 3261 8.1.3.1, RFC 3263 4.3), so the TU hears of it at once."""
+        self.stats["transport_errors"] += 1
+        try:
+            msg = parse_message(data, self.config.max_message_size)
+            if not isinstance(msg, Request) or msg.method == "ACK":
+                return
+            entry = self._client.get(client_key(msg.top_via.branch or "", msg.method))
+        except SipError:
+            return
+        if entry is None or entry[0].terminated:
+            return
+        self._on_response(response_to(entry[0].request, 503, f"Service Unavailable ({reason})"),
+                          dest, now)
+
+    def _is_self(self, dest: Address) -> bool:
+        return dest.port == self.config.port and dest.host == self.config.host
+
+    def _to_source(self, peer: Address) -> bool:
+        """Whether `peer` is among the networks whose requests go back to their source."""
+        if not self.config.rewrite_contact:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer.host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.config.rewrite_contact)
 
     def _send_bye(self, leg: Leg, now: float, reason: EndReason) -> None:
         request = leg.dialog.create_request("BYE", new_branch(self._token()))
