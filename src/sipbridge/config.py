@@ -113,6 +113,13 @@ class Config(BaseSettings):
     t1: float = Field(0.5, gt=0)
     t2: float = Field(4.0, gt=0)
     t4: float = Field(5.0, gt=0)
+    # Where in-dialog requests go: by the book (Record-Route, else Contact), except for
+    # peers in these networks, which get them where their INVITE came from (behind NAT).
+    rewrite_contact: list[str] = Field(default_factory=list)
+    # Name servers for host names in Route and Contact ("IP" or "IP:PORT"; none: those of
+    # /etc/resolv.conf), and how long one lookup may take.
+    dns_servers: list[str] = Field(default_factory=list)
+    dns_timeout: float = Field(2.0, gt=0, le=30)
     log_level: str = "info"
     # The application side (OpenAI's Realtime API for SIP calls).
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
@@ -210,7 +217,16 @@ class Config(BaseSettings):
             raise ValueError("transfer_tel_uri must be a sip: URI containing {number}")
         return value
 
-    @field_validator("allow")
+    @field_validator("dns_servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        from sipbridge.sip.dns import parse_server
+
+        for server in value:
+            parse_server(server)
+        return value
+
+    @field_validator("allow", "rewrite_contact")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for net in value:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import re
 import secrets
@@ -28,6 +29,7 @@ from sipbridge.metrics import Metrics
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
+from sipbridge.sip.dns import Resolver
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -46,9 +48,12 @@ class Gateway:
         self.config = config
         self.loop: asyncio.AbstractEventLoop | None = None
         host, port = config.sip_bind
+        self.resolver = Resolver(config.dns_servers, timeout=config.dns_timeout,
+                                 ipv6=":" in host)
         self.transport = SipTransport(
             self._on_message, max_size=config.max_message_size,
-            idle_timeout=config.tcp_idle_timeout,
+            idle_timeout=config.tcp_idle_timeout, resolver=self.resolver,
+            on_error=self._on_send_error,
         )
         auth = config.auth
         digest = None
@@ -120,7 +125,9 @@ class Gateway:
         await self.transport.start(self._bind_host, self._bind_port)
         self.ua = UserAgent(
             UaConfig(host=self.advertised_host, port=self.transport.port,
-                     timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size),
+                     timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size,
+                     rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
+                                           for n in c.rewrite_contact)),
             self.guard,
         )
         self.media = MediaEngine(
@@ -399,6 +406,21 @@ class Gateway:
         if not self._trace(data, source, "in"):
             self._inbound = (data, source)
         self.ua.receive(data, source, self.loop.time())
+        self._pump()
+
+    def _on_send_error(self, data: bytes, dest: Address, reason: str) -> None:
+        """A message the transport could not send: on its call's timeline, and its request
+        fails in the core as 503 (a transfer whose REFER had nowhere to go says why)."""
+        assert self.ua is not None and self.loop is not None
+        line = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")[:200]
+        log.info("not sent to %s: %s (%s)", dest, line, reason)
+        match = _CALL_ID.search(data)
+        if match is not None and self.calls is not None:
+            call = self.calls.by_sip_id.get(match.group(1).strip().decode("utf-8", "replace"))
+            if call is not None:
+                call.timeline.append({"at": time.time(), "kind": "warning",
+                                      "detail": f"{line} to {dest} not sent: {reason}"})
+        self.ua.transport_error(data, dest, reason, self.loop.time())
         self._pump()
 
     def _on_change(self, call: Call) -> None:

@@ -64,6 +64,9 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
         ("reject_code = 200", "reject_code"),
         ('rtp_ports = "5000"', "rtp_ports"),
         ('unknown_key = 1', "unknown_key"),
+        ('rewrite_contact = ["10.0.0.0/33"]', "rewrite_contact"),
+        ('dns_servers = ["ns1.example.com"]', "dns_servers"),
+        ("dns_timeout = 0", "dns_timeout"),
         ('[auth]\nalgorithms = ["ROT13"]', "auth.algorithms"),
         ("sip = ", "invalid config file"),
     ],
@@ -135,3 +138,14 @@ def test_bad_application_settings_are_refused(key: str, value: object, fragment:
 
 def test_http_off() -> None:
     assert load_config(None, http="off").http == "off"
+
+
+def test_routing_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'rewrite_contact = ["192.0.2.0/24"]\n'
+                                         'dns_servers = ["127.0.0.1:5353", "::1"]\n'
+                                         "dns_timeout = 0.5\n"))
+    assert config.rewrite_contact == ["192.0.2.0/24"]
+    assert config.dns_servers == ["127.0.0.1:5353", "::1"]
+    assert config.dns_timeout == 0.5
+    defaults = load_config(None)
+    assert defaults.rewrite_contact == [] and defaults.dns_servers == []

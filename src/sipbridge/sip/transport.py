@@ -3,24 +3,31 @@
 No parsing and no policy here (STYLE 3): datagrams go up whole, TCP streams are cut
 into messages by Content-Length (RFC 3261 18.3), and outgoing bytes go to the address
 the core names, over an existing TCP connection when there is one (RFC 3261 18.2.2).
+A name the core could not turn into an address (a Route or Contact's host) is looked up
+first, without blocking (`sip.dns`). What cannot be sent (no address, a refused
+connection, a transport we do not offer) is reported to `on_error`, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import cast
 
-from sipbridge.sip.address import Address
+from sipbridge.sip.address import Address, is_ip
+from sipbridge.sip.dns import ResolveError, Resolver
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.message import DEFAULT_MAX_SIZE, StreamFramer
 
 log = logging.getLogger("sipbridge.transport")
 
 OnMessage = Callable[[bytes, Address], None]
+OnError = Callable[[bytes, Address, str], None]  # what could not be sent, where, and why
+MAX_QUEUED = 32  # messages held for one destination while it is looked up or connected
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -85,8 +92,12 @@ class SipTransport:
     """UDP and TCP listeners on one host and port, and outbound TCP connections."""
 
     def __init__(self, on_message: OnMessage, *, max_size: int = DEFAULT_MAX_SIZE,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, resolver: Resolver | None = None,
+                 on_error: OnError | None = None) -> None:
         self.on_message = on_message
+        self.resolver = resolver or Resolver()
+        self.on_error = on_error
+        self._lookups: dict[Address, list[bytes]] = {}
         self.max_size = max_size
         self.idle_timeout = idle_timeout
         self.connections: dict[tuple[str, int], _TcpConnection] = {}
@@ -127,6 +138,12 @@ class SipTransport:
 
     def send(self, data: bytes, dest: Address) -> None:
         """Send bytes to a peer; TCP reuses the peer's connection or opens one."""
+        if dest.port == 0 or not _is_ip(dest.host):
+            self._send_named(data, dest)
+            return
+        if dest.transport not in ("udp", "tcp"):
+            self._failed(data, dest, f"no {dest.transport.upper()} transport here")
+            return
         if dest.transport == "udp":
             if self._udp is not None and self._udp.transport is not None:
                 self._udp.transport.sendto(data, (dest.host, dest.port))
@@ -143,6 +160,40 @@ class SipTransport:
         self._pending[key] = [data]
         asyncio.get_running_loop().create_task(self._connect(key))
 
+    def _send_named(self, data: bytes, dest: Address) -> None:
+        """A destination named by host name: send at once when its address is known, else
+        hold the message (a few per name) while it is looked up."""
+        known = self.resolver.cached(dest)
+        if isinstance(known, Address):
+            self.send(data, known)
+            return
+        if isinstance(known, str):
+            self._failed(data, dest, known)
+            return
+        queued = self._lookups.get(dest)
+        if queued is not None:
+            if len(queued) < MAX_QUEUED:
+                queued.append(data)  # else dropped: a retransmission will come
+            return
+        self._lookups[dest] = [data]
+        asyncio.get_running_loop().create_task(self._resolve(dest))
+
+    async def _resolve(self, dest: Address) -> None:
+        try:
+            address = await self.resolver.resolve(dest)
+        except ResolveError as exc:
+            for data in self._lookups.pop(dest, []):
+                self._failed(data, dest, str(exc))
+            return
+        for data in self._lookups.pop(dest, []):
+            self.send(data, address)
+
+    def _failed(self, data: bytes, dest: Address, reason: str) -> None:
+        """Report a message that could not be sent, after the current call stack (the
+        core may be in the middle of handing us its output)."""
+        if self.on_error is not None:
+            asyncio.get_running_loop().call_soon(self.on_error, data, dest, reason)
+
     async def _connect(self, key: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -151,7 +202,9 @@ class SipTransport:
             )
         except (TimeoutError, OSError) as exc:
             log.info("TCP connect to %s:%s failed: %s", key[0], key[1], exc)
-            self._pending.pop(key, None)
+            dest = Address("tcp", key[0], key[1])
+            for data in self._pending.pop(key, []):
+                self._failed(data, dest, f"TCP connection refused or timed out: {exc}")
             return
         for data in self._pending.pop(key, []):
             conn.send(data)
@@ -177,6 +230,11 @@ class SipTransport:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    return is_ip(host)  # once per host: this runs for every message sent
 
 
 def local_address_for(peer_host: str) -> str:
