@@ -27,7 +27,7 @@ from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
 from sipbridge.sip.access import AccessGuard
-from sipbridge.sip.address import Address
+from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import Resolver
 from sipbridge.sip.transaction import TimerConfig
@@ -97,6 +97,8 @@ class Gateway:
             return self.config.public_address
         if self._bind_host not in WILDCARDS:
             return self._bind_host
+        if not is_ip(peer_host):  # a trunk named by host: no lookup on the event loop
+            return self.advertised_host
         return _local_for(peer_host)
 
     async def start(self) -> None:
