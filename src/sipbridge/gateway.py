@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ class Gateway:
         self._inbound: tuple[bytes, Address] | None = None
         self.store: Any = None
         self._purging: asyncio.Task[None] | None = None
-        self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0)
+        self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
+                               self._live_media)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
@@ -340,20 +341,18 @@ class Gateway:
             self.sideband.publish(call_id, {"type": "input_audio_buffer.dtmf_event_received",
                                             "event": digit, "received_at": int(time.time())})
 
+    def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
+        """The media figures of the calls in progress, for the metrics."""
+        for call in self.calls.calls.values() if self.calls is not None else ():
+            if call.media_live is not None:
+                yield call.id, call.media_live()
+
     def _count_end(self, call: Call) -> None:
         self._setup_seen.discard(call.id)
         reason = (call.end_reason or "unknown").split(":")[0][:32]
         self.metrics.calls.labels(reason).inc()
-        media = next((e for e in reversed(call.timeline) if e.get("kind") == "media"), None)
-        if media is not None:
-            lost, received, jitter = (media.get("lost"), media.get("packets_in"),
-                                      media.get("jitter_ms"))
-            if isinstance(lost, int) and lost > 0:
-                self.metrics.rtp_lost.inc(lost)
-            if isinstance(received, int) and received > 0:
-                self.metrics.rtp_received.inc(received)
-                if isinstance(jitter, int | float):
-                    self.metrics.jitter.observe(jitter / 1000)
+        if call.media is not None:  # what scrapes during the call did not count yet
+            self.metrics.media(call.id, call.media, ended=True)
 
     def _on_end(self, call: Call) -> None:
         self._count_end(call)

@@ -1,8 +1,12 @@
-"""Prometheus metrics for one gateway, served at `/metrics` by the HTTP API."""
+"""Prometheus metrics for one gateway, served at `/metrics` by the HTTP API.
+
+The RTP counters follow calls while they run: each scrape brings them up to the figures
+of the calls in progress, and a call's end adds only what no scrape counted yet.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,11 +18,29 @@ _JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 _MODEL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 
 
+MediaFigures = Mapping[str, object]  # a call's media figures (MediaSession.figures)
+
+
+def _count(figures: MediaFigures, name: str) -> int:
+    value = figures.get(name)
+    return value if isinstance(value, int) else 0
+
+
 class Metrics:
     """The gateway's counters, gauges and histograms, in a registry of its own (several
-    gateways in one process, as in tests, do not collide)."""
+    gateways in one process, as in tests, do not collide).
 
-    def __init__(self, active_calls: Callable[[], int]) -> None:
+    `live_media` gives (call id, media figures) for each call in progress; `render` counts
+    them before it writes the metrics out.
+    """
+
+    def __init__(self, active_calls: Callable[[], int],
+                 live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None
+                 ) -> None:
+        self.live_media = live_media
+        # What the counters already hold of each call in progress, by figure name: a
+        # counter never goes down, although a call's loss can (a late packet arrives).
+        self._counted: dict[str, dict[str, int]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.active = Gauge("sipbridge_calls_active", "Calls in progress", registry=r)
@@ -37,12 +59,48 @@ class Metrics:
                                 registry=r)
         self.rtp_received = Counter("sipbridge_rtp_packets_received",
                                     "RTP packets received from callers", registry=r)
+        self.stun = Counter("sipbridge_stun_messages",
+                            "STUN messages received on media ports (RFC 7983)", registry=r)
         self.jitter = Histogram("sipbridge_rtp_jitter_seconds",
                                 "Interarrival jitter of each call at its end (RFC 3550)",
                                 buckets=_JITTER_BUCKETS, registry=r)
+        self.jitter_now = Gauge("sipbridge_rtp_jitter_max_seconds",
+                                "Highest interarrival jitter among the calls in progress "
+                                "(RFC 3550)", registry=r)
         self.model_latency = Histogram("sipbridge_model_response_seconds",
                                        "End of caller speech (speech_stopped) to the model's "
                                        "first audio", buckets=_MODEL_BUCKETS, registry=r)
+        # The media figures that feed a counter.
+        self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
+                                ("stun", self.stun))
+
+    def media(self, call_id: str, figures: MediaFigures, *, ended: bool = False) -> None:
+        """Bring the RTP counters up to a call's media figures, adding only what they do
+        not hold yet; at the call's `ended` its jitter goes to the histogram too."""
+        counted = self._counted.pop(call_id, {})
+        for name, counter in self._media_counters:
+            value, before = _count(figures, name), counted.get(name, 0)
+            if value > before:
+                counter.inc(value - before)
+                counted[name] = value
+        if not ended:
+            self._counted[call_id] = counted
+            return
+        jitter = figures.get("jitter_ms")
+        if _count(figures, "packets_in") > 0 and isinstance(jitter, int | float):
+            self.jitter.observe(jitter / 1000)
 
     def render(self) -> bytes:
+        """The metrics in Prometheus' text format, the calls in progress counted."""
+        if self.live_media is not None:
+            live = dict(self.live_media())
+            for call_id in self._counted.keys() - live.keys():
+                del self._counted[call_id]  # ended without its media figures
+            highest = 0.0
+            for call_id, figures in live.items():
+                self.media(call_id, figures)
+                jitter = figures.get("jitter_ms")
+                if isinstance(jitter, int | float):
+                    highest = max(highest, jitter / 1000)
+            self.jitter_now.set(highest)
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
 """One call's media session on real loopback sockets, driven by hand with a fake clock:
-bad packets dropped and counted, symmetric RTP, timeout, DTMF, RTCP, echo, recording."""
+bad packets dropped and counted, symmetric RTP, timeout, DTMF, RTCP, echo, recording,
+STUN keep-alives counted and answered."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import PortPool
 from sipbridge.media.recorder import Recorder
 from sipbridge.media.rtp import ReceiverReport, SenderReport, build_rtp, parse_rtcp, parse_rtp
-from sipbridge.media.session import MediaSession
+from sipbridge.media.session import STUN_BELOW, MediaSession
+from sipbridge.media.stun import (
+    BINDING,
+    INDICATION,
+    REQUEST,
+    SUCCESS,
+    XOR_MAPPED_ADDRESS,
+    build_stun,
+    parse_stun,
+    xor_address,
+)
 from sipbridge.sip.sdp import Codec, Direction, NegotiatedAudio
 
 PEER_SSRC = 0x1234
@@ -361,3 +372,122 @@ def test_own_audio_leaves_on_the_grid_while_input_runs_ahead(pool: PortPool, pee
     s.tick(0.010)
     assert len(heard) == 1 and len(sent(peer)) == 1  # the output waits for its tick
     s.close()
+
+
+def binding_request(n: int = 1, kind: int = BINDING | REQUEST) -> bytes:
+    return build_stun(kind, n.to_bytes(12, "big"))
+
+
+def mapped(data: bytes, n: int = 1) -> tuple[str, int]:
+    """Where a Binding Success Response says the request came from."""
+    message = parse_stun(data)
+    assert message.type == BINDING | SUCCESS and message.transaction_id == n.to_bytes(12, "big")
+    value = message.attribute(XOR_MAPPED_ADDRESS)
+    assert value is not None
+    return xor_address(value, message.transaction_id)
+
+
+def test_a_stun_binding_request_is_answered_and_counted_as_stun_not_malformed(
+    pool: PortPool, peer: Peer
+) -> None:
+    s = make_session(pool, peer)
+    s.receive(binding_request(1), peer.addr, 0.0)  # before any RTP: the SDP's address
+    data, source = peer.rtp.recvfrom(2048)
+    assert source == ("127.0.0.1", s.endpoint.port)  # from the RTP port itself
+    assert mapped(data, 1) == peer.addr and len(data) == 32
+    s.receive(packet(1), peer.addr, 0.01)
+    s.receive(binding_request(2), peer.addr, 0.02)  # mid-call keep-alive
+    assert mapped(peer.rtp.recvfrom(2048)[0], 2) == peer.addr
+    assert (s.stats.stun, s.stats.stun_answered, s.stats.packets_in) == (2, 2, 1)
+    assert not s.dropped
+    figures = s.figures()
+    assert figures["stun"] == 2 and figures["stun_answered"] == 2
+    assert figures["packets_in"] == 1 and figures["dropped"] == {}
+    assert "stun=2" in s.summary()
+    s.close()
+
+
+def test_stun_on_the_rtcp_port_is_answered_from_it(pool: PortPool, peer: Peer) -> None:
+    if peer.rtcp.getsockname()[1] != peer.port + 1:
+        pytest.skip("the port after the peer's RTP port was taken")
+    s = make_session(pool, peer)
+    peer.rtcp.sendto(binding_request(3), ("127.0.0.1", s.endpoint.port + 1))
+    s.rtcp_readable(0.0)
+    data, source = peer.rtcp.recvfrom(2048)
+    assert source == ("127.0.0.1", s.endpoint.port + 1)
+    assert mapped(data, 3) == ("127.0.0.1", peer.port + 1)
+    assert s.stats.stun == 1 and s.stats.rtcp_in == 0 and not s.dropped
+    s.close()
+
+
+def test_only_the_calls_peer_is_answered(pool: PortPool, peer: Peer) -> None:
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(0.2)
+    s = make_session(pool, peer)
+    s.receive(binding_request(1), other.getsockname(), 0.0)  # a stranger: counted, not answered
+    with pytest.raises(TimeoutError):
+        other.recvfrom(2048)
+    s.receive(packet(1), other.getsockname(), 0.01)  # the peer's RTP comes from there (NAT)
+    s.receive(binding_request(2), other.getsockname(), 0.02)  # now it is the latched address
+    assert mapped(other.recvfrom(2048)[0], 2) == other.getsockname()
+    s.receive(binding_request(3), peer.addr, 0.03)  # and the SDP's address still is the peer
+    assert mapped(peer.rtp.recvfrom(2048)[0], 3) == peer.addr
+    assert s.stats.stun == 3 and s.stats.stun_answered == 2
+    other.close()
+    s.close()
+
+
+def test_only_well_formed_binding_requests_are_answered(pool: PortPool, peer: Peer) -> None:
+    peer.rtp.settimeout(0.2)
+    s = make_session(pool, peer)
+    s.receive(binding_request(1, BINDING | INDICATION), peer.addr, 0.0)  # RFC 6263 keep-alive
+    s.receive(binding_request(2, BINDING | SUCCESS), peer.addr, 0.0)
+    assert s.stats.stun == 2 and not s.dropped
+    bad = binding_request(3)
+    s.receive(bad[:4] + b"\x21\x12\xa4\x43" + bad[8:], peer.addr, 0.0)  # a wrong cookie
+    s.receive(bad[:3] + b"\x04" + bad[4:], peer.addr, 0.0)  # a length the datagram lacks
+    s.receive(bad[:12], peer.addr, 0.0)  # short for STUN, the size of an RTP header
+    s.receive(b"", peer.addr, 0.0)
+    with pytest.raises(TimeoutError):
+        peer.rtp.recvfrom(2048)
+    # Not STUN after all: dropped as malformed RTP, as any other such datagram.
+    assert s.stats.stun == 2 and s.stats.stun_answered == 0
+    assert s.dropped == {"version": 3, "short": 1} and s.stats.packets_in == 4
+    s.close()
+
+
+def test_stun_answers_are_rate_limited(pool: PortPool, peer: Peer) -> None:
+    peer.rtp.setblocking(False)
+    s = make_session(pool, peer)
+    for n in range(50):  # a burst, as a spoofed source would send
+        s.receive(binding_request(n), peer.addr, 1.0)
+    assert s.stats.stun == 50 and s.stats.stun_answered == 5
+    s.receive(binding_request(99), peer.addr, 2.0)  # a second later it is answered again
+    assert s.stats.stun_answered == 6
+    assert len(sent(peer)) == 6
+    s.close()
+
+
+def test_stun_over_ipv6_is_answered_with_an_ipv6_address() -> None:
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    sock.settimeout(1.0)
+    port = sock.getsockname()[1]
+    audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, "::1", port, Direction.SENDRECV, 20)
+    s = MediaSession("rtc_test", PortPool(31000, 31999).allocate("::1"), audio, now=0.0,
+                     wall=lambda: 1.7e9, timeout=5.0, jitter=JitterBuffer())
+    sock.sendto(binding_request(7), ("::1", s.endpoint.port))
+    s.readable(0.0)
+    assert mapped(sock.recvfrom(2048)[0], 7) == ("::1", port)
+    assert s.stats.stun == 1 and s.stats.packets_in == 0
+    sock.close()
+    s.close()
+
+
+def test_the_stun_test_is_rfc_7983s_first_octet_range() -> None:
+    assert [b for b in range(256) if bytes([b, 0x80]) < STUN_BELOW] == [0, 1, 2, 3]
+    assert b"" < STUN_BELOW  # an empty datagram: tried as STUN, then dropped as short RTP

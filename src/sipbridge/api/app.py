@@ -48,6 +48,13 @@ MAX_BODY = 1 << 20
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")  # RFC 3261 token
 _TOOL_TARGET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # bytes: a session config with long instructions and many tools fits
+MEDIA_FIGURES = """A call record's `media` is null until the call's RTP starts; then, updated
+as the call runs and final once it ends: `packets_in` (datagrams received on the RTP port,
+STUN aside), `packets_out`, `lost` (RFC 3550 cumulative loss), `jitter_ms` (interarrival
+jitter), `late` and `concealed` (frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
+received on the media ports, RFC 7983), `stun_answered` (Binding Success Responses sent),
+`dtmf` (the digits) and `dropped` (packets dropped, by reason: `version`, `short`,
+`payload_type`, `source`, `flood`, ...)."""
 
 
 class Control(Protocol):
@@ -277,7 +284,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             calls.hangup(call_id)
         return Response(status_code=200)
 
-    @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)")
+    @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)",
+             description=MEDIA_FIGURES)
     async def list_calls(state: Literal["ringing", "active", "ended"] | None = None,
                          since: float | None = None, until: float | None = None,
                          caller: str | None = Query(None, max_length=256),
@@ -288,7 +296,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.get("/v1/realtime/calls/{call_id}",
-             summary="One call: state, SIP details, transfers, the timeline")
+             summary="One call: state, SIP details, media figures, transfers, the timeline",
+             description=MEDIA_FIGURES)
     async def get_call(call_id: str) -> dict[str, Any]:
         return await records.get(call_id)
 

@@ -124,6 +124,9 @@ class Call:
     timeline: Timeline = field(default_factory=Timeline)
     webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
     recording: str | None = None  # the stereo WAV's path, when calls are recorded
+    media: dict[str, object] | None = None  # the media figures at the call's end
+    # While media runs: its figures now (packets, loss, jitter, STUN, drops).
+    media_live: Callable[[], dict[str, object]] | None = field(default=None, repr=False)
 
     def to_dict(self, *, timeline: bool = True) -> dict[str, object]:
         """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
@@ -140,6 +143,7 @@ class Call:
                 "codec": audio.codec.name if audio is not None else None,
                 "on_hold": self.on_hold,
             },
+            "media": self.media_live() if self.media_live is not None else self.media,
             "transfers": [t.to_dict() for t in self.transfers],
             "recording": self.recording,
             "webhooks": [w.to_dict() for w in self.webhooks],

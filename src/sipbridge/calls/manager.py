@@ -331,6 +331,7 @@ class CallManager:
             on_dtmf=lambda d: self._dtmf(call, d.digit, d.duration_ms),
             on_timeout=lambda reason: self._media_timeout(call, reason),
         )
+        call.media_live = session.figures
         if self.auto_answer == "echo":
             self.media.echo(session)
         elif self._play is not None:
@@ -376,16 +377,11 @@ class CallManager:
         call.end_reason = call.end_reason or reason
         call.ended_at = time.time()
         session = self.media.stop(call.id)
+        call.media_live = None
         if session is not None:
             log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
-            rx = session.rx
-            call.timeline.append({
-                "at": time.time(), "kind": "media", "packets_in": session.stats.packets_in,
-                "packets_out": session.stats.packets_out, "lost": max(rx.lost, 0),
-                "jitter_ms": round(rx.jitter_ms(8000), 2), "late": session.jitter.late,
-                "concealed": session.jitter.concealed,
-                "dtmf": "".join(d.digit for d in session.digits),
-                "dropped": dict(session.dropped)})
+            call.media = session.figures()
+            call.timeline.append({"at": time.time(), "kind": "media", **call.media})
         call.timeline.append({"at": time.time(), "kind": "call", "status": "ended",
                               "reason": call.end_reason})
         for job in call.transfers:

@@ -96,7 +96,7 @@ class MediaEngine:
         )
         self.sessions[key] = session
         self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
-        self.loop.add_reader(endpoint.rtcp.fileno(), session.rtcp_readable)
+        self.loop.add_reader(endpoint.rtcp.fileno(), self._rtcp_readable, session)
         self.scheduler.add(key, now + 0.020)
         session.next_tick = now + 0.020
         self.driver.poke()
@@ -162,6 +162,9 @@ class MediaEngine:
 
     def _readable(self, session: MediaSession) -> None:
         session.readable(self.loop.time())
+
+    def _rtcp_readable(self, session: MediaSession) -> None:
+        session.rtcp_readable(self.loop.time())
 
     def _rephase(self, key: str, arrival: float) -> None:
         """Phase the call's ticks on its first packet: each one a little after its frame."""

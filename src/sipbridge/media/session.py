@@ -11,6 +11,10 @@ buffer, `pump` runs that tick's input at once (at most one tick ahead), and with
 `follow_input` (echo) its output too, so an echo leaves as soon as its packet is in.
 At the tick's time only what has not run yet runs: the input with a late or lost
 frame (concealed), and the output of sessions that play their own audio, on the grid.
+
+Phones send STUN beside their media to keep a NAT binding open (RFC 7983 tells it apart
+by its first octet, 0..3). It is counted as STUN, not as malformed RTP, and a Binding
+Request from the call's peer gets its Binding Success Response from the same port.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from sipbridge.media.rtp import (
     parse_rtcp,
     parse_rtp,
 )
+from sipbridge.media.stun import StunError, binding_response, parse_stun
 from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
@@ -57,6 +62,12 @@ RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party sessio
 FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + slack)
 FLOOD_BURST = 75.0
 SSRC_SWITCH = 10  # consecutive packets from a new SSRC before it is adopted
+STUN_RATE = 5.0  # STUN answers per second per session (a keep-alive comes every few seconds)
+STUN_BURST = 5.0
+# RFC 7983 7: a datagram whose first octet is 0..3 is STUN; RTP and RTCP start at 128.
+# `data < STUN_BELOW` is that test in one comparison (an empty datagram passes it too,
+# and then fails as STUN and as RTP alike).
+STUN_BELOW = b"\x04"
 
 Address = tuple[str, int]
 
@@ -69,6 +80,8 @@ class MediaStats:
     rtcp_out: int = 0
     remote_fraction_lost: int = 0  # what the peer's last report says of our stream
     remote_jitter: int = 0
+    stun: int = 0  # well-formed STUN messages received on the RTP and RTCP ports
+    stun_answered: int = 0  # Binding Success Responses sent
 
 
 class MediaSession:
@@ -124,6 +137,8 @@ class MediaSession:
         self._latched: Address | None = None
         self._tokens = FLOOD_BURST
         self._token_at = now
+        self._stun_tokens = STUN_BURST
+        self._stun_at = now
         self._last_rx = now
         self._next_rtcp = now + RTCP_INTERVAL
         self.timed_out = False
@@ -181,7 +196,10 @@ class MediaSession:
         self.pump()
 
     def receive(self, data: bytes, addr: Address, now: float) -> None:
-        """One RTP datagram. Anything wrong with it is dropped and counted."""
+        """One datagram on the RTP port: RTP, or STUN (RFC 7983). Anything wrong with it
+        is dropped and counted."""
+        if data < STUN_BELOW and self._stun(data, addr, now, False):
+            return
         self.stats.packets_in += 1
         # Token bucket: a flood costs the flooder, not the call.
         self._tokens = min(FLOOD_BURST, self._tokens + (now - self._token_at) * FLOOD_RATE)
@@ -231,14 +249,17 @@ class MediaSession:
             return
         self.jitter.put(packet.sequence, packet.timestamp, packet.payload, now)
 
-    def rtcp_readable(self) -> None:
+    def rtcp_readable(self, now: float) -> None:
+        """The RTCP socket has datagrams: RTCP reports, or STUN (RFC 7983)."""
         while True:
             try:
-                data, _ = self.endpoint.rtcp.recvfrom(2048)
+                data, addr = self.endpoint.rtcp.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
+            if data < STUN_BELOW and self._stun(data, (addr[0], addr[1]), now, True):
+                continue
             try:
                 packets = parse_rtcp(data)
             except RtpError as exc:
@@ -251,6 +272,41 @@ class MediaSession:
                         if block.ssrc == self._ssrc:
                             self.stats.remote_fraction_lost = block.fraction_lost
                             self.stats.remote_jitter = block.jitter
+
+    def _stun(self, data: bytes, addr: Address, now: float, rtcp: bool) -> bool:
+        """A STUN message on the RTP (or RTCP) port: counted, and a Binding Request from
+        the call's peer answered from the same socket. False when `data` is not a
+        well-formed STUN message (it is then dropped as malformed RTP or RTCP)."""
+        try:
+            message = parse_stun(data)
+        except StunError:
+            return False
+        self.stats.stun += 1
+        # Only the peer's own address is answered (as the SDP named it, or as latched),
+        # and at a bounded rate: a spoofed source cannot make the port an amplifier.
+        offset = 1 if rtcp else 0
+        host, port = addr
+        sdp, latched = self._sdp_remote, self._latched
+        if not ((host == sdp[0] and port == sdp[1] + offset)
+                or (latched is not None and host == latched[0]
+                    and port == latched[1] + offset)):
+            return True
+        answer = binding_response(message, host, port)
+        if answer is None:
+            return True
+        self._stun_tokens = min(STUN_BURST,
+                                self._stun_tokens + (now - self._stun_at) * STUN_RATE)
+        self._stun_at = now
+        if self._stun_tokens < 1.0:
+            return True
+        self._stun_tokens -= 1.0
+        sock = self.endpoint.rtcp if rtcp else self.endpoint.rtp
+        try:
+            sock.sendto(answer, addr)
+            self.stats.stun_answered += 1
+        except OSError:
+            self.dropped["stun_send_error"] += 1
+        return True
 
     # ---- the 20 ms tick ---------------------------------------------------------
 
@@ -367,12 +423,26 @@ class MediaSession:
         except OSError:
             self.dropped["rtcp_send_error"] += 1
 
+    def figures(self) -> dict[str, object]:
+        """The call's media figures so far: the API's `media` while it runs, its
+        timeline's `media` entry and the Prometheus totals when it ends."""
+        stats, rx = self.stats, self.rx
+        return {
+            "packets_in": stats.packets_in, "packets_out": stats.packets_out,
+            "lost": max(rx.lost, 0), "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2),
+            "late": self.jitter.late, "concealed": self.jitter.concealed,
+            "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
+            "stun": stats.stun, "stun_answered": stats.stun_answered,
+            "dtmf": "".join(d.digit for d in self.digits), "dropped": dict(self.dropped),
+        }
+
     def summary(self) -> str:
         rx = self.rx
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
         return (f"rtp in={self.stats.packets_in} out={self.stats.packets_out} "
                 f"lost={max(rx.lost, 0)} jitter={rx.jitter_ms(PHONE_RATE):.1f}ms "
                 f"late={self.jitter.late} concealed={self.jitter.concealed} "
+                f"stun={self.stats.stun} "
                 f"dtmf={''.join(d.digit for d in self.digits) or '-'}"
                 + (f" dropped: {dropped}" if dropped else ""))
 

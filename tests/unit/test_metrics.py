@@ -1,0 +1,52 @@
+"""The RTP counters follow calls while they run, and a call's end adds only the rest."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sipbridge.metrics import Metrics
+
+
+def scrape(metrics: Metrics) -> dict[str, float]:
+    return {s.name + "".join(f"{{{k}={v}}}" for k, v in s.labels.items()): s.value
+            for family in text_string_to_metric_families(metrics.render().decode())
+            for s in family.samples}
+
+
+def figures(packets: int, lost: int = 0, stun: int = 0, jitter_ms: float = 0.0
+            ) -> dict[str, object]:
+    return {"packets_in": packets, "lost": lost, "stun": stun, "jitter_ms": jitter_ms,
+            "dropped": {}}
+
+
+def test_live_calls_are_counted_at_each_scrape_and_their_end_adds_only_the_rest() -> None:
+    live = {"rtc_a": figures(100, lost=3, stun=1, jitter_ms=4.0), "rtc_b": figures(50)}
+    metrics = Metrics(lambda: len(live), lambda: live.items())
+    values = scrape(metrics)
+    assert values["sipbridge_rtp_packets_received_total"] == 150
+    assert values["sipbridge_rtp_packets_lost_total"] == 3
+    assert values["sipbridge_stun_messages_total"] == 1
+    assert values["sipbridge_rtp_jitter_max_seconds"] == 0.004
+    assert values["sipbridge_rtp_jitter_seconds_count"] == 0  # no call has ended
+    live["rtc_a"] = figures(200, lost=2, stun=1, jitter_ms=2.0)  # a late packet came in
+    values = scrape(metrics)
+    assert values["sipbridge_rtp_packets_received_total"] == 250
+    assert values["sipbridge_rtp_packets_lost_total"] == 3  # a counter never goes down
+    del live["rtc_a"]
+    metrics.media("rtc_a", figures(210, lost=4, stun=2, jitter_ms=2.0), ended=True)
+    values = scrape(metrics)
+    assert values["sipbridge_rtp_packets_received_total"] == 260  # 210 + 50, once each
+    assert values["sipbridge_rtp_packets_lost_total"] == 4
+    assert values["sipbridge_stun_messages_total"] == 2
+    assert values["sipbridge_rtp_jitter_seconds_count"] == 1
+    assert values["sipbridge_rtp_jitter_max_seconds"] == 0.0
+
+
+def test_a_call_never_scraped_is_counted_whole_at_its_end() -> None:
+    metrics = Metrics(lambda: 0)
+    metrics.media("rtc_a", figures(80, lost=1, jitter_ms=3.0), ended=True)
+    metrics.media("rtc_b", figures(0), ended=True)  # no RTP: no jitter to observe
+    values = scrape(metrics)
+    assert values["sipbridge_rtp_packets_received_total"] == 80
+    assert values["sipbridge_rtp_packets_lost_total"] == 1
+    assert values["sipbridge_rtp_jitter_seconds_count"] == 1
