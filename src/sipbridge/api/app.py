@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sipbridge.api.callrecord import UNIX_TIME, CallList, CallRecord
 from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
 from sipbridge.api.records import CallRecords, call_error, manager
@@ -277,9 +278,13 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             calls.hangup(call_id)
         return Response(status_code=200)
 
-    @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)")
+    @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)",
+             response_model=None, responses={200: {"model": CallList}})
     async def list_calls(state: Literal["ringing", "active", "ended"] | None = None,
-                         since: float | None = None, until: float | None = None,
+                         since: float | None = Query(None, description=(
+                             f"{UNIX_TIME}: calls created at or after it.")),
+                         until: float | None = Query(None, description=(
+                             f"{UNIX_TIME}: calls created before it.")),
                          caller: str | None = Query(None, max_length=256),
                          transfer_status: str | None = Query(None, max_length=32),
                          limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
@@ -288,7 +293,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.get("/v1/realtime/calls/{call_id}",
-             summary="One call: state, SIP details, transfers, the timeline")
+             summary="One call: state, SIP details, transfers, the timeline",
+             response_model=None, responses={200: {"model": CallRecord}})
     async def get_call(call_id: str) -> dict[str, Any]:
         return await records.get(call_id)
 
