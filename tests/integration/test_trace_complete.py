@@ -112,3 +112,22 @@ def test_every_bye_sent_after_an_ack_timeout_is_on_the_timeline(
     byes = rows(trace, "BYE sip:")
     assert all("<-" in lines[i] for i in byes), trace  # all of them ours
     assert any("->" in lines[i] for i in rows(trace, "SIP/2.0 200 OK") if i > byes[0]), trace
+
+
+def test_a_new_call_with_an_ended_calls_call_id_has_its_own_invite(
+    start_gateway: Callable[..., Gateway], sipp: Sipp,
+) -> None:
+    """The ended call is still found by its Call-ID (its transactions may still send): a
+    new call that takes the same Call-ID (a caller reusing it) gets its own INVITE."""
+    gateway = start_gateway(auto_answer="silence")
+    for _ in range(2):
+        result = sipp(gateway, "uac", extra=["-cid_str", "reused-call-id@127.0.0.1"])
+        assert result.ok, result.describe()
+    base = f"http://127.0.0.1:{gateway.http_port}/v1/realtime/calls"
+    calls = httpx.get(base).json()["data"]
+    assert len(calls) == 2 and {c["sip"]["call_id"] for c in calls} == {
+        "reused-call-id@127.0.0.1"}
+    for call in calls:
+        record = httpx.get(f"{base}/{call['id']}").json()
+        invites = [line for d, line, _ in sip(record) if d == "in" and line.startswith("INVITE")]
+        assert len(invites) == 1 and sip(record)[0][1].startswith("INVITE "), sip(record)
