@@ -31,7 +31,8 @@ class SipDetails(_Described):
     to: str = Field(description="The called URI (To).")
     source: str = Field(description="host:port the INVITE came from.")
     final_status: int | None = Field(
-        description="The SIP status a call refused before its answer was answered with.")
+        description="The SIP status the gateway refused the call with (486, 603, ...); null "
+        "for a call it answered.")
     rtp_port: int | None = Field(description="The gateway's RTP port for the call.")
     codec: str | None = Field(description="The negotiated audio codec.")
     on_hold: bool = Field(description="Whether the caller has put the call on hold.")
