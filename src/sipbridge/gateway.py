@@ -18,7 +18,7 @@ from sipbridge.agent.bridge import AgentBridge
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
 from sipbridge.api.schemas import FunctionTool, SessionConfig
 from sipbridge.api.webhooks import WebhookSender, make_event
-from sipbridge.calls.call import Call, TransferJob, Trunk
+from sipbridge.calls.call import Call, CallState, TransferJob, Trunk
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
 from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
@@ -404,7 +404,7 @@ class Gateway:
     def _on_message(self, data: bytes, source: Address) -> None:
         assert self.ua is not None and self.loop is not None
         # Traced before the UA acts on it; a new call's INVITE once the call exists.
-        if not self._trace(data, source, "in"):
+        if not self._trace(data, source, "in", early=True):
             self._inbound = (data, source)
         self.ua.receive(data, source, self.loop.time())
         self._pump()
@@ -465,9 +465,12 @@ class Gateway:
                                   "duration_ms": round(result.duration_ms, 1)})
         return attempt
 
-    def _trace(self, data: bytes, peer: Address, direction: str) -> bool:
-        """A SIP message of a known call onto its timeline (start line, full text); False
-        when it belongs to no call (yet)."""
+    def _trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
+               ) -> bool:
+        """A SIP message of a known call onto its timeline (start line, full text), an ended
+        call's too while its transactions last; False when it belongs to no call (yet).
+        `early`: before the UA has read it, when an INVITE with an ended call's Call-ID may
+        still make a new call (False then: it is traced once the UA has acted)."""
         calls = self.calls
         if calls is None or not calls.by_sip_id:
             return False
@@ -476,6 +479,8 @@ class Gateway:
             return False
         call = calls.by_sip_id.get(match.group(1).strip().decode("utf-8", "replace"))
         if call is None:
+            return False
+        if early and call.state is CallState.ENDED and data.startswith(b"INVITE "):
             return False
         text = data[:MAX_TRACE].decode("utf-8", "replace")
         call.timeline.append({"at": time.time(), "kind": "sip", "dir": direction,

@@ -366,6 +366,22 @@ def test_to_dict() -> None:
     }
 
 
+def test_records_are_in_unix_time_the_machine_keeps_its_clock() -> None:
+    epoch = 1.7e9  # Unix time minus the clock's time, as the owner saw it
+    transfer = Transfer("tr-1", TARGET, T0, TransferTimers(), epoch=epoch)
+    transfer.sent(T0, cseq=3)
+    transfer.response(202, T0 + 0.1)
+    record = transfer.to_dict()
+    assert record["requested_at"] == T0 + epoch
+    assert record["steps"] == [step.to_dict(epoch) for step in transfer.steps]
+    assert [s["at"] for s in record["steps"]] == [T0 + epoch, T0 + epoch, T0 + 0.1 + epoch]
+    # timers and steps stay on the injected clock
+    assert transfer.requested_at == T0 and transfer.steps[-1].at == T0 + 0.1
+    assert transfer.deadline == T0 + 0.1 + 30.0
+    assert transfer.handle_timer(T0 + 30.0) == [] and not transfer.final
+    assert transfer.handle_timer(T0 + 30.2)[0].status == "unconfirmed"
+
+
 def test_clock_never_runs_backwards() -> None:
     transfer = started()
     transfer.response(202, T0 + 5.0)

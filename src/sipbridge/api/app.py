@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
 from sipbridge.api.records import CallRecords, call_error, manager
@@ -48,13 +49,7 @@ MAX_BODY = 1 << 20
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")  # RFC 3261 token
 _TOOL_TARGET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # bytes: a session config with long instructions and many tools fits
-MEDIA_FIGURES = """A call record's `media` is null until the call's RTP starts; then, updated
-as the call runs and final once it ends: `packets_in` (datagrams received on the RTP port,
-STUN aside), `packets_out`, `lost` (RFC 3550 cumulative loss), `jitter_ms` (interarrival
-jitter), `late` and `concealed` (frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
-received on the media ports, RFC 7983), `stun_answered` (Binding Success Responses sent),
-`dtmf` (the digits) and `dropped` (packets dropped, by reason: `version`, `short`,
-`payload_type`, `source`, `flood`, ...)."""
+
 
 
 class Control(Protocol):
@@ -285,9 +280,13 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         return Response(status_code=200)
 
     @app.get("/v1/realtime/calls", summary="List calls, newest first (live ones included)",
-             description=MEDIA_FIGURES)
+             description=MEDIA_FIGURES,
+             response_model=None, responses={200: {"model": CallList}})
     async def list_calls(state: Literal["ringing", "active", "ended"] | None = None,
-                         since: float | None = None, until: float | None = None,
+                         since: float | None = Query(None, description=(
+                             f"{UNIX_TIME}: calls created at or after it.")),
+                         until: float | None = Query(None, description=(
+                             f"{UNIX_TIME}: calls created before it.")),
                          caller: str | None = Query(None, max_length=256),
                          transfer_status: str | None = Query(None, max_length=32),
                          limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
@@ -297,7 +296,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
 
     @app.get("/v1/realtime/calls/{call_id}",
              summary="One call: state, SIP details, media figures, transfers, the timeline",
-             description=MEDIA_FIGURES)
+             description=MEDIA_FIGURES,
+             response_model=None, responses={200: {"model": CallRecord}})
     async def get_call(call_id: str) -> dict[str, Any]:
         return await records.get(call_id)
 

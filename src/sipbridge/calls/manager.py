@@ -22,6 +22,7 @@ from sipbridge.calls.call import (
     TransferJob,
     Trunk,
 )
+from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.transfer import TransferTimers
 from sipbridge.calls.transfers import OnTransfer, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
@@ -111,7 +112,10 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self.by_leg: dict[str, Call] = {}
-        self.by_sip_id: dict[str, Call] = {}  # SIP Call-ID (its own, or a bridge leg's) ->
+        # SIP Call-ID (its own, or a bridge leg's) -> call, for its trace; ended calls too,
+        # while their transactions last (64*T1, plus T4 for late retransmissions).
+        timers = ua.config.timers
+        self.by_sip_id = SipCallIds(clock, linger=timers.b + timers.t4, limit=RECENT_CALLS)
         self.ended = 0
 
     def handle(self, event: Event) -> None:
@@ -389,7 +393,7 @@ class CallManager:
                 job.cancel_timer()
                 job.cancel_timer = None
         self.calls.pop(call.id, None)
-        self.by_sip_id.pop(call.sip_call_id, None)
+        self.by_sip_id.ended(call)  # what is sent and received after the end is traced too
         self.ended += 1
         self.changed(call)
         if self.on_end is not None:

@@ -11,6 +11,10 @@ the REFER goes out, then `notify_timeout` after it is accepted, provided the own
 "accepted" is final too when the carrier refused the subscription (RFC 4488 Refer-Sub: false).
 `sip_status` is the last status code the carrier reported (REFER response or sipfrag),
 carried into later steps that bring none of their own.
+
+Times in the machine (`requested_at`, each step's `at`, `deadline`) are the injected clock's;
+its records (`to_dict`) show Unix time, the clock's time plus `epoch`, which the owner gives
+when it makes the transfer (Unix time minus its clock's time then).
 """
 
 from __future__ import annotations
@@ -86,9 +90,10 @@ class TransferStep:
     reason: str | None
     final: bool
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self, epoch: float) -> dict[str, object]:
+        """The step's record, `at` in Unix time (`epoch`: the transfer's, see `Transfer`)."""
         return {
-            "at": self.at,
+            "at": self.at + epoch,
             "status": self.status,
             "sip_status": self.sip_status,
             "reason": self.reason,
@@ -107,6 +112,7 @@ class Transfer:
         "_last_progress",
         "_notify_cseqs",
         "_progress_codes",
+        "epoch",
         "final",
         "id",
         "notify_count",
@@ -121,9 +127,11 @@ class Transfer:
     )
 
     def __init__(
-        self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS
+        self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS,
+        *, epoch: float = 0.0,
     ) -> None:
         self.id = transfer_id
+        self.epoch = epoch  # Unix time minus the clock's time: records show Unix time
         self.target = target
         self.timers = timers
         self.requested_at = now
@@ -256,6 +264,7 @@ class Transfer:
         return [self._move(now, UNCONFIRMED, self.sip_status, reason, final=True)]
 
     def to_dict(self) -> dict[str, object]:
+        """The transfer's record; its times (`requested_at`, steps' `at`) in Unix time."""
         return {
             "id": self.id,
             "target_uri": self.target,
@@ -263,8 +272,8 @@ class Transfer:
             "final": self.final,
             "sip_status": self.sip_status,
             "reason": self.reason,
-            "requested_at": self.requested_at,
-            "steps": [step.to_dict() for step in self.steps],
+            "requested_at": self.requested_at + self.epoch,
+            "steps": [step.to_dict(self.epoch) for step in self.steps],
         }
 
     def __repr__(self) -> str:

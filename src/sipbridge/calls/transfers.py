@@ -82,7 +82,8 @@ class Transfers:
             self.calls.note_api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
-                                   self.timers), mode, list(headers or []),
+                                   self.timers, epoch=time.time() - now),
+                          mode, list(headers or []),
                           requested_by=requested_by)
         call.transfers.append(job)
         self._steps(call, job, list(job.machine.steps))  # "requested"
@@ -125,9 +126,8 @@ class Transfers:
     def _steps(self, call: Call, job: TransferJob, steps: list[TransferStep]) -> None:
         """Report a transfer's changes, re-arm its timer, and act on its outcome."""
         for step in steps:
-            entry = {"kind": "transfer", "transfer_id": job.id, **step.to_dict()}
-            entry["clock"], entry["at"] = entry["at"], time.time()  # the machine's clock; wall
-            call.timeline.append(entry)
+            call.timeline.append({"kind": "transfer", "transfer_id": job.id,
+                                  **step.to_dict(job.machine.epoch)})
             log.info("call %s: transfer %s %s%s%s", call.id, job.id, step.status,
                      f" {step.sip_status}" if step.sip_status else "",
                      f" ({step.reason})" if step.reason else "")
