@@ -435,3 +435,25 @@ def test_parameters_past_the_64th_are_not_read() -> None:
     state, warnings = parse_subscription_state("terminated" + ";x" * 64 + ";reason=noresource")
     assert state == SubscriptionState("terminated")
     assert warnings == ("Subscription-State: more than 64 parameters; the rest not read",)
+
+
+_HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x17F), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.just("refer"), _HEADER_TEXT.map(lambda t: "refer" + t)),
+       st.lists(st.one_of(_HEADER_TEXT, st.sampled_from(["active", "terminated;reason=x"])),
+                max_size=3),
+       st.one_of(st.none(), _HEADER_TEXT), st.binary(max_size=200))
+def test_read_refer_notify_takes_or_refuses_never_anything_else(
+        event: str | None, states: list[str], ctype: str | None, body: bytes) -> None:
+    headers = notify_headers(*(("Subscription-State", s) for s in states), event=event,
+                             state=None, ctype=ctype)
+    try:
+        content = read_refer_notify(headers, body)
+    except SipFragError as exc:
+        assert exc.status in (400, 489) and len(exc.reason) < 300
+        return
+    assert len(content.warnings) <= 8
+    assert (content.state is None) is (not states)
+    assert content.frag is None or 100 <= content.frag.status <= 699
