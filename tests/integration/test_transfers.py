@@ -170,11 +170,31 @@ def test_6_caller_hangs_up_during_the_transfer_cancels_it(app: App) -> None:
     assert o.record["end_reason"] == "remote_bye"
 
 
-def test_7_a_malformed_notify_is_refused_and_the_transfer_goes_on(app: App) -> None:
+def test_7_a_notify_that_cannot_be_understood_is_refused_and_the_transfer_goes_on(
+        app: App) -> None:
     o = transfer(app, "transfer_bad_notify.xml")
     assert "SIP/2.0 400" in o.messages
+    assert 'Warning: 399 sipbridge "sipfrag has no status line' in o.messages
     assert o.transfer["status"] == "succeeded"
     assert steps(o) == ["requested", "sent", "accepted", "progress", "succeeded"]
+    assert not [e for e in o.record["timeline"] if e["kind"] == "warning"]
+
+
+def test_8_linphones_malformed_final_notify_is_a_success(app: App) -> None:
+    # liblinphone 5.1: "Subscription-State: terminated;reason=reason=noresource" with the
+    # sipfrag "SIP/2.0 200 Ok" (src/sal/call-op.cpp).
+    o = transfer(app, "transfer_linphone_notify.xml")
+    assert "SIP/2.0 400" not in o.messages  # both NOTIFYs answered 200
+    assert (o.transfer["status"], o.transfer["sip_status"]) == ("succeeded", 200)
+    assert steps(o) == ["requested", "sent", "accepted", "progress", "succeeded"]
+    assert o.took < 2.0  # at once, not after the 3 s NOTIFY bound
+    assert o.record["end_reason"] == "transferred"
+    assert "BYE sip:" in o.messages  # the gateway left the call
+    assert o.transfer["fallback"] is None  # no "the transfer didn't go through"
+    assert o.webhook["type"] == "realtime.call.transfer.succeeded"
+    warnings = [e for e in o.record["timeline"] if e["kind"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["transfer_id"] == o.transfer["id"]
+    assert "read as reason=noresource" in warnings[0]["detail"]
 
 
 def test_notify_before_202_is_taken(app: App) -> None:

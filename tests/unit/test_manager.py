@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,7 @@ from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, EndReason
-from sipbridge.sip.message import Request, Response, parse_message
+from sipbridge.sip.message import Request, Response, parse_message, response_to
 from sipbridge.sip.sdp import Direction, parse_sdp
 from sipbridge.sip.ua import UaConfig, UserAgent
 
@@ -299,7 +300,8 @@ def test_tool_definition_lists_the_targets() -> None:
     assert tool["parameters"]["properties"]["target"]["enum"] == ["a_team", "sales"]
 
 
-def notify(h: Harness, event: str, body: str = "SIP/2.0 200 OK", cseq: int = 2) -> int:
+def notify(h: Harness, event: str, body: str = "SIP/2.0 200 OK", cseq: int = 2,
+           state: str = "active;expires=60") -> int:
     """The carrier's NOTIFY in the call's dialog; the status the gateway answered."""
     to_tag = next(r.to.tag for r in h.sent if r.status == 200)
     content = f"{body}\n"
@@ -308,7 +310,7 @@ def notify(h: Harness, event: str, body: str = "SIP/2.0 200 OK", cseq: int = 2) 
         f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKn{cseq}\n"
         f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>;tag={to_tag}\n"
         f"Call-ID: call-1\nCSeq: {cseq} NOTIFY\nMax-Forwards: 70\nEvent: {event}\n"
-        f"Subscription-State: active;expires=60\nContent-Type: message/sipfrag\n"
+        f"Subscription-State: {state}\nContent-Type: message/sipfrag\n"
         f"Content-Length: {len(content) + 1}\n\n{content}"
     )
     return h.sent[-1].status
@@ -325,3 +327,66 @@ def test_notify_without_a_transfer_or_for_another_package() -> None:
     assert notify(h, "refer", "SIP/2.0 180 Ringing", cseq=5) == 200
     assert call.transfers[0].status == "progress"
     assert call.state is CallState.ACTIVE
+
+
+def referred_call() -> tuple[Harness, Call]:
+    """An answered call whose REFER the carrier accepted with 202."""
+    h, call = answered_app_call()
+    h.manager.refer(call.id, "tel:+14155550123")
+    h.pump()
+    refer = h.requests[-1]
+    assert refer.method == "REFER"
+    h.ua.receive(response_to(refer, 202).to_bytes(), PEER, h.now)
+    h.pump()
+    assert call.transfers[0].status == "accepted"
+    return h, call
+
+
+def test_linphones_final_notify_with_a_doubled_reason_is_a_success() -> None:
+    # liblinphone 5.1 (src/sal/call-op.cpp, notifyReferState) sets the reason to
+    # "reason=noresource", and belle-sip writes "reason=" before it once more.
+    h, call = referred_call()
+    assert notify(h, "refer", "SIP/2.0 100 Trying", cseq=2, state="active") == 200
+    assert notify(h, "refer", "SIP/2.0 200 Ok", cseq=3,
+                  state="terminated;reason=reason=noresource") == 200
+    job = call.transfers[0]
+    assert (job.status, job.machine.sip_status) == ("succeeded", 200)
+    warnings = [e for e in call.timeline if e["kind"] == "warning"]
+    assert len(warnings) == 1  # one entry for the NOTIFY with a problem, none for the good one
+    assert warnings[0]["transfer_id"] == job.id
+    assert "'reason=reason=noresource' read as reason=noresource" in warnings[0]["detail"]
+    assert isinstance(warnings[0]["at"], float)
+    assert h.requests[-1].method == "BYE"  # the gateway leaves the call after the success
+    assert call.end_reason == "transferred"
+
+
+@pytest.mark.parametrize(
+    ("state", "body", "why"),
+    [
+        ("act@ve;expires=60", "SIP/2.0 200 OK", "no readable value in Subscription-State"),
+        (";reason=noresource", "SIP/2.0 200 OK", "no readable value in Subscription-State"),
+        ("terminated;reason=noresource", "200 OK", "no status line"),
+        ("terminated;reason=noresource", "NOTIFY sip:a@b SIP/2.0", "request line"),
+        ("terminated;reason=noresource", "SIP/2.0 2OO OK", "invalid status code"),
+    ],
+)
+def test_a_notify_that_cannot_be_understood_is_refused_with_a_warning(
+        state: str, body: str, why: str) -> None:
+    h, call = referred_call()
+    assert notify(h, "refer", body, cseq=2, state=state) == 400
+    warning = h.sent[-1].headers.get("Warning") or ""
+    assert warning.startswith('399 sipbridge "') and why in warning
+    assert call.transfers[0].status == "accepted"  # nothing taken from it
+    assert not [e for e in call.timeline if e["kind"] == "warning"]
+    assert notify(h, "refer", "SIP/2.0 200 OK", cseq=3,
+                  state="terminated;reason=noresource") == 200
+    assert call.transfers[0].status == "succeeded"
+
+
+def test_the_warning_header_of_a_refusal_is_one_quoted_string() -> None:
+    h, _ = referred_call()
+    assert notify(h, "refer", 'say "hi" \\ 200', cseq=2) == 400
+    code, agent, text = (h.sent[-1].headers.get("Warning") or "").split(" ", 2)
+    assert (code, agent) == ("399", "sipbridge")
+    assert re.fullmatch(r'"(?:[^"\\]|\\.)*"', text)  # RFC 3261 25.1 quoted-string
+    assert '\\"hi\\"' in text

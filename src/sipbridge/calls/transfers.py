@@ -25,13 +25,13 @@ from sipbridge.sip.events import (
     OutgoingProgress,
     RequestOutcome,
 )
+from sipbridge.sip.headers import quoted_string
 from sipbridge.sip.message import Headers, Request
 from sipbridge.sip.sdp import build_offer, parse_sdp, read_answer
 from sipbridge.sip.subscription import (
+    BadEvent,
     SipFragError,
-    parse_event,
-    parse_sipfrag,
-    parse_subscription_state,
+    read_refer_notify,
     refer_sub_disabled,
 )
 
@@ -174,33 +174,38 @@ class Transfers:
     def notify(self, leg_id: str, request: Request, now: float) -> bool:
         """A NOTIFY in a call's dialog: the REFER's implicit subscription (RFC 3515 2.4.5).
         Answered 200 when it belongs to a transfer of ours, whatever its state (a carrier
-        may abort a transfer on 481), 400 when its sipfrag is broken, 489 for another
-        event package; False when the call has no transfer at all (481 then)."""
+        may abort a transfer on 481), and acted on whenever its state and status line can
+        be read: what is malformed around them becomes one warning on the timeline. 400
+        (with a Warning saying why) only when they cannot be read, 489 for another event
+        package; False when the call has no transfer at all (481 then)."""
         call = self.calls.by_leg.get(leg_id)
         if call is None or not call.transfers:
             return False
         try:
-            event = parse_event(request.headers.get("Event"))
-        except SipFragError:
-            event = None
-        if event is None or event[0] != "refer":
+            content = read_refer_notify(request.headers, request.body)
+        except BadEvent:
             self.calls.ua.respond(leg_id, request, 489, now, reason="Bad Event",
                             headers=[("Allow-Events", "refer")])
             return True
-        job = call.transfers[-1]
-        if event[1] is not None and event[1].isdigit():  # id= the REFER's CSeq (RFC 3515 2.4.6)
-            job = next((t for t in call.transfers if t.machine.refer_cseq == int(event[1])),
-                       job)
-        try:
-            sub_state = parse_subscription_state(request.headers.get("Subscription-State"))
-            frag = parse_sipfrag(request.body) if request.body else None
         except SipFragError as exc:
             log.info("call %s: NOTIFY refused: %s", call.id, exc.reason)
             self.calls.ua.respond(leg_id, request, 400, now, reason="Bad Request",
-                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
+                            headers=[("Warning", f"399 sipbridge {quoted_string(exc.reason)}")])
             return True
+        job = call.transfers[-1]
+        event_id = content.event_id
+        if event_id is not None and event_id.isascii() and event_id.isdigit():
+            # id= the REFER's CSeq (RFC 3515 2.4.6)
+            job = next((t for t in call.transfers if t.machine.refer_cseq == int(event_id)),
+                       job)
+        if content.warnings:
+            detail = f"NOTIFY (CSeq {request.cseq.seq}) taken despite: " + "; ".join(
+                content.warnings)
+            log.info("call %s: %s", call.id, detail)
+            call.timeline.append({"at": time.time(), "kind": "warning", "transfer_id": job.id,
+                                  "detail": detail})
         self.calls.ua.respond(leg_id, request, 200, now)
-        self._steps(call, job, job.machine.notify(frag, sub_state, now,
+        self._steps(call, job, job.machine.notify(content.frag, content.state, now,
                                                   cseq=request.cseq.seq))
         return True
 

@@ -123,6 +123,13 @@ def _split_outside(text: str, sep: str, brackets: bool) -> tuple[list[str], bool
     return parts, quoted
 
 
+def quoted_string(text: str) -> str:
+    """`text` as a quoted-string (RFC 3261 25.1): quotes and backslashes escaped as
+    quoted-pairs, line ends and other control characters left out."""
+    clean = "".join(c for c in text if c == "\t" or (c >= " " and c != "\x7f"))
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
     if "," not in value:
