@@ -323,9 +323,16 @@ def test_peer_bye_after_success_changes_nothing() -> None:
 def test_peer_bye_before_any_answer_cancels(sent: bool) -> None:
     transfer = started() if sent else Transfer("tr-1", TARGET, T0)
     transfer.peer_bye(T0 + 1.0)
-    assert outcome(transfer) == (
-        "cancelled", None, "the call ended before the carrier answered the REFER", T0 + 1.0,
-    )
+    reason = ("the call ended before the carrier answered the REFER" if sent
+              else "the call ended before the REFER was sent")
+    assert outcome(transfer) == ("cancelled", None, reason, T0 + 1.0)
+
+
+def test_a_held_transfer_says_why_it_waits() -> None:
+    transfer = Transfer("tr-1", TARGET, T0, reason="waiting for the agent's words")
+    assert transfer.steps[0].to_dict()["reason"] == "waiting for the agent's words"
+    assert transfer.to_dict()["status"] == "requested"
+    assert transfer.sent(T0 + 2.0, cseq=2)[0].reason is None
 
 
 def test_final_state_is_sticky() -> None:

@@ -46,6 +46,7 @@ NO_SUBSCRIPTION = (
 PEER_ENDED = "the peer ended the call without reporting the transfer"
 PEER_ENDED_AS_SUCCESS = f"{PEER_ENDED}; counted as success (bye_after_accept)"
 ENDED_BEFORE_ANSWER = "the call ended before the carrier answered the REFER"
+ENDED_BEFORE_REFER = "the call ended before the REFER was sent"
 EARLY_NOTIFY = "a NOTIFY came before the answer to the REFER"
 REFER_TRANSACTION_TIMEOUT = "no answer to REFER (transaction timeout)"
 
@@ -121,7 +122,8 @@ class Transfer:
     )
 
     def __init__(
-        self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS
+        self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS,
+        *, reason: str | None = None,
     ) -> None:
         self.id = transfer_id
         self.target = target
@@ -129,9 +131,9 @@ class Transfer:
         self.requested_at = now
         self.status = REQUESTED
         self.sip_status: int | None = None
-        self.reason: str | None = None
+        self.reason = reason  # why the REFER is not sent yet, say
         self.final = False
-        self.steps: list[TransferStep] = [TransferStep(now, REQUESTED, None, None, False)]
+        self.steps: list[TransferStep] = [TransferStep(now, REQUESTED, None, reason, False)]
         self.notify_count = 0
         self.refer_cseq: int | None = None
         # A REFER never put on the wire still times out.
@@ -222,7 +224,8 @@ class Transfer:
             return []
         now = self._clock(now)
         if self.status in _WAITING_FOR_ANSWER:
-            return [self._move(now, CANCELLED, self.sip_status, ENDED_BEFORE_ANSWER, True)]
+            reason = ENDED_BEFORE_REFER if self.status == REQUESTED else ENDED_BEFORE_ANSWER
+            return [self._move(now, CANCELLED, self.sip_status, reason, True)]
         if self.status == PROGRESS:
             reason = f"the caller hung up during the transfer ({self._last()})"
             return [self._move(now, CANCELLED, self.sip_status, reason, final=True)]
