@@ -1,6 +1,6 @@
-"""Transfers the caller hears: the agent's confirmation is played out before the REFER.
+"""Transfers the caller hears.
 
-baresip calls `sipbridge serve --auto-answer agent --transfer-to URI` and, after the
+The agent's confirmation is played out before the REFER: baresip calls `sipbridge serve --auto-answer agent --transfer-to URI` and, after the
 greeting, asks for a human. The built-in model says "Sure, I'll transfer you now." and
 calls its transfer tool in the same response. A phone puts the call on hold when the
 REFER comes, so the REFER must leave only once those words were sent: what the caller's
@@ -10,6 +10,11 @@ gateway sent the REFER.
 One clock: baresip's recording starts with the gateway's first RTP packet, which leaves
 one 20 ms tick after the answer (the gateway sends from the answer on, silence
 included), and the answer and the REFER are on the call's timeline in Unix time.
+
+Asked again while the transfer is pending, the agent does not say it failed: SIPp is the
+carrier, slow to report the outcome, and the caller's voice comes from the test
+(rtpcaller.py); the second request starts nothing (one REFER) and the model is told the
+transfer is in progress, so it asks the caller to hold.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import pytest
 
 from sipbridge.calls.tool import tool_definition
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
 from tests.integration.peers import (
     PHONE_RATE,
     Baresip,
@@ -33,13 +38,18 @@ from tests.integration.peers import (
     make_speech_wav,
     read_wav,
 )
+from tests.integration.rtpcaller import RtpCaller
 from tests.integration.test_agent_call import KEY, REQUEST, wait_for, wait_for_call
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                       reason="espeak-ng is needed (scripts/setup.sh installs it)"),
 ]
+needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None,
+                                   reason="baresip is needed (scripts/setup.sh installs it)")
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
+                                reason="SIPp is needed (scripts/setup.sh installs it)")
 
 NUMBER = "+61420351259"
 LEAD_S = 5.0  # the caller's silence before asking (the greeting is said meanwhile)
@@ -81,6 +91,7 @@ def confirmation_length() -> float:
     return end - start
 
 
+@needs_baresip
 def test_the_caller_hears_the_confirmation_before_the_refer(
     start_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
@@ -128,3 +139,52 @@ def test_the_caller_hears_the_confirmation_before_the_refer(
     assert steps[:2] == ["requested", "sent"], steps
     assert "waiting for the agent's words" in (transfer["steps"][0]["reason"] or "")
     assert refer_s - end < 1.0, f"the REFER waited too long after the words: {where}"
+
+
+class PendingCarrier(RtpCaller):
+    """SIPp as a carrier that reports the transfer's outcome `hold_ms` after its 202."""
+
+    def _place(self) -> None:
+        text = (SCENARIOS / "agent_transfer_pending.xml").read_text()
+        path = self.workdir / "pending.xml"
+        path.write_text(text.replace("__RTP_PORT__", str(self.sink.port))
+                        .replace("__PENDING__", str(self.hold_ms)))
+        self.result = run_sipp(self.gateway.address, path, self.workdir / "sipp", timeout=90)
+
+
+@needs_sipp
+def test_asking_again_while_the_transfer_is_pending_is_not_a_failure(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    pytest.importorskip("sipbridge.localmodel.server")
+    from sipbridge.localmodel.policy import Policy
+
+    tool_results = Policy.load().tool_results
+    gateway = start_gateway(auto_answer="agent", api_key=[KEY], media_timeout=0,
+                            transfer_to="sip:frontdesk@127.0.0.1:5999",
+                            transfer_notify_timeout=30)
+    base = f"http://127.0.0.1:{gateway.http_port}/v1"
+    request = make_speech_wav(tmp_path / "request.wav", REQUEST)
+    with PendingCarrier(gateway, tmp_path, hold_ms=12000, api_key=KEY) as caller:
+        call_id = str(caller.answered()["id"])
+        caller.speak(request, lead_s=3.5, tail_s=0.5)
+        pending = wait_for(base, call_id, lambda r: bool(r["transfers"]) and r["transfers"][0][
+            "status"] == "progress", 20)
+        assert pending["transfers"], "the agent did not transfer"
+        assert pending["transfers"][0]["status"] == "progress", pending["transfers"]
+        caller.speak(request, lead_s=0.3, tail_s=0.5)  # asked again: the carrier is slow
+        record = wait_for(base, call_id, lambda r: r["state"] == "ended", 30)
+    assert caller.result is not None and caller.result.ok, caller.result.describe()
+    timeline = record["timeline"]
+    said = [(e["role"], e["text"]) for e in timeline if e["kind"] == "transcript"]
+    calls = [e for e in timeline if e["kind"] == "agent" and e["status"] == "function_call"]
+    assert len(calls) == 2, said  # the model asked twice ...
+    refers = [e for e in timeline
+              if e["kind"] == "sip" and e["dir"] == "out" and e["line"].startswith("REFER ")]
+    assert len(refers) == 1 and len(record["transfers"]) == 1, said  # ... one transfer
+    after = [text for role, text in said[said.index(next(
+        (r, t) for r, t in said if r == "caller")) + 1:] if role == "agent"]
+    assert tool_results["pending"] in after, said  # "please hold", not "it failed"
+    assert tool_results["failed"] not in after, said
+    assert record["transfers"][0]["status"] == "succeeded", record["transfers"]
+    assert record["end_reason"] == "transferred"

@@ -156,3 +156,21 @@ def test_barge_in_empties_the_playout_the_wait_was_for(media: MediaSession) -> N
 
     asyncio.run(run())
     assert outcomes == ["played"] and media.queued_ms == 0
+
+
+def test_a_function_output_during_a_response_asks_for_the_next_one_after_it(
+    media: MediaSession,
+) -> None:
+    """Asked again mid-response ("in_progress" comes back at once), the new response is
+    requested once the current one is done: OpenAI refuses a second active response."""
+    b = bridge(media, None)
+    b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+    b.function_output("call_2", '{"status": "in_progress"}')
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["conversation.item.create"]
+    b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["response.create"]
+    b.function_output("call_1", '{"status": "failed"}')  # none under way: at once
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["conversation.item.create", "response.create"]

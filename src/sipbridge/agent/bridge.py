@@ -104,6 +104,7 @@ class AgentBridge:
         self._item_ms = 0.0  # its audio received so far; what is still queued was not heard
         self.stats = {"audio_in": 0, "audio_out_ms": 0, "barge_ins": 0, "reconnects": 0}
         self._responding: set[str] = set()  # responses under way (created, not done)
+        self._respond_when_done = False  # a function output's response waits for them
         self._held: list[_Held] = []
         media.on_audio = self._caller_audio
 
@@ -260,6 +261,9 @@ class AgentBridge:
             self._responding.discard(key)
             if not key:  # a server that names no responses: none is under way now
                 self._responding.clear()
+            if not self._responding and self._respond_when_done:
+                self._respond_when_done = False
+                self.send({"type": "response.create"})
         self._poll_held()
 
     # ---- what waits for the agent's words ---------------------------------------------
@@ -305,6 +309,7 @@ class AgentBridge:
     def _connection_lost(self) -> None:
         """The model's responses under way ended with its connection."""
         self._responding.clear()
+        self._respond_when_done = False
         self._poll_held()
 
     def _release_all(self) -> None:
@@ -324,5 +329,8 @@ class AgentBridge:
         self.send({"type": "conversation.item.create",
                    "item": {"type": "function_call_output", "call_id": call_id,
                             "output": output}})
-        if respond:
+        if respond and self._responding:
+            # One response at a time (OpenAI refuses a second): after this one is done.
+            self._respond_when_done = True
+        elif respond:
             self.send({"type": "response.create"})
