@@ -281,7 +281,7 @@ class Gateway:
         wait = self.config.transfer_speech_wait if bridge is not None else 0.0
         held = (f"waiting for the agent's words to be played out (at most {wait:g} s)"
                 if wait > 0 else None)
-        run = self.calls.run_transfer_tool(call.id, arguments, held=held)
+        run = self.calls.run_transfer_tool(call.id, arguments, held=held, hold_for=wait)
         self._pump()
         if not run.started or run.job is None:
             if bridge is not None:

@@ -302,11 +302,13 @@ class CallManager:
                                     requested_by=requested_by)
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
-                          held: str | None = None) -> ToolRun:
+                          held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
-        named among those the application declared; `held`: the REFER waits for
-        `send_held`. A transfer already under way is the answer instead (nothing starts)."""
-        return self.transfers.run_transfer_tool(call_id, arguments, held=held)
+        named among those the application declared; `held`: the REFER waits (up to
+        `hold_for` s) for `send_held`. A transfer already under way is the answer instead
+        (nothing starts)."""
+        return self.transfers.run_transfer_tool(call_id, arguments, held=held,
+                                                hold_for=hold_for)
 
     def send_held(self, call_id: str, job: TransferJob) -> bool:
         """Send a held transfer's REFER; False when the call or the transfer ended first."""

@@ -123,8 +123,10 @@ class Transfer:
 
     def __init__(
         self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS,
-        *, reason: str | None = None,
+        *, reason: str | None = None, hold: float = 0.0,
     ) -> None:
+        """`reason` and `hold`: the REFER waits up to `hold` seconds before it is sent
+        (`sent`), and says why; `refer_timeout` counts after that."""
         self.id = transfer_id
         self.target = target
         self.timers = timers
@@ -137,7 +139,7 @@ class Transfer:
         self.notify_count = 0
         self.refer_cseq: int | None = None
         # A REFER never put on the wire still times out.
-        self._deadline: float | None = now + timers.refer_timeout
+        self._deadline: float | None = now + max(0.0, hold) + timers.refer_timeout
         self._anchor = ""  # what the NOTIFY timer counts from, for its reason text
         self._last_progress: tuple[int, str] | None = None
         self._progress_codes: set[int] = set()
@@ -249,6 +251,8 @@ class Transfer:
         if deadline is None or now < deadline:
             return []
         now = self._clock(now)
+        if self.status == REQUESTED:
+            return [self._move(now, TIMED_OUT, None, "the REFER was never sent", final=True)]
         if self.status in _WAITING_FOR_ANSWER:
             reason = f"no answer to REFER within {self.timers.refer_timeout:g} s"
             return [self._move(now, TIMED_OUT, self.sip_status, reason, final=True)]

@@ -70,12 +70,14 @@ class Transfers:
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
-              requested_by: str = "app", held: str | None = None) -> TransferJob:
+              requested_by: str = "app", held: str | None = None,
+              hold_for: float = 0.0) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`on_transfer`), never here.
         `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway".
         `held`: the REFER is not sent yet; the transfer stays `requested`, with this as
-        its reason, until `send_held` (its REFER timer runs meanwhile)."""
+        its reason, until `send_held`, expected within `hold_for` seconds (the REFER
+        timer counts after that)."""
         call = self.calls.live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -90,7 +92,9 @@ class Transfers:
             self.calls.note_api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
-                                   self.timers, reason=held), mode, list(headers or []),
+                                   self.timers, reason=held,
+                                   hold=hold_for if held is not None else 0.0),
+                          mode, list(headers or []),
                           requested_by=requested_by)
         call.transfers.append(job)
         self._steps(call, job, list(job.machine.steps))  # "requested"
@@ -127,7 +131,7 @@ class Transfers:
         self._steps(call, job, job.machine.sent(now, request.cseq.seq))
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
-                          held: str | None = None) -> ToolRun:
+                          held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
         named among those the application declared (`held`: as `refer`'s). While a
         transfer of the call is under way, nothing new starts: that one is the answer."""
@@ -142,7 +146,8 @@ class Transfers:
         if uri is None:
             return ToolRun(None, problem=problem)
         try:
-            return ToolRun(self.refer(call_id, uri, requested_by="agent", held=held), True)
+            return ToolRun(self.refer(call_id, uri, requested_by="agent", held=held,
+                                      hold_for=hold_for), True)
         except CallError as exc:
             return ToolRun(None, problem=exc.message)
 
