@@ -296,8 +296,8 @@ class Gateway:
     def _release_transfer(self, call: Call, job: TransferJob, outcome: str,
                           waited: float) -> None:
         """The agent's words are out (or the wait ran out): the held REFER goes, unless
-        the caller hung up or the transfer ended meanwhile."""
-        if self.calls is None:
+        the caller hung up or the transfer ended meanwhile (its steps say so)."""
+        if self.calls is None or job.final:
             return
         detail = {"played": f"the agent's words were played out after {waited:.2f} s",
                   "timed_out": f"the agent was still speaking after {waited:.2f} s",

@@ -1,11 +1,12 @@
 """Transfers the caller hears.
 
-The agent's confirmation is played out before the REFER: baresip calls `sipbridge serve --auto-answer agent --transfer-to URI` and, after the
-greeting, asks for a human. The built-in model says "Sure, I'll transfer you now." and
-calls its transfer tool in the same response. A phone puts the call on hold when the
-REFER comes, so the REFER must leave only once those words were sent: what the caller's
-baresip recorded (its decoded audio) must hold the whole confirmation, ended before the
-gateway sent the REFER.
+The agent's confirmation is played out before the REFER: baresip calls
+`sipbridge serve --auto-answer agent --transfer-to URI` and, after the greeting, asks for
+a human. The built-in model says "Sure, I'll transfer you now." and calls its transfer
+tool in the same response. A phone puts the call on hold when the REFER comes, so the
+REFER must leave only once those words were sent: what the caller's baresip recorded
+(its decoded audio) must hold the whole confirmation, ended before the gateway sent the
+REFER.
 
 One clock: baresip's recording starts with the gateway's first RTP packet, which leaves
 one 20 ms tick after the answer (the gateway sends from the answer on, silence
@@ -59,7 +60,7 @@ FRAME_S = 0.020
 
 def voiced_span(samples: np.ndarray, rate: int, after_s: float = 0.0) -> tuple[float, float]:
     """Start and end (seconds into `samples`) of the sound after `after_s`; a gap of
-    silence longer than 0.5 s ends it. None: (after_s, after_s)."""
+    silence longer than 0.5 s ends it; (after_s, after_s) when there is none."""
     levels = frame_levels_dbfs(samples, rate)
     frames = [k for k in np.flatnonzero(levels > VOICED_DBFS) if k * FRAME_S >= after_s]
     if not frames:
@@ -115,6 +116,7 @@ def test_the_caller_hears_the_confirmation_before_the_refer(
             thread.join(30)
         human.answered(since, 10)
     assert "call" in placed, "baresip's call did not finish"
+    assert record["state"] == "ended", f"the call did not end within 40 s: {record}"
     timeline = record["timeline"]
     transfer = record["transfers"][0]
     assert transfer["status"] == "succeeded" and record["end_reason"] == "transferred", transfer
@@ -129,7 +131,6 @@ def test_the_caller_hears_the_confirmation_before_the_refer(
     said = [(e["role"], e["text"]) for e in timeline if e["kind"] == "transcript"]
     where = (f"confirmation heard {start:.2f}-{end:.2f} s ({end - start:.2f} s of "
              f"{expected:.2f} s), REFER at {refer_s:.2f} s; said: {said}")
-
     assert end - start >= 0.9 * expected, f"the caller missed part of it: {where}"
     assert end <= refer_s, f"the REFER left while the agent was speaking: {where}"
     # It did wait for the words, and not for the limit: the wait is on the timeline.
@@ -174,6 +175,7 @@ def test_asking_again_while_the_transfer_is_pending_is_not_a_failure(
         assert pending["transfers"][0]["status"] == "progress", pending["transfers"]
         caller.speak(request, lead_s=0.3, tail_s=0.5)  # asked again: the carrier is slow
         record = wait_for(base, call_id, lambda r: r["state"] == "ended", 30)
+    assert record["state"] == "ended", f"the call did not end within 30 s: {record}"
     assert caller.result is not None and caller.result.ok, caller.result.describe()
     timeline = record["timeline"]
     said = [(e["role"], e["text"]) for e in timeline if e["kind"] == "transcript"]
@@ -182,8 +184,8 @@ def test_asking_again_while_the_transfer_is_pending_is_not_a_failure(
     refers = [e for e in timeline
               if e["kind"] == "sip" and e["dir"] == "out" and e["line"].startswith("REFER ")]
     assert len(refers) == 1 and len(record["transfers"]) == 1, said  # ... one transfer
-    after = [text for role, text in said[said.index(next(
-        (r, t) for r, t in said if r == "caller")) + 1:] if role == "agent"]
+    first_ask = next(i for i, (role, _) in enumerate(said) if role == "caller")
+    after = [text for role, text in said[first_ask + 1:] if role == "agent"]
     assert tool_results["pending"] in after, said  # "please hold", not "it failed"
     assert tool_results["failed"] not in after, said
     assert record["transfers"][0]["status"] == "succeeded", record["transfers"]
