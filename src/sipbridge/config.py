@@ -135,6 +135,10 @@ class Config(BaseSettings):
     transfer_bye_after_accept: str = Field("unconfirmed", pattern="^(unconfirmed|succeeded)$")
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
+    # The agent's transfer tool: the REFER waits (at most this many seconds; 0: not at
+    # all) until the words the agent says with it are played out to the caller;
+    # transfer_refer_timeout counts from when it is sent.
+    transfer_speech_wait: float = Field(5.0, ge=0, le=30)
     trunk: TrunkConfig | None = None
     # The call store: every call and its timeline. A SQLite file's path, or a
     # postgresql://user:pass@host/db URL (pip install 'sipbridge[postgres]'; several

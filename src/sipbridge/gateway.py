@@ -280,17 +280,44 @@ class Gateway:
 
     def _agent_tool(self, call: Call, name: str, tool_call: str, arguments: str) -> None:
         """The model called a function: the built-in transfer tool runs here; the others
-        are the application's (it sees the call on the sideband)."""
+        are the application's (it sees the call on the sideband). The transfer is
+        requested at once; its REFER waits until the words the agent says with the call
+        are played out (`transfer_speech_wait`), since a phone puts the call on hold on
+        REFER. While a transfer is under way, another call of the tool starts nothing
+        and is answered `in_progress`; the model hears the outcome when there is one."""
         if name != TOOL_NAME or self.calls is None or "transfer_targets" not in call.options:
             return
-        job, problem = self.calls.run_transfer_tool(call.id, arguments)
-        self._pump()
         bridge = self.agents.get(call.id)
-        if job is None:
+        wait = self.config.transfer_speech_wait if bridge is not None else 0.0
+        held = (f"waiting for the agent's words to be played out (at most {wait:g} s)"
+                if wait > 0 else None)
+        run = self.calls.run_transfer_tool(call.id, arguments, held=held, hold_for=wait)
+        self._pump()
+        if not run.started or run.job is None:
             if bridge is not None:
-                bridge.function_output(tool_call, tool_output(None, problem))
+                bridge.function_output(tool_call, run.output())
             return
+        job = run.job
         self._tool_calls[job.id] = (call.id, tool_call)
+        if held is not None and bridge is not None:
+            bridge.after_speech(wait, lambda outcome, waited: self._release_transfer(
+                call, job, outcome, waited))
+
+    def _release_transfer(self, call: Call, job: TransferJob, outcome: str,
+                          waited: float) -> None:
+        """The agent's words are out (or the wait ran out): the held REFER goes, unless
+        the caller hung up or the transfer ended meanwhile (its steps say so)."""
+        if self.calls is None or job.final:
+            return
+        detail = {"played": f"the agent's words were played out after {waited:.2f} s",
+                  "timed_out": f"the agent was still speaking after {waited:.2f} s",
+                  "closed": "the model left the call"}.get(outcome, outcome)
+        call.timeline.append({"at": time.time(), "kind": "agent", "status": "speech_wait",
+                              "transfer_id": job.id, "outcome": outcome,
+                              "waited": round(waited, 3), "detail": detail})
+        if self.calls.send_held(call.id, job):
+            log.info("call %s: transfer %s: %s; REFER sent", call.id, job.id, detail)
+            self._pump()
 
     def _agent_status(self, call: Call, kind: str, detail: str) -> None:
         call.timeline.append({"at": time.time(), "kind": "agent", "status": kind,

@@ -3,6 +3,7 @@ untouched when the session asks for audio/pcmu or audio/pcma (no resampling)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 
@@ -78,3 +79,98 @@ def test_barge_in_truncates_at_what_was_heard(media: MediaSession) -> None:
     truncate = b._outbox.get_nowait()
     assert truncate is not None and truncate["type"] == "conversation.item.truncate"
     assert truncate["item_id"] == "item_7" and truncate["audio_end_ms"] == 200
+
+
+# ---- what waits for the agent's words (the transfer's REFER) ----------------------
+
+def speech(ms: int) -> str:
+    return base64.b64encode(np.zeros(ms * 24, "<i2").tobytes()).decode()
+
+
+def test_after_speech_waits_for_the_response_and_the_playout(media: MediaSession) -> None:
+    """The order both OpenAI and the built-in model use: the words' audio, then the
+    function call, then response.done; the REFER may go only once the audio is out."""
+    b = bridge(media, None)
+    outcomes: list[tuple[str, float, int]] = []
+
+    async def run() -> None:
+        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b._server_event({"type": "response.output_audio.delta", "item_id": "item_1",
+                         "delta": speech(300)})
+        b.after_speech(2.0, lambda outcome, waited: outcomes.append(
+            (outcome, waited, media.queued_ms)))
+        await asyncio.sleep(0.05)
+        assert outcomes == []  # the response is under way
+        b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
+        await asyncio.sleep(0.05)
+        assert outcomes == []  # 300 ms still queued for the caller
+        for _ in range(15):  # the playout sends it
+            media._send_frame()
+        await asyncio.sleep(0.6)  # the next look (when the queue would be out), the tail
+
+    asyncio.run(run())
+    assert len(outcomes) == 1 and outcomes[0][0] == "played" and outcomes[0][2] == 0
+    assert 0.3 <= outcomes[0][1] < 1.0
+
+
+def test_after_speech_is_bounded_and_released_on_close(media: MediaSession) -> None:
+    b = bridge(media, None)
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.after_speech(0.2, lambda outcome, waited: outcomes.append(outcome))
+        await asyncio.sleep(0.3)  # the model never finishes: the limit decides
+        b.after_speech(5.0, lambda outcome, waited: outcomes.append(outcome))
+        await b.close()  # the call ended, or the model left it
+        b.after_speech(5.0, lambda outcome, waited: outcomes.append(outcome))
+
+    asyncio.run(run())
+    assert outcomes == ["timed_out", "closed", "closed"]
+
+
+def test_a_dropped_connection_ends_the_responses_under_way(media: MediaSession) -> None:
+    b = bridge(media, None)
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.after_speech(3.0, lambda outcome, waited: outcomes.append(outcome))
+        b._connection_lost()  # no response.done will come for it
+        await asyncio.sleep(0.35)
+
+    asyncio.run(run())
+    assert outcomes == ["played"]
+
+
+def test_barge_in_empties_the_playout_the_wait_was_for(media: MediaSession) -> None:
+    b = bridge(media, None)
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        b._agent_audio("item_1", speech(2000))
+        b.after_speech(3.0, lambda outcome, waited: outcomes.append(outcome))
+        b._server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+                         "item_id": "u1"})
+        await asyncio.sleep(0.35)
+
+    asyncio.run(run())
+    assert outcomes == ["played"] and media.queued_ms == 0
+
+
+def test_a_function_output_during_a_response_asks_for_the_next_one_after_it(
+    media: MediaSession,
+) -> None:
+    """Asked again mid-response ("in_progress" comes back at once), the new response is
+    requested once the current one is done: OpenAI refuses a second active response."""
+    b = bridge(media, None)
+    b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+    b.function_output("call_2", '{"status": "in_progress"}')
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["conversation.item.create"]
+    b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["response.create"]
+    b.function_output("call_1", '{"status": "failed"}')  # none under way: at once
+    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    assert [e["type"] for e in sent if e] == ["conversation.item.create", "response.create"]

@@ -278,20 +278,45 @@ def answered_app_call() -> tuple[Harness, Call]:
 
 def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     h, call = answered_app_call()
-    job, problem = h.manager.run_transfer_tool(call.id, '{"target": "support", "reason": "x"}')
+    run = h.manager.run_transfer_tool(call.id, '{"target": "support", "reason": "x"}')
     h.pump()
-    assert job is not None and problem == ""
+    job = run.job
+    assert job is not None and run.started and run.problem == ""
     assert h.requests[-1].headers.get("Refer-To") == "<sip:support@127.0.0.1:5090>"
     output = json.loads(tool_output(job.machine))
     assert output["status"] == "sent" and "under way" in output["instructions"]
     # the model asked, not the application: no API step on the timeline
     assert job.to_dict()["requested_by"] == "agent"
     assert not [e for e in call.timeline if e["kind"] == "api" and e["action"] == "refer"]
-    none, problem = h.manager.run_transfer_tool(call.id, '{"target": "billing"}')
-    assert none is None and "unknown target 'billing'" in problem and "sales" in problem
-    assert json.loads(tool_output(None, problem))["status"] == "error"
-    none, problem = h.manager.run_transfer_tool(call.id, '{"target": "sales"}')
-    assert none is None and "in progress" in problem  # one transfer at a time
+    # One transfer at a time: asked again, the one under way is the answer, not an error.
+    again = h.manager.run_transfer_tool(call.id, '{"target": "sales"}')
+    h.pump()
+    assert again.job is job and not again.started and len(call.transfers) == 1
+    assert [r.method for r in h.requests].count("REFER") == 1
+    output = json.loads(again.output())
+    assert output["status"] == "in_progress" and output["transfer_id"] == job.id
+    assert "already in progress" in output["instructions"]
+    # Once it has an outcome, a request names its target again.
+    h.manager.transfers._steps(call, job, job.machine.response(603, h.now))
+    bad = h.manager.run_transfer_tool(call.id, '{"target": "billing"}')
+    assert bad.job is None and "unknown target 'billing'" in bad.problem
+    assert "sales" in bad.problem and json.loads(bad.output())["status"] == "error"
+
+
+def test_a_held_transfer_tool_sends_its_refer_later() -> None:
+    h, call = answered_app_call()
+    run = h.manager.run_transfer_tool(call.id, '{"target": "support"}', held="words first")
+    h.pump()
+    job = run.job
+    assert job is not None and run.started and job.status == "requested"
+    assert not [r for r in h.requests if r.method == "REFER"]
+    steps = [e for e in call.timeline if e["kind"] == "transfer"]
+    assert [(e["status"], e["reason"]) for e in steps] == [("requested", "words first")]
+    assert h.manager.send_held(call.id, job)
+    h.pump()
+    assert h.requests[-1].method == "REFER" and job.status == "sent"
+    assert not h.manager.send_held(call.id, job)  # once
+    assert [r.method for r in h.requests].count("REFER") == 1
 
 
 def test_tool_definition_lists_the_targets() -> None:

@@ -130,7 +130,19 @@ def test_transaction_timeout() -> None:
 def test_unsent_refer_times_out() -> None:
     transfer = Transfer("tr-1", TARGET, T0, TransferTimers(refer_timeout=2.5))
     transfer.handle_timer(T0 + 2.5)
-    assert outcome(transfer) == ("timed_out", None, "no answer to REFER within 2.5 s", T0 + 2.5)
+    assert outcome(transfer) == ("timed_out", None, "the REFER was never sent", T0 + 2.5)
+
+
+def test_a_held_refer_gets_its_whole_timer_once_sent() -> None:
+    transfer = Transfer("tr-1", TARGET, T0, TransferTimers(refer_timeout=2.5), hold=5.0,
+                        reason="waiting for the agent's words")
+    assert transfer.deadline == T0 + 7.5  # the hold, then the REFER's own bound
+    assert transfer.handle_timer(T0 + 4.0) == []
+    transfer.sent(T0 + 4.0, cseq=2)
+    assert transfer.deadline == T0 + 6.5
+    never = Transfer("tr-2", TARGET, T0, TransferTimers(refer_timeout=2.5), hold=5.0)
+    never.handle_timer(T0 + 7.5)  # whatever held it never let it go: still bounded
+    assert outcome(never) == ("timed_out", None, "the REFER was never sent", T0 + 7.5)
 
 
 # 5
@@ -323,9 +335,16 @@ def test_peer_bye_after_success_changes_nothing() -> None:
 def test_peer_bye_before_any_answer_cancels(sent: bool) -> None:
     transfer = started() if sent else Transfer("tr-1", TARGET, T0)
     transfer.peer_bye(T0 + 1.0)
-    assert outcome(transfer) == (
-        "cancelled", None, "the call ended before the carrier answered the REFER", T0 + 1.0,
-    )
+    reason = ("the call ended before the carrier answered the REFER" if sent
+              else "the call ended before the REFER was sent")
+    assert outcome(transfer) == ("cancelled", None, reason, T0 + 1.0)
+
+
+def test_a_held_transfer_says_why_it_waits() -> None:
+    transfer = Transfer("tr-1", TARGET, T0, reason="waiting for the agent's words")
+    assert transfer.steps[0].to_dict(0.0)["reason"] == "waiting for the agent's words"
+    assert transfer.to_dict()["status"] == "requested"
+    assert transfer.sent(T0 + 2.0, cseq=2)[0].reason is None
 
 
 def test_final_state_is_sticky() -> None:

@@ -12,7 +12,9 @@ or any server speaking the same protocol. The bridge:
   and truncates the assistant item at what the caller actually heard;
 - hands every server event to `on_event` (the sideband fan-out) and takes the sideband's
   client events (`send`);
-- runs the built-in transfer tool when the model calls it (`on_function_call`);
+- runs the built-in transfer tool when the model calls it (`on_function_call`), and
+  holds what must wait for the agent's words until they are played out
+  (`after_speech`: the transfer's REFER, say);
 - reconnects when the connection drops (`reconnects` times, with back-off, the session
   config sent again); after that `on_failure` decides (hang up, or transfer).
 """
@@ -26,11 +28,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import websockets
 
+from sipbridge.agent.speech import SpeechWait
 from sipbridge.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
 from sipbridge.media.session import MediaSession
@@ -45,6 +49,15 @@ def _format(session: dict[str, Any], side: str) -> str:
     fmt = (audio.get(side) or {}).get("format") or {}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     return kind if isinstance(kind, str) else "audio/pcm"
+
+
+@dataclass(eq=False)
+class _Held:
+    """What waits for the agent's words, and its timer."""
+
+    wait: SpeechWait
+    then: Callable[[str, float], None]
+    timer: asyncio.TimerHandle | None = None
 
 
 class AgentBridge:
@@ -90,6 +103,9 @@ class AgentBridge:
         self._item: str | None = None
         self._item_ms = 0.0  # its audio received so far; what is still queued was not heard
         self.stats = {"audio_in": 0, "audio_out_ms": 0, "barge_ins": 0, "reconnects": 0}
+        self._responding: set[str] = set()  # responses under way (created, not done)
+        self._respond_when_done = False  # a function output's response waits for them
+        self._held: list[_Held] = []
         media.on_audio = self._caller_audio
 
     # ---- life cycle ---------------------------------------------------------------
@@ -99,6 +115,7 @@ class AgentBridge:
 
     async def close(self) -> None:
         self._closed = True
+        self._release_all()
         self._outbox.put_nowait(None)
         if self._task is not None:
             self._task.cancel()
@@ -134,6 +151,7 @@ class AgentBridge:
                         sender.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await sender
+                        self._connection_lost()
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError,
                     ValueError) as exc:
                 self.connected = False
@@ -204,6 +222,7 @@ class AgentBridge:
         """The caller spoke over the agent: stop its audio, truncate what was not heard."""
         queued = self.media.queued_ms
         self.media.clear_playout()
+        self._poll_held()
         if self._item is None or queued <= 0:
             return
         heard = max(0, int(self._item_ms - queued))
@@ -216,7 +235,9 @@ class AgentBridge:
 
     def _server_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "response.output_audio.delta":
+        if kind in ("response.created", "response.done"):
+            self._response(kind, event.get("response"))
+        elif kind == "response.output_audio.delta":
             if self._speech_stopped is not None:
                 self.on_latency(time.monotonic() - self._speech_stopped)
                 self._speech_stopped = None
@@ -231,6 +252,73 @@ class AgentBridge:
             self.on_function_call(str(event.get("name", "")), str(event.get("call_id", "")),
                                   str(event.get("arguments", "")))
 
+    def _response(self, kind: str, response: object) -> None:
+        rid = response.get("id") if isinstance(response, dict) else None
+        key = rid if isinstance(rid, str) else ""
+        if kind == "response.created":
+            self._responding.add(key)
+        else:
+            self._responding.discard(key)
+            if not key:  # a server that names no responses: none is under way now
+                self._responding.clear()
+            if not self._responding and self._respond_when_done:
+                self._respond_when_done = False
+                self.send({"type": "response.create"})
+        self._poll_held()
+
+    # ---- what waits for the agent's words ---------------------------------------------
+
+    def after_speech(self, limit: float, then: Callable[[str, float], None]) -> None:
+        """Run `then(outcome, waited)` once the model has finished its responses under
+        way and their audio is played out to the caller ("played"), or after `limit`
+        seconds ("timed_out"), or when the bridge closes first ("closed")."""
+        held = _Held(SpeechWait(asyncio.get_running_loop().time(), limit), then)
+        if self._closed:
+            self._finish(held, held.wait.close(held.wait.started))
+            return
+        self._held.append(held)
+        self._poll_held()
+
+    def _poll_held(self) -> None:
+        if not self._held:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for held in list(self._held):
+            outcome = held.wait.poll(now, speaking=bool(self._responding),
+                                     queued_ms=self.media.queued_ms)
+            if held.timer is not None:
+                held.timer.cancel()
+                held.timer = None
+            if outcome is not None:
+                self._finish(held, outcome)
+            elif held.wait.deadline is not None:
+                held.timer = loop.call_at(held.wait.deadline, self._poll_held)
+
+    def _finish(self, held: _Held, outcome: str) -> None:
+        if held in self._held:
+            self._held.remove(held)
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+        try:
+            held.then(outcome, held.wait.waited)
+        except Exception:
+            log.exception("call %s: what waited for the agent's words failed", self.call_id)
+
+    def _connection_lost(self) -> None:
+        """The model's responses under way ended with its connection."""
+        self._responding.clear()
+        self._respond_when_done = False
+        self._poll_held()
+
+    def _release_all(self) -> None:
+        if not self._held:
+            return
+        now = asyncio.get_running_loop().time()
+        for held in list(self._held):
+            self._finish(held, held.wait.close(now))
+
     def dtmf(self, digit: str) -> None:
         """A DTMF digit from the caller: told to the sideband as OpenAI's SIP does."""
         self.on_event({"type": "input_audio_buffer.dtmf_event_received", "event": digit,
@@ -241,5 +329,8 @@ class AgentBridge:
         self.send({"type": "conversation.item.create",
                    "item": {"type": "function_call_output", "call_id": call_id,
                             "output": output}})
-        if respond:
+        if respond and self._responding:
+            # One response at a time (OpenAI refuses a second): after this one is done.
+            self._respond_when_done = True
+        elif respond:
             self.send({"type": "response.create"})

@@ -23,6 +23,7 @@ from sipbridge.calls.call import (
     Trunk,
 )
 from sipbridge.calls.sipids import SipCallIds
+from sipbridge.calls.tool import ToolRun
 from sipbridge.calls.transfer import TransferTimers
 from sipbridge.calls.transfers import OnTransfer, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
@@ -304,10 +305,18 @@ class CallManager:
         return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
                                     requested_by=requested_by)
 
-    def run_transfer_tool(self, call_id: str, arguments: str) -> tuple[TransferJob | None, str]:
+    def run_transfer_tool(self, call_id: str, arguments: str, *,
+                          held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
-        named among those the application declared. (job, "") or (None, why not)."""
-        return self.transfers.run_transfer_tool(call_id, arguments)
+        named among those the application declared; `held`: the REFER waits (up to
+        `hold_for` s) for `send_held`. A transfer already under way is the answer instead
+        (nothing starts)."""
+        return self.transfers.run_transfer_tool(call_id, arguments, held=held,
+                                                hold_for=hold_for)
+
+    def send_held(self, call_id: str, job: TransferJob) -> bool:
+        """Send a held transfer's REFER; False when the call or the transfer ended first."""
+        return self.transfers.send_held(call_id, job)
 
     def changed(self, call: Call) -> None:
         if self.on_change is not None:

@@ -1,14 +1,20 @@
 """The built-in transfer tool: an application declares where calls may be transferred
 (`"sipbridge": {"transfer_targets": {"sales": "tel:+14155550123"}}` on accept), the model
 gets a `transfer_call` function, and when the model calls it the gateway runs the
-transfer itself and gives the outcome back as the function's output."""
+transfer itself and gives the outcome back as the function's output.
+
+The model hears "failed" only from a final outcome: a call of the tool while a transfer
+is under way starts nothing and is answered `in_progress` at once; the call that started
+the transfer is answered when it ends."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from sipbridge.calls.call import TransferJob
 from sipbridge.calls.transfer import SUCCEEDED, Transfer
 
 TOOL_NAME = "transfer_call"
@@ -47,6 +53,36 @@ def pick_target(targets: Mapping[str, str], arguments: str) -> tuple[str | None,
     if not isinstance(name, str) or name not in targets:
         return None, f"unknown target {name!r}; choose one of {', '.join(sorted(targets))}"
     return targets[name], ""
+
+
+IN_PROGRESS = "in_progress"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRun:
+    """What one call of the tool did: started `job` (`started`); found `job` already under
+    way and started nothing; or found no transfer to start, for `problem`."""
+
+    job: TransferJob | None
+    started: bool = False
+    problem: str = ""
+
+    def output(self) -> str:
+        """The function output to give at once, when no transfer was started (a started
+        transfer's output waits for its outcome)."""
+        if self.job is not None:
+            return in_progress_output(self.job.machine)
+        return tool_output(None, self.problem)
+
+
+def in_progress_output(transfer: Transfer) -> str:
+    """The output for a call of the tool while `transfer` is under way: not a failure."""
+    return json.dumps({
+        "transfer_id": transfer.id, "status": IN_PROGRESS, "target": transfer.target,
+        "instructions": ("A transfer is already in progress; nothing new was started. Tell "
+                         "the caller they are being transferred and to stay on the line. Do "
+                         "not call transfer_call again; its outcome will follow."),
+    })
 
 
 def tool_output(transfer: Transfer | None, error: str = "") -> str:

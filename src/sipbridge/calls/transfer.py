@@ -50,6 +50,7 @@ NO_SUBSCRIPTION = (
 PEER_ENDED = "the peer ended the call without reporting the transfer"
 PEER_ENDED_AS_SUCCESS = f"{PEER_ENDED}; counted as success (bye_after_accept)"
 ENDED_BEFORE_ANSWER = "the call ended before the carrier answered the REFER"
+ENDED_BEFORE_REFER = "the call ended before the REFER was sent"
 EARLY_NOTIFY = "a NOTIFY came before the answer to the REFER"
 REFER_TRANSACTION_TIMEOUT = "no answer to REFER (transaction timeout)"
 
@@ -128,8 +129,10 @@ class Transfer:
 
     def __init__(
         self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS,
-        *, epoch: float = 0.0,
+        *, epoch: float = 0.0, reason: str | None = None, hold: float = 0.0,
     ) -> None:
+        """`reason` and `hold`: the REFER waits up to `hold` seconds before it is sent
+        (`sent`), and says why; `refer_timeout` counts after that."""
         self.id = transfer_id
         self.epoch = epoch  # Unix time minus the clock's time: records show Unix time
         self.target = target
@@ -137,13 +140,13 @@ class Transfer:
         self.requested_at = now
         self.status = REQUESTED
         self.sip_status: int | None = None
-        self.reason: str | None = None
+        self.reason = reason  # why the REFER is not sent yet, say
         self.final = False
-        self.steps: list[TransferStep] = [TransferStep(now, REQUESTED, None, None, False)]
+        self.steps: list[TransferStep] = [TransferStep(now, REQUESTED, None, reason, False)]
         self.notify_count = 0
         self.refer_cseq: int | None = None
         # A REFER never put on the wire still times out.
-        self._deadline: float | None = now + timers.refer_timeout
+        self._deadline: float | None = now + max(0.0, hold) + timers.refer_timeout
         self._anchor = ""  # what the NOTIFY timer counts from, for its reason text
         self._last_progress: tuple[int, str] | None = None
         self._progress_codes: set[int] = set()
@@ -230,7 +233,8 @@ class Transfer:
             return []
         now = self._clock(now)
         if self.status in _WAITING_FOR_ANSWER:
-            return [self._move(now, CANCELLED, self.sip_status, ENDED_BEFORE_ANSWER, True)]
+            reason = ENDED_BEFORE_REFER if self.status == REQUESTED else ENDED_BEFORE_ANSWER
+            return [self._move(now, CANCELLED, self.sip_status, reason, True)]
         if self.status == PROGRESS:
             reason = f"the caller hung up during the transfer ({self._last()})"
             return [self._move(now, CANCELLED, self.sip_status, reason, final=True)]
@@ -254,6 +258,8 @@ class Transfer:
         if deadline is None or now < deadline:
             return []
         now = self._clock(now)
+        if self.status == REQUESTED:
+            return [self._move(now, TIMED_OUT, None, "the REFER was never sent", final=True)]
         if self.status in _WAITING_FOR_ANSWER:
             reason = f"no answer to REFER within {self.timers.refer_timeout:g} s"
             return [self._move(now, TIMED_OUT, self.sip_status, reason, final=True)]

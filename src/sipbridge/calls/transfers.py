@@ -13,8 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
-from sipbridge.calls.tool import pick_target
-from sipbridge.calls.transfer import SUCCEEDED, Transfer, TransferStep, TransferTimers
+from sipbridge.calls.tool import ToolRun, pick_target
+from sipbridge.calls.transfer import (
+    REQUESTED,
+    SUCCEEDED,
+    Transfer,
+    TransferStep,
+    TransferTimers,
+)
 from sipbridge.media.ports import NoMediaPort
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
@@ -64,10 +70,14 @@ class Transfers:
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
-              requested_by: str = "app") -> TransferJob:
+              requested_by: str = "app", held: str | None = None,
+              hold_for: float = 0.0) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`on_transfer`), never here.
-        `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway"."""
+        `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway".
+        `held`: the REFER is not sent yet; the transfer stays `requested`, with this as
+        its reason, until `send_held`, expected within `hold_for` seconds (the REFER
+        timer counts after that)."""
         call = self.calls.live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -82,12 +92,34 @@ class Transfers:
             self.calls.note_api(call, "refer", target_uri=target)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
-                                   self.timers, epoch=time.time() - now),
+                                   self.timers, epoch=time.time() - now, reason=held,
+                                   hold=hold_for if held is not None else 0.0),
                           mode, list(headers or []),
                           requested_by=requested_by)
         call.transfers.append(job)
         self._steps(call, job, list(job.machine.steps))  # "requested"
-        refer_to = self._refer_target(target)
+        if held is None:
+            self._send_refer(call, job)
+        return job
+
+    def send_held(self, call_id: str, job: TransferJob) -> bool:
+        """Send the REFER of a transfer `refer` held; False (nothing sent) when the call or
+        the transfer ended meanwhile."""
+        call = self.calls.calls.get(call_id)
+        if call is None or call.state is not CallState.ACTIVE or job not in call.transfers \
+                or job.status != REQUESTED:
+            return False
+        try:
+            self._send_refer(call, job)
+        except KeyError:  # the dialog is ending (our BYE is out): the transfer with it
+            self._steps(call, job, job.machine.local_end(
+                self.calls.clock(), "the call ended before the REFER was sent"))
+            return False
+        return True
+
+    def _send_refer(self, call: Call, job: TransferJob) -> None:
+        now = self.calls.clock()
+        refer_to = self._refer_target(job.machine.target)
         h = Headers([("Refer-To", f"<{refer_to}>")])
         leg = self.calls.ua.leg(call.leg_id)
         if leg is not None:
@@ -97,21 +129,27 @@ class Transfers:
         request = self.calls.ua.send_request(call.leg_id, "REFER", now, headers=h)
         log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
         self._steps(call, job, job.machine.sent(now, request.cseq.seq))
-        return job
 
-    def run_transfer_tool(self, call_id: str, arguments: str) -> tuple[TransferJob | None, str]:
+    def run_transfer_tool(self, call_id: str, arguments: str, *,
+                          held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
-        named among those the application declared. (job, "") or (None, why not)."""
-        targets = self.calls.get(call_id).options.get("transfer_targets")
+        named among those the application declared (`held`: as `refer`'s). While a
+        transfer of the call is under way, nothing new starts: that one is the answer."""
+        call = self.calls.get(call_id)
+        targets = call.options.get("transfer_targets")
         if not isinstance(targets, dict) or not targets:
-            return None, "no transfer targets were declared for this call"
+            return ToolRun(None, problem="no transfer targets were declared for this call")
+        running = next((t for t in call.transfers if not t.final), None)
+        if running is not None:
+            return ToolRun(running)
         uri, problem = pick_target(targets, arguments)
         if uri is None:
-            return None, problem
+            return ToolRun(None, problem=problem)
         try:
-            return self.refer(call_id, uri, requested_by="agent"), ""
+            return ToolRun(self.refer(call_id, uri, requested_by="agent", held=held,
+                                      hold_for=hold_for), True)
         except CallError as exc:
-            return None, exc.message
+            return ToolRun(None, problem=exc.message)
 
     def _call_fallback(self, call: Call) -> str:
         mode = call.options.get("transfer_fallback")
