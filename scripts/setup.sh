@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for sipbridge: the Debian packages that the tests and
-# the demo use (SIPp, sipsak, PostgreSQL, python3-venv) and the project's
+# the demo use (SIPp, sipsak, baresip, linphone, Kamailio, PostgreSQL,
+# python3-venv) and the project's
 # virtualenv in .venv with sipbridge installed in editable mode.
 #
 # Idempotent: apt is not touched when every package is present, and the
@@ -49,6 +50,9 @@ command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || missing+=(sipsak)
 command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
+# kamailio lives in /usr/sbin, often not on a user's PATH.
+command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || missing+=(kamailio)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The PostgreSQL server the store's tests start (its binaries are not on PATH).
