@@ -46,14 +46,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 
 from sipbridge.demo.audio import PHONE_RATE, Pcm, read_wav, to_int16, write_wav
-from sipbridge.demo.baresip import find_free_port, terminate
+from sipbridge.demo.baresip import Peer, find_free_port, terminate
 
 LOOPBACK = "127.0.0.1"
 
@@ -149,7 +147,7 @@ class ConsoleLine:
     text: str
 
 
-class Linphone:
+class Linphone(Peer):
     """linphonec 5.1 headless, driven over stdin; one instance per phone.
 
     ``with Linphone(tmp_path / "linphone") as phone: phone.play(wav, 20); n = phone.call(uri)``.
@@ -180,18 +178,6 @@ class Linphone:
         self._closed = False
 
     # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def address(self) -> str:

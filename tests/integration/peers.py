@@ -38,7 +38,7 @@ from sipbridge.demo.audio import (
     write_wav,
     xcorr_delay,
 )
-from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError, terminate
+from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError, Peer, terminate
 from tests.integration.conftest import LOOPBACK, sipp_command
 
 __all__ = [
@@ -77,7 +77,7 @@ def active_fraction(samples: npt.ArrayLike, rate: int, *, threshold_dbfs: float 
 # --- SIPp as the called party --------------------------------------------------
 
 
-class SippUas:
+class SippUas(Peer):
     """SIPp answering calls in the background until it has handled ``calls``.
 
     ``SippUas(workdir)`` is the built-in ``uas`` with ``-rtp_echo`` (every RTP
@@ -131,14 +131,6 @@ class SippUas:
                 raise RuntimeError(f"sipp did not bind udp {self.port}\n{self.output()}")
             time.sleep(0.02)
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def wait(self, timeout: float) -> int | None:
         """Wait for SIPp to finish its calls; its exit code, or None if still running."""

@@ -129,6 +129,24 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> int | None:
     return process.returncode
 
 
+class Peer:
+    """A peer process as a context manager: `start` on entry, `stop` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
 class BaresipError(RuntimeError):
     """baresip did not start, or did not do what it was told; carries its log."""
 
@@ -155,7 +173,7 @@ class BaresipCall:
     events: list[dict[str, Any]] = field(repr=False)
 
 
-class Baresip:
+class Baresip(Peer):
     """baresip 1.0, headless, one call at a time, driven over ctrl_tcp.
 
     ``with Baresip(tmp_path / "baresip") as ua: call = ua.call(uri, wav, 4)``.
@@ -192,18 +210,6 @@ class Baresip:
         self._calls = 0
 
     # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def write_config(self) -> None:
         """The config, accounts file and directories baresip needs in ``workdir``."""

@@ -22,10 +22,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from sipbridge.demo.baresip import find_free_port, terminate
+from sipbridge.demo.baresip import Peer, find_free_port, terminate
 from tests.integration.conftest import LOOPBACK, send_options
 
 CONFIGS = Path(__file__).parent
@@ -60,7 +58,7 @@ class Hop:
     ruri: str | None = None
 
 
-class Kamailio:
+class Kamailio(Peer):
     """One Kamailio process with ``config`` (``stateful`` or ``stateless``).
 
     ``Kamailio(workdir, "stateful", gateway="127.0.0.1:5070")`` takes two free ports on
@@ -111,18 +109,6 @@ class Kamailio:
         for define in defines:
             command += ["-A", define]
         return command
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start Kamailio and wait until its carrier-side socket answers OPTIONS."""
