@@ -326,6 +326,10 @@ class Gateway:
                 "call %s: model %s (%s)", call.id, kind, detail)
         if kind != "failed" or self.calls is None or call.state.value == "ended":
             return
+        if any(not job.final for job in call.transfers):
+            # The caller is being handed on: the transfer's outcome decides the call.
+            log.info("call %s: a transfer is under way; the call is left to it", call.id)
+            return
         # The caller must not sit in silence: tell them, then hand them on or end the call.
         transfer = self.config.agent_on_failure == "transfer" and bool(self.config.transfer_to)
         message = ("Sorry, we are having technical difficulties. "

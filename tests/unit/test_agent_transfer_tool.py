@@ -139,3 +139,28 @@ def _refer_answer(h: Harness, status: int) -> str:
         f"To: {refer.headers.get('To')}\nCall-ID: {refer.call_id}\n"
         f"CSeq: {refer.cseq.seq} REFER\nContent-Length: 0\n\n"
     )
+
+
+def test_a_model_that_fails_during_a_transfer_leaves_the_call_to_it() -> None:
+    """The model's connection dies while its transfer is under way: no failure message,
+    no second transfer, no hangup; the transfer's outcome decides the call."""
+    import asyncio
+
+    gateway, h, call, _model = wired(speech_wait=0)
+    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    assert refers(h) == 1
+    loop = asyncio.new_event_loop()
+    try:
+        gateway.loop = loop
+        gateway.config.agent_on_failure = "transfer"
+        gateway.config.transfer_to = "sip:human@127.0.0.1:6000"
+        gateway._agent_status(call, "failed", "connection lost")
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=30))
+    finally:
+        loop.close()
+    assert call.state.value == "active" and refers(h) == 1
+    assert not any(r.method == "BYE" for r in h.requests)
+    assert notify(h, "refer", "SIP/2.0 200 OK", cseq=2) == 200
+    assert call.transfers[0].status == "succeeded"
