@@ -129,6 +129,8 @@ def step(entry: Mapping[str, Any], start: float) -> Step:
         text = f"model {status}"
         if status == "function_call":
             text = f"model calls {entry.get('name')}({entry.get('arguments') or ''})"
+        elif status == "speech_wait":
+            text = f"REFER held {entry.get('waited')} s ({entry.get('outcome')})"
         elif status in ("error", "transcription_failed") and entry.get("detail"):
             text += f": {entry.get('detail')}"
         return Step(at, kind, "sipbridge", "model", text, status in ("dropped", "failed"))

@@ -181,3 +181,12 @@ def test_the_list_row_of_a_call() -> None:
     assert table[0].split() == ["CALL", "STATE", "FROM", "TO", "STARTED", "SECONDS", "END",
                                 "TRANSFER"]
     assert table[1].endswith("9.5      remote_bye  failed 486")
+
+
+def test_the_held_refer_says_what_it_waited_for() -> None:
+    call = {"id": "rtc_x", "created_at": T0, "timeline": [
+        {"at": T0 + 2, "kind": "agent", "status": "speech_wait", "outcome": "played",
+         "waited": 1.84, "detail": "the agent's words were played out after 1.84 s"}]}
+    [row] = steps(call)
+    assert row.text == "REFER held 1.84 s (played)"
+    assert not row.failing and "REFER held 1.84 s (played)" in ladder(call)
