@@ -491,3 +491,24 @@ def test_stun_over_ipv6_is_answered_with_an_ipv6_address() -> None:
 def test_the_stun_test_is_rfc_7983s_first_octet_range() -> None:
     assert [b for b in range(256) if bytes([b, 0x80]) < STUN_BELOW] == [0, 1, 2, 3]
     assert b"" < STUN_BELOW  # an empty datagram: tried as STUN, then dropped as short RTP
+
+
+@pytest.mark.parametrize("address", ["media.example.com", "999.1.1.1"])
+def test_a_name_in_c_is_never_looked_up_the_first_packet_shows_the_peer(
+        pool: PortPool, peer: Peer, address: str) -> None:
+    """A host name (or a non-address) in the SDP's c= line is not resolved: a lookup would
+    block the loop at every packet. Nothing is sent (no sendto, so no lookup: neither a
+    packet out nor a send error) until the caller's first packet; then symmetric RTP
+    answers there."""
+    audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, address, peer.port,
+                            Direction.SENDRECV, 20)
+    s = MediaSession("rtc_test", pool.allocate("127.0.0.1"), audio, now=0.0,
+                     wall=lambda: 1.7e9, timeout=5.0, jitter=JitterBuffer(initial_delay_ms=0))
+    for k in range(1, 300):  # six seconds of ticks, RTCP's time included
+        s.tick(k * 0.02)
+    assert s.stats.packets_out == 0 and s.stats.rtcp_out == 0 and not s.dropped
+    s.receive(packet(1), peer.addr, 6.0)
+    s.tick(6.02)
+    assert parse_rtp(peer.rtp.recvfrom(2048)[0]).ssrc != PEER_SSRC
+    assert s.stats.packets_out == 1
+    s.close()

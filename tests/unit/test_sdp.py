@@ -580,3 +580,11 @@ def test_malformed_rtpmap_names_no_codec_and_is_kept(rtpmap: str) -> None:
     assert [c.name for c in media.codecs] == ["PCMU"]
     assert ("rtpmap", rtpmap.split(":", 1)[1]) in media.attributes
     assert parse_sdp(sdp.to_bytes()) == sdp
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1\x00", "a\x07b.example.com", "1.2.3.4\x7f"])
+def test_a_control_character_in_the_connection_address_is_refused(address: str) -> None:
+    text = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"
+            f"c=IN IP4 {address}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+    with pytest.raises(SdpError, match="control character"):
+        parse_sdp(text.encode())

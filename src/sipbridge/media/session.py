@@ -19,6 +19,7 @@ Request from the call's peer gets its Binding Success Response from the same por
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import random
@@ -157,6 +158,10 @@ class MediaSession:
             self._latched = None  # a new offer may move the peer: latch again (symmetric RTP)
         self._sdp_remote = remote
         self._remote: Address = remote
+        # An address the SDP gave as a host name (or not an address at all) is never looked
+        # up: a lookup would block the loop at every packet, on a name the caller chose.
+        # Symmetric RTP finds the peer instead: nothing is sent until its first packet.
+        self._peer_known = self._latched is not None or _is_ip(audio.remote_address)
         self.sending = audio.direction.sends and audio.remote_address != "0.0.0.0"
         self.expect_rtp = audio.direction.receives
 
@@ -235,6 +240,7 @@ class MediaSession:
         if self._latched is None:
             self._latched = addr
             self._remote = addr  # symmetric RTP: answer where the caller sends from
+            self._peer_known = True
         self._audio_in += 1
         if self._audio_in == 1 and self.on_phase is not None:
             self.on_phase(now)  # tick just after the caller's packets arrive
@@ -388,7 +394,7 @@ class MediaSession:
             payload = self._silence
             marker = False
             self._talking = False
-        if self.sending:
+        if self.sending and self._peer_known:
             data = build_rtp(self.codec.payload_type, self._seq, self._ts, self._ssrc,
                              payload, marker)
             try:
@@ -416,6 +422,8 @@ class MediaSession:
         else:
             report = ReceiverReport(self._ssrc, blocks)
         cname = SourceDescription(((self._ssrc, f"sipbridge@{self.endpoint.host}"),))
+        if not self._peer_known:
+            return
         host, port = self._remote
         try:
             self.endpoint.rtcp.sendto(build_rtcp(report, cname), (host, port + 1))
@@ -458,3 +466,10 @@ class MediaSession:
         if self.recorder is not None:
             self.recorder.close()
 
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

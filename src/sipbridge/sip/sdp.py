@@ -322,7 +322,10 @@ def _connection(line: Line) -> tuple[str, str | None]:
     parts = line[2].split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise SdpError(f"SDP line {line[0]}: c= is not 'IN IP4|IP6 <address>'")
-    return parts[1], parts[2]
+    address = parts[2]
+    if not address.isascii() or not address.isprintable():
+        raise SdpError(f"SDP line {line[0]}: c= address has a control character")
+    return parts[1], address
 
 
 def _timing(line: Line) -> tuple[int, int]:
