@@ -118,3 +118,17 @@ def test_rewrite_contact_peers_get_requests_at_their_source() -> None:
     phone.collect()
     bye = phone.one()
     assert bye.method == "BYE" and bye.addr == PROXY
+
+
+def test_the_answer_counters_count_every_response_sent() -> None:
+    """The SIGTERM summary's answered_NNN counts responses sent in transactions too, not
+    only the stateless ones (it said answered_200=1 after thousands of calls)."""
+    phone = Phone()
+    for n in range(3):
+        phone.receive(sip("INVITE", body=OFFER, call_id=f"c{n}", branch=f"z9hG4bK-c{n}"))
+        [event] = phone.take_events()
+        phone.ua.answer(event.leg_id, ANSWER, phone.now)  # type: ignore[attr-defined]
+        phone.collect()
+    phone.receive(sip("OPTIONS", call_id="o1", branch="z9hG4bK-o1"))
+    stats = phone.ua.stats
+    assert (stats["answered_100"], stats["answered_200"]) == (3, 4)

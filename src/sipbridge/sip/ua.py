@@ -636,6 +636,7 @@ class UserAgent:
     def _respond_tx(self, tx: ServerTransaction, resp: Response, now: float) -> None:
         if tx.state not in (State.TRYING, State.PROCEEDING):
             return  # already answered (e.g. CANCEL raced the answer)
+        self.stats[f"answered_{resp.status}"] += 1
         tx.respond(resp, now)
         self._track(tx)
 
