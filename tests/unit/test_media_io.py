@@ -109,3 +109,31 @@ def test_port_pool_binds_even_rtp_and_odd_rtcp_and_skips_busy_ports() -> None:
         assert pool.allocate("127.0.0.1").port == base + 2
     finally:
         blocker.close()
+
+
+def test_out_of_file_descriptors_is_no_media_port_not_a_crash() -> None:
+    """With the process's open-file limit reached, a new call's RTP socket cannot be
+    opened: NoMediaPort (the call is refused 503), not an OSError out of the call setup."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, socket
+        from sipbridge.media.ports import NoMediaPort, PortPool
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        held = []
+        try:
+            while True:
+                held.append(socket.socket())
+        except OSError:
+            pass
+        try:
+            PortPool(32000, 32100).allocate("127.0.0.1")
+        except NoMediaPort as exc:
+            print("refused:", exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "refused: cannot open an RTP socket: Too many open files" in result.stdout

@@ -51,8 +51,15 @@ class PortPool:
             self._next = self._next + 2 if self._next + 3 <= self.high else self.low
             if port in self._in_use:
                 continue
-            rtp = socket.socket(family, socket.SOCK_DGRAM)
-            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                rtp = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as exc:  # out of file descriptors (EMFILE, ENFILE) or buffers
+                raise NoMediaPort(f"cannot open an RTP socket: {exc.strerror}") from None
+            try:
+                rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as exc:
+                rtp.close()
+                raise NoMediaPort(f"cannot open an RTCP socket: {exc.strerror}") from None
             try:
                 rtp.bind((host, port))
                 rtcp.bind((host, port + 1))
