@@ -109,7 +109,12 @@ class Config(BaseSettings):
     jitter_max_ms: int = Field(200, ge=20, le=2000)
     recordings: str | None = None  # a directory for one stereo WAV per call
     max_message_size: int = Field(65535, ge=1024, le=1 << 20)
-    tcp_idle_timeout: float = Field(300.0, gt=0)
+    tcp_idle_timeout: float = Field(300.0, gt=0)  # seconds with no whole message
+    tcp_first_message_timeout: float = Field(10.0, gt=0)  # seconds to the first message
+    tcp_max_connections: int = Field(1000, ge=1)  # inbound TCP connections in all ...
+    tcp_max_per_source: int = Field(64, ge=1)  # ... and from one source address
+    max_calls: int = Field(1000, ge=1)  # calls at once; more get 503 + Retry-After ...
+    max_calls_per_source: int | None = Field(None, ge=1)  # ... and from one source address
     t1: float = Field(0.5, gt=0)
     t2: float = Field(4.0, gt=0)
     t4: float = Field(5.0, gt=0)

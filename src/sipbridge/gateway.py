@@ -53,7 +53,9 @@ class Gateway:
         self.transport = SipTransport(
             self._on_message, max_size=config.max_message_size,
             idle_timeout=config.tcp_idle_timeout, resolver=self.resolver,
-            on_error=self._on_send_error,
+            on_error=self._on_send_error, max_connections=config.tcp_max_connections,
+            max_per_source=config.tcp_max_per_source,
+            first_message_timeout=config.tcp_first_message_timeout,
         )
         auth = config.auth
         digest = None
@@ -104,7 +106,9 @@ class Gateway:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(LoopErrors().handle)
         c = self.config
+        raise_file_limit(c)
         if c.store != "off":
             from sipbridge.store import open_store
 
@@ -158,7 +162,8 @@ class Gateway:
             transfer_timers=TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
                                            c.transfer_bye_after_accept),
             transfer_fallback=c.transfer_fallback, tel_uri=c.transfer_tel_uri,
-            trunk=self._trunk(),
+            trunk=self._trunk(), max_calls=c.max_calls,
+            max_calls_per_source=c.max_calls_per_source,
         )
         # What start-up made lives as long as the process: keep it out of every
         # garbage collection, so full collections stay short under load.
@@ -589,3 +594,65 @@ def _timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:
 @lru_cache(maxsize=1024)
 def _local_for(peer_host: str) -> str:
     return local_address_for(peer_host)
+
+
+FILES_PER_CALL = 4  # the call's RTP and RTCP sockets, and a bridge leg's
+FILES_RESERVED = 256  # listeners, the store, the model's and the API's connections
+
+
+def raise_file_limit(config: Config) -> int:
+    """Raise the process's soft open-file limit to its hard limit (systemd and Debian
+    start services at 1,024) and check that the configured limits fit in it: TCP
+    connections and calls each hold descriptors. Returns the limit; ValueError, with the
+    numbers, when the limits do not fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    need = (config.tcp_max_connections + config.max_calls * FILES_PER_CALL + FILES_RESERVED)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise ValueError(
+            f"the open-file limit is {soft}, and the limits need {need} "
+            f"(tcp_max_connections {config.tcp_max_connections} + max_calls "
+            f"{config.max_calls} x {FILES_PER_CALL} + {FILES_RESERVED}): raise the limit "
+            "(LimitNOFILE=, ulimit -n) or lower tcp_max_connections or max_calls")
+    return int(soft)
+
+
+class LoopErrors:
+    """The event loop's error reports, logged so that they cannot flood the log: the
+    first of a kind (its message and exception type) in full, then one line with the
+    count per `interval` while it repeats. An OSError (out of descriptors, a peer gone)
+    is the system's state, not a fault of ours: no traceback."""
+
+    def __init__(self, interval: float = 10.0, kinds: int = 100) -> None:
+        self.interval = interval
+        self.kinds = kinds
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, since)
+
+    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        exc = context.get("exception")
+        key = (message, type(exc).__name__)
+        now = time.monotonic()
+        logged = self._seen.get(key)
+        if logged is not None and now - logged[0] < self.interval:
+            self._seen[key] = (logged[0], logged[1] + 1)
+            return
+        if len(self._seen) >= self.kinds and key not in self._seen:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = (now, 0)
+        repeated = f" ({logged[1]} more like it in the last {self.interval:g} s)" \
+            if logged is not None and logged[1] else ""
+        if isinstance(exc, OSError):
+            log.error("%s: %s%s", message, exc, repeated)
+        else:
+            if repeated:
+                log.error("%s%s", message, repeated)
+            loop.default_exception_handler(context)

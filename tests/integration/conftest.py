@@ -167,6 +167,7 @@ class Gateway:
 
 def _start(tmp_path: Path, name: str, config: dict[str, Any]) -> Gateway:
     config = dict(config)
+    nofile = config.pop("nofile", None)  # the process's open-file limit (soft and hard)
     config.setdefault("sip", f"{LOOPBACK}:{find_free_port()}")
     config.setdefault("http", f"{LOOPBACK}:{find_free_port(udp=False)}")
     config.setdefault("store", str(tmp_path / f"{name}.db"))
@@ -183,7 +184,8 @@ def _start(tmp_path: Path, name: str, config: dict[str, Any]) -> Gateway:
     env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sipbridge", "serve", "--config", str(config_path)],
+            ([] if nofile is None else ["prlimit", f"--nofile={nofile}"])
+            + [sys.executable, "-m", "sipbridge", "serve", "--config", str(config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -220,7 +222,8 @@ def start_gateway(
 ) -> Iterator[Callable[..., Gateway]]:
     """Factory: ``start_gateway(auto_answer="silence", ring_time=5)`` starts a
     gateway with those config keys (``sip`` and ``http`` get free loopback
-    ports unless given) and returns a ready :class:`Gateway`. Every gateway is
+    ports unless given; ``nofile=N`` runs it under ``ulimit -n N``) and returns a
+    ready :class:`Gateway`. Every gateway is
     stopped (SIGTERM, then SIGKILL) at teardown; a failed test shows its log."""
     started: list[Gateway] = request.node.stash.setdefault(_gateways_key, [])
 

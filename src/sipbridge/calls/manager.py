@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,8 +84,14 @@ class CallManager:
         transfer_fallback: str = "none",
         tel_uri: str | None = None,
         trunk: Trunk | None = None,
+        max_calls: int | None = None,
+        max_calls_per_source: int | None = None,
     ) -> None:
         self.ua = ua
+        self.max_calls = max_calls
+        self.max_calls_per_source = max_calls_per_source
+        self.per_source: Counter[str] = Counter()  # live calls by source address
+        self.refused_busy = 0
         self.schedule = scheduler
         self.media_host = media_host
         self.media = media
@@ -154,6 +160,16 @@ class CallManager:
 
     def _incoming(self, event: IncomingCall, now: float) -> None:
         req = event.request
+        host = event.source.host
+        per_source = self.max_calls_per_source
+        if ((self.max_calls is not None and len(self.calls) >= self.max_calls)
+                or (per_source is not None and self.per_source[host] >= per_source)):
+            # Refused before any call state: cheap, and the caller may try again later.
+            self.refused_busy += 1
+            self.ua.reject(event.leg_id, 503, now, "Service Unavailable (call limit reached)",
+                           headers=[("Retry-After", "5")])
+            return
+        self.per_source[host] += 1
         call = Call(
             id="rtc_" + secrets.token_hex(16),
             leg_id=event.leg_id,
@@ -401,7 +417,13 @@ class CallManager:
             if job.cancel_timer is not None:
                 job.cancel_timer()
                 job.cancel_timer = None
-        self.calls.pop(call.id, None)
+        if self.calls.pop(call.id, None) is not None:
+            host = call.source.rsplit(":", 1)[0]
+            left = self.per_source[host] - 1
+            if left > 0:
+                self.per_source[host] = left
+            else:
+                self.per_source.pop(host, None)
         self.by_sip_id.ended(call)  # what is sent and received after the end is traced too
         self.ended += 1
         self.changed(call)

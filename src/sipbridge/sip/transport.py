@@ -15,6 +15,7 @@ import functools
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
@@ -28,6 +29,8 @@ log = logging.getLogger("sipbridge.transport")
 OnMessage = Callable[[bytes, Address], None]
 OnError = Callable[[bytes, Address, str], None]  # what could not be sent, where, and why
 MAX_QUEUED = 32  # messages held for one destination while it is looked up or connected
+LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
+ACCEPT_BACKLOG = 128
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -46,21 +49,30 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, *, outbound: bool = False) -> None:
         self.owner = owner
+        self.outbound = outbound  # ours: not refused, and no first-message deadline
         self.framer = StreamFramer(owner.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer: Address | None = None
-        self.last_active = time.monotonic()
+        self.opened = self.last_active = time.monotonic()
+        self.messages = 0
+        self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Address("tcp", host, port)
+        if not self.outbound and not self.owner.admit(host):
+            self.transport.abort()  # at once: the descriptor is what is scarce
+            return
+        self.admitted = True
+        self.owner.per_source[host] += 1
         self.owner.connections[(host, port)] = self
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        if not self.admitted:
+            return
         pings = self.framer.keepalives
         try:
             messages = self.framer.feed(data)
@@ -72,15 +84,24 @@ class _TcpConnection(asyncio.Protocol):
             return
         if self.framer.keepalives != pings:
             self.send(b"\r\n")  # RFC 5626 3.5.1: a CRLF pong for each CRLFCRLF ping
+        if messages:
+            # Only whole messages keep a connection open: bytes trickled in do not.
+            self.last_active = time.monotonic()
+            self.messages += len(messages)
         assert self.peer is not None
         for message in messages:
             self.owner.on_message(message, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
+        if self.peer is not None and self.admitted:
             key = (self.peer.host, self.peer.port)
             if self.owner.connections.get(key) is self:
                 del self.owner.connections[key]
+            left = self.owner.per_source[self.peer.host] - 1
+            if left > 0:
+                self.owner.per_source[self.peer.host] = left
+            else:
+                del self.owner.per_source[self.peer.host]
 
     def send(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -93,8 +114,16 @@ class SipTransport:
 
     def __init__(self, on_message: OnMessage, *, max_size: int = DEFAULT_MAX_SIZE,
                  idle_timeout: float = 300.0, resolver: Resolver | None = None,
-                 on_error: OnError | None = None) -> None:
+                 on_error: OnError | None = None, max_connections: int = 1000,
+                 max_per_source: int = 64, first_message_timeout: float = 10.0) -> None:
         self.on_message = on_message
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.first_message_timeout = first_message_timeout
+        self.per_source: Counter[str] = Counter()
+        self.stats_refused = 0
+        self._refused_logged = 0  # the refusals counted when the last line was logged
+        self._refused_log_at = 0.0
         self.resolver = resolver or Resolver()
         self.on_error = on_error
         self._lookups: dict[Address, list[bytes]] = {}
@@ -119,9 +148,12 @@ class SipTransport:
             udp_sock.bind((host, port))
             self.port = udp_sock.getsockname()[1]
             try:
+                # The backlog is also how many connections asyncio accepts in one go:
+                # kept small, so that connections refused over the limits are closed
+                # before a burst of accepts can run the process out of descriptors.
                 self._server = await loop.create_server(
                     lambda: _TcpConnection(self), host, self.port, reuse_address=True,
-                    backlog=1024,
+                    backlog=ACCEPT_BACKLOG,
                 )
                 break
             except OSError:
@@ -198,7 +230,8 @@ class SipTransport:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self), key[0], key[1]), 5.0
+                loop.create_connection(lambda: _TcpConnection(self, outbound=True), key[0],
+                                       key[1]), 5.0
             )
         except (TimeoutError, OSError) as exc:
             log.info("TCP connect to %s:%s failed: %s", key[0], key[1], exc)
@@ -209,14 +242,33 @@ class SipTransport:
         for data in self._pending.pop(key, []):
             conn.send(data)
 
+    def admit(self, host: str) -> bool:
+        """Whether a new inbound connection from `host` fits the limits (in total, per
+        source address). A refusal is counted; the log has one line per 10 s at most."""
+        if (len(self.connections) < self.max_connections
+                and self.per_source[host] < self.max_per_source):
+            return True
+        self.stats_refused += 1
+        now = time.monotonic()
+        if now - self._refused_log_at >= LOG_INTERVAL:
+            log.warning("TCP connections refused: %d in all (%s: %d open from it, %d open; "
+                        "limits %d per source, %d in all)",
+                        self.stats_refused, host, self.per_source[host],
+                        len(self.connections), self.max_per_source, self.max_connections)
+            self._refused_log_at = now
+        return False
+
     async def _sweep_idle(self) -> None:
-        """Close TCP connections idle for longer than idle_timeout (one task for all)."""
-        interval = max(0.05, self.idle_timeout / 4)
+        """Close TCP connections whose first message has not come within
+        first_message_timeout, or with no whole message for idle_timeout (one task)."""
+        interval = max(0.05, min(self.idle_timeout, self.first_message_timeout) / 4)
         while True:
             await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.idle_timeout
+            now = time.monotonic()
+            idle, silent = now - self.idle_timeout, now - self.first_message_timeout
             for conn in list(self.connections.values()):
-                if conn.last_active < cutoff and conn.transport is not None:
+                quiet = (conn.messages == 0 and not conn.outbound and conn.opened < silent)
+                if (quiet or conn.last_active < idle) and conn.transport is not None:
                     conn.transport.close()
 
     async def close(self) -> None:
