@@ -52,6 +52,11 @@ class AuthConfig(BaseModel):
     users: dict[str, str] = Field(default_factory=dict)
     algorithms: list[str] = Field(default_factory=lambda: ["SHA-256", "MD5"])
     nonce_ttl: float = Field(300.0, gt=0)
+    # A source with `max_failures` failed authentications within `window` seconds is
+    # refused (403) for `block_time` seconds.
+    max_failures: int = Field(10, ge=1)
+    window: float = Field(60.0, gt=0)
+    block_time: float = Field(600.0, gt=0)
 
     @field_validator("algorithms")
     @classmethod

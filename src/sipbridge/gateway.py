@@ -26,7 +26,7 @@ from sipbridge.config import Config
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
-from sipbridge.sip.access import AccessGuard
+from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import Resolver
@@ -59,10 +59,12 @@ class Gateway:
         )
         auth = config.auth
         digest = None
+        limits = None
         if auth is not None and auth.users:
             digest = DigestServer(auth.realm, auth.users, algorithms=auth.algorithms,
                                   nonce_ttl=auth.nonce_ttl)
-        self.guard = AccessGuard(config.allow, digest)
+            limits = AuthLimits(auth.max_failures, auth.window, auth.block_time)
+        self.guard = AccessGuard(config.allow, digest, limits)
         self._bind_host = host
         self._bind_port = port
         self.ua: UserAgent | None = None
@@ -75,7 +77,8 @@ class Gateway:
         self.store: Any = None
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
-                               self._live_media)
+                               self._live_media,
+                               self._auth_blocks)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
@@ -376,6 +379,11 @@ class Gateway:
         else:
             self.sideband.publish(call_id, {"type": "input_audio_buffer.dtmf_event_received",
                                             "event": digit, "received_at": int(time.time())})
+
+    def _auth_blocks(self) -> tuple[int, int]:
+        """Sources blocked so far, and blocked now, for the metrics."""
+        now = self.loop.time() if self.loop is not None else 0.0
+        return self.guard.blocks_total, self.guard.blocked(now)
 
     def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
         """The media figures of the calls in progress, for the metrics."""

@@ -35,9 +35,11 @@ class Metrics:
     """
 
     def __init__(self, active_calls: Callable[[], int],
-                 live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None
-                 ) -> None:
+                 live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None,
+                 auth_blocks: Callable[[], tuple[int, int]] | None = None) -> None:
         self.live_media = live_media
+        self.auth_blocks = auth_blocks  # (sources blocked so far, sources blocked now)
+        self._auth_counted = 0
         # What the counters already hold of each call in progress, by figure name: a
         # counter never goes down, although a call's loss can (a late packet arrives).
         self._counted: dict[str, dict[str, int]] = {}
@@ -70,6 +72,12 @@ class Metrics:
         self.model_latency = Histogram("sipbridge_model_response_seconds",
                                        "End of caller speech (speech_stopped) to the model's "
                                        "first audio", buckets=_MODEL_BUCKETS, registry=r)
+        self.auth_blocks_total = Counter("sipbridge_auth_blocks",
+                                         "Sources blocked after repeated failed "
+                                         "authentications", registry=r)
+        self.auth_blocked = Gauge("sipbridge_auth_blocked_sources",
+                                  "Sources blocked now after failed authentications",
+                                  registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("stun", self.stun))
@@ -103,4 +111,10 @@ class Metrics:
                 if isinstance(jitter, int | float):
                     highest = max(highest, jitter / 1000)
             self.jitter_now.set(highest)
+        if self.auth_blocks is not None:
+            total, now = self.auth_blocks()
+            if total > self._auth_counted:
+                self.auth_blocks_total.inc(total - self._auth_counted)
+                self._auth_counted = total
+            self.auth_blocked.set(now)
         return generate_latest(self.registry)
