@@ -690,6 +690,24 @@ def test_unsupported_require_gets_420(phone: Phone) -> None:
     assert phone.take_events() == [] and phone.empty()
 
 
+@pytest.mark.parametrize("method", ["INVITE", "OPTIONS"])
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_sips_request_uri_over_plain_transport_gets_416(
+        phone: Phone, method: str, transport: str) -> None:
+    body = OFFER if method == "INVITE" else b""
+    phone.receive(sip(method, body=body, uri="sips:agent@127.0.0.1:5060", transport=transport),
+                  Address(transport.lower(), "127.0.0.1", 5061))
+    sent = phone.one()
+    assert sent.status == 416
+    assert phone.take_events() == [] and phone.empty()
+
+
+def test_sips_request_uri_over_tls_is_served(phone: Phone) -> None:
+    phone.receive(sip("OPTIONS", uri="sips:agent@127.0.0.1:5060", transport="TLS"),
+                  Address("tls", "127.0.0.1", 5061))
+    assert phone.one().status == 200
+
+
 def test_supported_require_is_accepted(phone: Phone) -> None:
     phone.receive(sip("INVITE", body=OFFER, headers=["Require: norefersub"]))
     assert phone.one().status == 100

@@ -428,6 +428,12 @@ class UserAgent:
             self._stateless(req, source, 420, "Bad Extension",
                             headers=[("Unsupported", ", ".join(unsupported))])
             return
+        if getattr(req.uri, "scheme", "") == "sips" and source.transport not in ("tls", "wss"):
+            # A sips: Request-URI promises TLS on every hop; this one came over plain
+            # UDP or TCP, so it is not served as if secure (RFC 5630; RFC 3261 8.2.2.1:
+            # a Request-URI scheme the UAS does not support gets 416).
+            self._stateless(req, source, 416, "Unsupported URI Scheme")
+            return
         if method not in ("INVITE", "OPTIONS"):
             status = 481 if method in ("BYE", "NOTIFY") else 405
             self._stateless(req, source, status, headers=[("Allow", ", ".join(ALLOW))])
