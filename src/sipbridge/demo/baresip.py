@@ -31,6 +31,7 @@ import numpy.typing as npt
 from sipbridge.demo.audio import PHONE_RATE, Pcm, read_wav, to_int16, write_wav
 
 LOOPBACK = "127.0.0.1"
+_HANDED_OUT: set[tuple[str, int]] = set()  # ports this process was already given
 
 
 def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
@@ -52,16 +53,18 @@ def find_free_port(
 ) -> int:
     """A port on ``host`` that is free for TCP and/or UDP, as is
     ``port + offset`` for each offset (SIPp's media port takes port and
-    port + 2)."""
+    port + 2). A port is never handed out twice in one process: the kernel may give
+    the same free port to two calls in a row before the first caller binds it."""
     kinds = [k for k, on in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)) if on]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(200):
         with socket.socket(family, kinds[0]) as s:
             s.bind((host, 0))
             port: int = s.getsockname()[1]
-        if port + max(offsets) > 65535:
+        if port + max(offsets) > 65535 or any((host, port + off) in _HANDED_OUT for off in offsets):
             continue
         if all(_bindable(host, port + off, k) for off in offsets for k in kinds):
+            _HANDED_OUT.update((host, port + off) for off in offsets)
             return port
     raise RuntimeError(f"no free port on {host}")
 
