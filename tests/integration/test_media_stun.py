@@ -118,7 +118,7 @@ class Api:
         return record
 
     def metrics(self) -> dict[str, float]:
-        text = httpx.get(f"{self.base}/metrics").text
+        text = httpx.get(f"{self.base}/metrics", headers=self.headers).text
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 

@@ -153,6 +153,12 @@ def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> 
                       headers={"Authorization": f"Bearer {KEY}",
                                "Content-Type": "application/json"})
     assert huge.status_code == 413 and "error" in huge.json()
+    chunked = httpx.post(f"{app.base_url}/realtime/calls/{call_id}/accept",  # no length
+                         content=(b"x" * (64 << 10) for _ in range(160)),  # 10 MB
+                         headers={"Authorization": f"Bearer {KEY}",
+                                  "Content-Type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    assert chunked.json()["error"]["code"] == "request_too_large"
     for options, param in (({"fallback": "teleport"}, "sipbridge.fallback"),
                            ({"headers": {"X-Evil": "a\r\nBYE: x"}}, "sipbridge.headers"),
                            ({"headers": {"Bad Name": "x"}}, "sipbridge.headers")):

@@ -59,7 +59,8 @@ def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None
     assert call_id in calls.stdout and "failed 486" in calls.stdout, calls.stdout
     full = cli("trace", call_id, "--store", store, "--full")
     assert "Refer-To: <tel:+61420351258>" in full.stdout
-    metrics = httpx.get(f"http://127.0.0.1:{app.gateway.http_port}/metrics").text
+    metrics = httpx.get(f"http://127.0.0.1:{app.gateway.http_port}/metrics",
+                        headers={"Authorization": f"Bearer {KEY}"}).text
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
               for line in metrics.splitlines() if line and not line.startswith("#")}
     assert values['sipbridge_transfers_total{status="failed"}'] == 1

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
-from sipbridge.api.dashboard import mount_dashboard
+from sipbridge.api.dashboard import basic_password, mount_dashboard
 from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
 from sipbridge.api.records import CallRecords, call_error, manager
 from sipbridge.api.schemas import (
@@ -145,29 +145,49 @@ class BodyLimit:
             return
         too_big = ApiError(413, f"Request body too large: the limit is {self.limit} bytes.",
                            code="request_too_large")
+        sized = False
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await _error_response(too_big)(scope, receive, send)
+                    return
+                sized = True
+        if sized:
+            await self.app(scope, receive, send)  # uvicorn stops at Content-Length
+            return
+        # No length given (chunked): read the body here, up to the limit, and hand the app
+        # the whole of it. Raising from inside the app's read would be caught by FastAPI's
+        # body parsing and answered 400; the body is small enough to hold.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
                 await _error_response(too_big)(scope, receive, send)
                 return
-        seen = 0
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _error_response(too_big)(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
-class _TooLarge(Exception):
-    pass
+# Outside /v1/ but not public once API keys are set: what the gateway counts and the shape
+# of its API say too much to strangers. Bearer or Basic (the key as password) both work.
+KEYED_PATHS = frozenset({"/metrics", "/openapi.json"})
 
 
 def create_app(control: Control, api_keys: list[str]) -> FastAPI:
@@ -181,26 +201,34 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
     )
     keys = [k.encode() for k in api_keys]
 
-    def authorize(header: str | None) -> None:
+    def authorize(header: str | None, *, basic: bool = False) -> None:
+        """Check a `Bearer` API key (and, with `basic`, an API key as the password of
+        HTTP Basic auth, as scrapers and browsers send it)."""
         if not keys:
             return
         if not header:
             raise unauthorized("You didn't provide an API key. Provide it in the "
                                "Authorization header as 'Bearer YOUR_KEY'.")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            secrets.compare_digest(token.strip().encode(), k) for k in keys
-        ):
+        if scheme.lower() == "bearer":
+            given: str | None = token.strip()
+        else:
+            given = basic_password(header) if basic else None
+        if given is None or not any(secrets.compare_digest(given.encode(), k) for k in keys):
             raise unauthorized("Incorrect API key provided.")
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]
                    ) -> Response:
-        if request.url.path.startswith("/v1/"):
+        path = request.url.path
+        if path.startswith("/v1/") or path in KEYED_PATHS:
             try:
-                authorize(request.headers.get("authorization"))
+                authorize(request.headers.get("authorization"), basic=path in KEYED_PATHS)
             except ApiError as exc:
-                return _error_response(exc)
+                response = _error_response(exc)
+                if path in KEYED_PATHS:
+                    response.headers["WWW-Authenticate"] = 'Bearer, Basic realm="sipbridge"'
+                return response
         return await call_next(request)
 
     @app.exception_handler(ApiError)
