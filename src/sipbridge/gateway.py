@@ -72,6 +72,7 @@ class Gateway:
         self.media: MediaEngine | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._stopping = False  # set by stop(): no timer fires, no store write after close
         self.sideband = SidebandHubs()
         self._inbound: tuple[bytes, Address] | None = None
         self.store: Any = None
@@ -186,23 +187,26 @@ class Gateway:
                 log.info("store %s: %d old calls purged", self.store.label, purged)
 
     async def stop(self) -> None:
+        # No timer of the SIP core or the calls fires from here on: each await below lets
+        # the loop run, and a call ended by a timer then would write to a closed store.
+        self._stopping = True
         if self._purging is not None:
             self._purging.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         for bridge in list(self.agents.values()):
             await bridge.close()
         if self.http is not None:
             await self.http.stop()
         if self.local_model is not None:
             await self.local_model.stop()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.close)
-        if self.webhooks is not None:
-            await self.webhooks.close()
-        if self._timer is not None:
-            self._timer.cancel()
         if self.media is not None:
             self.media.close()
         await self.transport.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self.store is not None:  # last: everything above may still record something
+            await asyncio.to_thread(self.store.close)
 
     def summary(self) -> str:
         """Message counters (received, answered by status, dropped and why), one line."""
@@ -536,6 +540,8 @@ class Gateway:
         assert self.loop is not None
 
         def run() -> None:
+            if self._stopping:
+                return
             callback()
             self._pump()
 
@@ -561,7 +567,7 @@ class Gateway:
                 self.transport.send(data, dest)
             if not events:
                 break
-        deadline = ua.deadline
+        deadline = None if self._stopping else ua.deadline
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
