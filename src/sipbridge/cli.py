@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from sipbridge import logs
 from sipbridge.config import ConfigError, load_config
 from sipbridge.gateway import Gateway
 
@@ -93,8 +93,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(config.log_level)
     from sipbridge.store import StoreError
 
     try:
