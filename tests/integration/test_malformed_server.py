@@ -157,6 +157,10 @@ def test_corpus_over_udp(start_gateway: Callable[..., Gateway],
     assert gw.process.poll() is None, "the gateway died"
     assert send_options(gw.host, gw.port, timeout=2.0) is not None
     assert "Traceback" not in gw.log()
+    # The unparseable ones are named in the log, the repeats counted, not written out.
+    dropped = [line for line in gw.log().splitlines() if "unparseable message from" in line]
+    assert 1 <= len(dropped) <= 3, dropped
+    assert "udp:127.0.0.1:" in dropped[0]
 
 
 def test_corpus_over_tcp(start_gateway: Callable[..., Gateway]) -> None:

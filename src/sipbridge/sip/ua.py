@@ -154,7 +154,9 @@ class UserAgent:
             return
         except ParseError as exc:
             self.stats["dropped_unparseable"] += 1
-            log.debug("dropped from %s: %s", source, exc.reason)
+            # A peer's bad input: counted, and one line naming the peer (the log
+            # throttles repeats), never a traceback.
+            log.info("dropped an unparseable message from %s: %s", source, exc.reason)
             return
         try:
             if isinstance(msg, Response):
