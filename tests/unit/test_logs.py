@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sipbridge.logs import Throttle
+from sipbridge.logs import CALL_BURST, Throttle
 
 
 class Clock:
@@ -85,3 +85,32 @@ def test_memory_is_bounded(lines: tuple[list[str], Throttle, Clock]) -> None:
         log.info(f"line {i}")  # a new template each time
     assert len(written) == 100
     assert len(throttle._seen) == 3
+
+
+def test_a_calls_own_lines_are_written_in_full_and_apart_from_other_calls(
+    lines: tuple[list[str], Throttle, Clock]
+) -> None:
+    written, _, _ = lines
+    log = logging.getLogger("sipbridge.test.logs")
+    for call in ("rtc_a", "rtc_b"):
+        log.info("call %s from %s to %s", call, "sip:a@x", "sip:b@y")
+        log.info("call %s: model %s (%s)", call, "connected", "ws://m")
+        log.warning("call %s: model %s (%s)", call, "dropped", "closed")
+        log.info("call %s: model %s (%s)", call, "reconnected", "ws://m")
+        for digit in "159*0#":
+            log.info("call %s dtmf %s %dms", call, digit, 180)
+    assert len(written) == 2 * 10
+    assert [w.split()[3] for w in written if " dtmf " in w][:6] == list("159*0#")
+
+
+def test_a_call_that_floods_its_own_line_is_counted_past_the_burst(
+    lines: tuple[list[str], Throttle, Clock]
+) -> None:
+    written, _, clock = lines
+    log = logging.getLogger("sipbridge.test.logs")
+    for _ in range(CALL_BURST + 500):
+        log.info("call %s dtmf %s %dms", "rtc_a", "1", 40)
+    assert len(written) == CALL_BURST
+    clock.now += 10.0
+    log.info("call %s dtmf %s %dms", "rtc_a", "2", 40)
+    assert written[-1] == "call rtc_a dtmf 2 40ms (500 more like it in the last 10 s)"
