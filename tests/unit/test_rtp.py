@@ -353,9 +353,44 @@ def test_reordering_and_duplicates() -> None:
     assert stats.lost == -1
     assert stats.fraction_lost == 0  # negative loss reports as 0 (A.3)
     assert stats.report_block(1).cumulative_lost == -1
+    assert stats.missing == 1  # 11: the duplicates do not stand in for it
     # A late packet seen a second time is a duplicate, not reordered again.
     _feed(stats, [11, 11])
     assert (stats.reordered, stats.duplicates) == (3, 3)
+    assert stats.missing == 0
+
+
+def test_duplicates_do_not_hide_loss() -> None:
+    rng = random.Random(7)
+    stats = ReceptionStats()
+    sent = list(range(2000))
+    dropped = {s for s in sent[5:] if rng.random() < 0.05}
+    arrivals: list[int] = []
+    for seq in sent:
+        if seq in dropped:
+            continue
+        arrivals.append(seq)
+        if rng.random() < 0.05:
+            arrivals.append(seq)  # a copy right behind it
+    for i in range(len(arrivals) - 3, 5, -7):  # and a few swapped neighbours
+        arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
+    _feed(stats, arrivals)
+    dups = len(arrivals) - (2000 - len(dropped))
+    assert 50 < dups and 50 < len(dropped)
+    assert stats.duplicates == dups
+    assert stats.missing == len(dropped)
+    # A.3's figure for the report block lets each duplicate cancel a loss.
+    assert stats.lost == len(dropped) - dups
+
+
+def test_missing_restarts_with_the_source() -> None:
+    stats = ReceptionStats()
+    _feed(stats, [0, 1, 2, 2, 4, 5])
+    assert (stats.missing, stats.lost) == (1, 0)
+    stats.update(9000, 0, 0)
+    stats.update(9001, 160, 160)
+    _feed(stats, [9002, 9002, 9004], base_ts=-9000 * 160)
+    assert (stats.expected, stats.missing) == (4, 1)
 
 
 def test_jump_restarts_after_two_sequential_packets() -> None:

@@ -90,8 +90,10 @@ class TimelineEntry(_Described):
 
 MEDIA_FIGURES = """A call record's `media` is null until the call's RTP starts; then, updated
 as the call runs and final once it ends: `packets_in` (datagrams received on the RTP port,
-STUN aside), `packets_out`, `lost` (RFC 3550 cumulative loss), `jitter_ms` (interarrival
-jitter), `late` and `concealed` (frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
+STUN aside), `packets_out`, `lost` (sequence numbers that never arrived: a duplicate does
+not offset a loss as in RFC 3550's cumulative loss), `duplicates`, `reordered` (arrived
+after a later packet), `jitter_ms` (RFC 3550 interarrival jitter), `late` and `concealed`
+(frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
 received on the media ports, RFC 7983), `stun_answered` (Binding Success Responses sent),
 `dtmf` (the digits) and `dropped` (packets dropped, by reason: `version`, `short`,
 `payload_type`, `source`, `flood`, ...)."""

@@ -402,12 +402,14 @@ class ReceptionStats:
     which is only accepted, as a restart, when the next packet follows it. A False
     packet may still be played; it just does not enter the statistics. Duplicates
     and reordered packets are counted (A.1 does), and tallied in `duplicates` and
-    `reordered`; duplicates do not feed the jitter estimate.
+    `reordered`; duplicates do not feed the jitter estimate. `lost` is A.3's figure for
+    the report block, where a duplicate offsets a loss; `missing` counts the sequence
+    numbers never received, which a duplicate does not hide.
     """
 
     __slots__ = (
         "_bad_seq", "_base_seq", "_cycles", "_expected_prior", "_jitter", "_max_seq",
-        "_probation", "_received", "_received_prior", "_seen", "_transit",
+        "_probation", "_received", "_received_prior", "_seen", "_transit", "_unique",
         "duplicates", "reordered",
     )
 
@@ -418,6 +420,7 @@ class ReceptionStats:
         self._bad_seq = _SEQ_MOD + 1
         self._cycles = 0
         self._received = 0
+        self._unique = 0  # counted packets less duplicates
         self._received_prior = 0
         self._expected_prior = 0
         self._transit: int | None = None
@@ -433,6 +436,7 @@ class ReceptionStats:
         self._bad_seq = _SEQ_MOD + 1
         self._cycles = 0
         self._received = 0
+        self._unique = 0
         self._received_prior = 0
         self._expected_prior = 0
         self._transit = None
@@ -480,6 +484,7 @@ class ReceptionStats:
                 self._seen |= bit
                 self.reordered += 1
         self._received += 1
+        self._unique += 1
         # RFC 3550 A.8, on 32-bit wrapping timestamps: J += (|D| - J) / 16.
         transit = (arrival - timestamp) & 0xFFFFFFFF
         if self._transit is not None:
@@ -511,6 +516,16 @@ class ReceptionStats:
     def lost(self) -> int:
         """Cumulative loss; negative when duplicates outnumber losses (RFC 3550 A.3)."""
         return self.expected - self._received
+
+    @property
+    def missing(self) -> int:
+        """Sequence numbers from the base to the highest seen that never arrived.
+
+        A duplicate is not a received packet here, so it cannot offset a loss as it
+        does in `lost`. A packet older than the base (late after a restart) is not in
+        the range, hence the floor of 0.
+        """
+        return max(self.expected - self._unique, 0)
 
     @property
     def fraction_lost(self) -> int:

@@ -437,8 +437,8 @@ class MediaSession:
         stats, rx = self.stats, self.rx
         return {
             "packets_in": stats.packets_in, "packets_out": stats.packets_out,
-            "lost": max(rx.lost, 0), "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2),
-            "late": self.jitter.late, "concealed": self.jitter.concealed,
+            "lost": rx.missing, "duplicates": rx.duplicates, "reordered": rx.reordered,
+            "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2), "late": self.jitter.late, "concealed": self.jitter.concealed,
             "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
             "stun": stats.stun, "stun_answered": stats.stun_answered,
             "dtmf": "".join(d.digit for d in self.digits), "dropped": dict(self.dropped),
@@ -448,7 +448,8 @@ class MediaSession:
         rx = self.rx
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
         return (f"rtp in={self.stats.packets_in} out={self.stats.packets_out} "
-                f"lost={max(rx.lost, 0)} jitter={rx.jitter_ms(PHONE_RATE):.1f}ms "
+                f"lost={rx.missing} dup={rx.duplicates} reordered={rx.reordered} "
+                f"jitter={rx.jitter_ms(PHONE_RATE):.1f}ms "
                 f"late={self.jitter.late} concealed={self.jitter.concealed} "
                 f"stun={self.stats.stun} "
                 f"dtmf={''.join(d.digit for d in self.digits) or '-'}"
