@@ -72,10 +72,13 @@ class RtpCaller:
         raise AssertionError("the gateway did not answer")
 
     def speak(self, pcm8: np.ndarray, *, lead_s: float, tail_s: float,
-              on_frame: Callable[[int], None] | None = None) -> tuple[float, float]:
-        """Send `lead_s` of silence, the speech, then `tail_s` of silence, paced; returns
-        when the speech's first and last frames were sent."""
-        dest = ("127.0.0.1", int(self.call["sip"]["rtp_port"]))
+              on_frame: Callable[[int], None] | None = None,
+              dest: tuple[str, int] | None = None) -> tuple[float, float]:
+        """Send `lead_s` of silence, the speech, then `tail_s` of silence, paced, to the
+        gateway's RTP port (or to `dest`, a relay in front of it); returns when the
+        speech's first and last frames were sent."""
+        if dest is None:
+            dest = ("127.0.0.1", int(self.call["sip"]["rtp_port"]))
         lead, tail = int(lead_s * 50), int(tail_s * 50)
         speech = np.concatenate([pcm8, np.zeros(-len(pcm8) % FRAME, np.int16)])
         frames = ([np.zeros(FRAME, np.int16)] * lead
