@@ -41,7 +41,7 @@ class Impairment:
     reorder: float = 0.0  # probability that a datagram is held back a further ...
     reorder_delay: float = 0.05  # ... this many seconds, so later ones overtake it
     duplicate: float = 0.0  # probability that a second copy is sent (with its own delay)
-    spare_first: int = 0  # the first datagrams pass untouched (a receiver locks on first)
+    spare_first: int = 0  # the first datagrams pass at once, untouched (a receiver locks on)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +101,7 @@ class Direction:
         lose, dup, hold = rng.random(), rng.random(), rng.random()
         delays = [imp.delay + rng.uniform(-imp.jitter, imp.jitter) for _ in range(2)]
         if spared:
-            datagram = Datagram(index, now, data, False, [Copy(imp.delay)])
+            datagram = Datagram(index, now, data, False, [Copy(0.0)])
         elif lose < imp.loss:
             datagram = Datagram(index, now, data, True)
         else:

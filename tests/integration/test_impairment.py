@@ -14,7 +14,9 @@ The gateway's own figures are checked against the relay's record of what it did:
 from __future__ import annotations
 
 import re
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,7 +148,7 @@ def test_call_survives_loss_and_jitter_and_reports_them(
 ) -> None:
     # netem's "loss 5% delay 50ms 50ms": each packet waits 0 to 100 ms, so they overtake.
     impairment = Impairment(loss=0.05, delay=0.05, jitter=0.05, spare_first=3, seed=13)
-    gateway, relay, call_id = _call_through(start_gateway, tmp_path, impairment, 6.0)
+    gateway, relay, call_id = _call_through(start_gateway, tmp_path, impairment, 5.0)
     truth = truth_of(relay.to_target)
     record = _ended(gateway, call_id)
     media = record["media"]
@@ -160,9 +162,10 @@ def test_call_survives_loss_and_jitter_and_reports_them(
     assert media["reordered"] == truth.reordered and media["duplicates"] == 0, (media, truth)
     tolerance = max(JITTER_TOLERANCE_MS, JITTER_TOLERANCE_REL * truth.jitter_ms)
     assert abs(media["jitter_ms"] - truth.jitter_ms) <= tolerance, (media, truth)
-    # The relay's delays are what the gateway measured, not the sender's own pacing.
-    assert abs(truth.jitter_ms - truth.jitter_of_delays_ms) <= 0.1 * truth.jitter_of_delays_ms, \
-        truth
+    # The path's jitter is the relay's delays (32 ms by A.8 for this seed, computed from
+    # the delays drawn alone), plus what the sender's pacing and the relay's wake-ups add:
+    # nothing on an idle machine, several ms on a busy one.
+    assert truth.jitter_ms >= 0.9 * truth.jitter_of_delays_ms > 20, truth
 
     line = _ended_line(gateway, call_id)
     assert (int(line["in"]), int(line["lost"])) == (truth.sent, truth.missing), line
@@ -173,9 +176,9 @@ def test_call_survives_loss_and_jitter_and_reports_them(
 def test_duplicates_do_not_hide_loss_and_reordering_is_counted(
     start_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
-    impairment = Impairment(loss=0.05, duplicate=0.10, reorder=0.10, reorder_delay=0.05,
+    impairment = Impairment(loss=0.05, duplicate=0.10, reorder=0.15, reorder_delay=0.05,
                             spare_first=3, seed=7)
-    gateway, relay, call_id = _call_through(start_gateway, tmp_path, impairment, 4.0)
+    gateway, relay, call_id = _call_through(start_gateway, tmp_path, impairment, 3.0)
     truth = truth_of(relay.to_target)
     media = _ended(gateway, call_id)["media"]
 
@@ -221,3 +224,68 @@ def test_calls_complete_under_30_percent_signalling_loss(
                       headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
     assert len(calls) == 16 and {c["end_reason"] for c in calls} == {"remote_bye"}, \
         [c for c in calls if c["end_reason"] != "remote_bye"]
+
+
+class _Reader:
+    """Reads a socket in a thread (so its queue never overflows) until quiet for 0.3 s."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.got: list[bytes] = []
+        sock.settimeout(0.3)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.got.append(self._sock.recv(2048))
+            except TimeoutError:
+                return
+
+    def result(self) -> list[bytes]:
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the socket never went quiet"
+        return self.got
+
+
+def test_relay_does_what_its_record_says() -> None:
+    """The relay itself: what arrives is exactly what its record says it sent, in that
+    order; each copy waited the delay drawn for it; the same seed makes the same choices."""
+    imp = Impairment(loss=0.1, delay=0.01, jitter=0.01, reorder=0.1, reorder_delay=0.03,
+                     duplicate=0.1, seed=5)
+    with (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+          socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+          socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger):
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a_address = a.getsockname()
+        with Relay(b.getsockname(), imp, Impairment(loss=0.2, seed=6)) as relay:
+            reader = _Reader(b)
+            for i in range(300):
+                a.sendto(i.to_bytes(4, "big"), relay.address)
+                if i % 10 == 0:
+                    time.sleep(0.01)
+            stranger.sendto(b"not from A", relay.address)
+            got_b = reader.result()
+            reader = _Reader(a)
+            for i in range(100):
+                b.sendto(i.to_bytes(4, "big"), relay.b_address)
+            got_a = reader.result()
+            relay.drain()
+    there, back = relay.to_target, relay.from_target
+    assert got_b == [d.data for _, d in there.sent]
+    assert got_a == [d.data for _, d in back.sent]
+    assert relay.strays == 1 and relay.peer == a_address
+    assert there.received == 300 and back.received == 100
+    assert there.forwarded == 300 - there.dropped + there.duplicated
+    assert 10 < there.dropped < 50 and 10 < there.duplicated < 50 and 5 < back.dropped < 40
+    assert [i for i, (x, y) in enumerate(pairwise(got_b)) if x > y], "nothing reordered"
+    for copy, datagram in there.sent:  # never early (late by the loop's wake-up at most)
+        assert copy.sent_at is not None and copy.sent_at - datagram.arrived >= copy.delay - 1e-3
+    # The same seed, the same choices.
+    again = Direction(there.name, imp)
+    for d in there.datagrams:
+        twin = again._decide(d.data, d.arrived)
+        assert (twin.dropped, [c.delay for c in twin.copies]) == \
+            (d.dropped, [c.delay for c in d.copies])
