@@ -114,6 +114,20 @@ def test_bad_packets_are_dropped_and_counted_and_the_call_goes_on(
     s.close()
 
 
+def test_figures_count_loss_duplicates_and_reordering(pool: PortPool, peer: Peer) -> None:
+    s = make_session(pool, peer)
+    arrivals = [0, 1, 2, 3, 3, 5, 4, 7, 7, 8, 10, 9, 9]  # 6 and 11..: lost, three doubled
+    for k, seq in enumerate(arrivals):
+        s.receive(packet(seq), peer.addr, 0.02 * k)
+    figures = s.figures()
+    # 1..10 expected (0 was the source's probation), 6 missing; RFC 3550's cumulative
+    # loss (expected less received, duplicates counted) would say -2.
+    assert (figures["lost"], figures["duplicates"], figures["reordered"]) == (1, 3, 2)
+    assert s.rx.lost == -2
+    assert "lost=1 dup=3 reordered=2 " in s.summary()
+    s.close()
+
+
 def test_a_flood_is_cut_by_the_token_bucket(pool: PortPool, peer: Peer) -> None:
     s = make_session(pool, peer)
     for i in range(5000):
