@@ -152,8 +152,9 @@ class _Side(asyncio.DatagramProtocol):
 
 
 class Relay:
-    """Forwards datagrams between A (whoever sends to `address` first) and `target`,
-    impairing each direction as told and recording what it did."""
+    """Forwards datagrams between A (`peer`, or whoever sends to `address` first) and
+    `target`, impairing each direction as told and recording what it did. Datagrams from
+    anyone else are counted in `strays` and dropped."""
 
     def __init__(
         self,
@@ -161,13 +162,14 @@ class Relay:
         to_target: Impairment | None = None,
         from_target: Impairment | None = None,
         *,
+        peer: Address | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         self.target = target
         self.host = host
         self.to_target = Direction("a->b", to_target or Impairment())
         self.from_target = Direction("b->a", from_target or Impairment())
-        self.peer: Address | None = None  # A, once it has sent
+        self.peer = peer  # A: as given, or whoever sends to `address` first
         self.strays = 0  # datagrams from neither side, ignored
         self.errors: list[str] = []
         self._loop = asyncio.new_event_loop()

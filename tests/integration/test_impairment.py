@@ -129,7 +129,8 @@ def _call_through(start_gateway: Callable[..., Gateway], tmp_path: Path,
         call = caller.answered()
         target = ("127.0.0.1", int(call["sip"]["rtp_port"]))
         back = Impairment(loss=0.02, seed=impairment.seed + 1)
-        with Relay(target, impairment, back) as relay:
+        sink = caller.sink.sock.getsockname()
+        with Relay(target, impairment, back, peer=(sink[0], sink[1])) as relay:
             tone = (3000 * np.sin(np.arange(int(seconds * RATE)) * 0.3)).astype(np.int16)
             caller.speak(tone, lead_s=0.0, tail_s=0.0, dest=relay.address)
             relay.drain()
@@ -139,7 +140,7 @@ def _call_through(start_gateway: Callable[..., Gateway], tmp_path: Path,
     back_out = relay.from_target.forwarded
     assert back_out > 25 * seconds and len(caller.sink.packets) >= back_out, \
         (relay.from_target.summary(), len(caller.sink.packets))
-    assert relay.strays == 0 and not relay.to_target.pending
+    assert not relay.to_target.pending
     return gateway, relay, str(call["id"])
 
 
@@ -227,21 +228,26 @@ def test_calls_complete_under_30_percent_signalling_loss(
 
 
 class _Reader:
-    """Reads a socket in a thread (so its queue never overflows) until quiet for 0.3 s."""
+    """Reads what `source` sends to a socket, in a thread (so the socket's queue never
+    overflows), until quiet for 0.3 s. Other sources are ignored: on a shared machine a
+    port just freed may still be sent to."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, source: tuple[str, int]) -> None:
         self.got: list[bytes] = []
         sock.settimeout(0.3)
         self._sock = sock
+        self._source = source
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
             try:
-                self.got.append(self._sock.recv(2048))
+                data, addr = self._sock.recvfrom(2048)
             except TimeoutError:
                 return
+            if addr[:2] == self._source:
+                self.got.append(data)
 
     def result(self) -> list[bytes]:
         self._thread.join(10)
@@ -260,15 +266,15 @@ def test_relay_does_what_its_record_says() -> None:
         a.bind(("127.0.0.1", 0))
         b.bind(("127.0.0.1", 0))
         a_address = a.getsockname()
-        with Relay(b.getsockname(), imp, Impairment(loss=0.2, seed=6)) as relay:
-            reader = _Reader(b)
+        with Relay(b.getsockname(), imp, Impairment(loss=0.2, seed=6), peer=a_address) as relay:
+            reader = _Reader(b, relay.b_address)
             for i in range(300):
                 a.sendto(i.to_bytes(4, "big"), relay.address)
                 if i % 10 == 0:
                     time.sleep(0.01)
             stranger.sendto(b"not from A", relay.address)
             got_b = reader.result()
-            reader = _Reader(a)
+            reader = _Reader(a, relay.address)
             for i in range(100):
                 b.sendto(i.to_bytes(4, "big"), relay.b_address)
             got_a = reader.result()
@@ -276,7 +282,7 @@ def test_relay_does_what_its_record_says() -> None:
     there, back = relay.to_target, relay.from_target
     assert got_b == [d.data for _, d in there.sent]
     assert got_a == [d.data for _, d in back.sent]
-    assert relay.strays == 1 and relay.peer == a_address
+    assert relay.strays >= 1 and b"not from A" not in {d.data for d in there.datagrams}
     assert there.received == 300 and back.received == 100
     assert there.forwarded == 300 - there.dropped + there.duplicated
     assert 10 < there.dropped < 50 and 10 < there.duplicated < 50 and 5 < back.dropped < 40
