@@ -408,8 +408,8 @@ class ReceptionStats:
     """
 
     __slots__ = (
-        "_bad_seq", "_base_seq", "_cycles", "_expected_prior", "_jitter", "_max_seq",
-        "_probation", "_received", "_received_prior", "_seen", "_transit", "_unique",
+        "_bad_seq", "_base_seq", "_cycles", "_dup_base", "_expected_prior", "_jitter",
+        "_max_seq", "_probation", "_received", "_received_prior", "_seen", "_transit",
         "duplicates", "reordered",
     )
 
@@ -420,7 +420,7 @@ class ReceptionStats:
         self._bad_seq = _SEQ_MOD + 1
         self._cycles = 0
         self._received = 0
-        self._unique = 0  # counted packets less duplicates
+        self._dup_base = 0  # `duplicates` when the source became valid: those are not counted
         self._received_prior = 0
         self._expected_prior = 0
         self._transit: int | None = None
@@ -436,7 +436,7 @@ class ReceptionStats:
         self._bad_seq = _SEQ_MOD + 1
         self._cycles = 0
         self._received = 0
-        self._unique = 0
+        self._dup_base = self.duplicates
         self._received_prior = 0
         self._expected_prior = 0
         self._transit = None
@@ -484,7 +484,6 @@ class ReceptionStats:
                 self._seen |= bit
                 self.reordered += 1
         self._received += 1
-        self._unique += 1
         # RFC 3550 A.8, on 32-bit wrapping timestamps: J += (|D| - J) / 16.
         transit = (arrival - timestamp) & 0xFFFFFFFF
         if self._transit is not None:
@@ -525,7 +524,8 @@ class ReceptionStats:
         does in `lost`. A packet older than the base (late after a restart) is not in
         the range, hence the floor of 0.
         """
-        return max(self.expected - self._unique, 0)
+        unique = self._received - (self.duplicates - self._dup_base)
+        return max(self.expected - unique, 0)
 
     @property
     def fraction_lost(self) -> int:
