@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import random
 import select
 import shutil
@@ -479,6 +478,7 @@ def snapshot(proc: subprocess.Popen[bytes], traced: Path, n: int) -> bool:
 
 
 def compare_snapshots(traced: Path, first: int, last: int, top: int) -> None:
+    """What grew between two snapshots: allocation sites, their callers, object types."""
     import json
     import tracemalloc
 
@@ -486,14 +486,14 @@ def compare_snapshots(traced: Path, first: int, last: int, top: int) -> None:
     b = tracemalloc.Snapshot.load(str(traced / f"snap-{last}.pickle"))
     ja = json.loads((traced / f"snap-{first}.json").read_text())
     jb = json.loads((traced / f"snap-{last}.json").read_text())
-    print(f"\ntracemalloc: traced {ja['traced'] / 1e6:.1f} MB -> {jb['traced'] / 1e6:.1f} MB, "
+    print(f" tracemalloc: traced {ja['traced'] / 1e6:.1f} MB -> {jb['traced'] / 1e6:.1f} MB, "
           f"live objects {ja['objects']} -> {jb['objects']}")
     print(f"top {top} allocation sites by growth (snapshot {first} -> {last}):")
     for stat in b.compare_to(a, "lineno")[:top]:
         frame = stat.traceback[0]
         print(f"  {stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+8d} blocks  "
               f"{frame.filename.replace(str(ROOT) + '/', '')}:{frame.lineno}")
-    print("their callers (3 largest, innermost 6 frames):")
+    print("the 3 largest by traceback (innermost frame first):")
     for stat in b.compare_to(a, "traceback")[:3]:
         print(f"  {stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+8d} blocks")
         for frame in reversed(list(stat.traceback)[-6:]):
@@ -504,9 +504,6 @@ def compare_snapshots(traced: Path, first: int, last: int, top: int) -> None:
     )
     print("live objects by type, largest growth: " + ", ".join(
         f"{n} {d:+d}" for n, d in growth[:15] if d > 0))
-    with (traced / "compare.pickle").open("wb") as f:
-        pickle.dump([(s.size_diff, s.count_diff, str(s.traceback)) for s in
-                     b.compare_to(a, "lineno")[:200]], f)
 
 
 def slope_mb_per_min(samples: list[Sample], after: float) -> float | None:
@@ -584,7 +581,8 @@ def soak(args: argparse.Namespace) -> int:
         for t in threads:
             t.start()
         snaps = 0
-        warm_done = False
+        snap_times = sorted({warmup, *(60 * m for m in args.snapshot_at if 0 < m * 60 < total)})
+        snapped: list[float] = []  # when each snapshot was taken, seconds into the soak
         try:
             next_sample = start + args.sample
             while time.monotonic() - start < total:
@@ -595,9 +593,11 @@ def soak(args: argparse.Namespace) -> int:
                 if time.monotonic() >= next_sample:
                     next_sample += args.sample
                     sample()
-                if traced is not None and not warm_done and time.monotonic() - start >= warmup:
-                    warm_done = True
-                    snaps += snapshot(proc, traced, snaps + 1)
+                if traced is not None and snap_times and time.monotonic() - start >= snap_times[0]:
+                    snap_times.pop(0)
+                    if snapshot(proc, traced, snaps + 1):
+                        snaps += 1
+                        snapped.append(time.monotonic() - start)
         finally:
             stop_mix.set()
             for t in threads:
@@ -608,8 +608,10 @@ def soak(args: argparse.Namespace) -> int:
                 sipp.kill()
                 sipp.wait()
         end = sample()
-        if traced is not None and proc.poll() is None and snaps == 1:
-            snaps += snapshot(proc, traced, snaps + 1)
+        if traced is not None and proc.poll() is None and snaps and snapshot(proc, traced,
+                                                                             snaps + 1):
+            snaps += 1
+            snapped.append(time.monotonic() - start)
         alive = proc.poll() is None
         stop(proc)
 
@@ -641,8 +643,12 @@ def soak(args: argparse.Namespace) -> int:
                    if ln.startswith("sipbridge: stopped")]
         if summary:
             print(summary[-1])
-        if traced is not None and snaps >= 2:
-            compare_snapshots(traced, 1, 2, args.top)
+        if traced is not None:
+            # From the end of the warm-up to the end, then each later snapshot to the end.
+            for first in range(1, snaps):
+                print(f"\nsnapshot at {snapped[first - 1] / 60:.1f} min -> end "
+                      f"({snapped[-1] / 60:.1f} min):", end="")
+                compare_snapshots(traced, first, snaps, args.top if first == 1 else 10)
         return 0 if alive and not failed else 1
 
 
@@ -679,6 +685,10 @@ def main() -> int:
     ap.add_argument("--log-level", default="info", help="the gateway's (default info)")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="trace the gateway's allocations; compare warm-up with the end")
+    ap.add_argument("--snapshot-at", type=lambda t: [float(m) for m in t.split(",") if m],
+                    default=[], metavar="MIN,MIN",
+                    help="with --tracemalloc: more snapshots at these minutes (the end of the "
+                    "warm-up and the end are always taken)")
     ap.add_argument("--frames", type=int, default=4,
                     help="traceback frames tracemalloc keeps per allocation (4)")
     ap.add_argument("--top", type=int, default=15, help="allocation sites shown (15)")
