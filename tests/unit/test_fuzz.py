@@ -355,6 +355,9 @@ def test_uri_and_header_parsers_raise_only_parse_errors(value: str) -> None:
 # --- RTP, RTCP, STUN, telephone-event ------------------------------------------------
 
 _RTP = bytes.fromhex("80000001000000a0deadbeef") + b"\xff" * 160
+# CSRCs, a header extension and padding: each a length field to lie with.
+_RTP_FULL = bytes.fromhex("b2650002000001400badcafe" "00000001" "00000002" "bede0001" "10ff0000"
+                          ) + b"\xd5" * 20 + bytes.fromhex("00000004")
 _RTCP = bytes.fromhex(
     "81c8000cdeadbeef" "e6f0a1b20000000000000640000000320000190000000001"
     "cafebabe00000000000000010000000000000000000000000000000000000000"
@@ -365,7 +368,11 @@ _STUN = build_stun(BINDING | REQUEST, b"0123456789ab", bytes.fromhex("8022000474
 
 
 @fuzz
-@given(st.one_of(mutated([_RTP, _RTCP]), st.binary(max_size=120)))
+@given(st.one_of(
+    mutated([_RTP, _RTP_FULL, _RTCP]),
+    st.builds(lambda seed, n: seed[:n], st.sampled_from([_RTP_FULL, _RTCP]), st.integers(0, 80)),
+    st.binary(max_size=120),
+))
 def test_rtp_and_rtcp_parsers_raise_only_rtp_errors(data: bytes) -> None:
     packet = only(RtpError, parse_rtp, data)
     if packet is not None:
@@ -374,7 +381,11 @@ def test_rtp_and_rtcp_parsers_raise_only_rtp_errors(data: bytes) -> None:
 
 
 @fuzz
-@given(st.one_of(mutated([_STUN]), st.binary(max_size=120)))
+@given(st.one_of(
+    mutated([_STUN]),
+    st.builds(lambda n: _STUN[:n], st.integers(0, len(_STUN))),
+    st.binary(max_size=120),
+))
 def test_stun_parser_raises_only_stun_errors(data: bytes) -> None:
     message = only(StunError, parse_stun, data)
     if message is not None:
