@@ -77,7 +77,7 @@ class RateLimiter:
         else:
             self._sources.move_to_end(host)
         limits = self.limits
-        tokens = bucket.tokens + (now - bucket.stamp) * limits.rate
+        tokens = bucket.tokens + max(0.0, now - bucket.stamp) * limits.rate
         if tokens >= limits.burst:
             tokens = float(limits.burst)
             bucket.since, bucket.count = now, 0
