@@ -118,6 +118,13 @@ def test_idle_sources_are_forgotten_first_and_at_no_cost() -> None:
     assert limiter.tracked() == 2 and limiter.is_blocked(A, T0 + 3.5)
 
 
+def test_a_clock_that_goes_back_takes_no_tokens() -> None:
+    limiter = RateLimiter(LIMITS)
+    assert limiter.admit(A, T0)
+    assert all(limiter.admit(A, T0 - 1000) for _ in range(59))
+    assert limiter.blocks_total == 0
+
+
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         RateLimits(rate=0)
