@@ -64,10 +64,10 @@ def test_a_udp_flood_is_blocked_and_a_caller_elsewhere_gets_through(
     sipsak_flood(gw)
     wait_for(lambda: metric(gw, "sipbridge_rate_blocks_total") == 1, "the block in /metrics")
     assert metric(gw, "sipbridge_rate_blocked_sources") == 1
-    # sipsak's OPTIONS past the first burst of 60 that reached the gateway, less what
-    # refilled meanwhile (20/s).
+    # sipsak's OPTIONS that reached the gateway past the first burst of 60 (loopback
+    # drops part of a flood this fast: about a third arrive).
     dropped = metric(gw, "sipbridge_rate_dropped_messages_total")
-    assert dropped > FLOOD / 10, dropped
+    assert dropped >= 100, dropped
     lines = block_lines(gw)
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and "source 127.0.0.1 blocked for 60s" in lines[0], lines
@@ -96,7 +96,7 @@ def test_a_tcp_flood_is_counted_per_message_and_blocked(
         answers = read_answers(sock, quiet=1.5)
         # The burst, less the start-up probes' OPTIONS from 127.0.0.1, plus what refilled
         # (20/s) while the flood was read.
-        assert 55 <= len(answers) <= 62, len(answers)
+        assert 55 <= len(answers) <= 65, len(answers)
         assert all(a.startswith("SIP/2.0 401") for a in answers), answers[:3]
         sock.sendall(options(999, local))
         assert read_answers(sock, quiet=1.0) == []
