@@ -93,6 +93,27 @@ def test_exempt_networks_are_never_limited_nor_remembered() -> None:
     assert sum(limiter.admit("trunk.example.com", T0) for _ in range(100)) == 60
 
 
+def test_an_ipv6_source_is_limited_by_its_64_and_a_mapped_one_as_ipv4(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = RateLimiter(LIMITS, exempt=["2001:db8:ffff::/48"])
+    with caplog.at_level(logging.WARNING, "sipbridge.sip"):
+        admitted = sum(limiter.admit(f"2001:db8:1:2::{i:x}", T0) for i in range(100))
+    assert admitted == 60 and limiter.tracked() == 1  # one bucket for the whole /64
+    assert "source 2001:db8:1:2::/64 blocked" in caplog.records[0].getMessage()
+    assert limiter.is_blocked("2001:db8:1:2:abcd::1", T0)
+    assert limiter.admit("2001:db8:1:3::1", T0)  # the next /64 is another source
+    # Exemption is by the address itself, even within a limited /64.
+    assert all(limiter.admit("2001:db8:ffff::1", T0) for _ in range(100))
+    assert all(limiter.admit("2001:db8:1:2::5", T0) for _ in range(100)) is False
+    limiter = RateLimiter(LIMITS, exempt=["2001:db8:1:2::5/128"])
+    send(limiter, "2001:db8:1:2::1", 61, T0, 1e6)
+    assert all(limiter.admit("2001:db8:1:2::5", T0) for _ in range(100))
+    send(limiter, A, 60, T0, 1e6)
+    assert not limiter.admit(f"::ffff:{A}", T0)  # the IPv4 source seen on a v6 socket
+    assert limiter.is_blocked(A, T0)
+
+
 def test_a_spoofed_flood_of_many_sources_keeps_memory_bounded() -> None:
     limiter = RateLimiter(LIMITS)  # 100 sources at most
     send(limiter, A, 61, T0, 1e6)  # A is blocked

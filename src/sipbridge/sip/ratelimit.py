@@ -13,11 +13,14 @@ Memory is bounded: at most `max_sources` sources are remembered. A source whose 
 has refilled and which is not blocked is the same as one never seen, so it is forgotten
 first at no cost; past the cap the least recently seen goes even so (a spoofed flood of
 many addresses, each sending little, only ever gives back a few fresh buckets).
-Exempt networks are never charged and never remembered.
+Exempt networks are never charged and never remembered. An IPv6 source is limited
+by its /64, as one host may send from any address of it.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -56,6 +59,20 @@ class _Bucket:
         self.count = 0  # ... and the messages taken from it since: the rate for the log
 
 
+@functools.lru_cache(maxsize=EXEMPT_CACHE)
+def source_key(host: str) -> str:
+    """What a source is limited as: an IPv4 address as itself, an IPv6 address as its
+    /64 (one host may own a whole /64 and send from any address in it; pike's tree
+    groups addresses by prefix too), an IPv4-mapped IPv6 address as its IPv4 one."""
+    try:
+        ip = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
 class RateLimiter:
     """Per-source token buckets with blocks; see the module's docstring."""
 
@@ -69,13 +86,17 @@ class RateLimiter:
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a message from `host` may be read; False drops it (it is counted)."""
-        bucket = self._sources.get(host)
+        exempt = self._exempt_hosts.get(host)
+        if exempt is None:
+            exempt = self._is_exempt(host)
+        if exempt:
+            return True
+        key = source_key(host) if ":" in host else host
+        bucket = self._sources.get(key)
         if bucket is None:
-            if self._is_exempt(host):
-                return True
-            bucket = self._track(host, now)
+            bucket = self._track(key, now)
         else:
-            self._sources.move_to_end(host)
+            self._sources.move_to_end(key)
         limits = self.limits
         tokens = bucket.tokens + max(0.0, now - bucket.stamp) * limits.rate
         if tokens >= limits.burst:
@@ -96,7 +117,7 @@ class RateLimiter:
                 return False
             bucket.blocked_until = 0.0
         if tokens < 1:
-            self._block(host, bucket, now)
+            self._block(key, bucket, now)
             bucket.tokens = 0.0
             self.dropped_total += 1
             return False
@@ -109,7 +130,7 @@ class RateLimiter:
         return sum(1 for b in self._sources.values() if b.blocked_until > now)
 
     def is_blocked(self, host: str, now: float) -> bool:
-        bucket = self._sources.get(host)
+        bucket = self._sources.get(source_key(host))
         return bucket is not None and bucket.blocked_until > now
 
     def tracked(self) -> int:
@@ -126,11 +147,10 @@ class RateLimiter:
                     bucket.count + 1, seconds, limits.rate, limits.burst)
 
     def _is_exempt(self, host: str) -> bool:
-        exempt = self._exempt_hosts.get(host)
-        if exempt is None:
-            if len(self._exempt_hosts) >= EXEMPT_CACHE:
-                self._exempt_hosts.clear()
-            exempt = self._exempt_hosts[host] = in_networks(host, self.exempt)
+        """Whether `host` is in an exempt network, remembered for the next time."""
+        if len(self._exempt_hosts) >= EXEMPT_CACHE:
+            self._exempt_hosts.clear()
+        exempt = self._exempt_hosts[host] = in_networks(host, self.exempt)
         return exempt
 
     def _track(self, host: str, now: float) -> _Bucket:
