@@ -68,6 +68,26 @@ class AuthConfig(BaseModel):
         return [a.upper() for a in value]
 
 
+class RateLimitConfig(BaseModel):
+    """Per-source message rate limit: a source sending faster than `requests_per_second`
+    (with bursts of `burst`) is dropped unanswered for `block_time` seconds. Sources in
+    `allow`, in `exempt` and the trunk's address are never limited."""
+
+    enabled: bool = True
+    requests_per_second: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=60, ge=1)
+    block_time: float = Field(default=60.0, gt=0)
+    exempt: list[str] = Field(default_factory=list)  # networks, like `allow`
+    max_sources: int = Field(default=20_000, ge=1)  # source addresses remembered at most
+
+    @field_validator("exempt")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+
 class TrunkConfig(BaseModel):
     """The outbound trunk the gateway dials through (the `bridge` transfer fallback)."""
 
@@ -107,6 +127,7 @@ class Config(BaseSettings):
     reject_code: int = Field(480, ge=300, le=699)
     allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     auth: AuthConfig | None = None
+    rate_limit: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
     public_address: str | None = None
     rtp_ports: str = "10000-20000"
     media_timeout: float = Field(30.0, ge=0)  # seconds without RTP before hanging up; 0: never

@@ -30,6 +30,7 @@ from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import Resolver
+from sipbridge.sip.ratelimit import RateLimiter, RateLimits
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -65,6 +66,7 @@ class Gateway:
                                   nonce_ttl=auth.nonce_ttl)
             limits = AuthLimits(auth.max_failures, auth.window, auth.block_time)
         self.guard = AccessGuard(config.allow, digest, limits)
+        self.limiter = rate_limiter(config)
         self._bind_host = host
         self._bind_port = port
         self.ua: UserAgent | None = None
@@ -79,7 +81,7 @@ class Gateway:
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
-                               self._auth_blocks)
+                               self._auth_blocks, self._rate_blocks)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
@@ -140,6 +142,7 @@ class Gateway:
                      rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
                                            for n in c.rewrite_contact)),
             self.guard,
+            limiter=self.limiter,
         )
         self.media = MediaEngine(
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
@@ -389,6 +392,14 @@ class Gateway:
         now = self.loop.time() if self.loop is not None else 0.0
         return self.guard.blocks_total, self.guard.blocked(now)
 
+    def _rate_blocks(self) -> tuple[int, int, int]:
+        """Sources rate-blocked so far and now, and the messages dropped, for the metrics."""
+        limiter = self.limiter
+        if limiter is None:
+            return 0, 0, 0
+        now = self.loop.time() if self.loop is not None else 0.0
+        return limiter.blocks_total, limiter.blocked(now), limiter.dropped_total
+
     def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
         """The media figures of the calls in progress, for the metrics."""
         for call in self.calls.calls.values() if self.calls is not None else ():
@@ -451,10 +462,12 @@ class Gateway:
 
     def _on_message(self, data: bytes, source: Address) -> None:
         assert self.ua is not None and self.loop is not None
-        # Traced before the UA acts on it; a new call's INVITE once the call exists.
+        if not self.ua.receive(data, source, self.loop.time()):
+            return  # dropped unread (its source is over its rate): nothing to trace or send
+        # Traced before the calls act on it (in _pump); a new call's INVITE once the call
+        # exists.
         if not self._trace(data, source, "in", early=True):
             self._inbound = (data, source)
-        self.ua.receive(data, source, self.loop.time())
         self._pump()
 
     def _on_send_error(self, data: bytes, dest: Address, reason: str) -> None:
@@ -580,6 +593,19 @@ class Gateway:
         self._timer_at = None
         self.ua.handle_timer(self.loop.time())
         self._pump()
+
+
+def rate_limiter(config: Config) -> RateLimiter | None:
+    """The per-source rate limit, or None when it is off. Exempt: the `exempt` networks,
+    the allow-list (trusted as trunks already) and the trunk's address when an IP."""
+    rl = config.rate_limit
+    if not rl.enabled:
+        return None
+    exempt = [*rl.exempt, *config.allow]
+    if config.trunk is not None and is_ip(config.trunk.bind[0]):
+        exempt.append(config.trunk.bind[0])
+    return RateLimiter(RateLimits(rl.requests_per_second, rl.burst, rl.block_time,
+                                  rl.max_sources), exempt)
 
 
 def _timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:

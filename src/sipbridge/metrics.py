@@ -36,10 +36,14 @@ class Metrics:
 
     def __init__(self, active_calls: Callable[[], int],
                  live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None,
-                 auth_blocks: Callable[[], tuple[int, int]] | None = None) -> None:
+                 auth_blocks: Callable[[], tuple[int, int]] | None = None,
+                 rate_blocks: Callable[[], tuple[int, int, int]] | None = None) -> None:
         self.live_media = live_media
         self.auth_blocks = auth_blocks  # (sources blocked so far, sources blocked now)
         self._auth_counted = 0
+        # (sources rate-blocked so far, blocked now, messages dropped so far)
+        self.rate_blocks = rate_blocks
+        self._rate_counted = (0, 0)
         # What the counters already hold of each call in progress, by figure name: a
         # counter never goes down, although a call's loss can (a late packet arrives).
         self._counted: dict[str, dict[str, int]] = {}
@@ -78,6 +82,14 @@ class Metrics:
         self.auth_blocked = Gauge("sipbridge_auth_blocked_sources",
                                   "Sources blocked now after failed authentications",
                                   registry=r)
+        self.rate_blocks_total = Counter("sipbridge_rate_blocks",
+                                         "Sources blocked for sending faster than their rate "
+                                         "limit", registry=r)
+        self.rate_blocked = Gauge("sipbridge_rate_blocked_sources",
+                                  "Sources blocked now for their message rate", registry=r)
+        self.rate_dropped = Counter("sipbridge_rate_dropped_messages",
+                                    "Messages dropped unread because their source was "
+                                    "blocked for its rate", registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("stun", self.stun))
@@ -117,4 +129,11 @@ class Metrics:
                 self.auth_blocks_total.inc(total - self._auth_counted)
                 self._auth_counted = total
             self.auth_blocked.set(now)
+        if self.rate_blocks is not None:
+            blocks, blocked, dropped = self.rate_blocks()
+            counted_blocks, counted_dropped = self._rate_counted
+            self.rate_blocks_total.inc(max(0, blocks - counted_blocks))
+            self.rate_dropped.inc(max(0, dropped - counted_dropped))
+            self._rate_counted = (max(blocks, counted_blocks), max(dropped, counted_dropped))
+            self.rate_blocked.set(blocked)
         return generate_latest(self.registry)

@@ -7,19 +7,16 @@ bounded size, so that a source guessing passwords is blocked for a while.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sipbridge.sip.address import Address
+from sipbridge.sip.address import Address, Network, in_networks, networks
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.message import Request
 from sipbridge.sip.uri import SipUri, parse_uri
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = logging.getLogger("sipbridge.sip")
 
@@ -60,9 +57,7 @@ class AccessGuard:
 
     def __init__(self, allow: Iterable[str], digest: DigestServer | None = None,
                  limits: AuthLimits | None = None) -> None:
-        self.networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in allow
-        )
+        self.networks: tuple[Network, ...] = networks(allow)
         self.digest = digest
         self.limits = limits or AuthLimits()
         # Source host -> its recent failures and block, least recently touched first.
@@ -100,13 +95,7 @@ class AccessGuard:
                         host, limits.block_time, count, limits.window)
 
     def allows_source(self, source: Address) -> bool:
-        try:
-            ip = ipaddress.ip_address(source.host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
+        return in_networks(source.host, self.networks)
 
     def check(self, request: Request, source: Address, now: float) -> Decision:
         """Decide on an out-of-dialog request (RFC 3261 22.1, 22.2)."""

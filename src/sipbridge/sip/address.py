@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sipbridge.sip.headers import Via
 from sipbridge.sip.uri import SipUri
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,24 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings ("10.0.0.0/8", "2001:db8::/32", a bare address) as networks."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def in_networks(host: str, nets: Iterable[Network]) -> bool:
+    """Whether the IP literal `host` lies in one of `nets`; an IPv4-mapped IPv6 address
+    (a dual-stack socket's view of an IPv4 peer) counts as its IPv4 address, and a
+    host name is in none."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in nets)
 
 
 def next_hop(uri: SipUri) -> Address:

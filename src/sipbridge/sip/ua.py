@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sipbridge.sip.access import AccessGuard
-from sipbridge.sip.address import Address, response_target, stamp_via
+from sipbridge.sip.address import Address, in_networks, response_target, stamp_via
 from sipbridge.sip.auth import authorization, choose_challenge
 from sipbridge.sip.dialog import Dialog, DialogId, DialogState
 from sipbridge.sip.errors import MessageTooLarge, ParseError, SipError
@@ -43,6 +43,7 @@ from sipbridge.sip.message import (
     parse_message,
     response_to,
 )
+from sipbridge.sip.ratelimit import RateLimiter
 from sipbridge.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -112,9 +113,11 @@ class UserAgent:
         guard: AccessGuard,
         *,
         token: Callable[[], str] = lambda: secrets.token_hex(8),
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self.guard = guard
+        self.limiter = limiter
         self._token = token
         self._server: dict[tuple[str, ...], ServerTransaction] = {}
         self._client: dict[tuple[str, ...], tuple[ClientTransaction, str]] = {}
@@ -141,23 +144,30 @@ class UserAgent:
     def deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
-        """Take one datagram or framed stream message. Never raises."""
+    def receive(self, data: bytes, source: Address, now: float) -> bool:
+        """Take one datagram or framed stream message. Never raises. False: dropped unread
+        and unanswered, its source being over its rate (`sip.ratelimit`)."""
         self.stats["received"] += 1
+        # First, before any parsing: a flood costs a dict lookup per message. Every
+        # message is charged, responses too: only parsing could tell them apart, and a
+        # flood can dress as responses. Trunks and allowed networks are exempt.
+        if self.limiter is not None and not self.limiter.admit(source.host, now):
+            self.stats["dropped_rate_limited"] += 1
+            return False
         if not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # NAT keep-alive (RFC 5626 4.4.1): nothing to do
-            return
+            return True
         try:
             msg = parse_message(data, self.config.max_message_size)
         except MessageTooLarge as exc:
             self._answer_oversize(data, source, exc)
-            return
+            return True
         except ParseError as exc:
             self.stats["dropped_unparseable"] += 1
             # A peer's bad input: counted, and one line naming the peer (the log
             # throttles repeats), never a traceback.
             log.info("dropped an unparseable message from %s: %s", source, exc.reason)
-            return
+            return True
         try:
             if isinstance(msg, Response):
                 self._on_response(msg, source, now)
@@ -168,6 +178,7 @@ class UserAgent:
             log.exception("error handling a message from %s", source)
             if isinstance(msg, Request) and msg.method != "ACK":
                 self._stateless(msg, source, 500, "Server Internal Error")
+        return True
 
     def handle_timer(self, now: float) -> None:
         """Fire every transaction timer that is due."""
@@ -686,13 +697,7 @@ class UserAgent:
 
     def _to_source(self, peer: Address) -> bool:
         """Whether `peer` is among the networks whose requests go back to their source."""
-        if not self.config.rewrite_contact:
-            return False
-        try:
-            ip = ipaddress.ip_address(peer.host)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.config.rewrite_contact)
+        return in_networks(peer.host, self.config.rewrite_contact)
 
     def _send_bye(self, leg: Leg, now: float, reason: EndReason) -> None:
         request = leg.dialog.create_request("BYE", new_branch(self._token()))
