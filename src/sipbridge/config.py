@@ -131,6 +131,9 @@ class Config(BaseSettings):
     dns_servers: list[str] = Field(default_factory=list)
     dns_timeout: float = Field(2.0, gt=0, le=30)
     log_level: str = "info"
+    # The event loop stalling longer than this (ms) is logged as a warning naming the code
+    # it was in, at most one line per 10 s; 0: not watched.
+    slow_callback_ms: int = Field(0, ge=0, le=60_000)
     # The application side (OpenAI's Realtime API for SIP calls).
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
     webhook_url: str | None = None  # realtime.call.incoming goes here; calls then wait

@@ -23,6 +23,7 @@ from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
 from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config
+from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
@@ -88,6 +89,7 @@ class Gateway:
         self.agent_url = config.agent_url
         self.http: HttpServer | None = None
         self.webhooks: WebhookSender | None = None
+        self.stall_watch: StallWatch | None = None
 
     @property
     def advertised_host(self) -> str:
@@ -173,6 +175,9 @@ class Gateway:
         # garbage collection, so full collections stay short under load.
         gc.collect()
         gc.freeze()
+        if c.slow_callback_ms:
+            self.stall_watch = StallWatch(c.slow_callback_ms / 1000)
+            self.stall_watch.start(self.loop)
 
     @property
     def port(self) -> int:
@@ -190,6 +195,10 @@ class Gateway:
         # No timer of the SIP core or the calls fires from here on: each await below lets
         # the loop run, and a call ended by a timer then would write to a closed store.
         self._stopping = True
+        if self.stall_watch is not None:  # what shutdown itself takes is not a stall
+            self.stall_watch.stop()
+            if self.stall_watch.stalls:
+                log.warning("%s", self.stall_watch.summary())
         if self._purging is not None:
             self._purging.cancel()
         if self._timer is not None:
