@@ -11,6 +11,7 @@ nothing.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +21,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import read_sipp_stats, sipp_command, to_toml
+from tests.integration.conftest import (
+    LOOP_STALL_MS,
+    STALL_LINE,
+    read_sipp_stats,
+    sipp_command,
+    to_toml,
+)
 from tests.integration.netns import Netns, probe_result
 
 pytestmark = pytest.mark.integration
@@ -50,10 +57,15 @@ class NsGateway:
         self.config_path = tmp_path / "gateway.toml"
         self.config_path.write_text(to_toml(config))
         self.log_path = tmp_path / "gateway.log"
+        # The loop is watched for stalls (given in the environment, which a gateway without
+        # the watch ignores).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
+        env["SIPBRIDGE_SLOW_CALLBACK_MS"] = str(LOOP_STALL_MS)
         with self.log_path.open("wb") as log:
             self.process = ns.popen(
                 [sys.executable, "-m", "sipbridge", "serve", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                env=env,
             )
         deadline = time.monotonic() + 10
         while True:
@@ -125,3 +137,4 @@ def test_a_callers_host_names_are_never_looked_up(netns: Netns, tmp_path: Path,
         f"(bound {MAX_LATENCY * 1000:.0f} ms)\n{context}")
     assert queries == [], f"the gateway looked up names the caller chose:\n{context}"
     assert "Traceback" not in gateway.log(), context
+    assert STALL_LINE not in gateway.log(), context
