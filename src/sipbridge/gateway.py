@@ -197,7 +197,7 @@ class Gateway:
         self._stopping = True
         if self.stall_watch is not None:  # what shutdown itself takes is not a stall
             self.stall_watch.stop()
-            if self.stall_watch.stalls:
+            if self.stall_watch.summary():
                 log.warning("%s", self.stall_watch.summary())
         if self._purging is not None:
             self._purging.cancel()
