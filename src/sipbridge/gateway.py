@@ -30,7 +30,7 @@ from sipbridge.metrics import Metrics
 from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
-from sipbridge.sip.dns import Resolver
+from sipbridge.sip.dns import ResolveError, Resolver
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -146,7 +146,8 @@ class Gateway:
         self.media = MediaEngine(
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
                         jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
-                        recordings=Path(c.recordings) if c.recordings else None),
+                        recordings=Path(c.recordings) if c.recordings else None,
+                        resolve=self._media_address if c.media_resolve_names else None),
             self.loop,
         )
         if c.webhook_url:
@@ -179,6 +180,14 @@ class Gateway:
         if c.slow_callback_ms:
             self.stall_watch = StallWatch(c.slow_callback_ms / 1000)
             self.stall_watch.start(self.loop)
+
+    async def _media_address(self, host: str, port: int) -> tuple[str, int]:
+        """A c= line's host name, looked up by the resolver SIP routing uses."""
+        try:
+            address = await self.resolver.resolve(Address("udp", host, port))
+        except ResolveError as exc:
+            raise OSError(str(exc)) from None
+        return address.host, address.port
 
     async def _import_ahead(self) -> None:
         """Load now what the first call, request or lookup would import on the event loop

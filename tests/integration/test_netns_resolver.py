@@ -93,10 +93,11 @@ class NsGateway:
                 self.process.wait()
 
 
-@pytest.mark.parametrize("media_host", ["media.example.com", "999.1.1.1"])
-def test_a_callers_host_names_are_never_looked_up(netns: Netns, tmp_path: Path,
-                                                  media_host: str) -> None:
-    gateway = NsGateway(netns, tmp_path, auto_answer="silence")
+def _call(netns: Netns, tmp_path: Path, media_host: str,
+          **config: Any) -> tuple[NsGateway, list[dict[str, Any]], str]:
+    """The call, OPTIONS all along, the checks that it went well: what the name server
+    heard, and the context for an assertion message."""
+    gateway = NsGateway(netns, tmp_path, auto_answer="silence", **config)
     try:
         probes = netns.probe("127.0.0.1", SIP_PORT, CALL_SECONDS + 1.5)
         workdir = tmp_path / "sipp"
@@ -135,6 +136,24 @@ def test_a_callers_host_names_are_never_looked_up(netns: Netns, tmp_path: Path,
     assert max(answered) < MAX_LATENCY, (
         f"OPTIONS answered in up to {max(answered) * 1000:.0f} ms during the call "
         f"(bound {MAX_LATENCY * 1000:.0f} ms)\n{context}")
-    assert queries == [], f"the gateway looked up names the caller chose:\n{context}"
     assert "Traceback" not in gateway.log(), context
     assert STALL_LINE not in gateway.log(), context
+    return gateway, queries, context
+
+
+@pytest.mark.parametrize("media_host", ["media.example.com", "999.1.1.1"])
+def test_a_callers_host_names_are_never_looked_up(netns: Netns, tmp_path: Path,
+                                                  media_host: str) -> None:
+    _, queries, context = _call(netns, tmp_path, media_host)
+    assert queries == [], f"the gateway looked up names the caller chose:\n{context}"
+
+
+def test_a_media_name_looked_up_when_asked_never_stalls_the_loop(netns: Netns,
+                                                                 tmp_path: Path) -> None:
+    """media_resolve_names: the c= name is looked up through the SIP resolver, in the
+    background and bounded (dns_timeout); the unanswered lookup delays nothing else, and
+    the caller's other names are still not looked up."""
+    _, queries, context = _call(netns, tmp_path, "media.example.com",
+                                media_resolve_names=True, dns_timeout=1.0)
+    names = {q["name"] for q in queries}
+    assert names == {"media.example.com"}, context
