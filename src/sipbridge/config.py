@@ -151,7 +151,13 @@ class Config(BaseSettings):
     # /etc/resolv.conf), and how long one lookup may take.
     dns_servers: list[str] = Field(default_factory=list)
     dns_timeout: float = Field(2.0, gt=0, le=30)
+    # Whether a host name in a caller's SDP c= line is looked up (the same way, without
+    # blocking); no: RTP waits for the caller's first packet to show where to go.
+    media_resolve_names: bool = False
     log_level: str = "info"
+    # The event loop stalling longer than this (ms) is logged as a warning naming the code
+    # it was in, at most one line per 10 s; 0: not watched.
+    slow_callback_ms: int = Field(0, ge=0, le=60_000)
     # The application side (OpenAI's Realtime API for SIP calls).
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
     webhook_url: str | None = None  # realtime.call.incoming goes here; calls then wait

@@ -44,6 +44,23 @@ SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
 
 _gateways_key = pytest.StashKey[list["Gateway"]]()
 
+# The event loop may not stall longer than this in tests marked watch_loop: 100 ms is five
+# 20 ms media frames held back at once (past what a phone's jitter buffer hides: the call
+# is heard to break up) and a fifth of SIP's T1; the scheduling noise of this shared
+# machine stays well under it.
+LOOP_STALL_MS = 100
+# The modules whose calls run with the watch (besides tests marked watch_loop).
+WATCH_LOOP_MODULES = ("test_sipp_calls", "test_transfers", "test_dtmf", "test_media_echo",
+                      "test_agent_call", "test_routing")
+STALL_LINE = "event loop stalled"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] \
+                in WATCH_LOOP_MODULES:
+            item.add_marker(pytest.mark.watch_loop)
+
 
 # --- ports -----------------------------------------------------------------
 
@@ -224,10 +241,17 @@ def start_gateway(
     gateway with those config keys (``sip`` and ``http`` get free loopback
     ports unless given; ``nofile=N`` runs it under ``ulimit -n N``) and returns a
     ready :class:`Gateway`. Every gateway is
-    stopped (SIGTERM, then SIGKILL) at teardown; a failed test shows its log."""
+    stopped (SIGTERM, then SIGKILL) at teardown; a failed test shows its log.
+
+    In a test marked ``watch_loop`` each gateway watches its event loop
+    (``slow_callback_ms``), and the test fails at teardown if the loop stalled
+    longer than ``LOOP_STALL_MS``."""
     started: list[Gateway] = request.node.stash.setdefault(_gateways_key, [])
+    watch = request.node.get_closest_marker("watch_loop") is not None
 
     def start(**config: Any) -> Gateway:
+        if watch:
+            config.setdefault("slow_callback_ms", LOOP_STALL_MS)
         gw = _start(tmp_path, f"gateway{len(started) + 1}", config)
         started.append(gw)
         return gw
@@ -235,6 +259,10 @@ def start_gateway(
     yield start
     for gw in started:
         gw.stop()
+    stalls = [f"{gw.address}: {line}" for gw in started if watch
+              for line in gw.log().splitlines() if STALL_LINE in line]
+    if stalls:
+        pytest.fail("the gateway's event loop stalled:\n" + "\n".join(stalls), pytrace=False)
 
 
 @pytest.fixture

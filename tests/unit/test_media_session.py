@@ -5,6 +5,7 @@ STUN keep-alives counted and answered."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import wave
 from collections.abc import Iterator
@@ -525,4 +526,28 @@ def test_a_name_in_c_is_never_looked_up_the_first_packet_shows_the_peer(
     s.tick(6.02)
     assert parse_rtp(peer.rtp.recvfrom(2048)[0]).ssrc != PEER_SSRC
     assert s.stats.packets_out == 1
+    s.close()
+
+
+def test_a_name_looked_up_is_sent_to_unless_the_callers_packets_came_first(
+        pool: PortPool, peer: Peer) -> None:
+    """With names looked up (media_resolve_names), the session asks once per c= name and
+    sends to the address found; an answer for a name the SDP has left, or one that comes
+    after the caller's packets showed the way, changes nothing."""
+    asked: list[tuple[str, int]] = []
+    audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, "media.example.com", peer.port,
+                            Direction.SENDRECV, 20)
+    s = MediaSession("rtc_test", pool.allocate("127.0.0.1"), audio, now=0.0,
+                     wall=lambda: 1.7e9, timeout=5.0, jitter=JitterBuffer(initial_delay_ms=0))
+    s.on_named_peer = lambda host, port: asked.append((host, port))
+    assert not s.peer_known and s.sdp_remote == ("media.example.com", peer.port)
+    s.update(dataclasses.replace(audio, remote_address="other.example.com"))
+    assert asked == [("other.example.com", peer.port)]
+    s.peer_resolved("media.example.com", peer.port, ("127.0.0.1", peer.port))  # stale
+    s.tick(0.02)
+    assert s.stats.packets_out == 0
+    s.peer_resolved("other.example.com", peer.port, ("127.0.0.1", peer.port))
+    s.tick(0.04)
+    assert s.peer_known and s.stats.packets_out == 1
+    assert parse_rtp(peer.rtp.recvfrom(2048)[0]).ssrc != PEER_SSRC
     s.close()

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import websockets
+from websockets.asyncio.client import connect  # at import, not at the first call
 
 from sipbridge.agent.speech import SpeechWait
 from sipbridge.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
@@ -133,7 +134,7 @@ class AgentBridge:
         while not self._closed:
             try:
                 headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-                async with websockets.connect(self.url, additional_headers=headers,
+                async with connect(self.url, additional_headers=headers,
                                               max_size=16 << 20, open_timeout=10) as ws:
                     self.connected = True
                     attempt = 0

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,9 @@ class MediaConfig:
     jitter_min_ms: int = 0
     jitter_max_ms: int = 200
     recordings: Path | None = None
+    # Looks up a host name in an SDP c= line (without blocking): (host, port) -> (IP,
+    # port). None: names are never looked up (the caller's first packet shows the way).
+    resolve: Callable[[str, int], Awaitable[tuple[str, int]]] | None = None
 
 
 def load_wav(path: Path) -> np.ndarray:
@@ -63,6 +66,7 @@ class MediaEngine:
         self.driver.start()
         self.sessions: dict[str, MediaSession] = {}
         self._pending: dict[str, Endpoint] = {}
+        self._lookups: set[asyncio.Task[None]] = set()
 
     def allocate(self, key: str, host: str) -> Endpoint:
         """Bind the call's RTP port before the SDP answer names it (NoMediaPort if none)."""
@@ -95,12 +99,35 @@ class MediaEngine:
             on_phase=lambda at: self._rephase(key, at),
         )
         self.sessions[key] = session
+        if self.config.resolve is not None:
+            session.on_named_peer = lambda host, port: self._look_up(session, host, port)
+            if not session.peer_known:
+                self._look_up(session, *session.sdp_remote)
         self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
         self.loop.add_reader(endpoint.rtcp.fileno(), self._rtcp_readable, session)
         self.scheduler.add(key, now + 0.020)
         session.next_tick = now + 0.020
         self.driver.poke()
         return session
+
+    def _look_up(self, session: MediaSession, host: str, port: int) -> None:
+        """Look up the c= line's host name in the background; the session sends to the
+        address once it is known, unless the caller's packets showed the way first."""
+        resolve = self.config.resolve
+        assert resolve is not None
+
+        async def look_up() -> None:
+            try:
+                address = await resolve(host, port)
+            except OSError as exc:  # no address for it, said why
+                log.info("call %s: media address %s not looked up: %s", session.key, host, exc)
+                return
+            if not session.closed:
+                session.peer_resolved(host, port, address)
+
+        task = self.loop.create_task(look_up())
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     def echo(self, session: MediaSession) -> None:
         """Send the caller's audio back through decode, 8->24 kHz, 24->8 kHz, encode."""

@@ -144,6 +144,8 @@ class MediaSession:
         self._next_rtcp = now + RTCP_INTERVAL
         self.timed_out = False
         self.closed = False
+        # Told of a c= line that names a host (a re-INVITE's too), when names are looked up.
+        self.on_named_peer: Callable[[str, int], None] | None = None
         self.update(audio)
 
     # ---- negotiation ------------------------------------------------------------
@@ -162,8 +164,27 @@ class MediaSession:
         # up: a lookup would block the loop at every packet, on a name the caller chose.
         # Symmetric RTP finds the peer instead: nothing is sent until its first packet.
         self._peer_known = self._latched is not None or _is_ip(audio.remote_address)
+        if not self._peer_known and self.on_named_peer is not None:
+            self.on_named_peer(*remote)
         self.sending = audio.direction.sends and audio.remote_address != "0.0.0.0"
         self.expect_rtp = audio.direction.receives
+
+    @property
+    def peer_known(self) -> bool:
+        """Whether RTP has an address to go to (an IP in the SDP, looked up, or latched)."""
+        return self._peer_known
+
+    @property
+    def sdp_remote(self) -> Address:
+        """The address and port the SDP's c= and m= lines gave (a name, perhaps)."""
+        return self._sdp_remote
+
+    def peer_resolved(self, host: str, port: int, address: Address) -> None:
+        """The c= line's host name was looked up: send there, unless the SDP has moved on
+        or the caller's packets already showed where its media is."""
+        if self._latched is None and self._sdp_remote == (host, port):
+            self._remote = address
+            self._peer_known = True
 
     # ---- receive ----------------------------------------------------------------
 

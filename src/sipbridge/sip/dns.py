@@ -70,6 +70,22 @@ class Resolver:
         self._dns: Any = None  # made on first use: /etc/resolv.conf is read only if needed
         self.stats = {"lookups": 0, "failures": 0, "refused_busy": 0}
 
+    def preload(self) -> None:
+        """Import now, at start-up, what a first lookup would import on the event loop
+        (dnspython loads its async backend and each record type's module on first use:
+        tens of milliseconds, more on a busy disk)."""
+        import dns.asyncbackend
+        import dns.asyncresolver
+        import dns.rdata
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.resolver
+
+        dns.asyncbackend.get_default_backend()
+        for rdtype in ("A", "AAAA", "SRV"):
+            dns.rdata.get_rdata_class(  # type: ignore[no-untyped-call]
+                dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))
+
     def cached(self, dest: Address) -> Address | str | None:
         """The address a name resolved to, the reason it did not, or None (not known)."""
         entry = self._cache.get(dest)
