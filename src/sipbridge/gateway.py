@@ -30,6 +30,8 @@ from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import Resolver
+from sipbridge.sip.loadprobe import LoadProbe
+from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -48,6 +50,8 @@ class Gateway:
         self.config = config
         self.loop: asyncio.AbstractEventLoop | None = None
         host, port = config.sip_bind
+        self.overload = _overload_detector(config)
+        self._load_probe: LoadProbe | None = None
         self.resolver = Resolver(config.dns_servers, timeout=config.dns_timeout,
                                  ipv6=":" in host)
         self.transport = SipTransport(
@@ -56,6 +60,7 @@ class Gateway:
             on_error=self._on_send_error, max_connections=config.tcp_max_connections,
             max_per_source=config.tcp_max_per_source,
             first_message_timeout=config.tcp_first_message_timeout,
+            on_queue_delay=self._queue_delay if self.overload is not None else None,
         )
         auth = config.auth
         digest = None
@@ -79,7 +84,7 @@ class Gateway:
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
-                               self._auth_blocks)
+                               self._auth_blocks, self._overload_figures)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
@@ -139,8 +144,11 @@ class Gateway:
                      timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size,
                      rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
                                            for n in c.rewrite_contact)),
-            self.guard,
+            self.guard, overload=self.overload,
         )
+        if self.overload is not None:
+            self._load_probe = LoadProbe(self.overload, self.loop, cpu=c.overload.max_cpu > 0)
+            self._load_probe.start()
         self.media = MediaEngine(
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
                         jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
@@ -194,6 +202,8 @@ class Gateway:
             self._purging.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._load_probe is not None:
+            self._load_probe.stop()
         for bridge in list(self.agents.values()):
             await bridge.close()
         if self.http is not None:
@@ -388,6 +398,16 @@ class Gateway:
         """Sources blocked so far, and blocked now, for the metrics."""
         now = self.loop.time() if self.loop is not None else 0.0
         return self.guard.blocks_total, self.guard.blocked(now)
+
+    def _queue_delay(self, delay: float) -> None:
+        assert self.overload is not None and self.loop is not None
+        self.overload.queue_delay(delay, self.loop.time())
+
+    def _overload_figures(self) -> tuple[int, bool]:
+        """New calls refused for overload so far, and whether it refuses them now."""
+        if self.overload is None or self.loop is None:
+            return 0, False
+        return self.overload.rejected, self.overload.active(self.loop.time())
 
     def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
         """The media figures of the calls in progress, for the metrics."""
@@ -603,6 +623,15 @@ def _timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:
         return {"kind": "agent", "status": "error",
                 "detail": str(error.get("message") if isinstance(error, dict) else error)}
     return None
+
+
+def _overload_detector(config: Config) -> OverloadDetector | None:
+    o = config.overload
+    if not o.enabled:
+        return None
+    return OverloadDetector(OverloadLimits(
+        queue_delay=o.queue_delay_ms / 1000, loop_lag=o.loop_lag_ms / 1000, max_cpu=o.max_cpu,
+        max_rate=o.max_rate, retry_after=o.retry_after))
 
 
 @lru_cache(maxsize=1024)

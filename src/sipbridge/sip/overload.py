@@ -1,0 +1,223 @@
+"""Overload control, RFC 7339's local form: shed new calls at once while the server lags.
+
+Sans-IO. The `OverloadDetector` is fed measurements with the time they were taken: how
+long each datagram waited in the socket before it was read (the kernel's receive time
+against ours), how late the event loop ran a callback it had scheduled, the process's
+share of a CPU core; and, with `max_rate`, it meters new INVITEs through a token bucket.
+While a bound is passed, and for `hold` seconds after, it is *active*, and `admit`
+answers False: the new INVITE gets a stateless 503 with Retry-After (RFC 3261 21.5.4,
+RFC 7339 5.1) and never reaches call state.
+
+`shed_head` and `shed_response` build that 503 from the raw request, copying its Via,
+From, To, Call-ID and CSeq lines (RFC 3261 8.2.6.2) without the full parser: under
+overload the answer must cost a small share of what the call it refuses would cost.
+Whatever they cannot read with certainty is left to the full parser (None).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+REASON = "Service Unavailable (overloaded)"
+
+
+class Sign(enum.Enum):
+    """The measurement that passed its bound."""
+
+    QUEUE_DELAY = "queue_delay"
+    LOOP_LAG = "loop_lag"
+    CPU = "cpu"
+    RATE = "rate"
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadLimits:
+    """The bounds; 0 turns one off. Times in seconds, `max_cpu` a share of one core,
+    `max_rate` new INVITEs per second (with bursts of `burst`, default one second's)."""
+
+    queue_delay: float = 0.2
+    loop_lag: float = 0.1
+    max_cpu: float = 0.0
+    max_rate: float = 0.0
+    burst: float = 0.0
+    hold: float = 0.5  # active this long after the last sign (hysteresis)
+    retry_after: int = 2
+
+
+class OverloadDetector:
+    """Whether new calls are admitted now. One per gateway; every method takes `now`
+    (a monotonic clock, seconds)."""
+
+    def __init__(self, limits: OverloadLimits) -> None:
+        self.limits = limits
+        self._until = float("-inf")  # active until then
+        self._burst = limits.burst or max(1.0, limits.max_rate)
+        self._tokens = self._burst
+        self._filled_at: float | None = None
+        self.sign: Sign | None = None  # the last sign seen
+        self.rejected = 0  # new INVITEs refused
+        self.activations = 0  # times it went from inactive to active
+
+    # ---- measurements ----------------------------------------------------------------
+
+    def queue_delay(self, delay: float, now: float) -> None:
+        """A received datagram waited `delay` seconds in the socket before it was read."""
+        bound = self.limits.queue_delay
+        if bound and delay > bound:
+            self._trip(Sign.QUEUE_DELAY, now)
+
+    def loop_lag(self, lag: float, now: float) -> None:
+        """A callback scheduled for a time ran `lag` seconds after it."""
+        bound = self.limits.loop_lag
+        if bound and lag > bound:
+            self._trip(Sign.LOOP_LAG, now)
+
+    def cpu(self, share: float, now: float) -> None:
+        """The process used `share` of one core since the last measurement."""
+        bound = self.limits.max_cpu
+        if bound and share > bound:
+            self._trip(Sign.CPU, now)
+
+    def _trip(self, sign: Sign, now: float) -> None:
+        if now >= self._until:
+            self.activations += 1
+        self.sign = sign
+        self._until = now + self.limits.hold
+
+    # ---- decisions -------------------------------------------------------------------
+
+    def active(self, now: float) -> bool:
+        """Whether a bound was passed within the last `hold` seconds."""
+        return now < self._until
+
+    @property
+    def metered(self) -> bool:
+        """Whether every new INVITE must be asked about (a rate bound is set)."""
+        return self.limits.max_rate > 0
+
+    def admit(self, now: float) -> bool:
+        """Whether a new INVITE may become a call; False counts it as rejected. With
+        `max_rate` it takes a token, and the bucket running dry is a sign of its own."""
+        if now < self._until:
+            self.rejected += 1
+            return False
+        rate = self.limits.max_rate
+        if rate <= 0:
+            return True
+        if self._filled_at is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._filled_at) * rate)
+        self._filled_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        # Not held: the bucket admits again as soon as it has a token.
+        if now >= self._until:
+            self.activations += 1
+        self.sign = Sign.RATE
+        self._until = now + min(self.limits.hold, 1.0 / rate)
+        self.rejected += 1
+        return False
+
+
+# ---- the stateless 503, from raw bytes ------------------------------------------------
+
+_HEADER = re.compile(rb"\r\n(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)",
+                     re.IGNORECASE)
+_NAMES = {b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
+          b"t": b"To", b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq"}
+_CSEQ = re.compile(rb"[0-9]{1,10}[ \t]+INVITE[ \t]*")
+_SENT_BY = re.compile(rb"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z]+)[ \t]+"
+                      rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
+                      rb"[ \t]*(;[^,]*)?$", re.IGNORECASE)
+_RPORT = re.compile(rb";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
+_TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
+MAX_HEAD = 16384  # bytes searched for the end of the header block
+
+
+@dataclass(frozen=True, slots=True)
+class ShedHead:
+    """What a stateless answer to an INVITE copies, as raw header values."""
+
+    vias: tuple[bytes, ...]  # every Via value, in order (a line may hold several)
+    from_: bytes
+    to: bytes
+    call_id: bytes
+    cseq: bytes
+    sent_by: tuple[str, int | None]  # the top Via's host and port
+    rport: bool  # the top Via asks for rport (RFC 3581)
+
+
+def shed_head(data: bytes) -> ShedHead | None:
+    """The header values of a new INVITE (no To tag) read from raw bytes; None when it
+    is anything else, or when its headers are not plain enough to read this way (folded
+    lines, a header twice, a CSeq that is not INVITE's, an unreadable top Via)."""
+    if not data.startswith(b"INVITE "):
+        return None
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        return None
+    head = data[: end + 2]
+    if b"\r\n " in head or b"\r\n\t" in head:
+        return None  # folded lines (RFC 3261 7.3.1): the full parser's business
+    vias: list[bytes] = []
+    found: dict[bytes, bytes] = {}
+    for match in _HEADER.finditer(head):
+        name = _NAMES[match.group(1).lower()]
+        value = match.group(2).rstrip(b" \t")
+        if name == b"Via":
+            vias.append(value)
+        elif name in found:
+            return None
+        else:
+            found[name] = value
+    if not vias or len(found) != 4 or not all(found.values()):
+        return None
+    to = found[b"To"]
+    if _TAG.search(to, to.rfind(b">") + 1):
+        return None  # in a dialog: not a new call
+    if _CSEQ.fullmatch(found[b"CSeq"]) is None:
+        return None
+    top = vias[0].split(b",", 1)[0].strip()
+    sent = _SENT_BY.match(top)
+    if sent is None:
+        return None
+    host = sent.group(2).decode("ascii")
+    port = int(sent.group(3)) if sent.group(3) else None
+    params = sent.group(4) or b""
+    return ShedHead(vias=tuple(vias), from_=found[b"From"], to=to,
+                    call_id=found[b"Call-ID"], cseq=found[b"CSeq"],
+                    sent_by=(host.strip("[]"), port),
+                    rport=_RPORT.search(params) is not None)
+
+
+def shed_response(head: ShedHead, source_host: str, source_port: int, to_tag: str,
+                  retry_after: int, *, server: bytes = b"") -> bytes:
+    """The 503 (RFC 3261 8.2.6.2, 18.2.1; RFC 3581 4 for received and rport)."""
+    top, sep, rest = head.vias[0].partition(b",")
+    host = source_host.encode("ascii")
+    if head.rport:
+        top = _RPORT.sub(lambda _m: b";rport=%d" % source_port, top.rstrip(), 1)
+        top += b";received=" + host
+    elif head.sent_by[0] != source_host:
+        top = top.rstrip() + b";received=" + host
+    lines = [b"SIP/2.0 503 " + REASON.encode("ascii"), b"Via: " + top + sep + rest]
+    lines.extend(b"Via: " + v for v in head.vias[1:])
+    lines.append(b"From: " + head.from_)
+    lines.append(b"To: " + head.to + b";tag=" + to_tag.encode("ascii"))
+    lines.append(b"Call-ID: " + head.call_id)
+    lines.append(b"CSeq: " + head.cseq)
+    lines.append(b"Retry-After: %d" % retry_after)
+    if server:
+        lines.append(b"Server: " + server)
+    lines.append(b"Content-Length: 0\r\n\r\n")
+    return b"\r\n".join(lines)
+
+
+def shed_target(head: ShedHead, source_host: str, source_port: int) -> tuple[str, int]:
+    """Where the 503 goes over UDP (RFC 3261 18.2.2, RFC 3581 4): the source address
+    with rport, else the source host at the sent-by port."""
+    if head.rport:
+        return source_host, source_port
+    return source_host, head.sent_by[1] or 5060
