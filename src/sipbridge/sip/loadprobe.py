@@ -67,11 +67,10 @@ class LoadProbe:
         detector = self.detector
         if detector.activations == self._activations or now - self._logged_at < LOG_INTERVAL:
             return
-        sign = detector.sign.value if detector.sign is not None else "?"
-        log.warning("overloaded (%s): new calls get 503 + Retry-After (since the last "
-                    "report: overloaded %d times, %d calls refused)", sign,
-                    detector.activations - self._activations,
-                    detector.rejected - self._rejected)
+        signs = ", ".join(f"{s.value} {n}" for s, n in detector.signs.items() if n)
+        log.warning("overloaded: new calls get 503 + Retry-After (since the last report: "
+                    "%d calls refused; overloaded since start, by sign: %s)",
+                    detector.rejected - self._rejected, signs)
         self._activations = detector.activations
         self._rejected = detector.rejected
         self._logged_at = now

@@ -4,8 +4,7 @@ Sans-IO. The `OverloadDetector` is fed measurements with the time they were take
 long each datagram waited in the socket before it was read (the kernel's receive time
 against ours), how late the event loop ran a callback it had scheduled, the process's
 share of a CPU core; and, with `max_rate`, it meters new INVITEs through a token bucket.
-While a bound is passed, and for `hold` seconds after, it is *active*, and `admit`
-answers False: the new INVITE gets a stateless 503 with Retry-After (RFC 3261 21.5.4,
+While a bound is passed it is *active*, and `admit` answers False: the new INVITE gets a stateless 503 with Retry-After (RFC 3261 21.5.4,
 RFC 7339 5.1) and never reaches call state.
 
 `shed_head` and `shed_response` build that 503 from the raw request, copying its Via,
@@ -42,31 +41,54 @@ class OverloadLimits:
     max_cpu: float = 0.0
     max_rate: float = 0.0
     burst: float = 0.0
-    hold: float = 0.5  # active this long after the last sign (hysteresis)
+    hold: float = 0.25  # active this long after the last loop lag or CPU sign
     retry_after: int = 2
+
+
+QUEUE_LOW = 0.5  # the queue sign ends when a datagram waited under this share of its bound
+QUEUE_STALE = 1.0  # seconds: a queue sign with no datagram since is over
 
 
 class OverloadDetector:
     """Whether new calls are admitted now. One per gateway; every method takes `now`
-    (a monotonic clock, seconds)."""
+    (a monotonic clock, seconds).
+
+    The queue delay comes with every datagram, so its sign holds while they keep
+    coming late, with hysteresis: it starts above the bound and ends below half of it.
+    New calls are then refused while a backlog remains, and admitted again before the
+    backlog is gone, so the server never idles while there are calls to serve. The loop
+    lag and the CPU share come from a probe every so often: their sign holds for `hold`.
+    """
 
     def __init__(self, limits: OverloadLimits) -> None:
         self.limits = limits
-        self._until = float("-inf")  # active until then
+        self._until = float("-inf")  # the loop lag, CPU or rate sign holds until then
+        self._queue_high = False
+        self._queue_seen = float("-inf")  # when the last datagram above QUEUE_LOW came
         self._burst = limits.burst or max(1.0, limits.max_rate)
         self._tokens = self._burst
         self._filled_at: float | None = None
         self.sign: Sign | None = None  # the last sign seen
         self.rejected = 0  # new INVITEs refused
         self.activations = 0  # times it went from inactive to active
+        self.signs: dict[Sign, int] = dict.fromkeys(Sign, 0)  # activations by sign
 
     # ---- measurements ----------------------------------------------------------------
 
     def queue_delay(self, delay: float, now: float) -> None:
         """A received datagram waited `delay` seconds in the socket before it was read."""
         bound = self.limits.queue_delay
-        if bound and delay > bound:
-            self._trip(Sign.QUEUE_DELAY, now)
+        if not bound:
+            return
+        if delay > bound:
+            if not self.active(now):
+                self._count(Sign.QUEUE_DELAY)
+            self._queue_high = True
+            self._queue_seen = now
+        elif delay > bound * QUEUE_LOW:
+            self._queue_seen = now
+        else:
+            self._queue_high = False
 
     def loop_lag(self, lag: float, now: float) -> None:
         """A callback scheduled for a time ran `lag` seconds after it."""
@@ -80,16 +102,22 @@ class OverloadDetector:
         if bound and share > bound:
             self._trip(Sign.CPU, now)
 
-    def _trip(self, sign: Sign, now: float) -> None:
-        if now >= self._until:
-            self.activations += 1
+    def _trip(self, sign: Sign, now: float, hold: float | None = None) -> None:
+        if not self.active(now):
+            self._count(sign)
+        self._until = max(self._until, now + (self.limits.hold if hold is None else hold))
+
+    def _count(self, sign: Sign) -> None:
+        self.activations += 1
+        self.signs[sign] += 1
         self.sign = sign
-        self._until = now + self.limits.hold
 
     # ---- decisions -------------------------------------------------------------------
 
     def active(self, now: float) -> bool:
-        """Whether a bound was passed within the last `hold` seconds."""
+        """Whether new calls are refused now."""
+        if self._queue_high and now - self._queue_seen < QUEUE_STALE:
+            return True
         return now < self._until
 
     @property
@@ -100,7 +128,7 @@ class OverloadDetector:
     def admit(self, now: float) -> bool:
         """Whether a new INVITE may become a call; False counts it as rejected. With
         `max_rate` it takes a token, and the bucket running dry is a sign of its own."""
-        if now < self._until:
+        if self.active(now):
             self.rejected += 1
             return False
         rate = self.limits.max_rate
@@ -112,11 +140,8 @@ class OverloadDetector:
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
-        # Not held: the bucket admits again as soon as it has a token.
-        if now >= self._until:
-            self.activations += 1
-        self.sign = Sign.RATE
-        self._until = now + min(self.limits.hold, 1.0 / rate)
+        # Held only until the bucket has a token again.
+        self._trip(Sign.RATE, now, (1.0 - self._tokens) / rate)
         self.rejected += 1
         return False
 
