@@ -501,8 +501,10 @@ OVERLOAD_HEADER = (
 
 def print_overload(o: Overload, max_rate: int, duration: int, control: str) -> None:
     goodput = o.answered / duration
-    def opt(v: float | int | None, fmt: str) -> str:
+
+    def opt(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
+
     print(
         f"{control:<8} {o.multiple:>5g} {o.rate:>6} {o.offered:>7} {o.answered:>7} "
         f"{o.refused:>7} {o.failed:>6} {goodput:>8.1f} {goodput / max_rate:>6.0%} "

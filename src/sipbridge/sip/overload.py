@@ -47,6 +47,7 @@ class OverloadLimits:
 
 QUEUE_LOW = 0.5  # the queue sign ends when a datagram waited under this share of its bound
 QUEUE_STALE = 1.0  # seconds: a queue sign with no datagram since is over
+SUSTAINED = 2  # probes in a row past the loop lag or CPU bound that make a sign
 
 
 class OverloadDetector:
@@ -57,7 +58,9 @@ class OverloadDetector:
     coming late, with hysteresis: it starts above the bound and ends below half of it.
     New calls are then refused while a backlog remains, and admitted again before the
     backlog is gone, so the server never idles while there are calls to serve. The loop
-    lag and the CPU share come from a probe every so often: their sign holds for `hold`.
+    lag and the CPU share come from a probe every so often: past the bound in SUSTAINED
+    probes in a row (one late callback is a stall that is over, not overload), their
+    sign holds for `hold`.
     """
 
     def __init__(self, limits: OverloadLimits) -> None:
@@ -72,6 +75,7 @@ class OverloadDetector:
         self.rejected = 0  # new INVITEs refused
         self.activations = 0  # times it went from inactive to active
         self.signs: dict[Sign, int] = dict.fromkeys(Sign, 0)  # activations by sign
+        self._past: dict[Sign, int] = dict.fromkeys((Sign.LOOP_LAG, Sign.CPU), 0)
 
     # ---- measurements ----------------------------------------------------------------
 
@@ -92,15 +96,19 @@ class OverloadDetector:
 
     def loop_lag(self, lag: float, now: float) -> None:
         """A callback scheduled for a time ran `lag` seconds after it."""
-        bound = self.limits.loop_lag
-        if bound and lag > bound:
-            self._trip(Sign.LOOP_LAG, now)
+        self._probe(Sign.LOOP_LAG, lag, self.limits.loop_lag, now)
 
     def cpu(self, share: float, now: float) -> None:
         """The process used `share` of one core since the last measurement."""
-        bound = self.limits.max_cpu
-        if bound and share > bound:
-            self._trip(Sign.CPU, now)
+        self._probe(Sign.CPU, share, self.limits.max_cpu, now)
+
+    def _probe(self, sign: Sign, value: float, bound: float, now: float) -> None:
+        if not bound or value <= bound:
+            self._past[sign] = 0
+            return
+        self._past[sign] += 1
+        if self._past[sign] >= SUSTAINED:
+            self._trip(sign, now)
 
     def _trip(self, sign: Sign, now: float, hold: float | None = None) -> None:
         if not self.active(now):
@@ -137,7 +145,7 @@ class OverloadDetector:
         if self._filled_at is not None:
             self._tokens = min(self._burst, self._tokens + (now - self._filled_at) * rate)
         self._filled_at = now
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - 1e-9:  # float sums of elapsed times
             self._tokens -= 1.0
             return True
         # Held only until the bucket has a token again.
