@@ -470,11 +470,17 @@ class Gateway:
         call.webhooks.append(self.webhooks.send(event, on_attempt=self._webhook_attempt(call)))
 
     def _on_message(self, data: bytes, source: Address) -> None:
-        assert self.ua is not None and self.loop is not None
+        ua = self.ua
+        assert ua is not None and self.loop is not None
+        now = self.loop.time()
+        if ua.shed(data, source, now):  # refused for overload: no call, no timeline
+            for out, dest in ua.outgoing():
+                self.transport.send(out, dest)
+            return
         # Traced before the UA acts on it; a new call's INVITE once the call exists.
         if not self._trace(data, source, "in", early=True):
             self._inbound = (data, source)
-        self.ua.receive(data, source, self.loop.time())
+        ua.receive(data, source, now, shed=False)
         self._pump()
 
     def _on_send_error(self, data: bytes, dest: Address, reason: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 REASON = "Service Unavailable (overloaded)"
 
@@ -158,8 +159,9 @@ class OverloadDetector:
 
 _HEADER = re.compile(rb"\r\n(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)",
                      re.IGNORECASE)
-_NAMES = {b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
-          b"t": b"To", b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq"}
+_VIA, _FROM, _TO, _CALL_ID, _CSEQ_KEY = range(5)
+_NAMES = {b"via": _VIA, b"v": _VIA, b"from": _FROM, b"f": _FROM, b"to": _TO, b"t": _TO,
+          b"call-id": _CALL_ID, b"i": _CALL_ID, b"cseq": _CSEQ_KEY}
 _CSEQ = re.compile(rb"[0-9]{1,10}[ \t]+INVITE[ \t]*")
 _SENT_BY = re.compile(rb"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z]+)[ \t]+"
                       rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
@@ -169,11 +171,10 @@ _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 MAX_HEAD = 16384  # bytes searched for the end of the header block
 
 
-@dataclass(frozen=True, slots=True)
-class ShedHead:
+class ShedHead(NamedTuple):
     """What a stateless answer to an INVITE copies, as raw header values."""
 
-    vias: tuple[bytes, ...]  # every Via value, in order (a line may hold several)
+    vias: list[bytes]  # every Via value, in order (a line may hold several)
     from_: bytes
     to: bytes
     call_id: bytes
@@ -185,7 +186,10 @@ class ShedHead:
 def shed_head(data: bytes) -> ShedHead | None:
     """The header values of a new INVITE (no To tag) read from raw bytes; None when it
     is anything else, or when its headers are not plain enough to read this way (folded
-    lines, a header twice, a CSeq that is not INVITE's, an unreadable top Via)."""
+    lines, a header twice, a CSeq that is not INVITE's, an unreadable top Via).
+
+    It runs for every INVITE while overloaded, so it does no more than that: one
+    regular expression pass over the header block, then a look at five values."""
     if not data.startswith(b"INVITE "):
         return None
     end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
@@ -194,35 +198,32 @@ def shed_head(data: bytes) -> ShedHead | None:
     head = data[: end + 2]
     if b"\r\n " in head or b"\r\n\t" in head:
         return None  # folded lines (RFC 3261 7.3.1): the full parser's business
+    matches = _HEADER.findall(head)
     vias: list[bytes] = []
-    found: dict[bytes, bytes] = {}
-    for match in _HEADER.finditer(head):
-        name = _NAMES[match.group(1).lower()]
-        value = match.group(2).rstrip(b" \t")
-        if name == b"Via":
-            vias.append(value)
-        elif name in found:
-            return None
+    found: dict[int, bytes] = {}
+    for name, value in matches:
+        key = _NAMES[name.lower()]
+        if key == _VIA:
+            vias.append(value.rstrip())
         else:
-            found[name] = value
-    if not vias or len(found) != 4 or not all(found.values()):
-        return None
-    to = found[b"To"]
-    if _TAG.search(to, to.rfind(b">") + 1):
+            found[key] = value.rstrip()
+    if not vias or len(found) != 4 or len(matches) - len(vias) != 4 or not all(found.values()):
+        return None  # one missing, empty or twice
+    to = found[_TO]
+    if b"tag" in to.lower() and _TAG.search(to, to.rfind(b">") + 1):
         return None  # in a dialog: not a new call
-    if _CSEQ.fullmatch(found[b"CSeq"]) is None:
+    cseq = found[_CSEQ_KEY]
+    if _CSEQ.fullmatch(cseq) is None:
         return None
-    top = vias[0].split(b",", 1)[0].strip()
-    sent = _SENT_BY.match(top)
+    top = vias[0]
+    comma = top.find(b",")
+    sent = _SENT_BY.match(top if comma < 0 else top[:comma].rstrip())
     if sent is None:
         return None
-    host = sent.group(2).decode("ascii")
-    port = int(sent.group(3)) if sent.group(3) else None
-    params = sent.group(4) or b""
-    return ShedHead(vias=tuple(vias), from_=found[b"From"], to=to,
-                    call_id=found[b"Call-ID"], cseq=found[b"CSeq"],
-                    sent_by=(host.strip("[]"), port),
-                    rport=_RPORT.search(params) is not None)
+    host, port, params = sent.group(2, 3, 4)
+    return ShedHead(vias, found[_FROM], to, found[_CALL_ID], cseq,
+                    (host.decode("ascii").strip("[]"), int(port) if port else None),
+                    bool(params) and _RPORT.search(params) is not None)
 
 
 def shed_response(head: ShedHead, source_host: str, source_port: int, to_tag: str,

@@ -152,21 +152,39 @@ class UserAgent:
     def deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
-        """Take one datagram or framed stream message. Never raises."""
+    def shed(self, data: bytes, source: Address, now: float) -> bool:
+        """Overload control's cheap path, before anything else reads the message: True
+        when it was a new INVITE refused with 503 (queued in `outgoing`) or the ACK of
+        such a 503 (dropped); False when `receive(..., shed=False)` is to take it."""
+        self._admitted = False
+        overload = self.overload
+        if overload is None:
+            return False
+        if data.startswith(b"INVITE ") and (overload.metered or overload.active(now)):
+            if self._shed(data, source, now):
+                self.stats["received"] += 1
+                return True
+        elif data.startswith(b"ACK ") and self._shed_mark in data:
+            self.stats["received"] += 1
+            self.stats["overload_acks"] += 1  # the ACK of a 503 of ours: nothing to do
+            return True
+        return False
+
+    def receive(self, data: bytes, source: Address, now: float, *, shed: bool = True) -> None:
+        """Take one datagram or framed stream message. Never raises. `shed=False`: the
+        caller has asked `shed` about it already."""
+        if shed and self.shed(data, source, now):
+            return
+        try:
+            self._receive(data, source, now)
+        finally:
+            self._admitted = False
+
+    def _receive(self, data: bytes, source: Address, now: float) -> None:
         self.stats["received"] += 1
         if not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # NAT keep-alive (RFC 5626 4.4.1): nothing to do
             return
-        self._admitted = False
-        overload = self.overload
-        if overload is not None:
-            if data.startswith(b"INVITE ") and (overload.metered or overload.active(now)):
-                if self._shed(data, source, now):
-                    return
-            elif data.startswith(b"ACK ") and self._shed_mark in data:
-                self.stats["overload_acks"] += 1  # the ACK of a 503 of ours: nothing to do
-                return
         try:
             msg = parse_message(data, self.config.max_message_size)
         except MessageTooLarge as exc:
