@@ -161,7 +161,13 @@ class UserAgent:
         if overload is None:
             return False
         if data.startswith(b"INVITE ") and (overload.metered or overload.active(now)):
-            if self._shed(data, source, now):
+            try:
+                refused = self._shed(data, source, now)
+            except Exception:  # a bug here must not lose the message: the full path reads it
+                self.stats["internal_errors"] += 1
+                log.exception("error in overload control on a message from %s", source)
+                return False
+            if refused:
                 self.stats["received"] += 1
                 return True
         elif data.startswith(b"ACK ") and self._shed_mark in data:
