@@ -139,6 +139,7 @@ def test_new_calls_get_503_while_a_call_in_progress_keeps_its_media(
         status = gw.options(timeout=2)
         assert status is not None and status.startswith("SIP/2.0 200"), status
         assert metric(gw, "sipbridge_overload_rejected_total") == REFUSED
+        assert metric(gw, "sipbridge_overload_active") == 1  # no token for 50 s
         assert metric(gw, "sipbridge_calls_active") == 1
         assert call.bye().startswith(b"SIP/2.0 200")
     finally:
@@ -204,3 +205,4 @@ def test_queue_delay_sheds_a_burst_and_recovers(
                 break
         assert data.startswith(b"SIP/2.0 200"), data[:100]
     assert metric(gw, "sipbridge_overload_rejected_total") == 5
+    assert metric(gw, "sipbridge_overload_active") == 0

@@ -303,3 +303,62 @@ def test_tcp_503_goes_back_on_the_connection() -> None:
     p.receive(sip("INVITE", body=OFFER, transport="TCP", port=5090), source)
     sent = p.one()
     assert sent.status == 503 and sent.addr == source
+
+
+# --- the measurements' way in ------------------------------------------------------------
+
+
+def test_metrics_show_the_refusals_and_the_state() -> None:
+    from sipbridge.metrics import Metrics
+
+    state: list[tuple[int, bool]] = [(3, True)]
+    metrics = Metrics(lambda: 0, overload=lambda: state[0])
+    text = metrics.render().decode()
+    assert "sipbridge_overload_rejected_total 3.0" in text
+    assert "sipbridge_overload_active 1.0" in text
+    state[0] = (5, False)
+    text = metrics.render().decode()
+    assert "sipbridge_overload_rejected_total 5.0" in text
+    assert "sipbridge_overload_active 0.0" in text
+
+
+def test_the_transport_reports_how_long_each_datagram_waited() -> None:
+    """Datagrams that came while the loop was busy for 300 ms waited that long (the
+    kernel's receive time, SO_TIMESTAMPNS); those read at once, about nothing."""
+    import asyncio
+    import socket
+    import sys
+    import time
+
+    from sipbridge.sip.transport import SipTransport
+
+    if sys.platform != "linux":
+        pytest.skip("SO_TIMESTAMPNS is Linux's")
+
+    async def run() -> tuple[list[float], list[bytes]]:
+        delays: list[float] = []
+        got: list[bytes] = []
+        transport = SipTransport(lambda data, _src: got.append(data),
+                                 on_queue_delay=delays.append)
+        await transport.start("127.0.0.1", 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"first", ("127.0.0.1", transport.port))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if got:
+                    break
+            for n in range(3):
+                s.sendto(b"late %d" % n, ("127.0.0.1", transport.port))
+            time.sleep(0.3)  # noqa: ASYNC251 - the loop is busy on purpose: nothing is read
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if len(got) == 4:
+                    break
+        await transport.close()
+        return delays, got
+
+    delays, got = asyncio.run(run())
+    assert got == [b"first", b"late 0", b"late 1", b"late 2"]
+    assert len(delays) == 4
+    assert delays[0] < 0.1
+    assert all(0.29 <= d < 1.0 for d in delays[1:]), delays
