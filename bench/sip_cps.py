@@ -648,6 +648,8 @@ def main() -> int:
         rate, capped = results[target]
         return f">={rate}" if capped else str(rate)
 
+    if not targets:
+        return 0
     summary = ", ".join(f"{t} {shown(t)} cps" for t in targets)
     if "sipbridge" in results and "sipp uas" in results and results["sipp uas"][0]:
         (ours, ours_capped), (ref, ref_capped) = results["sipbridge"], results["sipp uas"]

@@ -29,24 +29,31 @@ from tests.unit.test_ua import OFFER, TIMERS, UAC, Phone, in_dialog, sip
 # --- the detector ----------------------------------------------------------------------
 
 
-def test_queue_delay_turns_it_on_above_the_bound_and_off_below_half() -> None:
+def test_a_queue_delay_past_the_bound_starts_an_episode_that_holds_the_queue_short() -> None:
     d = OverloadDetector(OverloadLimits(queue_delay=0.2))
-    d.queue_delay(0.19, 1.0)
+    d.queue_delay(0.19, 1.0)  # under the bound, outside an episode: fine
     assert not d.active(1.0) and d.admit(1.0)
     d.queue_delay(0.21, 1.1)
     assert d.active(1.1) and not d.admit(1.1)
-    d.queue_delay(0.15, 1.2)  # between half the bound and the bound: still on
-    assert d.active(1.2)
-    d.queue_delay(0.09, 1.3)
-    assert not d.active(1.3) and d.admit(1.3)
-    assert d.rejected == 1 and d.activations == 1 and d.signs[Sign.QUEUE_DELAY] == 1
+    d.queue_delay(0.03, 1.2)  # in the episode: past a tenth of the bound is late
+    assert not d.admit(1.2)
+    d.queue_delay(0.01, 1.3)  # read from a short queue: taken
+    assert d.active(1.3) and d.admit(1.3)
+    d.queue_delay(0.05, 1.5)
+    assert not d.admit(1.5)
+    d.queue_delay(0.0, 2.4)
+    assert d.active(2.4) and d.admit(2.4)
+    assert not d.active(2.5)  # a second with no late datagram: the episode is over
+    d.queue_delay(0.15, 2.6)  # outside an episode only the bound counts
+    assert not d.active(2.6) and d.admit(2.6)
+    assert d.rejected == 3 and d.activations == 1 and d.signs[Sign.QUEUE_DELAY] == 1
 
 
 def test_queue_sign_ends_when_no_datagram_came_for_a_second() -> None:
     d = OverloadDetector(OverloadLimits(queue_delay=0.2))
     d.queue_delay(0.5, 10.0)
-    assert d.active(10.9)
-    assert not d.active(11.0)
+    assert d.active(10.9) and d.refusing(10.9)
+    assert not d.active(11.0) and not d.refusing(11.0)
 
 
 def test_loop_lag_in_two_probes_in_a_row_holds_for_the_hold_time() -> None:

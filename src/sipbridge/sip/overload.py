@@ -46,8 +46,8 @@ class OverloadLimits:
     retry_after: int = 2
 
 
-QUEUE_LOW = 0.5  # the queue sign ends when a datagram waited under this share of its bound
-QUEUE_STALE = 1.0  # seconds: a queue sign with no datagram since is over
+QUEUE_LOW = 0.1  # in an episode, a datagram that waited this share of the bound is late
+QUEUE_HOLD = 1.0  # seconds: an episode ends this long after the last late datagram
 SUSTAINED = 2  # probes in a row past the loop lag or CPU bound that make a sign
 
 
@@ -55,10 +55,13 @@ class OverloadDetector:
     """Whether new calls are admitted now. One per gateway; every method takes `now`
     (a monotonic clock, seconds).
 
-    The queue delay comes with every datagram, so its sign holds while they keep
-    coming late, with hysteresis: it starts above the bound and ends below half of it.
-    New calls are then refused while a backlog remains, and admitted again before the
-    backlog is gone, so the server never idles while there are calls to serve. The loop
+    The queue delay comes with every datagram, and each INVITE is judged by its own.
+    One that waited past the bound starts an overload episode; within it, a datagram
+    that waited past QUEUE_LOW of the bound is late, an INVITE that is late is refused,
+    and the episode lasts until no datagram was late for QUEUE_HOLD seconds. So the
+    backlog is held short while the load lasts (the calls taken are answered at once,
+    not after a long wait that makes them longer and costlier), and the server never
+    idles while calls wait: an INVITE read from a short queue is taken. The loop
     lag and the CPU share come from a probe every so often: past the bound in SUSTAINED
     probes in a row (one late callback is a stall that is over, not overload), their
     sign holds for `hold`.
@@ -67,8 +70,8 @@ class OverloadDetector:
     def __init__(self, limits: OverloadLimits) -> None:
         self.limits = limits
         self._until = float("-inf")  # the loop lag, CPU or rate sign holds until then
-        self._queue_high = False
-        self._queue_seen = float("-inf")  # when the last datagram above QUEUE_LOW came
+        self._late = False  # the last datagram was late, in an episode
+        self._episode_until = float("-inf")  # the queue delay's episode lasts until then
         self._burst = limits.burst or max(1.0, limits.max_rate)
         self._tokens = self._burst
         self._filled_at: float | None = None
@@ -88,12 +91,14 @@ class OverloadDetector:
         if delay > bound:
             if not self.active(now):
                 self._count(Sign.QUEUE_DELAY)
-            self._queue_high = True
-            self._queue_seen = now
-        elif delay > bound * QUEUE_LOW:
-            self._queue_seen = now
+            self._late = True
+            self._episode_until = now + QUEUE_HOLD
+        elif now < self._episode_until:
+            self._late = delay > bound * QUEUE_LOW
+            if self._late:
+                self._episode_until = now + QUEUE_HOLD
         else:
-            self._queue_high = False
+            self._late = False
 
     def loop_lag(self, lag: float, now: float) -> None:
         """A callback scheduled for a time ran `lag` seconds after it."""
@@ -124,10 +129,13 @@ class OverloadDetector:
     # ---- decisions -------------------------------------------------------------------
 
     def active(self, now: float) -> bool:
-        """Whether new calls are refused now."""
-        if self._queue_high and now - self._queue_seen < QUEUE_STALE:
-            return True
-        return now < self._until
+        """Whether the server is overloaded: in a queue delay episode, or within `hold`
+        of a loop lag, CPU or rate sign."""
+        return now < self._episode_until or now < self._until
+
+    def refusing(self, now: float) -> bool:
+        """Whether a new INVITE read now is refused (its own queue delay counted)."""
+        return (self._late and now < self._episode_until) or now < self._until
 
     @property
     def metered(self) -> bool:
@@ -137,7 +145,7 @@ class OverloadDetector:
     def admit(self, now: float) -> bool:
         """Whether a new INVITE may become a call; False counts it as rejected. With
         `max_rate` it takes a token, and the bucket running dry is a sign of its own."""
-        if self.active(now):
+        if self.refusing(now):
             self.rejected += 1
             return False
         rate = self.limits.max_rate
