@@ -84,7 +84,7 @@ class Metrics:
         self.overload_rejected = Counter("sipbridge_overload_rejected",
                                          "New calls answered 503 for overload", registry=r)
         self.overload_active = Gauge("sipbridge_overload_active",
-                                     "1 while overload control refuses new calls", registry=r)
+                                     "1 while overloaded: new calls may be refused", registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("stun", self.stun))

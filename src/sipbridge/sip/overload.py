@@ -4,8 +4,9 @@ Sans-IO. The `OverloadDetector` is fed measurements with the time they were take
 long each datagram waited in the socket before it was read (the kernel's receive time
 against ours), how late the event loop ran a callback it had scheduled, the process's
 share of a CPU core; and, with `max_rate`, it meters new INVITEs through a token bucket.
-While a bound is passed it is *active*, and `admit` answers False: the new INVITE gets a stateless 503 with Retry-After (RFC 3261 21.5.4,
-RFC 7339 5.1) and never reaches call state.
+While a bound is passed it is *active* (see `OverloadDetector` for how long), and
+`admit` answers False for the INVITEs it refuses: such an INVITE gets a stateless 503
+with Retry-After (RFC 3261 21.5.4, RFC 7339 5.1) and never reaches call state.
 
 `shed_head` and `shed_response` build that 503 from the raw request, copying its Via,
 From, To, Call-ID and CSeq lines (RFC 3261 8.2.6.2) without the full parser: under
