@@ -12,7 +12,14 @@ SIPp kept the rate (the run did not overrun its time). The rate rises
 (doubling) until a step fails or ``--max`` is reached, then a bisection
 narrows the highest passing rate. The same search runs against
 ``sipp -sn uas`` on the same core, so the figure comes with a reference
-from the same machine in the same run. See bench/README.md.
+from the same machine in the same run.
+
+``--overload 2,4`` then offers multiples of the highest rate found (or of
+``--overload-max``) for ``--overload-duration`` seconds each, with a SIPp
+scenario that takes a 503 as an answer (and ACKs it), and prints the goodput
+(calls answered 200 and completed, per second), the 503s and the failed calls
+against the maximum, how long after the load the gateway first answered an
+OPTIONS, and the calls it still counted active. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +298,239 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
     )
 
 
+# --- overload ----------------------------------------------------------------
+
+# SIPp's uac, with a 503 taken as an answer: ACKed (RFC 3261 17.1.1.3), the call over.
+UAC_503 = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac with 503">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: [service] <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="503" optional="true" next="refused"/>
+  <recv response="200" rtd="true"/>
+  <send><![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <send retrans="500"><![CDATA[
+
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200"/>
+  <nop next="done"/>
+  <label id="refused"/>
+  <send><![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <label id="done"/>
+</scenario>
+"""
+
+
+@dataclass
+class Overload:
+    rate: int
+    multiple: float
+    offered: int  # calls SIPp placed
+    answered: int  # calls answered 200 and completed (BYE answered)
+    refused: int  # 503s
+    failed: int  # neither: timed out, or another answer
+    wall: float
+    server_cpu: float
+    client_cpu: float
+    options_after: float | None  # seconds from the load's end to an OPTIONS answer
+    active_after: int | None  # calls the gateway counted active once SIPp was done
+    settled_after: float | None  # seconds from SIPp done until no call was active
+    rejected_metric: int | None  # sipbridge_overload_rejected_total
+
+
+def read_counts(workdir: Path) -> dict[str, int]:
+    """SIPp's -trace_counts CSV (per scenario message: sent, received, ...), summed by
+    column name over its rows."""
+    files = sorted(workdir.glob("*_counts.csv"))
+    if not files:
+        return {}
+    lines = [ln for ln in files[-1].read_text(errors="replace").splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return {}
+    out: dict[str, int] = {}
+    for name, value in zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")):
+        if value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def metric(http: int, name: str) -> int | None:
+    """One unlabelled figure from the gateway's /metrics, or None."""
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{http}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return None
+
+
+def run_overload(rate: int, multiple: float, args: argparse.Namespace, root: Path,
+                 extra_config: str = "", label: str = "") -> Overload:
+    workdir = root / f"overload-{rate}{label}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    duration = args.overload_duration
+    scenario = workdir / "uac_503.xml"
+    scenario.write_text(UAC_503)
+    server = start_sipbridge(workdir, args.server_core, args.transport,
+                             extra_config=extra_config)
+    stats_file = workdir / "stats.csv"
+    cmd = [
+        "sipp", f"{LOOPBACK}:{server.port}", "-sf", str(scenario),
+        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
+        "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
+        "-cp", str(free_port((socket.SOCK_DGRAM,))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+        "-r", str(rate), "-m", str(rate * duration), "-nostdin",
+        "-recv_timeout", "5000", "-timeout", f"{duration * 2 + 60}s", "-timeout_error",
+        "-trace_stat", "-stf", str(stats_file), "-fd", "1", "-trace_counts",
+    ]  # fmt: skip
+    options_after = active_after = settled_after = rejected = None
+    try:
+        server_cpu0 = cpu_seconds(server.proc.pid)
+        start = time.monotonic()
+        with (workdir / "sipp-uac.log").open("wb") as out:
+            client = subprocess.Popen(
+                pinned(cmd, args.client_core), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, cwd=workdir,
+            )
+            client_cpu = 0.0
+            while client.poll() is None:
+                client_cpu = max(client_cpu, cpu_seconds(client.pid))
+                now = time.monotonic()
+                if options_after is None and now - start >= duration:
+                    # The offered load is over: how soon does an OPTIONS get through?
+                    if options_ping(server.port, timeout=0.25):
+                        options_after = max(0.0, time.monotonic() - start - duration)
+                else:
+                    time.sleep(0.1)
+        wall = time.monotonic() - start
+        server_cpu = cpu_seconds(server.proc.pid) - server_cpu0
+        while options_after is None and time.monotonic() - start < duration + 120:
+            if options_ping(server.port, timeout=0.25):
+                options_after = max(0.0, time.monotonic() - start - duration)
+        done = time.monotonic()
+        active_after = metric(server.http, "sipbridge_calls_active")
+        active = active_after
+        while active and time.monotonic() - done < args.overload_settle:
+            time.sleep(0.5)
+            active = metric(server.http, "sipbridge_calls_active")
+        if active == 0:
+            settled_after = time.monotonic() - done if active_after else 0.0
+        rejected = metric(server.http, "sipbridge_overload_rejected_total")
+    finally:
+        stop(server.proc)
+    stats = read_stats(stats_file)
+    counts = read_counts(workdir)
+    refused = sum(v for k, v in counts.items() if k.endswith("_503_Recv"))
+    # The scenario's two 200s: the INVITE's, then the BYE's (a call completed).
+    oks = [v for k, v in counts.items() if k.endswith("_200_Recv")]
+    answered = oks[-1] if oks else 0
+    return Overload(
+        rate=rate, multiple=multiple, offered=int(stats.get("TotalCallCreated", 0) or 0),
+        answered=answered, refused=refused,
+        failed=int(stats.get("FailedCall(C)", 0) or 0), wall=wall,
+        server_cpu=100 * server_cpu / wall if wall else 0.0,
+        client_cpu=100 * client_cpu / wall if wall else 0.0,
+        options_after=options_after, active_after=active_after, settled_after=settled_after,
+        rejected_metric=rejected,
+    )
+
+
+OVERLOAD_HEADER = (
+    f"{'control':<8} {'x max':>5} {'rate':>6} {'placed':>7} {'ok':>7} {'503':>7} "
+    f"{'failed':>6} {'goodput':>8} {'of max':>6} {'srv cpu%':>8} {'sipp cpu%':>9} "
+    f"{'OPTIONS s':>9} {'active':>6} {'settled s':>9}"
+)
+
+
+def print_overload(o: Overload, max_rate: int, duration: int, control: str) -> None:
+    goodput = o.answered / duration
+
+    def opt(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    print(
+        f"{control:<8} {o.multiple:>5g} {o.rate:>6} {o.offered:>7} {o.answered:>7} "
+        f"{o.refused:>7} {o.failed:>6} {goodput:>8.1f} {goodput / max_rate:>6.0%} "
+        f"{o.server_cpu:>8.1f} {o.client_cpu:>9.1f} {opt(o.options_after, '.2f'):>9} "
+        f"{opt(o.active_after, 'd'):>6} {opt(o.settled_after, '.1f'):>9}",
+        flush=True,
+    )
+
+
+def overload_steps(max_rate: int, args: argparse.Namespace, root: Path) -> None:
+    multiples = [float(m) for m in args.overload.split(",") if m.strip()]
+    duration = args.overload_duration
+    print(f"overload: {duration} s per step, offered as multiples of {max_rate} cps; goodput "
+          "= calls answered 200 and completed per second", flush=True)
+    print(OVERLOAD_HEADER, flush=True)
+    controls = [("on", "")]
+    if args.overload_off:
+        controls.append(("off", "[overload]\nenabled = false\n"))
+    for multiple in multiples:
+        for control, extra in controls:
+            time.sleep(args.cooldown)
+            step = run_overload(round(max_rate * multiple), multiple, args, root, extra,
+                                f"-{control}")
+            print_overload(step, max_rate, duration, control)
+
+
 # --- the search ------------------------------------------------------------
 
 HEADER = (
@@ -349,6 +590,16 @@ def main() -> int:
     ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
     ap.add_argument("--cooldown", type=float, default=2.0, help="seconds between steps")
     ap.add_argument("--keep", metavar="DIR", help="keep SIPp and server logs in DIR")
+    ap.add_argument("--overload", metavar="M,M", default="",
+                    help="then offer these multiples of the max (e.g. 2,4) to sipbridge")
+    ap.add_argument("--overload-duration", type=int, default=20,
+                    help="seconds per overload step (default 20)")
+    ap.add_argument("--overload-max", type=int, metavar="CPS",
+                    help="the max to multiply (default: the one the search finds)")
+    ap.add_argument("--overload-off", action="store_true",
+                    help="run each overload step with overload control off too")
+    ap.add_argument("--overload-settle", type=float, default=40.0,
+                    help="seconds to wait for active calls to end after a step (default 40)")
     args = ap.parse_args()
 
     if shutil.which("sipp") is None:
@@ -357,6 +608,8 @@ def main() -> int:
     if args.start < 1 or args.max < args.start or args.duration < 1:
         ap.error("need 1 <= --start <= --max and --duration >= 1")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.overload_max is not None:
+        targets = [t for t in targets if t != "sipbridge"] if args.overload else targets
     unknown = [t for t in targets if t not in STARTERS]
     if unknown:
         ap.error(f"unknown targets {unknown}; choose from {sorted(STARTERS)}")
@@ -381,6 +634,12 @@ def main() -> int:
             print(HEADER)
             for target in targets:
                 results[target] = search(target, args, root)
+            if args.overload:
+                max_rate = args.overload_max or results.get("sipbridge", (0, False))[0]
+                if not max_rate:
+                    print("overload: no max (search sipbridge, or give --overload-max)")
+                    return 2
+                overload_steps(max_rate, args, root)
         except KeyboardInterrupt:
             print("sip_cps: interrupted")
             return 130
@@ -389,6 +648,8 @@ def main() -> int:
         rate, capped = results[target]
         return f">={rate}" if capped else str(rate)
 
+    if not targets:
+        return 0
     summary = ", ".join(f"{t} {shown(t)} cps" for t in targets)
     if "sipbridge" in results and "sipp uas" in results and results["sipp uas"][0]:
         (ours, ours_capped), (ref, ref_capped) = results["sipbridge"], results["sipp uas"]

@@ -109,6 +109,18 @@ class TrunkConfig(BaseModel):
         return parse_host_port(self.address, 5060)
 
 
+class OverloadConfig(BaseModel):
+    """Overload control: while a bound is passed, new INVITEs get 503 + Retry-After at
+    once (RFC 7339's local form); calls in progress go on. 0 turns a bound off."""
+
+    enabled: bool = True
+    queue_delay_ms: float = Field(default=200.0, ge=0)  # a datagram waited this long unread
+    loop_lag_ms: float = Field(default=100.0, ge=0)  # the event loop ran a callback this late
+    max_cpu: float = Field(default=0.0, ge=0, le=1)  # the process's share of one core, e.g. 0.9
+    max_rate: float = Field(default=0.0, ge=0)  # new INVITEs per second admitted
+    retry_after: int = Field(default=2, ge=0, le=3600)  # seconds, in the 503's Retry-After
+
+
 TRANSFER_FALLBACKS = ("none", "announce", "bridge")
 
 
@@ -177,6 +189,7 @@ class Config(BaseSettings):
     # transfer_refer_timeout counts from when it is sent.
     transfer_speech_wait: float = Field(5.0, ge=0, le=30)
     trunk: TrunkConfig | None = None
+    overload: OverloadConfig = Field(default_factory=lambda: OverloadConfig())
     # The call store: every call and its timeline. A SQLite file's path, or a
     # postgresql://user:pass@host/db URL (pip install 'sipbridge[postgres]'; several
     # gateways may share the database). "off": in memory only.

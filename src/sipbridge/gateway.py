@@ -31,6 +31,8 @@ from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import ResolveError, Resolver
+from sipbridge.sip.loadprobe import LoadProbe
+from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
@@ -50,6 +52,8 @@ class Gateway:
         self.config = config
         self.loop: asyncio.AbstractEventLoop | None = None
         host, port = config.sip_bind
+        self.overload = _overload_detector(config)
+        self._load_probe: LoadProbe | None = None
         self.resolver = Resolver(config.dns_servers, timeout=config.dns_timeout,
                                  ipv6=":" in host)
         self.transport = SipTransport(
@@ -58,6 +62,7 @@ class Gateway:
             on_error=self._on_send_error, max_connections=config.tcp_max_connections,
             max_per_source=config.tcp_max_per_source,
             first_message_timeout=config.tcp_first_message_timeout,
+            on_queue_delay=self._queue_delay if self.overload is not None else None,
         )
         auth = config.auth
         digest = None
@@ -82,7 +87,7 @@ class Gateway:
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
-                               self._auth_blocks, self._rate_blocks)
+                               self._auth_blocks, self._rate_blocks, self._overload_figures)
         self._setup_seen: set[str] = set()
         self.agents: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
@@ -144,8 +149,11 @@ class Gateway:
                      rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
                                            for n in c.rewrite_contact)),
             self.guard,
-            limiter=self.limiter,
+            limiter=self.limiter, overload=self.overload,
         )
+        if self.overload is not None:
+            self._load_probe = LoadProbe(self.overload, self.loop, cpu=c.overload.max_cpu > 0)
+            self._load_probe.start()
         self.media = MediaEngine(
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
                         jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
@@ -224,6 +232,8 @@ class Gateway:
             self._purging.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._load_probe is not None:
+            self._load_probe.stop()
         for bridge in list(self.agents.values()):
             await bridge.close()
         if self.http is not None:
@@ -427,6 +437,16 @@ class Gateway:
         now = self.loop.time() if self.loop is not None else 0.0
         return limiter.blocks_total, limiter.blocked(now), limiter.dropped_total
 
+    def _queue_delay(self, delay: float) -> None:
+        assert self.overload is not None and self.loop is not None
+        self.overload.queue_delay(delay, self.loop.time())
+
+    def _overload_figures(self) -> tuple[int, bool]:
+        """New calls refused for overload so far, and whether it refuses them now."""
+        if self.overload is None or self.loop is None:
+            return 0, False
+        return self.overload.rejected, self.overload.active(self.loop.time())
+
     def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
         """The media figures of the calls in progress, for the metrics."""
         for call in self.calls.calls.values() if self.calls is not None else ():
@@ -488,13 +508,19 @@ class Gateway:
         call.webhooks.append(self.webhooks.send(event, on_attempt=self._webhook_attempt(call)))
 
     def _on_message(self, data: bytes, source: Address) -> None:
-        assert self.ua is not None and self.loop is not None
-        if not self.ua.receive(data, source, self.loop.time()):
+        ua = self.ua
+        assert ua is not None and self.loop is not None
+        now = self.loop.time()
+        if not ua.admit(source, now):
             return  # dropped unread (its source is over its rate): nothing to trace or send
-        # Traced before the calls act on it (in _pump); a new call's INVITE once the call
-        # exists.
+        if ua.shed(data, source, now):  # refused for overload: no call, no timeline
+            for out, dest in ua.outgoing():
+                self.transport.send(out, dest)
+            return
+        # Traced before the UA acts on it; a new call's INVITE once the call exists.
         if not self._trace(data, source, "in", early=True):
             self._inbound = (data, source)
+        ua.receive(data, source, now, screened=True)
         self._pump()
 
     def _on_send_error(self, data: bytes, dest: Address, reason: str) -> None:
@@ -656,6 +682,15 @@ def _timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:
         return {"kind": "agent", "status": "error",
                 "detail": str(error.get("message") if isinstance(error, dict) else error)}
     return None
+
+
+def _overload_detector(config: Config) -> OverloadDetector | None:
+    o = config.overload
+    if not o.enabled:
+        return None
+    return OverloadDetector(OverloadLimits(
+        queue_delay=o.queue_delay_ms / 1000, loop_lag=o.loop_lag_ms / 1000, max_cpu=o.max_cpu,
+        max_rate=o.max_rate, retry_after=o.retry_after))
 
 
 @lru_cache(maxsize=1024)

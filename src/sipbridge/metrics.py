@@ -37,13 +37,16 @@ class Metrics:
     def __init__(self, active_calls: Callable[[], int],
                  live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None,
                  auth_blocks: Callable[[], tuple[int, int]] | None = None,
-                 rate_blocks: Callable[[], tuple[int, int, int]] | None = None) -> None:
+                 rate_blocks: Callable[[], tuple[int, int, int]] | None = None,
+                 overload: Callable[[], tuple[int, bool]] | None = None) -> None:
         self.live_media = live_media
         self.auth_blocks = auth_blocks  # (sources blocked so far, sources blocked now)
         self._auth_counted = 0
         # (sources rate-blocked so far, blocked now, messages dropped so far)
         self.rate_blocks = rate_blocks
         self._rate_counted = (0, 0)
+        self.overload = overload  # (new calls refused for overload so far, refusing now)
+        self._overload_counted = 0
         # What the counters already hold of each call in progress, by figure name: a
         # counter never goes down, although a call's loss can (a late packet arrives).
         self._counted: dict[str, dict[str, int]] = {}
@@ -90,6 +93,10 @@ class Metrics:
         self.rate_dropped = Counter("sipbridge_rate_dropped_messages",
                                     "Messages dropped unread because their source was "
                                     "blocked for its rate", registry=r)
+        self.overload_rejected = Counter("sipbridge_overload_rejected",
+                                         "New calls answered 503 for overload", registry=r)
+        self.overload_active = Gauge("sipbridge_overload_active",
+                                     "1 while overloaded: new calls may be refused", registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("stun", self.stun))
@@ -136,4 +143,10 @@ class Metrics:
             self.rate_dropped.inc(max(0, dropped - counted_dropped))
             self._rate_counted = (max(blocks, counted_blocks), max(dropped, counted_dropped))
             self.rate_blocked.set(blocked)
+        if self.overload is not None:
+            rejected, active = self.overload()
+            if rejected > self._overload_counted:
+                self.overload_rejected.inc(rejected - self._overload_counted)
+                self._overload_counted = rejected
+            self.overload_active.set(1 if active else 0)
         return generate_latest(self.registry)

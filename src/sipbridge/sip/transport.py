@@ -14,6 +14,8 @@ import asyncio
 import functools
 import logging
 import socket
+import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,19 +35,76 @@ LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
 ACCEPT_BACKLOG = 128
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, on_message: OnMessage) -> None:
+# SO_TIMESTAMPNS (Linux, socket(7)): each datagram comes with the time the kernel
+# received it, so the time it then waited in the socket's buffer is known.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+READ_BATCH = 64  # datagrams read in one wake-up of the loop, at most
+MAX_DATAGRAM = 65535
+
+
+class _Udp:
+    """The UDP socket, read straight from the loop: up to READ_BATCH datagrams each
+    time it is readable (one system call each, no per-datagram trip through the loop),
+    each with how long it waited in the socket (`on_queue_delay`)."""
+
+    def __init__(self, sock: socket.socket, on_message: OnMessage,
+                 on_queue_delay: Callable[[float], None] | None) -> None:
+        self.sock = sock
         self.on_message = on_message
-        self.transport: asyncio.DatagramTransport | None = None
+        self.on_queue_delay = on_queue_delay
+        self.stamped = False
+        self.send_dropped = 0
+        if on_queue_delay is not None and sys.platform == "linux":
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.stamped = True
+            except OSError:
+                pass
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock.setblocking(False)
+        self.loop = loop
+        loop.add_reader(self.sock.fileno(), self._read)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.on_message(data, Address("udp", str(addr[0]), int(addr[1])))
+    def _read(self) -> None:
+        recvmsg, on_message, on_delay = self.sock.recvmsg, self.on_message, self.on_queue_delay
+        ancillary = _ANCILLARY if self.stamped else 0
+        for _ in range(READ_BATCH):
+            try:
+                data, anc, _flags, addr = recvmsg(MAX_DATAGRAM, ancillary)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp error: %s", exc)  # ICMP unreachable from a peer gone away
+                return
+            if anc and on_delay is not None:
+                level, kind, stamp = anc[0]
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack_from(stamp)
+                    on_delay(max(0.0, time.time() - (sec + nsec * 1e-9)))
+            try:
+                on_message(data, Address("udp", addr[0], addr[1]))
+            except Exception as exc:  # noqa: BLE001 - the batch goes on; the loop logs it
+                assert self.loop is not None
+                self.loop.call_exception_handler({
+                    "message": "error handling a datagram", "exception": exc})
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)  # ICMP unreachable from a peer that went away
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.send_dropped += 1  # buffer full: a retransmission will come
+        except OSError as exc:
+            log.debug("udp send to %s failed: %s", addr[0], exc)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop = None
+        self.sock.close()
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -115,8 +174,10 @@ class SipTransport:
     def __init__(self, on_message: OnMessage, *, max_size: int = DEFAULT_MAX_SIZE,
                  idle_timeout: float = 300.0, resolver: Resolver | None = None,
                  on_error: OnError | None = None, max_connections: int = 1000,
-                 max_per_source: int = 64, first_message_timeout: float = 10.0) -> None:
+                 max_per_source: int = 64, first_message_timeout: float = 10.0,
+                 on_queue_delay: Callable[[float], None] | None = None) -> None:
         self.on_message = on_message
+        self.on_queue_delay = on_queue_delay  # how long each datagram waited, seconds
         self.max_connections = max_connections
         self.max_per_source = max_per_source
         self.first_message_timeout = first_message_timeout
@@ -162,10 +223,8 @@ class SipTransport:
                 if port != 0 or attempt == 19:
                     raise
         self.host = host
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.on_message), sock=udp_sock
-        )
-        self._udp = protocol
+        self._udp = _Udp(udp_sock, self.on_message, self.on_queue_delay)
+        self._udp.start(loop)
         self._sweeper = asyncio.create_task(self._sweep_idle())
 
     def send(self, data: bytes, dest: Address) -> None:
@@ -177,8 +236,8 @@ class SipTransport:
             self._failed(data, dest, f"no {dest.transport.upper()} transport here")
             return
         if dest.transport == "udp":
-            if self._udp is not None and self._udp.transport is not None:
-                self._udp.transport.sendto(data, (dest.host, dest.port))
+            if self._udp is not None:
+                self._udp.sendto(data, (dest.host, dest.port))
             return
         key = (dest.host, dest.port)
         conn = self.connections.get(key)
@@ -274,8 +333,9 @@ class SipTransport:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()

@@ -43,6 +43,8 @@ from sipbridge.sip.message import (
     parse_message,
     response_to,
 )
+from sipbridge.sip.overload import REASON as OVERLOADED
+from sipbridge.sip.overload import OverloadDetector, shed_head, shed_response, shed_target
 from sipbridge.sip.ratelimit import RateLimiter
 from sipbridge.sip.transaction import (
     ClientTransaction,
@@ -114,11 +116,20 @@ class UserAgent:
         *,
         token: Callable[[], str] = lambda: secrets.token_hex(8),
         limiter: RateLimiter | None = None,
+        overload: OverloadDetector | None = None,
     ) -> None:
         self.config = config
         self.guard = guard
         self.limiter = limiter
         self._token = token
+        # Overload control: new INVITEs answered 503 at once while it is active. The
+        # To tags of those answers share a prefix, so that their ACKs are dropped unread.
+        self.overload = overload
+        self._shed_prefix = "ol" + secrets.token_hex(4)
+        self._shed_mark = b";tag=" + self._shed_prefix.encode("ascii")
+        self._shed_count = 0
+        self._admitted = False  # the message being received was admitted already
+        self._incoming_ids: Counter[str] = Counter()  # Call-IDs of incoming legs alive
         self._server: dict[tuple[str, ...], ServerTransaction] = {}
         self._client: dict[tuple[str, ...], tuple[ClientTransaction, str]] = {}
         self._legs: dict[str, Leg] = {}
@@ -144,16 +155,58 @@ class UserAgent:
     def deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
-    def receive(self, data: bytes, source: Address, now: float) -> bool:
-        """Take one datagram or framed stream message. Never raises. False: dropped unread
-        and unanswered, its source being over its rate (`sip.ratelimit`)."""
-        self.stats["received"] += 1
-        # First, before any parsing: a flood costs a dict lookup per message. Every
-        # message is charged, responses too: only parsing could tell them apart, and a
-        # flood can dress as responses. Trunks and allowed networks are exempt.
+    def admit(self, source: Address, now: float) -> bool:
+        """The per-source rate limit (`sip.ratelimit`), first, before any parsing: a flood
+        costs a dict lookup per message. Every message is charged, responses too: only
+        parsing could tell them apart, and a flood can dress as responses. Trunks and
+        allowed networks are exempt. False: drop it unread and unanswered (counted)."""
         if self.limiter is not None and not self.limiter.admit(source.host, now):
+            self.stats["received"] += 1
             self.stats["dropped_rate_limited"] += 1
             return False
+        return True
+
+    def shed(self, data: bytes, source: Address, now: float) -> bool:
+        """Overload control's cheap path, before anything else reads the message: True
+        when it was a new INVITE refused with 503 (queued in `outgoing`) or the ACK of
+        such a 503 (dropped); False when `receive(..., screened=True)` is to take it."""
+        self._admitted = False
+        overload = self.overload
+        if overload is None:
+            return False
+        if data.startswith(b"INVITE ") and (overload.metered or overload.active(now)):
+            try:
+                refused = self._shed(data, source, now)
+            except Exception:  # a bug here must not lose the message: the full path reads it
+                self.stats["internal_errors"] += 1
+                log.exception("error in overload control on a message from %s", source)
+                return False
+            if refused:
+                self.stats["received"] += 1
+                return True
+        elif data.startswith(b"ACK ") and self._shed_mark in data:
+            self.stats["received"] += 1
+            self.stats["overload_acks"] += 1  # the ACK of a 503 of ours: nothing to do
+            return True
+        return False
+
+    def receive(self, data: bytes, source: Address, now: float, *,
+                screened: bool = False) -> bool:
+        """Take one datagram or framed stream message. Never raises. False: dropped unread
+        and unanswered, its source being over its rate. `screened=True`: the caller has
+        asked `admit` and `shed` about it already."""
+        if not screened:
+            if not self.admit(source, now):
+                return False
+            if self.shed(data, source, now):
+                return True
+        try:
+            return self._receive(data, source, now)
+        finally:
+            self._admitted = False
+
+    def _receive(self, data: bytes, source: Address, now: float) -> bool:
+        self.stats["received"] += 1
         if not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # NAT keep-alive (RFC 5626 4.4.1): nothing to do
             return True
@@ -460,7 +513,44 @@ class UserAgent:
         if method == "OPTIONS":
             self._stateless(req, source, 200, headers=self._capabilities())
             return
+        if self.overload is not None and not self._admitted and not self.overload.admit(now):
+            self.stats["overload_rejected"] += 1
+            self._stateless(req, source, 503, OVERLOADED, to_tag=self._shed_tag(),
+                            headers=[("Retry-After", str(self.overload.limits.retry_after))])
+            return
         self._new_call(req, source, now, decision.username)
+
+    def _shed(self, data: bytes, source: Address, now: float) -> bool:
+        """Overload control on a raw INVITE (RFC 7339 5.1): a new call refused with a
+        stateless 503 and Retry-After, read and answered without the full parser and
+        before any state (True); or admitted, or left for the full parser (False)."""
+        assert self.overload is not None
+        head = shed_head(data)
+        if head is None:
+            return False  # not a plain new INVITE: the full path decides
+        try:
+            call_id = head.call_id.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if call_id in self._incoming_ids:
+            return False  # a retransmission of a call under way
+        if self.overload.admit(now):
+            self._admitted = True
+            return False
+        self.stats["overload_rejected"] += 1
+        self.stats["answered_503"] += 1
+        response = shed_response(head, source.host, source.port, self._shed_tag(),
+                                 self.overload.limits.retry_after)
+        if source.reliable:
+            self._out.append((response, source))
+        else:
+            host, port = shed_target(head, source.host, source.port)
+            self._out.append((response, Address(source.transport, host, port)))
+        return True
+
+    def _shed_tag(self) -> str:
+        self._shed_count += 1
+        return f"{self._shed_prefix}{self._shed_count:x}"
 
     def _new_call(self, req: Request, source: Address, now: float, user: str | None) -> None:
         local_tag = self._token()
@@ -482,6 +572,7 @@ class UserAgent:
         leg = Leg(id=local_tag, invite=req, source=source, tx=tx, dialog=dialog)
         self._legs[leg.id] = leg
         self._dialogs[dialog.id] = leg
+        self._incoming_ids[req.call_id] += 1
         self._respond_tx(tx, response_to(req, 100), now)
         self.stats["calls_in"] += 1
         self._events.append(IncomingCall(leg.id, req, source, user))
@@ -712,6 +803,12 @@ class UserAgent:
         leg.dialog.state = DialogState.TERMINATED
         self._legs.pop(leg.id, None)
         self._dialogs.pop(leg.dialog.id, None)
+        if leg.client is None:  # an incoming leg
+            left = self._incoming_ids[leg.invite.call_id] - 1
+            if left > 0:
+                self._incoming_ids[leg.invite.call_id] = left
+            else:
+                self._incoming_ids.pop(leg.invite.call_id, None)
         self._events.append(CallEnded(leg.id, reason, status, detail))
 
     def _dialogs_by_tx(self, tx: ServerTransaction) -> Leg | None:
