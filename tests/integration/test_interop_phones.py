@@ -52,7 +52,9 @@ from tests.integration.peers import (
     PHONE_RATE,
     Baresip,
     BaresipCall,
+    find_whole,
     make_speech_wav,
+    pieces_found,
     read_wav,
     write_wav,
 )
@@ -118,7 +120,7 @@ def test_linphone_hears_itself_from_the_echo(
     # Piece by piece: linphone's jitter buffer sometimes drops 10 ms of what it plays
     # about a second in (the gateway's own recording of such a call shows a steady echo),
     # which would smear one correlation over the whole recording.
-    pieces = echo_pieces(echo_speech, heard, rate)
+    pieces = pieces_found(echo_speech, heard, rate)
     found = [score for score, _ in pieces]
     delays = [delay for score, delay in pieces if score > MIN_CORRELATION]
     report = ", ".join(f"{score:.3f}@{delay * 1000:.0f}ms" for score, delay in pieces)
@@ -128,19 +130,6 @@ def test_linphone_hears_itself_from_the_echo(
     assert delays and all(0.0 <= d < MAX_ECHO_DELAY for d in delays), (
         f"echo late: {report}\n{context}")
     assert max(delays) - min(delays) <= 0.030, f"the echo's delay wandered: {report}\n{context}"
-
-
-def echo_pieces(sent: np.ndarray, heard: np.ndarray, rate: int) -> list[tuple[float, float]]:
-    """Each voiced quarter second of `sent` found in `heard`: (correlation, delay s)."""
-    size = rate // 4
-    pieces = []
-    for start in range(0, sent.size - size + 1, size):
-        piece = sent[start:start + size]
-        if float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) < 300:  # ~ -40 dBFS
-            continue
-        score, at = find_whole(piece, heard, rate)
-        pieces.append((score, at - start / rate))
-    return pieces
 
 
 # --- agent with a transfer -----------------------------------------------------------
@@ -202,25 +191,6 @@ def spoken(text: str) -> np.ndarray:
 
     pcm: np.ndarray = resample(tts.synthesize(text), tts.RATE, PHONE_RATE)
     return pcm
-
-
-def find_whole(needle: np.ndarray, haystack: np.ndarray, rate: int) -> tuple[float, float]:
-    """How well `needle` is found whole in `haystack`: the best correlation of the needle
-    against each window of its length, normalised by both energies (1.0: an exact copy
-    at any gain; a copy with its second half missing: about 0.7), and where (seconds)."""
-    a = needle.astype(np.float64)
-    b = haystack.astype(np.float64)
-    if a.size == 0 or b.size < a.size:
-        return 0.0, 0.0
-    size = 1 << (a.size + b.size - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
-    corr = corr[: b.size - a.size + 1]
-    energy = np.concatenate([[0.0], np.cumsum(b * b)])
-    windows = energy[a.size:] - energy[: b.size - a.size + 1]
-    norm = np.sqrt(np.maximum(windows, 1e-9) * float(np.dot(a, a)))
-    scores = corr / norm
-    i = int(np.argmax(scores))
-    return float(scores[i]), i / rate
 
 
 def check_transfer(checks: Checks, record: dict[str, Any], human_call: BaresipCall | None
