@@ -63,6 +63,7 @@ class Gateway:
             max_per_source=config.tcp_max_per_source,
             first_message_timeout=config.tcp_first_message_timeout,
             on_queue_delay=self._queue_delay if self.overload is not None else None,
+            refuse=self._rate_blocked,
         )
         auth = config.auth
         digest = None
@@ -429,6 +430,11 @@ class Gateway:
         now = self.loop.time() if self.loop is not None else 0.0
         return self.guard.blocks_total, self.guard.blocked(now)
 
+    def _rate_blocked(self, host: str) -> bool:
+        limiter = self.limiter
+        return (limiter is not None and self.loop is not None
+                and limiter.is_blocked(host, self.loop.time()))
+
     def _rate_blocks(self) -> tuple[int, int, int]:
         """Sources rate-blocked so far and now, and the messages dropped, for the metrics."""
         limiter = self.limiter
@@ -512,7 +518,11 @@ class Gateway:
         assert ua is not None and self.loop is not None
         now = self.loop.time()
         if not ua.admit(source, now):
-            return  # dropped unread (its source is over its rate): nothing to trace or send
+            # Dropped unread (its source is over its rate): nothing to trace or send, and
+            # a stream connection is closed (new ones from there are, while it is blocked).
+            if source.reliable:
+                self.transport.drop(source)
+            return
         if ua.shed(data, source, now):  # refused for overload: no call, no timeline
             for out, dest in ua.outgoing():
                 self.transport.send(out, dest)

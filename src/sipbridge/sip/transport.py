@@ -122,7 +122,7 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Address("tcp", host, port)
-        if not self.outbound and not self.owner.admit(host):
+        if not self.outbound and (self.owner.refuse(host) or not self.owner.admit(host)):
             self.transport.abort()  # at once: the descriptor is what is scarce
             return
         self.admitted = True
@@ -149,6 +149,8 @@ class _TcpConnection(asyncio.Protocol):
             self.messages += len(messages)
         assert self.peer is not None
         for message in messages:
+            if self.transport is None or self.transport.is_closing():
+                break  # dropped by the owner (`SipTransport.drop`): the rest goes unread
             self.owner.on_message(message, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -175,8 +177,10 @@ class SipTransport:
                  idle_timeout: float = 300.0, resolver: Resolver | None = None,
                  on_error: OnError | None = None, max_connections: int = 1000,
                  max_per_source: int = 64, first_message_timeout: float = 10.0,
-                 on_queue_delay: Callable[[float], None] | None = None) -> None:
+                 on_queue_delay: Callable[[float], None] | None = None,
+                 refuse: Callable[[str], bool] = lambda host: False) -> None:
         self.on_message = on_message
+        self.refuse = refuse  # a source refused now: its new connections are closed at once
         self.on_queue_delay = on_queue_delay  # how long each datagram waited, seconds
         self.max_connections = max_connections
         self.max_per_source = max_per_source
@@ -300,6 +304,13 @@ class SipTransport:
             return
         for data in self._pending.pop(key, []):
             conn.send(data)
+
+    def drop(self, source: Address) -> None:
+        """Close the inbound stream connection a message came on (its source is refused:
+        over its rate); what it sent after that message is not read."""
+        conn = self.connections.get((source.host, source.port))
+        if conn is not None and not conn.outbound and conn.transport is not None:
+            conn.transport.abort()
 
     def admit(self, host: str) -> bool:
         """Whether a new inbound connection from `host` fits the limits (in total, per
