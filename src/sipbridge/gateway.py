@@ -153,7 +153,8 @@ class Gateway:
             limiter=self.limiter, overload=self.overload,
         )
         if self.overload is not None:
-            self._load_probe = LoadProbe(self.overload, self.loop, cpu=c.overload.max_cpu > 0)
+            self._load_probe = LoadProbe(self.overload, self.loop, cpu=c.overload.max_cpu > 0,
+                                        on_lag=self.metrics.loop_lag.observe)
             self._load_probe.start()
         self.media = MediaEngine(
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,

@@ -15,6 +15,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 
 _SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _MODEL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 
 
@@ -68,6 +69,12 @@ class Metrics:
                                 registry=r)
         self.rtp_received = Counter("sipbridge_rtp_packets_received",
                                     "RTP packets received from callers", registry=r)
+        self.rtp_duplicates = Counter("sipbridge_rtp_packets_duplicated",
+                                      "RTP packets from callers that came twice", registry=r)
+        self.loop_lag = Histogram("sipbridge_event_loop_lag_seconds",
+                                  "How late the event loop ran a callback due every 100 ms "
+                                  "(while overload control is on)", buckets=_LAG_BUCKETS,
+                                  registry=r)
         self.stun = Counter("sipbridge_stun_messages",
                             "STUN messages received on media ports (RFC 7983)", registry=r)
         self.jitter = Histogram("sipbridge_rtp_jitter_seconds",
@@ -99,7 +106,7 @@ class Metrics:
                                      "1 while overloaded: new calls may be refused", registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
-                                ("stun", self.stun))
+                                ("duplicates", self.rtp_duplicates), ("stun", self.stun))
 
     def media(self, call_id: str, figures: MediaFigures, *, ended: bool = False) -> None:
         """Bring the RTP counters up to a call's media figures, adding only what they do

@@ -13,19 +13,21 @@ def scrape(metrics: Metrics) -> dict[str, float]:
             for s in family.samples}
 
 
-def figures(packets: int, lost: int = 0, stun: int = 0, jitter_ms: float = 0.0
-            ) -> dict[str, object]:
+def figures(packets: int, lost: int = 0, stun: int = 0, jitter_ms: float = 0.0,
+            duplicates: int = 0) -> dict[str, object]:
     return {"packets_in": packets, "lost": lost, "stun": stun, "jitter_ms": jitter_ms,
-            "dropped": {}}
+            "duplicates": duplicates, "dropped": {}}
 
 
 def test_live_calls_are_counted_at_each_scrape_and_their_end_adds_only_the_rest() -> None:
-    live = {"rtc_a": figures(100, lost=3, stun=1, jitter_ms=4.0), "rtc_b": figures(50)}
+    live = {"rtc_a": figures(100, lost=3, stun=1, jitter_ms=4.0, duplicates=2),
+            "rtc_b": figures(50, duplicates=1)}
     metrics = Metrics(lambda: len(live), lambda: live.items())
     values = scrape(metrics)
     assert values["sipbridge_rtp_packets_received_total"] == 150
     assert values["sipbridge_rtp_packets_lost_total"] == 3
     assert values["sipbridge_stun_messages_total"] == 1
+    assert values["sipbridge_rtp_packets_duplicated_total"] == 3
     assert values["sipbridge_rtp_jitter_max_seconds"] == 0.004
     assert values["sipbridge_rtp_jitter_seconds_count"] == 0  # no call has ended
     live["rtc_a"] = figures(200, lost=2, stun=1, jitter_ms=2.0)  # a late packet came in
@@ -33,11 +35,13 @@ def test_live_calls_are_counted_at_each_scrape_and_their_end_adds_only_the_rest(
     assert values["sipbridge_rtp_packets_received_total"] == 250
     assert values["sipbridge_rtp_packets_lost_total"] == 3  # a counter never goes down
     del live["rtc_a"]
-    metrics.media("rtc_a", figures(210, lost=4, stun=2, jitter_ms=2.0), ended=True)
+    metrics.media("rtc_a", figures(210, lost=4, stun=2, jitter_ms=2.0, duplicates=5),
+                  ended=True)
     values = scrape(metrics)
     assert values["sipbridge_rtp_packets_received_total"] == 260  # 210 + 50, once each
     assert values["sipbridge_rtp_packets_lost_total"] == 4
     assert values["sipbridge_stun_messages_total"] == 2
+    assert values["sipbridge_rtp_packets_duplicated_total"] == 6  # 5 + 1
     assert values["sipbridge_rtp_jitter_seconds_count"] == 1
     assert values["sipbridge_rtp_jitter_max_seconds"] == 0.0
 

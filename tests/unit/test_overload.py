@@ -3,8 +3,10 @@ UA refusing new calls (and only new calls) while the detector is active."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, IncomingCall
+from sipbridge.sip.loadprobe import LoadProbe
 from sipbridge.sip.message import Request, Response, parse_message, response_to
 from sipbridge.sip.overload import (
     REASON,
@@ -369,3 +372,23 @@ def test_the_transport_reports_how_long_each_datagram_waited() -> None:
     assert len(delays) == 4
     assert delays[0] < 0.1
     assert all(0.29 <= d < 1.0 for d in delays[1:]), delays
+
+
+def test_the_probe_reports_each_lag_it_measures() -> None:
+    """On a real loop: a callback that holds the loop 0.2 s makes the next probe late by
+    about that much, and every probe's lag reaches `on_lag` (the metrics' histogram)."""
+    lags: list[float] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        probe = LoadProbe(OverloadDetector(OverloadLimits()), loop, interval=0.1,
+                          on_lag=lags.append)
+        probe.start()
+        loop.call_later(0.02, time.sleep, 0.2)  # a blocking call on the loop
+        await asyncio.sleep(0.6)
+        probe.stop()
+
+    asyncio.run(run())
+    assert len(lags) >= 3, lags
+    assert max(lags) >= 0.1, lags
+    assert min(lags) < 0.05, lags  # the others ran on time

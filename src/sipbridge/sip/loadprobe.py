@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from sipbridge.sip.overload import OverloadDetector
 
@@ -23,8 +24,10 @@ class LoadProbe:
     active (at most one per LOG_INTERVAL, with the count of rejections since)."""
 
     def __init__(self, detector: OverloadDetector, loop: asyncio.AbstractEventLoop, *,
-                 interval: float = 0.1, cpu: bool = False) -> None:
+                 interval: float = 0.1, cpu: bool = False,
+                 on_lag: Callable[[float], None] | None = None) -> None:
         self.detector = detector
+        self.on_lag = on_lag  # each lag measured, seconds (the metrics' histogram)
         self.loop = loop
         self.interval = interval
         self.cpu = cpu
@@ -54,6 +57,8 @@ class LoadProbe:
         self.lag = max(0.0, now - self._due)
         detector = self.detector
         detector.loop_lag(self.lag, now)
+        if self.on_lag is not None:
+            self.on_lag(self.lag)
         if self.cpu:
             wall, used = time.monotonic(), time.process_time()
             elapsed = wall - self._cpu_at[0]
