@@ -486,6 +486,12 @@ class UserAgent:
         if req.to.tag is not None:
             self._in_dialog(req, source, now)
             return
+        self._out_of_dialog(req, source, now)
+
+    def _out_of_dialog(self, req: Request, source: Address, now: float) -> None:
+        """A new request outside any dialog: OPTIONS answered, a new INVITE admitted as a
+        call, anything else refused with the status that says why."""
+        method = req.method
         if method not in KNOWN_METHODS:
             self._stateless(req, source, 501, f"Method {method} Not Implemented")
             return
