@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sipbridge.sip.address import split_host_port
+
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
 
 
@@ -26,23 +28,10 @@ class ConfigError(Exception):
 
 
 def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
-    """`HOST:PORT`, `HOST`, `[V6]:PORT` or `:PORT` into (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-    elif value.count(":") > 1:
-        host, port_text = value, ""  # a bare IPv6 address
-    else:
-        host, port_text = value, ""
-    host = host or "0.0.0.0"
-    if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-            raise ValueError(f"invalid port in {value!r}")
-        return host, int(port_text)
-    return host, default_port
+    """`HOST:PORT`, `HOST`, `[V6]:PORT` or `:PORT` into (host, port); no host: all
+    addresses (0.0.0.0)."""
+    host, port = split_host_port(value)
+    return host or "0.0.0.0", default_port if port is None else port
 
 
 class AuthConfig(BaseModel):
