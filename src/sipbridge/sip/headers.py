@@ -93,7 +93,7 @@ def is_token(text: str) -> bool:
     return bool(_TOKEN.match(text))
 
 
-def _split_outside(text: str, sep: str, brackets: bool) -> tuple[list[str], bool]:
+def split_outside(text: str, sep: str, *, brackets: bool = False) -> tuple[list[str], bool]:
     """Split on `sep` outside quoted strings (and `<...>` when `brackets`); also says
     whether a quoted string was left open. Backslash escapes inside quotes are honoured
     (quoted-pair, RFC 3261 25.1)."""
@@ -134,7 +134,7 @@ def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
     if "," not in value:
         return [value.strip()] if value.strip() else []
-    items, _ = _split_outside(value, ",", brackets=True)
+    items, _ = split_outside(value, ",", brackets=True)
     return [item.strip() for item in items if item.strip()]
 
 
@@ -165,7 +165,7 @@ def _split_semicolons(text: str) -> list[str]:
     if '"' not in text:
         parts = text.split(";")
     else:
-        parts, open_quote = _split_outside(text, ";", brackets=False)
+        parts, open_quote = split_outside(text, ";")
         if open_quote:
             raise ParseError("unterminated quoted string in parameters")
     return parts[1:] if text.startswith(";") else parts
