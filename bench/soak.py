@@ -171,7 +171,8 @@ _TEMPLATES = [
     "REFER sip:echo@{gw} SIP/2.0\r\n" + _HEAD + "CSeq: 4 REFER\r\n"
     "Refer-To: <sip:100@{ip}>\r\nReferred-By: <sip:fuzz@{ip}>\r\nContent-Length: 0\r\n\r\n",
     "INFO sip:echo@{gw} SIP/2.0\r\n" + _HEAD + "CSeq: 5 INFO\r\n"
-    "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n",
+    "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\n"
+    "Signal=5\r\nDuration=160\r\n",
     "SIP/2.0 200 OK\r\n" + _HEAD + "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
 ]
 _JUNK = [
@@ -499,7 +500,8 @@ def compare_snapshots(traced: Path, first: int, last: int, top: int) -> None:
         for frame in reversed(list(stat.traceback)[-6:]):
             print(f"      {frame.filename.replace(str(ROOT) + '/', '')}:{frame.lineno}")
     growth = sorted(
-        ((n, jb["types"].get(n, 0) - ja["types"].get(n, 0)) for n in set(ja["types"]) | set(jb["types"])),
+        ((n, jb["types"].get(n, 0) - ja["types"].get(n, 0))
+         for n in set(ja["types"]) | set(jb["types"])),
         key=lambda x: -x[1],
     )
     print("live objects by type, largest growth: " + ", ".join(
@@ -544,7 +546,8 @@ def soak(args: argparse.Namespace) -> int:
         threads = []
         if not args.no_mix:
             threads = [
-                threading.Thread(target=udp_fuzz, args=(port, args.udp_rate, stop_mix, mix, mutator)),
+                threading.Thread(target=udp_fuzz,
+                                 args=(port, args.udp_rate, stop_mix, mix, mutator)),
                 threading.Thread(target=tcp_fuzz, args=(port, args.tcp_rate, stop_mix, mix,
                                                         Mutator(random.Random(rng.random()),
                                                                 mutator.seeds))),
@@ -570,9 +573,10 @@ def soak(args: argparse.Namespace) -> int:
                   f"calls active {s.calls_active}", flush=True)
             return s
 
+        mix_text = ("off" if args.no_mix else f"udp {args.udp_rate:g}/s tcp {args.tcp_rate:g}/s "
+                    f"half-open {args.half_open}")
         print(f"soak: {args.minutes} min, SIPp {args.rate:g} calls/s x {args.call_seconds:g} s "
-              f"with PCMA media ({calls} calls), mix "
-              f"{'off' if args.no_mix else f'udp {args.udp_rate:g}/s tcp {args.tcp_rate:g}/s half-open {args.half_open}'}"
+              f"with PCMA media ({calls} calls), mix {mix_text}"
               f"; gateway pid {proc.pid}, work dir {work}", flush=True)
         sample()
         with (work / "sipp.log").open("wb") as out:

@@ -169,7 +169,8 @@ class Config(BaseSettings):
     accept_timeout_code: int = Field(480, ge=400, le=699)
     # Transfers (REFER, RFC 3515): every one reaches an outcome within these bounds.
     transfer_refer_timeout: float = Field(8.0, gt=0, le=64)  # REFER unanswered -> timed_out
-    transfer_notify_timeout: float = Field(30.0, gt=0, le=600)  # 202, no final NOTIFY -> unconfirmed
+    # 202 and no final NOTIFY in this time: unconfirmed
+    transfer_notify_timeout: float = Field(30.0, gt=0, le=600)
     transfer_bye_after_accept: str = Field("unconfirmed", pattern="^(unconfirmed|succeeded)$")
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To

@@ -1,4 +1,5 @@
-"""Typed header values: name-addr, Via, CSeq, and the header-name tables (RFC 3261 7.3, 20, 25.1)."""
+"""Typed header values: name-addr, Via, CSeq, and the header-name tables (RFC 3261 7.3,
+20, 25.1)."""
 
 from __future__ import annotations
 
@@ -200,7 +201,7 @@ class NameAddr:
 
     def with_tag(self, tag: str) -> NameAddr:
         keep = tuple((k, v) for k, v in self.params if k.lower() != "tag")
-        return replace(self, params=keep + (("tag", tag),))
+        return replace(self, params=(*keep, ("tag", tag)))
 
     def __str__(self) -> str:
         display = f"{self.display} " if self.display else ""
