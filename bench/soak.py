@@ -191,9 +191,10 @@ def corpus_seeds() -> list[bytes]:
         from tests.unit.corpus import CORPUS
     except ImportError:  # a checkout without its tests: the templates suffice
         return []
-    samples = [*CORPUS, *interop_corpus.NOTIFIES, *interop_corpus.REFER_ANSWERS,
-               *interop_corpus.DIALOGS]
-    return [s.data for s in samples if len(s.data) < 60000]
+    datas = [*(s.data for s in CORPUS), *(s.data for s in interop_corpus.NOTIFIES),
+             *(s.data for s in interop_corpus.REFER_ANSWERS),
+             *(s.data for s in interop_corpus.DIALOGS)]
+    return [d for d in datas if len(d) < 60000]
 
 
 class Mutator:
@@ -649,10 +650,10 @@ def soak(args: argparse.Namespace) -> int:
             print(summary[-1])
         if traced is not None:
             # From the end of the warm-up to the end, then each later snapshot to the end.
-            for first in range(1, snaps):
-                print(f"\nsnapshot at {snapped[first - 1] / 60:.1f} min -> end "
+            for begin in range(1, snaps):
+                print(f"\nsnapshot at {snapped[begin - 1] / 60:.1f} min -> end "
                       f"({snapped[-1] / 60:.1f} min):", end="")
-                compare_snapshots(traced, first, snaps, args.top if first == 1 else 10)
+                compare_snapshots(traced, begin, snaps, args.top if begin == 1 else 10)
         return 0 if alive and not failed else 1
 
 
