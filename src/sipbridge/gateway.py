@@ -16,7 +16,6 @@ from typing import Any
 
 from sipbridge.agent.bridge import AgentBridge
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
-from sipbridge.api.schemas import FunctionTool, SessionConfig
 from sipbridge.api.webhooks import WebhookSender, make_event
 from sipbridge.calls.call import Call, CallState, TransferJob, Trunk
 from sipbridge.calls.manager import CallManager
@@ -27,6 +26,7 @@ from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.schemas import FunctionTool, SessionConfig
 from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sipbridge.api.errors import (
+from sipbridge.realtime.errors import (
     ApiError,
     conflict,
     describe,

@@ -37,9 +37,9 @@ from openai.types.responses import (
 from pydantic import BaseModel, ValidationError
 from typing_extensions import get_type_hints
 
-from sipbridge.api import schemas
-from sipbridge.api.errors import ApiError, from_validation_errors
-from sipbridge.api.schemas import (
+from sipbridge.realtime import schemas
+from sipbridge.realtime.errors import ApiError, from_validation_errors
+from sipbridge.realtime.schemas import (
     ReferBody,
     RejectBody,
     SessionConfig,

@@ -16,8 +16,8 @@ from openai.types.realtime import (
 )
 from pydantic import BaseModel, TypeAdapter
 
-from sipbridge.api.schemas import SessionConfig
 from sipbridge.api.session import FORWARDED_EVENT_TYPES, SidebandSession
+from sipbridge.realtime.schemas import SessionConfig
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 EVENT_ID = re.compile(r"^event_[0-9a-f]{24}$")

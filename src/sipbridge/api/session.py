@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sipbridge.api.errors import ApiError, describe, from_validation_errors
-from sipbridge.api.schemas import SessionConfig, validate_session_update
+from sipbridge.realtime.errors import ApiError, describe, from_validation_errors
+from sipbridge.realtime.schemas import SessionConfig, validate_session_update
 
 SESSION_UPDATE = "session.update"
 FORWARDED_EVENT_TYPES = (

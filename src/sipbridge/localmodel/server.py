@@ -5,7 +5,7 @@ Connect to `ws://HOST:PORT/v1/realtime` (any query, such as `?model=...`; any or
 one session with its own conversation:
 
 - `session.created` first; `session.update` is checked and merged as the gateway's API does
-  it (`sipbridge.api.schemas.SessionConfig`) and answered with `session.updated` or `error`.
+  it (`sipbridge.realtime.schemas.SessionConfig`) and answered with `session.updated` or `error`.
 - `input_audio_buffer.append` takes PCM16 at 24 kHz, or G.711 (`audio/pcmu`, `audio/pcma`
   at 8 kHz) when the session's input format says so; `commit` and `clear` as OpenAI's.
 - With `server_vad` (the default; `semantic_vad` is served by the same detector) the
@@ -50,8 +50,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from sipbridge.api.errors import ApiError, describe, from_validation_errors
-from sipbridge.api.schemas import DEFAULT_MODEL, SessionConfig, validate_session_update
 from sipbridge.api.session import error_event, new_event_id
 from sipbridge.localmodel import tts
 from sipbridge.localmodel.policy import Policy, Reply
@@ -60,6 +58,8 @@ from sipbridge.localmodel.stt import Transcriber
 from sipbridge.localmodel.vad import Vad
 from sipbridge.media.g711 import alaw_decode, ulaw_decode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+from sipbridge.realtime.errors import ApiError, describe, from_validation_errors
+from sipbridge.realtime.schemas import DEFAULT_MODEL, SessionConfig, validate_session_update
 
 log = logging.getLogger("sipbridge.localmodel")
 

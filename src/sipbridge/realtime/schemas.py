@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from sipbridge.api.errors import VARIANT_TAG_PREFIX, ApiError, from_validation_errors
+from sipbridge.realtime.errors import VARIANT_TAG_PREFIX, ApiError, from_validation_errors
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.uri import parse_uri
 

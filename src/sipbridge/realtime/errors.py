@@ -15,7 +15,7 @@ from typing import Any
 
 VARIANT_TAG_PREFIX = "variant:"
 """Location parts starting with this name a union member, not a parameter: the tags of the
-discriminated unions in `sipbridge.api.schemas`. They are dropped from `param`."""
+discriminated unions in `sipbridge.realtime.schemas`. They are dropped from `param`."""
 
 # FastAPI prefixes each error location with where the value came from.
 _REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
