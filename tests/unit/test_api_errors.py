@@ -12,14 +12,8 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sipbridge.realtime.errors import (
-    ApiError,
-    conflict,
-    describe,
-    from_validation_errors,
-    not_found,
-    unauthorized,
-)
+from sipbridge.api.errors import ApiError, conflict, invalid_request, not_found, unauthorized
+from sipbridge.realtime.errors import describe, from_validation_errors
 
 
 class Inner(BaseModel):
@@ -40,7 +34,7 @@ class Outer(BaseModel):
 def error_for(data: Any, prefix: str = "") -> ApiError:
     with pytest.raises(ValidationError) as info:
         Outer.model_validate(data)
-    return from_validation_errors(info.value.errors(), prefix=prefix)
+    return invalid_request(info.value.errors(), prefix=prefix)
 
 
 def test_body_has_all_four_keys() -> None:
@@ -213,7 +207,7 @@ def test_value_errors_keep_their_message() -> None:
 
 
 def test_empty_error_list_still_gives_a_400() -> None:
-    error = from_validation_errors([])
+    error = invalid_request([])
     assert error.status == 400
     assert error.message
 
@@ -241,7 +235,7 @@ def test_through_fastapi_and_the_sdk() -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        error = from_validation_errors(exc.errors())
+        error = invalid_request(exc.errors())
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.post("/v1/things")

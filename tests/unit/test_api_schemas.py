@@ -37,15 +37,11 @@ from openai.types.responses import (
 from pydantic import BaseModel, ValidationError
 from typing_extensions import get_type_hints
 
+from sipbridge.api.errors import ApiError, invalid_request
+from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
 from sipbridge.realtime import schemas
-from sipbridge.realtime.errors import ApiError, from_validation_errors
-from sipbridge.realtime.schemas import (
-    ReferBody,
-    RejectBody,
-    SessionConfig,
-    refer_target_problem,
-    validate_session_update,
-)
+from sipbridge.realtime.errors import RealtimeError
+from sipbridge.realtime.schemas import SessionConfig, validate_session_update
 
 _mcp = realtime_tools_config_union_param
 # (SDK TypedDict, our model): the models must have exactly the TypedDict's keys.
@@ -408,7 +404,7 @@ def test_sipbridge_extension_is_accepted_but_not_reported() -> None:
 def _accept_error(body: dict[str, Any]) -> ApiError:
     with pytest.raises(ValidationError) as info:
         SessionConfig.model_validate(body)
-    return from_validation_errors(info.value.errors())
+    return invalid_request(info.value.errors())
 
 
 def _with(**changes: Any) -> dict[str, Any]:
@@ -563,7 +559,7 @@ def test_bad_accept_bodies(body: dict[str, Any], param: str, code: str, message:
 
 
 def test_session_update_needs_type_and_says_how_to_fix_it() -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(RealtimeError) as info:
         validate_session_update({"instructions": "hi"})
     error = info.value
     assert (error.param, error.code) == ("session.type", "missing_required_parameter")
@@ -600,10 +596,11 @@ def test_session_update_needs_type_and_says_how_to_fix_it() -> None:
 def test_session_update_errors_are_prefixed(
     session: dict[str, Any], param: str, code: str, message: str
 ) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(RealtimeError) as info:
         validate_session_update(session)
     error = info.value
-    assert (error.status, error.param, error.code, error.message) == (400, param, code, message)
+    assert (error.type, error.param, error.code, error.message) == (
+        "invalid_request_error", param, code, message)
 
 
 def test_session_update_returns_only_what_was_given() -> None:
@@ -682,7 +679,7 @@ def test_reject_defaults_to_decline() -> None:
 def test_reject_refuses_other_codes(status: object, code: str) -> None:
     with pytest.raises(ValidationError) as info:
         RejectBody.model_validate({"status_code": status})
-    error = from_validation_errors(info.value.errors())
+    error = invalid_request(info.value.errors())
     assert (error.status, error.param, error.code) == (400, "status_code", code)
     if code == "invalid_value":
         assert f"{status} is not a SIP failure response" in error.message
@@ -746,7 +743,7 @@ def test_refer_rejects_bad_targets(target: str, says: str) -> None:
     assert problem is not None and says in problem
     with pytest.raises(ValidationError) as info:
         ReferBody.model_validate({"target_uri": target})
-    error = from_validation_errors(info.value.errors())
+    error = invalid_request(info.value.errors())
     assert (error.status, error.param, error.code) == (400, "target_uri", "invalid_value")
     assert error.message.startswith("Invalid 'target_uri': ")
     assert says in error.message
@@ -764,7 +761,7 @@ def test_refer_body_fields() -> None:
 def _refer_error(body: dict[str, Any]) -> ApiError:
     with pytest.raises(ValidationError) as info:
         ReferBody.model_validate(body)
-    return from_validation_errors(info.value.errors())
+    return invalid_request(info.value.errors())
 
 
 def test_models_accept_their_own_instances() -> None:

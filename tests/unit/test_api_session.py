@@ -16,7 +16,8 @@ from openai.types.realtime import (
 )
 from pydantic import BaseModel, TypeAdapter
 
-from sipbridge.api.session import FORWARDED_EVENT_TYPES, SidebandSession
+from sipbridge.api.session import SidebandSession
+from sipbridge.realtime.events import FORWARDED_EVENT_TYPES
 from sipbridge.realtime.schemas import SessionConfig
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)

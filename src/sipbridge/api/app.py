@@ -27,21 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.dashboard import basic_password, mount_dashboard
+from sipbridge.api.errors import ApiError, invalid_request, unauthorized
 from sipbridge.api.records import CallRecords, call_error, manager
+from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.session import SidebandSession
 from sipbridge.calls.call import Call, CallError
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
 from sipbridge.metrics import CONTENT_TYPE, Metrics
-from sipbridge.realtime.errors import ApiError, from_validation_errors, unauthorized
-from sipbridge.realtime.schemas import (
-    FunctionTool,
-    ReferBody,
-    RejectBody,
-    SessionConfig,
-    refer_target_problem,
-)
+from sipbridge.realtime.schemas import FunctionTool, SessionConfig
 
 log = logging.getLogger("sipbridge.api")
 
@@ -242,7 +237,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             return _error_response(ApiError(
                 400, "We could not parse the JSON body of your request. The body must be "
                 "a JSON object.", code="invalid_json"))
-        return _error_response(from_validation_errors(errors))
+        return _error_response(invalid_request(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any, Protocol
 
+from sipbridge.api.errors import ApiError, conflict
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
-from sipbridge.realtime.errors import ApiError, conflict
 
 
 class Source(Protocol):

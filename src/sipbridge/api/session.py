@@ -10,84 +10,56 @@ client event to the model side through `on_client_event`. Event shapes are the S
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
-from sipbridge.realtime.errors import ApiError, describe, from_validation_errors
-from sipbridge.realtime.schemas import SessionConfig, validate_session_update
-
-SESSION_UPDATE = "session.update"
-FORWARDED_EVENT_TYPES = (
-    "input_audio_buffer.append",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.clear",
-    "output_audio_buffer.clear",
-    "conversation.item.create",
-    "conversation.item.delete",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "response.create",
-    "response.cancel",
+from sipbridge.realtime.errors import (
+    RealtimeError,
+    describe,
+    from_validation_errors,
+    missing,
+    wrong_type,
 )
-"""Client events the model side handles."""
-CLIENT_EVENT_TYPES = (SESSION_UPDATE, *FORWARDED_EVENT_TYPES)
-
-Events = list[dict[str, Any]]
-
-
-def new_event_id() -> str:
-    return "event_" + secrets.token_hex(12)
-
-
-def error_event(error: ApiError, *, client_event_id: str | None = None) -> dict[str, Any]:
-    """An `error` server event (the SDK's RealtimeErrorEvent) for `error`; `client_event_id`
-    names the client event that caused it."""
-    return {
-        "type": "error",
-        "event_id": new_event_id(),
-        "error": {
-            "type": error.type,
-            "code": error.code,
-            "message": error.message,
-            "param": error.param,
-            "event_id": client_event_id,
-        },
-    }
+from sipbridge.realtime.events import (
+    CLIENT_EVENT_TYPES,
+    FORWARDED_EVENT_TYPES,
+    SESSION_UPDATE,
+    Events,
+    error_event,
+)
+from sipbridge.realtime.ids import new_event_id, new_id
+from sipbridge.realtime.schemas import SessionConfig, validate_session_update
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse(raw: str | bytes) -> tuple[dict[str, Any] | None, ApiError | None]:
+def _parse(raw: str | bytes) -> tuple[dict[str, Any] | None, RealtimeError | None]:
     """A client message as a JSON object with a string `type`, or the error to answer."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         message = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
-        return None, ApiError(
-            400,
+        return None, RealtimeError(
             f"The client event could not be parsed as JSON ({exc}). Send each event as a "
             "JSON object.",
             code="invalid_json",
         )
     if not isinstance(message, dict):
-        return None, ApiError(
-            400,
+        return None, RealtimeError(
             f"The client event must be a JSON object, but got {describe(message)}.",
             code="invalid_json",
         )
     kind = message.get("type")
     if kind is None:
-        return message, ApiError(
-            400, "Missing required parameter: 'type'.", param="type", code="missing_type"
+        return message, RealtimeError(
+            "Missing required parameter: 'type'.", param="type", code="missing_type"
         )
     if not isinstance(kind, str):
-        return message, ApiError(
-            400,
+        return message, RealtimeError(
             f"Invalid type for 'type': expected a string, but got {describe(kind)} instead.",
             param="type",
             code="invalid_type",
@@ -111,7 +83,7 @@ class SidebandSession:
         on_client_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.call_id = call_id
-        self.session_id = "sess_" + secrets.token_hex(12)
+        self.session_id = new_id("sess")
         self.config = config
         self.on_client_event = on_client_event
         """The model side; None until a model session is attached."""
@@ -141,7 +113,7 @@ class SidebandSession:
         if kind == SESSION_UPDATE:
             try:
                 updated = self._update(message)
-            except ApiError as exc:
+            except RealtimeError as exc:
                 return [error_event(exc, client_event_id=client_event_id)], []
             if self.on_client_event is not None:
                 # The model holds the session: it answers, and its session.updated
@@ -151,8 +123,7 @@ class SidebandSession:
             return [], [updated]
         if kind in FORWARDED_EVENT_TYPES:
             if self.on_client_event is None:
-                error = ApiError(
-                    400,
+                error = RealtimeError(
                     f"No model session is attached to call '{self.call_id}', so "
                     f"'{kind}' cannot be handled.",
                     type="server_error",
@@ -161,8 +132,7 @@ class SidebandSession:
                 return [error_event(error, client_event_id=client_event_id)], []
             self.on_client_event(message)
             return [], []
-        error = ApiError(
-            400,
+        error = RealtimeError(
             f"Invalid value: '{kind[:100]}'. Supported values are: "
             f"{_supported(CLIENT_EVENT_TYPES)}.",
             param="type",
@@ -171,28 +141,17 @@ class SidebandSession:
         return [error_event(error, client_event_id=client_event_id)], []
 
     def _update(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Apply a `session.update`; returns `session.updated` or raises ApiError."""
+        """Apply a `session.update`; returns `session.updated` or raises RealtimeError."""
         for key in message:
             if key not in ("type", "event_id", "session"):
-                raise ApiError(
-                    400, f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter"
+                raise RealtimeError(
+                    f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter"
                 )
         if "session" not in message:
-            raise ApiError(
-                400,
-                "Missing required parameter: 'session'.",
-                param="session",
-                code="missing_required_parameter",
-            )
+            raise missing("session")
         session = message["session"]
         if not isinstance(session, dict):
-            raise ApiError(
-                400,
-                f"Invalid type for 'session': expected an object, but got {describe(session)} "
-                "instead.",
-                param="session",
-                code="invalid_type",
-            )
+            raise wrong_type("session", "an object", session)
         partial = validate_session_update(session)
         try:
             self.config = self.config.updated(partial)

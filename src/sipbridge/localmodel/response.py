@@ -9,7 +9,6 @@ import asyncio
 import base64
 import logging
 import math
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from sipbridge.media.g711 import alaw_encode, ulaw_encode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+from sipbridge.realtime.ids import new_id
 
 if TYPE_CHECKING:
     from sipbridge.localmodel.server import _Session
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipbridge.localmodel")
 
 SAMPLES_PER_MS = MODEL_RATE // 1000
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 @dataclass(eq=False)

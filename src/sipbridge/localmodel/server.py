@@ -50,15 +50,22 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from sipbridge.api.session import error_event, new_event_id
 from sipbridge.localmodel import tts
 from sipbridge.localmodel.policy import Policy, Reply
-from sipbridge.localmodel.response import SAMPLES_PER_MS, PendingResponse, ResponseRun, new_id
+from sipbridge.localmodel.response import SAMPLES_PER_MS, PendingResponse, ResponseRun
 from sipbridge.localmodel.stt import Transcriber
 from sipbridge.localmodel.vad import Vad
 from sipbridge.media.g711 import alaw_decode, ulaw_decode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
-from sipbridge.realtime.errors import ApiError, describe, from_validation_errors
+from sipbridge.realtime.errors import (
+    RealtimeError,
+    describe,
+    from_validation_errors,
+    missing,
+    wrong_type,
+)
+from sipbridge.realtime.events import error_event
+from sipbridge.realtime.ids import new_event_id, new_id
 from sipbridge.realtime.schemas import DEFAULT_MODEL, SessionConfig, validate_session_update
 
 log = logging.getLogger("sipbridge.localmodel")
@@ -79,22 +86,12 @@ def _espeak(text: str, voice: str | None, speed: float) -> np.ndarray:
     return tts.synthesize(text, voice, speed=speed)
 
 
-def _missing(param: str) -> ApiError:
-    return ApiError(400, f"Missing required parameter: '{param}'.", param=param,
-                    code="missing_required_parameter")
-
-
-def _wrong_type(param: str, expected: str, value: object) -> ApiError:
-    return ApiError(400, f"Invalid type for '{param}': expected {expected}, but got "
-                         f"{describe(value)} instead.", param=param, code="invalid_type")
-
-
 def _string(data: Mapping[str, Any], key: str, param: str) -> str:
     value = data.get(key)
     if value is None:
-        raise _missing(param)
+        raise missing(param)
     if not isinstance(value, str):
-        raise _wrong_type(param, "a string", value)
+        raise wrong_type(param, "a string", value)
     return value
 
 
@@ -102,7 +99,7 @@ def _b64(value: str, param: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"Invalid '{param}': not valid base64.", param=param,
+        raise RealtimeError(f"Invalid '{param}': not valid base64.", param=param,
                        code="invalid_value") from None
 
 
@@ -262,7 +259,7 @@ class _Session:
                 raise
             except Exception as exc:  # a bug must not end the call: report it
                 log.exception("local model: job failed")
-                await self.emit(error_event(ApiError(500, f"The local model failed: {exc}",
+                await self.emit(error_event(RealtimeError(f"The local model failed: {exc}",
                                                      type="server_error", code="server_error")))
 
     def session_object(self) -> dict[str, Any]:
@@ -290,36 +287,36 @@ class _Session:
             try:
                 event = json.loads(raw)
             except (UnicodeDecodeError, ValueError) as exc:
-                raise ApiError(400, f"The client event could not be parsed as JSON ({exc}).",
+                raise RealtimeError(f"The client event could not be parsed as JSON ({exc}).",
                                code="invalid_json") from None
             if not isinstance(event, dict):
-                raise ApiError(400, f"The client event must be a JSON object, but got "
+                raise RealtimeError(f"The client event must be a JSON object, but got "
                                     f"{describe(event)}.", code="invalid_json")
             if isinstance(event.get("event_id"), str):
                 client_event_id = event["event_id"]
             kind = _string(event, "type", "type")
             handler = self._HANDLERS.get(kind)
             if handler is None:
-                raise ApiError(400, f"Invalid value: '{kind[:100]}'. Supported values are: "
+                raise RealtimeError(f"Invalid value: '{kind[:100]}'. Supported values are: "
                                     f"{', '.join(repr(k) for k in self._HANDLERS)}.",
                                param="type", code="invalid_value")
             await handler(self, event)
-        except ApiError as exc:
+        except RealtimeError as exc:
             await self.emit(error_event(exc, client_event_id=client_event_id))
         except ConnectionClosed:
             raise
         except Exception as exc:  # a bug must not end the call: report it
             log.exception("local model: a client event failed")
-            await self.emit(error_event(ApiError(500, f"The local model failed: {exc}",
+            await self.emit(error_event(RealtimeError(f"The local model failed: {exc}",
                                                  type="server_error", code="server_error"),
                                         client_event_id=client_event_id))
 
     async def _session_update(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if session is None:
-            raise _missing("session")
+            raise missing("session")
         if not isinstance(session, dict):
-            raise _wrong_type("session", "an object", session)
+            raise wrong_type("session", "an object", session)
         partial = validate_session_update(session)
         try:
             self.config = self.config.updated(partial)
@@ -338,7 +335,7 @@ class _Session:
             pcm = self._up.process(alaw_decode(data))
         else:
             if len(data) % 2:
-                raise ApiError(400, "Invalid 'audio': PCM16 audio has an even number of "
+                raise RealtimeError("Invalid 'audio': PCM16 audio has an even number of "
                                     f"bytes, not {len(data)}.", param="audio",
                                code="invalid_value")
             pcm = np.frombuffer(data, "<i2").astype(np.int16)
@@ -360,7 +357,7 @@ class _Session:
     async def _commit(self, event: dict[str, Any]) -> None:
         ms = self._buf_len // SAMPLES_PER_MS
         if ms < MIN_COMMIT_MS:
-            raise ApiError(400, "Error committing input audio buffer: buffer too small. "
+            raise RealtimeError("Error committing input audio buffer: buffer too small. "
                                 f"Expected at least {MIN_COMMIT_MS}ms of audio, but buffer "
                                 f"only has {ms}ms of audio.",
                            code="input_audio_buffer_commit_empty")
@@ -381,12 +378,12 @@ class _Session:
     async def _item_create(self, event: dict[str, Any]) -> None:
         raw = event.get("item")
         if raw is None:
-            raise _missing("item")
+            raise missing("item")
         if not isinstance(raw, dict):
-            raise _wrong_type("item", "an object", raw)
+            raise wrong_type("item", "an object", raw)
         item, audio = self._checked_item(raw)
         if item["id"] in self.items:
-            raise ApiError(400, f"Item with id '{item['id']}' already exists.",
+            raise RealtimeError(f"Item with id '{item['id']}' already exists.",
                            param="item.id", code="item_id_already_exists")
         await self._add_item(item)
         if audio is not None:
@@ -398,9 +395,9 @@ class _Session:
         audio_end_ms = event.get("audio_end_ms")
         content_index = event.get("content_index", 0)
         if not isinstance(audio_end_ms, int) or audio_end_ms < 0:
-            raise _wrong_type("audio_end_ms", "a non-negative integer", audio_end_ms)
+            raise wrong_type("audio_end_ms", "a non-negative integer", audio_end_ms)
         if item.get("role") != "assistant":
-            raise ApiError(400, "Only assistant messages can be truncated.", param="item_id",
+            raise RealtimeError("Only assistant messages can be truncated.", param="item_id",
                            code="invalid_value")
         await self.emit({"type": "conversation.item.truncated", "item_id": item["id"],
                          "content_index": content_index if isinstance(content_index, int)
@@ -418,7 +415,7 @@ class _Session:
     async def _response_create(self, event: dict[str, Any]) -> None:
         params = event.get("response") or {}
         if not isinstance(params, dict):
-            raise _wrong_type("response", "an object", params)
+            raise wrong_type("response", "an object", params)
         self._request_response(params, auto=False)
 
     async def _response_cancel(self, event: dict[str, Any]) -> None:
@@ -427,7 +424,7 @@ class _Session:
         if wanted is not None:
             pending = [r for r in pending if r.id == wanted]
         if not pending:
-            raise ApiError(400, "Cancellation failed: no active response found.",
+            raise RealtimeError("Cancellation failed: no active response found.",
                            code="response_cancel_not_active")
         pending[0].cancel_reason = "client_cancelled"
 
@@ -579,7 +576,7 @@ class _Session:
         item_id = _string(event, "item_id", "item_id")
         item = self.items.get(item_id)
         if item is None:
-            raise ApiError(400, f"Item with item_id '{item_id}' not found.", param="item_id",
+            raise RealtimeError(f"Item with item_id '{item_id}' not found.", param="item_id",
                            code="item_not_found")
         return item
 
@@ -591,7 +588,7 @@ class _Session:
         kind = _string(raw, "type", "item.type")
         item_id = raw.get("id")
         if item_id is not None and not isinstance(item_id, str):
-            raise _wrong_type("item.id", "a string", item_id)
+            raise wrong_type("item.id", "a string", item_id)
         item: dict[str, Any] = {"id": item_id or new_id("item"), "object": "realtime.item",
                                 "type": kind, "status": "completed"}
         audio: tuple[np.ndarray, int] | None = None
@@ -601,20 +598,20 @@ class _Session:
                        "assistant": ("output_text", "output_audio"),
                        "system": ("input_text",)}.get(role)
             if allowed is None:
-                raise ApiError(400, f"Invalid value: '{role[:100]}'. Supported values are: "
+                raise RealtimeError(f"Invalid value: '{role[:100]}'. Supported values are: "
                                     "'user', 'assistant', and 'system'.", param="item.role",
                                code="invalid_value")
             content = raw.get("content")
             if not isinstance(content, list):
-                raise _wrong_type("item.content", "an array", content)
+                raise wrong_type("item.content", "an array", content)
             parts = []
             for i, part in enumerate(content):
                 where = f"item.content[{i}]"
                 if not isinstance(part, dict):
-                    raise _wrong_type(where, "an object", part)
+                    raise wrong_type(where, "an object", part)
                 ptype = _string(part, "type", f"{where}.type")
                 if ptype not in allowed:
-                    raise ApiError(400, f"Invalid value: '{ptype[:100]}'. Supported values "
+                    raise RealtimeError(f"Invalid value: '{ptype[:100]}'. Supported values "
                                         f"for a {role} message are: "
                                         f"{', '.join(repr(a) for a in allowed)}.",
                                    param=f"{where}.type", code="invalid_value")
@@ -635,7 +632,7 @@ class _Session:
                         call_id=raw.get("call_id") if isinstance(raw.get("call_id"), str)
                         else new_id("call"))
         else:
-            raise ApiError(400, f"Invalid value: '{kind[:100]}'. Supported values are: "
+            raise RealtimeError(f"Invalid value: '{kind[:100]}'. Supported values are: "
                                 "'message', 'function_call', and 'function_call_output'.",
                            param="item.type", code="invalid_value")
         return item, audio

@@ -1,10 +1,10 @@
-"""API errors in OpenAI's shape, and pydantic validation errors translated into them.
+"""Errors of OpenAI's Realtime protocol, and pydantic validation errors translated into them.
 
-OpenAI answers a bad request with `{"error": {"message", "type", "param", "code"}}`, `param`
-naming the offending parameter in dotted form (`audio.input.format.type`, `tools[0].name`)
-and messages such as "Unknown parameter: 'foo'." The SDK turns the status into its exception
-class (400 `BadRequestError`, 401 `AuthenticationError`, 404 `NotFoundError`, 409
-`ConflictError`), so apps handle sipbridge's errors exactly as OpenAI's.
+OpenAI reports a bad client event or request as an error object, `{"message", "type", "param",
+"code"}`, `param` naming the offending parameter in dotted form (`audio.input.format.type`,
+`tools[0].name`) and messages such as "Unknown parameter: 'foo'." A Realtime session sends it
+in an `error` event (`sipbridge.realtime.events.error_event`); the HTTP API sends it as a
+response body with a status (`sipbridge.api.errors.ApiError`).
 """
 
 from __future__ import annotations
@@ -47,12 +47,11 @@ _BOUNDS = {
 }
 
 
-class ApiError(Exception):
-    """An error response: HTTP status plus OpenAI's error object."""
+class RealtimeError(Exception):
+    """OpenAI's error object: what went wrong, its kind, the parameter at fault, a code."""
 
     def __init__(
         self,
-        status: int,
         message: str,
         *,
         type: str = "invalid_request_error",
@@ -60,43 +59,33 @@ class ApiError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
         self.type = type
         self.param = param
         self.code = code
 
-    def body(self) -> dict[str, object]:
-        """The JSON response body; all four keys are always present."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def fields(self) -> dict[str, object]:
+        """The error object; all four keys are always present."""
+        return {"message": self.message, "type": self.type, "param": self.param,
+                "code": self.code}
 
     def __repr__(self) -> str:
         return (
-            f"ApiError({self.status}, {self.message!r}, type={self.type!r}, "
+            f"{type(self).__name__}({self.message!r}, type={self.type!r}, "
             f"param={self.param!r}, code={self.code!r})"
         )
 
 
-def not_found(what: str) -> ApiError:
-    """404 for a missing resource, e.g. `not_found("call 'rtc_123'")`."""
-    return ApiError(404, f"{what[:1].upper()}{what[1:]} not found.", code="not_found")
+def missing(param: str) -> RealtimeError:
+    """A required parameter is absent."""
+    return RealtimeError(f"Missing required parameter: '{param}'.", param=param,
+                         code="missing_required_parameter")
 
 
-def conflict(message: str) -> ApiError:
-    """409: the request does not fit the resource's current state."""
-    return ApiError(409, message, code="invalid_state")
-
-
-def unauthorized(message: str) -> ApiError:
-    """401: missing or wrong API key."""
-    return ApiError(401, message, code="invalid_api_key")
+def wrong_type(param: str, expected: str, value: object) -> RealtimeError:
+    """A parameter has the wrong JSON kind; `expected` as OpenAI words it ("a string")."""
+    return RealtimeError(f"Invalid type for '{param}': expected {expected}, but got "
+                         f"{describe(value)} instead.", param=param, code="invalid_type")
 
 
 def describe(value: object) -> str:
@@ -154,14 +143,16 @@ def _param(loc: Sequence[Any], prefix: str, *, keep_last: bool) -> str:
     return out
 
 
-def from_validation_errors(errors: Sequence[Mapping[str, Any]], *, prefix: str = "") -> ApiError:
-    """A 400 for the first error of a pydantic (or FastAPI) error list.
+def from_validation_errors(
+    errors: Sequence[Mapping[str, Any]], *, prefix: str = ""
+) -> RealtimeError:
+    """The error for the first error of a pydantic (or FastAPI) error list.
 
     `param` is the dotted path of the bad value under `prefix` (e.g. "session" for a
     `session.update`); FastAPI's leading location ("body", "query", ...) is dropped.
     """
     if not errors:
-        return ApiError(400, "Invalid request.", param=prefix or None, code="invalid_value")
+        return RealtimeError("Invalid request.", param=prefix or None, code="invalid_value")
     err = errors[0]
     kind = str(err.get("type", ""))
     ctx: Mapping[str, Any] = err.get("ctx") or {}
@@ -170,8 +161,7 @@ def from_validation_errors(errors: Sequence[Mapping[str, Any]], *, prefix: str =
 
     if kind == "json_invalid":
         detail = ctx.get("error") or "invalid JSON"
-        return ApiError(
-            400,
+        return RealtimeError(
             f"We could not parse the JSON body of your request ({detail}). "
             "The body must be a JSON object.",
             code="invalid_json",
@@ -180,8 +170,8 @@ def from_validation_errors(errors: Sequence[Mapping[str, Any]], *, prefix: str =
     param = _param(loc, prefix, keep_last=kind == "extra_forbidden")
     name = f"'{param}'" if param else "the request body"
 
-    def invalid(message: str, code: str) -> ApiError:
-        return ApiError(400, message, param=param or None, code=code)
+    def invalid(message: str, code: str) -> RealtimeError:
+        return RealtimeError(message, param=param or None, code=code)
 
     if kind == "extra_forbidden":
         return invalid(f"Unknown parameter: {name}.", "unknown_parameter")

@@ -1,9 +1,11 @@
-"""Request bodies of the call-control API and the realtime session config, as pydantic models.
+"""The realtime session config as pydantic models: the body of the API's accept, and a
+`session.update`'s `session`.
 
 The models follow the `openai` SDK's parameter types field by field
-(`types/realtime/call_accept_params.py` and the `*_param.py` files it imports), so a body the
+(`types/realtime/call_accept_params.py` and the `*_param.py` files it imports), so a config the
 SDK builds validates and anything else is refused the way OpenAI refuses it: unknown fields,
-wrong literals and wrong JSON types give a 400 naming the parameter (see `api.errors`).
+wrong literals and wrong JSON types give an error naming the parameter (see
+`realtime.errors`).
 
 Every model forbids extra fields and is strict (no "5" for 5, no 1 for true): the SDK sends
 JSON, so coercion would only hide client bugs. Unions are tagged with a callable discriminator
@@ -13,7 +15,6 @@ A `null` where the SDK has no `Optional` is taken as "not given".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, Literal
 
@@ -24,14 +25,11 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from sipbridge.realtime.errors import VARIANT_TAG_PREFIX, ApiError, from_validation_errors
-from sipbridge.sip.errors import ParseError
-from sipbridge.sip.uri import parse_uri
+from sipbridge.realtime.errors import VARIANT_TAG_PREFIX, RealtimeError, from_validation_errors
 
 DEFAULT_MODEL = "gpt-realtime"
 DEFAULT_INSTRUCTIONS = ""
@@ -53,10 +51,11 @@ SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
     "interrupt_response": True,
 }
 
-MAX_TARGET_URI = 1024
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A model that refuses unknown fields and converts no JSON kind into another."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -131,7 +130,7 @@ def _pick(
 # --- audio -------------------------------------------------------------------------------
 
 
-class AudioPCM(_Strict):
+class AudioPCM(StrictModel):
     """16-bit PCM at 24 kHz. `type` is required here (the SDK's TypedDict marks it optional)
     because it tells the formats apart."""
 
@@ -139,11 +138,11 @@ class AudioPCM(_Strict):
     rate: Literal[24000] = 24000
 
 
-class AudioPCMU(_Strict):
+class AudioPCMU(StrictModel):
     type: Literal["audio/pcmu"]
 
 
-class AudioPCMA(_Strict):
+class AudioPCMA(StrictModel):
     type: Literal["audio/pcma"]
 
 
@@ -161,12 +160,12 @@ AudioFormat = Annotated[
 ]
 
 
-class NoiseReduction(_Strict):
+class NoiseReduction(StrictModel):
     strength: float | None = Field(default=None, ge=0)
     type: Literal["near_field", "far_field"] | None = None
 
 
-class AudioTranscription(_Strict):
+class AudioTranscription(StrictModel):
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     keywords: list[str] | None = None
     language: str | None = None
@@ -175,7 +174,7 @@ class AudioTranscription(_Strict):
     prompt: str | None = None
 
 
-class ServerVad(_Strict):
+class ServerVad(StrictModel):
     type: Literal["server_vad"]
     create_response: bool | None = None
     idle_timeout_ms: int | None = Field(default=None, ge=0)
@@ -185,7 +184,7 @@ class ServerVad(_Strict):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
-class SemanticVad(_Strict):
+class SemanticVad(StrictModel):
     type: Literal["semantic_vad"]
     create_response: bool | None = None
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
@@ -205,14 +204,14 @@ TurnDetection = Annotated[
 ]
 
 
-class AudioInput(_Strict):
+class AudioInput(StrictModel):
     format: AudioFormat = None
     noise_reduction: NoiseReduction | None = None  # null turns it off
     transcription: AudioTranscription | None = None  # null turns it off
     turn_detection: TurnDetection = None  # null turns it off: the app commits turns itself
 
 
-class VoiceID(_Strict):
+class VoiceID(StrictModel):
     """A custom voice."""
 
     id: str
@@ -224,13 +223,13 @@ Voice = Annotated[
 ]
 
 
-class AudioOutput(_Strict):
+class AudioOutput(StrictModel):
     format: AudioFormat = None
     speed: float | None = Field(default=None, ge=0.25, le=1.5)
     voice: Voice = None
 
 
-class AudioConfig(_Strict):
+class AudioConfig(StrictModel):
     input: AudioInput | None = None
     output: AudioOutput | None = None
 
@@ -238,7 +237,7 @@ class AudioConfig(_Strict):
 # --- tools -------------------------------------------------------------------------------
 
 
-class FunctionTool(_Strict):
+class FunctionTool(StrictModel):
     """A function the model may call. The SDK's TypedDict marks every key optional; `type`
     (the union's tag) and `name` (a call cannot be routed without it) are required here."""
 
@@ -248,12 +247,12 @@ class FunctionTool(_Strict):
     parameters: dict[str, Any] | None = None  # a JSON Schema object, passed through
 
 
-class McpToolFilter(_Strict):
+class McpToolFilter(StrictModel):
     read_only: bool | None = None
     tool_names: list[str] | None = None
 
 
-class McpApprovalFilter(_Strict):
+class McpApprovalFilter(StrictModel):
     always: McpToolFilter | None = None
     never: McpToolFilter | None = None
 
@@ -273,7 +272,7 @@ McpRequireApproval = Annotated[
 ]
 
 
-class McpTool(_Strict):
+class McpTool(StrictModel):
     """A remote MCP server's tools (the SDK's `Mcp`). sipbridge validates and passes it on."""
 
     type: Literal["mcp"]
@@ -323,12 +322,12 @@ Tool = Annotated[
 ]
 
 
-class ToolChoiceFunction(_Strict):
+class ToolChoiceFunction(StrictModel):
     type: Literal["function"]
     name: str
 
 
-class ToolChoiceMcp(_Strict):
+class ToolChoiceMcp(StrictModel):
     type: Literal["mcp"]
     server_label: str
     name: str | None = None
@@ -351,7 +350,7 @@ ToolChoice = Annotated[
 # --- the rest of the session -------------------------------------------------------------
 
 
-class TracingConfiguration(_Strict):
+class TracingConfiguration(StrictModel):
     group_id: str | None = None
     metadata: Any = None  # arbitrary JSON, passed through
     workflow_name: str | None = None
@@ -365,11 +364,11 @@ Tracing = Annotated[
 ]
 
 
-class TokenLimits(_Strict):
+class TokenLimits(StrictModel):
     post_instructions: int | None = Field(default=None, ge=0)
 
 
-class RetentionRatioTruncation(_Strict):
+class RetentionRatioTruncation(StrictModel):
     type: Literal["retention_ratio"]
     retention_ratio: float = Field(ge=0.0, le=1.0)
     token_limits: TokenLimits | None = None
@@ -383,7 +382,7 @@ Truncation = Annotated[
 ]
 
 
-class Prompt(_Strict):
+class Prompt(StrictModel):
     """A stored prompt template. `variables` values (strings or input_text / input_image /
     input_file content objects) are rarely used with calls: kept as permissive JSON."""
 
@@ -392,7 +391,7 @@ class Prompt(_Strict):
     version: str | None = None
 
 
-class Reasoning(_Strict):
+class Reasoning(StrictModel):
     effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
@@ -428,7 +427,7 @@ def _merge(old: Any, new: Any, path: tuple[str, ...]) -> Any:
     return out
 
 
-class SessionConfig(_Strict):
+class SessionConfig(StrictModel):
     """A realtime session config: the body of `POST /v1/realtime/calls/{id}/accept` (the SDK's
     `CallAcceptParams`), and with every field but `type` optional, a `session.update`'s
     `session`.
@@ -534,11 +533,10 @@ _TYPE_HINT = 'Add "type": "realtime" to the session object.'
 
 def validate_session_update(session: Mapping[str, Any]) -> dict[str, Any]:
     """A `session.update` event's `session`, checked like an accept body but every field except
-    `type` optional; returns the fields given, normalised. Raises ApiError (param
+    `type` optional; returns the fields given, normalised. Raises RealtimeError (param
     "session.<field>")."""
     if "type" not in session:
-        raise ApiError(
-            400,
+        raise RealtimeError(
             f"Missing required parameter: 'session.type'. {_TYPE_HINT}",
             param="session.type",
             code="missing_required_parameter",
@@ -548,127 +546,3 @@ def validate_session_update(session: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), prefix="session") from None
     return config.model_dump(exclude_unset=True)
-
-
-class RejectBody(_Strict):
-    """`POST /v1/realtime/calls/{id}/reject`: the SIP final response the caller hears."""
-
-    status_code: int = 603
-
-    @field_validator("status_code")
-    @classmethod
-    def _failure_code(cls, value: int) -> int:
-        if not 400 <= value <= 699:
-            raise PydanticCustomError(
-                "invalid_value",
-                "{reason}",
-                {
-                    "reason": f"{value} is not a SIP failure response; use a status code from 400 "
-                    "to 699, e.g. 486 (Busy Here) or 603 (Decline)."
-                },
-            )
-        return value
-
-
-# RFC 3966: global-number-digits, local-number-digits, par (parameter / extension / isub).
-_TEL_GLOBAL = re.compile(r"\+[0-9\-.()]*[0-9][0-9\-.()]*")
-_TEL_LOCAL = re.compile(r"[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*")
-_TEL_PNAME = re.compile(r"[A-Za-z0-9-]+")
-_TEL_PVALUE = re.compile(r"(?:[\[\]/:&+$A-Za-z0-9\-_.!~*'()]|%[0-9A-Fa-f]{2})+")
-_TEL_EXT = re.compile(r"[0-9\-.()]*[0-9][0-9\-.()]*")
-_DOMAIN = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?"
-)
-_BAD_CHAR = re.compile(r"[\x00-\x20\x7f<>]|\s")
-_EXAMPLES = "e.g. 'tel:+14155550123' or 'sip:agent@example.com'"
-
-
-def _tel_problem(number: str, params: list[str]) -> str | None:
-    is_global = number.startswith("+")
-    if is_global and not _TEL_GLOBAL.fullmatch(number):
-        return (
-            f"'{number}' is not a global phone number: write '+' and digits, which may "
-            "be grouped with '-', '.', '(' and ')'."
-        )
-    if not is_global and not _TEL_LOCAL.fullmatch(number):
-        return (
-            f"'{number}' is not a phone number: use '+', the country code and the number "
-            "(e.g. 'tel:+14155550123')."
-        )
-    seen: set[str] = set()
-    for param in params:
-        name, eq, value = param.partition("=")
-        lname = name.lower()
-        if not _TEL_PNAME.fullmatch(name) or (eq and not _TEL_PVALUE.fullmatch(value)):
-            return f"invalid tel URI parameter {param[:40]!r}."
-        if lname in seen:
-            return f"the tel URI parameter '{lname}' appears twice."
-        seen.add(lname)
-        if lname == "ext" and not _TEL_EXT.fullmatch(value):
-            return f"invalid extension {value[:40]!r}: use digits."
-        if lname == "phone-context":
-            if is_global:
-                return "a global number (starting with '+') takes no 'phone-context'."
-            if not (_TEL_GLOBAL.fullmatch(value) or _DOMAIN.fullmatch(value)):
-                return (
-                    f"invalid phone-context {value[:40]!r}: use a domain name or a global "
-                    "number prefix such as '+1'."
-                )
-    if not is_global and "phone-context" not in seen:
-        return (
-            f"the local number '{number}' needs a ';phone-context=' parameter (RFC 3966); "
-            "for a number reachable from anywhere use '+' and the country code, "
-            "e.g. 'tel:+14155550123'."
-        )
-    return None
-
-
-def refer_target_problem(target: str) -> str | None:
-    """What is wrong with a REFER target (it becomes `Refer-To: <target>`), or None.
-
-    tel: URIs follow RFC 3966 (global `+` numbers, or local numbers with a phone-context);
-    sip:/sips: URIs must pass `sipbridge.sip.uri.parse_uri`. Whitespace, control characters,
-    '<' and '>' are refused anywhere: they could end the header or the angle brackets.
-    """
-    if not target:
-        return f"must not be empty; give a tel: or sip: URI ({_EXAMPLES})."
-    if len(target) > MAX_TARGET_URI:
-        return f"must be at most {MAX_TARGET_URI} characters long, got {len(target)}."
-    bad = _BAD_CHAR.search(target)
-    if bad:
-        return (
-            f"must not contain whitespace, control characters, '<' or '>' "
-            f"(found {bad.group()!r} at position {bad.start()})."
-        )
-    scheme, colon, rest = target.partition(":")
-    lscheme = scheme.lower()
-    if not colon or lscheme not in ("tel", "sip", "sips"):
-        got = f"the scheme is '{scheme[:20]}'" if colon else "there is no scheme"
-        return f"expected a tel:, sip: or sips: URI ({_EXAMPLES}), but {got}."
-    if lscheme == "tel":
-        number, _, param_text = rest.partition(";")
-        return _tel_problem(number, param_text.split(";") if param_text else [])
-    try:
-        parse_uri(target)
-    except ParseError as exc:
-        return f"not a valid SIP URI: {exc.reason}."
-    return None
-
-
-class ReferBody(_Strict):
-    """`POST /v1/realtime/calls/{id}/refer`: where to transfer the caller.
-
-    `sipbridge` holds gateway-specific transfer options (a JSON object whose keys the gateway
-    documents); OpenAI's API has no such field and the SDK sends it only via `extra_body`.
-    """
-
-    target_uri: str
-    sipbridge: dict[str, Any] | None = None
-
-    @field_validator("target_uri")
-    @classmethod
-    def _valid_target(cls, value: str) -> str:
-        problem = refer_target_problem(value)
-        if problem is not None:
-            raise PydanticCustomError("invalid_value", "{reason}", {"reason": problem})
-        return value
