@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sipbridge.agent.bridge import AgentBridge
-from sipbridge.api.app import HttpServer, SidebandHubs, create_app
+from sipbridge.api.app import HttpServer, create_app
+from sipbridge.api.session import SidebandHubs
 from sipbridge.api.webhooks import WebhookSender, make_event
 from sipbridge.calls.call import Call, CallState, TransferJob, Trunk
 from sipbridge.calls.manager import CallManager

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sipbridge.api.app import SidebandHubs, create_app
+from sipbridge.api.app import create_app
 from sipbridge.api.dashboard import basic_password
+from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.call import Call, CallError, CallState
 from tests.unit.test_trace import T0, sample_call
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from sipbridge.api.app import SidebandHubs, create_app
+from sipbridge.api.app import create_app
+from sipbridge.api.session import SidebandHubs
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery
 from tests.unit.test_manager import ack, app_call
 

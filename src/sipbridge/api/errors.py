@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from sipbridge.realtime.errors import RealtimeError, from_validation_errors
 
 
@@ -39,6 +41,11 @@ class ApiError(RealtimeError):
             f"ApiError({self.status}, {self.message!r}, type={self.type!r}, "
             f"param={self.param!r}, code={self.code!r})"
         )
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    """The HTTP response that carries `error`."""
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 def invalid_request(errors: Sequence[Mapping[str, Any]], *, prefix: str = "") -> ApiError:

@@ -1,4 +1,5 @@
-"""The sideband session of one call: client events in, server events out, no I/O.
+"""The sideband session of one call: client events in, server events out, no I/O; and the
+hubs that hold each call's session and the clients watching it.
 
 An app connects to `/v1/realtime?call_id=...` and speaks OpenAI's Realtime protocol.
 `SidebandSession` keeps the call's session config, answers `session.update` itself
@@ -9,12 +10,14 @@ client event to the model side through `on_client_event`. Event shapes are the S
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from sipbridge.calls.call import Call
 from sipbridge.realtime.errors import (
     RealtimeError,
     describe,
@@ -169,3 +172,37 @@ class SidebandSession:
         if not isinstance(out.get("event_id"), str) or not out["event_id"]:
             out["event_id"] = new_event_id()
         return out
+
+
+class SidebandHubs:
+    """Each accepted call's sideband session and the WebSocket clients watching it."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, SidebandSession] = {}
+        self.clients: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self.models: dict[str, Callable[[dict[str, Any]], None]] = {}  # call -> model sink
+
+    def open(self, call: Call, config: SessionConfig) -> SidebandSession:
+        session = SidebandSession(call.id, config, on_client_event=self.models.get(call.id))
+        self.sessions[call.id] = session
+        self.clients.setdefault(call.id, set())
+        return session
+
+    def attach_model(self, call_id: str, sink: Callable[[dict[str, Any]], None]) -> None:
+        """Client events of the call's sideband go to `sink` (the model) from now on."""
+        self.models[call_id] = sink
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.on_client_event = sink
+
+    def publish(self, call_id: str, event: dict[str, Any]) -> None:
+        """Fan one server event out to every sideband client of the call."""
+        for queue in self.clients.get(call_id, ()):
+            queue.put_nowait(event)
+
+    def close(self, call_id: str) -> None:
+        """The call ended: its clients are disconnected, its session dropped."""
+        self.sessions.pop(call_id, None)
+        self.models.pop(call_id, None)
+        for queue in self.clients.pop(call_id, ()):
+            queue.put_nowait(None)

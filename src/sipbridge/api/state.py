@@ -1,0 +1,52 @@
+"""What the API's handlers share, and how they reach it: one `ApiState` on the application,
+handed to each handler by FastAPI's dependency injection (`State`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from sipbridge.api.records import CallRecords
+from sipbridge.api.session import SidebandHubs
+from sipbridge.calls.manager import CallManager
+from sipbridge.metrics import Metrics
+
+
+class Control(Protocol):
+    """What the API needs from the gateway."""
+
+    calls: CallManager | None
+    sideband: SidebandHubs
+    store: Any  # the call store (SqliteStore) or None
+    metrics: Metrics
+
+    def pump(self) -> None:
+        """Send what the SIP core queued (after a call-control request)."""
+
+    def note(self, call_id: str, kind: str, **data: object) -> None:
+        """An entry on the call's timeline."""
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """The gateway the API controls, the call records it reads, and the API keys it takes
+    (none: the API is open)."""
+
+    control: Control
+    records: CallRecords
+    keys: tuple[bytes, ...]
+
+
+def api_state(connection: HTTPConnection) -> ApiState:
+    """The application's `ApiState` (set by `create_app`)."""
+    state = connection.app.state.sipbridge
+    if not isinstance(state, ApiState):
+        raise TypeError("the application was not made by create_app")
+    return state
+
+
+State = Annotated[ApiState, Depends(api_state)]
+"""A handler parameter of this type receives the application's `ApiState`."""
