@@ -10,16 +10,15 @@ import base64
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from sipbridge.localmodel.policy import Policy, Reply
+from sipbridge.localmodel.tts import Synthesizer
 from sipbridge.media.g711 import alaw_encode, ulaw_encode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
 from sipbridge.realtime.ids import new_id
-
-if TYPE_CHECKING:
-    from sipbridge.localmodel.server import _Session
 
 log = logging.getLogger("sipbridge.localmodel")
 
@@ -39,10 +38,44 @@ class PendingResponse:
 
 
 
+class Voice(Protocol):
+    """What a response uses of the model server."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def synthesizer(self) -> Synthesizer: ...
+
+    @property
+    def chunk_ms(self) -> int: ...
+
+
+class ResponseSession(Protocol):
+    """What a response uses of its session."""
+
+    conversation_id: str
+    greeted: bool
+    last_response_id: str | None
+
+    @property
+    def server(self) -> Voice: ...
+
+    def session_object(self) -> dict[str, Any]: ...
+
+    def audio_config(self, side: str) -> dict[str, Any]: ...
+
+    async def emit(self, event: dict[str, Any]) -> None: ...
+
+    def insert_item(self, item: dict[str, Any]) -> str | None: ...
+
+    def decide(self, tools: list[dict[str, Any]]) -> Reply: ...
+
+
 class ResponseRun:
     """One response: its events, from response.created to response.done."""
 
-    def __init__(self, session: _Session, response: PendingResponse) -> None:
+    def __init__(self, session: ResponseSession, response: PendingResponse) -> None:
         self.s = session
         self.r = response
         self.params = response.params

@@ -12,12 +12,16 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 
 import numpy as np
 
 from sipbridge.media.resample import resample
 
 RATE = 24000
+
+Synthesizer = Callable[[str, str | None, float], np.ndarray]
+"""Any speech synthesis: (text, voice, speed) -> 24 kHz mono int16 audio."""
 """The output sample rate."""
 ESPEAK = "espeak-ng"
 DEFAULT_VOICE = "en-us"

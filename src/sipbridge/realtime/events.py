@@ -1,11 +1,14 @@
-"""Events of OpenAI's Realtime protocol: the client event types, and the `error` server event
-(the SDK's `RealtimeErrorEvent`)."""
+"""Events of OpenAI's Realtime protocol: the client event types, reading a client event's
+fields, and the `error` server event (the SDK's `RealtimeErrorEvent`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from typing import Any
 
-from sipbridge.realtime.errors import RealtimeError
+from sipbridge.realtime.errors import RealtimeError, missing, wrong_type
 from sipbridge.realtime.ids import new_event_id
 
 SESSION_UPDATE = "session.update"
@@ -41,3 +44,22 @@ def error_event(error: RealtimeError, *, client_event_id: str | None = None) -> 
             "event_id": client_event_id,
         },
     }
+
+
+def string_field(data: Mapping[str, Any], key: str, param: str) -> str:
+    """`data[key]`, a required string; `param` names it in the error."""
+    value = data.get(key)
+    if value is None:
+        raise missing(param)
+    if not isinstance(value, str):
+        raise wrong_type(param, "a string", value)
+    return value
+
+
+def base64_field(value: str, param: str) -> bytes:
+    """The bytes a base64 field (audio) carries."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RealtimeError(f"Invalid '{param}': not valid base64.", param=param,
+                            code="invalid_value") from None

@@ -1,0 +1,127 @@
+"""The conversation of a local model session: its items in order, which of them the last
+response answered, and the reply the policy gives to what came since."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sipbridge.localmodel.policy import Policy, Reply
+from sipbridge.realtime.errors import RealtimeError, wrong_type
+from sipbridge.realtime.events import base64_field, string_field
+from sipbridge.realtime.ids import new_id
+
+
+class Conversation:
+    """The items (messages, function calls and their outputs) by id, oldest first."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self._answered_seq = -1
+
+    def last_id(self) -> str | None:
+        """The newest item's id, or None."""
+        return next(reversed(self.items), None)
+
+    def insert(self, item: dict[str, Any]) -> str | None:
+        """Append `item`; the id of the item before it (or None)."""
+        previous = self.last_id()
+        self.items[item["id"]] = item
+        self._seq[item["id"]] = self._next_seq
+        self._next_seq += 1
+        return previous
+
+    def named(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The item a client event names by `item_id`."""
+        item_id = string_field(event, "item_id", "item_id")
+        item = self.items.get(item_id)
+        if item is None:
+            raise RealtimeError(f"Item with item_id '{item_id}' not found.", param="item_id",
+                                code="item_not_found")
+        return item
+
+    def decide(self, policy: Policy, tools: list[dict[str, Any]], *, greeted: bool) -> Reply:
+        """The reply to the newest input since the last response (the greeting if none came
+        and none was said yet, else the reprompt); that input counts as answered."""
+        fresh = [item for item in self.items.values()
+                 if self._seq.get(item["id"], -1) > self._answered_seq]
+        self._answered_seq = self._next_seq - 1
+        for item in reversed(fresh):
+            if item["type"] == "function_call_output":
+                name = next((i["name"] for i in self.items.values()
+                             if i["type"] == "function_call" and i["call_id"] == item["call_id"]),
+                            "")
+                return policy.after_tool(name, item["output"])
+            if item["type"] == "message" and item.get("role") == "user":
+                text = " ".join(
+                    str(part.get("text") or part.get("transcript") or "")
+                    for part in item["content"]
+                ).strip()
+                return policy.respond(text, tools)
+        if not greeted:
+            return policy.respond(None, tools)
+        return Reply(policy.reprompt)
+
+
+def check_item(
+    raw: dict[str, Any], decode_input: Callable[[bytes], np.ndarray]
+) -> tuple[dict[str, Any], tuple[np.ndarray, int] | None]:
+    """A client's item (`conversation.item.create`) as stored (and echoed), and the input
+    audio to transcribe with its content index (the first audio part only), decoded by
+    `decode_input`."""
+    kind = string_field(raw, "type", "item.type")
+    item_id = raw.get("id")
+    if item_id is not None and not isinstance(item_id, str):
+        raise wrong_type("item.id", "a string", item_id)
+    item: dict[str, Any] = {"id": item_id or new_id("item"), "object": "realtime.item",
+                            "type": kind, "status": "completed"}
+    audio: tuple[np.ndarray, int] | None = None
+    if kind == "message":
+        role = string_field(raw, "role", "item.role")
+        allowed = {"user": ("input_text", "input_audio", "input_image"),
+                   "assistant": ("output_text", "output_audio"),
+                   "system": ("input_text",)}.get(role)
+        if allowed is None:
+            raise RealtimeError(f"Invalid value: '{role[:100]}'. Supported values are: "
+                                "'user', 'assistant', and 'system'.", param="item.role",
+                                code="invalid_value")
+        content = raw.get("content")
+        if not isinstance(content, list):
+            raise wrong_type("item.content", "an array", content)
+        parts = []
+        for i, part in enumerate(content):
+            where = f"item.content[{i}]"
+            if not isinstance(part, dict):
+                raise wrong_type(where, "an object", part)
+            ptype = string_field(part, "type", f"{where}.type")
+            if ptype not in allowed:
+                raise RealtimeError(f"Invalid value: '{ptype[:100]}'. Supported values "
+                                    f"for a {role} message are: "
+                                    f"{', '.join(repr(a) for a in allowed)}.",
+                                    param=f"{where}.type", code="invalid_value")
+            kept = {k: v for k, v in part.items()
+                    if k in ("type", "text", "transcript", "image_url", "detail")}
+            if (ptype == "input_audio" and audio is None
+                    and isinstance(part.get("audio"), str)):
+                audio = (decode_input(base64_field(part["audio"], f"{where}.audio")), i)
+                kept.setdefault("transcript", None)
+            parts.append(kept)
+        item.update(role=role, content=parts)
+    elif kind == "function_call_output":
+        item.update(call_id=string_field(raw, "call_id", "item.call_id"),
+                    output=string_field(raw, "output", "item.output"))
+    elif kind == "function_call":
+        item.update(name=string_field(raw, "name", "item.name"),
+                    arguments=string_field(raw, "arguments", "item.arguments"),
+                    call_id=raw.get("call_id") if isinstance(raw.get("call_id"), str)
+                    else new_id("call"))
+    else:
+        raise RealtimeError(f"Invalid value: '{kind[:100]}'. Supported values are: "
+                            "'message', 'function_call', and 'function_call_output'.",
+                            param="item.type", code="invalid_value")
+    return item, audio
+
