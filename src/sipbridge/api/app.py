@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Iterator
 
@@ -29,8 +28,6 @@ from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, error_response, invalid_request
 from sipbridge.api.records import CallRecords
 from sipbridge.api.state import ApiState, Control
-
-log = logging.getLogger("sipbridge.api")
 
 MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits
 

@@ -1,17 +1,25 @@
 """The conversation of a local model session: its items in order, which of them the last
-response answered, and the reply the policy gives to what came since."""
+response answered, the reply the policy gives to what came since, the items a client adds,
+and the transcripts of the caller's audio."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from sipbridge.localmodel.policy import Policy, Reply
+from sipbridge.localmodel.stt import Transcriber
+from sipbridge.media.resample import MODEL_RATE
 from sipbridge.realtime.errors import RealtimeError, wrong_type
 from sipbridge.realtime.events import base64_field, string_field
 from sipbridge.realtime.ids import new_id
+
+log = logging.getLogger("sipbridge.localmodel")
 
 
 class Conversation:
@@ -125,3 +133,36 @@ def check_item(
                             param="item.type", code="invalid_value")
     return item, audio
 
+
+async def transcribe(
+    transcriber: Transcriber, item: dict[str, Any], pcm: np.ndarray, index: int = 0
+) -> dict[str, Any]:
+    """Transcribe the audio of `item`'s content part `index` into its transcript; the server
+    event that reports it (completed, or failed with why)."""
+    content = item["content"][index]
+    problem, code = transcriber.reason, "transcription_unavailable"
+    text = ""
+    if not problem:
+        started = time.perf_counter()
+        try:
+            text = await asyncio.to_thread(transcriber.transcribe, pcm)
+        except Exception as exc:  # noqa: BLE001 - reported to the client, as OpenAI does
+            log.warning("local model: transcription failed: %s", exc)
+            problem, code = f"{type(exc).__name__}: {exc}", "transcription_failed"
+        log.debug("local model: %.2f s of audio transcribed in %.2f s: %r",
+                  len(pcm) / MODEL_RATE, time.perf_counter() - started, text)
+    content["transcript"] = text
+    if problem:
+        return {
+            "type": "conversation.item.input_audio_transcription.failed",
+            "item_id": item["id"], "content_index": index,
+            "error": {"type": "transcription_error", "code": code,
+                      "message": f"Speech to text is unavailable: {problem}. "
+                                 "The local model answers with its fallback.",
+                      "param": None},
+        }
+    return {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "item_id": item["id"], "content_index": index, "transcript": text,
+        "usage": {"type": "duration", "seconds": round(len(pcm) / MODEL_RATE, 3)},
+    }

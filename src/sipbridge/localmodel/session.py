@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from sipbridge.localmodel.conversation import Conversation, check_item
+from sipbridge.localmodel.conversation import Conversation, check_item, transcribe
 from sipbridge.localmodel.policy import Policy, Reply
 from sipbridge.localmodel.response import SAMPLES_PER_MS, PendingResponse, ResponseRun
 from sipbridge.localmodel.stt import Transcriber
@@ -377,35 +376,7 @@ class Session:
                          "item": item})
 
     async def _transcribe(self, item: dict[str, Any], pcm: np.ndarray, index: int = 0) -> None:
-        content = item["content"][index]
-        transcriber = self.server.transcriber
-        problem, code = transcriber.reason, "transcription_unavailable"
-        text = ""
-        if not problem:
-            started = time.perf_counter()
-            try:
-                text = await asyncio.to_thread(transcriber.transcribe, pcm)
-            except Exception as exc:  # noqa: BLE001 - reported to the client, as OpenAI does
-                log.warning("local model: transcription failed: %s", exc)
-                problem, code = f"{type(exc).__name__}: {exc}", "transcription_failed"
-            log.debug("local model: %.2f s of audio transcribed in %.2f s: %r",
-                      len(pcm) / MODEL_RATE, time.perf_counter() - started, text)
-        content["transcript"] = text
-        if problem:
-            await self.emit({
-                "type": "conversation.item.input_audio_transcription.failed",
-                "item_id": item["id"], "content_index": index,
-                "error": {"type": "transcription_error", "code": code,
-                          "message": f"Speech to text is unavailable: {problem}. "
-                                     "The local model answers with its fallback.",
-                          "param": None},
-            })
-            return
-        await self.emit({
-            "type": "conversation.item.input_audio_transcription.completed",
-            "item_id": item["id"], "content_index": index, "transcript": text,
-            "usage": {"type": "duration", "seconds": round(len(pcm) / MODEL_RATE, 3)},
-        })
+        await self.emit(await transcribe(self.server.transcriber, item, pcm, index))
 
     def _decode_input(self, data: bytes) -> np.ndarray:
         fmt = self._format("input")
