@@ -143,6 +143,77 @@ def _param(loc: Sequence[Any], prefix: str, *, keep_last: bool) -> str:
     return out
 
 
+_LENGTHS = frozenset({"string_too_long", "string_too_short", "too_long", "too_short"})
+
+
+def _union_tag(kind: str, param: str, ctx: Mapping[str, Any]) -> RealtimeError:
+    """A union member's tag (`type`) missing or not one of the members'."""
+    field = str(ctx.get("discriminator", "type")).strip("'\"")
+    param = f"{param}.{field}" if param else field
+    if kind == "union_tag_not_found":
+        return RealtimeError(f"Missing required parameter: '{param}'.", param=param or None,
+                             code="missing_required_parameter")
+    supported = _supported(str(ctx.get("expected_tags", "")))
+    return RealtimeError(
+        f"Invalid value: {_show(ctx.get('tag'))}. Supported values are: {supported}.",
+        param=param or None, code="invalid_value",
+    )
+
+
+def _not_a_literal(name: str, value: object, ctx: Mapping[str, Any]) -> tuple[str, str]:
+    """Message and code for a value that is none of the allowed literals (a non-string where
+    they are all strings is a wrong type)."""
+    expected = str(ctx.get("expected", ""))
+    literals = [p.strip() for p in expected.replace(" or ", ", ").split(", ")]
+    if not isinstance(value, str) and all(p.startswith("'") for p in literals):
+        return (
+            f"Invalid type for {name}: expected a string, but got {describe(value)} "
+            f"instead. Supported values are: {_supported(expected)}.",
+            "invalid_type",
+        )
+    return (
+        f"Invalid value: {_show(value)}. Supported values are: {_supported(expected)}.",
+        "invalid_value",
+    )
+
+
+def _out_of_bounds(
+    kind: str, name: str, value: object, ctx: Mapping[str, Any]
+) -> tuple[str, str]:
+    """Message and code for a number past one of its bounds."""
+    key, op, suffix = _BOUNDS[kind]
+    bound = ctx.get(key)
+    number = "integer" if isinstance(bound, int) and isinstance(value, int) else "decimal"
+    what = "minimum" if suffix.startswith("below") else "maximum"
+    return (
+        f"Invalid {name}: {number} {suffix.split('_')[0]} {what} value. "
+        f"Expected a value {op} {bound}, but got {_show(value)} instead.",
+        f"{number}_{suffix}",
+    )
+
+
+def _wrong_length(
+    kind: str, name: str, value: object, ctx: Mapping[str, Any]
+) -> tuple[str, str]:
+    """Message and code for a string or an array too long or too short."""
+    longer = kind.endswith("long")
+    noun = "a string" if kind.startswith("string") else "an array"
+    limit = (
+        f"maximum length {ctx.get('max_length')}"
+        if longer
+        else (f"minimum length {ctx.get('min_length')}")
+    )
+    size = (
+        len(value) if isinstance(value, (str, list, tuple, dict)) else ctx.get("actual_length")
+    )
+    code = f"{noun.split()[1]}_{'above_max' if longer else 'below_min'}_length"
+    return (
+        f"Invalid {name}: {noun.split()[1]} too {'long' if longer else 'short'}. "
+        f"Expected {noun} with {limit}, but got {noun} with length {size} instead.",
+        code,
+    )
+
+
 def from_validation_errors(
     errors: Sequence[Mapping[str, Any]], *, prefix: str = ""
 ) -> RealtimeError:
@@ -181,31 +252,10 @@ def from_validation_errors(
                 "Missing request body: send a JSON object.", "missing_required_parameter"
             )
         return invalid(f"Missing required parameter: {name}.", "missing_required_parameter")
-    if kind == "union_tag_not_found":
-        field = str(ctx.get("discriminator", "type")).strip("'\"")
-        param = f"{param}.{field}" if param else field
-        return invalid(f"Missing required parameter: '{param}'.", "missing_required_parameter")
-    if kind == "union_tag_invalid":
-        field = str(ctx.get("discriminator", "type")).strip("'\"")
-        param = f"{param}.{field}" if param else field
-        supported = _supported(str(ctx.get("expected_tags", "")))
-        return invalid(
-            f"Invalid value: {_show(ctx.get('tag'))}. Supported values are: {supported}.",
-            "invalid_value",
-        )
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        return _union_tag(kind, param, ctx)
     if kind in ("literal_error", "enum") or (kind == "invalid_value" and "expected" in ctx):
-        expected = str(ctx.get("expected", ""))
-        literals = [p.strip() for p in expected.replace(" or ", ", ").split(", ")]
-        if not isinstance(value, str) and all(p.startswith("'") for p in literals):
-            return invalid(
-                f"Invalid type for {name}: expected a string, but got {describe(value)} "
-                f"instead. Supported values are: {_supported(expected)}.",
-                "invalid_type",
-            )
-        return invalid(
-            f"Invalid value: {_show(value)}. Supported values are: {_supported(expected)}.",
-            "invalid_value",
-        )
+        return invalid(*_not_a_literal(name, value, ctx))
     if kind in _EXPECTED or (kind == "invalid_type" and "expected" in ctx):
         expected = str(ctx["expected"]) if kind == "invalid_type" else _EXPECTED[kind]
         return invalid(
@@ -213,32 +263,9 @@ def from_validation_errors(
             "invalid_type",
         )
     if kind in _BOUNDS:
-        key, op, suffix = _BOUNDS[kind]
-        bound = ctx.get(key)
-        number = "integer" if isinstance(bound, int) and isinstance(value, int) else "decimal"
-        what = "minimum" if suffix.startswith("below") else "maximum"
-        return invalid(
-            f"Invalid {name}: {number} {suffix.split('_')[0]} {what} value. "
-            f"Expected a value {op} {bound}, but got {_show(value)} instead.",
-            f"{number}_{suffix}",
-        )
-    if kind in ("string_too_long", "string_too_short", "too_long", "too_short"):
-        longer = kind.endswith("long")
-        noun = "a string" if kind.startswith("string") else "an array"
-        limit = (
-            f"maximum length {ctx.get('max_length')}"
-            if longer
-            else (f"minimum length {ctx.get('min_length')}")
-        )
-        size = (
-            len(value) if isinstance(value, (str, list, tuple, dict)) else ctx.get("actual_length")
-        )
-        code = f"{noun.split()[1]}_{'above_max' if longer else 'below_min'}_length"
-        return invalid(
-            f"Invalid {name}: {noun.split()[1]} too {'long' if longer else 'short'}. "
-            f"Expected {noun} with {limit}, but got {noun} with length {size} instead.",
-            code,
-        )
+        return invalid(*_out_of_bounds(kind, name, value, ctx))
+    if kind in _LENGTHS:
+        return invalid(*_wrong_length(kind, name, value, ctx))
     if kind == "string_pattern_mismatch":
         return invalid(
             f"Invalid {name}: string does not match pattern. Expected a string that matches "
