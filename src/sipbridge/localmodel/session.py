@@ -219,8 +219,8 @@ class Session:
             else:
                 await self._speech_stopped(vad_event.audio_ms)
         if self._turn is None:
-            self.input.trim(self.input.written - (self._vad.prefix_padding_ms + IDLE_KEEP_MS)
-                       * SAMPLES_PER_MS)
+            keep_ms = self._vad.prefix_padding_ms + IDLE_KEEP_MS
+            self.input.trim(self.input.written - keep_ms * SAMPLES_PER_MS)
 
     async def _commit(self, event: dict[str, Any]) -> None:
         ms = self.input.length // SAMPLES_PER_MS
@@ -353,7 +353,7 @@ class Session:
         if (self._turn_detection() or {}).get("create_response", True) is not False:
             self._request_response({}, auto=True)
 
-    # ---- the caller's turns -------------------------------------------------------
+    # ---- conversation items ---------------------------------------------------------
 
     async def _committed(self, item_id: str, pcm: np.ndarray) -> None:
         previous = self.conversation.last_id()
