@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.calls.transfer import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
 from sipbridge.sip.address import Address
-from sipbridge.sip.sdp import NegotiatedAudio
 
 
 class Timeline(list[dict[str, object]]):

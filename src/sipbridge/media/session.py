@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
 from sipbridge.media.g711 import G711Codec, codec_for
 from sipbridge.media.jitterbuffer import JitterBuffer, conceal
@@ -51,7 +52,6 @@ from sipbridge.media.rtp import (
     parse_rtp,
 )
 from sipbridge.media.stun import StunError, binding_response, parse_stun
-from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
 
