@@ -25,10 +25,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sipbridge.api.calllookup import CallRecords, call_error, manager
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.dashboard import basic_password, mount_dashboard
 from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
-from sipbridge.api.records import CallRecords, call_error, manager
 from sipbridge.api.schemas import (
     FunctionTool,
     ReferBody,

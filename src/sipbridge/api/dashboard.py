@@ -26,8 +26,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.errors import ApiError
-from sipbridge.api.records import CallRecords
 from sipbridge.trace import FAILING, Step, Summary, outcome, step, steps, summarize
 
 T = TypeVar("T")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sipbridge.store.records import (
+from sipbridge.store.rows import (
     COLUMNS,
     call_params,
     dumps,

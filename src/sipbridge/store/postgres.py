@@ -40,7 +40,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import StrDumperUnknown, TextLoader
 
 from sipbridge.store.base import SqlStore, StoreError
-from sipbridge.store.records import JsonText, dumps
+from sipbridge.store.rows import JsonText, dumps
 
 # Migration N is MIGRATIONS[N - 1]; a database records the last one applied in schema_version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
