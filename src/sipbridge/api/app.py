@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 import uvicorn
@@ -42,6 +42,7 @@ from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
 from sipbridge.metrics import CONTENT_TYPE, Metrics
+from sipbridge.store import Store
 
 log = logging.getLogger("sipbridge.api")
 
@@ -57,7 +58,7 @@ class Control(Protocol):
 
     calls: CallManager | None
     sideband: SidebandHubs
-    store: Any  # the call store (SqliteStore) or None
+    store: Store | None
     metrics: Metrics
 
     def pump(self) -> None:
@@ -326,7 +327,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
              summary="One call: state, SIP details, media figures, transfers, the timeline",
              description=MEDIA_FIGURES,
              response_model=None, responses={200: {"model": CallRecord}})
-    async def get_call(call_id: str) -> dict[str, Any]:
+    async def get_call(call_id: str) -> Mapping[str, object]:
         return await records.get(call_id)
 
     @app.get("/v1/realtime/calls/{call_id}/recording", summary="The call's stereo WAV",

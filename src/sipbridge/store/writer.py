@@ -37,7 +37,7 @@ class Write:
     """One statement and its parameters, as the caller queued it."""
 
     sql: str
-    params: tuple[Any, ...]
+    params: tuple[object, ...]
 
 
 @dataclass
