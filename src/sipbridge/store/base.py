@@ -323,7 +323,7 @@ class SqlStore(QueuedWriter, Generic[C]):
         `until`; `caller` is a substring of the caller; `transfer_status` matches the status
         of any of the call's transfers."""
         where: list[str] = []
-        params: list[Any] = []
+        params: list[object] = []
         for clause, value in (
             ("state = ?", state),
             ("created_at >= ?", since),

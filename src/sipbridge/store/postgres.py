@@ -115,7 +115,7 @@ class _TextDumper(StrDumperUnknown):
         return super().dump(obj.replace("\x00", "\ufffd"))
 
 
-def _jsonb_safe(value: Any) -> Any:
+def _jsonb_safe(value: object) -> object:
     """`value` as jsonb takes it: NUL in strings made U+FFFD, NaN and infinities null."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")

@@ -89,7 +89,7 @@ class QueuedWriter(ABC):
 
     # --- accounting ---------------------------------------------------------------------
 
-    def _count_errors(self, n: int, message: str, *args: Any) -> None:
+    def _count_errors(self, n: int, message: str, *args: object) -> None:
         with self._count_lock:
             before = self.write_errors
             after = self.write_errors = before + n
