@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sipbridge.audiostream import Direction
 from sipbridge.calls.call import Call, CallError, CallState
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import tool_definition, tool_output
@@ -17,7 +18,7 @@ from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, EndReason
 from sipbridge.sip.message import Request, Response, parse_message, response_to
-from sipbridge.sip.sdp import Direction, parse_sdp
+from sipbridge.sip.sdp import parse_sdp
 from sipbridge.sip.ua import UaConfig, UserAgent
 
 PEER = Address("udp", "127.0.0.1", 5062)
