@@ -21,7 +21,7 @@ from sipbridge.api.webhooks import WebhookSender, make_event
 from sipbridge.calls.call import Call, CallState, TransferJob, Trunk
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
-from sipbridge.calls.transfer import SUCCEEDED, TransferStep, TransferTimers
+from sipbridge.calls.transfer_machine import SUCCEEDED, TransferStep, TransferTimers
 from sipbridge.config import Config
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sipbridge.calls.transfer import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
+from sipbridge.calls.transfer_machine import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
 from sipbridge.sip.address import Address
 from sipbridge.sip.sdp import NegotiatedAudio
 

@@ -1,6 +1,6 @@
 """The call registry: turns the UA's events into calls, answers them by policy or leaves
 them ringing for an application, and carries out its call-control requests (accept,
-reject, refer, hangup). Transfers are `calls.transfers`'; the call record is `calls.call`'s."""
+reject, refer, hangup). Transfers are `calls.transfer_runner`'; the call record is `calls.call`'s."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from sipbridge.calls.call import (
 )
 from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.tool import ToolRun
-from sipbridge.calls.transfer import TransferTimers
-from sipbridge.calls.transfers import OnTransfer, Transfers
+from sipbridge.calls.transfer_machine import TransferTimers
+from sipbridge.calls.transfer_runner import OnTransfer, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
 from sipbridge.media.ports import NoMediaPort
 from sipbridge.media.session import MediaSession

@@ -1,8 +1,9 @@
-"""Transfers of calls (RFC 3515): the REFER sent in a call's dialog, its 202 and NOTIFYs
-fed to each transfer's state machine (`calls.transfer`), the timer that bounds it, what
-the gateway does with the outcome (its leg ended on success), and the fallbacks when it
-fails: none, announce (the agent is told), or bridge (the gateway dials the target
-through its trunk and joins the two calls' audio)."""
+"""Transfers of calls (RFC 3515), the runner around each transfer's state machine
+(`calls.transfer_machine`): the REFER sent in a call's dialog, its 202 and NOTIFYs fed to
+the machine, the timer that bounds it, what the gateway does with the outcome (its leg
+ended on success), and the fallbacks when it fails: none, announce (the agent is told),
+or bridge (the gateway dials the target through its trunk and joins the two calls'
+audio)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
 from sipbridge.calls.tool import ToolRun, pick_target
-from sipbridge.calls.transfer import (
+from sipbridge.calls.transfer_machine import (
     REQUESTED,
     SUCCEEDED,
     Transfer,
