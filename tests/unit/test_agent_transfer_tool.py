@@ -1,7 +1,8 @@
 """The agents' transfer tool path (`Agents.tool`, and the transfer's events back to the
-model) over a real UA core, SIP driver and CallManager with a fake clock: the REFER waits for the agent's words, a second
-request while a transfer is pending is answered `in_progress` and starts nothing, and
-the model hears "failed" only from a final outcome."""
+model) over a real UA core, SIP driver and CallManager with a fake clock: the REFER
+waits for the agent's words, a second request while a transfer is pending is answered
+`in_progress` and starts nothing, and the model hears "failed" only from a final
+outcome."""
 
 from __future__ import annotations
 

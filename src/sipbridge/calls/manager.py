@@ -1,6 +1,8 @@
 """The call registry: turns the UA's events into calls, answers them by policy or leaves
 them ringing for an application, and carries out its call-control requests (accept,
-reject, refer, hangup). Transfers are `calls.transfer_runner`'; the call record is `calls.call`'s."""
+reject, refer, hangup), each a command on the SIP driver, sent when it is done. What
+happens to a call goes out as events (`calls.events`); transfers are
+`calls.transfer_runner`'s; the call record is `calls.call`'s."""
 
 from __future__ import annotations
 
