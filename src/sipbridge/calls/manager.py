@@ -7,7 +7,6 @@ happens to a call goes out as events (`calls.events`); transfers are
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -34,7 +33,7 @@ from sipbridge.calls.events import (
     MediaStarted,
     note,
 )
-from sipbridge.calls.sipids import SipCallIds
+from sipbridge.calls.sipids import SipCallIds, SipTrace
 from sipbridge.calls.tool import ToolRun
 from sipbridge.calls.transfer_runner import TransferPolicy, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
@@ -61,9 +60,6 @@ from sipbridge.sip.sdp import (
 )
 
 log = logging.getLogger("sipbridge.calls")
-
-_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
-MAX_TRACE = 8192  # bytes of a SIP message kept on the timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +116,7 @@ class CallManager:
         # while their transactions last (64*T1, plus T4 for late retransmissions).
         timers = sip.ua.config.timers
         self.by_sip_id = SipCallIds(sip.now, linger=timers.b + timers.t4, limit=RECENT_CALLS)
+        self.sip_trace = SipTrace(self.by_sip_id, events)
         self.ended = 0
         sip.attach(self)
 
@@ -353,37 +350,12 @@ class CallManager:
 
     # ---- SIP messages on the timeline (the driver asks) ---------------------------
 
-    def _call_of(self, data: bytes) -> Call | None:
-        match = _CALL_ID.search(data)
-        if match is None:
-            return None
-        return self.by_sip_id.get(match.group(1).strip().decode("utf-8", "replace"))
-
     def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
               ) -> bool:
-        """A SIP message of a known call onto its timeline (start line, full text), an ended
-        call's too while its transactions last; False when it belongs to no call (yet).
-        `early`: before the UA has read it, when an INVITE with an ended call's Call-ID may
-        still make a new call (False then: it is traced once the UA has acted)."""
-        if not self.by_sip_id:
-            return False
-        call = self._call_of(data)
-        if call is None:
-            return False
-        if early and call.state is CallState.ENDED and data.startswith(b"INVITE "):
-            return False
-        text = data[:MAX_TRACE].decode("utf-8", "replace")
-        self.events.emit(note(call, "sip", dir=direction, peer=str(peer),
-                              line=text.split("\r\n", 1)[0], text=text))
-        return True
+        return self.sip_trace.trace(data, peer, direction, early=early)
 
     def unsent(self, data: bytes, dest: Address, reason: str) -> None:
-        """A message the transport could not send, as a warning on its call's timeline."""
-        call = self._call_of(data)
-        if call is not None:
-            line = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")[:200]
-            self.events.emit(note(call, "warning",
-                                  detail=f"{line} to {dest} not sent: {reason}"))
+        self.sip_trace.unsent(data, dest, reason)
 
     def _accept_timeout(self, call: Call) -> None:
         call.cancel_timer = None
