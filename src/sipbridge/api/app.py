@@ -365,7 +365,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
                 kind = next((e["error"].get("code") for e in own if e.get("type") == "error"),
                             None)
                 manager(control).note(call_id, "sideband", status="client_event",
-                             event=_event_type(raw), error=kind)
+                                      event=_event_type(raw), error=kind)
                 for event in own:
                     queue.put_nowait(event)
                 for event in everyone:
