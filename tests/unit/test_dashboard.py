@@ -66,12 +66,6 @@ class Control:
     sideband: SidebandHubs = field(default_factory=SidebandHubs)
     metrics: Any = None
 
-    def pump(self) -> None:
-        pass
-
-    def note(self, call_id: str, kind: str, **data: object) -> None:
-        pass
-
 
 def write_wav(path: Path) -> Path:
     with wave.open(str(path), "wb") as w:

@@ -1,4 +1,5 @@
-"""CallManager over a real UA core, with a fake clock and scheduler: answer by policy."""
+"""CallManager over a real UA core and the SIP driver, with a fake clock: answer by
+policy."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from collections.abc import Callable
 
 import pytest
 
+from sipbridge.audiostream import Direction
 from sipbridge.calls.call import Call, CallError, CallState
-from sipbridge.calls.manager import CallManager
+from sipbridge.calls.events import CallEvent, CallEvents, Incoming
+from sipbridge.calls.manager import AnswerPolicy, CallManager
 from sipbridge.calls.tool import tool_definition, tool_output
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
-from sipbridge.sip.events import CallEnded, EndReason
+from sipbridge.sip.driver import SipDriver
+from sipbridge.sip.events import CallEnded, EndReason, Event
 from sipbridge.sip.message import Request, Response, parse_message, response_to
-from sipbridge.sip.sdp import Direction, parse_sdp
+from sipbridge.sip.sdp import parse_sdp
 from sipbridge.sip.ua import UaConfig, UserAgent
 
 PEER = Address("udp", "127.0.0.1", 5062)
@@ -28,61 +32,110 @@ OFFER = (
 )
 
 
+class FakeTimer:
+    def __init__(self, at: float, callback: Callable[[], object]) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class Harness:
+    """A CallManager on the SIP driver, over a fake clock (the harness is the driver's
+    clock, and its wire: what the driver sends is parsed and kept, requests and
+    responses apart)."""
+
     incoming: list[Call]
 
     def __init__(self, *, auto_answer: str | None = "silence", ring_time: float = 0.0,
-                 reject_code: int = 480, app: bool = False) -> None:
+                 reject_code: int = 480, app: bool = False, max_calls: int | None = None,
+                 max_calls_per_source: int | None = None) -> None:
         self.now = 0.0
         self.incoming = []
-        self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
+        self.timers: list[FakeTimer] = []
         self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
         # A loop that never runs: media sockets are bound and registered, ticks never fire.
         self.loop = asyncio.new_event_loop()
         self.media = MediaEngine(MediaConfig(ports=(20000, 20100)), self.loop)
+        self.driver = SipDriver(self.ua, _Wire(self), self)
+        self.events = CallEvents()
+        self.events.subscribe(self)
         self.manager = CallManager(
-            self.ua, self.schedule, media_host=lambda peer: "127.0.0.1", media=self.media,
-            bind_host="127.0.0.1", auto_answer=auto_answer, ring_time=ring_time,
-            reject_code=reject_code, clock=lambda: self.now,
-            on_incoming=self.incoming.append if app else None, accept_timeout=20.0,
-            accept_timeout_code=408,
+            self.driver, self.events,
+            AnswerPolicy(auto_answer=auto_answer, ring_time=ring_time, reject_code=reject_code,
+                         ask_app=app, accept_timeout=20.0, accept_timeout_code=408,
+                         max_calls=max_calls, max_calls_per_source=max_calls_per_source),
+            media=self.media, media_host=lambda peer: "127.0.0.1", bind_host="127.0.0.1",
         )
+        self.driver.attach(Watched(self.manager, self))
         self.sent: list[Response] = []
         self.requests: list[Request] = []
         self.ended: list[CallEnded] = []
 
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
-        cancelled = [False]
-        self.timers.append((self.now + delay, callback, cancelled))
-        return lambda: cancelled.__setitem__(0, True)
+    # The driver's clock.
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-        for at, callback, cancelled in list(self.timers):
-            if at <= self.now and not cancelled[0]:
-                self.timers.remove((at, callback, cancelled))
-                callback()
-        self.pump()
+        for timer in list(self.timers):
+            if timer.at <= self.now and not timer.cancelled:
+                self.timers.remove(timer)
+                timer.callback()
 
-    def pump(self) -> None:
-        while events := self.ua.events():
-            for event in events:
-                if isinstance(event, CallEnded):
-                    self.ended.append(event)
-                self.manager.handle(event)
-        for data, _ in self.ua.outgoing():
-            msg = parse_message(data)
-            if isinstance(msg, Response):
-                self.sent.append(msg)
-            else:
-                self.requests.append(msg)
+    def send(self, text: str | bytes, source: Address = PEER) -> None:
+        """A message from `source` to the gateway."""
+        data = text if isinstance(text, bytes) else text.replace("\n", "\r\n").encode()
+        self.driver.receive(data, source)
 
-    def send(self, text: str) -> None:
-        self.ua.receive(text.replace("\n", "\r\n").encode(), PEER, self.now)
-        self.pump()
+    def observe(self, event: CallEvent) -> None:
+        if isinstance(event, Incoming):
+            self.incoming.append(event.call)
 
     def statuses(self) -> list[int]:
         return [r.status for r in self.sent]
+
+
+class _Wire:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def send(self, data: bytes, dest: Address) -> None:
+        msg = parse_message(data)
+        if isinstance(msg, Response):
+            self.harness.sent.append(msg)
+        else:
+            self.harness.requests.append(msg)
+
+    def drop(self, source: Address) -> None:
+        pass
+
+
+class Watched:
+    """The manager as the driver's upper, each ended leg noted."""
+
+    def __init__(self, manager: CallManager, harness: Harness) -> None:
+        self.manager = manager
+        self.harness = harness
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CallEnded):
+            self.harness.ended.append(event)
+        self.manager.handle(event)
+
+    def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
+              ) -> bool:
+        return self.manager.trace(data, peer, direction, early=early)
+
+    def unsent(self, data: bytes, dest: Address, reason: str) -> None:
+        self.manager.unsent(data, dest, reason)
 
 
 def invite(body: str = "", content_type: str = "application/sdp", branch: str = "b1",
@@ -218,12 +271,12 @@ def test_application_calls_ring_until_accepted() -> None:
     assert names[:2] == ["Via", "From"] and ("X-Case", "42") in call.sip_headers
     assert "Authorization" not in names  # never shown to the application
     h.manager.accept(call.id, {"type": "realtime"})
-    h.pump()
     assert h.statuses() == [100, 180, 200] and call.state is CallState.ACTIVE
     assert call.id in h.media.sessions
     with pytest.raises(CallError) as err:
         h.manager.accept(call.id, {"type": "realtime"})
     assert err.value.kind == "conflict" and "already accepted" in err.value.message
+    h.send(ack(h.sent[-1].to.tag or ""))  # the 200 is not retransmitted
     h.advance(30)  # the accept timer was cancelled: nothing more is sent
     assert h.statuses() == [100, 180, 200]
 
@@ -231,7 +284,6 @@ def test_application_calls_ring_until_accepted() -> None:
 def test_application_reject_and_the_accept_timeout() -> None:
     h, call = app_call()
     h.manager.reject(call.id, 486)
-    h.pump()
     assert h.statuses()[-1] == 486 and call.state is CallState.ENDED
     assert h.manager.get(call.id) is call  # still known after the end ...
     with pytest.raises(CallError) as err:
@@ -253,10 +305,8 @@ def test_refer_needs_an_answered_call_and_sends_refer_in_the_dialog() -> None:
         h.manager.refer(call.id, "tel:+61420351258")
     assert err.value.kind == "conflict" and "not been accepted" in err.value.message
     h.manager.accept(call.id, {"type": "realtime"})
-    h.pump()
     h.send(ack(h.sent[-1].to.tag or ""))
     transfer = h.manager.refer(call.id, "tel:+61420351258")
-    h.pump()
     refer = h.requests[-1]
     assert refer.method == "REFER" and refer.headers.get("Refer-To") == "<tel:+61420351258>"
     assert refer.headers.get("Referred-By") == "<sip:bot@127.0.0.1>"
@@ -271,7 +321,6 @@ def answered_app_call() -> tuple[Harness, Call]:
     h.manager.accept(call.id, {"type": "realtime"},
                      {"transfer_targets": {"sales": "tel:+14155550123",
                                            "support": "sip:support@127.0.0.1:5090"}})
-    h.pump()
     h.send(ack(h.sent[-1].to.tag or ""))
     return h, call
 
@@ -279,7 +328,6 @@ def answered_app_call() -> tuple[Harness, Call]:
 def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     h, call = answered_app_call()
     run = h.manager.run_transfer_tool(call.id, '{"target": "support", "reason": "x"}')
-    h.pump()
     job = run.job
     assert job is not None and run.started and run.problem == ""
     assert h.requests[-1].headers.get("Refer-To") == "<sip:support@127.0.0.1:5090>"
@@ -290,7 +338,6 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     assert not [e for e in call.timeline if e["kind"] == "api" and e["action"] == "refer"]
     # One transfer at a time: asked again, the one under way is the answer, not an error.
     again = h.manager.run_transfer_tool(call.id, '{"target": "sales"}')
-    h.pump()
     assert again.job is job and not again.started and len(call.transfers) == 1
     assert [r.method for r in h.requests].count("REFER") == 1
     output = json.loads(again.output())
@@ -306,14 +353,12 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
 def test_a_held_transfer_tool_sends_its_refer_later() -> None:
     h, call = answered_app_call()
     run = h.manager.run_transfer_tool(call.id, '{"target": "support"}', held="words first")
-    h.pump()
     job = run.job
     assert job is not None and run.started and job.status == "requested"
     assert not [r for r in h.requests if r.method == "REFER"]
     steps = [e for e in call.timeline if e["kind"] == "transfer"]
     assert [(e["status"], e["reason"]) for e in steps] == [("requested", "words first")]
     assert h.manager.send_held(call.id, job)
-    h.pump()
     assert h.requests[-1].method == "REFER" and job.status == "sent"
     assert not h.manager.send_held(call.id, job)  # once
     assert [r.method for r in h.requests].count("REFER") == 1
@@ -345,7 +390,6 @@ def test_notify_without_a_transfer_or_for_another_package() -> None:
     h, call = answered_app_call()
     assert notify(h, "refer") == 481  # no transfer: no subscription of ours
     h.manager.refer(call.id, "tel:+14155550123")
-    h.pump()
     assert notify(h, "presence", cseq=3) == 489  # not REFER's event package
     assert notify(h, "refer", "garbage", cseq=4) == 400
     assert call.transfers[0].status == "sent"  # the broken NOTIFY changed nothing
@@ -358,11 +402,9 @@ def referred_call() -> tuple[Harness, Call]:
     """An answered call whose REFER the carrier accepted with 202."""
     h, call = answered_app_call()
     h.manager.refer(call.id, "tel:+14155550123")
-    h.pump()
     refer = h.requests[-1]
     assert refer.method == "REFER"
-    h.ua.receive(response_to(refer, 202).to_bytes(), PEER, h.now)
-    h.pump()
+    h.send(response_to(refer, 202).to_bytes())
     assert call.transfers[0].status == "accepted"
     return h, call
 

@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sipbridge.api import calls, prometheus, sideband
 from sipbridge.api.auth import require_key
+from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, error_response, invalid_request
-from sipbridge.api.records import CallRecords
 from sipbridge.api.state import ApiState, Control
 
 MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits

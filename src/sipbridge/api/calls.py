@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
+from sipbridge.api.calllookup import call_error, manager
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.errors import ApiError
-from sipbridge.api.records import call_error, manager
 from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.state import Control, State
 from sipbridge.calls.call import CallError
@@ -33,13 +33,11 @@ router = APIRouter()
 @contextlib.contextmanager
 def call_control(control: Control) -> Iterator[CallManager]:
     """The call manager, for one call-control request: its CallError becomes the API's
-    error, and what the SIP core queued is sent afterwards."""
+    error."""
     try:
         yield manager(control)
     except CallError as exc:
         raise call_error(exc) from None
-    finally:
-        control.pump()
 
 
 def _fallback(options: dict[str, Any], key: str) -> str | None:
@@ -139,7 +137,7 @@ async def list_calls(api: State,
             summary="One call: state, SIP details, media figures, transfers, the timeline",
             description=MEDIA_FIGURES,
             response_model=None, responses={200: {"model": CallRecord}})
-async def get_call(call_id: str, api: State) -> dict[str, Any]:
+async def get_call(call_id: str, api: State) -> Mapping[str, object]:
     return await api.records.get(call_id)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from sipbridge.api.auth import authorize
+from sipbridge.api.calllookup import manager
 from sipbridge.api.errors import ApiError
 from sipbridge.api.state import Control, State
 from sipbridge.calls.call import CallError
@@ -45,7 +46,7 @@ async def sideband(ws: WebSocket, api: State) -> None:
     clients.add(queue)
     sender = asyncio.create_task(_send_events(ws, queue))
     client = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
-    control.note(call_id, "sideband", status="connected", client=client)
+    manager(control).note(call_id, "sideband", status="connected", client=client)
     try:
         await ws.send_json(session.created_event())
         while True:
@@ -53,8 +54,8 @@ async def sideband(ws: WebSocket, api: State) -> None:
             own, everyone = session.handle(raw)
             kind = next((e["error"].get("code") for e in own if e.get("type") == "error"),
                         None)
-            control.note(call_id, "sideband", status="client_event",
-                         event=_event_type(raw), error=kind)
+            manager(control).note(call_id, "sideband", status="client_event",
+                                  event=_event_type(raw), error=kind)
             for event in own:
                 queue.put_nowait(event)
             for event in everyone:
@@ -62,7 +63,7 @@ async def sideband(ws: WebSocket, api: State) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        control.note(call_id, "sideband", status="disconnected", client=client)
+        manager(control).note(call_id, "sideband", status="disconnected", client=client)
         clients.discard(queue)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,15 +4,16 @@ handed to each handler by FastAPI's dependency injection (`State`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from sipbridge.api.records import CallRecords
+from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.manager import CallManager
 from sipbridge.metrics import Metrics
+from sipbridge.store import Store
 
 
 class Control(Protocol):
@@ -20,14 +21,8 @@ class Control(Protocol):
 
     calls: CallManager | None
     sideband: SidebandHubs
-    store: Any  # the call store (SqliteStore) or None
+    store: Store | None
     metrics: Metrics
-
-    def pump(self) -> None:
-        """Send what the SIP core queued (after a call-control request)."""
-
-    def note(self, call_id: str, kind: str, **data: object) -> None:
-        """An entry on the call's timeline."""
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`)
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.sip.errors import NotAcceptable, SdpError
 
 MAX_LINES = 1000
@@ -30,50 +30,7 @@ _SESSION_ONLY = frozenset("vostzruep")
 Attribute = tuple[str, str | None]
 Line = tuple[int, str, str]  # (line number, type letter, value)
 
-
-class Direction(enum.Enum):
-    """Stream direction attributes (RFC 4566 6, RFC 3264 5.1), from the describing side."""
-
-    SENDRECV = "sendrecv"
-    SENDONLY = "sendonly"
-    RECVONLY = "recvonly"
-    INACTIVE = "inactive"
-
-    @property
-    def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
-
-    @property
-    def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
-
-    @classmethod
-    def from_flags(cls, *, sends: bool, receives: bool) -> Direction:
-        if sends:
-            return cls.SENDRECV if receives else cls.SENDONLY
-        return cls.RECVONLY if receives else cls.INACTIVE
-
-    def answer(self) -> Direction:
-        """The direction an answerer gives a stream offered with this one (RFC 3264 6.1)."""
-        return Direction.from_flags(sends=self.receives, receives=self.sends)
-
-
 _DIRECTIONS = frozenset(d.value for d in Direction)
-
-
-@dataclass(frozen=True)
-class Codec:
-    """One RTP payload format: a=rtpmap plus a=fmtp (RFC 4566 6), or a static type."""
-
-    payload_type: int
-    name: str
-    clock_rate: int
-    channels: int = 1
-    fmtp: str | None = None
-
-    def rtpmap(self) -> str:
-        encoding = f"{self.payload_type} {self.name}/{self.clock_rate}"
-        return encoding if self.channels == 1 else f"{encoding}/{self.channels}"
 
 
 @dataclass(frozen=True)
@@ -156,18 +113,6 @@ class SessionDescription:
         for media in self.media:
             lines += media._lines()
         return ("\r\n".join(lines) + "\r\n").encode()
-
-
-@dataclass(frozen=True)
-class NegotiatedAudio:
-    """What an answer settled for the audio stream; `direction` is ours, as answered."""
-
-    codec: Codec
-    telephone_event_pt: int | None
-    remote_address: str
-    remote_port: int
-    direction: Direction
-    ptime: int
 
 
 def effective_address(media: MediaDescription, session: SessionDescription) -> str | None:
