@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from sipbridge.agent.lifecycle import Agents
 from sipbridge.api.app import HttpServer, create_app
 from sipbridge.api.callevents import SidebandSink, WebhookSink
-from sipbridge.api.session import SidebandHubs
 from sipbridge.api.webhooks import WebhookSender
 from sipbridge.calls.call import Trunk
 from sipbridge.calls.events import CallEvents
@@ -28,6 +27,7 @@ from sipbridge.config import Config
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import MediaFigures
 from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip

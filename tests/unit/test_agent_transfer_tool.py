@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from sipbridge.agent.lifecycle import Agents
-from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.call import Call
 from sipbridge.config import load_config
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.sideband import SidebandHubs
 from tests.unit.test_manager import Harness, ack, answered_app_call, notify
 
 SUPPORT = '{"target": "support", "reason": "asked for a person"}'

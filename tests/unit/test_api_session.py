@@ -16,9 +16,9 @@ from openai.types.realtime import (
 )
 from pydantic import BaseModel, TypeAdapter
 
-from sipbridge.api.session import SidebandSession
 from sipbridge.realtime.events import FORWARDED_EVENT_TYPES
 from sipbridge.realtime.schemas import SessionConfig
+from sipbridge.realtime.sideband import SidebandSession
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 EVENT_ID = re.compile(r"^event_[0-9a-f]{24}$")

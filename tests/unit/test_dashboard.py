@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
 from sipbridge.api.dashboard import basic_password
-from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.call import Call, CallError, CallState
+from sipbridge.realtime.sideband import SidebandHubs
 from tests.unit.test_trace import T0, sample_call
 
 KEY = "sk-dashboard-test"

@@ -117,6 +117,15 @@ def test_media_imports_nothing_from_sip(graph: dict[str, set[str]]) -> None:
     assert crossings(graph, "media", ("sip",)) == []
 
 
+@pytest.mark.parametrize("area", ("realtime", "localmodel", "agent"))
+def test_the_realtime_protocol_and_its_users_import_nothing_from_the_api(
+    graph: dict[str, set[str]], area: str
+) -> None:
+    """The Realtime protocol lives in `realtime`; the built-in model and the agent use it
+    from there, not from the HTTP API."""
+    assert crossings(graph, area, ("api",)) == []
+
+
 @pytest.mark.parametrize("plane", LOWER)
 def test_lower_planes_import_nothing_above_them(graph: dict[str, set[str]], plane: str) -> None:
     assert crossings(graph, plane, UPPER) == []

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
-from sipbridge.api.session import SidebandHubs
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery
+from sipbridge.realtime.sideband import SidebandHubs
 from tests.unit.test_manager import ack, app_call
 
 TIMES = {

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from sipbridge.agent.bridge import AgentBridge
-from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.call import Call, TransferJob
 from sipbridge.calls.events import (
     CallEvent,
@@ -29,6 +28,7 @@ from sipbridge.media.engine import MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.schemas import FunctionTool, SessionConfig
+from sipbridge.realtime.sideband import SidebandHubs
 
 log = logging.getLogger("sipbridge")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from sipbridge.api.session import SidebandHubs
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery, WebhookSender, make_event
 from sipbridge.calls.call import Call
 from sipbridge.calls.events import (
@@ -19,6 +18,7 @@ from sipbridge.calls.events import (
 )
 from sipbridge.calls.transfer_machine import SUCCEEDED
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.sideband import SidebandHubs
 
 
 class SidebandSink:

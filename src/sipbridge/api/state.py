@@ -10,9 +10,9 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from sipbridge.api.calllookup import CallRecords
-from sipbridge.api.session import SidebandHubs
 from sipbridge.calls.manager import CallManager
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.store import Store
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from sipbridge.calls.call import Call
 from sipbridge.realtime.errors import (
     RealtimeError,
     describe,
@@ -174,6 +173,13 @@ class SidebandSession:
         return out
 
 
+class Identified(Protocol):
+    """Anything with an id: a call, to the hubs."""
+
+    @property
+    def id(self) -> str: ...
+
+
 class SidebandHubs:
     """Each accepted call's sideband session and the WebSocket clients watching it."""
 
@@ -182,7 +188,7 @@ class SidebandHubs:
         self.clients: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
         self.models: dict[str, Callable[[dict[str, Any]], None]] = {}  # call -> model sink
 
-    def open(self, call: Call, config: SessionConfig) -> SidebandSession:
+    def open(self, call: Identified, config: SessionConfig) -> SidebandSession:
         session = SidebandSession(call.id, config, on_client_event=self.models.get(call.id))
         self.sessions[call.id] = session
         self.clients.setdefault(call.id, set())
