@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 
 from sipbridge.media.g711 import ulaw_encode
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.gateway import Gateway
 from tests.integration.peers import RtpSink
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
 
 FRAME = 160  # 20 ms at 8 kHz
 SILENCE = 0xFF  # PCMU for 0

@@ -33,8 +33,9 @@ import pytest
 import websockets
 from openai.types.realtime import RealtimeServerEvent
 
-from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.integration.gateway import Gateway
 from tests.integration.peers import RtpSink
+from tests.integration.sipp import SCENARIOS, run_sipp
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,8 @@ import pytest
 from tests.integration.peers import Baresip, RtpSink, SippUas, telephone_events
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Gateway, SippResult
+    from tests.integration.gateway import Gateway
+    from tests.integration.sipp import SippResult
 
 pytestmark = pytest.mark.integration
 

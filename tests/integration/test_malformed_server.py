@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sipbridge.sip.message import Response, parse_message
-from tests.integration.conftest import Gateway, send_options
+from tests.integration.gateway import Gateway
+from tests.integration.probe import send_options
 from tests.unit.corpus import CORPUS, CorpusEntry
 
 pytestmark = pytest.mark.integration

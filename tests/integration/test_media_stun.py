@@ -34,7 +34,8 @@ from sipbridge.media.stun import (
     parse_stun,
     xor_address,
 )
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
 
 pytestmark = [
     pytest.mark.integration,

@@ -15,7 +15,7 @@ import pytest
 
 from sipbridge.config import load_config
 from sipbridge.gateway import Gateway
-from tests.integration.conftest import Gateway as GatewayProcess
+from tests.integration.gateway import Gateway as GatewayProcess
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from tests.integration.appside import KEY, App, start_app
-from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, run_sipp
 from tests.pgserver import PASSWORD
 
 pytestmark = pytest.mark.integration
@@ -40,10 +41,10 @@ def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None
     sipp = app.call("transfer_busy.xml", timeout=40, recv_timeout=20)
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
     assert sipp.result(timeout=60).ok
-    app.wait_for(call_id, lambda r: r["state"] == "ended")
+    app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     store = app.gateway.config["store"]
     time.sleep(0.3)  # the store's writer commits within milliseconds
     trace = cli("trace", call_id, "--store", store)
