@@ -14,7 +14,7 @@ import pytest
 from sipbridge.calls.call import Call
 from sipbridge.config import load_config
 from sipbridge.gateway import Gateway
-from tests.unit.test_manager import Harness, ack, answered_app_call, notify
+from tests.unit.callharness import Harness, ack, answered_app_call, notify
 
 SUPPORT = '{"target": "support", "reason": "asked for a person"}'
 

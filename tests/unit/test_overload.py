@@ -27,7 +27,7 @@ from sipbridge.sip.overload import (
     shed_target,
 )
 from sipbridge.sip.ua import UaConfig, UserAgent
-from tests.unit.test_ua import OFFER, TIMERS, UAC, Phone, in_dialog, sip
+from tests.unit.sipphone import OFFER, TIMERS, UAC, Phone, in_dialog, sip
 
 # --- the detector ----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import pytest
 from sipbridge.store import SqliteStore, StoreError, is_database_url, open_store
 from sipbridge.store.postgres import PostgresStore, redact
 from tests.pgserver import PASSWORD, PgServer
-from tests.unit.test_store import SRC, call, run_killed_child
+from tests.unit.storerecords import SRC, call, run_killed_child
 
 SECRETS = (PASSWORD, quote(PASSWORD, safe=""))
 
