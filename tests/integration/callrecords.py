@@ -3,11 +3,12 @@ waits on it that fail with what they waited for and the last record seen."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+
+from tests.polling import until
 
 
 def api_get(base: str, key: str, path: str) -> Any:
@@ -28,25 +29,13 @@ def wait_record(base: str, key: str, call_id: str, check: Callable[[dict[str, An
                 what: str, timeout: float = 10.0, interval: float = 0.05) -> dict[str, Any]:
     """Poll the call's record until ``check`` holds and return it; an AssertionError naming
     ``what`` and the last record when it does not within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        record = call_record(base, key, call_id)
-        if check(record):
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"call {call_id}: not {what} within {timeout:g} s; last record: {record}")
-        time.sleep(interval)
+    return until(f"call {call_id} {what}", lambda: call_record(base, key, call_id), check,
+                 timeout, interval)
 
 
 def wait_first_call(base: str, key: str, timeout: float) -> str:
     """The id of the first call the gateway lists as active; fails when none is."""
-    deadline = time.monotonic() + timeout
-    calls: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        calls = api_get(base, key, "/realtime/calls")["data"]
-        if calls and calls[0]["state"] == "active":
-            return str(calls[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no active call on the gateway within {timeout:g} s; "
-                         f"last listed: {calls}")
+    calls = until("an active call on the gateway",
+                  lambda: list(api_get(base, key, "/realtime/calls")["data"]),
+                  lambda calls: bool(calls) and calls[0]["state"] == "active", timeout)
+    return str(calls[0]["id"])

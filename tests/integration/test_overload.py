@@ -17,6 +17,7 @@ from sipbridge.media.rtp import build_rtp, parse_rtp
 from tests.integration.gateway import Gateway
 from tests.integration.probe import LOOPBACK
 from tests.integration.sipp import SippResult
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +139,8 @@ def test_new_calls_get_503_while_a_call_in_progress_keeps_its_media(
         assert call.bye().startswith(b"SIP/2.0 200")
     finally:
         call.close()
-    deadline = time.monotonic() + WAIT
-    while gw.metric("sipbridge_calls_active") != 0:
-        assert time.monotonic() < deadline, "the call stayed active after its BYE"
-        time.sleep(0.1)
+    until("no call active after the BYE", lambda: gw.metric("sipbridge_calls_active"),
+          lambda active: active == 0, WAIT, interval=0.1)
     log = gw.log()
     assert "Traceback" not in log
     # Refusals are counted, not logged one by one.
@@ -199,7 +198,6 @@ def test_queue_delay_sheds_a_burst_and_recovers(
                 break
         assert data.startswith(b"SIP/2.0 200"), data[:100]
     assert gw.metric("sipbridge_overload_rejected_total") == 5
-    deadline = time.monotonic() + WAIT  # the episode ends a second after the backlog
-    while gw.metric("sipbridge_overload_active") != 0:
-        assert time.monotonic() < deadline, "still overloaded long after the burst"
-        time.sleep(0.2)
+    # the episode ends a second after the backlog
+    until("the overload over after the burst", lambda: gw.metric("sipbridge_overload_active"),
+          lambda active: active == 0, WAIT, interval=0.2)

@@ -14,13 +14,13 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.integration.gateway import Gateway
 from tests.integration.sipp import SippResult
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,14 @@ def sipsak_flood(gw: Gateway) -> None:
     assert "flood end reached" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout:g} s")
-        time.sleep(0.05)
-
-
 @needs_sipsak
 def test_a_udp_flood_is_blocked_and_a_caller_elsewhere_gets_through(
     start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]
 ) -> None:
     gw = start_gateway(allow=NOT_LOOPBACK, auth=AUTH, auto_answer="silence")
     sipsak_flood(gw)
-    wait_for(lambda: gw.metric("sipbridge_rate_blocks_total") == 1, "the block in /metrics")
+    until("the block in /metrics", lambda: gw.metric("sipbridge_rate_blocks_total"),
+          lambda blocks: blocks == 1, 5.0)
     assert gw.metric("sipbridge_rate_blocked_sources") == 1
     # sipsak's OPTIONS that reached the gateway past the first burst of 60 (loopback
     # drops part of a flood this fast: about a third arrive).
