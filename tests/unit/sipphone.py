@@ -132,8 +132,9 @@ class Phone:
         return sent[0]
 
     def empty(self) -> bool:
-        ua = self.ua
-        return not (ua._server or ua._client or ua._legs or ua._dialogs)
+        held = self.ua.held
+        return not (held["server_transactions"] or held["client_transactions"]
+                    or held["legs"] or held["dialogs"])
 
     # --- a caller's side of the common flows ---
 

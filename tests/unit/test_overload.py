@@ -287,7 +287,7 @@ def test_calls_in_progress_options_and_retransmissions_go_on() -> None:
     p.ua.reject(ringing, 486, p.now)
     p.collect()
     p.take()
-    assert p.ua._incoming_ids == {}  # the Call-IDs of ended calls are not kept
+    assert p.ua.held["incoming_call_ids"] == 0  # the Call-IDs of ended calls are not kept
     # Once the queue drains, new calls are taken again.
     p.detector.queue_delay(0.0, p.now)
     p.receive(sip("INVITE", body=OFFER, call_id="call-3@x", branch="z9hG4bK-3"))

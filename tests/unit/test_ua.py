@@ -120,7 +120,7 @@ def test_answer_200_retransmitted_until_ack_then_confirmed(phone: Phone) -> None
     phone.advance(100.0)
     assert phone.take() == []  # no more 200s, and no BYE
     assert phone.take_events() == []
-    assert phone.ua._server == {}  # the INVITE transaction ended (Timer L)
+    assert phone.ua.held["server_transactions"] == 0  # the INVITE transaction ended (Timer L)
     phone.receive(ack_2xx(ok.msg))  # a retransmitted ACK changes nothing
     assert phone.take_events() == [] and phone.take() == []
 
@@ -175,7 +175,7 @@ def test_retransmitted_invite_is_absorbed(phone: Phone) -> None:
     phone.receive(invite)
     assert phone.one().status == 180
     assert phone.ua.stats["retransmissions_absorbed"] == 2
-    assert phone.ua.stats["calls_in"] == 1 and len(phone.ua._legs) == 1
+    assert phone.ua.stats["calls_in"] == 1 and phone.ua.held["legs"] == 1
 
 
 def test_cancel_while_ringing(phone: Phone) -> None:
@@ -198,7 +198,7 @@ def test_cancel_while_ringing(phone: Phone) -> None:
     phone.receive(sip("ACK", to=to_of(terminated.msg), contact=False))
     assert phone.take() == [] and phone.take_events() == []
     assert phone.ua.stats["dropped_stray_ack"] == 0
-    [tx] = phone.ua._server.values()
+    [tx] = phone.ua.server_transactions
     assert tx.state is State.CONFIRMED
     phone.advance(100.0)
     assert phone.take() == []  # no 487 retransmissions once ACKed
@@ -240,7 +240,7 @@ def test_bye_ends_the_call(phone: Phone) -> None:
     sent = phone.one()
     assert sent.status == 200 and sent.msg.cseq.method == "BYE" and sent.addr == UAC
     assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
-    assert phone.ua._legs == {} and phone.ua._dialogs == {}
+    assert phone.ua.held["legs"] == phone.ua.held["dialogs"] == 0
     # A retransmitted BYE hits the transaction: the 200 again, no second event.
     phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-bye-1", contact=False))
     assert phone.one().status == 200
@@ -600,7 +600,8 @@ def test_source_outside_the_allow_list_gets_403_and_nothing_is_stored(phone: Pho
     sent = phone.one()
     assert sent.status == 403 and sent.addr == STRANGER
     assert phone.take_events() == []
-    assert phone.ua._server == {} and phone.ua._legs == {} and phone.ua._dialogs == {}
+    held = phone.ua.held
+    assert held["server_transactions"] == held["legs"] == held["dialogs"] == 0
     assert phone.ua.deadline is None
     assert phone.ua.stats["refused_403"] == 1
     phone.receive(sip("OPTIONS", host="192.0.2.10"), STRANGER)
