@@ -68,7 +68,7 @@ class ReplayModel:
 
     def __enter__(self) -> Self:
         self._thread.start()
-        assert self._ready.wait(5)
+        assert self._ready.wait(5), "the fake model server did not start listening within 5 s"
         return self
 
     def __exit__(self, *exc: object) -> None:

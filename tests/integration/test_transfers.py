@@ -47,7 +47,7 @@ class Sideband:
         self._manager = app.client.realtime.connect(call_id=call_id)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        assert self.opened.wait(10)
+        assert self.opened.wait(10), f"the sideband of call {call_id} did not open within 10 s"
 
     def _run(self) -> None:
         with self._manager as conn:
