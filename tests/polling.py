@@ -11,34 +11,34 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _timed_out(what: str, timeout: float, value: object) -> AssertionError:
-    return AssertionError(f"{what}: not within {timeout:g} s; last seen: {str(value)[:2000]}")
+def _timed_out(what: str, within: float, value: object) -> AssertionError:
+    return AssertionError(f"{what}: not within {within:g} s; last seen: {str(value)[:2000]}")
 
 
-def until(what: str, get: Callable[[], T], ok: Callable[[T], bool], timeout: float,
+def until(what: str, get: Callable[[], T], ok: Callable[[T], bool], within: float,
           interval: float = 0.05) -> T:
     """Call ``get`` every ``interval`` seconds until ``ok`` holds of its value, and return
-    that value; an AssertionError naming ``what`` and the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    that value; an AssertionError naming ``what`` and the last value after ``within`` seconds."""
+    deadline = time.monotonic() + within
     value = get()
     while not ok(value):
         if time.monotonic() > deadline:
-            raise _timed_out(what, timeout, value)
+            raise _timed_out(what, within, value)
         time.sleep(interval)
         value = get()
     return value
 
 
 async def until_async(what: str, get: Callable[[], T], ok: Callable[[T], bool],
-                      timeout: float, interval: float = 0.01) -> T:
+                      within: float, interval: float = 0.01) -> T:
     """:func:`until` on an event loop: sleeps with ``asyncio.sleep`` between the polls, so
     the loop runs what is being waited for."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     value = get()
     while not ok(value):
         if loop.time() > deadline:
-            raise _timed_out(what, timeout, value)
+            raise _timed_out(what, within, value)
         await asyncio.sleep(interval)
         value = get()
     return value

@@ -112,7 +112,7 @@ class Client:
 
     async def until(self, kind: str, timeout: float = 15.0) -> list[dict[str, Any]]:
         """Events up to and including the next one of type `kind`."""
-        got = []
+        got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while True:
             try:

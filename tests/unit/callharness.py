@@ -87,7 +87,8 @@ def invite(body: str = "", content_type: str = "application/sdp", branch: str = 
     ctype = f"Content-Type: {content_type}\n" if body else ""
     to = f"<sip:bot@127.0.0.1>{';tag=' + to_tag if to_tag else ''}"
     return (
-        f"INVITE sip:bot@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
+        f"INVITE sip:bot@127.0.0.1 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
         f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: {to}\nCall-ID: call-1\n"
         f"CSeq: {cseq} INVITE\nContact: <sip:carrier@127.0.0.1:5062>\nMax-Forwards: 70\n"
         f"{ctype}Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}"
@@ -98,7 +99,8 @@ def ack(to_tag: str, body: str = "", cseq: int = 1, branch: str = "a1") -> str:
     body = body.replace("\r\n", "\n")
     ctype = "Content-Type: application/sdp\n" if body else ""
     return (
-        f"ACK sip:sipbridge@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
+        f"ACK sip:sipbridge@127.0.0.1 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{branch}\n"
         f"From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>;tag={to_tag}\n"
         f"Call-ID: call-1\nCSeq: {cseq} ACK\nMax-Forwards: 70\n"
         f"{ctype}Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}"

@@ -56,7 +56,8 @@ def sample_call() -> dict[str, Any]:
             {"at": T0 + 2.0, "kind": "api", "action": "refer", "target": "tel:+61420351258"},
             {"at": T0 + 2.0, "kind": "transfer", "transfer_id": "tr_1", "status": "requested",
              "sip_status": None, "reason": None, "final": False},
-            sip(2.01, "out", "REFER sip:carrier@127.0.0.1:5070;transport=UDP;with-a-long-parameter=1 SIP/2.0"),
+            sip(2.01, "out", "REFER sip:carrier@127.0.0.1:5070;transport=UDP;"
+                             "with-a-long-parameter=1 SIP/2.0"),
             sip(2.02, "in", "SIP/2.0 202 Accepted"),
             {"at": T0 + 2.02, "kind": "transfer", "transfer_id": "tr_1", "status": "accepted",
              "sip_status": 202, "reason": "Accepted", "final": False},
