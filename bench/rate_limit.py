@@ -13,7 +13,8 @@ dropped unread, and the limiter's own check alone. Each figure is the best of
 Part 2, end to end: a gateway pinned to one core; a UDP flood of OPTIONS from
 127.0.0.1 at ``--flood-rate`` messages/s for ``--seconds`` (a process of its own, on
 the other core), while a caller at 127.0.0.2 sends one OPTIONS every 100 ms (within
-its rate) and times the answers. Once with the limit on, once off (the reference): the gateway's CPU,
+its rate) and times the answers. Once with the limit on, once off (the reference): the
+gateway's CPU,
 and how many of the caller's OPTIONS were answered and how fast.
 """
 
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contextlib
+
 from sip_cps import cpu_seconds, start_sipbridge, stop, workdir
 
 from sipbridge.sip.access import AccessGuard
@@ -169,10 +172,8 @@ def flood(port: int, rate: int, seconds: float) -> None:
         while (now := time.perf_counter()) < end:
             due = int((now - start) * rate)
             while sent < due:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendto(messages[sent % 1000], ("127.0.0.1", port))
-                except OSError:
-                    pass
                 sent += 1
             time.sleep(0.0005)
 

@@ -222,7 +222,8 @@ def read_stats(path: Path) -> dict[str, str]:
         return {}
     if len(lines) < 2:
         return {}
-    return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")))
+    names, values = lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")
+    return dict(zip(names, values, strict=False))
 
 
 def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> Step:
@@ -401,7 +402,8 @@ def read_counts(workdir: Path) -> dict[str, int]:
     if len(lines) < 2:
         return {}
     out: dict[str, int] = {}
-    for name, value in zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")):
+    names, values = lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";")
+    for name, value in zip(names, values, strict=False):
         if value.strip().isdigit():
             out[name] = int(value)
     return out

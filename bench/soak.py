@@ -171,7 +171,8 @@ _TEMPLATES = [
     "REFER sip:echo@{gw} SIP/2.0\r\n" + _HEAD + "CSeq: 4 REFER\r\n"
     "Refer-To: <sip:100@{ip}>\r\nReferred-By: <sip:fuzz@{ip}>\r\nContent-Length: 0\r\n\r\n",
     "INFO sip:echo@{gw} SIP/2.0\r\n" + _HEAD + "CSeq: 5 INFO\r\n"
-    "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n",
+    "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\n"
+    "Signal=5\r\nDuration=160\r\n",
     "SIP/2.0 200 OK\r\n" + _HEAD + "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
 ]
 _JUNK = [
@@ -190,9 +191,10 @@ def corpus_seeds() -> list[bytes]:
         from tests.unit.corpus import CORPUS
     except ImportError:  # a checkout without its tests: the templates suffice
         return []
-    samples = [*CORPUS, *interop_corpus.NOTIFIES, *interop_corpus.REFER_ANSWERS,
-               *interop_corpus.DIALOGS]
-    return [s.data for s in samples if len(s.data) < 60000]
+    datas = [*(s.data for s in CORPUS), *(s.data for s in interop_corpus.NOTIFIES),
+             *(s.data for s in interop_corpus.REFER_ANSWERS),
+             *(s.data for s in interop_corpus.DIALOGS)]
+    return [d for d in datas if len(d) < 60000]
 
 
 class Mutator:
@@ -499,7 +501,8 @@ def compare_snapshots(traced: Path, first: int, last: int, top: int) -> None:
         for frame in reversed(list(stat.traceback)[-6:]):
             print(f"      {frame.filename.replace(str(ROOT) + '/', '')}:{frame.lineno}")
     growth = sorted(
-        ((n, jb["types"].get(n, 0) - ja["types"].get(n, 0)) for n in set(ja["types"]) | set(jb["types"])),
+        ((n, jb["types"].get(n, 0) - ja["types"].get(n, 0))
+         for n in set(ja["types"]) | set(jb["types"])),
         key=lambda x: -x[1],
     )
     print("live objects by type, largest growth: " + ", ".join(
@@ -544,7 +547,8 @@ def soak(args: argparse.Namespace) -> int:
         threads = []
         if not args.no_mix:
             threads = [
-                threading.Thread(target=udp_fuzz, args=(port, args.udp_rate, stop_mix, mix, mutator)),
+                threading.Thread(target=udp_fuzz,
+                                 args=(port, args.udp_rate, stop_mix, mix, mutator)),
                 threading.Thread(target=tcp_fuzz, args=(port, args.tcp_rate, stop_mix, mix,
                                                         Mutator(random.Random(rng.random()),
                                                                 mutator.seeds))),
@@ -570,9 +574,10 @@ def soak(args: argparse.Namespace) -> int:
                   f"calls active {s.calls_active}", flush=True)
             return s
 
+        mix_text = ("off" if args.no_mix else f"udp {args.udp_rate:g}/s tcp {args.tcp_rate:g}/s "
+                    f"half-open {args.half_open}")
         print(f"soak: {args.minutes} min, SIPp {args.rate:g} calls/s x {args.call_seconds:g} s "
-              f"with PCMA media ({calls} calls), mix "
-              f"{'off' if args.no_mix else f'udp {args.udp_rate:g}/s tcp {args.tcp_rate:g}/s half-open {args.half_open}'}"
+              f"with PCMA media ({calls} calls), mix {mix_text}"
               f"; gateway pid {proc.pid}, work dir {work}", flush=True)
         sample()
         with (work / "sipp.log").open("wb") as out:
@@ -645,10 +650,10 @@ def soak(args: argparse.Namespace) -> int:
             print(summary[-1])
         if traced is not None:
             # From the end of the warm-up to the end, then each later snapshot to the end.
-            for first in range(1, snaps):
-                print(f"\nsnapshot at {snapped[first - 1] / 60:.1f} min -> end "
+            for begin in range(1, snaps):
+                print(f"\nsnapshot at {snapped[begin - 1] / 60:.1f} min -> end "
                       f"({snapped[-1] / 60:.1f} min):", end="")
-                compare_snapshots(traced, first, snaps, args.top if first == 1 else 10)
+                compare_snapshots(traced, begin, snaps, args.top if begin == 1 else 10)
         return 0 if alive and not failed else 1
 
 

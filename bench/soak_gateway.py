@@ -3,7 +3,8 @@
     python bench/soak_gateway.py SNAPSHOT_DIR FRAMES --config sipbridge.toml
 
 Runs the gateway exactly as ``python -m sipbridge serve`` does, with tracemalloc
-keeping FRAMES frames of each allocation's traceback. Each SIGUSR2 writes ``SNAPSHOT_DIR/snap-N.pickle``
+keeping FRAMES frames of each allocation's traceback. Each SIGUSR2 writes
+``SNAPSHOT_DIR/snap-N.pickle``
 (a tracemalloc snapshot) and ``SNAPSHOT_DIR/snap-N.json`` (live objects counted by
 type after a full collection), N counting from 1, so the soak can compare two
 moments of one process.

@@ -45,7 +45,8 @@ from sip_cps import LOOPBACK, free_port, start_sipbridge, stop, workdir
 
 from tests.integration.appside import KEY, SECRET, WebhookSink
 
-SCENARIO = Path(__file__).resolve().parent.parent / "tests/integration/scenarios/transfer_success.xml"
+SCENARIO = (Path(__file__).resolve().parent.parent
+            / "tests/integration/scenarios/transfer_success.xml")
 TARGET = "tel:+61420351258"
 STAMP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$")
 

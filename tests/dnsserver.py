@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -19,7 +19,7 @@ import dns.rrset
 class DnsServer:
     """Usage: `with DnsServer({("pbx.test", "A"): ["127.0.0.1"]}) as dns: dns.address`."""
 
-    def __init__(self, records: dict[tuple[str, str], Iterable[str]], *,
+    def __init__(self, records: Mapping[tuple[str, str], Iterable[str]], *,
                  silent: Iterable[str] = (), ttl: int = 60, host: str = "127.0.0.1") -> None:
         self.records = {(name.rstrip(".").lower(), kind.upper()): list(values)
                         for (name, kind), values in records.items()}
@@ -57,7 +57,7 @@ class DnsServer:
                 return
             try:
                 query = dns.message.from_wire(data)
-            except Exception:  # noqa: BLE001, S112 (not DNS: ignore it)
+            except Exception:  # noqa: BLE001 (not DNS: ignore it)
                 continue
             question = query.question[0]
             name = question.name.to_text(omit_final_dot=True).lower()

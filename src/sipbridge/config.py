@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sipbridge.sip.address import split_host_port
+
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
 
 
@@ -26,23 +28,10 @@ class ConfigError(Exception):
 
 
 def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
-    """`HOST:PORT`, `HOST`, `[V6]:PORT` or `:PORT` into (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-    elif value.count(":") > 1:
-        host, port_text = value, ""  # a bare IPv6 address
-    else:
-        host, port_text = value, ""
-    host = host or "0.0.0.0"
-    if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-            raise ValueError(f"invalid port in {value!r}")
-        return host, int(port_text)
-    return host, default_port
+    """`HOST:PORT`, `HOST`, `[V6]:PORT` or `:PORT` into (host, port); no host: all
+    addresses (0.0.0.0)."""
+    host, port = split_host_port(value)
+    return host or "0.0.0.0", default_port if port is None else port
 
 
 class AuthConfig(BaseModel):
@@ -180,7 +169,8 @@ class Config(BaseSettings):
     accept_timeout_code: int = Field(480, ge=400, le=699)
     # Transfers (REFER, RFC 3515): every one reaches an outcome within these bounds.
     transfer_refer_timeout: float = Field(8.0, gt=0, le=64)  # REFER unanswered -> timed_out
-    transfer_notify_timeout: float = Field(30.0, gt=0, le=600)  # 202, no final NOTIFY -> unconfirmed
+    # 202 and no final NOTIFY in this time: unconfirmed
+    transfer_notify_timeout: float = Field(30.0, gt=0, le=600)
     transfer_bye_after_accept: str = Field("unconfirmed", pattern="^(unconfirmed|succeeded)$")
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sipbridge.agent.bridge import AgentBridge
 from sipbridge.api.app import HttpServer, SidebandHubs, create_app
@@ -27,6 +27,7 @@ from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
+from sipbridge.records import MediaFigures
 from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
@@ -37,6 +38,9 @@ from sipbridge.sip.ratelimit import RateLimiter, RateLimits
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
+
+if TYPE_CHECKING:
+    from sipbridge.store import Store
 
 log = logging.getLogger("sipbridge")
 
@@ -84,7 +88,7 @@ class Gateway:
         self._stopping = False  # set by stop(): no timer fires, no store write after close
         self.sideband = SidebandHubs()
         self._inbound: tuple[bytes, Address] | None = None
-        self.store: Any = None
+        self.store: Store | None = None
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
@@ -133,7 +137,8 @@ class Gateway:
                 log.warning("store %s: %d calls left unfinished by the last run marked ended, "
                             "%d old calls purged", self.store.label, ended, purged)
             if c.store_retention_days is not None:
-                self._purging = asyncio.create_task(self._purge_every(c.store_purge_interval))
+                self._purging = asyncio.create_task(
+                    self._purge_every(self.store, c.store_purge_interval))
         # The model and the API first: once SIP answers, everything answers.
         if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
             await self._start_local_model()
@@ -214,13 +219,13 @@ class Gateway:
     def port(self) -> int:
         return self.transport.port
 
-    async def _purge_every(self, interval: float) -> None:
+    async def _purge_every(self, store: Store, interval: float) -> None:
         """Retention by age while the gateway runs, not only at start-up."""
         while True:
             await asyncio.sleep(interval)
-            purged = await asyncio.to_thread(self.store.purge)
+            purged = await asyncio.to_thread(store.purge)
             if purged:
-                log.info("store %s: %d old calls purged", self.store.label, purged)
+                log.info("store %s: %d old calls purged", store.label, purged)
 
     async def stop(self) -> None:
         # No timer of the SIP core or the calls fires from here on: each await below lets
@@ -454,7 +459,7 @@ class Gateway:
             return 0, False
         return self.overload.rejected, self.overload.active(self.loop.time())
 
-    def _live_media(self) -> Iterator[tuple[str, dict[str, object]]]:
+    def _live_media(self) -> Iterator[tuple[str, MediaFigures]]:
         """The media figures of the calls in progress, for the metrics."""
         for call in self.calls.calls.values() if self.calls is not None else ():
             if call.media_live is not None:

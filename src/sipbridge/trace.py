@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from sipbridge.records import CallRecord, TransferRecord
 
 FAILING = {"failed", "rejected", "timed_out", "unconfirmed", "cancelled"}
 WIDTH = 44  # the arrow's width between two columns
@@ -42,14 +43,14 @@ class Summary:
     started: float
     seconds: float
     end_reason: str | None
-    transfer: Mapping[str, Any] | None  # the last transfer's record
+    transfer: TransferRecord | None  # the last transfer's record
 
     @property
     def outcome(self) -> str:
         return outcome(self.transfer)
 
 
-def outcome(transfer: Mapping[str, Any] | None) -> str:
+def outcome(transfer: TransferRecord | None) -> str:
     """A transfer's status and SIP status ("failed 486"), or "-" for none."""
     if transfer is None:
         return "-"
@@ -57,7 +58,7 @@ def outcome(transfer: Mapping[str, Any] | None) -> str:
     return f"{transfer.get('status')}" + (f" {sip}" if sip else "")
 
 
-def summarize(call: Mapping[str, Any], now: float | None = None) -> Summary:
+def summarize(call: CallRecord, now: float | None = None) -> Summary:
     """The list row of a call record (a live call's duration runs until `now`)."""
     started = _seconds(call.get("created_at"), 0.0)
     ended = _seconds(call.get("ended_at"), 0.0) or (
@@ -72,7 +73,7 @@ def summarize(call: Mapping[str, Any], now: float | None = None) -> Summary:
                    transfer=transfers[-1] if transfers else None)
 
 
-def calls_table(calls: Iterable[Mapping[str, Any]]) -> str:
+def calls_table(calls: Iterable[CallRecord]) -> str:
     rows = [("CALL", "STATE", "FROM", "TO", "STARTED", "SECONDS", "END", "TRANSFER")]
     for c in map(summarize, calls):
         rows.append((c.id, c.state, c.caller, c.callee,
@@ -100,7 +101,7 @@ def _sip_failing(line: str) -> bool:
         and code not in ("401", "407", "487")
 
 
-def step(entry: Mapping[str, Any], start: float) -> Step:
+def step(entry: Mapping[str, object], start: float) -> Step:
     """The ladder row of one timeline entry, `start` being the call's start (epoch)."""
     kind = str(entry.get("kind"))
     at = _seconds(entry.get("at") or start, start) - start
@@ -149,7 +150,7 @@ def step(entry: Mapping[str, Any], start: float) -> Step:
     return Step(at, kind, "sipbridge", None, f"{kind} {details}", False)
 
 
-def steps(call: Mapping[str, Any]) -> list[Step]:
+def steps(call: CallRecord) -> list[Step]:
     """The call's timeline as ladder rows, in timeline order."""
     start = _seconds(call.get("created_at") or 0.0, 0.0)
     return [step(entry, start) for entry in call.get("timeline") or []
@@ -177,13 +178,13 @@ def _draw(row: Step) -> str:
     return f"        {blank} sipbridge {_arrow(row.text, row.source == 'sipbridge')} {other}"
 
 
-def _line(entry: Mapping[str, Any]) -> tuple[str, bool]:
+def _line(entry: Mapping[str, object]) -> tuple[str, bool]:
     """The ladder line of one timeline entry, and whether it is a failing step."""
     row = step(entry, 0.0)
     return _draw(row), row.failing
 
 
-def ladder(call: Mapping[str, Any], *, full: bool = False) -> str:
+def ladder(call: CallRecord, *, full: bool = False) -> str:
     """The call's timeline as a ladder; `full` adds each SIP message's text."""
     sip = call.get("sip") or {}
     head = (f"call {call.get('id')}  {sip.get('from', '')} -> {sip.get('to', '')}  "

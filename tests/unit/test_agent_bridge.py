@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from sipbridge.agent.bridge import AgentBridge
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.media.g711 import alaw_encode, ulaw_encode
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import PortPool
 from sipbridge.media.session import MediaSession
-from sipbridge.sip.sdp import Codec, Direction, NegotiatedAudio
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -138,10 +140,8 @@ def test_parser_refuses_values_over_the_cap() -> None:
 
 @given(st.text(alphabet='Digest realm="\\, \t=x\x00\r\n\u00e9', max_size=200))
 def test_parser_raises_only_parse_error(value: str) -> None:
-    try:
+    with contextlib.suppress(ParseError):
         parse_auth_params(value)
-    except ParseError:
-        pass
 
 
 @given(st.text(max_size=300))
@@ -199,7 +199,7 @@ def test_algorithm_not_offered_is_refused() -> None:
         ({"method": "BYE"}, "response does not match"),
     ],
 )
-def test_bad_credentials_are_refused(kwargs: dict[str, str], reason: str) -> None:
+def test_bad_credentials_are_refused(kwargs: dict[str, Any], reason: str) -> None:
     server = make_server()
     result = server.verify("INVITE", answer(server.challenge(T0)[0], **kwargs), T0)
     assert (result.ok, result.username, result.stale, result.reason) == (False, None, False, reason)
@@ -370,7 +370,8 @@ def test_parse_challenge_defaults_and_errors() -> None:
 
 def test_auth_int_covers_the_body() -> None:
     chal_ = Challenge("Digest", "trunk", "n", "SHA-256", ("auth-int",), None, False)
-    args = {"method": "INVITE", "uri": URI, "username": "u", "password": "p", "cnonce": "c"}
+    args: dict[str, Any] = {"method": "INVITE", "uri": URI, "username": "u", "password": "p",
+                            "cnonce": "c"}
     value = authorization(chal_, body=b"v=0\r\n", nc=2, **args)
     params = parse_auth_params(value)[1]
     assert (params["qop"], params["nc"]) == ("auth-int", "00000002")
@@ -386,7 +387,8 @@ def test_auth_int_covers_the_body() -> None:
 
 
 def test_authorization_refuses_what_it_cannot_compute() -> None:
-    args = {"method": "INVITE", "uri": URI, "username": "u", "password": "p", "cnonce": "c"}
+    args: dict[str, Any] = {"method": "INVITE", "uri": URI, "username": "u", "password": "p",
+                            "cnonce": "c"}
     with pytest.raises(ParseError):
         authorization(Challenge("Digest", "r", "n", "SHA-1", (), None, False), **args)
     with pytest.raises(ValueError):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 from sipbridge.sip.address import Address
 from sipbridge.sip.dns import ResolveError, Resolver, order_srv, parse_server
 from tests.dnsserver import DnsServer
+
+T = TypeVar("T")
 
 RECORDS = {
     ("_sip._udp.carrier.test", "SRV"): ["20 10 5080 backup.carrier.test.",
@@ -25,7 +29,7 @@ RECORDS = {
 }
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -84,7 +88,7 @@ def test_answers_are_cached_and_so_are_failures() -> None:
         async def twice() -> None:
             for _ in range(2):
                 await resolver.resolve(Address("udp", "pbx.test", 5060))
-                with pytest.raises(ResolveError, match="no A record for nowhere.test"):
+                with pytest.raises(ResolveError, match=r"no A record for nowhere\.test"):
                     await resolver.resolve(Address("udp", "nowhere.test", 5060))
 
         run(twice())

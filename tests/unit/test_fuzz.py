@@ -83,9 +83,9 @@ _INVITE = (
 
 def _corpus() -> list[bytes]:
     seeds = [e.data for e in CORPUS] + [_INVITE]
-    for sample in itertools.chain(interop_corpus.NOTIFIES, interop_corpus.REFER_ANSWERS,
-                                  interop_corpus.DIALOGS):
-        seeds.append(sample.data)
+    seeds += [sample.data for sample in interop_corpus.NOTIFIES]
+    seeds += [sample.data for sample in interop_corpus.REFER_ANSWERS]
+    seeds += [sample.data for sample in interop_corpus.DIALOGS]
     return seeds
 
 
@@ -226,7 +226,7 @@ def test_stream_framer_raises_only_parse_errors(messages: list[bytes], cuts: lis
     stream = b"".join(messages)
     framer = StreamFramer()
     prev = 0
-    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+    for cut in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
         for frame in only(SipError, framer.feed, stream[prev:cut]) or ():
             assert len(frame) <= 65535
             only(SipError, parse_message, frame)

@@ -7,11 +7,12 @@ import re
 
 import pytest
 
+from sipbridge.audiostream import Direction
 from sipbridge.calls.call import Call, CallError, CallState
 from sipbridge.calls.tool import tool_definition, tool_output
 from sipbridge.sip.events import EndReason
 from sipbridge.sip.message import response_to
-from sipbridge.sip.sdp import Direction, parse_sdp
+from sipbridge.sip.sdp import parse_sdp
 from tests.unit.callharness import (
     OFFER,
     PEER,

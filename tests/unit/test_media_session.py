@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.media.dtmf import DtmfDigit, dtmf_payloads
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.media.g711 import ulaw_decode, ulaw_encode
@@ -32,7 +33,6 @@ from sipbridge.media.stun import (
     parse_stun,
     xor_address,
 )
-from sipbridge.sip.sdp import Codec, Direction, NegotiatedAudio
 
 PEER_SSRC = 0x1234
 

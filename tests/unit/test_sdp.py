@@ -8,13 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.sip.errors import NotAcceptable, SdpError
 from sipbridge.sip.sdp import (
     STATIC_PAYLOAD_TYPES,
-    Codec,
-    Direction,
     MediaDescription,
-    NegotiatedAudio,
     Origin,
     SessionDescription,
     answer_offer,

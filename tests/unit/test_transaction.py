@@ -52,7 +52,8 @@ def make_request(method: str = "INVITE", *, branch: str = BRANCH, transport: str
     return msg
 
 
-def reply(request: Request, status: int, tag: str = "b-1") -> Response:
+def reply(request: Request | None, status: int, tag: str = "b-1") -> Response:
+    assert request is not None, "the transaction let its request go (answered already)"
     return response_to(request, status, to_tag=tag)
 
 
@@ -661,7 +662,7 @@ def test_retransmit_intervals_never_shrink_and_respect_the_cap(
     timers = TimerConfig(t1=t1, t2=t1 * t2_factor, t4=5.0)
     tx = ClientTransaction(make_request("INVITE" if invite else "INFO"), UDP, 0.0, timers)
     sent, timeouts = advance(tx, 10_000.0)
-    at = [0.0] + times(sent)
+    at = [0.0, *times(sent)]
     gaps = [b - a for a, b in itertools.pairwise(at)]
     assert gaps[0] == t1
     assert all(b >= a for a, b in itertools.pairwise(gaps))

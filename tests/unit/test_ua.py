@@ -455,6 +455,7 @@ def test_our_reinvite_2xx_is_acked_and_reported(phone: Phone) -> None:
     # The 2xx moved the remote target (a target refresh): the ACK goes there.
     assert ack.method == "ACK" and ack.addr == Address("udp", "127.0.0.1", 5099)
     assert str(ack.msg.cseq) == "2 ACK"
+    assert isinstance(ack.msg, Request)
     assert str(ack.msg.uri) == "sip:sipp@127.0.0.1:5099"  # the refreshed target
     # RFC 3261 8.1.1.7: the ACK for a 2xx is a new transaction with a new branch.
     assert ack.msg.top_via.branch != sent.msg.top_via.branch
@@ -701,7 +702,8 @@ def test_rport_response_goes_to_the_source_port(phone: Phone) -> None:
     assert top.branch == "z9hG4bK-nat"
     # The dialog's requests follow the same flow.
     [event] = phone.take_events()
-    phone.ua.answer(event.leg_id, ANSWER, 0.0)  # type: ignore[union-attr]
+    assert isinstance(event, IncomingCall)
+    phone.ua.answer(event.leg_id, ANSWER, 0.0)
     phone.collect()
     ok = phone.one()
     assert ok.addr == nat and ok.msg.top_via.rport == 40000

@@ -9,7 +9,7 @@ import ipaddress
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
 from sipbridge.sip.events import RequestOutcome
-from sipbridge.sip.message import Headers, Response
+from sipbridge.sip.message import Headers, Request, Response
 from sipbridge.sip.ua import UaConfig, UserAgent
 from tests.unit.sipphone import ANSWER, OFFER, TIMERS, Phone, ack_2xx, sip
 
@@ -25,7 +25,7 @@ def proxied_call(phone: Phone, *, record_route: list[str], contact_port: int = 5
     phone.receive(sip("INVITE", body=OFFER, via=via, headers=headers, port=contact_port),
                   PROXY)
     [event] = phone.take_events()
-    leg = event.leg_id  # type: ignore[attr-defined]
+    leg = event.leg_id
     phone.take()
     phone.ua.answer(leg, ANSWER, phone.now)
     phone.collect()
@@ -48,6 +48,7 @@ def test_bye_and_refer_go_to_the_record_route_not_the_source() -> None:
     refer = phone.one()
     assert refer.method == "REFER" and refer.addr == Address("udp", "127.0.0.1", 25062)
     assert refer.msg.headers.get_all("Route") == ["<sip:127.0.0.1:25062;lr>"]
+    assert isinstance(refer.msg, Request)
     assert str(refer.msg.uri) == "sip:sipp@127.0.0.1:5061"  # the remote target
     phone.ua.hangup(leg, phone.now)
     phone.collect()
@@ -127,7 +128,7 @@ def test_the_answer_counters_count_every_response_sent() -> None:
     for n in range(3):
         phone.receive(sip("INVITE", body=OFFER, call_id=f"c{n}", branch=f"z9hG4bK-c{n}"))
         [event] = phone.take_events()
-        phone.ua.answer(event.leg_id, ANSWER, phone.now)  # type: ignore[attr-defined]
+        phone.ua.answer(event.leg_id, ANSWER, phone.now)
         phone.collect()
     phone.receive(sip("OPTIONS", call_id="o1", branch="z9hG4bK-o1"))
     stats = phone.ua.stats

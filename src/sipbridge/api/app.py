@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 import uvicorn
@@ -25,10 +25,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sipbridge.api.calllookup import CallRecords, call_error, manager
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.dashboard import basic_password, mount_dashboard
 from sipbridge.api.errors import ApiError, from_validation_errors, unauthorized
-from sipbridge.api.records import CallRecords, call_error, manager
 from sipbridge.api.schemas import (
     FunctionTool,
     ReferBody,
@@ -42,6 +42,7 @@ from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.config import TRANSFER_FALLBACKS
 from sipbridge.metrics import CONTENT_TYPE, Metrics
+from sipbridge.store import Store
 
 log = logging.getLogger("sipbridge.api")
 
@@ -57,7 +58,7 @@ class Control(Protocol):
 
     calls: CallManager | None
     sideband: SidebandHubs
-    store: Any  # the call store (SqliteStore) or None
+    store: Store | None
     metrics: Metrics
 
     def pump(self) -> None:
@@ -326,7 +327,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
              summary="One call: state, SIP details, media figures, transfers, the timeline",
              description=MEDIA_FIGURES,
              response_model=None, responses={200: {"model": CallRecord}})
-    async def get_call(call_id: str) -> dict[str, Any]:
+    async def get_call(call_id: str) -> Mapping[str, object]:
         return await records.get(call_id)
 
     @app.get("/v1/realtime/calls/{call_id}/recording", summary="The call's stereo WAV",

@@ -3,8 +3,9 @@ and the list): what each field means, and the unit of every time in it.
 
 Every time in a record, a timeline, a transfer or a webhook delivery is Unix time in
 seconds, a float, the clock of `created_at`. These models describe the responses; they do
-not build them (`Call.to_dict` does) and do not filter them: a field added to the record
-shows in the response before it is described here.
+not build them (`Call.to_dict` does) and do not filter them. The record's shape is declared
+once, in `sipbridge.records`; these models name the same keys, part by part (a test holds
+them to it), and say what each means.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Transfer(_Described):
     reason: str | None = Field(description="Why the transfer is in its status, in words.")
     requested_at: float = _when("when the transfer was requested")
     steps: list[TransferStep] = Field(description="Every change of status, oldest first.")
-    fallback: dict[str, Any] | None = Field(
+    fallback: dict[str, object] | None = Field(
         description="What the gateway did when the transfer failed (mode, status, ...).")
     requested_by: str = Field(description="app (the API), agent (the model's transfer tool) "
                               "or gateway.")

@@ -20,14 +20,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.errors import ApiError
-from sipbridge.api.records import CallRecords
+from sipbridge.records import CallRecord, TransferRecord
 from sipbridge.trace import FAILING, Step, Summary, outcome, step, steps, summarize
 
 T = TypeVar("T")
@@ -143,7 +144,7 @@ def mount_dashboard(app: FastAPI, records: CallRecords, api_keys: list[str]) -> 
     app.include_router(router)
 
 
-def _row(c: Summary) -> dict[str, Any]:
+def _row(c: Summary) -> dict[str, object]:
     """One call as the list page's JSON row (the page's script shows it as text)."""
     transfer = c.transfer
     return {"id": c.id, "href": _href(c.id), "state": c.state, "live": c.state in LIVE_STATES,
@@ -165,7 +166,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def _tone(transfer: Mapping[str, Any]) -> str:
+def _tone(transfer: TransferRecord) -> str:
     """How a transfer went, as a colour: bad (failed...), good, or pending."""
     status = transfer.get("status")
     if status in FAILING:
@@ -208,7 +209,7 @@ _LIST = (
     f'at <a href="{BASE}/api/calls">{BASE}/api/calls</a>.</p></noscript></section>')
 
 
-def render_call(record: Mapping[str, Any]) -> str:
+def render_call(record: CallRecord) -> str:
     """The call page's content: header, transfer outcome, recording, transcript, ladder."""
     summary = summarize(record)
     rows = steps(record)
@@ -221,7 +222,7 @@ def render_call(record: Mapping[str, Any]) -> str:
         "</section>"))
 
 
-def _header(record: Mapping[str, Any], c: Summary) -> str:
+def _header(record: CallRecord, c: Summary) -> str:
     sip = record.get("sip") or {}
     live = '<span class="live-dot" title="live"></span>' if c.state in LIVE_STATES else ""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c.started))
@@ -248,7 +249,7 @@ def _facts(facts: list[tuple[str, str]]) -> str:
     return f'<dl class="facts">{items}</dl>'
 
 
-def _transfers(record: Mapping[str, Any], c: Summary) -> str:
+def _transfers(record: CallRecord, c: Summary) -> str:
     transfers = [t for t in record.get("transfers") or [] if isinstance(t, Mapping)]
     if not transfers:
         return ('<section class="panel transfer tone-none" id="transfer"><h2>Transfer</h2>'
@@ -273,14 +274,14 @@ def _transfers(record: Mapping[str, Any], c: Summary) -> str:
         + "</section>")
 
 
-def _fallback(fallback: Mapping[str, Any]) -> str:
+def _fallback(fallback: Mapping[str, object]) -> str:
     """"announce", "bridge: failed (no outbound trunk configured)"."""
     mode, status, reason = (fallback.get(k) for k in ("mode", "status", "reason"))
     text = f"{mode}: {status}" if status and status != mode else str(mode)
     return f"{text} ({reason})" if reason else text
 
 
-def _recording(record: Mapping[str, Any], c: Summary) -> str:
+def _recording(record: CallRecord, c: Summary) -> str:
     path = record.get("recording")
     if c.state in LIVE_STATES or not path or not Path(str(path)).is_file():
         return ""
@@ -292,7 +293,7 @@ def _recording(record: Mapping[str, Any], c: Summary) -> str:
             '</section>')
 
 
-def _transcript(record: Mapping[str, Any], c: Summary) -> str:
+def _transcript(record: CallRecord, c: Summary) -> str:
     turns = [(step(e, c.started).at, e) for e in record.get("timeline") or []
              if isinstance(e, Mapping) and e.get("kind") == "transcript"]
     if not turns:

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from sipbridge.records import WebhookAttemptRecord, WebhookRecord
+
 log = logging.getLogger("sipbridge.webhooks")
 
 RECENT_DELIVERIES = 1000  # deliveries kept for `WebhookSender.deliveries`
@@ -45,7 +47,7 @@ class WebhookAttempt:
     status_code: int | None  # None when there was no HTTP answer
     error: str | None  # None on a 2xx; else e.g. "timeout after 5.0 s", "HTTP 503"
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> WebhookAttemptRecord:
         return {
             "number": self.number,
             "started_at": self.started_at,
@@ -68,7 +70,7 @@ class WebhookDelivery:
     attempts: list[WebhookAttempt] = field(default_factory=list)
     outcome: str = "pending"
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> WebhookRecord:
         return {
             "event_id": self.event_id,
             "event_type": self.event_type,

@@ -7,17 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.calls.transfer import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
+from sipbridge.records import CallRecord, MediaFigures, TimelineEntry, TransferRecord, WebhookRecord
 from sipbridge.sip.address import Address
-from sipbridge.sip.sdp import NegotiatedAudio
 
 
-class Timeline(list[dict[str, object]]):
+class Timeline(list[TimelineEntry]):
     """A call's timeline; `sink` (the store) sees each entry as it is added."""
 
-    sink: Callable[[dict[str, object]], None] | None = None
+    sink: Callable[[TimelineEntry], None] | None = None
 
-    def append(self, entry: dict[str, object]) -> None:
+    def append(self, entry: TimelineEntry) -> None:
         super().append(entry)
         if self.sink is not None:
             self.sink(entry)
@@ -27,10 +28,10 @@ RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the sto
 PRIVATE_HEADERS = {"authorization", "proxy-authorization"}  # never shown to the application
 
 
-class Record(Protocol):
-    """Anything kept on a call that the API shows (a webhook delivery, say)."""
+class Delivery(Protocol):
+    """A webhook delivery as a call keeps it."""
 
-    def to_dict(self) -> dict[str, object]: ...
+    def to_dict(self) -> WebhookRecord: ...
 
 
 class CallState(enum.Enum):
@@ -87,11 +88,10 @@ class TransferJob:
     def final(self) -> bool:
         return self.machine.final
 
-    def to_dict(self) -> dict[str, object]:
-        record = self.machine.to_dict()
-        record["fallback"] = dict(self.fallback) if self.fallback is not None else None
-        record["requested_by"] = self.requested_by
-        return record
+    def to_dict(self) -> TransferRecord:
+        return {**self.machine.to_dict(),
+                "fallback": dict(self.fallback) if self.fallback is not None else None,
+                "requested_by": self.requested_by}
 
 
 @dataclass(slots=True)
@@ -122,17 +122,17 @@ class Call:
     options: dict[str, object] = field(default_factory=dict)  # accept's "sipbridge" extension
     transfers: list[TransferJob] = field(default_factory=list)
     timeline: Timeline = field(default_factory=Timeline)
-    webhooks: list[Record] = field(default_factory=list)  # the webhook deliveries
+    webhooks: list[Delivery] = field(default_factory=list)  # the webhook deliveries
     recording: str | None = None  # the stereo WAV's path, when calls are recorded
-    media: dict[str, object] | None = None  # the media figures at the call's end
+    media: MediaFigures | None = None  # the media figures at the call's end
     # While media runs: its figures now (packets, loss, jitter, STUN, drops).
-    media_live: Callable[[], dict[str, object]] | None = field(default=None, repr=False)
+    media_live: Callable[[], MediaFigures] | None = field(default=None, repr=False)
 
-    def to_dict(self, *, timeline: bool = True) -> dict[str, object]:
+    def to_dict(self, *, timeline: bool = True) -> CallRecord:
         """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
         take it without the timeline (the store gets that entry by entry)."""
         audio = self.audio
-        record: dict[str, object] = {
+        record: CallRecord = {
             "id": self.id, "object": "realtime.call", "state": self.state.value,
             "created_at": self.created_at, "answered_at": self.answered_at,
             "ended_at": self.ended_at, "end_reason": self.end_reason,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sipbridge.audiostream import Direction
 from sipbridge.calls.call import (
     PRIVATE_HEADERS,
     RECENT_CALLS,
@@ -41,7 +42,6 @@ from sipbridge.sip.events import (
 )
 from sipbridge.sip.message import Request
 from sipbridge.sip.sdp import (
-    Direction,
     answer_offer,
     build_offer,
     parse_sdp,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sipbridge.records import TransferState, TransferStepRecord
 from sipbridge.sip.message import REASONS
 from sipbridge.sip.subscription import SipFrag, SubscriptionState
 
@@ -91,7 +92,7 @@ class TransferStep:
     reason: str | None
     final: bool
 
-    def to_dict(self, epoch: float) -> dict[str, object]:
+    def to_dict(self, epoch: float) -> TransferStepRecord:
         """The step's record, `at` in Unix time (`epoch`: the transfer's, see `Transfer`)."""
         return {
             "at": self.at + epoch,
@@ -269,7 +270,7 @@ class Transfer:
         )
         return [self._move(now, UNCONFIRMED, self.sip_status, reason, final=True)]
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> TransferState:
         """The transfer's record; its times (`requested_at`, steps' `at`) in Unix time."""
         return {
             "id": self.id,

@@ -35,6 +35,7 @@ from sipbridge.config import load_config
 from sipbridge.demo.audio import PHONE_RATE, make_speech_wav, read_wav, xcorr_delay
 from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError
 from sipbridge.gateway import Gateway
+from sipbridge.records import TransferRecord
 from sipbridge.trace import ladder
 
 NUMBER = "+61420351258"  # the human's number, as in shared/seed's report
@@ -54,7 +55,7 @@ class DemoResult:
     """What the demo saw; `ok` when the call went through end to end."""
 
     call_id: str | None = None
-    transfer: dict[str, Any] | None = None
+    transfer: TransferRecord | None = None
     end_reason: str | None = None
     human_answered: bool = False
     heard: float = 0.0  # correlation of what the caller heard with the human's words
@@ -250,8 +251,8 @@ class Demo:
                                   f"{r.heard:.2f} < {MIN_HEARD})")
         out("")
         if transfer is not None:
-            steps = transfer.get("steps") or [{}]
-            took = float(steps[-1].get("at") or 0) - float(transfer.get("requested_at") or 0)
+            steps = transfer["steps"]
+            took = steps[-1]["at"] - transfer["requested_at"] if steps else 0.0
             out(f"transfer {transfer.get('status')}: SIP {transfer.get('sip_status')} "
                 f"{transfer.get('reason') or ''} to {transfer.get('target_uri')}"
                 + (f" in {took:.2f} s" if took > 0 else ""))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.media.dtmf import DtmfDigit
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.pacer import PacerDriver, PlayoutScheduler, Tick
@@ -20,7 +21,6 @@ from sipbridge.media.ports import Endpoint, PortPool
 from sipbridge.media.recorder import Recorder
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler, resample
 from sipbridge.media.session import MediaSession
-from sipbridge.sip.sdp import NegotiatedAudio
 
 log = logging.getLogger("sipbridge.media")
 

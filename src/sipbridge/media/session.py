@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
 from sipbridge.media.g711 import G711Codec, codec_for
 from sipbridge.media.jitterbuffer import JitterBuffer, conceal
@@ -51,7 +52,7 @@ from sipbridge.media.rtp import (
     parse_rtp,
 )
 from sipbridge.media.stun import StunError, binding_response, parse_stun
-from sipbridge.sip.sdp import NegotiatedAudio
+from sipbridge.records import MediaFigures
 
 log = logging.getLogger("sipbridge.media")
 
@@ -458,7 +459,7 @@ class MediaSession:
         except OSError:
             self.dropped["rtcp_send_error"] += 1
 
-    def figures(self) -> dict[str, object]:
+    def figures(self) -> MediaFigures:
         """The call's media figures so far: the API's `media` while it runs, its
         timeline's `media` entry and the Prometheus totals when it ends."""
         stats, rx = self.stats, self.rx

@@ -63,6 +63,24 @@ def response_target(via: Via, source: Address) -> Address:
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 
 
+def split_host_port(value: str) -> tuple[str, int | None]:
+    """An address as an operator writes it: `HOST`, `HOST:PORT`, `[V6]:PORT`, a bare IPv6
+    address or `:PORT` (host ""), into (host, port or None). ValueError for a bad port."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""  # a name, an IPv4 address or a bare IPv6 address
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"invalid port in {value!r}")
+    return host, int(port_text)
+
+
 def is_ip(host: str) -> bool:
     """Whether `host` is an IP literal (no brackets), as opposed to a name to look up."""
     try:

@@ -160,7 +160,7 @@ class Dialog:
         if routes and isinstance(routes[0].uri, SipUri) and not routes[0].uri.has_param("lr"):
             # RFC 3261 12.2.1.1 strict routing: the first route becomes the Request-URI.
             uri = routes[0].uri
-            routes = routes[1:] + [NameAddr(self.remote_target)]
+            routes = [*routes[1:], NameAddr(self.remote_target)]
         for route in routes:
             h.add("Route", str(route))
         if self.local_contact and method in ("INVITE", "UPDATE", "REFER", "SUBSCRIBE", "NOTIFY"):

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sipbridge.sip.address import DEFAULT_PORTS, Address, is_ip
+from sipbridge.sip.address import DEFAULT_PORTS, Address, is_ip, split_host_port
 
 log = logging.getLogger("sipbridge.dns")
 
@@ -33,17 +33,13 @@ class ResolveError(Exception):
 
 def parse_server(value: str) -> tuple[str, int]:
     """A name server as `IP`, `IP:PORT` or `[V6]:PORT`."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53"
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    else:
-        host, port = value, "53"
-    if not is_ip(host) or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_host_port(value)
+    except ValueError:
+        host, port = "", None
+    if not is_ip(host) or port == 0:
         raise ValueError(f"a name server is an IP address with an optional port, not {value!r}")
-    return host, int(port)
+    return host, 53 if port is None else port
 
 
 def order_srv(records: Sequence[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:

@@ -1,4 +1,5 @@
-"""Typed header values: name-addr, Via, CSeq, and the header-name tables (RFC 3261 7.3, 20, 25.1)."""
+"""Typed header values: name-addr, Via, CSeq, and the header-name tables (RFC 3261 7.3,
+20, 25.1)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def is_token(text: str) -> bool:
     return bool(_TOKEN.match(text))
 
 
-def _split_outside(text: str, sep: str, brackets: bool) -> tuple[list[str], bool]:
+def split_outside(text: str, sep: str, *, brackets: bool = False) -> tuple[list[str], bool]:
     """Split on `sep` outside quoted strings (and `<...>` when `brackets`); also says
     whether a quoted string was left open. Backslash escapes inside quotes are honoured
     (quoted-pair, RFC 3261 25.1)."""
@@ -134,7 +135,7 @@ def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
     if "," not in value:
         return [value.strip()] if value.strip() else []
-    items, _ = _split_outside(value, ",", brackets=True)
+    items, _ = split_outside(value, ",", brackets=True)
     return [item.strip() for item in items if item.strip()]
 
 
@@ -165,7 +166,7 @@ def _split_semicolons(text: str) -> list[str]:
     if '"' not in text:
         parts = text.split(";")
     else:
-        parts, open_quote = _split_outside(text, ";", brackets=False)
+        parts, open_quote = split_outside(text, ";")
         if open_quote:
             raise ParseError("unterminated quoted string in parameters")
     return parts[1:] if text.startswith(";") else parts
@@ -200,7 +201,7 @@ class NameAddr:
 
     def with_tag(self, tag: str) -> NameAddr:
         keep = tuple((k, v) for k, v in self.params if k.lower() != "tag")
-        return replace(self, params=keep + (("tag", tag),))
+        return replace(self, params=(*keep, ("tag", tag)))
 
     def __str__(self) -> str:
         display = f"{self.display} " if self.display else ""

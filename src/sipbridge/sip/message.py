@@ -209,7 +209,8 @@ class Message:
 
     @cached_property
     def record_routes(self) -> tuple[NameAddr, ...]:
-        return tuple(parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route"))
+        return tuple(parse_name_addr(v, "Record-Route")
+                     for v in self.headers.get_all("Record-Route"))
 
     @property
     def content_type(self) -> str | None:
@@ -354,6 +355,23 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} bytes is over the {max_size}-byte limit")
+    head, body = _split(data)
+    lines = head.split("\n")
+    start = lines[0].rstrip("\r")
+    headers, length_at = _parse_headers(lines)
+    body, length_error = _frame_body(headers, length_at, body)
+    if start.startswith("SIP/"):
+        m = _STATUS_LINE.match(start)
+        if not m:
+            raise ParseError(f"malformed status line {start[:60]!r}")
+        if length_error is not None:
+            raise length_error  # RFC 3261 18.3: such a response is discarded
+        return Response(int(m.group(1)), m.group(2), headers, body)
+    return _request(start, headers, body, length_error)
+
+
+def _split(data: bytes) -> tuple[str, bytes]:
+    """The header section (decoded) and the bytes after it."""
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # RFC 3261 7.5: ignore CRLFs before the start line
         if not data:
@@ -372,9 +390,12 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
         head = data[:end].decode("utf-8")
     except UnicodeDecodeError:
         raise ParseError("message headers are not UTF-8") from None
-    body = data[end + sep :]
-    lines = head.split("\n")
-    start = lines[0].rstrip("\r")
+    return head, data[end + sep :]
+
+
+def _parse_headers(lines: list[str]) -> tuple[Headers, list[int]]:
+    """The header fields after the start line, unfolded (RFC 3261 7.3.1), and where the
+    Content-Length fields are among them."""
     headers = Headers()
     items = headers._items
     length_at: list[int] = []
@@ -406,27 +427,31 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Re
         if known[0] == "content-length":
             length_at.append(len(items))
         items.append((known[0], known[1], value.strip(" \t")))
-    length_error: ParseError | None = None
-    if length_at:
-        lengths = [items[i][2] for i in length_at]  # after folding
-        try:
-            if len(lengths) > 1:
-                raise ParseError("more than one Content-Length header")
-            length = _content_length(lengths[0])
-            if length > len(body):
-                raise ParseError(
-                    f"Content-Length {length} is larger than the {len(body)}-byte body"
-                )
-            body = body[:length]  # RFC 3261 18.3: bytes past Content-Length are discarded
-        except ParseError as exc:
-            length_error = exc
-    if start.startswith("SIP/"):
-        m = _STATUS_LINE.match(start)
-        if not m:
-            raise ParseError(f"malformed status line {start[:60]!r}")
-        if length_error is not None:
-            raise length_error  # RFC 3261 18.3: such a response is discarded
-        return Response(int(m.group(1)), m.group(2), headers, body)
+    return headers, length_at
+
+
+def _frame_body(headers: Headers, length_at: list[int], body: bytes
+                ) -> tuple[bytes, ParseError | None]:
+    """The body as Content-Length frames it (RFC 3261 18.3: bytes past it are discarded),
+    or the whole of it and why Content-Length cannot frame it."""
+    if not length_at:
+        return body, None
+    lengths = [headers._items[i][2] for i in length_at]  # after folding
+    try:
+        if len(lengths) > 1:
+            raise ParseError("more than one Content-Length header")
+        length = _content_length(lengths[0])
+        if length > len(body):
+            raise ParseError(f"Content-Length {length} is larger than the {len(body)}-byte body")
+    except ParseError as exc:
+        return body, exc
+    return body[:length], None
+
+
+def _request(start: str, headers: Headers, body: bytes, length_error: ParseError | None
+             ) -> Request:
+    """A request from its start line: a `_BadRequest` (answered 400/505 by `validate`)
+    when it can still be answered, ParseError when it cannot."""
     parts = start.split(" ")
     if len(parts) != 3 or not all(parts):
         words = start.split()

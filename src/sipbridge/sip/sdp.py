@@ -8,10 +8,10 @@ makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`)
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.sip.errors import NotAcceptable, SdpError
 
 MAX_LINES = 1000
@@ -30,50 +30,7 @@ _SESSION_ONLY = frozenset("vostzruep")
 Attribute = tuple[str, str | None]
 Line = tuple[int, str, str]  # (line number, type letter, value)
 
-
-class Direction(enum.Enum):
-    """Stream direction attributes (RFC 4566 6, RFC 3264 5.1), from the describing side."""
-
-    SENDRECV = "sendrecv"
-    SENDONLY = "sendonly"
-    RECVONLY = "recvonly"
-    INACTIVE = "inactive"
-
-    @property
-    def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
-
-    @property
-    def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
-
-    @classmethod
-    def from_flags(cls, *, sends: bool, receives: bool) -> Direction:
-        if sends:
-            return cls.SENDRECV if receives else cls.SENDONLY
-        return cls.RECVONLY if receives else cls.INACTIVE
-
-    def answer(self) -> Direction:
-        """The direction an answerer gives a stream offered with this one (RFC 3264 6.1)."""
-        return Direction.from_flags(sends=self.receives, receives=self.sends)
-
-
 _DIRECTIONS = frozenset(d.value for d in Direction)
-
-
-@dataclass(frozen=True)
-class Codec:
-    """One RTP payload format: a=rtpmap plus a=fmtp (RFC 4566 6), or a static type."""
-
-    payload_type: int
-    name: str
-    clock_rate: int
-    channels: int = 1
-    fmtp: str | None = None
-
-    def rtpmap(self) -> str:
-        encoding = f"{self.payload_type} {self.name}/{self.clock_rate}"
-        return encoding if self.channels == 1 else f"{encoding}/{self.channels}"
 
 
 @dataclass(frozen=True)
@@ -111,7 +68,8 @@ class MediaDescription:
     def rejected(self) -> MediaDescription:
         """This stream as an answer rejects it (RFC 3264 6): port 0, same formats."""
         direction = self.direction.answer()
-        return replace(self, port=0, connection=None, direction=direction, ptime=None, attributes=())
+        return replace(self, port=0, connection=None, direction=direction, ptime=None,
+                       attributes=())
 
     def _lines(self) -> list[str]:
         formats = " ".join([*map(str, self.formats), *self.other_formats])
@@ -144,7 +102,8 @@ class SessionDescription:
         o = self.origin
         lines = [
             f"v={self.version}",
-            f"o={o.username} {o.session_id} {o.session_version} {o.nettype} {o.addrtype} {o.address}",
+            f"o={o.username} {o.session_id} {o.session_version} {o.nettype} {o.addrtype} "
+            f"{o.address}",
             f"s={self.session_name}",
         ]
         if self.connection is not None:
@@ -154,18 +113,6 @@ class SessionDescription:
         for media in self.media:
             lines += media._lines()
         return ("\r\n".join(lines) + "\r\n").encode()
-
-
-@dataclass(frozen=True)
-class NegotiatedAudio:
-    """What an answer settled for the audio stream; `direction` is ours, as answered."""
-
-    codec: Codec
-    telephone_event_pt: int | None
-    remote_address: str
-    remote_port: int
-    direction: Direction
-    ptime: int
 
 
 def effective_address(media: MediaDescription, session: SessionDescription) -> str | None:
@@ -186,6 +133,26 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SdpError(f"SDP is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    sections = _sections(data)
+    fields, attributes = _session_level(sections[0])
+    if "o" not in fields:
+        raise SdpError("SDP has no o= line")
+    addrtype, connection = _connection(fields["c"]) if "c" in fields else ("IP4", None)
+    inherited = next((Direction(n) for n, v in attributes if v is None and n in _DIRECTIONS), None)
+    media = tuple(_media(section, inherited) for section in sections[1:])
+    for section, m in zip(sections[1:], media, strict=True):
+        if m.port != 0 and m.connection is None and connection is None:
+            raise SdpError(f"SDP line {section[0][0]}: m= has no c= and the session has none")
+    session_name = fields["s"][2] if "s" in fields else "-"
+    timing = _timing(fields["t"]) if "t" in fields else (0, 0)
+    origin = _origin(fields["o"])
+    return SessionDescription(
+        0, origin, session_name, connection, addrtype, timing, media, tuple(attributes)
+    )
+
+
+def _sections(data: str) -> list[list[Line]]:
+    """The lines, checked as type=value, in sections: the session's, then one per m=."""
     raw = data.split("\n")
     while raw and raw[-1] in ("", "\r"):
         raw.pop()
@@ -205,8 +172,12 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         elif kind in _SESSION_ONLY and len(sections) > 1:
             raise SdpError(f"SDP line {number}: {kind}= is not allowed after m=")
         sections[-1].append((number, kind, value))
+    return sections
 
-    head, fields, attributes = sections[0], dict[str, Line](), list[Attribute]()
+
+def _session_level(head: list[Line]) -> tuple[dict[str, Line], list[Attribute]]:
+    """The session-level fields (the first of each type) and attributes, after v=0."""
+    fields, attributes = dict[str, Line](), list[Attribute]()
     if not head or head[0][1] != "v":
         raise SdpError("SDP does not start with v=")
     if head[0][2] != "0":
@@ -218,20 +189,24 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
             raise SdpError(f"SDP line {line[0]} is a second {line[1]}= line")
         else:
             fields.setdefault(line[1], line)
-    if "o" not in fields:
-        raise SdpError("SDP has no o= line")
-    addrtype, connection = _connection(fields["c"]) if "c" in fields else ("IP4", None)
-    inherited = next((Direction(n) for n, v in attributes if v is None and n in _DIRECTIONS), None)
-    media = tuple(_media(section, inherited) for section in sections[1:])
-    for section, m in zip(sections[1:], media, strict=True):
-        if m.port != 0 and m.connection is None and connection is None:
-            raise SdpError(f"SDP line {section[0][0]}: m= has no c= and the session has none")
-    session_name = fields["s"][2] if "s" in fields else "-"
-    timing = _timing(fields["t"]) if "t" in fields else (0, 0)
-    origin = _origin(fields["o"])
-    return SessionDescription(
-        0, origin, session_name, connection, addrtype, timing, media, tuple(attributes)
-    )
+    return fields, attributes
+
+
+def _rtpmaps(attrs: list[tuple[int, str, str | None]], formats: tuple[int, ...]
+             ) -> tuple[dict[int, Codec], set[int]]:
+    """The first usable rtpmap of each listed format, and which attributes they were."""
+    rtpmaps: dict[int, Codec] = {}
+    consumed: set[int] = set()
+    for index, (line_no, name, arg) in enumerate(attrs):
+        if name == "rtpmap" and arg is not None:
+            try:
+                codec = _rtpmap(line_no, arg)
+            except SdpError:
+                continue  # no codec we could use (RFC 4475 has `a=rtpmap:31 LPC`): kept as is
+            if codec.payload_type in formats and codec.payload_type not in rtpmaps:
+                rtpmaps[codec.payload_type] = codec
+                consumed.add(index)
+    return rtpmaps, consumed
 
 
 def _media(section: list[Line], inherited: Direction | None) -> MediaDescription:
@@ -256,17 +231,7 @@ def _media(section: list[Line], inherited: Direction | None) -> MediaDescription
         elif line[1] == "a":
             attrs.append((line[0], *_attribute(line[2])))
     # rtpmaps first: an fmtp for a format with no rtpmap is kept as a plain attribute.
-    rtpmaps: dict[int, Codec] = {}
-    consumed: set[int] = set()
-    for index, (line_no, name, arg) in enumerate(attrs):
-        if rtp and name == "rtpmap" and arg is not None:
-            try:
-                codec = _rtpmap(line_no, arg)
-            except SdpError:
-                continue  # names no codec we could use (RFC 4475 has `a=rtpmap:31 LPC`): kept as is
-            if codec.payload_type in formats and codec.payload_type not in rtpmaps:
-                rtpmaps[codec.payload_type] = codec
-                consumed.add(index)
+    rtpmaps, consumed = _rtpmaps(attrs, formats) if rtp else ({}, set())
     mapped = {pt for pt in formats if pt in rtpmaps or pt in STATIC_PAYLOAD_TYPES}
     fmtps: dict[int, str] = {}
     direction: Direction | None = None
@@ -294,7 +259,8 @@ def _media(section: list[Line], inherited: Direction | None) -> MediaDescription
         if pt in mapped
     )
     return MediaDescription(
-        kind, port, proto, formats, codecs, connection, direction or inherited or Direction.SENDRECV,
+        kind, port, proto, formats, codecs, connection,
+        direction or inherited or Direction.SENDRECV,
         ptime, tuple(kept), () if rtp else tuple(tokens),
     )
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from sipbridge.sip.errors import ParseError
-from sipbridge.sip.headers import canonical_name
+from sipbridge.sip.headers import canonical_name, split_outside
 from sipbridge.sip.message import Headers
 
 MAX_SIPFRAG_SIZE = 8192
@@ -310,17 +310,12 @@ def _read_value(value: str, what: str) -> tuple[str, list[tuple[str, str | None]
         raise SipFragError(f"no readable value in {what} {_show(text)}")
     warnings: list[str] = []
     rest = text[head.end():].lstrip(" \t")
-    if rest and not rest.startswith(";"):
-        junk_end = _next_semicolon(rest, 0)
-        warnings.append(f"{what}: {_show(rest[:junk_end])} after {_show(head[0])} ignored")
-        rest = rest[junk_end:]
+    junk, *pieces = split_outside(rest, ";")[0]
+    if junk:
+        warnings.append(f"{what}: {_show(junk)} after {_show(head[0])} ignored")
     params: list[tuple[str, str | None]] = []
-    pos = 0
-    for _ in range(_MAX_PARAMS):
-        if pos >= len(rest):
-            break
-        end = _next_semicolon(rest, pos + 1)
-        piece = rest[pos:end]
+    for piece in pieces[:_MAX_PARAMS]:
+        piece = ";" + piece
         param = _PARAM.fullmatch(piece)
         if param is not None:
             params.append((param[1].lower(), param[2]))
@@ -333,34 +328,9 @@ def _read_value(value: str, what: str) -> tuple[str, list[tuple[str, str | None]
         else:
             warnings.append(f"{what}: malformed parameter {_show(piece.lstrip(';').strip())} "
                             "ignored")
-        pos = end
-    else:
-        if pos < len(rest):
-            warnings.append(f"{what}: more than {_MAX_PARAMS} parameters; the rest not read")
+    if len(pieces) > _MAX_PARAMS:
+        warnings.append(f"{what}: more than {_MAX_PARAMS} parameters; the rest not read")
     return head[0], params, warnings
-
-
-def _next_semicolon(text: str, start: int) -> int:
-    """The index of the next `;` outside a quoted string at or after `start`, else the
-    length (an unterminated quote runs to the end)."""
-    if '"' not in text:
-        found = text.find(";", start)
-        return found if found >= 0 else len(text)
-    quoted = False
-    i = start
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == ";":
-            return i
-        i += 1
-    return len(text)
 
 
 def _unquote(param: str, name: str, what: str, warnings: list[str]) -> str:

@@ -195,7 +195,8 @@ class ClientTransaction(Transaction):
         self._terminate()
 
     def _ack_for(self, response: Response) -> Request:
-        """ACK for a non-2xx final response (RFC 3261 17.1.1.3): same branch, To from the response."""
+        """ACK for a non-2xx final response (RFC 3261 17.1.1.3): same branch, To from the
+        response."""
         req = self.request
         h = Headers()
         h.add("Via", req.headers.get_all("Via")[0])

@@ -62,7 +62,7 @@ log = logging.getLogger("sipbridge.sip")
 
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "REFER")
 KNOWN_METHODS = frozenset(
-    ALLOW + ("REGISTER", "SUBSCRIBE", "MESSAGE", "UPDATE", "PRACK", "PUBLISH")
+    (*ALLOW, "REGISTER", "SUBSCRIBE", "MESSAGE", "UPDATE", "PRACK", "PUBLISH")
 )
 SUPPORTED: frozenset[str] = frozenset({"norefersub"})
 
@@ -97,7 +97,8 @@ class Leg:
     tx: ServerTransaction  # an outgoing leg's is a stand-in that never sends
     dialog: Dialog
     state: LegState = LegState.INCOMING
-    pending_invite: ServerTransaction | ClientTransaction | None = None  # a re-INVITE transaction under way (14.2)
+    # a re-INVITE transaction under way (RFC 3261 14.2)
+    pending_invite: ServerTransaction | ClientTransaction | None = None
     bye_after_ack: bool = False
     # Outgoing legs: the INVITE's client transaction, digest credentials, CANCEL asked.
     client: ClientTransaction | None = None
@@ -478,7 +479,7 @@ class UserAgent:
             req.headers.add("Via", str(stamped))
             for v in vias[1:]:
                 req.headers.add("Via", v)
-            req.__dict__["vias"] = (stamped,) + req.vias[1:]
+            req.__dict__["vias"] = (stamped, *req.vias[1:])
         try:
             req.validate()
         except SipError as exc:
@@ -499,6 +500,12 @@ class UserAgent:
         if req.to.tag is not None:
             self._in_dialog(req, source, now)
             return
+        self._out_of_dialog(req, source, now)
+
+    def _out_of_dialog(self, req: Request, source: Address, now: float) -> None:
+        """A new request outside any dialog: OPTIONS answered, a new INVITE admitted as a
+        call, anything else refused with the status that says why."""
+        method = req.method
         if method not in KNOWN_METHODS:
             self._stateless(req, source, 501, f"Method {method} Not Implemented")
             return
@@ -665,7 +672,7 @@ class UserAgent:
 
     def _on_cancel(self, req: Request, source: Address, now: float) -> None:
         """RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
-        invite_tx = self._server.get(server_key(req)[:-1] + ("INVITE",))
+        invite_tx = self._server.get((*server_key(req)[:-1], "INVITE"))
         if invite_tx is None:
             self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
             return

@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sipbridge.store.records import (
+from sipbridge.records import CallRecord
+from sipbridge.store.rows import (
     COLUMNS,
     call_params,
     dumps,
@@ -186,7 +187,7 @@ class SqlStore(QueuedWriter, Generic[C]):
 
     # --- writes -------------------------------------------------------------------------
 
-    def upsert_call(self, record: Mapping[str, Any]) -> None:
+    def upsert_call(self, record: CallRecord) -> None:
         """Queue the call record (replacing any earlier one with the same id)."""
         try:
             params = call_params(record)
@@ -195,7 +196,8 @@ class SqlStore(QueuedWriter, Generic[C]):
             return
         self._enqueue(Write(self._upsert_sql, params))
 
-    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> None:
+    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, object]
+                  ) -> None:
         """Queue one timeline entry of the call."""
         try:
             params = event_params(call_id, at, kind, data)
@@ -287,7 +289,7 @@ class SqlStore(QueuedWriter, Generic[C]):
         with self._read_lock:
             return self._transact(self._r, fn)
 
-    def get_call(self, call_id: str) -> dict[str, Any] | None:
+    def get_call(self, call_id: str) -> CallRecord | None:
         """The call record plus "timeline": its events in order, `{"at", "kind", **data}`."""
 
         def read(conn: C) -> tuple[Any, list[Any]]:
@@ -316,12 +318,12 @@ class SqlStore(QueuedWriter, Generic[C]):
         caller: str | None = None,
         transfer_status: str | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> list[CallRecord]:
         """Calls newest first (by created_at), without timelines. `since` <= created_at <
         `until`; `caller` is a substring of the caller; `transfer_status` matches the status
         of any of the call's transfers."""
         where: list[str] = []
-        params: list[Any] = []
+        params: list[object] = []
         for clause, value in (
             ("state = ?", state),
             ("created_at >= ?", since),

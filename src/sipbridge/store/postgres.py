@@ -40,7 +40,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import StrDumperUnknown, TextLoader
 
 from sipbridge.store.base import SqlStore, StoreError
-from sipbridge.store.records import JsonText, dumps
+from sipbridge.store.rows import JsonText, dumps
 
 # Migration N is MIGRATIONS[N - 1]; a database records the last one applied in schema_version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -115,7 +115,7 @@ class _TextDumper(StrDumperUnknown):
         return super().dump(obj.replace("\x00", "\ufffd"))
 
 
-def _jsonb_safe(value: Any) -> Any:
+def _jsonb_safe(value: object) -> object:
     """`value` as jsonb takes it: NUL in strings made U+FFFD, NaN and infinities null."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")

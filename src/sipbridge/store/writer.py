@@ -37,7 +37,7 @@ class Write:
     """One statement and its parameters, as the caller queued it."""
 
     sql: str
-    params: tuple[Any, ...]
+    params: tuple[object, ...]
 
 
 @dataclass
@@ -89,7 +89,7 @@ class QueuedWriter(ABC):
 
     # --- accounting ---------------------------------------------------------------------
 
-    def _count_errors(self, n: int, message: str, *args: Any) -> None:
+    def _count_errors(self, n: int, message: str, *args: object) -> None:
         with self._count_lock:
             before = self.write_errors
             after = self.write_errors = before + n

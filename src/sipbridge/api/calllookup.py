@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sipbridge.api.errors import ApiError, conflict
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
+from sipbridge.records import CallRecord
+from sipbridge.store import Store
 
 
 class Source(Protocol):
     calls: CallManager | None
-    store: Any  # the call store, or None
+    store: Store | None
 
 
 def call_error(exc: CallError) -> ApiError:
@@ -31,7 +33,7 @@ def manager(source: Source) -> CallManager:
     return source.calls
 
 
-def _matches(call: dict[str, Any], state: str | None, since: float | None,
+def _matches(call: CallRecord, state: str | None, since: float | None,
              until: float | None, caller: str | None, transfer_status: str | None) -> bool:
     created = call.get("created_at") or 0.0
     return ((state is None or call.get("state") == state)
@@ -48,13 +50,13 @@ class CallRecords:
     async def list(self, *, state: str | None = None, since: float | None = None,
                    until: float | None = None, caller: str | None = None,
                    transfer_status: str | None = None, limit: int = 100
-                   ) -> list[dict[str, Any]]:
+                   ) -> list[CallRecord]:
         """Calls newest first, without timelines, the filters as the store applies them."""
         calls = manager(self.source)
-        live: dict[str, dict[str, Any]] = {
+        live: dict[str, CallRecord] = {
             c.id: c.to_dict(timeline=False)
             for c in (*calls.calls.values(), *reversed(calls.recent.values()))}
-        stored: list[dict[str, Any]] = []
+        stored: list[CallRecord] = []
         store = self.source.store
         if store is not None:
             stored = await asyncio.to_thread(
@@ -66,7 +68,7 @@ class CallRecords:
         data.sort(key=lambda c: float(c.get("created_at") or 0.0), reverse=True)
         return data[:limit]
 
-    async def get(self, call_id: str) -> dict[str, Any]:
+    async def get(self, call_id: str) -> CallRecord:
         """One call with its timeline (404 when neither memory nor the store has it)."""
         calls = manager(self.source)
         try:
@@ -78,7 +80,7 @@ class CallRecords:
                 record = await asyncio.to_thread(store.get_call, call_id)
             if record is None:
                 raise call_error(exc) from None
-            return dict(record)
+            return record
 
     async def recording(self, call_id: str) -> Path:
         """The call's WAV file (404 when it has none)."""

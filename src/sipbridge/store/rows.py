@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
+
+from sipbridge.records import CallRecord, TimelineEntry
 
 SCALARS = ("state", "created_at", "answered_at", "ended_at", "end_reason", "caller", "callee")
-JSON_COLUMNS: dict[str, Any] = {"sip": {}, "transfers": [], "webhooks": []}
+JSON_COLUMNS: dict[str, object] = {"sip": {}, "transfers": [], "webhooks": []}
 COLUMNS = ("id", *SCALARS, "recording", *JSON_COLUMNS, "extra")
 _KNOWN = {"id", "recording", "timeline", *SCALARS, *JSON_COLUMNS}
 
@@ -24,11 +26,11 @@ class JsonText(str):
     __slots__ = ()
 
 
-def dumps(value: Any) -> JsonText:
+def dumps(value: object) -> JsonText:
     return JsonText(json.dumps(value, default=str, separators=(",", ":")))
 
 
-def call_params(record: Mapping[str, Any]) -> tuple[Any, ...]:
+def call_params(record: Mapping[str, object]) -> tuple[object, ...]:
     """The values of `COLUMNS` for a call record. KeyError, TypeError or ValueError when
     the record cannot be stored."""
     recording = record.get("recording")
@@ -41,28 +43,30 @@ def call_params(record: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def event_params(call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> tuple[Any, ...]:
+def event_params(call_id: str, at: float, kind: str, data: Mapping[str, object]
+                 ) -> tuple[object, ...]:
     """The values of (call_id, at, kind, data) for a timeline entry."""
     return (str(call_id), float(at), str(kind), dumps(dict(data)))
 
 
-def row_to_call(row: Iterable[Any]) -> dict[str, Any]:
+def row_to_call(row: Iterable[Any]) -> CallRecord:
     """A row of `COLUMNS` back into the call record it was written from."""
     values = dict(zip(COLUMNS, row, strict=True))
     extra = json.loads(values.pop("extra") or "{}")
-    call: dict[str, Any] = {}
+    call: dict[str, object] = {}
     for column, value in values.items():
         call[column] = json.loads(value) if column in JSON_COLUMNS else value
     for key, value in extra.items():
         call.setdefault(key, value)
-    return call
+    # What `upsert_call` was given (a `Call.to_dict`), read back: not checked again here.
+    return cast("CallRecord", call)
 
 
-def timeline(events: Iterable[tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
+def timeline(events: Iterable[tuple[Any, Any, Any]]) -> list[TimelineEntry]:
     """Rows of (at, kind, data), in order, as timeline entries `{"at", "kind", **data}`."""
     entries = []
     for at, kind, data in events:
-        entry: dict[str, Any] = {"at": at, "kind": kind}
+        entry: TimelineEntry = {"at": at, "kind": kind}
         for key, value in json.loads(data).items():
             entry.setdefault(key, value)
         entries.append(entry)
