@@ -52,9 +52,3 @@ class Control:
     store: Any
     sideband: SidebandHubs = field(default_factory=SidebandHubs)
     metrics: Any = None
-
-    def pump(self) -> None:
-        pass
-
-    def note(self, call_id: str, kind: str, **data: object) -> None:
-        pass

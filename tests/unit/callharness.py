@@ -1,6 +1,6 @@
-"""A CallManager over a real UA core with a fake clock and scheduler (`Harness`), the
-carrier's requests that drive it (`invite`, `ack`, `notify`) and calls brought to a
-state (`app_call`: ringing for the application; `answered_app_call`: accepted)."""
+"""A CallManager on the SIP driver over a fake clock (`Harness`: the driver's clock and its
+wire), the carrier's requests that drive it (`invite`, `ack`, `notify`) and calls brought
+to a state (`app_call`: ringing for the application; `answered_app_call`: accepted)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import asyncio
 from collections.abc import Callable
 
 from sipbridge.calls.call import Call
-from sipbridge.calls.manager import CallManager
+from sipbridge.calls.events import CallEvent, CallEvents, Incoming
+from sipbridge.calls.manager import AnswerPolicy, CallManager
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
-from sipbridge.sip.events import CallEnded
+from sipbridge.sip.driver import SipDriver
+from sipbridge.sip.events import CallEnded, Event
 from sipbridge.sip.message import Request, Response, parse_message
 from sipbridge.sip.ua import UaConfig, UserAgent
 
@@ -24,61 +26,110 @@ OFFER = (
 )
 
 
+class FakeTimer:
+    def __init__(self, at: float, callback: Callable[[], object]) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class Harness:
+    """A CallManager on the SIP driver, over a fake clock (the harness is the driver's
+    clock, and its wire: what the driver sends is parsed and kept, requests and
+    responses apart)."""
+
     incoming: list[Call]
 
     def __init__(self, *, auto_answer: str | None = "silence", ring_time: float = 0.0,
-                 reject_code: int = 480, app: bool = False) -> None:
+                 reject_code: int = 480, app: bool = False, max_calls: int | None = None,
+                 max_calls_per_source: int | None = None) -> None:
         self.now = 0.0
         self.incoming = []
-        self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
+        self.timers: list[FakeTimer] = []
         self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
         # A loop that never runs: media sockets are bound and registered, ticks never fire.
         self.loop = asyncio.new_event_loop()
         self.media = MediaEngine(MediaConfig(ports=(20000, 20100)), self.loop)
+        self.driver = SipDriver(self.ua, _Wire(self), self)
+        self.events = CallEvents()
+        self.events.subscribe(self)
         self.manager = CallManager(
-            self.ua, self.schedule, media_host=lambda peer: "127.0.0.1", media=self.media,
-            bind_host="127.0.0.1", auto_answer=auto_answer, ring_time=ring_time,
-            reject_code=reject_code, clock=lambda: self.now,
-            on_incoming=self.incoming.append if app else None, accept_timeout=20.0,
-            accept_timeout_code=408,
+            self.driver, self.events,
+            AnswerPolicy(auto_answer=auto_answer, ring_time=ring_time, reject_code=reject_code,
+                         ask_app=app, accept_timeout=20.0, accept_timeout_code=408,
+                         max_calls=max_calls, max_calls_per_source=max_calls_per_source),
+            media=self.media, media_host=lambda peer: "127.0.0.1", bind_host="127.0.0.1",
         )
+        self.driver.attach(Watched(self.manager, self))
         self.sent: list[Response] = []
         self.requests: list[Request] = []
         self.ended: list[CallEnded] = []
 
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
-        cancelled = [False]
-        self.timers.append((self.now + delay, callback, cancelled))
-        return lambda: cancelled.__setitem__(0, True)
+    # The driver's clock.
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-        for at, callback, cancelled in list(self.timers):
-            if at <= self.now and not cancelled[0]:
-                self.timers.remove((at, callback, cancelled))
-                callback()
-        self.pump()
+        for timer in list(self.timers):
+            if timer.at <= self.now and not timer.cancelled:
+                self.timers.remove(timer)
+                timer.callback()
 
-    def pump(self) -> None:
-        while events := self.ua.events():
-            for event in events:
-                if isinstance(event, CallEnded):
-                    self.ended.append(event)
-                self.manager.handle(event)
-        for data, _ in self.ua.outgoing():
-            msg = parse_message(data)
-            if isinstance(msg, Response):
-                self.sent.append(msg)
-            else:
-                self.requests.append(msg)
+    def send(self, text: str | bytes, source: Address = PEER) -> None:
+        """A message from `source` to the gateway."""
+        data = text if isinstance(text, bytes) else text.replace("\n", "\r\n").encode()
+        self.driver.receive(data, source)
 
-    def send(self, text: str) -> None:
-        self.ua.receive(text.replace("\n", "\r\n").encode(), PEER, self.now)
-        self.pump()
+    def observe(self, event: CallEvent) -> None:
+        if isinstance(event, Incoming):
+            self.incoming.append(event.call)
 
     def statuses(self) -> list[int]:
         return [r.status for r in self.sent]
+
+
+class _Wire:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def send(self, data: bytes, dest: Address) -> None:
+        msg = parse_message(data)
+        if isinstance(msg, Response):
+            self.harness.sent.append(msg)
+        else:
+            self.harness.requests.append(msg)
+
+    def drop(self, source: Address) -> None:
+        pass
+
+
+class Watched:
+    """The manager as the driver's upper, each ended leg noted."""
+
+    def __init__(self, manager: CallManager, harness: Harness) -> None:
+        self.manager = manager
+        self.harness = harness
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CallEnded):
+            self.harness.ended.append(event)
+        self.manager.handle(event)
+
+    def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
+              ) -> bool:
+        return self.manager.trace(data, peer, direction, early=early)
+
+    def unsent(self, data: bytes, dest: Address, reason: str) -> None:
+        self.manager.unsent(data, dest, reason)
 
 
 def invite(body: str = "", content_type: str = "application/sdp", branch: str = "b1",
@@ -120,7 +171,6 @@ def answered_app_call() -> tuple[Harness, Call]:
     h.manager.accept(call.id, {"type": "realtime"},
                      {"transfer_targets": {"sales": "tel:+14155550123",
                                            "support": "sip:support@127.0.0.1:5090"}})
-    h.pump()
     h.send(ack(h.sent[-1].to.tag or ""))
     return h, call
 

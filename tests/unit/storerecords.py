@@ -13,7 +13,9 @@ from typing import Any
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def call(call_id: str, **fields: Any) -> dict[str, Any]:
+def call(call_id: str, caller: str = "sip:+14155550100@carrier.example",
+         **fields: Any) -> dict[str, Any]:
+    """A call record shaped as `Call.to_dict` makes one (the caller in its sip part)."""
     record: dict[str, Any] = {
         "id": call_id,
         "state": "ringing",
@@ -21,9 +23,8 @@ def call(call_id: str, **fields: Any) -> dict[str, Any]:
         "answered_at": None,
         "ended_at": None,
         "end_reason": None,
-        "caller": "sip:+14155550100@carrier.example",
-        "callee": "sip:+14155550199@gw.example",
-        "sip": {"call_id": f"{call_id}@carrier", "from_tag": "a1"},
+        "sip": {"call_id": f"{call_id}@carrier", "from": caller,
+                "to": "sip:+14155550199@gw.example", "from_tag": "a1"},
         "transfers": [],
         "webhooks": [],
         "recording": None,

@@ -1,7 +1,8 @@
-"""The gateway's transfer tool path (`_agent_tool`, `_on_transfer`) over a real UA core
-and CallManager with a fake clock: the REFER waits for the agent's words, a second
-request while a transfer is pending is answered `in_progress` and starts nothing, and
-the model hears "failed" only from a final outcome."""
+"""The agents' transfer tool path (`Agents.tool`, and the transfer's events back to the
+model) over a real UA core, SIP driver and CallManager with a fake clock: the REFER
+waits for the agent's words, a second request while a transfer is pending is answered
+`in_progress` and starts nothing, and the model hears "failed" only from a final
+outcome."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from sipbridge.agent.lifecycle import Agents
+from sipbridge.api.app import SidebandHubs
 from sipbridge.calls.call import Call
 from sipbridge.config import load_config
-from sipbridge.gateway import Gateway
+from sipbridge.metrics import Metrics
 from tests.unit.callharness import Harness, ack, answered_app_call, notify
 
 SUPPORT = '{"target": "support", "reason": "asked for a person"}'
@@ -33,15 +36,15 @@ class FakeBridge:
         self.held.append((limit, then))
 
 
-def wired(speech_wait: float = 5.0) -> tuple[Gateway, Harness, Call, FakeBridge]:
+def wired(speech_wait: float = 5.0) -> tuple[Agents, Harness, Call, FakeBridge]:
     h, call = answered_app_call()
-    gateway = Gateway(load_config(store="off", http="off", transfer_speech_wait=speech_wait))
-    gateway.calls = h.manager
-    gateway._pump = h.pump  # type: ignore[method-assign]
-    h.manager.transfers.on_transfer = gateway._on_transfer
+    config = load_config(store="off", http="off", transfer_speech_wait=speech_wait)
+    agents = Agents(config, "", h.manager, h.events, SidebandHubs(), Metrics(lambda: 0),
+                    h.media, None)
+    h.events.subscribe(agents)
     model = FakeBridge()
-    gateway.agents[call.id] = model  # type: ignore[assignment]
-    return gateway, h, call, model
+    agents.bridges[call.id] = model  # type: ignore[assignment]
+    return agents, h, call, model
 
 
 def refers(h: Harness) -> int:
@@ -49,15 +52,15 @@ def refers(h: Harness) -> int:
 
 
 def test_the_refer_waits_for_the_words_and_a_second_request_starts_nothing() -> None:
-    gateway, h, call, model = wired()
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, model = wired()
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     # Requested at once, on the timeline and the record; the REFER waits for the words.
     assert refers(h) == 0 and len(call.transfers) == 1
     job = call.transfers[0]
     assert job.status == "requested" and "agent's words" in (job.machine.reason or "")
     assert [limit for limit, _ in model.held] == [5.0] and model.outputs == []
     # Asked again during the wait: "in progress", and nothing new.
-    gateway._agent_tool(call, "transfer_call", "call_2", '{"target": "sales"}')
+    agents.tool(call, "transfer_call", "call_2", '{"target": "sales"}')
     assert refers(h) == 0 and len(call.transfers) == 1 and len(model.held) == 1
     assert model.outputs[-1][0] == "call_2"
     assert model.outputs[-1][1]["status"] == "in_progress"
@@ -69,7 +72,7 @@ def test_the_refer_waits_for_the_words_and_a_second_request_starts_nothing() -> 
     assert wait and wait[0]["outcome"] == "played" and wait[0]["transfer_id"] == job.id
     # Asked again while the carrier works on it: still "in progress", no second REFER.
     assert notify(h, "refer", "SIP/2.0 180 Ringing", cseq=2) == 200
-    gateway._agent_tool(call, "transfer_call", "call_3", SUPPORT)
+    agents.tool(call, "transfer_call", "call_3", SUPPORT)
     assert refers(h) == 1 and len(call.transfers) == 1
     assert [o["status"] for _, o, _ in model.outputs] == ["in_progress", "in_progress"]
     # Only the final outcome says it failed, to the call that started it.
@@ -79,31 +82,31 @@ def test_the_refer_waits_for_the_words_and_a_second_request_starts_nothing() -> 
     assert call_id == "call_1" and output["status"] == "failed" and respond
     assert output["sip_status"] == 486 and "did not go through" in output["instructions"]
     # After the outcome, a new request starts a new transfer.
-    gateway._agent_tool(call, "transfer_call", "call_4", SUPPORT)
+    agents.tool(call, "transfer_call", "call_4", SUPPORT)
     assert len(call.transfers) == 2 and len(model.held) == 2
 
 
 def test_nothing_but_a_final_outcome_tells_the_model_it_failed() -> None:
-    gateway, h, call, model = wired()
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, model = wired()
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     model.held[0][1]("played", 0.8)
     for n in range(3):
-        gateway._agent_tool(call, "transfer_call", f"again_{n}", SUPPORT)
+        agents.tool(call, "transfer_call", f"again_{n}", SUPPORT)
     h.send(_refer_answer(h, 202))
     assert call.transfers[0].status == "accepted"
     said = [o for _, o, _ in model.outputs]
     assert said and all(o["status"] == "in_progress" for o in said), said
     assert not any("fail" in json.dumps(o).lower() or o.get("error") for o in said), said
     # A request the gateway cannot carry out at all is an error, and says why.
-    gateway2, _, call2, model2 = wired()
-    gateway2._agent_tool(call2, "transfer_call", "bad", '{"target": "billing"}')
+    agents2, _, call2, model2 = wired()
+    agents2.tool(call2, "transfer_call", "bad", '{"target": "billing"}')
     assert model2.outputs[0][1]["status"] == "error"
     assert "unknown target" in model2.outputs[0][1]["error"] and not call2.transfers
 
 
 def test_the_caller_hanging_up_during_the_wait_sends_nothing() -> None:
-    gateway, h, call, model = wired()
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, model = wired()
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     to_tag = next(r.to.tag for r in h.sent if r.status == 200) or ""
     h.send(ack(to_tag).replace("ACK sip", "BYE sip").replace("1 ACK", "2 BYE"))
     job = call.transfers[0]
@@ -114,16 +117,16 @@ def test_the_caller_hanging_up_during_the_wait_sends_nothing() -> None:
 
 
 def test_no_wait_configured_sends_the_refer_at_once() -> None:
-    gateway, h, call, model = wired(speech_wait=0.0)
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, model = wired(speech_wait=0.0)
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     assert refers(h) == 1 and model.held == [] and call.transfers[0].status == "sent"
     assert call.transfers[0].machine.steps[0].reason is None
 
 
 @pytest.mark.parametrize("outcome", ["timed_out", "closed"])
 def test_the_refer_goes_when_the_wait_ends_otherwise(outcome: str) -> None:
-    gateway, h, call, model = wired()
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, model = wired()
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     model.held[0][1](outcome, 5.0)
     assert refers(h) == 1
     entry = next(e for e in call.timeline if e["kind"] == "agent"
@@ -146,15 +149,15 @@ def test_a_model_that_fails_during_a_transfer_leaves_the_call_to_it() -> None:
     no second transfer, no hangup; the transfer's outcome decides the call."""
     import asyncio
 
-    gateway, h, call, _model = wired(speech_wait=0)
-    gateway._agent_tool(call, "transfer_call", "call_1", SUPPORT)
+    agents, h, call, _model = wired(speech_wait=0)
+    agents.tool(call, "transfer_call", "call_1", SUPPORT)
     assert refers(h) == 1
     loop = asyncio.new_event_loop()
     try:
-        gateway.loop = loop
-        gateway.config.agent_on_failure = "transfer"
-        gateway.config.transfer_to = "sip:human@127.0.0.1:6000"
-        gateway._agent_status(call, "failed", "connection lost")
+        agents.loop = loop
+        agents.config.agent_on_failure = "transfer"
+        agents.config.transfer_to = "sip:human@127.0.0.1:6000"
+        agents.status(call, "failed", "connection lost")
         pending = asyncio.all_tasks(loop)
         if pending:
             loop.run_until_complete(asyncio.wait(pending, timeout=30))

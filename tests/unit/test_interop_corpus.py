@@ -11,7 +11,7 @@ from sipbridge.calls.call import Call, CallState
 from sipbridge.sip.message import Request, Response, parse_message, response_to
 from sipbridge.sip.subscription import read_refer_notify, refer_sub_disabled
 from sipbridge.sip.uri import SipUri
-from tests.unit.callharness import PEER, Harness, answered_app_call
+from tests.unit.callharness import Harness, answered_app_call
 from tests.unit.interop_corpus import (
     DIALOGS,
     NOTIFIES,
@@ -50,12 +50,10 @@ def referred(*, answer: bool = True) -> tuple[Harness, Call, Request]:
     """A call whose REFER went out; answered 202 unless `answer` is False."""
     h, call = answered_app_call()
     h.manager.refer(call.id, "tel:+14155550123")
-    h.pump()
     refer = h.requests[-1]
     assert refer.method == "REFER"
     if answer:
-        h.ua.receive(response_to(refer, 202).to_bytes(), PEER, h.now)
-        h.pump()
+        h.send(response_to(refer, 202).to_bytes())
     return h, call, refer
 
 
@@ -72,8 +70,7 @@ def into_our_dialog(data: bytes, h: Harness) -> bytes:
 @pytest.mark.parametrize("sample", NOTIFIES, ids=lambda s: s.name)
 def test_notify_moves_the_transfer(sample: NotifySample) -> None:
     h, call, _ = referred()
-    h.ua.receive(into_our_dialog(sample.data, h), PEER, h.now)
-    h.pump()
+    h.send(into_our_dialog(sample.data, h))
     answer = h.sent[-1]
     assert (answer.cseq.method, answer.status) == ("NOTIFY", 200)
     job = call.transfers[0]
@@ -95,8 +92,7 @@ def test_notify_moves_the_transfer(sample: NotifySample) -> None:
 def test_linphones_two_notifies_end_in_success_with_one_warning() -> None:
     h, call, _ = referred()
     for sample in (s for s in NOTIFIES if s.name.startswith("linphone-5.1")):
-        h.ua.receive(into_our_dialog(sample.data, h), PEER, h.now)
-        h.pump()
+        h.send(into_our_dialog(sample.data, h))
         assert h.sent[-1].status == 200
     assert [s.status for s in call.transfers[0].machine.steps][-2:] == ["progress", "succeeded"]
     assert len([e for e in call.timeline if e["kind"] == "warning"]) == 1
@@ -117,9 +113,7 @@ def test_refer_answer_sets_what_the_transfer_waits_for(sample: ReferAnswerSample
     msg = parse_message(sample.data)
     own = ("Via", "From", "To", "Call-ID", "CSeq", "Content-Length")
     extra = [(name, value) for name, value in msg.headers if name not in own]
-    h.ua.receive(response_to(refer, msg.status, msg.reason, headers=extra).to_bytes(), PEER,
-                 h.now)
-    h.pump()
+    h.send(response_to(refer, msg.status, msg.reason, headers=extra).to_bytes())
     job = call.transfers[0]
     assert job.status == "accepted" and job.machine.sip_status == sample.status
     assert job.final is not sample.subscription  # no NOTIFY coming: accepted is the outcome
@@ -148,8 +142,7 @@ def test_dialog_message_reads_to_its_meaning(sample: DialogSample) -> None:
                          ids=lambda s: s.name)
 def test_invite_forms_the_dialog_it_describes(sample: DialogSample) -> None:
     h = Harness()
-    h.ua.receive(sample.data, PEER, h.now)
-    h.pump()
+    h.send(sample.data)
     assert h.statuses() == [100, 180, 200]
     call = next(iter(h.manager.calls.values()))
     leg = h.ua.leg(call.leg_id)
@@ -167,8 +160,7 @@ def test_cseq_spacing_is_taken(cseq: str) -> None:
     h, call, _ = referred()
     sample = next(s for s in NOTIFIES if s.name == "asterisk-final")
     data = into_our_dialog(sample.data, h).replace(b"CSeq: 7255 NOTIFY", cseq.encode())
-    h.ua.receive(data, PEER, h.now)
-    h.pump()
+    h.send(data)
     assert h.sent[-1].status == 200 and call.transfers[0].status == "succeeded"
 
 
@@ -178,8 +170,7 @@ def test_cseq_method_in_another_case_is_another_method() -> None:
     h, call, _ = referred()
     sample = next(s for s in NOTIFIES if s.name == "asterisk-final")
     data = into_our_dialog(sample.data, h).replace(b"CSeq: 7255 NOTIFY", b"CSeq: 7255 notify")
-    h.ua.receive(data, PEER, h.now)
-    h.pump()
+    h.send(data)
     assert (h.sent[-1].status, h.sent[-1].reason) == (
         400, "CSeq method does not match the request method")
     assert call.transfers[0].status == "accepted"

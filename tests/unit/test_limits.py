@@ -28,14 +28,12 @@ def call(h: Harness, n: int, source: Address | None = None) -> list[int]:
     if source is None:
         h.send(text)
     else:
-        h.ua.receive(text.replace("\n", "\r\n").encode(), source, h.now)
-        h.pump()
+        h.send(text, source)
     return [r.status for r in h.sent[before:]]
 
 
 def test_calls_past_max_calls_get_503_with_retry_after_and_leave_nothing() -> None:
-    h = Harness()
-    h.manager.max_calls = 2
+    h = Harness(max_calls=2)
     assert call(h, 1) == [100, 180, 200] and call(h, 2) == [100, 180, 200]
     assert call(h, 3) == [100, 503]
     refused = h.sent[-1]
@@ -50,8 +48,7 @@ def test_calls_past_max_calls_get_503_with_retry_after_and_leave_nothing() -> No
 
 
 def test_calls_per_source_are_limited_apart() -> None:
-    h = Harness()
-    h.manager.max_calls_per_source = 1
+    h = Harness(max_calls_per_source=1)
     assert call(h, 1) == [100, 180, 200]
     assert call(h, 2) == [100, 503]
     assert call(h, 3, Address("udp", "127.0.0.2", 5062)) == [100, 180, 200]

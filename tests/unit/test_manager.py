@@ -1,4 +1,5 @@
-"""CallManager over a real UA core, with a fake clock and scheduler: answer by policy."""
+"""CallManager over a real UA core and the SIP driver, with a fake clock: answer by
+policy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sipbridge.sip.message import response_to
 from sipbridge.sip.sdp import parse_sdp
 from tests.unit.callharness import (
     OFFER,
-    PEER,
     Harness,
     ack,
     answered_app_call,
@@ -126,12 +126,12 @@ def test_application_calls_ring_until_accepted() -> None:
     assert names[:2] == ["Via", "From"] and ("X-Case", "42") in call.sip_headers
     assert "Authorization" not in names  # never shown to the application
     h.manager.accept(call.id, {"type": "realtime"})
-    h.pump()
     assert h.statuses() == [100, 180, 200] and call.state is CallState.ACTIVE
     assert call.id in h.media.sessions
     with pytest.raises(CallError) as err:
         h.manager.accept(call.id, {"type": "realtime"})
     assert err.value.kind == "conflict" and "already accepted" in err.value.message
+    h.send(ack(h.sent[-1].to.tag or ""))  # the 200 is not retransmitted
     h.advance(30)  # the accept timer was cancelled: nothing more is sent
     assert h.statuses() == [100, 180, 200]
 
@@ -139,7 +139,6 @@ def test_application_calls_ring_until_accepted() -> None:
 def test_application_reject_and_the_accept_timeout() -> None:
     h, call = app_call()
     h.manager.reject(call.id, 486)
-    h.pump()
     assert h.statuses()[-1] == 486 and call.state is CallState.ENDED
     assert h.manager.get(call.id) is call  # still known after the end ...
     with pytest.raises(CallError) as err:
@@ -161,10 +160,8 @@ def test_refer_needs_an_answered_call_and_sends_refer_in_the_dialog() -> None:
         h.manager.refer(call.id, "tel:+61420351258")
     assert err.value.kind == "conflict" and "not been accepted" in err.value.message
     h.manager.accept(call.id, {"type": "realtime"})
-    h.pump()
     h.send(ack(h.sent[-1].to.tag or ""))
     transfer = h.manager.refer(call.id, "tel:+61420351258")
-    h.pump()
     refer = h.requests[-1]
     assert refer.method == "REFER" and refer.headers.get("Refer-To") == "<tel:+61420351258>"
     assert refer.headers.get("Referred-By") == "<sip:bot@127.0.0.1>"
@@ -177,7 +174,6 @@ def test_refer_needs_an_answered_call_and_sends_refer_in_the_dialog() -> None:
 def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     h, call = answered_app_call()
     run = h.manager.run_transfer_tool(call.id, '{"target": "support", "reason": "x"}')
-    h.pump()
     job = run.job
     assert job is not None and run.started and run.problem == ""
     assert h.requests[-1].headers.get("Refer-To") == "<sip:support@127.0.0.1:5090>"
@@ -188,7 +184,6 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     assert not [e for e in call.timeline if e["kind"] == "api" and e["action"] == "refer"]
     # One transfer at a time: asked again, the one under way is the answer, not an error.
     again = h.manager.run_transfer_tool(call.id, '{"target": "sales"}')
-    h.pump()
     assert again.job is job and not again.started and len(call.transfers) == 1
     assert [r.method for r in h.requests].count("REFER") == 1
     output = json.loads(again.output())
@@ -204,14 +199,12 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
 def test_a_held_transfer_tool_sends_its_refer_later() -> None:
     h, call = answered_app_call()
     run = h.manager.run_transfer_tool(call.id, '{"target": "support"}', held="words first")
-    h.pump()
     job = run.job
     assert job is not None and run.started and job.status == "requested"
     assert not [r for r in h.requests if r.method == "REFER"]
     steps = [e for e in call.timeline if e["kind"] == "transfer"]
     assert [(e["status"], e["reason"]) for e in steps] == [("requested", "words first")]
     assert h.manager.send_held(call.id, job)
-    h.pump()
     assert h.requests[-1].method == "REFER" and job.status == "sent"
     assert not h.manager.send_held(call.id, job)  # once
     assert [r.method for r in h.requests].count("REFER") == 1
@@ -227,7 +220,6 @@ def test_notify_without_a_transfer_or_for_another_package() -> None:
     h, call = answered_app_call()
     assert notify(h, "refer") == 481  # no transfer: no subscription of ours
     h.manager.refer(call.id, "tel:+14155550123")
-    h.pump()
     assert notify(h, "presence", cseq=3) == 489  # not REFER's event package
     assert notify(h, "refer", "garbage", cseq=4) == 400
     assert call.transfers[0].status == "sent"  # the broken NOTIFY changed nothing
@@ -240,11 +232,9 @@ def referred_call() -> tuple[Harness, Call]:
     """An answered call whose REFER the carrier accepted with 202."""
     h, call = answered_app_call()
     h.manager.refer(call.id, "tel:+14155550123")
-    h.pump()
     refer = h.requests[-1]
     assert refer.method == "REFER"
-    h.ua.receive(response_to(refer, 202).to_bytes(), PEER, h.now)
-    h.pump()
+    h.send(response_to(refer, 202).to_bytes())
     assert call.transfers[0].status == "accepted"
     return h, call
 

@@ -15,7 +15,7 @@ from sipbridge.api import callrecord as openapi
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery
 from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
 from sipbridge.calls.call import Call, CallState, TransferJob
-from sipbridge.calls.transfer import Transfer
+from sipbridge.calls.transfer_machine import Transfer
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import PortPool
 from sipbridge.media.session import MediaSession

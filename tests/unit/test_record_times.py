@@ -57,13 +57,10 @@ def a_call_with_a_transfer() -> dict[str, Any]:
     h, call = app_call()
     h.now = 12.5  # the loop's clock: seconds since the host booted, not since 1970
     h.manager.accept(call.id, {"type": "realtime"})
-    h.pump()
     h.send(ack(h.sent[-1].to.tag or ""))
     job = h.manager.refer(call.id, "tel:+61420351258")
-    h.pump()
     h.advance(8.0)  # no answer to the REFER: timed out after refer_timeout
     h.manager.hangup(call.id)
-    h.pump()
     call.webhooks.append(WebhookDelivery("evt_1", "realtime.call.incoming", [
         WebhookAttempt(1, time.time(), 3.0, 200, None)], "delivered"))
     assert job.machine.requested_at == 12.5  # the machine keeps the loop's clock
@@ -92,12 +89,6 @@ class Control:
     sideband = SidebandHubs()
     store = None
     metrics = None
-
-    def pump(self) -> None:
-        pass
-
-    def note(self, call_id: str, kind: str, **data: object) -> None:
-        pass
 
 
 def test_the_openapi_document_says_every_time_is_unix_time() -> None:

@@ -235,16 +235,19 @@ def test_a_write_the_server_refuses_loses_only_itself(pg_url: str) -> None:
 
 def test_what_postgresql_refuses_is_stored_not_lost(pg_url: str) -> None:
     with PostgresStore(pg_url) as store:
-        store.upsert_call(call("rtc_1", caller="sip:a\x00b@x", extra_field={"k\x00": "v"},
-                               sip={"jitter": math.nan, "peak": math.inf, "raw": "\\u0000"}))
+        store.upsert_call(call("rtc_1", extra_field={"k\x00": "v"},
+                               sip={"from": "sip:a\x00b@x", "jitter": math.nan,
+                                    "peak": math.inf, "raw": "\\u0000"}))
         store.add_event("rtc_1", 1.0, "sip", {"text": "BYE\x00\r\n"})
         assert store.flush()
         assert store.write_errors == 0
         got = store.get_call("rtc_1")
+        found = [c["id"] for c in store.list_calls(caller="a\ufffdb")]
     assert got is not None
-    assert got["caller"] == "sip:a\ufffdb@x"
+    assert found == ["rtc_1"]  # the caller column, NUL replaced
     assert got["extra_field"] == {"k\ufffd": "v"}
-    assert got["sip"] == {"jitter": None, "peak": None, "raw": "\\u0000"}  # text kept as is
+    assert got["sip"] == {"from": "sip:a\ufffdb@x", "jitter": None, "peak": None,
+                          "raw": "\\u0000"}  # text kept as is
     assert got["timeline"] == [{"at": 1.0, "kind": "sip", "text": "BYE\ufffd\r\n"}]
 
 

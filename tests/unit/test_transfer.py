@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipbridge.calls.transfer import (
+from sipbridge.calls.transfer_machine import (
     NO_SUBSCRIPTION,
     STATES,
     Transfer,

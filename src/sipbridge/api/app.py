@@ -61,12 +61,6 @@ class Control(Protocol):
     store: Store | None
     metrics: Metrics
 
-    def pump(self) -> None:
-        """Send what the SIP core queued (after a call-control request)."""
-
-    def note(self, call_id: str, kind: str, **data: object) -> None:
-        """An entry on the call's timeline."""
-
 
 class SidebandHubs:
     """Each accepted call's sideband session and the WebSocket clients watching it."""
@@ -260,8 +254,6 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
             yield manager(control)
         except CallError as exc:
             raise call_error(exc) from None
-        finally:
-            control.pump()
 
     @app.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
               response_class=Response, summary="Accept an incoming call")
@@ -365,7 +357,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         clients.add(queue)
         sender = asyncio.create_task(_send_events(ws, queue))
         client = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
-        control.note(call_id, "sideband", status="connected", client=client)
+        manager(control).note(call_id, "sideband", status="connected", client=client)
         try:
             await ws.send_json(session.created_event())
             while True:
@@ -373,8 +365,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
                 own, everyone = session.handle(raw)
                 kind = next((e["error"].get("code") for e in own if e.get("type") == "error"),
                             None)
-                control.note(call_id, "sideband", status="client_event",
-                             event=_event_type(raw), error=kind)
+                manager(control).note(call_id, "sideband", status="client_event",
+                                      event=_event_type(raw), error=kind)
                 for event in own:
                     queue.put_nowait(event)
                 for event in everyone:
@@ -382,7 +374,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            control.note(call_id, "sideband", status="disconnected", client=client)
+            manager(control).note(call_id, "sideband", status="disconnected", client=client)
             clients.discard(queue)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sipbridge.audiostream import NegotiatedAudio
-from sipbridge.calls.transfer import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
+from sipbridge.calls.transfer_machine import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
 from sipbridge.records import CallRecord, MediaFigures, TimelineEntry, TransferRecord, WebhookRecord
 from sipbridge.sip.address import Address
 

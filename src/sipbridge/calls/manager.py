@@ -1,6 +1,8 @@
 """The call registry: turns the UA's events into calls, answers them by policy or leaves
 them ringing for an application, and carries out its call-control requests (accept,
-reject, refer, hangup). Transfers are `calls.transfers`'; the call record is `calls.call`'s."""
+reject, refer, hangup), each a command on the SIP driver, sent when it is done. What
+happens to a call goes out as events (`calls.events`); transfers are
+`calls.transfer_runner`'s; the call record is `calls.call`'s."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +24,23 @@ from sipbridge.calls.call import (
     CallError,
     CallState,
     TransferJob,
-    Trunk,
 )
-from sipbridge.calls.sipids import SipCallIds
+from sipbridge.calls.events import (
+    CallEvents,
+    Changed,
+    Digit,
+    Ended,
+    Incoming,
+    MediaStarted,
+    note,
+)
+from sipbridge.calls.sipids import SipCallIds, SipTrace
 from sipbridge.calls.tool import ToolRun
-from sipbridge.calls.transfer import TransferTimers
-from sipbridge.calls.transfers import OnTransfer, Transfers
+from sipbridge.calls.transfer_runner import TransferPolicy, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
 from sipbridge.media.ports import NoMediaPort
-from sipbridge.media.session import MediaSession
+from sipbridge.sip.address import Address
+from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
     CallConfirmed,
@@ -47,12 +58,25 @@ from sipbridge.sip.sdp import (
     parse_sdp,
     read_answer,
 )
-from sipbridge.sip.ua import UserAgent
 
 log = logging.getLogger("sipbridge.calls")
 
-# Schedules `callback` after `delay` seconds; returns a cancel function.
-Scheduler = Callable[[float, Callable[[], None]], Callable[[], None]]
+
+@dataclass(frozen=True, slots=True)
+class AnswerPolicy:
+    """How calls are answered: `auto_answer` ("echo", "silence", "agent", "play:<wav>",
+    or None: the application decides when `ask_app`, else `reject_code`), after
+    `ring_time` s; an application that does not decide in `accept_timeout` s gets the call
+    answered `accept_timeout_code`; calls past the limits get 503."""
+
+    auto_answer: str | None = "silence"
+    ring_time: float = 0.0
+    reject_code: int = 480
+    ask_app: bool = False  # calls ring until the application accepts or rejects them
+    accept_timeout: float = 30.0
+    accept_timeout_code: int = 480
+    max_calls: int | None = None
+    max_calls_per_source: int | None = None
 
 
 class CallManager:
@@ -60,73 +84,44 @@ class CallManager:
 
     def __init__(
         self,
-        ua: UserAgent,
-        scheduler: Scheduler,
+        sip: SipDriver,
+        events: CallEvents,
+        policy: AnswerPolicy,
         *,
-        media_host: Callable[[str], str],
         media: MediaEngine,
+        media_host: Callable[[str], str],
         bind_host: str,
-        auto_answer: str | None,
-        ring_time: float,
-        reject_code: int,
-        clock: Callable[[], float],
-        wake: Callable[[], None] = lambda: None,
-        on_incoming: Callable[[Call], None] | None = None,
-        accept_timeout: float = 30.0,
-        accept_timeout_code: int = 480,
-        # Each step of a transfer, and each change of its fallback (step None).
-        on_transfer: OnTransfer | None = None,
-        on_end: Callable[[Call], None] | None = None,
-        on_media: Callable[[Call, MediaSession], None] | None = None,
-        on_digit: Callable[[Call, str], None] | None = None,
-        on_change: Callable[[Call], None] | None = None,
-        transfer_timers: TransferTimers | None = None,
-        transfer_fallback: str = "none",
-        tel_uri: str | None = None,
-        trunk: Trunk | None = None,
-        max_calls: int | None = None,
-        max_calls_per_source: int | None = None,
+        transfers: TransferPolicy | None = None,
     ) -> None:
-        self.ua = ua
-        self.max_calls = max_calls
-        self.max_calls_per_source = max_calls_per_source
+        self.sip = sip
+        self.ua = sip.ua
+        self.events = events
+        self.policy = policy
         self.per_source: Counter[str] = Counter()  # live calls by source address
         self.refused_busy = 0
-        self.schedule = scheduler
         self.media_host = media_host
         self.media = media
         self.bind_host = bind_host
         self._play: np.ndarray | None = None
+        auto_answer = policy.auto_answer
         if auto_answer is not None and auto_answer.startswith("play:"):
             self._play = load_wav(Path(auto_answer[5:]))
         self.auto_answer = auto_answer
-        self.ring_time = ring_time
-        self.reject_code = reject_code
-        self.clock = clock
-        self.wake = wake
-        # Set: calls ring until the application accepts or rejects them (webhook mode).
-        self.on_incoming = on_incoming
-        self.accept_timeout = accept_timeout
-        self.accept_timeout_code = accept_timeout_code
-        self.on_end = on_end
-        self.on_media = on_media  # media started for a call the gateway does not echo/play
-        self.on_digit = on_digit
-        self.on_change = on_change  # a call was created, answered, ended, or its transfer moved
-        self.transfers = Transfers(self, on_transfer=on_transfer,
-                                   timers=transfer_timers or TransferTimers(),
-                                   default_fallback=transfer_fallback, tel_uri=tel_uri,
-                                   trunk=trunk)
+        self.transfers = Transfers(self, sip, events, media=media, media_host=media_host,
+                                   bind_host=bind_host, policy=transfers or TransferPolicy())
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self.by_leg: dict[str, Call] = {}
         # SIP Call-ID (its own, or a bridge leg's) -> call, for its trace; ended calls too,
         # while their transactions last (64*T1, plus T4 for late retransmissions).
-        timers = ua.config.timers
-        self.by_sip_id = SipCallIds(clock, linger=timers.b + timers.t4, limit=RECENT_CALLS)
+        timers = sip.ua.config.timers
+        self.by_sip_id = SipCallIds(sip.now, linger=timers.b + timers.t4, limit=RECENT_CALLS)
+        self.sip_trace = SipTrace(self.by_sip_id, events)
         self.ended = 0
+        sip.attach(self)
 
     def handle(self, event: Event) -> None:
-        now = self.clock()
+        now = self.sip.now()
         if self.transfers.bridges(event.leg_id):
             self.transfers.bridge_event(event, now)
             return
@@ -161,8 +156,9 @@ class CallManager:
     def _incoming(self, event: IncomingCall, now: float) -> None:
         req = event.request
         host = event.source.host
-        per_source = self.max_calls_per_source
-        if ((self.max_calls is not None and len(self.calls) >= self.max_calls)
+        policy = self.policy
+        per_source = policy.max_calls_per_source
+        if ((policy.max_calls is not None and len(self.calls) >= policy.max_calls)
                 or (per_source is not None and self.per_source[host] >= per_source)):
             # Refused before any call state: cheap, and the caller may try again later.
             self.refused_busy += 1
@@ -198,21 +194,21 @@ class CallManager:
             self.ua.reject(event.leg_id, exc.status, now,
                            headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
             return
-        if self.auto_answer is None and self.on_incoming is not None:
+        if self.auto_answer is None and policy.ask_app:
             # The application decides (webhook); the caller hears ringing meanwhile.
             call.mode = "app"
             self.ua.ring(event.leg_id, now)
-            call.cancel_timer = self.schedule(self.accept_timeout,
-                                              lambda: self._accept_timeout(call))
-            self.on_incoming(call)
+            call.cancel_timer = self.sip.schedule(policy.accept_timeout,
+                                                  lambda: self._accept_timeout(call))
+            self.events.emit(Incoming(call))
             return
         if self.auto_answer is None:
             # No application to ask: refuse by policy.
-            self.ua.reject(event.leg_id, self.reject_code, now)
+            self.ua.reject(event.leg_id, policy.reject_code, now)
             return
         self.ua.ring(event.leg_id, now)
-        if self.ring_time > 0:
-            call.cancel_timer = self.schedule(self.ring_time, lambda: self._answer(call))
+        if policy.ring_time > 0:
+            call.cancel_timer = self.sip.schedule(policy.ring_time, lambda: self._answer(call))
         else:
             self._answer(call)
 
@@ -250,7 +246,7 @@ class CallManager:
         call.cancel_timer = None
         if call.state is not CallState.RINGING or call.leg_id not in self.by_leg:
             return
-        self.ua.answer(call.leg_id, call.local_sdp, self.clock())
+        self.ua.answer(call.leg_id, call.local_sdp, self.sip.now())
         call.state = CallState.ACTIVE
         call.answered_at = time.time()
         self.changed(call)
@@ -276,50 +272,54 @@ class CallManager:
     def accept(self, call_id: str, session: dict[str, object],
                options: dict[str, object] | None = None) -> Call:
         """Answer a ringing call (200 OK with our SDP) and start its media."""
-        call = self.live(call_id, "accept")
-        if call.state is not CallState.RINGING:
-            raise CallError("conflict", f"Cannot accept call '{call_id}': it was already "
-                            "accepted.")
-        if call.cancel_timer is not None:
-            call.cancel_timer()
-        call.session = session
-        call.options = dict(options or {})
-        self.note_api(call, "accept")
-        self._answer(call)
-        log.info("call %s accepted by the application", call.id)
-        return call
+        with self.sip.command():
+            call = self.live(call_id, "accept")
+            if call.state is not CallState.RINGING:
+                raise CallError("conflict", f"Cannot accept call '{call_id}': it was already "
+                                "accepted.")
+            if call.cancel_timer is not None:
+                call.cancel_timer()
+            call.session = session
+            call.options = dict(options or {})
+            self.note_api(call, "accept")
+            self._answer(call)
+            log.info("call %s accepted by the application", call.id)
+            return call
 
     def reject(self, call_id: str, status: int) -> Call:
         """Refuse a ringing call with a SIP final status."""
-        call = self.live(call_id, "reject")
-        if call.state is not CallState.RINGING:
-            raise CallError("conflict", f"Cannot reject call '{call_id}': it was already "
-                            "accepted; use hangup to end it.")
-        call.end_reason = "rejected"
-        call.final_status = status
-        self.note_api(call, "reject", status_code=status)
-        self.ua.reject(call.leg_id, status, self.clock())
-        log.info("call %s rejected by the application with %d", call.id, status)
-        return call
+        with self.sip.command() as ua:
+            call = self.live(call_id, "reject")
+            if call.state is not CallState.RINGING:
+                raise CallError("conflict", f"Cannot reject call '{call_id}': it was already "
+                                "accepted; use hangup to end it.")
+            call.end_reason = "rejected"
+            call.final_status = status
+            self.note_api(call, "reject", status_code=status)
+            ua.reject(call.leg_id, status, self.sip.now())
+            log.info("call %s rejected by the application with %d", call.id, status)
+            return call
 
     def hangup(self, call_id: str) -> Call:
         """End a call: BYE once answered, 480 while it still rings."""
-        call = self.live(call_id, "hang up")
-        call.end_reason = "hangup"
-        self.note_api(call, "hangup")
-        if call.state is CallState.RINGING:
-            call.final_status = 480
-        self.ua.hangup(call.leg_id, self.clock())
-        log.info("call %s hung up by the application", call.id)
-        return call
+        with self.sip.command() as ua:
+            call = self.live(call_id, "hang up")
+            call.end_reason = "hangup"
+            self.note_api(call, "hangup")
+            if call.state is CallState.RINGING:
+                call.final_status = 480
+            ua.hangup(call.leg_id, self.sip.now())
+            log.info("call %s hung up by the application", call.id)
+            return call
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
               requested_by: str = "app") -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
-        track it to an outcome: the result comes as steps (`on_transfer`), never here."""
-        return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
-                                    requested_by=requested_by)
+        track it to an outcome: the result comes as steps (`TransferStepped`), never here."""
+        with self.sip.command():
+            return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
+                                        requested_by=requested_by)
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:
@@ -327,30 +327,46 @@ class CallManager:
         named among those the application declared; `held`: the REFER waits (up to
         `hold_for` s) for `send_held`. A transfer already under way is the answer instead
         (nothing starts)."""
-        return self.transfers.run_transfer_tool(call_id, arguments, held=held,
-                                                hold_for=hold_for)
+        with self.sip.command():
+            return self.transfers.run_transfer_tool(call_id, arguments, held=held,
+                                                    hold_for=hold_for)
 
     def send_held(self, call_id: str, job: TransferJob) -> bool:
         """Send a held transfer's REFER; False when the call or the transfer ended first."""
-        return self.transfers.send_held(call_id, job)
+        with self.sip.command():
+            return self.transfers.send_held(call_id, job)
 
     def changed(self, call: Call) -> None:
-        if self.on_change is not None:
-            self.on_change(call)
+        self.events.emit(Changed(call))
 
-    @staticmethod
-    def note_api(call: Call, action: str, **details: object) -> None:
-        call.timeline.append({"at": time.time(), "kind": "api", "action": action, **details})
+    def note_api(self, call: Call, action: str, **details: object) -> None:
+        self.events.emit(note(call, "api", action=action, **details))
+
+    def note(self, call_id: str, kind: str, **data: object) -> None:
+        """One entry on a call's timeline (the API's sideband connections, say)."""
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        if call is not None:
+            self.events.emit(note(call, kind, **data))
+
+    # ---- SIP messages on the timeline (the driver asks) ---------------------------
+
+    def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
+              ) -> bool:
+        return self.sip_trace.trace(data, peer, direction, early=early)
+
+    def unsent(self, data: bytes, dest: Address, reason: str) -> None:
+        self.sip_trace.unsent(data, dest, reason)
 
     def _accept_timeout(self, call: Call) -> None:
         call.cancel_timer = None
         if call.state is not CallState.RINGING or call.leg_id not in self.by_leg:
             return
+        code = self.policy.accept_timeout_code
         log.info("call %s: not accepted within %g s, answering %d", call.id,
-                 self.accept_timeout, self.accept_timeout_code)
+                 self.policy.accept_timeout, code)
         call.end_reason = "accept_timeout"
-        call.final_status = self.accept_timeout_code
-        self.ua.reject(call.leg_id, self.accept_timeout_code, self.clock())
+        call.final_status = code
+        self.ua.reject(call.leg_id, code, self.sip.now())
 
     def _start_media(self, call: Call) -> None:
         """RTP starts with the 200: the caller may send before its ACK arrives."""
@@ -365,21 +381,18 @@ class CallManager:
             self.media.echo(session)
         elif self._play is not None:
             session.play(self._play)
-        elif self.on_media is not None:
-            self.on_media(call, session)
+        else:
+            self.events.emit(MediaStarted(call, session))
 
     def _dtmf(self, call: Call, digit: str, duration_ms: int) -> None:
         log.info("call %s dtmf %s %dms", call.id, digit, duration_ms)
-        call.timeline.append({"at": time.time(), "kind": "dtmf", "digit": digit,
-                              "duration_ms": duration_ms})
-        if self.on_digit is not None:
-            self.on_digit(call, digit)
+        self.events.emit(Digit(call, digit, duration_ms))
 
     def _media_timeout(self, call: Call, reason: str) -> None:
         log.info("call %s: %s, hanging up", call.id, reason)
         call.end_reason = "media_timeout"
-        self.ua.hangup(call.leg_id, self.clock())
-        self.wake()  # a media tick is outside the SIP pump: flush the BYE now
+        with self.sip.command() as ua:  # a media tick is outside SIP: the BYE goes now
+            ua.hangup(call.leg_id, self.sip.now())
 
     def _reinvite(self, leg_id: str, offer: bytes, request: Request, now: float) -> None:
         """RFC 3264 8: a new offer in the dialog (hold, resume, codec change)."""
@@ -410,9 +423,8 @@ class CallManager:
         if session is not None:
             log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
             call.media = session.figures()
-            call.timeline.append({"at": time.time(), "kind": "media", **call.media})
-        call.timeline.append({"at": time.time(), "kind": "call", "status": "ended",
-                              "reason": call.end_reason})
+            self.events.emit(note(call, "media", **call.media))
+        self.events.emit(note(call, "call", status="ended", reason=call.end_reason))
         for job in call.transfers:
             if job.cancel_timer is not None:
                 job.cancel_timer()
@@ -427,8 +439,7 @@ class CallManager:
         self.by_sip_id.ended(call)  # what is sent and received after the end is traced too
         self.ended += 1
         self.changed(call)
-        if self.on_end is not None:
-            self.on_end(call)
+        self.events.emit(Ended(call))
         self.recent[call.id] = call  # the application or an operator may still ask
         while len(self.recent) > RECENT_CALLS:
             self.recent.popitem(last=False)

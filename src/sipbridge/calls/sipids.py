@@ -2,16 +2,21 @@
 timeline: the calls in progress, and the ended ones for as long as their transactions may
 still send or receive. A call's end does not end its transactions (RFC 3261 17): our BYE is
 retransmitted until Timer F, the 200 to the caller's BYE is sent again to each retransmission
-until Timer J, a late NOTIFY is still answered; each lasts at most 64*T1 after the end."""
+until Timer J, a late NOTIFY is still answered; each lasts at most 64*T1 after the end.
+`SipTrace` puts each message on its call's timeline."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sipbridge.calls.call import Call
+from sipbridge.calls.call import Call, CallState
+from sipbridge.calls.events import CallEvents, note
+from sipbridge.sip.address import Address
+
+_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+MAX_TRACE = 8192  # bytes of a SIP message kept on the timeline
 
 
 class SipCallIds:
@@ -59,3 +64,44 @@ class SipCallIds:
             _, sip_call_id, call = ended.popleft()
             if self._calls.get(sip_call_id) is call:
                 del self._calls[sip_call_id]
+
+
+class SipTrace:
+    """Each SIP message of a known call onto its timeline, as the driver receives and
+    sends it, and what the transport could not send as a warning there."""
+
+    def __init__(self, ids: SipCallIds, events: CallEvents) -> None:
+        self.ids = ids
+        self.events = events
+
+    def _call_of(self, data: bytes) -> Call | None:
+        match = _CALL_ID.search(data)
+        if match is None:
+            return None
+        return self.ids.get(match.group(1).strip().decode("utf-8", "replace"))
+
+    def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
+              ) -> bool:
+        """A SIP message of a known call onto its timeline (start line, full text), an ended
+        call's too while its transactions last; False when it belongs to no call (yet).
+        `early`: before the UA has read it, when an INVITE with an ended call's Call-ID may
+        still make a new call (False then: it is traced once the UA has acted)."""
+        if not self.ids:
+            return False
+        call = self._call_of(data)
+        if call is None:
+            return False
+        if early and call.state is CallState.ENDED and data.startswith(b"INVITE "):
+            return False
+        text = data[:MAX_TRACE].decode("utf-8", "replace")
+        self.events.emit(note(call, "sip", dir=direction, peer=str(peer),
+                              line=text.split("\r\n", 1)[0], text=text))
+        return True
+
+    def unsent(self, data: bytes, dest: Address, reason: str) -> None:
+        """A message the transport could not send, as a warning on its call's timeline."""
+        call = self._call_of(data)
+        if call is not None:
+            line = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")[:200]
+            self.events.emit(note(call, "warning",
+                                  detail=f"{line} to {dest} not sent: {reason}"))

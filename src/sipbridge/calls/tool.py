@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipbridge.calls.call import TransferJob
-from sipbridge.calls.transfer import SUCCEEDED, Transfer
+from sipbridge.calls.transfer_machine import SUCCEEDED, Transfer
 
 TOOL_NAME = "transfer_call"
 

@@ -14,9 +14,11 @@ from typing import Any, cast
 
 from sipbridge.records import CallRecord, TimelineEntry
 
-SCALARS = ("state", "created_at", "answered_at", "ended_at", "end_reason", "caller", "callee")
+SCALARS = ("state", "created_at", "answered_at", "ended_at", "end_reason")
+# Columns read from the record's SIP part (its From and To), kept to filter by.
+SIP_COLUMNS = {"caller": "from", "callee": "to"}
 JSON_COLUMNS: dict[str, object] = {"sip": {}, "transfers": [], "webhooks": []}
-COLUMNS = ("id", *SCALARS, "recording", *JSON_COLUMNS, "extra")
+COLUMNS = ("id", *SCALARS, *SIP_COLUMNS, "recording", *JSON_COLUMNS, "extra")
 _KNOWN = {"id", "recording", "timeline", *SCALARS, *JSON_COLUMNS}
 
 
@@ -34,9 +36,12 @@ def call_params(record: Mapping[str, object]) -> tuple[object, ...]:
     """The values of `COLUMNS` for a call record. KeyError, TypeError or ValueError when
     the record cannot be stored."""
     recording = record.get("recording")
+    sip = record.get("sip")
+    sip = sip if isinstance(sip, Mapping) else {}
     return (
         str(record["id"]),
         *(record.get(c) for c in SCALARS),
+        *(sip.get(field) for field in SIP_COLUMNS.values()),
         None if recording is None else str(recording),
         *(dumps(record.get(c) or empty) for c, empty in JSON_COLUMNS.items()),
         dumps({k: v for k, v in record.items() if k not in _KNOWN}),
@@ -55,7 +60,8 @@ def row_to_call(row: Iterable[Any]) -> CallRecord:
     extra = json.loads(values.pop("extra") or "{}")
     call: dict[str, object] = {}
     for column, value in values.items():
-        call[column] = json.loads(value) if column in JSON_COLUMNS else value
+        if column not in SIP_COLUMNS:  # those repeat the record's sip part
+            call[column] = json.loads(value) if column in JSON_COLUMNS else value
     for key, value in extra.items():
         call.setdefault(key, value)
     # What `upsert_call` was given (a `Call.to_dict`), read back: not checked again here.

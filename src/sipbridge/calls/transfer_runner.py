@@ -1,27 +1,33 @@
-"""Transfers of calls (RFC 3515): the REFER sent in a call's dialog, its 202 and NOTIFYs
-fed to each transfer's state machine (`calls.transfer`), the timer that bounds it, what
-the gateway does with the outcome (its leg ended on success), and the fallbacks when it
-fails: none, announce (the agent is told), or bridge (the gateway dials the target
-through its trunk and joins the two calls' audio)."""
+"""Transfers of calls (RFC 3515), the runner around each transfer's state machine
+(`calls.transfer_machine`): the REFER sent in a call's dialog, its 202 and NOTIFYs fed to
+the machine, the timer that bounds it, what the gateway does with the outcome (its leg
+ended on success), and the fallbacks when it fails: none, announce (the agent is told),
+or bridge (the gateway dials the target through its trunk and joins the two calls'
+audio)."""
 
 from __future__ import annotations
 
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
+from sipbridge.calls.events import CallEvents, Changed, TransferStepped, note
+from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.tool import ToolRun, pick_target
-from sipbridge.calls.transfer import (
+from sipbridge.calls.transfer_machine import (
     REQUESTED,
     SUCCEEDED,
     Transfer,
     TransferStep,
     TransferTimers,
 )
+from sipbridge.media.engine import MediaEngine
 from sipbridge.media.ports import NoMediaPort
+from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
     CallEnded,
@@ -41,27 +47,55 @@ from sipbridge.sip.subscription import (
     refer_sub_disabled,
 )
 
-if TYPE_CHECKING:
-    from sipbridge.calls.manager import CallManager
-
 log = logging.getLogger("sipbridge.calls")
 
-# Each step of a transfer, and each change of its fallback (step None).
-OnTransfer = Callable[[Call, TransferJob, TransferStep | None], None]
+
+class CallRegistry(Protocol):
+    """What transfers need of the call registry."""
+
+    def get(self, call_id: str) -> Call:
+        """A live or recently ended call; CallError("not_found") otherwise."""
+
+    def live(self, call_id: str, action: str) -> Call:
+        """A call not ended yet; CallError otherwise, saying why `action` cannot be done."""
+
+    @property
+    def by_leg(self) -> Mapping[str, Call]:
+        """Live calls by their SIP leg."""
+
+    @property
+    def by_sip_id(self) -> SipCallIds:
+        """Calls by SIP Call-ID, for the trace (a bridge leg's is added)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPolicy:
+    """How transfers run: their timers, the fallback when a call's options name none,
+    how tel: targets become SIP URIs, and the trunk the bridge fallback dials through."""
+
+    timers: TransferTimers = field(default_factory=TransferTimers)
+    default_fallback: str = "none"
+    tel_uri: str | None = None
+    trunk: Trunk | None = None
 
 
 class Transfers:
-    """The transfers of one CallManager's calls."""
+    """The transfers of one registry's calls."""
 
-    def __init__(self, calls: CallManager, *, on_transfer: OnTransfer | None,
-                 timers: TransferTimers, default_fallback: str, tel_uri: str | None,
-                 trunk: Trunk | None) -> None:
+    def __init__(self, calls: CallRegistry, sip: SipDriver, events: CallEvents, *,
+                 media: MediaEngine, media_host: Callable[[str], str], bind_host: str,
+                 policy: TransferPolicy) -> None:
         self.calls = calls
-        self.on_transfer = on_transfer
-        self.timers = timers
-        self.default_fallback = default_fallback
-        self.tel_uri = tel_uri
-        self.trunk = trunk
+        self.sip = sip
+        self.ua = sip.ua
+        self.events = events
+        self.media = media
+        self.media_host = media_host
+        self.bind_host = bind_host
+        self.timers = policy.timers
+        self.default_fallback = policy.default_fallback
+        self.tel_uri = policy.tel_uri
+        self.trunk = policy.trunk
         self._bridges: dict[str, tuple[Call, TransferJob, bytes]] = {}  # outbound leg ->
 
     def bridges(self, leg_id: str) -> bool:
@@ -73,7 +107,7 @@ class Transfers:
               requested_by: str = "app", held: str | None = None,
               hold_for: float = 0.0) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
-        track it to an outcome: the result comes as steps (`on_transfer`), never here.
+        track it to an outcome: the result comes as steps (`TransferStepped`), never here.
         `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway".
         `held`: the REFER is not sent yet; the transfer stays `requested`, with this as
         its reason, until `send_held`, expected within `hold_for` seconds (the REFER
@@ -87,9 +121,9 @@ class Transfers:
             raise CallError("conflict", f"Cannot refer call '{call_id}': transfer "
                             f"{running[0].id} to {running[0].machine.target} is still in "
                             "progress.")
-        now = self.calls.clock()
+        now = self.sip.now()
         if requested_by == "app":
-            self.calls.note_api(call, "refer", target_uri=target)
+            self.events.emit(note(call, "api", action="refer", target_uri=target))
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
                                    self.timers, epoch=time.time() - now, reason=held,
@@ -105,28 +139,31 @@ class Transfers:
     def send_held(self, call_id: str, job: TransferJob) -> bool:
         """Send the REFER of a transfer `refer` held; False (nothing sent) when the call or
         the transfer ended meanwhile."""
-        call = self.calls.calls.get(call_id)
-        if call is None or call.state is not CallState.ACTIVE or job not in call.transfers \
+        try:
+            call = self.calls.get(call_id)
+        except CallError:
+            return False
+        if call.state is not CallState.ACTIVE or job not in call.transfers \
                 or job.status != REQUESTED:
             return False
         try:
             self._send_refer(call, job)
         except KeyError:  # the dialog is ending (our BYE is out): the transfer with it
             self._steps(call, job, job.machine.local_end(
-                self.calls.clock(), "the call ended before the REFER was sent"))
+                self.sip.now(), "the call ended before the REFER was sent"))
             return False
         return True
 
     def _send_refer(self, call: Call, job: TransferJob) -> None:
-        now = self.calls.clock()
+        now = self.sip.now()
         refer_to = self._refer_target(job.machine.target)
         h = Headers([("Refer-To", f"<{refer_to}>")])
-        leg = self.calls.ua.leg(call.leg_id)
+        leg = self.ua.leg(call.leg_id)
         if leg is not None:
             h.add("Referred-By", f"<{leg.dialog.local.uri}>")
         for name, value in job.headers:
             h.add(name, value)
-        request = self.calls.ua.send_request(call.leg_id, "REFER", now, headers=h)
+        request = self.ua.send_request(call.leg_id, "REFER", now, headers=h)
         log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
         self._steps(call, job, job.machine.sent(now, request.cseq.seq))
 
@@ -164,33 +201,30 @@ class Transfers:
     def _steps(self, call: Call, job: TransferJob, steps: list[TransferStep]) -> None:
         """Report a transfer's changes, re-arm its timer, and act on its outcome."""
         for step in steps:
-            call.timeline.append({"kind": "transfer", "transfer_id": job.id,
-                                  **step.to_dict(job.machine.epoch)})
             log.info("call %s: transfer %s %s%s%s", call.id, job.id, step.status,
                      f" {step.sip_status}" if step.sip_status else "",
                      f" ({step.reason})" if step.reason else "")
-            if self.on_transfer is not None:
-                self.on_transfer(call, job, step)
+            self.events.emit(TransferStepped(call, job, step))
         if steps:
-            self.calls.changed(call)
+            self.events.emit(Changed(call))
         if job.cancel_timer is not None:
             job.cancel_timer()
             job.cancel_timer = None
         deadline = job.machine.deadline
         if deadline is not None and not job.final:
-            job.cancel_timer = self.calls.schedule(max(0.0, deadline - self.calls.clock()),
-                                             lambda: self._transfer_timer(call, job))
+            job.cancel_timer = self.sip.schedule(max(0.0, deadline - self.sip.now()),
+                                                 lambda: self._transfer_timer(call, job))
         if not steps or not job.final or call.state is CallState.ENDED:
             return
         if job.status == SUCCEEDED:
             call.end_reason = "transferred"
-            self.calls.ua.hangup(call.leg_id, self.calls.clock())  # the caller is with the target now
+            self.ua.hangup(call.leg_id, self.sip.now())  # the caller is with the target now
         elif job.status in FALLBACK_STATES and job.fallback is None:
             self._fallback(call, job)
 
     def _transfer_timer(self, call: Call, job: TransferJob) -> None:
         job.cancel_timer = None
-        self._steps(call, job, job.machine.handle_timer(self.calls.clock()))
+        self._steps(call, job, job.machine.handle_timer(self.sip.now()))
 
     def refer_outcome(self, event: RequestOutcome, now: float) -> None:
         call = self.calls.by_leg.get(event.leg_id)
@@ -222,12 +256,12 @@ class Transfers:
         try:
             content = read_refer_notify(request.headers, request.body)
         except BadEvent:
-            self.calls.ua.respond(leg_id, request, 489, now, reason="Bad Event",
+            self.ua.respond(leg_id, request, 489, now, reason="Bad Event",
                             headers=[("Allow-Events", "refer")])
             return True
         except SipFragError as exc:
             log.info("call %s: NOTIFY refused: %s", call.id, exc.reason)
-            self.calls.ua.respond(leg_id, request, 400, now, reason="Bad Request",
+            self.ua.respond(leg_id, request, 400, now, reason="Bad Request",
                             headers=[("Warning", f"399 sipbridge {quoted_string(exc.reason)}")])
             return True
         job = call.transfers[-1]
@@ -240,9 +274,8 @@ class Transfers:
             detail = f"NOTIFY (CSeq {request.cseq.seq}) taken despite: " + "; ".join(
                 content.warnings)
             log.info("call %s: %s", call.id, detail)
-            call.timeline.append({"at": time.time(), "kind": "warning", "transfer_id": job.id,
-                                  "detail": detail})
-        self.calls.ua.respond(leg_id, request, 200, now)
+            self.events.emit(note(call, "warning", transfer_id=job.id, detail=detail))
+        self.ua.respond(leg_id, request, 200, now)
         self._steps(call, job, job.machine.notify(content.frag, content.state, now,
                                                   cseq=request.cseq.seq))
         return True
@@ -250,7 +283,7 @@ class Transfers:
     def end(self, call: Call, reason: EndReason, now: float) -> None:
         for job in call.transfers:
             if job.bridge_leg is not None:
-                self.calls.ua.hangup(job.bridge_leg, now)
+                self.ua.hangup(job.bridge_leg, now)
             if job.final:
                 continue
             if reason is EndReason.REMOTE_BYE and call.end_reason is None:
@@ -273,10 +306,7 @@ class Transfers:
         self._fallback_changed(call, job)
 
     def _fallback_changed(self, call: Call, job: TransferJob) -> None:
-        call.timeline.append({"at": time.time(), "kind": "fallback", "transfer_id": job.id,
-                              **(job.fallback or {})})
-        if self.on_transfer is not None:
-            self.on_transfer(call, job, None)
+        self.events.emit(TransferStepped(call, job, None))
 
     def _sip_target(self, target: str) -> str:
         if target.startswith("tel:"):
@@ -296,26 +326,26 @@ class Transfers:
         trunk = self.trunk
         key = f"{call.id}:bridge"
         try:
-            port = self.calls.media.allocate(key, self.calls.bind_host).port
+            port = self.media.allocate(key, self.bind_host).port
         except NoMediaPort as exc:
             job.fallback = {"mode": "bridge", "status": "failed", "reason": str(exc)}
             return
         target = self._sip_target(job.machine.target)
-        offer = build_offer(local_address=self.calls.media_host(trunk.address.host), local_port=port,
+        offer = build_offer(local_address=self.media_host(trunk.address.host), local_port=port,
                             session_id=hash(key) & 0x7FFFFFFF, session_version=1).to_bytes()
-        leg = self.calls.ua.leg(call.leg_id)
+        leg = self.ua.leg(call.leg_id)
         headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
         try:
-            leg_id = self.calls.ua.invite(target, trunk.address, self.calls.clock(), body=offer,
+            leg_id = self.ua.invite(target, trunk.address, self.sip.now(), body=offer,
                                     from_uri=trunk.from_uri, headers=headers,
                                     credentials=trunk.credentials)
         except SipError as exc:
-            self.calls.media.stop(key)
+            self.media.stop(key)
             job.fallback = {"mode": "bridge", "status": "failed", "reason": exc.reason}
             return
         job.bridge_leg = leg_id
         self._bridges[leg_id] = (call, job, offer)
-        outbound = self.calls.ua.leg(leg_id)
+        outbound = self.ua.leg(leg_id)
         if outbound is not None:
             self.calls.by_sip_id[outbound.invite.call_id] = call
         job.fallback = {"mode": "bridge", "status": "dialing", "target_uri": target}
@@ -332,31 +362,31 @@ class Transfers:
                     fallback["status"] = "ringing"
                     self._fallback_changed(call, job)
             case OutgoingAnswered(response=response):
-                caller = self.calls.media.sessions.get(call.id)
+                caller = self.media.sessions.get(call.id)
                 try:
                     audio = read_answer(parse_sdp(offer), parse_sdp(response.body))
                 except SipError as exc:
                     fallback.update(status="failed", reason=f"bad SDP answer: {exc.reason}")
                     self._fallback_changed(call, job)
-                    self.calls.ua.hangup(event.leg_id, now)
+                    self.ua.hangup(event.leg_id, now)
                     return
                 if call.state is CallState.ENDED or caller is None:
-                    self.calls.ua.hangup(event.leg_id, now)
+                    self.ua.hangup(event.leg_id, now)
                     return
-                target = self.calls.media.start(key, audio)
-                self.calls.media.bridge(caller, target)
+                target = self.media.start(key, audio)
+                self.media.bridge(caller, target)
                 fallback.update(status="answered", sip_status=response.status)
                 self._fallback_changed(call, job)
             case CallEnded(status=status, reason=reason):
                 del self._bridges[event.leg_id]
                 job.bridge_leg = None
-                self.calls.media.stop(key)
+                self.media.stop(key)
                 if fallback.get("status") == "answered":
                     fallback["status"] = "ended"
                     self._fallback_changed(call, job)
                     if call.state is not CallState.ENDED:
                         call.end_reason = "bridge_ended"
-                        self.calls.ua.hangup(call.leg_id, now)  # the target hung up: so do we
+                        self.ua.hangup(call.leg_id, now)  # the target hung up: so do we
                 else:
                     fallback.update(status="failed", sip_status=status,
                                     reason=f"target call ended: {reason.value}")

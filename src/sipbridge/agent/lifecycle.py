@@ -1,0 +1,231 @@
+"""The agents of the calls: a model session bridged to each call that talks with one, its
+events on the call's timeline and sideband, the built-in transfer tool, and what the
+caller hears when the model fails (a spoken message, then a person or the end)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sipbridge.agent.bridge import AgentBridge
+from sipbridge.api.app import SidebandHubs
+from sipbridge.api.schemas import FunctionTool, SessionConfig
+from sipbridge.calls.call import Call, TransferJob
+from sipbridge.calls.events import (
+    CallEvent,
+    CallEvents,
+    Digit,
+    Ended,
+    MediaStarted,
+    TransferStepped,
+    note,
+)
+from sipbridge.calls.manager import CallManager
+from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
+from sipbridge.calls.transfer_machine import SUCCEEDED
+from sipbridge.config import Config
+from sipbridge.media.engine import MediaEngine
+from sipbridge.media.session import MediaSession
+from sipbridge.metrics import Metrics
+
+log = logging.getLogger("sipbridge")
+
+
+class Agents:
+    """The model sessions of the calls, one per call that talks with the agent."""
+
+    def __init__(self, config: Config, url: str, calls: CallManager, events: CallEvents,
+                 sideband: SidebandHubs, metrics: Metrics, media: MediaEngine,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        self.config = config
+        self.url = url  # the model's WebSocket; "" for none (answered calls get silence)
+        self.calls = calls
+        self.events = events
+        self.sideband = sideband
+        self.metrics = metrics
+        self.media = media
+        self.loop = loop
+        self.bridges: dict[str, AgentBridge] = {}
+        self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
+
+    def observe(self, event: CallEvent) -> None:
+        match event:
+            case MediaStarted(call=call, media=media):
+                self._start(call, media)
+            case Digit(call=call, digit=digit):
+                self._digit(call.id, digit)
+            case TransferStepped(call=call, job=job, step=step):
+                if step is not None and step.final and job.id in self._tool_calls:
+                    call_id, tool_call = self._tool_calls.pop(job.id)
+                    bridge = self.bridges.get(call_id)
+                    if bridge is not None:  # the model hears how its transfer went
+                        bridge.function_output(tool_call, tool_output(job.machine),
+                                               respond=step.status != SUCCEEDED)
+                if (job.fallback or {}).get("status") == "answered":
+                    # The caller talks with the target now: the model leaves the call.
+                    self._leave(call)
+            case Ended(call=call):
+                self._leave(call)
+            case _:
+                pass
+
+    async def close(self) -> None:
+        for bridge in list(self.bridges.values()):
+            await bridge.close()
+
+    def _leave(self, call: Call) -> None:
+        bridge = self.bridges.pop(call.id, None)
+        if bridge is not None and self.loop is not None:
+            self.loop.create_task(bridge.close())
+
+    def _start(self, call: Call, media: MediaSession) -> None:
+        """An answered call that is not echoed or played to: it talks with the agent."""
+        if self.config.auto_answer == "agent":
+            targets = {"human": self.config.transfer_to} if self.config.transfer_to else {}
+            call.options = {"transfer_targets": targets} if targets else {}
+            config = SessionConfig(type="realtime")
+            if targets:
+                config = config.model_copy(
+                    update={"tools": [FunctionTool(**tool_definition(targets))]})
+            call.session = config.session_object()
+            self.sideband.open(call, config)
+        if not self.url or call.session is None:
+            return
+        bridge = AgentBridge(
+            call.id, self.url, dict(call.session), media,
+            api_key=self.config.agent_api_key, greet=self.config.auto_answer == "agent",
+            on_event=lambda event: self._event(call, event),
+            on_function_call=lambda name, tool_call, args: self.tool(
+                call, name, tool_call, args),
+            on_status=lambda kind, detail: self.status(call, kind, detail),
+            on_latency=self.metrics.model_latency.observe,
+            reconnects=self.config.agent_reconnects,
+        )
+        self.bridges[call.id] = bridge
+        self.sideband.attach_model(call.id, bridge.send)
+        bridge.start()
+
+    def _event(self, call: Call, event: dict[str, Any]) -> None:
+        """A model event: to the call's sideband clients; the words said (the caller's
+        transcript, the agent's), function calls and errors onto its timeline too."""
+        self.sideband.publish(call.id, event)
+        entry = timeline_entry(event)
+        if entry is not None:
+            self.events.emit(note(call, **entry))
+
+    def tool(self, call: Call, name: str, tool_call: str, arguments: str) -> None:
+        """The model called a function: the built-in transfer tool runs here; the others
+        are the application's (it sees the call on the sideband). The transfer is
+        requested at once; its REFER waits until the words the agent says with the call
+        are played out (`transfer_speech_wait`), since a phone puts the call on hold on
+        REFER. While a transfer is under way, another call of the tool starts nothing
+        and is answered `in_progress`; the model hears the outcome when there is one."""
+        if name != TOOL_NAME or "transfer_targets" not in call.options:
+            return
+        bridge = self.bridges.get(call.id)
+        wait = self.config.transfer_speech_wait if bridge is not None else 0.0
+        held = (f"waiting for the agent's words to be played out (at most {wait:g} s)"
+                if wait > 0 else None)
+        run = self.calls.run_transfer_tool(call.id, arguments, held=held, hold_for=wait)
+        if not run.started or run.job is None:
+            if bridge is not None:
+                bridge.function_output(tool_call, run.output())
+            return
+        job = run.job
+        self._tool_calls[job.id] = (call.id, tool_call)
+        if held is not None and bridge is not None:
+            bridge.after_speech(wait, lambda outcome, waited: self._release_transfer(
+                call, job, outcome, waited))
+
+    def _release_transfer(self, call: Call, job: TransferJob, outcome: str,
+                          waited: float) -> None:
+        """The agent's words are out (or the wait ran out): the held REFER goes, unless
+        the caller hung up or the transfer ended meanwhile (its steps say so)."""
+        if job.final:
+            return
+        detail = {"played": f"the agent's words were played out after {waited:.2f} s",
+                  "timed_out": f"the agent was still speaking after {waited:.2f} s",
+                  "closed": "the model left the call"}.get(outcome, outcome)
+        self.events.emit(note(call, "agent", status="speech_wait", transfer_id=job.id,
+                              outcome=outcome, waited=round(waited, 3), detail=detail))
+        if self.calls.send_held(call.id, job):
+            log.info("call %s: transfer %s: %s; REFER sent", call.id, job.id, detail)
+
+    def status(self, call: Call, kind: str, detail: str) -> None:
+        """The model's connection: connected, lost, failed (the caller is told)."""
+        self.events.emit(note(call, "agent", status=kind, detail=detail))
+        log.log(logging.INFO if kind == "connected" else logging.WARNING,
+                "call %s: model %s (%s)", call.id, kind, detail)
+        if kind != "failed" or call.state.value == "ended":
+            return
+        if any(not job.final for job in call.transfers):
+            # The caller is being handed on: the transfer's outcome decides the call.
+            log.info("call %s: a transfer is under way; the call is left to it", call.id)
+            return
+        # The caller must not sit in silence: tell them, then hand them on or end the call.
+        transfer = self.config.agent_on_failure == "transfer" and bool(self.config.transfer_to)
+        message = ("Sorry, we are having technical difficulties. "
+                   + ("Let me put you through to a person." if transfer else "Please call again."))
+        assert self.loop is not None
+        self.loop.create_task(self._after_failure(call, message, transfer))
+
+    async def _after_failure(self, call: Call, message: str, transfer: bool) -> None:
+        delay = 0.0
+        media = self.media.sessions.get(call.id)
+        try:
+            from sipbridge.localmodel.tts import synthesize
+
+            pcm = await asyncio.to_thread(synthesize, message, None)
+            if media is not None:
+                media.clear_playout()
+                media.play(pcm)
+                delay = len(pcm) / 24000 + 0.3
+        except Exception:  # noqa: BLE001 (no speech to be had: go on without the message)
+            log.warning("call %s: no speech for the failure message", call.id)
+        await asyncio.sleep(delay)
+        if call.state.value == "ended":
+            return
+        calls = self.calls
+        with calls.sip.command():  # what follows goes out at once
+            if transfer:
+                try:
+                    calls.refer(call.id, str(self.config.transfer_to), requested_by="gateway")
+                except Exception:
+                    log.exception("call %s: transfer after the model failed", call.id)
+                    calls.hangup(call.id)
+            else:
+                calls.hangup(call.id)
+                call.end_reason = "agent_failed"
+
+    def _digit(self, call_id: str, digit: str) -> None:
+        bridge = self.bridges.get(call_id)
+        if bridge is not None:
+            bridge.dtmf(digit)
+        else:
+            self.sideband.publish(call_id, {"type": "input_audio_buffer.dtmf_event_received",
+                                            "event": digit, "received_at": int(time.time())})
+
+
+def timeline_entry(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The timeline entry for a model event worth keeping (none for audio and the rest)."""
+    kind = event.get("type")
+    if kind == "conversation.item.input_audio_transcription.completed":
+        return {"kind": "transcript", "role": "caller", "text": str(event.get("transcript")),
+                "item_id": event.get("item_id")}
+    if kind == "response.output_audio_transcript.done":
+        return {"kind": "transcript", "role": "agent", "text": str(event.get("transcript")),
+                "item_id": event.get("item_id")}
+    if kind == "response.function_call_arguments.done":
+        return {"kind": "agent", "status": "function_call", "name": event.get("name"),
+                "arguments": str(event.get("arguments"))[:1000]}
+    if kind == "conversation.item.input_audio_transcription.failed":
+        error = event.get("error") or {}
+        return {"kind": "agent", "status": "transcription_failed",
+                "detail": str(error.get("message") if isinstance(error, dict) else error)}
+    if kind == "error":
+        error = event.get("error") or {}
+        return {"kind": "agent", "status": "error",
+                "detail": str(error.get("message") if isinstance(error, dict) else error)}
+    return None

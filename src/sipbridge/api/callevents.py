@@ -1,0 +1,88 @@
+"""What the application hears of a call's events: sideband events to the call's
+WebSocket clients, and webhooks (each delivery attempt on the call's timeline)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from sipbridge.api.app import SidebandHubs
+from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery, WebhookSender, make_event
+from sipbridge.calls.call import Call
+from sipbridge.calls.events import (
+    CallEvent,
+    CallEvents,
+    Ended,
+    Incoming,
+    TransferStepped,
+    note,
+)
+from sipbridge.calls.transfer_machine import SUCCEEDED
+from sipbridge.metrics import Metrics
+
+
+class SidebandSink:
+    """Every transfer step to the call's sideband clients; at the end they are let go."""
+
+    def __init__(self, hubs: SidebandHubs) -> None:
+        self.hubs = hubs
+
+    def observe(self, event: CallEvent) -> None:
+        match event:
+            case TransferStepped(call=call, job=job):
+                machine = job.machine
+                self.hubs.publish(call.id, {
+                    "type": "call.transfer.updated",
+                    "event_id": "event_" + secrets.token_hex(12),
+                    "call_id": call.id, "transfer_id": job.id, "status": machine.status,
+                    "final": machine.final, "sip_status": machine.sip_status,
+                    "reason": machine.reason, "target_uri": machine.target,
+                    "fallback": job.fallback,
+                })
+            case Ended(call=call):
+                self.hubs.close(call.id)
+            case _:
+                pass
+
+
+class WebhookSink:
+    """realtime.call.incoming when a call waits for the application; a transfer's outcome
+    as realtime.call.transfer.succeeded or .failed."""
+
+    def __init__(self, sender: WebhookSender, events: CallEvents, metrics: Metrics) -> None:
+        self.sender = sender
+        self.events = events
+        self.metrics = metrics
+
+    def observe(self, event: CallEvent) -> None:
+        match event:
+            case Incoming(call=call):
+                self._send(call, "realtime.call.incoming", {
+                    "call_id": call.id,
+                    "sip_headers": [{"name": n, "value": v} for n, v in call.sip_headers],
+                    "sip_media_security": "rtp",
+                })
+            case TransferStepped(call=call, job=job, step=step) if step is not None \
+                    and step.final:
+                kind = "succeeded" if step.status == SUCCEEDED else "failed"
+                self._send(call, f"realtime.call.transfer.{kind}", {
+                    "call_id": call.id, "transfer_id": job.id, "status": step.status,
+                    "sip_status": step.sip_status, "reason": step.reason,
+                    "target_uri": job.machine.target,
+                })
+            case _:
+                pass
+
+    def _send(self, call: Call, kind: str, data: dict[str, object]) -> None:
+        call.webhooks.append(self.sender.send(make_event(kind, data),
+                                              on_attempt=self._attempt(call)))
+
+    def _attempt(self, call: Call) -> Callable[[WebhookDelivery, WebhookAttempt], None]:
+        def attempt(delivery: WebhookDelivery, result: WebhookAttempt) -> None:
+            if result.error or not 200 <= (result.status_code or 0) < 300:
+                self.metrics.webhook_failures.labels(delivery.event_type).inc()
+            self.events.emit(note(call, "webhook", type=delivery.event_type,
+                                  attempt=result.number, status_code=result.status_code,
+                                  error=result.error,
+                                  duration_ms=round(result.duration_ms, 1)))
+        return attempt

@@ -1,0 +1,118 @@
+"""What happens to a call, as small typed records, and the one observer interface through
+which each becomes its timeline entry, sideband event, webhook, store write and metric.
+
+The registry and the transfer runner emit; sinks subscribe to `CallEvents` (the call's
+timeline first, so every other sink sees an event once it is on the timeline)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipbridge.calls.call import Call, TransferJob
+from sipbridge.calls.transfer_machine import TransferStep
+from sipbridge.media.session import MediaSession
+
+
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """An entry for the call's timeline and nothing else (a SIP message, an API request,
+    a warning, the agent's words)."""
+
+    call: Call
+    entry: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A call rings and waits for the application to accept or reject it."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The call's record changed: created, answered, ended, or a transfer moved."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class MediaStarted:
+    """An answered call that is not echoed or played to: it talks with the agent."""
+
+    call: Call
+    media: MediaSession
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """A DTMF digit from the caller (RFC 4733)."""
+
+    call: Call
+    digit: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStepped:
+    """A step of a transfer (`step`), or a change of its fallback (`step` None)."""
+
+    call: Call
+    job: TransferJob
+    step: TransferStep | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The call ended; its record is final."""
+
+    call: Call
+
+
+CallEvent = Noted | Incoming | Changed | MediaStarted | Digit | TransferStepped | Ended
+
+
+class CallObserver(Protocol):
+    def observe(self, event: CallEvent) -> None: ...
+
+
+def note(call: Call, kind: str, **data: object) -> Noted:
+    """A timeline entry of `kind`, stamped now."""
+    return Noted(call, {"at": time.time(), "kind": kind, **data})
+
+
+class TimelineRecorder:
+    """Each event that has one as its entry on the call's timeline."""
+
+    def observe(self, event: CallEvent) -> None:
+        match event:
+            case Noted(call=call, entry=entry):
+                call.timeline.append(entry)
+            case Digit(call=call, digit=digit, duration_ms=duration_ms):
+                call.timeline.append({"at": time.time(), "kind": "dtmf", "digit": digit,
+                                      "duration_ms": duration_ms})
+            case TransferStepped(call=call, job=job, step=None):
+                call.timeline.append({"at": time.time(), "kind": "fallback",
+                                      "transfer_id": job.id, **(job.fallback or {})})
+            case TransferStepped(call=call, job=job, step=step) if step is not None:
+                call.timeline.append({"kind": "transfer", "transfer_id": job.id,
+                                      **step.to_dict(job.machine.epoch)})
+            case _:
+                pass
+
+
+class CallEvents:
+    """The fan-out: each event to every observer, in the order they subscribed, the
+    call's timeline first."""
+
+    def __init__(self) -> None:
+        self._observers: list[CallObserver] = [TimelineRecorder()]
+
+    def subscribe(self, observer: CallObserver) -> None:
+        self._observers.append(observer)
+
+    def emit(self, event: CallEvent) -> None:
+        for observer in self._observers:
+            observer.observe(event)

@@ -1,0 +1,88 @@
+"""The calls plane's events over a real UA core and CallManager: what happens to a call
+reaches every observer as typed records, each once it is on the call's timeline, and the
+store sink sees the record and every timeline entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sipbridge.calls.events import (
+    CallEvent,
+    Changed,
+    Ended,
+    Incoming,
+    MediaStarted,
+    Noted,
+    TransferStepped,
+)
+from sipbridge.calls.sinks import StoreSink
+from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, invite, notify
+
+
+class Seen:
+    """Each event, its type, and how long the call's timeline was when it came."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.all: list[CallEvent] = []
+
+    def observe(self, event: CallEvent) -> None:
+        self.all.append(event)
+        self.events.append((type(event).__name__, len(event.call.timeline)))
+
+
+class Store:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.entries: list[tuple[str, str]] = []
+
+    def upsert_call(self, record: Mapping[str, Any]) -> None:
+        self.records.append(dict(record))
+
+    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> None:
+        self.entries.append((call_id, kind))
+
+
+def test_an_app_call_goes_out_as_events_in_order() -> None:
+    h = Harness(auto_answer=None, app=True)
+    seen = Seen()
+    h.events.subscribe(seen)
+    store = Store()
+    h.events.subscribe(StoreSink(store, None))
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    call = h.incoming[0]
+    h.manager.accept(call.id, {"type": "realtime"})
+    h.send(ack(h.sent[-1].to.tag or ""))
+    kinds = [kind for kind, _ in seen.events]
+    assert kinds[:2] == ["Changed", "Incoming"]
+    assert "MediaStarted" in kinds and kinds.count("Changed") >= 2  # created, answered
+    # Every event that is a timeline entry is on the timeline before any other sink sees it.
+    timeline = [e["kind"] for e in call.timeline]
+    noted = [n for kind, n in seen.events if kind == "Noted"]
+    assert noted and all(0 < n <= len(timeline) for n in noted)
+    assert "api" in timeline and "sip" in timeline
+    # The store has the record as it changed, and each timeline entry as it was added.
+    assert [r["state"] for r in store.records][-1] == "active"
+    assert [kind for _, kind in store.entries] == timeline
+
+
+def test_a_transfer_goes_out_as_steps_and_its_record_as_changes() -> None:
+    h, call = answered_app_call()
+    seen = Seen()
+    h.events.subscribe(seen)
+    events = seen.all
+    job = h.manager.refer(call.id, "tel:+14155550123")
+    steps = [e for e in events if isinstance(e, TransferStepped)]
+    assert [e.step.status for e in steps if e.step is not None] == ["requested", "sent"]
+    assert all(e.job is job for e in steps)
+    assert any(isinstance(e, Changed) for e in events)
+    assert any(isinstance(e, Noted) and e.entry["kind"] == "api" for e in events)
+    assert notify(h, "refer", "SIP/2.0 200 OK", cseq=2) == 200
+    final = [e for e in events if isinstance(e, TransferStepped)][-1]
+    assert final.step is not None and final.step.status == "succeeded" and final.step.final
+    assert not any(isinstance(e, Incoming | MediaStarted) for e in events)
+    # The caller is with the target: the gateway leaves, and the call's end is an event.
+    assert h.requests[-1].method == "BYE"
+    ended = [e for e in events if isinstance(e, Ended)]
+    assert len(ended) == 1 and ended[0].call.end_reason == "transferred"
