@@ -53,6 +53,11 @@ class Throttle(logging.Filter):
         # kind -> (interval started at, records passed in it, records dropped in it)
         self._seen: OrderedDict[Kind, tuple[float, int, int]] = OrderedDict()
 
+    @property
+    def tracked(self) -> int:
+        """How many kinds of record it keeps counts for (at most ``kinds``)."""
+        return len(self._seen)
+
     def filter(self, record: logging.LogRecord) -> bool:
         key, burst = kind_of(record)
         now = self.clock()

@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
 
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.callrecords import call_record, wait_record
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
 
 SECRET = "whsec_" + base64.b64encode(b"sipbridge integration test secret").decode()
 KEY = "sk-sipbridge-test"
@@ -83,20 +84,12 @@ class App:
             return json.loads(body)
 
     def record(self, call_id: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.base_url}/realtime/calls/{call_id}",
-                      headers={"Authorization": f"Bearer {KEY}"})
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
-        return data
+        return call_record(self.base_url, KEY, call_id)
 
-    def wait_for(self, call_id: str, check: Callable[[dict[str, Any]], bool],
+    def wait_for(self, call_id: str, check: Callable[[dict[str, Any]], bool], what: str,
                  timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            record = self.record(call_id)
-            if check(record) or time.monotonic() > deadline:
-                return record
-            time.sleep(0.05)
+        """The call's record once ``check`` holds; fails naming ``what`` and the last record."""
+        return wait_record(self.base_url, KEY, call_id, check, what, timeout)
 
     @property
     def base_url(self) -> str:

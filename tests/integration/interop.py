@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+from tests.integration.callrecords import call_record
 
 
 class Checks:
@@ -89,33 +89,16 @@ def transfer_steps(record: dict[str, Any]) -> list[str]:
     return [s["status"] for s in transfers[0]["steps"]] if transfers else []
 
 
-def api_get(base: str, key: str, path: str) -> Any:
-    response = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {key}"},
-                         timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def wait_record(base: str, key: str, call_id: str, check: Callable[[dict[str, Any]], bool],
+def poll_record(base: str, key: str, call_id: str, check: Callable[[dict[str, Any]], bool],
                 timeout: float) -> tuple[dict[str, Any], bool]:
     """Poll ``GET /realtime/calls/{id}`` until `check` holds: (the last record, whether it
-    held). The caller decides whether a record that never got there fails the test."""
+    held). Not a wait that fails: the :class:`Checks` that follow judge the record, so one
+    run names every expectation the call broke."""
     deadline = time.monotonic() + timeout
     while True:
-        record: dict[str, Any] = api_get(base, key, f"/realtime/calls/{call_id}")
+        record = call_record(base, key, call_id)
         if check(record):
             return record, True
         if time.monotonic() > deadline:
             return record, False
         time.sleep(0.1)
-
-
-def wait_first_call(base: str, key: str, timeout: float) -> str:
-    """The id of the first call the gateway lists as active; fails when none is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        calls = api_get(base, key, "/realtime/calls")["data"]
-        if calls and calls[0]["state"] == "active":
-            return str(calls[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no active call on the gateway within {timeout:g} s")

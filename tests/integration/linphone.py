@@ -52,8 +52,7 @@ import numpy.typing as npt
 
 from sipbridge.demo.audio import PHONE_RATE, Pcm, read_wav, to_int16, write_wav
 from sipbridge.demo.baresip import Peer, find_free_port, terminate
-
-LOOPBACK = "127.0.0.1"
+from tests.integration.probe import LOOPBACK
 
 LINPHONERC = """\
 [sip]

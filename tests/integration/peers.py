@@ -39,7 +39,8 @@ from sipbridge.demo.audio import (
     xcorr_delay,
 )
 from sipbridge.demo.baresip import Baresip, BaresipCall, BaresipError, Peer, terminate
-from tests.integration.conftest import LOOPBACK, sipp_command
+from tests.integration.probe import LOOPBACK
+from tests.integration.sipp import sipp_command
 
 __all__ = [
     "PHONE_RATE", "Baresip", "BaresipCall", "BaresipError", "Pcm", "RtpPacket", "RtpSink",

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
 import numpy as np
 
 from sipbridge.media.g711 import ulaw_encode
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.callrecords import api_get
+from tests.integration.gateway import Gateway
 from tests.integration.peers import RtpSink
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
+from tests.polling import until
 
 FRAME = 160  # 20 ms at 8 kHz
 SILENCE = 0xFF  # PCMU for 0
@@ -61,15 +63,12 @@ class RtpCaller:
     def answered(self, timeout: float = 10) -> dict[str, Any]:
         """The gateway's record of the call once it is up (its RTP port included)."""
         base = f"http://127.0.0.1:{self.gateway.http_port}/v1"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            calls = httpx.get(f"{base}/realtime/calls",
-                              headers={"Authorization": f"Bearer {self.api_key}"}).json()["data"]
-            if calls and calls[0]["state"] == "active" and calls[0]["sip"]["rtp_port"]:
-                self.call = calls[0]
-                return self.call
-            time.sleep(0.02)
-        raise AssertionError("the gateway did not answer")
+        calls = until("the gateway answering with an RTP port",
+                      lambda: list(api_get(base, self.api_key, "/realtime/calls")["data"]),
+                      lambda calls: bool(calls) and calls[0]["state"] == "active"
+                      and bool(calls[0]["sip"]["rtp_port"]), timeout, interval=0.02)
+        self.call = calls[0]
+        return self.call
 
     def speak(self, pcm8: np.ndarray, *, lead_s: float, tail_s: float,
               on_frame: Callable[[int], None] | None = None,

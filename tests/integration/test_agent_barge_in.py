@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Gateway
+from tests.integration.gateway import Gateway
 from tests.integration.peers import make_speech_wav
 from tests.integration.rtpcaller import RtpCaller, voiced
 

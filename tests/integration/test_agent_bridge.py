@@ -33,8 +33,9 @@ import pytest
 import websockets
 from openai.types.realtime import RealtimeServerEvent
 
-from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.integration.gateway import Gateway
 from tests.integration.peers import RtpSink
+from tests.integration.sipp import SCENARIOS, run_sipp
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ class ReplayModel:
 
     def __enter__(self) -> Self:
         self._thread.start()
-        assert self._ready.wait(5)
+        assert self._ready.wait(5), "the fake model server did not start listening within 5 s"
         return self
 
     def __exit__(self, *exc: object) -> None:

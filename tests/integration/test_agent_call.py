@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import openai
 import pytest
 import websockets
 
-from tests.integration.conftest import Gateway
+from tests.integration.callrecords import wait_first_call, wait_record
+from tests.integration.gateway import Gateway
 from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav
 
 pytestmark = [
@@ -56,10 +55,11 @@ def test_the_default_agent_greets_listens_and_transfers(
             thread = threading.Thread(target=lambda: placed.update(
                 call=caller.call(f"sip:agent@{gateway.address}", caller_audio, 20)), daemon=True)
             thread.start()
-            call_id = wait_for_call(base)
+            call_id = wait_first_call(base, KEY, 10)
             watcher = threading.Thread(target=watch, args=(base, call_id, events), daemon=True)
             watcher.start()
-            record = wait_for(base, call_id, lambda r: r["state"] == "ended", 40)
+            record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended",
+                                 40, interval=0.1)
             thread.join(30)
             watcher.join(10)
         human_call = human.answered(since, 10)
@@ -85,28 +85,6 @@ def test_the_default_agent_greets_listens_and_transfers(
                                          for role, text in said), said
     assert any(e["kind"] == "agent" and e.get("name") == "transfer_call"
                for e in record["timeline"])
-
-
-def wait_for_call(base: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        calls = httpx.get(f"{base}/realtime/calls",
-                          headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
-        if calls and calls[0]["state"] == "active":
-            return str(calls[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError("the agent did not answer")
-
-
-def wait_for(base: str, call_id: str, check: Callable[[dict[str, Any]], bool],
-             timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        record: dict[str, Any] = httpx.get(f"{base}/realtime/calls/{call_id}",
-                                           headers={"Authorization": f"Bearer {KEY}"}).json()
-        if check(record) or time.monotonic() > deadline:
-            return record
-        time.sleep(0.1)
 
 
 def watch(base: str, call_id: str, events: list[dict[str, Any]]) -> None:

@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 
 from sipbridge.calls.tool import tool_definition
-from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.integration.callrecords import wait_first_call, wait_record
+from tests.integration.gateway import Gateway
 from tests.integration.peers import (
     PHONE_RATE,
     Baresip,
@@ -40,7 +41,7 @@ from tests.integration.peers import (
     read_wav,
 )
 from tests.integration.rtpcaller import RtpCaller
-from tests.integration.test_agent_call import KEY, REQUEST, wait_for, wait_for_call
+from tests.integration.sipp import SCENARIOS, run_sipp
 
 pytestmark = [
     pytest.mark.integration,
@@ -52,6 +53,8 @@ needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None,
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
                                 reason="SIPp is needed (scripts/setup.sh installs it)")
 
+KEY = "sk-agent-test"
+REQUEST = "Hello. Can you please transfer me to a human?"
 NUMBER = "+61420351259"
 LEAD_S = 5.0  # the caller's silence before asking (the greeting is said meanwhile)
 VOICED_DBFS = -45.0
@@ -111,8 +114,9 @@ def test_the_caller_hears_the_confirmation_before_the_refer(
             thread = threading.Thread(target=lambda: placed.update(
                 call=caller.call(f"sip:agent@{gateway.address}", caller_audio, 25)), daemon=True)
             thread.start()
-            call_id = wait_for_call(base)
-            record = wait_for(base, call_id, lambda r: r["state"] == "ended", 40)
+            call_id = wait_first_call(base, KEY, 10)
+            record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended",
+                                 40, interval=0.1)
             thread.join(30)
         human.answered(since, 10)
     assert "call" in placed, "baresip's call did not finish"
@@ -169,12 +173,13 @@ def test_asking_again_while_the_transfer_is_pending_is_not_a_failure(
     with PendingCarrier(gateway, tmp_path, hold_ms=12000, api_key=KEY) as caller:
         call_id = str(caller.answered()["id"])
         caller.speak(request, lead_s=3.5, tail_s=0.5)
-        pending = wait_for(base, call_id, lambda r: bool(r["transfers"]) and r["transfers"][0][
-            "status"] == "progress", 20)
+        pending = wait_record(base, KEY, call_id, lambda r: bool(r["transfers"]) and r[
+            "transfers"][0]["status"] == "progress", "transferring (progress)", 20, interval=0.1)
         assert pending["transfers"], "the agent did not transfer"
         assert pending["transfers"][0]["status"] == "progress", pending["transfers"]
         caller.speak(request, lead_s=0.3, tail_s=0.5)  # asked again: the carrier is slow
-        record = wait_for(base, call_id, lambda r: r["state"] == "ended", 30)
+        record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended", 30,
+                             interval=0.1)
     assert record["state"] == "ended", f"the call did not end within 30 s: {record}"
     assert caller.result is not None and caller.result.ok, caller.result.describe()
     timeline = record["timeline"]

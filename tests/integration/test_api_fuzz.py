@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.integration.conftest import Gateway
+from tests.integration.gateway import Gateway
 
 pytestmark = pytest.mark.integration
 

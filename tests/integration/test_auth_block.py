@@ -8,29 +8,21 @@ the log show the block, and a caller from another address still gets in.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SippResult
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "secret"  # what scenarios/auth_call.xml answers with
 AUTH = {"realm": "gw", "users": {"alice": PASSWORD}, "algorithms": ["MD5"],
         "max_failures": 10, "window": 60, "block_time": 600}
-
-
-def metric(gw: Gateway, name: str) -> float:
-    text = httpx.get(f"http://{gw.host}:{gw.http_port}/metrics", timeout=5).text
-    found = re.search(rf"(?m)^{name} (\S+)$", text)
-    assert found is not None, f"{name} not in /metrics:\n{text}"
-    return float(found.group(1))
 
 
 @pytest.mark.skipif(shutil.which("svcrack") is None, reason="sipvicious is not installed")
@@ -54,8 +46,8 @@ def test_svcrack_is_blocked_and_a_caller_elsewhere_gets_in(
     assert PASSWORD not in out, out
     assert "call rtc_" not in gw.log()  # the guesser never got a call
 
-    assert metric(gw, "sipbridge_auth_blocks_total") == 1
-    assert metric(gw, "sipbridge_auth_blocked_sources") == 1
+    assert gw.metric("sipbridge_auth_blocks_total") == 1
+    assert gw.metric("sipbridge_auth_blocked_sources") == 1
     lines = [line for line in gw.log().splitlines() if "failed authentications" in line]
     assert len(lines) == 1, lines
     assert "127.0.0.1" in lines[0] and "10 failed" in lines[0], lines

@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.appside import KEY, App, start_app
 from tests.integration.browser import ARTIFACTS, CHROMIUM, chromium
-from tests.integration.conftest import Gateway
+from tests.integration.gateway import Gateway
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,9 +29,11 @@ import numpy as np
 import pytest
 
 from tests.integration.peers import Baresip, RtpSink, SippUas, telephone_events
+from tests.polling import until
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Gateway, SippResult
+    from tests.integration.gateway import Gateway
+    from tests.integration.sipp import SippResult
 
 pytestmark = pytest.mark.integration
 
@@ -71,20 +72,18 @@ needs_baresip = pytest.mark.skipif(
 )
 
 
-def logged_digits(gw: Gateway, count: int, timeout: float = 3.0) -> list[re.Match[str]]:
-    """The gateway's DTMF log lines, once there are ``count`` of them (or at ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = list(DTMF_LINE.finditer(gw.log()))
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+def logged_digits(gw: Gateway, count: int, what: str,
+                  timeout: float = 3.0) -> list[re.Match[str]]:
+    """The gateway's DTMF log lines, once there are ``count`` of them; fails naming ``what``
+    and the lines there are when there are fewer after ``timeout``."""
+    return until(what, lambda: list(DTMF_LINE.finditer(gw.log())),
+                 lambda found: len(found) >= count, timeout)
 
 
 def assert_digits_logged(
     gw: Gateway, digits: str, duration_ms: tuple[int, int], context: str
 ) -> None:
-    found = logged_digits(gw, len(digits))
+    found = logged_digits(gw, len(digits), f"the digits {digits} in the gateway's log ({context})")
     log = f"{context}\n--- gateway log ---\n{gw.log()[-4000:]}"
     assert "".join(m["digit"] for m in found) == digits, log
     assert len({m["call"] for m in found}) == 1, f"digits reported for several calls\n{log}"

@@ -28,8 +28,9 @@ import httpx
 import numpy as np
 
 from tests.impair import Direction, Impairment, Relay
-from tests.integration.conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
 from tests.integration.rtpcaller import RtpCaller
+from tests.integration.sipp import SippResult
 
 KEY = "sk-impair"
 RATE = 8000  # PCMU clock
@@ -103,14 +104,6 @@ def _ended(gateway: Gateway, call_id: str, timeout: float = 10.0) -> dict[str, A
     raise AssertionError(f"call {call_id} did not end within {timeout} s: {record}")
 
 
-def _metric(gateway: Gateway, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{gateway.http_port}/metrics",
-                     headers={"Authorization": f"Bearer {KEY}"}).text
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert found, f"{name} not in /metrics:\n{text}"
-    return float(found.group(1))
-
-
 def _ended_line(gateway: Gateway, call_id: str) -> dict[str, str]:
     """The figures of the call's "ended" log line, by name."""
     found = re.search(rf"call {call_id} ended \(\w+\): (rtp .*)", gateway.log())
@@ -170,8 +163,8 @@ def test_call_survives_loss_and_jitter_and_reports_them(
 
     line = _ended_line(gateway, call_id)
     assert (int(line["in"]), int(line["lost"])) == (truth.sent, truth.missing), line
-    assert _metric(gateway, "sipbridge_rtp_packets_lost_total") == truth.missing
-    assert _metric(gateway, "sipbridge_rtp_packets_received_total") == truth.sent
+    assert gateway.metric("sipbridge_rtp_packets_lost_total", KEY) == truth.missing
+    assert gateway.metric("sipbridge_rtp_packets_received_total", KEY) == truth.sent
 
 
 def test_duplicates_do_not_hide_loss_and_reordering_is_counted(
@@ -194,7 +187,7 @@ def test_duplicates_do_not_hide_loss_and_reordering_is_counted(
     line = _ended_line(gateway, call_id)
     assert (int(line["lost"]), int(line["dup"]), int(line["reordered"])) == \
         (truth.missing, truth.duplicates, truth.reordered), line
-    assert _metric(gateway, "sipbridge_rtp_packets_lost_total") == truth.missing
+    assert gateway.metric("sipbridge_rtp_packets_lost_total", KEY) == truth.missing
 
 
 def test_calls_complete_under_30_percent_signalling_loss(

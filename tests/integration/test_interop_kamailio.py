@@ -28,9 +28,11 @@ from typing import Any
 import pytest
 
 from tests.integration.appside import App, start_app
-from tests.integration.conftest import LOOPBACK, SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.gateway import Gateway
 from tests.integration.interop import Checks, describe_sip, sip_entries, transfer_steps
 from tests.integration.kamailio import Kamailio, kamailio_binary
+from tests.integration.probe import LOOPBACK
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
 
 pytestmark = [
     pytest.mark.integration,
@@ -79,12 +81,12 @@ def run_transfer(app: App, proxy: Kamailio, scenario: str) -> Run:
                              recv_timeout=15)
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime", instructions="Acme front desk")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     app.client.realtime.calls.refer(call_id, target_uri=TARGET)
     app.wait_for(call_id, lambda r: bool(r["transfers"]) and r["transfers"][0]["final"],
-                 timeout=12)
+                 "with a final transfer outcome", timeout=12)
     sipp = future.result(timeout=60)
-    record = app.wait_for(call_id, lambda r: r["state"] == "ended", timeout=10)
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended", timeout=10)
     sipp_port = sipp.command[sipp.command.index("-p") + 1]
     sip_call_id = record["sip"]["call_id"]
     context = (f"--- gateway timeline ---\n{describe_sip(record)}\n"

@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Gateway
+from tests.integration.callrecords import wait_first_call
+from tests.integration.gateway import Gateway
 from tests.integration.interop import (
     Checks,
     describe_sip,
+    poll_record,
     sip_entries,
     transfer_steps,
-    wait_first_call,
-    wait_record,
 )
 from tests.integration.linphone import Linphone
 from tests.integration.peers import (
@@ -285,15 +285,15 @@ def test_linphone_caller_is_transferred_by_the_agent(
         call = phone.call(f"sip:agent@{agent.gateway.address}")
         phone.wait_connected(call, 10, since=mark)
         call_id = wait_first_call(agent.base, KEY, 5)
-        record, _ = wait_record(agent.base, KEY, call_id,
+        record, _ = poll_record(agent.base, KEY, call_id,
                                 lambda r: bool(r["transfers"]) and r["transfers"][0]["final"], 25)
-        wait_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
+        poll_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
         time.sleep(0.5)  # let linphone log the last answers
         messages = phone.sip_messages()
         console = phone.output()
         phone.stop()  # hangs up what is left (the call with the human, a call on hold)
         heard, rate, opened = phone.heard()
-    record, _ = wait_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
+    record, _ = poll_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
     human_call = agent.human.answered(agent.since, 5)
 
     # the premise: linphone's final NOTIFY is the malformed one
@@ -343,15 +343,15 @@ def test_baresip_caller_is_transferred_by_the_agent(
         answered = phone.wait_event(["CALL_ESTABLISHED", "CALL_CLOSED"], 10, since=start)
         assert answered is not None and answered["type"] == "CALL_ESTABLISHED", phone.log()[-3000:]
         call_id = wait_first_call(agent.base, KEY, 5)
-        record, _ = wait_record(agent.base, KEY, call_id,
+        record, _ = poll_record(agent.base, KEY, call_id,
                                 lambda r: bool(r["transfers"]) and r["transfers"][0]["final"], 25)
-        wait_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
+        poll_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
         phone.wait_event(["(none: read what has come)"], 0.5, since=start)
         transferred = [e for e in phone.events[start:] if e.get("type") == "TRANSFER"]
         log = phone.log()
     # baresip has quit: its sndfile dumps are closed; the first decoded one is the first call
     dumps = sorted(phone.dumps.glob("dump-*-dec.wav"))
-    record, _ = wait_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
+    record, _ = poll_record(agent.base, KEY, call_id, lambda r: r["state"] == "ended", 5)
     human_call = agent.human.answered(agent.since, 5)
 
     checks.that(len(transferred) == 1, "baresip followed one REFER",

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SippResult
 
 pytestmark = pytest.mark.integration
 

@@ -112,10 +112,14 @@ class Client:
 
     async def until(self, kind: str, timeout: float = 15.0) -> list[dict[str, Any]]:
         """Events up to and including the next one of type `kind`."""
-        got = []
+        got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while True:
-            event = await self.recv(max(0.1, deadline - time.monotonic()))
+            try:
+                event = await self.recv(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"no {kind} event within {timeout:g} s; events since: "
+                                     f"{[e['type'] for e in got]}") from None
             got.append(event)
             if event["type"] == kind:
                 return got
@@ -436,7 +440,7 @@ def test_run_alone_with_python_m(tmp_path: Path) -> None:
             line = proc.stderr.readline()
             assert line or proc.poll() is None, "the local model exited"
         url = re.search(r"listening on (ws://\S+)", line)
-        assert url, line
+        assert url, f"the local model did not say where it listens within 30 s: {line!r}"
 
         async def main() -> None:
             async with websockets.connect(url.group(1) + "?model=x") as ws:

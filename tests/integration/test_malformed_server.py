@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sipbridge.sip.message import Response, parse_message
-from tests.integration.conftest import Gateway, send_options
+from tests.integration.gateway import Gateway
+from tests.integration.probe import send_options
 from tests.unit.corpus import CORPUS, CorpusEntry
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,8 @@ def listeners() -> Iterator[list[socket.socket]]:
 
 def collect(socks: list[socket.socket], until: Callable[[list[Response]], bool],
             timeout: float) -> list[Response]:
+    """The responses that arrive until ``until`` holds of them or ``timeout`` is up. Not a
+    wait that fails: the corpus test lists every entry answered wrongly, then fails."""
     got: list[Response] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not until(got):

@@ -49,7 +49,7 @@ from tests.integration.peers import (
 )
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Gateway
+    from tests.integration.gateway import Gateway
 
 pytestmark = pytest.mark.integration
 

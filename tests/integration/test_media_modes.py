@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
 from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
+from tests.integration.sipp import SippResult
 
 pytestmark = pytest.mark.integration
 

@@ -34,7 +34,9 @@ from sipbridge.media.stun import (
     parse_stun,
     xor_address,
 )
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult, run_sipp
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, SippResult, run_sipp
+from tests.polling import until
 
 pytestmark = [
     pytest.mark.integration,
@@ -124,15 +126,7 @@ class Api:
 
     def until(self, what: str, get: Callable[[], Any], ok: Callable[[Any], bool]) -> Any:
         """Poll `get` until `ok` holds of it; fail with the last value after WAIT."""
-        deadline = time.monotonic() + WAIT
-        value = get()
-        while not ok(value):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {WAIT:g} s; "
-                                     f"last seen: {str(value)[:800]}")
-            time.sleep(0.05)
-            value = get()
-        return value
+        return until(what, get, ok, WAIT)
 
 
 class PlacedCall:

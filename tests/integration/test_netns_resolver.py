@@ -21,14 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
-    LOOP_STALL_MS,
-    STALL_LINE,
-    read_sipp_stats,
-    sipp_command,
-    to_toml,
-)
+from tests.integration.gateway import LOOP_STALL_MS, STALL_LINE, to_toml
 from tests.integration.netns import Netns, probe_result
+from tests.integration.sipp import read_sipp_stats, sipp_command
 
 pytestmark = pytest.mark.integration
 

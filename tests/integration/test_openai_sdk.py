@@ -19,7 +19,8 @@ import pytest
 import websockets
 
 from tests.integration.appside import KEY, SECRET, App, WebhookSink, refused_scenario, start_app
-from tests.integration.conftest import Gateway, run_sipp
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import run_sipp
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
         call_id, type="realtime", model="gpt-realtime",
         instructions="You answer the phone for Acme.",
         extra_body={"sipbridge": {"transfer_targets": {"human": "tel:+61420351258"}}})
-    record = app.wait_for(call_id, lambda r: r["state"] == "active")
+    record = app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     assert record["state"] == "active" and record["sip"]["codec"] == "PCMU"
 
     with app.client.realtime.connect(call_id=call_id) as conn, \
@@ -80,7 +81,7 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
     result = sipp.result(timeout=60)
     assert result.ok, result.describe()
     assert "Refer-To: <tel:+61420351258>" in result.messages
-    record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     assert record["end_reason"] == "transferred"
     [transfer] = record["transfers"]
     assert transfer["status"] == "succeeded" and transfer["sip_status"] == 200
@@ -95,7 +96,7 @@ def test_reject_sends_the_status_and_603_by_default(app: App) -> None:
         app.client.realtime.calls.reject(call_id, **kwargs)
         result = sipp.result(timeout=60)
         assert result.ok, result.describe()
-        record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+        record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
         assert record["sip"]["final_status"] == code and record["end_reason"] == "rejected"
 
 
@@ -103,12 +104,12 @@ def test_hangup_sends_bye(app: App) -> None:
     sipp = app.call("uac_wait_bye.xml")
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     app.client.realtime.calls.hangup(call_id)
     result = sipp.result(timeout=60)
     assert result.ok, result.describe()
     assert "BYE sip:" in result.messages
-    assert app.wait_for(call_id, lambda r: r["state"] == "ended")["end_reason"] == "hangup"
+    assert app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")["end_reason"] == "hangup"
 
 
 def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> None:

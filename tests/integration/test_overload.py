@@ -11,11 +11,13 @@ import time
 import uuid
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from sipbridge.media.rtp import build_rtp, parse_rtp
-from tests.integration.conftest import LOOPBACK, Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.probe import LOOPBACK
+from tests.integration.sipp import SippResult
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -107,13 +109,6 @@ class RawCall:
         self.rtp.close()
 
 
-def metric(gw: Gateway, name: str) -> float:
-    text = httpx.get(f"http://{gw.host}:{gw.http_port}/metrics", timeout=5).text
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert found is not None, f"{name} not in /metrics:\n{text}"
-    return float(found.group(1))
-
-
 def test_new_calls_get_503_while_a_call_in_progress_keeps_its_media(
         start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]) -> None:
     # One new call per 50 s: the first takes the only token, every later one is refused.
@@ -138,16 +133,14 @@ def test_new_calls_get_503_while_a_call_in_progress_keeps_its_media(
         assert call.echo_round(25, 200) >= 20  # ... and after
         status = gw.options(timeout=2)
         assert status is not None and status.startswith("SIP/2.0 200"), status
-        assert metric(gw, "sipbridge_overload_rejected_total") == REFUSED
-        assert metric(gw, "sipbridge_overload_active") == 1  # no token for 50 s
-        assert metric(gw, "sipbridge_calls_active") == 1
+        assert gw.metric("sipbridge_overload_rejected_total") == REFUSED
+        assert gw.metric("sipbridge_overload_active") == 1  # no token for 50 s
+        assert gw.metric("sipbridge_calls_active") == 1
         assert call.bye().startswith(b"SIP/2.0 200")
     finally:
         call.close()
-    deadline = time.monotonic() + WAIT
-    while metric(gw, "sipbridge_calls_active") != 0:
-        assert time.monotonic() < deadline, "the call stayed active after its BYE"
-        time.sleep(0.1)
+    until("no call active after the BYE", lambda: gw.metric("sipbridge_calls_active"),
+          lambda active: active == 0, WAIT, interval=0.1)
     log = gw.log()
     assert "Traceback" not in log
     # Refusals are counted, not logged one by one.
@@ -204,8 +197,7 @@ def test_queue_delay_sheds_a_burst_and_recovers(
             if not data.startswith(b"SIP/2.0 1"):
                 break
         assert data.startswith(b"SIP/2.0 200"), data[:100]
-    assert metric(gw, "sipbridge_overload_rejected_total") == 5
-    deadline = time.monotonic() + WAIT  # the episode ends a second after the backlog
-    while metric(gw, "sipbridge_overload_active") != 0:
-        assert time.monotonic() < deadline, "still overloaded long after the burst"
-        time.sleep(0.2)
+    assert gw.metric("sipbridge_overload_rejected_total") == 5
+    # the episode ends a second after the backlog
+    until("the overload over after the burst", lambda: gw.metric("sipbridge_overload_active"),
+          lambda active: active == 0, WAIT, interval=0.2)

@@ -14,13 +14,13 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SippResult
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,6 @@ FLOOD = 3000  # OPTIONS sent by sipsak; loopback UDP drops some of them
 
 needs_sipsak = pytest.mark.skipif(shutil.which("sipsak") is None,
                                   reason="sipsak is not installed (scripts/setup.sh does)")
-
-
-def metric(gw: Gateway, name: str) -> float:
-    text = httpx.get(f"http://{gw.host}:{gw.http_port}/metrics", timeout=5).text
-    found = re.search(rf"(?m)^{name} (\S+)$", text)
-    assert found is not None, f"{name} not in /metrics:\n{text}"
-    return float(found.group(1))
 
 
 def block_lines(gw: Gateway) -> list[str]:
@@ -49,25 +42,18 @@ def sipsak_flood(gw: Gateway) -> None:
     assert "flood end reached" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout:g} s")
-        time.sleep(0.05)
-
-
 @needs_sipsak
 def test_a_udp_flood_is_blocked_and_a_caller_elsewhere_gets_through(
     start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]
 ) -> None:
     gw = start_gateway(allow=NOT_LOOPBACK, auth=AUTH, auto_answer="silence")
     sipsak_flood(gw)
-    wait_for(lambda: metric(gw, "sipbridge_rate_blocks_total") == 1, "the block in /metrics")
-    assert metric(gw, "sipbridge_rate_blocked_sources") == 1
+    until("the block in /metrics", lambda: gw.metric("sipbridge_rate_blocks_total"),
+          lambda blocks: blocks == 1, 5.0)
+    assert gw.metric("sipbridge_rate_blocked_sources") == 1
     # sipsak's OPTIONS that reached the gateway past the first burst of 60 (loopback
     # drops part of a flood this fast: about a third arrive).
-    dropped = metric(gw, "sipbridge_rate_dropped_messages_total")
+    dropped = gw.metric("sipbridge_rate_dropped_messages_total")
     assert dropped >= 100, dropped
     lines = block_lines(gw)
     assert len(lines) == 1, lines
@@ -80,7 +66,7 @@ def test_a_udp_flood_is_blocked_and_a_caller_elsewhere_gets_through(
     # challenged, authenticated, answered, hung up.
     result = sipp(gw, "auth_call.xml", local_ip="127.0.0.2")
     assert result.ok, result.describe()
-    assert metric(gw, "sipbridge_rate_blocks_total") == 1
+    assert gw.metric("sipbridge_rate_blocks_total") == 1
     assert gw.process.poll() is None
 
 
@@ -106,8 +92,8 @@ def test_a_tcp_flood_is_counted_per_message_and_blocked(
         with contextlib.suppress(ConnectionError):
             sock.sendall(options(999, sock.getsockname()))
         assert read_answers(sock, quiet=1.0) == ([], True)
-    assert metric(gw, "sipbridge_rate_blocks_total") == 1
-    assert metric(gw, "sipbridge_rate_dropped_messages_total") >= 1
+    assert gw.metric("sipbridge_rate_blocks_total") == 1
+    assert gw.metric("sipbridge_rate_dropped_messages_total") >= 1
     assert len(block_lines(gw)) == 1
 
 
@@ -117,8 +103,8 @@ def test_an_exempt_source_may_flood(start_gateway: Callable[..., Gateway]) -> No
                        rate_limit={"exempt": ["127.0.0.1/32"]})
     sipsak_flood(gw)
     assert gw.options(timeout=2.0) is not None
-    assert metric(gw, "sipbridge_rate_blocks_total") == 0
-    assert metric(gw, "sipbridge_rate_dropped_messages_total") == 0
+    assert gw.metric("sipbridge_rate_blocks_total") == 0
+    assert gw.metric("sipbridge_rate_dropped_messages_total") == 0
     assert block_lines(gw) == []
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from sipbridge.store import SqliteStore
 from tests.integration.appside import App, start_app
-from tests.integration.conftest import Gateway
+from tests.integration.gateway import Gateway
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +32,10 @@ def test_a_real_transfers_times_are_unix_time(app: App) -> None:
     sipp = app.call("transfer_success.xml", timeout=40, recv_timeout=20)
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
     assert sipp.result(timeout=60).ok
-    record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     now = time.time()
     created = record["created_at"]
     assert record["transfers"][0]["status"] == "succeeded"

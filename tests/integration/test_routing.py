@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from tests.dnsserver import DnsServer
-from tests.integration.conftest import Gateway, send_options
+from tests.integration.gateway import Gateway
+from tests.integration.probe import send_options
 
 pytestmark = pytest.mark.integration
 

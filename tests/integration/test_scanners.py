@@ -15,7 +15,7 @@ import pytest
 
 from sipbridge.config import load_config
 from sipbridge.gateway import Gateway
-from tests.integration.conftest import Gateway as GatewayProcess
+from tests.integration.gateway import Gateway as GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,8 @@ def test_invite_flood_from_a_stranger_leaves_no_state() -> None:
             received = gw.ua.stats["received"]
             assert received >= 9_000  # loopback UDP may drop some of a burst
             assert answers[403] == gw.ua.stats["refused_403"] == received
-            assert gw.ua._server == {} and gw.ua._legs == {} and gw.ua._dialogs == {}
+            held = gw.ua.held
+            assert held["server_transactions"] == held["legs"] == held["dialogs"] == 0
             assert gw.calls.calls == {}
         finally:
             sock.close()

@@ -1,7 +1,7 @@
 """sipbridge against SIPp: real calls over UDP and TCP on loopback.
 
 Each test starts its own gateway (``start_gateway``) with the config it
-needs and runs one SIPp scenario at it (``sipp``); see conftest.py.
+needs and runs one SIPp scenario at it (``sipp``); see conftest.py for the fixtures.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    from conftest import Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, SippResult
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = Path(__file__).parent / "scenarios"
 TRANSPORTS = ["udp", "tcp"]
 
 # The source that must authenticate is 127.0.0.1 (where SIPp runs); the

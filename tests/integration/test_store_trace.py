@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from tests.integration.appside import KEY, App, start_app
-from tests.integration.conftest import SCENARIOS, Gateway, run_sipp
+from tests.integration.callrecords import call_record, wait_first_call
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, run_sipp
 from tests.pgserver import PASSWORD
 
 pytestmark = pytest.mark.integration
@@ -40,10 +42,10 @@ def test_the_trace_of_a_failed_transfer_names_the_failing_step(app: App) -> None
     sipp = app.call("transfer_busy.xml", timeout=40, recv_timeout=20)
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     app.client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
     assert sipp.result(timeout=60).ok
-    app.wait_for(call_id, lambda r: r["state"] == "ended")
+    app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     store = app.gateway.config["store"]
     time.sleep(0.3)  # the store's writer commits within milliseconds
     trace = cli("trace", call_id, "--store", store)
@@ -87,23 +89,13 @@ def test_a_killed_gateway_loses_no_reported_record(
                                                    tmp_path / "sipp"), daemon=True)
     sipp.start()
     base = f"http://127.0.0.1:{gateway.http_port}/v1"
-    headers = {"Authorization": f"Bearer {KEY}"}
-    deadline = time.monotonic() + 10
-    calls: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        calls = httpx.get(f"{base}/realtime/calls", headers=headers).json()["data"]
-        if calls and calls[0]["state"] == "active":
-            break
-        time.sleep(0.05)
-    assert calls and calls[0]["state"] == "active"
-    call_id = str(calls[0]["id"])
+    call_id = wait_first_call(base, KEY, 10)
     time.sleep(0.3)  # what was reported is committed within milliseconds
     gateway.process.send_signal(signal.SIGKILL)
     gateway.process.wait(5)
     sipp.join(30)
     again = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
-    record = httpx.get(f"http://127.0.0.1:{again.http_port}/v1/realtime/calls/{call_id}",
-                       headers=headers).json()
+    record = call_record(f"http://127.0.0.1:{again.http_port}/v1", KEY, call_id)
     assert record["state"] == "ended"
     assert record["end_reason"] == "abnormal: gateway_restarted"
     sip = [e["line"] for e in record["timeline"] if e["kind"] == "sip"]

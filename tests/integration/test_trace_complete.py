@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import SCENARIOS, Gateway, SippResult
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS, SippResult
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.integration.appside import App, start_app
-from tests.integration.conftest import Gateway
+from tests.integration.gateway import Gateway
 from tests.integration.peers import (
     PHONE_RATE,
     Baresip,
@@ -102,9 +102,9 @@ def transferred(app: App, human: Baresip, speech: dict[str, np.ndarray]) -> None
             caller, f"sip:agent@{app.gateway.address}", speech["caller"], 10)
         call_id = app.incoming().data.call_id
         app.client.realtime.calls.accept(call_id, type="realtime")
-        app.wait_for(call_id, lambda r: r["state"] == "active")
+        app.wait_for(call_id, lambda r: r["state"] == "active", "active")
         app.client.realtime.calls.refer(call_id, target_uri=f"sip:{NUMBER}@{human.address}")
-        record = app.wait_for(call_id, lambda r: r["state"] == "ended", timeout=20)
+        record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended", timeout=20)
         finished(thread, result)  # the call with the gateway is over ...
         time.sleep(4.5)  # ... and the caller talks with the human on the carrier's new call
         caller_log = caller.log()
@@ -142,10 +142,11 @@ def bridged(app: App, human: Baresip, speech: dict[str, np.ndarray]) -> None:
             caller, f"sip:agent@{app.gateway.address}", caller_audio, 9)
         call_id = app.incoming().data.call_id
         app.client.realtime.calls.accept(call_id, type="realtime")
-        app.wait_for(call_id, lambda r: r["state"] == "active")
+        app.wait_for(call_id, lambda r: r["state"] == "active", "active")
         app.client.realtime.calls.refer(call_id, target_uri=f"tel:{NUMBER}")
         bridged = app.wait_for(call_id, lambda r: bool(r["transfers"]) and (
-            r["transfers"][0]["fallback"] or {}).get("status") == "answered", timeout=10)
+            r["transfers"][0]["fallback"] or {}).get("status") == "answered",
+            "bridged to the fallback (answered)", timeout=10)
         caller_call = finished(thread, result)
     human_call = human.answered(since, 20)
     transfer = bridged["transfers"][0]
@@ -160,5 +161,5 @@ def bridged(app: App, human: Baresip, speech: dict[str, np.ndarray]) -> None:
         assert len(delays) >= 0.8 * len(pieces) > 0, f"the {who} heard (piece@delay): {report}"
         # one voice, in order: a frame or two a jitter buffer drops, never a jump
         assert max(delays) - min(delays) <= MAX_SLIP, f"the {who} heard (piece@delay): {report}"
-    record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     assert record["transfers"][0]["fallback"]["status"] in ("ended", "answered")

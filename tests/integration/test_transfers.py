@@ -22,7 +22,8 @@ import pytest
 import websockets
 
 from tests.integration.appside import KEY, App, start_app
-from tests.integration.conftest import SCENARIOS, Gateway
+from tests.integration.gateway import Gateway
+from tests.integration.sipp import SCENARIOS
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ class Sideband:
         self._manager = app.client.realtime.connect(call_id=call_id)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        assert self.opened.wait(10)
+        assert self.opened.wait(10), f"the sideband of call {call_id} did not open within 10 s"
 
     def _run(self) -> None:
         with self._manager as conn:
@@ -82,17 +83,17 @@ def transfer(app: App, scenario: str, **placeholders: object) -> Outcome:
     sipp = app.call(path, timeout=40, recv_timeout=20)
     call_id = app.incoming().data.call_id
     app.client.realtime.calls.accept(call_id, type="realtime", instructions="Acme front desk")
-    app.wait_for(call_id, lambda r: r["state"] == "active")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
     sideband = Sideband(app, call_id)
     started = time.monotonic()
     app.client.realtime.calls.refer(call_id, target_uri=TARGET, extra_body={
         "sipbridge": {"headers": {"X-Ticket": "42"}}})
     record = app.wait_for(call_id, lambda r: bool(r["transfers"]) and r["transfers"][0]["final"],
-                          timeout=15)
+                          "with a final transfer outcome", timeout=15)
     took = time.monotonic() - started
     result = sipp.result(timeout=60)
     assert result.ok, result.describe()
-    record = app.wait_for(call_id, lambda r: r["state"] == "ended")
+    record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     hook = app.webhook()  # signature checked with the SDK
     webhook: dict[str, Any] = hook if isinstance(hook, dict) else hook.model_dump()
     assert webhook["type"].startswith("realtime.call.transfer.")

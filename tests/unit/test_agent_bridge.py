@@ -40,7 +40,7 @@ def bridge(media: MediaSession, fmt: str | None) -> AgentBridge:
 
 
 def sent_audio(b: AgentBridge) -> bytes:
-    event = b._outbox.get_nowait()
+    event = b.outbox.get_nowait()
     assert event is not None and event["type"] == "input_audio_buffer.append"
     return base64.b64decode(event["audio"])
 
@@ -71,12 +71,12 @@ def test_pcm_is_24_khz_both_ways(media: MediaSession) -> None:
 def test_barge_in_truncates_at_what_was_heard(media: MediaSession) -> None:
     b = bridge(media, None)
     b._agent_audio("item_7", base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode())
-    for _ in range(10):  # 200 ms of it played
-        media._send_frame()
+    for n in range(10):  # 200 ms of it played
+        media.tick(n * 0.02)
     b._server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
                      "item_id": "u1"})
     assert media.queued_ms == 0
-    truncate = b._outbox.get_nowait()
+    truncate = b.outbox.get_nowait()
     assert truncate is not None and truncate["type"] == "conversation.item.truncate"
     assert truncate["item_id"] == "item_7" and truncate["audio_end_ms"] == 200
 
@@ -104,8 +104,8 @@ def test_after_speech_waits_for_the_response_and_the_playout(media: MediaSession
         b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
         await asyncio.sleep(0.05)
         assert outcomes == []  # 300 ms still queued for the caller
-        for _ in range(15):  # the playout sends it
-            media._send_frame()
+        for n in range(15):  # the playout sends it
+            media.tick(n * 0.02)
         await asyncio.sleep(0.6)  # the next look (when the queue would be out), the tail
 
     asyncio.run(run())
@@ -166,11 +166,11 @@ def test_a_function_output_during_a_response_asks_for_the_next_one_after_it(
     b = bridge(media, None)
     b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
     b.function_output("call_2", '{"status": "in_progress"}')
-    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["conversation.item.create"]
     b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
-    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["response.create"]
     b.function_output("call_1", '{"status": "failed"}')  # none under way: at once
-    sent = [b._outbox.get_nowait() for _ in range(b._outbox.qsize())]
+    sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["conversation.item.create", "response.create"]

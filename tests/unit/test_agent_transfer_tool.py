@@ -17,7 +17,7 @@ from sipbridge.calls.call import Call
 from sipbridge.config import load_config
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
-from tests.unit.test_manager import Harness, ack, answered_app_call, notify
+from tests.unit.callharness import Harness, ack, answered_app_call, notify
 
 SUPPORT = '{"target": "support", "reason": "asked for a person"}'
 

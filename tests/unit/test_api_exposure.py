@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from sipbridge.api.app import MAX_BODY, BodyLimit, create_app
 from sipbridge.metrics import Metrics
-from tests.unit.test_dashboard import KEY, Control, Manager, Store, basic
+from tests.unit.apifakes import KEY, Control, Manager, Store, basic
 
 KEYED = ["/metrics", "/openapi.json"]
 

@@ -31,6 +31,7 @@ from sipbridge.api.webhooks import (
     _parse_retry_after,
     make_event,
 )
+from tests.polling import until_async
 
 SECRET = "whsec_" + base64.b64encode(b"sipbridge test secret, 32 bytes!").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"some other secret, also 32 bytes").decode()
@@ -370,8 +371,7 @@ def test_close_cancels_a_running_delivery() -> None:
         async with Receiver(Reply(delay=30)) as receiver:
             sender = WebhookSender(receiver.url, SECRET, timeout=10)
             delivery = sender.send(incoming_call_event(), done.append)
-            while not receiver.seen:  # the request is in flight
-                await asyncio.sleep(0.01)
+            await until_async("the request in flight", lambda: receiver.seen, bool, 5)
             t0 = time.monotonic()
             await sender.close()
             took = time.monotonic() - t0

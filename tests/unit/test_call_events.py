@@ -17,7 +17,7 @@ from sipbridge.calls.events import (
     TransferStepped,
 )
 from sipbridge.calls.sinks import StoreSink
-from tests.unit.test_manager import OFFER, Harness, ack, answered_app_call, invite, notify
+from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, invite, notify
 
 
 class Seen:

@@ -5,66 +5,23 @@ key, escaping of what came from the internet, 404s and bad input, the call page'
 from __future__ import annotations
 
 import base64
-import copy
 import re
 import time
 import wave
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
 from sipbridge.api.dashboard import basic_password
-from sipbridge.calls.call import Call, CallError, CallState
-from sipbridge.realtime.sideband import SidebandHubs
-from tests.unit.test_trace import T0, sample_call
+from sipbridge.calls.call import Call, CallState
+from tests.unit.apifakes import KEY, Control, Manager, Store, basic
+from tests.unit.samplecall import T0, sample_call
 
-KEY = "sk-dashboard-test"
 FAILED = sample_call()["id"]
 RECORDED = "rtc_recorded"
 CHALLENGE = 'Basic realm="sipbridge"'
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-class Manager:
-    """The CallManager's read side: live calls and recently ended ones."""
-
-    def __init__(self, *live: Call) -> None:
-        self.calls = {c.id: c for c in live}
-        self.recent: dict[str, Call] = {}
-
-    def get(self, call_id: str) -> Call:
-        call = self.calls.get(call_id) or self.recent.get(call_id)
-        if call is None:
-            raise CallError("not_found", f"No call found with id '{call_id}'.")
-        return call
-
-
-class Store:
-    def __init__(self, *records: dict[str, Any]) -> None:
-        self.records = {r["id"]: r for r in records}
-
-    def get_call(self, call_id: str) -> dict[str, Any] | None:
-        record = self.records.get(call_id)
-        return copy.deepcopy(record) if record is not None else None
-
-    def list_calls(self, **_: Any) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "timeline"} for r in self.records.values()]
-
-
-@dataclass
-class Control:
-    calls: Any
-    store: Any
-    sideband: SidebandHubs = field(default_factory=SidebandHubs)
-    metrics: Any = None
 
 
 def write_wav(path: Path) -> Path:

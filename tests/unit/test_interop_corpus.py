@@ -11,6 +11,7 @@ from sipbridge.calls.call import Call, CallState
 from sipbridge.sip.message import Request, Response, parse_message, response_to
 from sipbridge.sip.subscription import read_refer_notify, refer_sub_disabled
 from sipbridge.sip.uri import SipUri
+from tests.unit.callharness import Harness, answered_app_call
 from tests.unit.interop_corpus import (
     DIALOGS,
     NOTIFIES,
@@ -19,7 +20,6 @@ from tests.unit.interop_corpus import (
     NotifySample,
     ReferAnswerSample,
 )
-from tests.unit.test_manager import Harness, answered_app_call
 
 
 def test_the_corpus_covers_the_stacks() -> None:

@@ -188,11 +188,11 @@ def test_flood_of_random_packets_stays_bounded() -> None:
         near = rng.random() < 0.5  # half of them in or near the window
         ts = 50_000 + rng.randint(-80, 80) * SPF if near else rng.getrandbits(32)
         jb.put(rng.getrandbits(16), ts & 0xFFFFFFFF, b"f" * 160, 1.0 + i * 1e-4)
-        assert jb.depth + len(jb._late) <= 10  # max_delay_ms // frame_ms
+        assert jb.depth + jb.held["late"] <= 10  # max_delay_ms // frame_ms
         if i % 20 == 0:
             jb.get(1.0 + i * 1e-4)
     assert jb.received == 10_050 and jb.restarts == 0 and jb.overflow > 4000
-    assert len(jb._mins) <= 256 and len(jb._played) <= 64
+    assert jb.held["minima"] <= 256 and jb.held["played"] <= 64
 
 
 @settings(max_examples=60, deadline=None)
@@ -202,7 +202,7 @@ def test_any_arrival_order_plays_in_timestamp_order(ops: list[tuple[int, bool]])
     played: list[tuple[int, int]] = []  # (restarts so far, slot)
     for k, (slot, tick) in enumerate(ops):
         jb.put(1000 + slot, (slot * SPF) & 0xFFFFFFFF, b"", k * 0.01)
-        assert jb.depth + len(jb._late) <= 5
+        assert jb.depth + jb.held["late"] <= 5
         if tick and (frame := jb.get(k * 0.01)).sequence is not None:
             played.append((jb.restarts, frame.sequence - 1000))
     assert played == sorted(played)  # in timestamp order within each stream

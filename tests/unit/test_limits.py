@@ -16,7 +16,7 @@ import pytest
 
 from sipbridge.sip.address import Address
 from sipbridge.sip.transport import SipTransport
-from tests.unit.test_manager import OFFER, Harness, ack, invite
+from tests.unit.callharness import OFFER, Harness, ack, invite
 
 SDP = OFFER.format(direction="sendrecv")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sipbridge.localmodel.stt import Transcriber, TranscriberUnavailable
-from tests.unit.test_localmodel_tts import needs_espeak, phone_path, speech
+from tests.unit.speechaudio import needs_espeak, phone_path, speech
 
 TRANSCRIBER = Transcriber()
 needs_stt = pytest.mark.skipif(

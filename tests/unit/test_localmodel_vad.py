@@ -7,13 +7,7 @@ import pytest
 
 from sipbridge.localmodel import vad as vad_module
 from sipbridge.localmodel.vad import Vad, VadEvent, aggressiveness, gate_dbfs
-from tests.unit.test_localmodel_tts import (
-    line_noise,
-    needs_espeak,
-    phone_path,
-    speech,
-    speech_bounds,
-)
+from tests.unit.speechaudio import line_noise, needs_espeak, phone_path, speech, speech_bounds
 
 RATE = 24000
 CHUNK = 480  # 20 ms

@@ -84,7 +84,7 @@ def test_memory_is_bounded(lines: tuple[list[str], Throttle, Clock]) -> None:
     for i in range(100):
         log.info(f"line {i}")  # a new template each time
     assert len(written) == 100
-    assert len(throttle._seen) == 3
+    assert throttle.tracked == 3
 
 
 def test_a_calls_own_lines_are_written_in_full_and_apart_from_other_calls(

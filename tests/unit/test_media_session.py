@@ -268,7 +268,7 @@ def test_arrival_time_is_the_kernels_not_when_the_loop_reads(pool: PortPool, pee
     read_at = time.monotonic()
     s.readable(read_at)
     assert s.jitter.received == 1
-    assert abs(s._last_rx - sent_at) < 0.01 and read_at - s._last_rx > 0.04
+    assert abs(s.last_rx - sent_at) < 0.01 and read_at - s.last_rx > 0.04
     s.close()
 
 

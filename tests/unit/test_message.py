@@ -432,7 +432,7 @@ def test_name_addr_rejects(text: str, match: str) -> None:
 def _round_trip(data: bytes) -> None:
     first = parse_message(data)
     second = parse_message(first.to_bytes())
-    assert first._start_line() == second._start_line()
+    assert first.to_bytes().split(b"\r\n", 1)[0] == second.to_bytes().split(b"\r\n", 1)[0]
     assert [h for h in first.headers if h[0] != "Content-Length"] == [
         h for h in second.headers if h[0] != "Content-Length"
     ]

@@ -27,7 +27,8 @@ from sipbridge.sip.overload import (
     shed_target,
 )
 from sipbridge.sip.ua import UaConfig, UserAgent
-from tests.unit.test_ua import OFFER, TIMERS, UAC, Phone, in_dialog, sip
+from tests.polling import until_async
+from tests.unit.sipphone import OFFER, TIMERS, UAC, Phone, in_dialog, sip
 
 # --- the detector ----------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ def test_calls_in_progress_options_and_retransmissions_go_on() -> None:
     p.ua.reject(ringing, 486, p.now)
     p.collect()
     p.take()
-    assert p.ua._incoming_ids == {}  # the Call-IDs of ended calls are not kept
+    assert p.ua.held["incoming_call_ids"] == 0  # the Call-IDs of ended calls are not kept
     # Once the queue drains, new calls are taken again.
     p.detector.queue_delay(0.0, p.now)
     p.receive(sip("INVITE", body=OFFER, call_id="call-3@x", branch="z9hG4bK-3"))
@@ -354,17 +355,12 @@ def test_the_transport_reports_how_long_each_datagram_waited() -> None:
         await transport.start("127.0.0.1", 0)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"first", ("127.0.0.1", transport.port))
-            for _ in range(100):
-                await asyncio.sleep(0.01)
-                if got:
-                    break
+            await until_async("the first datagram read", lambda: list(got), bool, 1.0)
             for n in range(3):
                 s.sendto(b"late %d" % n, ("127.0.0.1", transport.port))
             time.sleep(0.3)  # noqa: ASYNC251 - the loop is busy on purpose: nothing is read
-            for _ in range(100):
-                await asyncio.sleep(0.01)
-                if len(got) == 4:
-                    break
+            await until_async("the three late datagrams read", lambda: list(got),
+                              lambda seen: len(seen) == 4, 1.0)
         await transport.close()
         return delays, got
 

@@ -86,7 +86,7 @@ def test_remove_stops_a_session() -> None:
     for n in range(1000):  # churn does not leave the heap full of dead entries
         sched.add(n, 1.0)
         sched.remove(n)
-    assert len(sched._heap) < 50
+    assert sched.heap_size < 50
 
 
 def test_lateness_is_measured() -> None:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sipbridge.api.app import create_app
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery
 from sipbridge.realtime.sideband import SidebandHubs
-from tests.unit.test_manager import ack, app_call
+from tests.unit.callharness import ack, app_call
 
 TIMES = {
     "created_at", "answered_at", "ended_at", "timeline[].at", "transfers[].requested_at",

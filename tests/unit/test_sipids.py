@@ -7,7 +7,7 @@ from __future__ import annotations
 from sipbridge.calls.call import Call
 from sipbridge.calls.sipids import SipCallIds
 from sipbridge.sip.transaction import TimerConfig
-from tests.unit.test_manager import OFFER, Harness, ack, invite
+from tests.unit.callharness import OFFER, Harness, ack, invite
 
 
 def a_call(n: int) -> Call:

@@ -25,7 +25,8 @@ import pytest
 from sipbridge.store import SqliteStore, StoreError, is_database_url, open_store
 from sipbridge.store.postgres import PostgresStore, redact
 from tests.pgserver import PASSWORD, PgServer
-from tests.unit.test_store import SRC, call, run_killed_child
+from tests.polling import until
+from tests.unit.storerecords import SRC, call, run_killed_child
 
 SECRETS = (PASSWORD, quote(PASSWORD, safe=""))
 
@@ -198,9 +199,9 @@ def test_gateways_sharing_a_database_end_only_a_dead_ones_calls(pg_url: str) -> 
         alive.upsert_call(call("rtc_alive", state="active"))
         assert alive.flush()
         run_killed_child(pg_url)  # its call "rtc_crash" is open and its gateway gone
-        deadline = time.monotonic() + 5
-        while sipbridge_backends(pg_url) > 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the server notices the dead client's connection at once
+        # the server notices the dead client's connection at once
+        until("the killed gateway's connections gone", lambda: sipbridge_backends(pg_url),
+              lambda backends: backends <= 2, 5, interval=0.01)
 
         with PostgresStore(pg_url) as starting:
             assert starting.mark_unfinished() == 1

@@ -8,9 +8,7 @@ hit the catch-all in `receive` (`stats["internal_errors"]`).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +21,6 @@ from sipbridge.sip.events import (
     CallConfirmed,
     CallEnded,
     EndReason,
-    Event,
     IncomingCall,
     InDialogRequest,
     ReInvite,
@@ -31,164 +28,23 @@ from sipbridge.sip.events import (
 )
 from sipbridge.sip.message import Headers, Request, Response, parse_message
 from sipbridge.sip.transaction import State, TimerConfig
-from sipbridge.sip.ua import LegState, UaConfig, UserAgent
+from sipbridge.sip.ua import LegState
+from tests.unit.sipphone import (
+    ANSWER,
+    OFFER,
+    RURI,
+    TIMERS,
+    UAC,
+    Phone,
+    ack_2xx,
+    in_dialog,
+    sip,
+    to_of,
+)
 
-UAC = Address("udp", "127.0.0.1", 5061)
 UAC_TCP = Address("tcp", "127.0.0.1", 40123)
 STRANGER = Address("udp", "192.0.2.10", 5061)
-TIMERS = TimerConfig(t1=0.5, t2=4, t4=5)
-RURI = "sip:agent@127.0.0.1:5060"
 REALM = "gw.test"
-OFFER = (
-    b"v=0\r\no=sipp 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-)
-ANSWER = (
-    b"v=0\r\no=sipbridge 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    b"m=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-)
-
-
-def sip(
-    method: str,
-    *,
-    call_id: str = "call-1@127.0.0.1",
-    branch: str = "z9hG4bK-inv-1",
-    cseq: int = 1,
-    cseq_method: str | None = None,
-    from_tag: str = "uac-tag",
-    to: str | None = None,
-    uri: str = RURI,
-    via: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 5061,
-    transport: str = "UDP",
-    contact: bool = True,
-    headers: Iterable[str] = (),
-    body: bytes = b"",
-) -> bytes:
-    """A request as a SIPp UAC scenario would send it."""
-    lines = [
-        f"{method} {uri} SIP/2.0",
-        via if via is not None else f"Via: SIP/2.0/{transport} {host}:{port};branch={branch}",
-        f"From: sipp <sip:sipp@{host}:{port}>;tag={from_tag}",
-        to if to is not None else "To: <sip:agent@127.0.0.1:5060>",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {cseq_method or method}",
-    ]
-    if contact:
-        lines.append(f"Contact: <sip:sipp@{host}:{port}>")
-    lines.append("Max-Forwards: 70")
-    lines += list(headers)
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-@dataclass(frozen=True)
-class Sent:
-    at: float
-    msg: Request | Response
-    addr: Address
-    data: bytes
-
-    @property
-    def status(self) -> int:
-        assert isinstance(self.msg, Response), self.msg
-        return self.msg.status
-
-    @property
-    def method(self) -> str:
-        assert isinstance(self.msg, Request), self.msg
-        return self.msg.method
-
-
-class Phone:
-    """A UserAgent on a fake clock, with what it sent and told parsed and recorded."""
-
-    def __init__(self, guard: AccessGuard | None = None, timers: TimerConfig = TIMERS) -> None:
-        counter = itertools.count(1)
-        self.now = 0.0
-        self.ua = UserAgent(
-            UaConfig(timers=timers),
-            guard or AccessGuard(["127.0.0.0/8"]),
-            token=lambda: f"tok{next(counter)}",
-        )
-        self.sent: list[Sent] = []
-        self.events: list[Event] = []
-
-    def receive(self, data: bytes, source: Address = UAC) -> None:
-        self.ua.receive(data, source, self.now)
-        self.collect()
-
-    def collect(self) -> None:
-        for data, addr in self.ua.outgoing():
-            msg = parse_message(data)
-            self.sent.append(Sent(self.now, msg, addr, data))
-        self.events += self.ua.events()
-
-    def advance(self, until: float) -> None:
-        """Move the clock to `until`, firing each timer at its own deadline."""
-        for _ in range(10_000):
-            at = self.ua.deadline
-            if at is None or at > until:
-                break
-            self.now = max(self.now, at)
-            self.ua.handle_timer(self.now)
-            self.collect()
-        self.now = max(self.now, until)
-
-    def take(self) -> list[Sent]:
-        sent, self.sent = self.sent, []
-        return sent
-
-    def take_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
-
-    def one(self) -> Sent:
-        sent = self.take()
-        assert len(sent) == 1, [s.msg for s in sent]
-        return sent[0]
-
-    def empty(self) -> bool:
-        ua = self.ua
-        return not (ua._server or ua._client or ua._legs or ua._dialogs)
-
-    # --- a caller's side of the common flows ---
-
-    def call(self, source: Address = UAC, **kwargs: object) -> str:
-        """Send an INVITE; return the new leg's id (and drop the 100 Trying)."""
-        self.receive(sip("INVITE", body=OFFER, **kwargs), source)  # type: ignore[arg-type]
-        events = self.take_events()
-        assert len(events) == 1 and isinstance(events[0], IncomingCall), events
-        trying = self.one()
-        assert trying.status == 100
-        return events[0].leg_id
-
-    def answered_call(self) -> tuple[str, Response]:
-        """INVITE, 200 with SDP, ACK: a confirmed call and the 200 that made it."""
-        leg = self.call()
-        self.ua.answer(leg, ANSWER, self.now)
-        self.collect()
-        ok = self.one().msg
-        assert isinstance(ok, Response)
-        self.receive(ack_2xx(ok))
-        assert self.take_events() == [CallConfirmed(leg, b"")]
-        return leg, ok
-
-
-def to_of(resp: Response) -> str:
-    return f"To: {resp.headers.get('To')}"
-
-
-def ack_2xx(ok: Response, branch: str = "z9hG4bK-ack-1", cseq: int = 1, **kwargs: object) -> bytes:
-    return sip("ACK", branch=branch, to=to_of(ok), cseq=cseq, contact=False, **kwargs)  # type: ignore[arg-type]
-
-
-def in_dialog(method: str, ok: Response, cseq: int, branch: str, **kwargs: object) -> bytes:
-    return sip(method, to=to_of(ok), cseq=cseq, branch=branch, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -264,7 +120,7 @@ def test_answer_200_retransmitted_until_ack_then_confirmed(phone: Phone) -> None
     phone.advance(100.0)
     assert phone.take() == []  # no more 200s, and no BYE
     assert phone.take_events() == []
-    assert phone.ua._server == {}  # the INVITE transaction ended (Timer L)
+    assert phone.ua.held["server_transactions"] == 0  # the INVITE transaction ended (Timer L)
     phone.receive(ack_2xx(ok.msg))  # a retransmitted ACK changes nothing
     assert phone.take_events() == [] and phone.take() == []
 
@@ -319,7 +175,7 @@ def test_retransmitted_invite_is_absorbed(phone: Phone) -> None:
     phone.receive(invite)
     assert phone.one().status == 180
     assert phone.ua.stats["retransmissions_absorbed"] == 2
-    assert phone.ua.stats["calls_in"] == 1 and len(phone.ua._legs) == 1
+    assert phone.ua.stats["calls_in"] == 1 and phone.ua.held["legs"] == 1
 
 
 def test_cancel_while_ringing(phone: Phone) -> None:
@@ -342,7 +198,7 @@ def test_cancel_while_ringing(phone: Phone) -> None:
     phone.receive(sip("ACK", to=to_of(terminated.msg), contact=False))
     assert phone.take() == [] and phone.take_events() == []
     assert phone.ua.stats["dropped_stray_ack"] == 0
-    [tx] = phone.ua._server.values()
+    [tx] = phone.ua.server_transactions
     assert tx.state is State.CONFIRMED
     phone.advance(100.0)
     assert phone.take() == []  # no 487 retransmissions once ACKed
@@ -384,7 +240,7 @@ def test_bye_ends_the_call(phone: Phone) -> None:
     sent = phone.one()
     assert sent.status == 200 and sent.msg.cseq.method == "BYE" and sent.addr == UAC
     assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
-    assert phone.ua._legs == {} and phone.ua._dialogs == {}
+    assert phone.ua.held["legs"] == phone.ua.held["dialogs"] == 0
     # A retransmitted BYE hits the transaction: the 200 again, no second event.
     phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-bye-1", contact=False))
     assert phone.one().status == 200
@@ -745,7 +601,8 @@ def test_source_outside_the_allow_list_gets_403_and_nothing_is_stored(phone: Pho
     sent = phone.one()
     assert sent.status == 403 and sent.addr == STRANGER
     assert phone.take_events() == []
-    assert phone.ua._server == {} and phone.ua._legs == {} and phone.ua._dialogs == {}
+    held = phone.ua.held
+    assert held["server_transactions"] == held["legs"] == held["dialogs"] == 0
     assert phone.ua.deadline is None
     assert phone.ua.stats["refused_403"] == 1
     phone.receive(sip("OPTIONS", host="192.0.2.10"), STRANGER)

@@ -11,7 +11,7 @@ from sipbridge.sip.address import Address
 from sipbridge.sip.events import RequestOutcome
 from sipbridge.sip.message import Headers, Request, Response
 from sipbridge.sip.ua import UaConfig, UserAgent
-from tests.unit.test_ua import ANSWER, OFFER, TIMERS, Phone, ack_2xx, sip
+from tests.unit.sipphone import ANSWER, OFFER, TIMERS, Phone, ack_2xx, sip
 
 PROXY = Address("udp", "127.0.0.1", 25060)  # where the proxy sends from
 CALLER_CONTACT = Address("udp", "127.0.0.1", 5061)

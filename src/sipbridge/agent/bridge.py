@@ -123,6 +123,11 @@ class AgentBridge:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
+    @property
+    def outbox(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """The client events waiting to go to the model, in order (None: close)."""
+        return self._outbox
+
     def send(self, event: dict[str, Any]) -> None:
         """A client event to the model (from the sideband, or the gateway itself)."""
         if not self._closed:

@@ -135,6 +135,12 @@ class JitterBuffer:
         """Frames queued."""
         return len(self._queue)
 
+    @property
+    def held(self) -> dict[str, int]:
+        """What it keeps besides the queue, each bounded whatever arrives: late frames kept
+        for slots just concealed, the slots recently played, the transit minima."""
+        return {"late": len(self._late), "played": len(self._played), "minima": len(self._mins)}
+
     def put(self, sequence: int, timestamp: int, payload: bytes, now: float) -> bool:
         """Files one packet; False if dropped: a duplicate, out of window, or late (counted
         in `late`), except that a late one for a slot just concealed is kept for `get`."""

@@ -65,6 +65,11 @@ class PlayoutScheduler:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def heap_size(self) -> int:
+        """Entries in its heap, those of removed sessions not yet compacted away included."""
+        return len(self._heap)
+
     def __contains__(self, key: object) -> bool:
         return key in self._sessions
 

@@ -400,6 +400,12 @@ class MediaSession:
         self._out.clear()
 
     @property
+    def last_rx(self) -> float:
+        """When its last RTP packet arrived (the kernel's receive time where there is
+        one), on the session's clock; when it started before the first."""
+        return self._last_rx
+
+    @property
     def queued_ms(self) -> int:
         return len(self._out) // 2 // 8
 

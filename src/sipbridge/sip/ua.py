@@ -156,6 +156,19 @@ class UserAgent:
     def deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
+    @property
+    def held(self) -> dict[str, int]:
+        """How much state the core holds: server and client transactions, legs, dialogs and
+        the Call-IDs of incoming legs alive; all 0 once every call and transaction ended."""
+        return {"server_transactions": len(self._server),
+                "client_transactions": len(self._client), "legs": len(self._legs),
+                "dialogs": len(self._dialogs), "incoming_call_ids": len(self._incoming_ids)}
+
+    @property
+    def server_transactions(self) -> list[ServerTransaction]:
+        """The server transactions alive (RFC 3261 17.2)."""
+        return list(self._server.values())
+
     def admit(self, source: Address, now: float) -> bool:
         """The per-source rate limit (`sip.ratelimit`), first, before any parsing: a flood
         costs a dict lookup per message. Every message is charged, responses too: only

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sipbridge.demo.baresip import Peer, find_free_port, terminate
-from tests.integration.conftest import LOOPBACK, send_options
+from tests.integration.probe import LOOPBACK, send_options
 
 CONFIGS = Path(__file__).parent
 KAMAILIO = "/usr/sbin/kamailio"
