@@ -38,6 +38,7 @@ Facts this driver depends on, found by running linphone 5.1.65 in a container:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -246,10 +247,8 @@ class Linphone(Peer):
         if self._reader is not None:
             self._reader.join(2.0)
         if process.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 process.stdin.close()
-            except OSError:
-                pass
         return code
 
     def _read(self) -> None:

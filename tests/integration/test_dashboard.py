@@ -142,7 +142,8 @@ def test_an_operator_follows_a_failed_transfer_on_the_dashboard(app: App, browse
         const reply = await fetch(document.querySelector('#recording audio').src);
         const bytes = new Uint8Array(await reply.arrayBuffer());
         return [reply.status, reply.headers.get('content-type'),
-                String.fromCharCode(...bytes.slice(0, 4)), String.fromCharCode(...bytes.slice(8, 12))];
+                String.fromCharCode(...bytes.slice(0, 4)),
+                String.fromCharCode(...bytes.slice(8, 12))];
     }""")
     assert head == [200, "audio/wav", "RIFF", "WAVE"]
 

@@ -104,13 +104,14 @@ class Client:
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(event))
 
-    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109 (per event)
         event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         check(event)
         self.events.append(event)
         return event
 
-    async def until(self, kind: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    async def until(self, kind: str,
+                    timeout: float = 15.0) -> list[dict[str, Any]]:  # noqa: ASYNC109 (overall)
         """Events up to and including the next one of type `kind`."""
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout

@@ -66,7 +66,8 @@ def test_invite_flood_from_a_stranger_leaves_no_state() -> None:
 
     async def main() -> None:
         # The rate limit off: it would drop all but the first 60 (test_rate_limit.py).
-        gw = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off", allow=["127.0.0.2/32"],
+        gw = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off",
+                                 allow=["127.0.0.2/32"],
                                  auto_answer="silence", rate_limit={"enabled": False}))
         await gw.start()
         loop = asyncio.get_running_loop()

@@ -77,10 +77,7 @@ def test_a_killed_gateway_loses_no_reported_record(
     start_gateway: Callable[..., Gateway], tmp_path: Path, backend: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    if backend == "sqlite":
-        store = str(tmp_path / "calls.db")
-    else:
-        store = request.getfixturevalue("pg_url")
+    store = str(tmp_path / "calls.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     gateway = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
     text = (SCENARIOS / "uac_listen.xml").read_text()
     scenario = tmp_path / "listen.xml"

@@ -30,7 +30,8 @@ def run_with_gateway(
     body: Callable[[Gateway], Awaitable[None]], **overrides: object
 ) -> Gateway:
     async def main() -> Gateway:
-        gateway = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off", **overrides))
+        gateway = Gateway(load_config(None, sip="127.0.0.1:0", http="off", store="off",
+                                      **overrides))
         await gateway.start()
         try:
             await asyncio.wait_for(body(gateway), 20)

@@ -16,7 +16,8 @@ PEER = Address("udp", "192.0.2.1", 5060)
 CONTACT = "<sip:sipbridge@198.51.100.7:5060>"
 
 
-def invite(*, record_route: list[str] | None = None, contact: str | None = "<sip:alice@192.0.2.1:5062>",
+def invite(*, record_route: list[str] | None = None,
+           contact: str | None = "<sip:alice@192.0.2.1:5062>",
            uri: str = "sip:bob@198.51.100.7", cseq: int = 10) -> Request:
     lines = [
         f"INVITE {uri} SIP/2.0",

@@ -29,7 +29,8 @@ ALL_CODES = bytes(range(256))
 Encode = Callable[[npt.NDArray[np.int16]], bytes]
 Decode = Callable[[bytes], npt.NDArray[np.int16]]
 LAWS = pytest.mark.parametrize(
-    ("encode", "decode"), [(ulaw_encode, ulaw_decode), (alaw_encode, alaw_decode)], ids=["ulaw", "alaw"]
+    ("encode", "decode"), [(ulaw_encode, ulaw_decode), (alaw_encode, alaw_decode)],
+    ids=["ulaw", "alaw"]
 )
 
 

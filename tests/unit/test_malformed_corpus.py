@@ -6,6 +6,7 @@ SipError a request's `validate()` raises must turn into a response we can send.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -202,10 +203,8 @@ def _exercise(data: bytes) -> None:
         return
     # A valid message: every typed view a handler may touch works or raises SipError.
     for view in ("record_routes", "contacts", "top_via", "content_type"):
-        try:
+        with contextlib.suppress(SipError):
             getattr(msg, view)
-        except SipError:
-            pass
     _ = msg.top_via.rport, msg.top_via.received, msg.to.tag, msg.from_.tag
     if isinstance(msg, Request):
         _check_response(msg, 200, "OK")

@@ -34,7 +34,8 @@ def test_streaming_up_then_down_keeps_a_tone_its_length_and_adds_little_delay() 
     assert abs(dominant_freq(np.concatenate(mid)[4800:], MODEL_RATE) - 440) < 5
     assert abs(dominant_freq(y[800:], PHONE_RATE) - 440) < 5
     # Energy survives the round trip (no clicks or gaps at 20 ms chunk edges).
-    ratio = np.sqrt(np.mean(y[800:7200].astype(float) ** 2) / np.mean(x[800:7200].astype(float) ** 2))
+    ratio = np.sqrt(np.mean(y[800:7200].astype(float) ** 2)
+                    / np.mean(x[800:7200].astype(float) ** 2))
     assert 0.95 < ratio < 1.05
     # The round trip delays by ~3 ms (two 72-tap filters), not tens of ms.
     lags = [int(np.argmax(np.correlate(y[2000:3000].astype(float),
@@ -104,7 +105,8 @@ def test_port_pool_binds_even_rtp_and_odd_rtcp_and_skips_busy_ports() -> None:
         second = pool.allocate("127.0.0.1")
         assert second.port == base + 4
         with pytest.raises(NoMediaPort):
-            pool.allocate("127.0.0.1")  # base busy, base+2 and base+4 taken, base+7 is past the range
+            # base busy, base+2 and base+4 taken, base+7 is past the range
+            pool.allocate("127.0.0.1")
         pool.release(first)
         assert pool.allocate("127.0.0.1").port == base + 2
     finally:

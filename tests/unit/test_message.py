@@ -619,7 +619,7 @@ def test_framer_any_split_gives_the_same_messages(cuts: list[int]) -> None:
     framer = StreamFramer()
     out: list[bytes] = []
     prev = 0
-    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+    for cut in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
         out += framer.feed(stream[prev:cut])
         prev = cut
     assert out == [INVITE, OPTIONS, INVITE]

@@ -196,10 +196,10 @@ def test_config_defaults_and_the_table(tmp_path: Path) -> None:
     assert (rl.requests_per_second, rl.burst, rl.block_time, rl.exempt) == (
         5.0, 10, 30.0, ["203.0.113.0/24"])
     path.write_text('[rate_limit]\nexempt = ["not-a-network"]\n')
-    with pytest.raises(ConfigError, match="rate_limit.exempt"):
+    with pytest.raises(ConfigError, match=r"rate_limit\.exempt"):
         load_config(path)
     path.write_text('[rate_limit]\nburst = 0\n')
-    with pytest.raises(ConfigError, match="rate_limit.burst"):
+    with pytest.raises(ConfigError, match=r"rate_limit\.burst"):
         load_config(path)
 
 

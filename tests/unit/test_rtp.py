@@ -376,7 +376,7 @@ def test_duplicates_do_not_hide_loss() -> None:
         arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
     _feed(stats, arrivals)
     dups = len(arrivals) - (2000 - len(dropped))
-    assert 50 < dups and 50 < len(dropped)
+    assert dups > 50 and len(dropped) > 50
     assert stats.duplicates == dups
     assert stats.missing == len(dropped)
     # A.3's figure for the report block lets each duplicate cancel a loss.

@@ -236,7 +236,8 @@ def test_retransmitted_notify_counted_once() -> None:
     assert transfer.notify(frag(180, "Ringing"), ACTIVE, T0 + 2.5, cseq=8) == []
     assert transfer.notify_count == 2
     # Each new provisional code is a step.
-    assert [s.sip_status for s in transfer.notify(frag(183, "Progress"), ACTIVE, T0 + 3, cseq=9)] == [
+    steps = transfer.notify(frag(183, "Progress"), ACTIVE, T0 + 3, cseq=9)
+    assert [s.sip_status for s in steps] == [
         183
     ]
     transfer.notify(frag(200, "OK"), TERMINATED, T0 + 4.0, cseq=10)

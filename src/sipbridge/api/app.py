@@ -50,7 +50,7 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
     app.include_router(calls.router)
     app.include_router(prometheus.router)
     app.include_router(sideband.router)
-    mount_dashboard(app, records, api_keys)
+    mount_dashboard(app)
     return app
 
 

@@ -86,6 +86,6 @@ class CallRecords:
         """The call's WAV file (404 when it has none)."""
         record = await self.get(call_id)
         path = record.get("recording")
-        if not path or not Path(str(path)).is_file():
+        if not path or not await asyncio.to_thread(Path(str(path)).is_file):
             raise ApiError(404, f"Call '{call_id}' has no recording.", code="not_found")
         return Path(str(path))

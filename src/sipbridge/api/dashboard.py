@@ -4,9 +4,9 @@ how it ended, the transfer's outcome, the ladder (`sipbridge.trace.steps`, the s
 as `sipbridge trace`), the transcript and the recording.
 
 The pages read calls the way the API's GET routes do (`CallRecords`: live calls from the
-CallManager, else the store). With API keys configured every dashboard route wants HTTP Basic auth, any
-user name and an API key as the password (a browser sends it on its own requests, the
-audio player's included). Everything from a call is escaped: SIP headers come from the
+CallManager, else the store). With API keys configured every dashboard route wants HTTP
+Basic auth, any user name and an API key as the password (a browser sends it on its own
+requests, the audio player's included). Everything from a call is escaped: SIP headers come from the
 internet. Scripts are served as files and the Content-Security-Policy allows no others.
 """
 
@@ -26,8 +26,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.errors import ApiError
+from sipbridge.api.state import State
 from sipbridge.records import CallRecord, TransferRecord
 from sipbridge.trace import FAILING, Step, Summary, outcome, step, steps, summarize
 
@@ -71,76 +71,86 @@ def basic_password(header: str | None) -> str | None:
     return password if colon else None
 
 
-def mount_dashboard(app: FastAPI, records: CallRecords, api_keys: list[str]) -> None:
-    """Add the dashboard's routes to the API's app (after the API's own routes)."""
-    keys = [k.encode() for k in api_keys]
+def authorize(request: Request, state: State) -> None:
+    """With API keys configured: an API key as the Basic password, else 401 (a page that
+    asks the browser to sign in)."""
+    if not state.keys:
+        return
+    password = basic_password(request.headers.get("authorization"))
+    if password is None or not any(secrets.compare_digest(password.encode(), k)
+                                    for k in state.keys):
+        raise _Unauthorized
+
+
+async def unauthorized(_: Request, __: Exception) -> Response:
+    return _page("Sign in", "<h1>Sign in</h1><p>The dashboard wants an API key as the "
+                 "password (any user name).</p>", status=401, headers=CHALLENGE)
+
+
+router = APIRouter(prefix=BASE, dependencies=[Depends(authorize)], include_in_schema=False)
+
+
+async def _read(what: Callable[[str], Awaitable[T]], call_id: str) -> T | Response:
+    """What the call records give for the call, or the page that says why they cannot."""
+    if len(call_id) > MAX_ID:
+        return _error_page(404, "No such call.")
+    try:
+        return await what(call_id)
+    except ApiError as exc:
+        return _error_page(exc.status, exc.message)
+
+
+@router.get("")
+async def calls_page() -> Response:
+    return _page("Calls", _LIST, page="list", source=f"{BASE}/api/calls")
+
+
+@router.get("/api/calls")
+async def calls_data(state: State, limit: int = Query(100, ge=1, le=1000)) -> Response:
+    try:
+        listed = await state.records.list(limit=limit)
+    except ApiError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=HEADERS)
+    now = time.time()
+    rows = [_row(summarize(c, now)) for c in listed]
+    return JSONResponse({"now": now, "calls": rows}, headers=HEADERS)
+
+
+@router.get("/calls/{call_id}")
+async def call_page(call_id: str, state: State) -> Response:
+    record = await _read(state.records.get, call_id)
+    if isinstance(record, Response):
+        return record
+    summary = summarize(record)
+    return _page(f"Call {summary.id}", render_call(record), page="call",
+                 live="1" if summary.state in LIVE_STATES else "0")
+
+
+@router.get("/calls/{call_id}/recording")
+async def call_recording(call_id: str, state: State) -> Response:
+    path = await _read(state.records.recording, call_id)
+    if isinstance(path, Response):
+        return path
+    return FileResponse(str(path), media_type="audio/wav", filename=f"{call_id}.wav",
+                        headers=HEADERS)
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    if name not in STATIC:
+        return _error_page(404, "No such file.")
     files = resources.files("sipbridge.api") / "static"
+    return Response((files / name).read_bytes(), media_type=STATIC[name], headers=HEADERS)
 
-    def authorize(request: Request) -> None:
-        if not keys:
-            return
-        password = basic_password(request.headers.get("authorization"))
-        if password is None or not any(secrets.compare_digest(password.encode(), k)
-                                        for k in keys):
-            raise _Unauthorized
 
-    async def unauthorized(_: Request, __: Exception) -> Response:
-        return _page("Sign in", "<h1>Sign in</h1><p>The dashboard wants an API key as the "
-                     "password (any user name).</p>", status=401, headers=CHALLENGE)
+@router.get("/{rest:path}")
+async def elsewhere(rest: str) -> Response:
+    return _error_page(404, "No such page.")
 
+
+def mount_dashboard(app: FastAPI) -> None:
+    """Add the dashboard's routes to the API's app (after the API's own routes)."""
     app.add_exception_handler(_Unauthorized, unauthorized)
-    router = APIRouter(prefix=BASE, dependencies=[Depends(authorize)], include_in_schema=False)
-
-    async def read(what: Callable[[str], Awaitable[T]], call_id: str) -> T | Response:
-        """What `records` gives for the call, or the page that says why it cannot."""
-        if len(call_id) > MAX_ID:
-            return _error_page(404, "No such call.")
-        try:
-            return await what(call_id)
-        except ApiError as exc:
-            return _error_page(exc.status, exc.message)
-
-    @router.get("")
-    async def calls_page() -> Response:
-        return _page("Calls", _LIST, page="list", source=f"{BASE}/api/calls")
-
-    @router.get("/api/calls")
-    async def calls_data(limit: int = Query(100, ge=1, le=1000)) -> Response:
-        try:
-            listed = await records.list(limit=limit)
-        except ApiError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status, headers=HEADERS)
-        now = time.time()
-        rows = [_row(summarize(c, now)) for c in listed]
-        return JSONResponse({"now": now, "calls": rows}, headers=HEADERS)
-
-    @router.get("/calls/{call_id}")
-    async def call_page(call_id: str) -> Response:
-        record = await read(records.get, call_id)
-        if isinstance(record, Response):
-            return record
-        summary = summarize(record)
-        return _page(f"Call {summary.id}", render_call(record), page="call",
-                     live="1" if summary.state in LIVE_STATES else "0")
-
-    @router.get("/calls/{call_id}/recording")
-    async def call_recording(call_id: str) -> Response:
-        path = await read(records.recording, call_id)
-        if isinstance(path, Response):
-            return path
-        return FileResponse(str(path), media_type="audio/wav", filename=f"{call_id}.wav",
-                            headers=HEADERS)
-
-    @router.get("/static/{name}")
-    async def static(name: str) -> Response:
-        if name not in STATIC:
-            return _error_page(404, "No such file.")
-        return Response((files / name).read_bytes(), media_type=STATIC[name], headers=HEADERS)
-
-    @router.get("/{rest:path}")
-    async def elsewhere(rest: str) -> Response:
-        return _error_page(404, "No such page.")
-
     app.include_router(router)
 
 

@@ -466,7 +466,8 @@ class MediaSession:
         return {
             "packets_in": stats.packets_in, "packets_out": stats.packets_out,
             "lost": rx.missing, "duplicates": rx.duplicates, "reordered": rx.reordered,
-            "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2), "late": self.jitter.late, "concealed": self.jitter.concealed,
+            "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2), "late": self.jitter.late,
+            "concealed": self.jitter.concealed,
             "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
             "stun": stats.stun, "stun_answered": stats.stun_answered,
             "dtmf": "".join(d.digit for d in self.digits), "dropped": dict(self.dropped),

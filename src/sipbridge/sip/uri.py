@@ -204,7 +204,8 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
     if qmark:
         for item in header_text.split("&"):
             name, eq, value = item.partition("=")
-            if not name or not eq or not _HEADER_CHARS.match(name) or not _HEADER_CHARS.match(value):
+            if (not name or not eq or not _HEADER_CHARS.match(name)
+                    or not _HEADER_CHARS.match(value)):
                 raise ParseError(f"invalid URI header {item[:40]!r}")
             headers.append((name, value))
     return SipUri(

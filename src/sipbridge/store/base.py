@@ -126,7 +126,8 @@ class SqlStore(QueuedWriter, Generic[C]):
             "ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
         )
-        self._event_sql = self._sql("INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)")
+        self._event_sql = self._sql(
+            "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)")
 
         wconn = self._connect(writer=True)
         try:

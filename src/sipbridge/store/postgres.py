@@ -25,6 +25,7 @@ double precision (a float reads back as the same float).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -215,10 +216,8 @@ class PostgresStore(SqlStore[psycopg.Connection[TupleRow]]):
         conn.commit()
 
     def _rollback(self, conn: psycopg.Connection[TupleRow]) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):
             conn.rollback()
-        except psycopg.Error:
-            pass
 
     def _lost(self, conn: psycopg.Connection[TupleRow]) -> bool:
         return conn.closed

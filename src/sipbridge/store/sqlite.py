@@ -9,6 +9,7 @@ writer thread and the reads are `SqlStore`'s.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -95,7 +96,5 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
