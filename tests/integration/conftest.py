@@ -31,8 +31,8 @@ WATCH_LOOP_MODULES = ("test_sipp_calls", "test_transfers", "test_dtmf", "test_me
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] \
-                in WATCH_LOOP_MODULES:
+        module = getattr(item, "module", None)  # a test function's module
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in WATCH_LOOP_MODULES:
             item.add_marker(pytest.mark.watch_loop)
 
 

@@ -181,7 +181,8 @@ def test_asking_again_while_the_transfer_is_pending_is_not_a_failure(
         record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended", 30,
                              interval=0.1)
     assert record["state"] == "ended", f"the call did not end within 30 s: {record}"
-    assert caller.result is not None and caller.result.ok, caller.result.describe()
+    assert caller.result is not None, "the caller's SIPp never finished"
+    assert caller.result.ok, caller.result.describe()
     timeline = record["timeline"]
     said = [(e["role"], e["text"]) for e in timeline if e["kind"] == "transcript"]
     calls = [e for e in timeline if e["kind"] == "agent" and e["status"] == "function_call"]

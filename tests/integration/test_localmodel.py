@@ -105,7 +105,7 @@ class Client:
         await self.ws.send(json.dumps(event))
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109 (per event)
-        event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        event: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         check(event)
         self.events.append(event)
         return event
@@ -262,14 +262,15 @@ def test_errors_are_error_events() -> None:
             assert error["error"]["param"] == "session.type"
             assert error["error"]["event_id"] == "evt_1"
             assert "type" in error["error"]["message"]
-            for bad, param in ([{"type": "no.such.event"}, "type"],
-                               [{"audio": "AAAA"}, "type"],
-                               [{"type": "input_audio_buffer.append"}, "audio"],
-                               [{"type": "input_audio_buffer.append", "audio": "!!"}, "audio"],
-                               [{"type": "conversation.item.create",
-                                 "item": {"type": "banana"}}, "item.type"],
-                               [{"type": "conversation.item.delete", "item_id": "nope"},
-                                "item_id"]):
+            cases: list[tuple[dict[str, Any], str]] = [
+                ({"type": "no.such.event"}, "type"),
+                ({"audio": "AAAA"}, "type"),
+                ({"type": "input_audio_buffer.append"}, "audio"),
+                ({"type": "input_audio_buffer.append", "audio": "!!"}, "audio"),
+                ({"type": "conversation.item.create", "item": {"type": "banana"}}, "item.type"),
+                ({"type": "conversation.item.delete", "item_id": "nope"}, "item_id"),
+            ]
+            for bad, param in cases:
                 await client.send(bad)
                 error = await client.recv()
                 assert error["type"] == "error" and error["error"]["param"] == param, error

@@ -12,11 +12,13 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 import websockets
+from openai.types.realtime import RealtimeFunctionTool, RealtimeSessionCreateRequest
 
 from tests.integration.appside import KEY, SECRET, App, WebhookSink, refused_scenario, start_app
 from tests.integration.gateway import Gateway
@@ -52,14 +54,17 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
             app.client.realtime.connect(call_id=call_id) as watcher:
         created = conn.recv()
         assert created.type == "session.created"
+        assert isinstance(created.session, RealtimeSessionCreateRequest)
         assert created.session.instructions == "You answer the phone for Acme."
-        [tool] = created.session.tools  # the built-in transfer tool, for the declared target
-        assert tool.name == "transfer_call"
+        [tool] = created.session.tools or []  # the built-in transfer tool, for the target
+        assert isinstance(tool, RealtimeFunctionTool) and tool.name == "transfer_call"
+        assert isinstance(tool.parameters, dict)
         assert tool.parameters["properties"]["target"]["enum"] == ["human"]
         assert watcher.recv().type == "session.created"
         conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
         updated = conn.recv()
         assert updated.type == "session.updated"
+        assert isinstance(updated.session, RealtimeSessionCreateRequest)
         assert updated.session.instructions == "Be brief."
         seen = watcher.recv()  # every sideband client of the call sees the update
         assert seen.type == "session.updated" and seen.event_id == updated.event_id
@@ -90,7 +95,8 @@ def test_webhook_accept_sideband_and_refer(app: App) -> None:
 
 
 def test_reject_sends_the_status_and_603_by_default(app: App) -> None:
-    for code, kwargs in ((486, {"status_code": 486}), (603, {})):
+    cases: tuple[tuple[int, dict[str, Any]], ...] = ((486, {"status_code": 486}), (603, {}))
+    for code, kwargs in cases:
         sipp = app.call(refused_scenario(app.tmp, code))
         call_id = app.incoming().data.call_id
         app.client.realtime.calls.reject(call_id, **kwargs)

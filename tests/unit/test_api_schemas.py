@@ -12,6 +12,7 @@ import httpx2
 import openai
 import pytest
 from openai.types.realtime import (
+    RealtimeFunctionTool,
     RealtimeSessionCreateRequest,
     audio_transcription_param,
     call_accept_params,
@@ -97,7 +98,8 @@ def _required_keys(sdk: type) -> set[str]:
     """The TypedDict's Required[...] keys. `__required_keys__` is empty for these: the SDK's
     modules use postponed annotations, which typing_extensions does not resolve on 3.11."""
     hints = get_type_hints(sdk, include_extras=True)
-    return {name for name, hint in hints.items() if get_origin(hint) is Required}
+    required: object = Required
+    return {name for name, hint in hints.items() if get_origin(hint) is required}
 
 
 def test_required_keys_are_read_correctly() -> None:
@@ -142,8 +144,8 @@ def _literals(tp: Any) -> frozenset[object] | None:
 
 
 def test_literals_helper() -> None:
-    assert _literals(Literal["a", "b"] | None) == {"a", "b"}
-    assert _literals(list[Literal["a"]]) == {"a"}
+    assert _literals(Literal["a", "b"] | None) == frozenset({"a", "b"})
+    assert _literals(list[Literal["a"]]) == frozenset({"a"})
     assert _literals(str | Literal["a"]) is None
     assert _literals(list[str]) == frozenset()
 
@@ -369,7 +371,8 @@ def test_session_object_of_full_config_keeps_everything() -> None:
     for key, value in FULL.items():
         assert session[key] == value, key
     parsed = _sdk_session(session)
-    assert parsed.tools is not None and parsed.tools[0].name == "transfer_call"
+    assert parsed.tools is not None and isinstance(parsed.tools[0], RealtimeFunctionTool)
+    assert parsed.tools[0].name == "transfer_call"
     assert parsed.audio is not None and parsed.audio.input is not None
     turn = parsed.audio.input.turn_detection
     assert turn is not None and turn.type == "server_vad" and turn.idle_timeout_ms == 6000

@@ -23,11 +23,13 @@ from tests.unit.interop_corpus import (
 
 
 def test_the_corpus_covers_the_stacks() -> None:
-    sources = " ".join(s.source for s in [*NOTIFIES, *REFER_ANSWERS, *DIALOGS])
+    samples: list[NotifySample | ReferAnswerSample | DialogSample] = [
+        *NOTIFIES, *REFER_ANSWERS, *DIALOGS]
+    sources = " ".join(s.source for s in samples)
     for stack in ("liblinphone", "baresip", "Asterisk", "FreeSWITCH", "Kamailio", "SIPp",
                   "belle-sip", "Telnyx"):
         assert stack in sources
-    names = [s.name for s in [*NOTIFIES, *REFER_ANSWERS, *DIALOGS]]
+    names = [s.name for s in samples]
     assert len(names) == len(set(names))
 
 
@@ -111,6 +113,7 @@ def test_refer_answer_reads_to_its_meaning(sample: ReferAnswerSample) -> None:
 def test_refer_answer_sets_what_the_transfer_waits_for(sample: ReferAnswerSample) -> None:
     h, call, refer = referred(answer=False)
     msg = parse_message(sample.data)
+    assert isinstance(msg, Response)
     own = ("Via", "From", "To", "Call-ID", "CSeq", "Content-Length")
     extra = [(name, value) for name, value in msg.headers if name not in own]
     h.send(response_to(refer, msg.status, msg.reason, headers=extra).to_bytes())
@@ -132,9 +135,9 @@ def test_dialog_message_reads_to_its_meaning(sample: DialogSample) -> None:
     assert msg.cseq.method == "INVITE"
     assert _route_set(msg) == sample.routes
     assert str(msg.contacts[0].uri) == sample.target
-    first = msg.record_routes and (msg.record_routes[0] if isinstance(msg, Request)
-                                   else msg.record_routes[-1])
-    loose = bool(first) and isinstance(first.uri, SipUri) and first.uri.has_param("lr")
+    routes = msg.record_routes
+    first = (routes[0] if isinstance(msg, Request) else routes[-1]) if routes else None
+    loose = first is not None and isinstance(first.uri, SipUri) and first.uri.has_param("lr")
     assert loose is sample.loose
 
 

@@ -73,7 +73,7 @@ def test_parse_wav_takes_a_streamed_data_chunk_to_the_end() -> None:
 
 
 def test_missing_espeak_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
+    monkeypatch.setattr("sipbridge.localmodel.tts.shutil.which", lambda name: None)
     assert not tts.available()
     with pytest.raises(tts.TtsError, match="espeak-ng is not installed"):
         tts.synthesize("Hello.")

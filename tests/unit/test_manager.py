@@ -251,7 +251,7 @@ def test_linphones_final_notify_with_a_doubled_reason_is_a_success() -> None:
     warnings = [e for e in call.timeline if e["kind"] == "warning"]
     assert len(warnings) == 1  # one entry for the NOTIFY with a problem, none for the good one
     assert warnings[0]["transfer_id"] == job.id
-    assert "'reason=reason=noresource' read as reason=noresource" in warnings[0]["detail"]
+    assert "'reason=reason=noresource' read as reason=noresource" in str(warnings[0]["detail"])
     assert isinstance(warnings[0]["at"], float)
     assert h.requests[-1].method == "BYE"  # the gateway leaves the call after the success
     assert call.end_reason == "transferred"

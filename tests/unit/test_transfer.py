@@ -17,6 +17,7 @@ from sipbridge.calls.transfer_machine import (
     TransferStep,
     TransferTimers,
 )
+from sipbridge.records import TransferState
 from sipbridge.sip.subscription import SipFrag, SubscriptionState
 
 T0 = 1000.0
@@ -511,7 +512,7 @@ def test_every_transfer_ends_in_bounded_time(
     start = T0  # when the REFER timer last started: creation, or `sent` while still requested
     if sent_first:
         events = [Ev("sent", 0.0), *events]
-    frozen: dict[str, object] | None = None
+    frozen: TransferState | None = None
 
     def step(now: float, call: Ev | None) -> None:
         nonlocal frozen, start
