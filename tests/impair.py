@@ -90,7 +90,7 @@ class Direction:
         self.sent: list[tuple[Copy, Datagram]] = []
         self.pending = 0
 
-    def _decide(self, data: bytes, now: float) -> Datagram:
+    def decide(self, data: bytes, now: float) -> Datagram:
         """Draw this datagram's fate: dropped, or one or two copies with their delays."""
         imp, rng = self.impairment, self._rng
         index = len(self.datagrams)
@@ -262,7 +262,7 @@ class Relay:
                 return
             direction, transport, dest = self.from_target, self._a, self.peer
         assert transport is not None
-        datagram = direction._decide(data, now)
+        datagram = direction.decide(data, now)
         for copy in datagram.copies:
             if copy.delay <= 0.0:
                 self._send(direction, transport, dest, copy, datagram, counted=False)

@@ -153,15 +153,17 @@ class StallWatch:
         if lag >= self.threshold:
             with self._lock:
                 samples = Counter(self._samples)
-            self._judge(lag, cpu - self._cpu, samples, now)
+            self.judge(lag, cpu - self._cpu, samples, now)
         with self._lock:
             self._samples.clear()
         self._cpu = cpu
         self._due = now + self.period
         self._handle = self._loop.call_at(self._due, self._heartbeat)
 
-    def _judge(self, lag: float, cpu: float, samples: Counter[str], now: float) -> None:
-        """A stall (the loop ran code) or a hold-up (it was kept waiting)."""
+    def judge(self, lag: float, cpu: float, samples: Counter[str], now: float) -> None:
+        """One late heartbeat's figures (its lag, the loop thread's CPU time meanwhile and
+        the stacks sampled) judged: a stall (the loop ran code) or a hold-up (it was kept
+        waiting)."""
         code = [(where, n) for where, n in samples.most_common() if where != IDLE]
         on_cpu = f"the loop's thread on the CPU {cpu * 1000:.0f} ms"
         if code and (code[0][1] >= 2 or cpu >= lag / 2):

@@ -285,6 +285,6 @@ def test_relay_does_what_its_record_says() -> None:
     # The same seed, the same choices.
     again = Direction(there.name, imp)
     for d in there.datagrams:
-        twin = again._decide(d.data, d.arrived)
+        twin = again.decide(d.data, d.arrived)
         assert (twin.dropped, [c.delay for c in twin.copies]) == \
             (d.dropped, [c.delay for c in d.copies])

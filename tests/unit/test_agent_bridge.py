@@ -55,7 +55,7 @@ def test_g711_goes_through_untouched(media: MediaSession, fmt: str, encode: obje
     assert media.on_audio is not None
     media.on_audio(FRAME)
     assert sent_audio(b) == encode(FRAME)  # type: ignore[operator]
-    b._agent_audio("item_1", base64.b64encode(encode(FRAME)).decode())  # type: ignore[operator]
+    b.agent_audio("item_1", base64.b64encode(encode(FRAME)).decode())  # type: ignore[operator]
     assert media.queued_ms == 20  # 160 G.711 bytes: 20 ms at 8 kHz, played as they are
 
 
@@ -64,16 +64,16 @@ def test_pcm_is_24_khz_both_ways(media: MediaSession) -> None:
     assert media.on_audio is not None
     media.on_audio(FRAME)
     assert len(sent_audio(b)) == 480 * 2  # 20 ms at 24 kHz, 16-bit
-    b._agent_audio("item_1", base64.b64encode(np.zeros(4800, "<i2").tobytes()).decode())
+    b.agent_audio("item_1", base64.b64encode(np.zeros(4800, "<i2").tobytes()).decode())
     assert media.queued_ms == 200  # 4800 samples at 24 kHz: 200 ms at 8 kHz
 
 
 def test_barge_in_truncates_at_what_was_heard(media: MediaSession) -> None:
     b = bridge(media, None)
-    b._agent_audio("item_7", base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode())
+    b.agent_audio("item_7", base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode())
     for n in range(10):  # 200 ms of it played
         media.tick(n * 0.02)
-    b._server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+    b.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
                      "item_id": "u1"})
     assert media.queued_ms == 0
     truncate = b.outbox.get_nowait()
@@ -94,14 +94,14 @@ def test_after_speech_waits_for_the_response_and_the_playout(media: MediaSession
     outcomes: list[tuple[str, float, int]] = []
 
     async def run() -> None:
-        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
-        b._server_event({"type": "response.output_audio.delta", "item_id": "item_1",
+        b.server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.server_event({"type": "response.output_audio.delta", "item_id": "item_1",
                          "delta": speech(300)})
         b.after_speech(2.0, lambda outcome, waited: outcomes.append(
             (outcome, waited, media.queued_ms)))
         await asyncio.sleep(0.05)
         assert outcomes == []  # the response is under way
-        b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
+        b.server_event({"type": "response.done", "response": {"id": "resp_1"}})
         await asyncio.sleep(0.05)
         assert outcomes == []  # 300 ms still queued for the caller
         for n in range(15):  # the playout sends it
@@ -118,7 +118,7 @@ def test_after_speech_is_bounded_and_released_on_close(media: MediaSession) -> N
     outcomes: list[str] = []
 
     async def run() -> None:
-        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.server_event({"type": "response.created", "response": {"id": "resp_1"}})
         b.after_speech(0.2, lambda outcome, waited: outcomes.append(outcome))
         await asyncio.sleep(0.3)  # the model never finishes: the limit decides
         b.after_speech(5.0, lambda outcome, waited: outcomes.append(outcome))
@@ -134,9 +134,9 @@ def test_a_dropped_connection_ends_the_responses_under_way(media: MediaSession) 
     outcomes: list[str] = []
 
     async def run() -> None:
-        b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.server_event({"type": "response.created", "response": {"id": "resp_1"}})
         b.after_speech(3.0, lambda outcome, waited: outcomes.append(outcome))
-        b._connection_lost()  # no response.done will come for it
+        b.connection_lost()  # no response.done will come for it
         await asyncio.sleep(0.35)
 
     asyncio.run(run())
@@ -148,9 +148,9 @@ def test_barge_in_empties_the_playout_the_wait_was_for(media: MediaSession) -> N
     outcomes: list[str] = []
 
     async def run() -> None:
-        b._agent_audio("item_1", speech(2000))
+        b.agent_audio("item_1", speech(2000))
         b.after_speech(3.0, lambda outcome, waited: outcomes.append(outcome))
-        b._server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+        b.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
                          "item_id": "u1"})
         await asyncio.sleep(0.35)
 
@@ -164,11 +164,11 @@ def test_a_function_output_during_a_response_asks_for_the_next_one_after_it(
     """Asked again mid-response ("in_progress" comes back at once), the new response is
     requested once the current one is done: OpenAI refuses a second active response."""
     b = bridge(media, None)
-    b._server_event({"type": "response.created", "response": {"id": "resp_1"}})
+    b.server_event({"type": "response.created", "response": {"id": "resp_1"}})
     b.function_output("call_2", '{"status": "in_progress"}')
     sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["conversation.item.create"]
-    b._server_event({"type": "response.done", "response": {"id": "resp_1"}})
+    b.server_event({"type": "response.done", "response": {"id": "resp_1"}})
     sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["response.create"]
     b.function_output("call_1", '{"status": "failed"}')  # none under way: at once

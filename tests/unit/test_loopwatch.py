@@ -86,17 +86,12 @@ def computes(seconds: float) -> None:
 
 def test_a_computing_callback_is_a_stall_and_a_starved_loop_a_hold_up() -> None:
     watch = StallWatch(0.1)
-    loop = asyncio.new_event_loop()
-    try:
-        watch._loop = loop
-        # The loop's thread used the CPU for most of the delay: a stall even unseen.
-        watch._judge(0.3, 0.25, Counter(), 1.0)
-        # Waiting in the selector, hardly on the CPU: a hold-up.
-        watch._judge(0.3, 0.01, Counter({IDLE: 3}), 2.0)
-        # One glimpse of code while off the CPU: the process was descheduled there.
-        watch._judge(0.3, 0.01, Counter({"x.py:1 f": 1}), 3.0)
-    finally:
-        loop.close()
+    # The loop's thread used the CPU for most of the delay: a stall even unseen.
+    watch.judge(0.3, 0.25, Counter(), 1.0)
+    # Waiting in the selector, hardly on the CPU: a hold-up.
+    watch.judge(0.3, 0.01, Counter({IDLE: 3}), 2.0)
+    # One glimpse of code while off the CPU: the process was descheduled there.
+    watch.judge(0.3, 0.01, Counter({"x.py:1 f": 1}), 3.0)
     assert watch.stalls.count == 1 and "GIL" in watch.stalls.where
     assert watch.holdups.count == 2
 

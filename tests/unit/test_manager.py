@@ -190,7 +190,9 @@ def test_the_transfer_tool_refers_to_the_declared_target() -> None:
     assert output["status"] == "in_progress" and output["transfer_id"] == job.id
     assert "already in progress" in output["instructions"]
     # Once it has an outcome, a request names its target again.
-    h.manager.transfers._steps(call, job, job.machine.response(603, h.now))
+    refer = [r for r in h.requests if r.method == "REFER"][-1]
+    h.send(response_to(refer, 603).to_bytes())  # the carrier declines it
+    assert job.status == "rejected"
     bad = h.manager.run_transfer_tool(call.id, '{"target": "billing"}')
     assert bad.job is None and "unknown target 'billing'" in bad.problem
     assert "sales" in bad.problem and json.loads(bad.output())["status"] == "error"

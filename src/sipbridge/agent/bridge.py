@@ -152,12 +152,12 @@ class AgentBridge:
                     sender = asyncio.create_task(self._send_loop(ws))
                     try:
                         async for raw in ws:
-                            self._server_event(json.loads(raw))
+                            self.server_event(json.loads(raw))
                     finally:
                         sender.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await sender
-                        self._connection_lost()
+                        self.connection_lost()
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError,
                     ValueError) as exc:
                 self.connected = False
@@ -208,7 +208,9 @@ class AgentBridge:
         self._outbox.put_nowait({"type": "input_audio_buffer.append",
                                  "audio": base64.b64encode(data).decode()})
 
-    def _agent_audio(self, item_id: str, b64: str) -> None:
+    def agent_audio(self, item_id: str, b64: str) -> None:
+        """A delta of the agent's audio (base64, in the session's output format): queued
+        to be played out to the caller in paced frames."""
         data = base64.b64decode(b64)
         if self.output_format == "audio/pcmu":
             self.media.play_phone(ulaw_decode(data))
@@ -239,7 +241,9 @@ class AgentBridge:
 
     # ---- server events --------------------------------------------------------------
 
-    def _server_event(self, event: dict[str, Any]) -> None:
+    def server_event(self, event: dict[str, Any]) -> None:
+        """One event from the model (a Realtime server event): audio to the caller,
+        barge-in, the transfer tool, and everything to the call's sideband."""
         kind = event.get("type")
         if kind in ("response.created", "response.done"):
             self._response(kind, event.get("response"))
@@ -247,7 +251,7 @@ class AgentBridge:
             if self._speech_stopped is not None:
                 self.on_latency(time.monotonic() - self._speech_stopped)
                 self._speech_stopped = None
-            self._agent_audio(str(event.get("item_id", "")), str(event.get("delta", "")))
+            self.agent_audio(str(event.get("item_id", "")), str(event.get("delta", "")))
         elif kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped = time.monotonic()
         elif kind == "input_audio_buffer.speech_started":
@@ -312,7 +316,7 @@ class AgentBridge:
         except Exception:
             log.exception("call %s: what waited for the agent's words failed", self.call_id)
 
-    def _connection_lost(self) -> None:
+    def connection_lost(self) -> None:
         """The model's responses under way ended with its connection."""
         self._responding.clear()
         self._respond_when_done = False
