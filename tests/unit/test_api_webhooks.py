@@ -28,8 +28,8 @@ from sipbridge.api.webhooks import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookSender,
-    _parse_retry_after,
     make_event,
+    parse_retry_after,
 )
 from tests.polling import until_async
 
@@ -317,13 +317,13 @@ def test_retry_after_is_honoured_and_capped() -> None:
      ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
 )  # fmt: skip
 def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
-    assert _parse_retry_after(value) == expected
+    assert parse_retry_after(value) == expected
 
 
 def test_retry_after_as_an_http_date() -> None:
     when = time.time() + 30
     value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))
-    seconds = _parse_retry_after(value)
+    seconds = parse_retry_after(value)
     assert seconds is not None and 28 <= seconds <= 31
 
 

@@ -272,7 +272,7 @@ class WebhookSender:
                     "POST", self._url, content=body, headers=headers, timeout=self._timeout
                 ) as response:
                     status = response.status_code
-                    retry_after = _parse_retry_after(response.headers.get("retry-after"))
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
                     await _drain(response)
         except asyncio.CancelledError:
             delivery.attempts.append(
@@ -338,7 +338,7 @@ def _check_secret(secret: str) -> str:
     return secret
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Retry-After in seconds (delta-seconds or an HTTP date); None if absent or unusable."""
     if value is None:
         return None
