@@ -4,7 +4,7 @@ like `created_at` and the timeline, in the API's record, the store and the trans
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ def app(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Iterator[App]:
     yield from start_app(start_gateway, tmp_path, transfer_fallback="none")
 
 
-def times(record: dict[str, Any]) -> list[tuple[str, float]]:
+def times(record: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The first transfer's times: the API's record (JSON) or the store's (a CallRecord)."""
     transfer = record["transfers"][0]
     return [("requested_at", transfer["requested_at"]),
             *((f"steps[{s['status']}].at", s["at"]) for s in transfer["steps"])]

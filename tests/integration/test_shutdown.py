@@ -70,6 +70,7 @@ def test_a_ringing_call_at_shutdown_leaves_no_store_write_after_close(
                 await asyncio.sleep(0.01)
             await gateway.stop()
             await asyncio.sleep(1.0)  # past the accept timeout: nothing may fire now
+        assert gateway.store is not None
         assert gateway.store.write_errors == 0
 
     asyncio.run(main())

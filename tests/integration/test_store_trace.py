@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import cast
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from sipbridge.records import CallRecord
 from tests.integration.appside import KEY, App, start_app
 from tests.integration.callrecords import call_record, wait_first_call
 from tests.integration.gateway import Gateway
@@ -124,17 +125,20 @@ def test_old_calls_are_purged_while_the_gateway_runs(tmp_path: Path) -> None:
     from sipbridge.config import load_config
     from sipbridge.gateway import Gateway as InProcess
 
-    async def main() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    async def main() -> tuple[CallRecord | None, CallRecord | None]:
         gateway = InProcess(load_config(
             None, sip="127.0.0.1:0", http="off", store=str(tmp_path / "calls.db"),
             store_retention_days=1 / 86400, store_purge_interval=0.2))  # one second
         await gateway.start()
         try:
             store = gateway.store
+            assert store is not None  # the gateway has started with a store configured
             now = time.time()
             for call_id, ended in (("rtc_old", now - 5), ("rtc_live", None)):
-                store.upsert_call({"id": call_id, "state": "ended" if ended else "active",
-                                   "created_at": now - 10, "ended_at": ended})
+                # a bare record: purging reads no more than its end
+                store.upsert_call(cast("CallRecord", {
+                    "id": call_id, "state": "ended" if ended else "active",
+                    "created_at": now - 10, "ended_at": ended}))
                 store.add_event(call_id, now - 10, "sip", {"line": "INVITE sip:a@b SIP/2.0"})
             assert store.flush()
             assert store.get_call("rtc_old") is not None

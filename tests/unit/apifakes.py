@@ -11,6 +11,7 @@ from typing import Any
 
 from sipbridge.calls.call import Call, CallError
 from sipbridge.realtime.sideband import SidebandHubs
+from sipbridge.records import CallRecord
 
 KEY = "sk-dashboard-test"
 
@@ -35,15 +36,22 @@ class Manager:
 
 
 class Store:
-    def __init__(self, *records: dict[str, Any]) -> None:
+    """The store's read side: the records it holds, by id."""
+
+    def __init__(self, *records: CallRecord) -> None:
         self.records = {r["id"]: r for r in records}
 
-    def get_call(self, call_id: str) -> dict[str, Any] | None:
+    def get_call(self, call_id: str) -> CallRecord | None:
         record = self.records.get(call_id)
         return copy.deepcopy(record) if record is not None else None
 
-    def list_calls(self, **_: Any) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "timeline"} for r in self.records.values()]
+    def list_calls(self, **_: object) -> list[CallRecord]:
+        listed: list[CallRecord] = []
+        for r in self.records.values():
+            row = r.copy()
+            row.pop("timeline", None)
+            listed.append(row)
+        return listed
 
 
 @dataclass

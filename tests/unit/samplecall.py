@@ -4,7 +4,7 @@ is a script, as the trace and the dashboard get it."""
 
 from __future__ import annotations
 
-from typing import Any
+from sipbridge.records import CallRecord, TimelineEntry
 
 T0 = 1_700_000_000.0
 INVITE = ("INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
@@ -14,10 +14,10 @@ INVITE = ("INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
           "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
 
 
-def sample_call() -> dict[str, Any]:
+def sample_call() -> CallRecord:
     """A failed transfer (486) with SIP, API, webhook, sideband, model, transcript, DTMF,
     fallback, media and gateway entries; the caller's display name is a script."""
-    def sip(at: float, direction: str, line: str, text: str | None = None) -> dict[str, Any]:
+    def sip(at: float, direction: str, line: str, text: str | None = None) -> TimelineEntry:
         return {"at": T0 + at, "kind": "sip", "dir": direction, "peer": "127.0.0.1:5070",
                 "line": line, "text": text or f"{line}\r\nCSeq: 1 X\r\n\r\n"}
     return {
@@ -28,9 +28,11 @@ def sample_call() -> dict[str, Any]:
                 "from": '"<script>alert(1)</script>" <sip:+15551230000@127.0.0.1>',
                 "to": "sip:+15559870000@127.0.0.1:5060", "source": "127.0.0.1:5070",
                 "final_status": None, "rtp_port": 40000, "codec": "PCMU", "on_hold": False},
+        "media": None,
         "transfers": [{"id": "tr_1", "target_uri": "tel:+61420351258", "status": "failed",
                        "final": True, "sip_status": 486, "reason": "Busy Here",
-                       "requested_at": T0 + 2.0, "steps": [], "fallback": None}],
+                       "requested_at": T0 + 2.0, "steps": [], "fallback": None,
+                       "requested_by": "app"}],
         "recording": None, "webhooks": [],
         "timeline": [
             sip(0.001, "in", "INVITE sip:service@127.0.0.1:5060 SIP/2.0", INVITE),

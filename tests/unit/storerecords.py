@@ -1,5 +1,6 @@
-"""A call record as the store takes it (`call`), and a process that writes one, flushes
-and is killed (`run_killed_child`), for the durability tests of each backend."""
+"""A call record as the store takes it (`call`), a transfer as far as the store looks at one
+(`transfer`), and a process that writes a record, flushes and is killed
+(`run_killed_child`), for the durability tests of each backend."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import cast
+
+from sipbridge.records import CallRecord, TransferRecord
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def call(call_id: str, caller: str = "sip:+14155550100@carrier.example",
-         **fields: Any) -> dict[str, Any]:
-    """A call record shaped as `Call.to_dict` makes one (the caller in its sip part)."""
-    record: dict[str, Any] = {
+         **fields: object) -> CallRecord:
+    """A call record shaped as `Call.to_dict` makes one (the caller in its sip part).
+
+    Not every key of a `CallRecord`: no "object" nor "media", and a sip part of its own
+    (with a From tag), since the store keeps whatever record it is given and gives it back
+    as it was; `fields` may add keys or set odd values (a record the store refuses)."""
+    record: dict[str, object] = {
         "id": call_id,
         "state": "ringing",
         "created_at": 1000.0,
@@ -30,7 +37,15 @@ def call(call_id: str, caller: str = "sip:+14155550100@carrier.example",
         "recording": None,
     }
     record.update(fields)
-    return record
+    return cast("CallRecord", record)
+
+
+def transfer(status: str) -> TransferRecord:
+    """A transfer with nothing but its status, which is all the store reads of one (the
+    list's `transfer_status` filter)."""
+    return cast("TransferRecord", {"status": status})
+
+
 CHILD = textwrap.dedent(
     """
     import os, signal, sys

@@ -5,7 +5,7 @@ store sink sees the record and every timeline entry."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Self
 
 from sipbridge.calls.events import (
     CallEvent,
@@ -17,6 +17,7 @@ from sipbridge.calls.events import (
     TransferStepped,
 )
 from sipbridge.calls.sinks import StoreSink
+from sipbridge.records import CallRecord
 from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, invite, notify
 
 
@@ -33,15 +34,51 @@ class Seen:
 
 
 class Store:
+    """A `sipbridge.store.Store` that keeps each record it is given and each entry's call and
+    kind; the sink only writes, so what it would read or maintain does nothing."""
+
+    label = "memory"
+    retention_days: float | None = None
+    write_errors = 0
+    dropped = 0
+
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+        self.records: list[CallRecord] = []
         self.entries: list[tuple[str, str]] = []
 
-    def upsert_call(self, record: Mapping[str, Any]) -> None:
-        self.records.append(dict(record))
+    def upsert_call(self, record: CallRecord) -> None:
+        self.records.append(record.copy())
 
-    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, Any]) -> None:
+    def add_event(self, call_id: str, at: float, kind: str, data: Mapping[str, object]
+                  ) -> None:
         self.entries.append((call_id, kind))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def mark_unfinished(self, reason: str = "gateway_restarted") -> int:
+        return 0
+
+    def purge(self, now: float | None = None) -> int:
+        return 0
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        return None
+
+    def list_calls(self, *, state: str | None = None, since: float | None = None,
+                   until: float | None = None, caller: str | None = None,
+                   transfer_status: str | None = None, limit: int = 100,
+                   ) -> list[CallRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def test_an_app_call_goes_out_as_events_in_order() -> None:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sipbridge.api.app import create_app
 from sipbridge.api.dashboard import basic_password
 from sipbridge.calls.call import Call, CallState
+from sipbridge.records import CallRecord
 from tests.unit.apifakes import KEY, Control, Manager, Store, basic
 from tests.unit.samplecall import T0, sample_call
 
@@ -42,8 +43,8 @@ def live_call(tmp_path: Path) -> Call:
 
 @pytest.fixture
 def control(tmp_path: Path, live_call: Call) -> Control:
-    recorded = {**sample_call(), "id": RECORDED, "created_at": T0 - 60, "transfers": [],
-                "recording": str(write_wav(tmp_path / "call.wav"))}
+    recorded: CallRecord = {**sample_call(), "id": RECORDED, "created_at": T0 - 60,
+                            "transfers": [], "recording": str(write_wav(tmp_path / "call.wav"))}
     return Control(calls=Manager(live_call), store=Store(sample_call(), recorded))
 
 

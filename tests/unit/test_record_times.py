@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery
+from sipbridge.calls.manager import CallManager
+from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
+from sipbridge.records import CallRecord
+from sipbridge.store import Store
 from tests.unit.callharness import ack, app_call
 
 TIMES = {
@@ -54,7 +59,7 @@ def schema_times(schema: dict[str, Any], components: dict[str, Any],
         yield from schema_times(prop, components, name)
 
 
-def a_call_with_a_transfer() -> dict[str, Any]:
+def a_call_with_a_transfer() -> CallRecord:
     h, call = app_call()
     h.now = 12.5  # the loop's clock: seconds since the host booted, not since 1970
     h.manager.accept(call.id, {"type": "realtime"})
@@ -85,11 +90,14 @@ def test_every_time_in_a_call_record_is_unix_time() -> None:
     assert all(set(e) <= {"at", "kind", "transfer_id", *steps[0]} for e in entries)
 
 
+@dataclass
 class Control:
-    calls = None
-    sideband = SidebandHubs()
-    store = None
-    metrics = None
+    """A gateway that has no calls and no store: the app is made for its OpenAPI document."""
+
+    calls: CallManager | None = None
+    sideband: SidebandHubs = field(default_factory=SidebandHubs)
+    store: Store | None = None
+    metrics: Metrics = field(default_factory=lambda: Metrics(lambda: 0))
 
 
 def test_the_openapi_document_says_every_time_is_unix_time() -> None:

@@ -7,16 +7,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from sipbridge.records import CallRecord
 from sipbridge.store import SqliteStore, Store, StoreError
-from tests.unit.storerecords import call, run_killed_child
+from tests.unit.storerecords import call, run_killed_child, transfer
 
 
 @dataclass
@@ -124,7 +125,8 @@ def test_upsert_replaces_and_keeps_extra_fields(store: Store) -> None:
     assert got["state"] == "ended"
     assert got["ended_at"] == 1060.0
     assert got["end_reason"] == "remote_bye"
-    assert got["custom"] == {"a": 2}
+    fields: Mapping[str, object] = got  # "custom" is no key of a CallRecord
+    assert fields["custom"] == {"a": 2}
     assert [e["kind"] for e in got["timeline"]] == ["sip"]  # replacing keeps the timeline
     assert len(store.list_calls()) == 1
 
@@ -132,7 +134,7 @@ def test_upsert_replaces_and_keeps_extra_fields(store: Store) -> None:
 def test_record_is_captured_when_queued(store: Store) -> None:
     record = call("rtc_1")
     store.upsert_call(record)
-    record["transfers"].append({"status": "failed"})  # the caller goes on mutating it
+    record["transfers"].append(transfer("failed"))  # the caller goes on mutating it
     record["state"] = "active"
     assert store.flush()
     got = store.get_call("rtc_1")
@@ -144,14 +146,14 @@ def test_record_is_captured_when_queued(store: Store) -> None:
 def test_list_filters_order_and_limit(store: Store) -> None:
     store.upsert_call(call("rtc_a", created_at=100.0, state="ended", ended_at=150.0,
                            caller="sip:+14155550100@a.example",
-                           transfers=[{"status": "failed"}, {"status": "succeeded"}]))
+                           transfers=[transfer("failed"), transfer("succeeded")]))
     store.upsert_call(call("rtc_b", created_at=200.0, state="active",
                            caller="sip:+442071234567@b.example",
-                           transfers=[{"status": "timed_out"}]))
+                           transfers=[transfer("timed_out")]))
     store.upsert_call(call("rtc_c", created_at=300.0, state="ringing",
                            caller="sip:+14155550777@c.example"))
     store.upsert_call(call("rtc_d", created_at=400.0, state="ended", ended_at=410.0,
-                           caller="anonymous", transfers=[{"status": "failed"}]))
+                           caller="anonymous", transfers=[transfer("failed")]))
     assert store.flush()
 
     def ids(**kw: Any) -> list[str]:
@@ -172,7 +174,7 @@ def test_list_filters_order_and_limit(store: Store) -> None:
     assert ids(transfer_status="unconfirmed") == []
     assert ids(state="ended", transfer_status="failed", caller="+1415") == ["rtc_a"]
     assert all("timeline" not in c for c in store.list_calls())
-    assert store.list_calls(state="active")[0]["transfers"] == [{"status": "timed_out"}]
+    assert store.list_calls(state="active")[0]["transfers"] == [transfer("timed_out")]
 
 
 def test_mark_unfinished(store: Store) -> None:
@@ -186,6 +188,7 @@ def test_mark_unfinished(store: Store) -> None:
         got = store.get_call(call_id)
         assert got is not None
         assert got["state"] == "ended"
+        assert got["ended_at"] is not None
         assert got["ended_at"] >= before
         assert got["end_reason"] == "abnormal: gateway_restarted"
         assert got["timeline"][-1]["kind"] == "gateway"
@@ -322,7 +325,7 @@ def test_write_errors_are_logged_and_counted_not_raised(
     # a record that cannot be stored: a bad value, a missing id
     store.upsert_call(call("rtc_ok"))
     store.upsert_call(call("rtc_bad", created_at={"not": "a number"}))
-    store.upsert_call({"state": "ringing"})
+    store.upsert_call(cast("CallRecord", {"state": "ringing"}))
     store.add_event("rtc_ok", 1.0, "sip", {"after": "the bad one"})
     assert store.flush() is False
     assert store.write_errors == 2

@@ -3,6 +3,9 @@ text must not change: `sipbridge trace` users and tests read it."""
 
 from __future__ import annotations
 
+from typing import cast
+
+from sipbridge.records import CallRecord
 from sipbridge.trace import Step, calls_table, ladder, steps, summarize
 from tests.unit.samplecall import INVITE, T0, sample_call
 
@@ -87,8 +90,9 @@ def test_steps_are_the_rows_both_ladders_draw() -> None:
 
 
 def test_bad_entries_do_not_break_the_ladder() -> None:
-    call = {"id": "rtc_x", "created_at": "soon", "timeline": [
-        "not an entry", {"kind": "sip", "at": "never", "line": "BYE sip:x SIP/2.0"}, {}]}
+    # not a record as any gateway writes one: a start that is text, entries that are not
+    call = cast("CallRecord", {"id": "rtc_x", "created_at": "soon", "timeline": [
+        "not an entry", {"kind": "sip", "at": "never", "line": "BYE sip:x SIP/2.0"}, {}]})
     rows = steps(call)
     assert [r.kind for r in rows] == ["sip", "None"]
     assert rows[0].at == 0.0 and rows[0].sip_text is None
@@ -109,9 +113,10 @@ def test_the_list_row_of_a_call() -> None:
 
 
 def test_the_held_refer_says_what_it_waited_for() -> None:
-    call = {"id": "rtc_x", "created_at": T0, "timeline": [
+    # a bare record: an id, a start and the timeline
+    call = cast("CallRecord", {"id": "rtc_x", "created_at": T0, "timeline": [
         {"at": T0 + 2, "kind": "agent", "status": "speech_wait", "outcome": "played",
-         "waited": 1.84, "detail": "the agent's words were played out after 1.84 s"}]}
+         "waited": 1.84, "detail": "the agent's words were played out after 1.84 s"}]})
     [row] = steps(call)
     assert row.text == "REFER held 1.84 s (played)"
     assert not row.failing and "REFER held 1.84 s (played)" in ladder(call)
