@@ -12,6 +12,7 @@ from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.events import Event
 from sipbridge.sip.message import Request, Response, parse_message
 from sipbridge.sip.ua import UaConfig, UserAgent
+from tests.unit.callharness import FakeTimer
 
 PEER = Address("udp", "127.0.0.1", 5062)
 OPTIONS = (b"OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1"
@@ -19,22 +20,12 @@ OPTIONS = (b"OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062
            b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
 
 
-class Timer:
-    def __init__(self, at: float, callback: Callable[[], object]) -> None:
-        self.at = at
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class World:
     """The driver's clock, wire and upper layer at once, each recording what it saw."""
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.timers: list[Timer] = []
+        self.timers: list[FakeTimer] = []
         self.sent: list[Request | Response] = []
         self.events: list[Event] = []
         self.traced: list[tuple[str, str]] = []
@@ -45,8 +36,8 @@ class World:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], object], /) -> Timer:
-        timer = Timer(when, callback)
+    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
+        timer = FakeTimer(when, callback)
         self.timers.append(timer)
         return timer
 
