@@ -134,7 +134,7 @@ class Registrations:
         elif machine.state is RegState.FAILING:
             retry = machine.retry_at
             log.warning("registration %s: %s failing at %s: %s %s; retrying with backoff "
-                        "(next in %.0f s)", name, spec.aor, spec.registrar,
+                        "(next in %.1f s)", name, spec.aor, spec.registrar,
                         machine.last_status, machine.last_reason,
                         (retry - now) if retry is not None else 0)
         elif machine.state in (RegState.STOPPED, RegState.UNREGISTERING):
