@@ -38,7 +38,7 @@ from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.loadprobe import LoadProbe
 from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
-from sipbridge.sip.registration import RegistrationSpec
+from sipbridge.sip.registration import RegistrationSpec, RegState
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -346,7 +346,7 @@ class Gateway:
         """(name, registered, attempts, failures) of each registration, for the metrics."""
         if self.registrations is None:
             return []
-        return [(s.name, s.state.value == "registered", s.attempts, s.failures)
+        return [(s.name, s.state is RegState.REGISTERED, s.attempts, s.failures)
                 for s in self.registrations.statuses()]
 
     def _live_media(self) -> Iterator[tuple[str, MediaFigures]]:

@@ -232,3 +232,13 @@ def test_a_200_without_our_binding_is_a_failure() -> None:
     request = sent(reg)
     reg.receive(request, answer(request, 200, ("Expires", "0")), 0.0)
     assert reg.state is RegState.FAILING and reg.deadline == 5.0
+
+
+def test_the_password_stays_out_of_reprs_and_requests() -> None:
+    reg = machine()
+    reg.start(0.0)
+    request = sent(reg)
+    reg.receive(request, answer(request, 401, ("WWW-Authenticate",
+                                               'Digest realm="r", nonce="n", qop="auth"')), 0.0)
+    assert "secret" not in repr(SPEC) and "secret" not in repr(reg.status())
+    assert b"secret" not in sent(reg).to_bytes()

@@ -16,7 +16,7 @@ import enum
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipbridge.sip.address import Address, next_hop
 from sipbridge.sip.auth import authorization, choose_challenge
@@ -47,7 +47,7 @@ class RegistrationSpec:
     registrar: str  # a sip: URI (where the REGISTERs go)
     aor: str  # sip:user@domain
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     transport: str = "udp"
     expires: int = 3600
     contact_user: str = "sipbridge"
