@@ -39,7 +39,7 @@ class _RegistrationCollector(Collector):
         source = self.metrics.registrations
         rows = source() if source is not None else []
         up = GaugeMetricFamily("sipbridge_registration_up",
-                               "1 while the registration is registered (its last attempt succeeded)",
+                               "1 while registered (the last attempt succeeded)",
                                labels=["name"])
         attempts = CounterMetricFamily("sipbridge_registration_attempts",
                                        "REGISTER requests sent", labels=["name"])
