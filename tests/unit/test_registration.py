@@ -168,6 +168,15 @@ def test_423_retries_at_once_with_min_expires() -> None:
     assert reg.outgoing() == [] and reg.state is RegState.FAILING  # the same again: failure
 
 
+def test_a_423_asking_for_too_long_backs_off() -> None:
+    reg = machine()
+    reg.start(0.0)
+    request = sent(reg)
+    reg.receive(request, answer(request, 423, ("Min-Expires", "999999")), 0.0)
+    assert reg.outgoing() == [] and reg.status().state is RegState.FAILING
+    assert reg.deadline == 5.0
+
+
 def test_timeout_and_transport_error_fail_and_retry() -> None:
     reg = machine()
     reg.start(0.0)

@@ -28,6 +28,7 @@ from sipbridge.sip.uri import SipUri, parse_sip_uri
 
 MIN_REFRESH = 1.0  # seconds: a refresh is never scheduled sooner than this
 MAX_RETRY_AFTER = 3600  # seconds: a longer Retry-After is taken as this
+MAX_EXPIRES = 86400  # seconds: a 423 asking for more is a failure (backoff), not a retry
 
 
 class RegState(enum.Enum):
@@ -187,7 +188,7 @@ class Registration:
             return
         if status == 423:
             min_expires = _int_header(response, "Min-Expires")
-            if min_expires is not None and min_expires > self.expires:
+            if min_expires is not None and self.expires < min_expires <= MAX_EXPIRES:
                 self.expires = min_expires
                 self._note(response, "")
                 self._attempt(now)
