@@ -98,6 +98,9 @@ def test_kamailio_accepts_the_registration_and_routes_a_call_through_it(
         log = k.log()
         assert "TRACE challenge REGISTER" in log and "TRACE saved REGISTER" in log, log[-3000:]
         assert PASSWORD not in gw.log()
+        unkeyed = httpx.get(f"http://{gw.host}:{gw.http_port}/v1/sipbridge/registrations",
+                            timeout=5)
+        assert unkeyed.status_code == 401, unkeyed.text
         shown = status_command(gw)
         assert "registration prov: sip:100@example.com" in shown and "registered until" in shown
         metrics = httpx.get(f"http://{gw.host}:{gw.http_port}/metrics",
