@@ -1,5 +1,6 @@
 """sipbridge's command line: `serve` runs the gateway, `demo` places a real call at one
-(transferred to a human), `calls` and `trace` read the call store."""
+(transferred to a human), `calls` and `trace` read the call store, `status` asks a running
+gateway for its registrations."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from sipbridge import logs
-from sipbridge.config import ConfigError, load_config
+from sipbridge.config import ConfigError, load_config, parse_host_port
 from sipbridge.gateway import Gateway
 
 
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--config", help="TOML config file (for the store's path)")
     trace.add_argument("--store", help="the store (default: the config's, sipbridge.db)")
     trace.add_argument("--full", action="store_true", help="each SIP message's full text")
+    status = sub.add_parser("status", help="the running gateway's registrations and calls "
+                            "(through its HTTP API)")
+    status.add_argument("--http", default="127.0.0.1:8080",
+                        help="HOST:PORT of the gateway's HTTP API (default 127.0.0.1:8080)")
+    status.add_argument("--api-key", dest="api_key", default=os.environ.get("SIPBRIDGE_API_KEY"),
+                        help="an API key of the gateway (env SIPBRIDGE_API_KEY)")
     demo = sub.add_parser("demo", help="a real call to the agent, transferred to a human")
     demo.add_argument("--dir", help="where the store, recordings and phone logs go "
                       "(default: a new directory under /tmp)")
@@ -154,6 +161,55 @@ def show(args: argparse.Namespace) -> int:
         store.close()
 
 
+def status(args: argparse.Namespace) -> int:
+    """`status`: the running gateway's registrations (GET /v1/sipbridge/registrations)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    host, port = parse_host_port(args.http, 8080)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/v1/sipbridge/registrations"
+    request = urllib.request.Request(url)
+    if args.api_key:
+        request.add_header("Authorization", f"Bearer {args.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        print(f"sipbridge: {url}: HTTP {exc.code} {exc.reason}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"sipbridge: no gateway answers at {url}: {exc}", file=sys.stderr)
+        return 1
+
+    def when(t: object) -> str:
+        if not isinstance(t, int | float):
+            return "-"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        return f"{stamp} (in {max(0, round(t - time.time()))} s)"
+
+    print(f"calls active: {body.get('calls_active', 0)}")
+    rows = body.get("data", [])
+    if not rows:
+        print("registrations: none configured")
+    for r in rows:
+        line = f"registration {r['name']}: {r['aor']} at {r['registrar']} ({r['transport']}): "
+        state = r["state"]
+        if state == "registered":
+            line += f"registered until {when(r['expires_at'])}"
+        elif state == "failing":
+            line += (f"failing: {r['last_status']} {r['last_reason']}; "
+                     f"next attempt at {when(r['next_attempt_at'])}")
+        else:
+            line += state
+        print(line + f"; {r['attempts']} attempts, {r['failures']} failures")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -162,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return show(args)
     if args.command == "demo":
         return demo(args)
+    if args.command == "status":
+        return status(args)
     return 2
 
 

@@ -9,7 +9,14 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -19,6 +26,8 @@ from pydantic_settings import (
 )
 
 from sipbridge.sip.address import split_host_port
+from sipbridge.sip.errors import SipError
+from sipbridge.sip.uri import parse_sip_uri
 
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
 
@@ -96,6 +105,51 @@ class TrunkConfig(BaseModel):
     @property
     def bind(self) -> tuple[str, int]:
         return parse_host_port(self.address, 5060)
+
+
+class RegistrationConfig(BaseModel):
+    """A `[[registration]]` entry: keep `aor` bound to this gateway at a provider's
+    registrar (RFC 3261 10), refreshed before it expires, retried with backoff."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    registrar: str  # HOST[:PORT] or a sip: URI
+    aor: str  # sip:user@domain
+    username: str | None = None  # digest credentials (default: the AOR's user)
+    password: str | None = Field(None, repr=False)
+    transport: str = Field("udp", pattern="^(udp|tcp|tls)$")
+    expires: int = Field(3600, ge=60, le=86400)  # seconds asked for
+    contact_user: str = Field("sipbridge", pattern=r"^[A-Za-z0-9_.!~*'()&=+$,;?/%-]{1,64}$")
+    retry_min: float = Field(5.0, gt=0, le=3600)  # seconds: backoff after a failure ...
+    retry_max: float = Field(300.0, gt=0, le=86400)  # ... doubling up to this
+
+    @field_validator("registrar")
+    @classmethod
+    def _registrar(cls, value: str) -> str:
+        text = value if value.lower().startswith(("sip:", "sips:")) else f"sip:{value}"
+        try:
+            uri = parse_sip_uri(text)
+        except SipError as exc:
+            raise ValueError(f"not HOST[:PORT] or a sip: URI: {exc}") from None
+        if uri.user is not None:
+            raise ValueError("a registrar is HOST[:PORT] or sip:HOST[:PORT], without a user")
+        return text
+
+    @field_validator("aor")
+    @classmethod
+    def _aor(cls, value: str) -> str:
+        try:
+            uri = parse_sip_uri(value)
+        except SipError as exc:
+            raise ValueError(f"not a sip:user@domain URI: {exc}") from None
+        if not uri.user:
+            raise ValueError("an AOR is sip:user@domain")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RegistrationConfig:
+        if self.retry_max < self.retry_min:
+            raise ValueError("retry_max must not be below retry_min")
+        return self
 
 
 class OverloadConfig(BaseModel):
@@ -180,6 +234,8 @@ class Config(BaseSettings):
     transfer_speech_wait: float = Field(5.0, ge=0, le=30)
     trunk: TrunkConfig | None = None
     overload: OverloadConfig = Field(default_factory=lambda: OverloadConfig())
+    # Registrations to providers ([[registration]] tables), each kept up while we run.
+    registration: list[RegistrationConfig] = Field(default_factory=list)
     # The call store: every call and its timeline. A SQLite file's path, or a
     # postgresql://user:pass@host/db URL (pip install 'sipbridge[postgres]'; several
     # gateways may share the database). "off": in memory only.

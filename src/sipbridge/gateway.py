@@ -23,12 +23,13 @@ from sipbridge.calls.manager import AnswerPolicy, CallManager
 from sipbridge.calls.sinks import MetricsSink, StoreSink
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy
-from sipbridge.config import Config
+from sipbridge.config import Config, RegistrationConfig
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import MediaFigures
+from sipbridge.registrations import Registrations
 from sipbridge.sip.access import AccessGuard, AuthLimits
 from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.auth import DigestServer
@@ -37,6 +38,7 @@ from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.loadprobe import LoadProbe
 from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
+from sipbridge.sip.registration import RegistrationSpec, RegState
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -93,6 +95,8 @@ class Gateway:
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
                                self._auth_blocks, self._rate_blocks, self._overload_figures)
+        self.registrations: Registrations | None = None
+        self.metrics.registrations = self._registration_figures
         self.agents: Agents | None = None
         self.local_model: Any = None
         self._preload: asyncio.Future[Any] | None = None
@@ -174,6 +178,12 @@ class Gateway:
                                           max_attempts=c.webhook_attempts)
         self.sip = SipDriver(self.ua, self.transport, self.loop)
         self.calls = self._call_plane()
+        if c.registration:
+            self.registrations = Registrations(
+                self.sip, (registration_spec(r) for r in c.registration),
+                host=self.advertised_host, port=lambda transport: self.transport.port)
+            self.registrations.attach()
+            self.registrations.start()
         await self._import_ahead()
         # What start-up made lives as long as the process: keep it out of every
         # garbage collection, so full collections stay short under load.
@@ -246,6 +256,8 @@ class Gateway:
                 log.info("store %s: %d old calls purged", store.label, purged)
 
     async def stop(self) -> None:
+        if self.registrations is not None:  # first: its un-REGISTERs need the SIP timers
+            await self.registrations.stop()
         # No timer of the SIP core or the calls fires from here on: each await below lets
         # the loop run, and a call ended by a timer then would write to a closed store.
         if self.sip is not None:
@@ -330,6 +342,13 @@ class Gateway:
             return 0, False
         return self.overload.rejected, self.overload.active(self.loop.time())
 
+    def _registration_figures(self) -> list[tuple[str, bool, int, int]]:
+        """(name, registered, attempts, failures) of each registration, for the metrics."""
+        if self.registrations is None:
+            return []
+        return [(s.name, s.state is RegState.REGISTERED, s.attempts, s.failures)
+                for s in self.registrations.statuses()]
+
     def _live_media(self) -> Iterator[tuple[str, MediaFigures]]:
         """The media figures of the calls in progress, for the metrics."""
         for call in self.calls.calls.values() if self.calls is not None else ():
@@ -345,6 +364,15 @@ class Gateway:
         return Trunk(Address(t.transport, host, port), t.from_uri, t.domain or host,
                      credentials)
 
+
+
+def registration_spec(r: RegistrationConfig) -> RegistrationSpec:
+    """A `[[registration]]` entry as the registration machine takes it."""
+    username = r.username
+    if username is None and r.password:
+        username = r.aor.split(":", 1)[1].split("@", 1)[0]
+    return RegistrationSpec(r.name, r.registrar, r.aor, username, r.password, r.transport,
+                            r.expires, r.contact_user, r.retry_min, r.retry_max)
 
 
 def rate_limiter(config: Config) -> RateLimiter | None:

@@ -6,10 +6,12 @@ of the calls in progress, and a call's end adds only what no scrape counted yet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -25,6 +27,31 @@ MediaFigures = Mapping[str, object]  # a call's media figures (MediaSession.figu
 def _count(figures: MediaFigures, name: str) -> int:
     value = figures.get(name)
     return value if isinstance(value, int) else 0
+
+
+class _RegistrationCollector(Collector):
+    """Each registration's state, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.metrics.registrations
+        rows = source() if source is not None else []
+        up = GaugeMetricFamily("sipbridge_registration_up",
+                               "1 while registered (the last attempt succeeded)",
+                               labels=["name"])
+        attempts = CounterMetricFamily("sipbridge_registration_attempts",
+                                       "REGISTER requests sent", labels=["name"])
+        failures = CounterMetricFamily("sipbridge_registration_failures",
+                                       "Registration attempts that failed", labels=["name"])
+        for name, registered, sent, failed in rows:
+            up.add_metric([name], 1.0 if registered else 0.0)
+            attempts.add_metric([name], float(sent))
+            failures.add_metric([name], float(failed))
+        yield up
+        yield attempts
+        yield failures
 
 
 class Metrics:
@@ -51,8 +78,11 @@ class Metrics:
         # What the counters already hold of each call in progress, by figure name: a
         # counter never goes down, although a call's loss can (a late packet arrives).
         self._counted: dict[str, dict[str, int]] = {}
+        # (name, registered, REGISTERs sent, failed attempts) of each registration
+        self.registrations: Callable[[], list[tuple[str, bool, int, int]]] | None = None
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_RegistrationCollector(self))
         self.active = Gauge("sipbridge_calls_active", "Calls in progress", registry=r)
         self.active.set_function(lambda: float(active_calls()))
         self.calls = Counter("sipbridge_calls", "Calls ended, by end reason", ["reason"],

@@ -60,3 +60,4 @@ class Control:
     store: Any
     sideband: SidebandHubs = field(default_factory=SidebandHubs)
     metrics: Any = None
+    registrations: Any = None

@@ -149,3 +149,30 @@ def test_routing_keys(tmp_path: Path) -> None:
     assert config.dns_timeout == 0.5
     defaults = load_config(None)
     assert defaults.rewrite_contact == [] and defaults.dns_servers == []
+
+
+def test_registration_tables(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[registration]]\nname = "prov"\nregistrar = "sip.example.com:5070"\n'
+                    'aor = "sip:100@example.com"\npassword = "pw"\ntransport = "tls"\n'
+                    '[[registration]]\nname = "other"\nregistrar = "sip:192.0.2.1"\n'
+                    'aor = "sip:200@example.org"\n')
+    first, second = load_config(path).registration
+    assert (first.registrar, first.transport, first.expires) == (
+        "sip:sip.example.com:5070", "tls", 3600)
+    assert "pw" not in repr(first)  # the password stays out of reprs and logs
+    assert (second.registrar, second.retry_min, second.retry_max) == ("sip:192.0.2.1", 5, 300)
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ({"registrar": "h:5060", "aor": "100@example.com"}, "aor"),
+    ({"registrar": "h:5060", "aor": "sip:example.com"}, "aor"),
+    ({"registrar": "sip:u@h", "aor": "sip:1@h"}, "registrar"),
+    ({"registrar": "h:99999", "aor": "sip:1@h"}, "registrar"),
+    ({"registrar": "h", "aor": "sip:1@h", "transport": "sctp"}, "transport"),
+    ({"registrar": "h", "aor": "sip:1@h", "expires": 5}, "expires"),
+    ({"registrar": "h", "aor": "sip:1@h", "retry_min": 10, "retry_max": 5}, "retry_max"),
+])
+def test_bad_registrations_are_refused(entry: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(registration=[{"name": "p", **entry}])

@@ -17,6 +17,7 @@ from sipbridge.calls.manager import CallManager
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import CallRecord
+from sipbridge.registrations import Registrations
 from sipbridge.store import Store
 from tests.unit.callharness import ack, app_call
 
@@ -98,6 +99,7 @@ class Control:
     sideband: SidebandHubs = field(default_factory=SidebandHubs)
     store: Store | None = None
     metrics: Metrics = field(default_factory=lambda: Metrics(lambda: 0))
+    registrations: Registrations | None = None
 
 
 def test_the_openapi_document_says_every_time_is_unix_time() -> None:

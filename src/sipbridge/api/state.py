@@ -13,6 +13,7 @@ from sipbridge.api.calllookup import CallRecords
 from sipbridge.calls.manager import CallManager
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
+from sipbridge.registrations import Registrations
 from sipbridge.store import Store
 
 
@@ -23,6 +24,7 @@ class Control(Protocol):
     sideband: SidebandHubs
     store: Store | None
     metrics: Metrics
+    registrations: Registrations | None
 
 
 @dataclass(frozen=True)

@@ -459,6 +459,15 @@ class UserAgent:
         self._start_client(leg, request, now)
         return request
 
+    def send_standalone(self, owner: str, request: Request, dest: Address,
+                        now: float) -> None:
+        """Send a request outside any dialog (a REGISTER) in a client transaction of its
+        own; its outcome comes back as RequestOutcome(owner, ...), a timeout and a
+        transport error (as a 503) included."""
+        tx = ClientTransaction(request, dest, now, self.config.timers, self._out)
+        self._client[tx.key] = (tx, owner)
+        self._track(tx)
+
     # ---- requests -------------------------------------------------------------------
 
     def _on_request(self, req: Request, source: Address, now: float) -> None:

@@ -7,6 +7,8 @@ Two configs live beside this module:
   ``loose_route()``.
 - ``stateless.cfg``: ``forward()`` of every request that reaches its carrier side to the
   gateway, no record-route; requests reaching its gateway side go by Request-URI.
+- ``registrar.cfg``: a registrar (registrar, usrloc, auth with one password) that routes
+  an INVITE for a registered user to its Contact.
 
 :class:`Kamailio` runs one in the foreground (``-DD -E``, one worker, small memory, its
 runtime directory under the test's tmp directory), waits until it answers OPTIONS and
@@ -66,14 +68,16 @@ class Kamailio(Peer):
     (the Record-Route port of the stateful config, the gateway-side port of the
     stateless one)."""
 
-    def __init__(self, workdir: Path, config: str, *, gateway: str) -> None:
-        if config not in ("stateful", "stateless"):
-            raise ValueError("config must be 'stateful' or 'stateless'")
+    def __init__(self, workdir: Path, config: str, *, gateway: str = "",
+                 defines: dict[str, str] | None = None, port: int = 0) -> None:
+        if config not in ("stateful", "stateless", "registrar"):
+            raise ValueError("config must be 'stateful', 'stateless' or 'registrar'")
+        self.defines = dict(defines or {})  # more -A NAME="VALUE" for the config
         self.workdir = workdir
         self.config = CONFIGS / f"{config}.cfg"
         self.kind = config
         self.gateway = gateway
-        self.carrier_port = 0
+        self.carrier_port = port  # 0: a free one at start
         self.other_port = 0
         self.log_path = workdir / "kamailio.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,8 +99,9 @@ class Kamailio(Peer):
         defines = [f'GATEWAY="sip:{self.gateway}"']
         if self.kind == "stateful":
             defines.append(f'RR_ADDRESS="{self.rr_address}"')
-        else:
+        elif self.kind == "stateless":
             defines.append(f"CARRIER_PORT={self.carrier_port}")
+        defines += [f'{name}="{value}"' for name, value in self.defines.items()]
         command = [
             binary, "-f", str(self.config),
             "-DD", "-E",  # stay in the foreground, log to stderr
@@ -113,7 +118,8 @@ class Kamailio(Peer):
     def start(self) -> None:
         """Start Kamailio and wait until its carrier-side socket answers OPTIONS."""
         (self.workdir / "run").mkdir(parents=True, exist_ok=True)
-        self.carrier_port = find_free_port(LOOPBACK, tcp=False)
+        if not self.carrier_port:
+            self.carrier_port = find_free_port(LOOPBACK, tcp=False)
         self.other_port = find_free_port(LOOPBACK, tcp=False)
         while self.other_port == self.carrier_port:
             self.other_port = find_free_port(LOOPBACK, tcp=False)
