@@ -117,6 +117,12 @@ def test_kamailio_accepts_the_registration_and_routes_a_call_through_it(
         assert gw.stop() == 0
         assert not location_has(k, USER), "the binding outlived the gateway's shutdown"
         assert "Expires: 0" in k.log() or "expires 0" in k.log(), k.log()[-3000:]
+        # A second call for the AOR finds no binding: Kamailio answers it 404 itself.
+        again = run_sipp(f"{LOOPBACK}:{k.carrier_port}", "uac", tmp_path / "sipp-after",
+                         service=USER, timeout=10)
+        assert not again.ok, again.describe()
+        assert any(h.kind == "drop" and h.method == "INVITE" for h in k.trace()), \
+            k.trace_text()
 
 
 def test_a_refusing_registrar_is_retried_with_backoff(
@@ -146,11 +152,39 @@ def test_a_refusing_registrar_is_retried_with_backoff(
 
 def test_a_silent_registrar_times_out_and_is_registered_with_once_back(
         start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
-    port = find_free_port(LOOPBACK, tcp=False)
+    """A registrar whose port is bound but never answers: each attempt ends at Timer F
+    (408), the next comes after a backoff; once Kamailio answers on that port, the
+    registration comes up without a restart."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((LOOPBACK, 0))
+    port = silent.getsockname()[1]
+    # t1 0.05 s: Timer F (64 x T1) ends an unanswered attempt after 3.2 s.
     gw = start_gateway(api_key=[KEY], t1=0.05, registration=[registration(port)])
-    state = wait_state(gw, "failing", 10)
-    assert state["last_status"] in (408, 503), state
+    received: list[bytes] = []
+    silent.settimeout(0.2)
+    watch_until = time.monotonic() + 9
+    while time.monotonic() < watch_until:
+        try:
+            received.append(silent.recv(65535))
+        except TimeoutError:
+            pass
+    silent.close()
+    state = prov(gw)
+    assert state["state"] == "failing" and state["last_status"] == 408, state
+    # Between two attempts (not while one is under way) it names the next one.
+    until("a next attempt named", lambda: prov(gw),
+          lambda r: r["next_attempt_at"] is not None and r["next_attempt_at"] > time.time(),
+          6, interval=0.1)
+    cseqs = {ln for data in received for ln in data.decode(errors="replace").split("\r\n")
+             if ln.startswith("CSeq:")}
+    # 9 s of 3.2 s attempts with backoff of 0.5 s doubling to 2 s between them: 2 or 3
+    # attempts (each retransmitted by Timer E), not a tight loop.
+    assert 2 <= len(cseqs) <= 3, (len(cseqs), len(received))
+    assert len(received) <= 12 * len(cseqs), len(received)  # Timer E's retransmissions
+    assert all(d.startswith(b"REGISTER sip:") for d in received)
+    lines = [ln for ln in gw.log().splitlines() if "registration prov" in ln]
+    assert len(lines) == 1 and "408" in lines[0], lines  # one line, not one per retry
     with registrar(tmp_path, "kamailio", port=port) as k:
         state = wait_state(gw, "registered", 10)
-        assert state["failures"] >= 1 and location_has(k, USER)
+        assert state["failures"] >= 2 and location_has(k, USER)
         assert json.dumps(state)  # the API's shape is plain JSON
