@@ -202,8 +202,10 @@ def status(args: argparse.Namespace) -> int:
         if state == "registered":
             line += f"registered until {when(r['expires_at'])}"
         elif state == "failing":
+            after = r["next_attempt_at"]
             line += (f"failing: {r['last_status']} {r['last_reason']}; "
-                     f"next attempt at {when(r['next_attempt_at'])}")
+                     + (f"next attempt at {when(after)}" if after is not None
+                        else "an attempt is under way"))
         else:
             line += state
         print(line + f"; {r['attempts']} attempts, {r['failures']} failures")

@@ -37,9 +37,10 @@ USER = "100"
 KEY = "test-key"
 
 
-def registrar(tmp_path: Path, name: str, port: int = 0) -> Kamailio:
+def registrar(tmp_path: Path, name: str, port: int = 0, tcp: bool = False) -> Kamailio:
     return Kamailio(tmp_path / name, "registrar", defines={"REALM": REALM,
-                                                           "PASSWORD": PASSWORD}, port=port)
+                                                           "PASSWORD": PASSWORD},
+                    port=port, tcp=tcp)
 
 
 def registration(port: int, password: str = PASSWORD, **more: Any) -> dict[str, Any]:
@@ -86,14 +87,15 @@ def status_command(gw: Gateway) -> str:
     return done.stdout
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_kamailio_accepts_the_registration_and_routes_a_call_through_it(
-        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
-    with registrar(tmp_path, "kamailio") as k:
+        start_gateway: Callable[..., Gateway], tmp_path: Path, transport: str) -> None:
+    with registrar(tmp_path, "kamailio", tcp=transport == "tcp") as k:
         gw = start_gateway(auto_answer="silence", api_key=[KEY],
-                           registration=[registration(k.carrier_port)])
+                           registration=[registration(k.carrier_port, transport=transport)])
         state = wait_state(gw, "registered", 10)
         assert state["last_status"] == 200 and state["expires_at"] > time.time() + 30
-        assert state["transport"] == "udp" and state["aor"] == f"sip:{USER}@{REALM}"
+        assert state["transport"] == transport and state["aor"] == f"sip:{USER}@{REALM}"
         assert location_has(k, USER)
         log = k.log()
         assert "TRACE challenge REGISTER" in log and "TRACE saved REGISTER" in log, log[-3000:]
@@ -112,7 +114,8 @@ def test_kamailio_accepts_the_registration_and_routes_a_call_through_it(
                         service=USER, timeout=20)
         assert sipp.ok and sipp.successful == 1, (sipp.describe(), k.trace_text())
         relayed = [h for h in k.trace() if h.kind == "out" and h.method == "INVITE"]
-        assert relayed and f"sip:agent@{gw.address}" in str(relayed[0].ruri), k.trace_text()
+        contact = f"sip:agent@{gw.address};transport={transport}"
+        assert relayed and contact in str(relayed[0].ruri), k.trace_text()
 
         assert gw.stop() == 0
         assert not location_has(k, USER), "the binding outlived the gateway's shutdown"

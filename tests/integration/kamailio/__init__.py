@@ -69,10 +69,12 @@ class Kamailio(Peer):
     stateless one)."""
 
     def __init__(self, workdir: Path, config: str, *, gateway: str = "",
-                 defines: dict[str, str] | None = None, port: int = 0) -> None:
+                 defines: dict[str, str] | None = None, port: int = 0,
+                 tcp: bool = False) -> None:
         if config not in ("stateful", "stateless", "registrar"):
             raise ValueError("config must be 'stateful', 'stateless' or 'registrar'")
         self.defines = dict(defines or {})  # more -A NAME="VALUE" for the config
+        self.tcp = tcp  # also listen on TCP at the carrier port (registrar.cfg only)
         self.workdir = workdir
         self.config = CONFIGS / f"{config}.cfg"
         self.kind = config
@@ -111,6 +113,8 @@ class Kamailio(Peer):
             "-l", f"udp:{LOOPBACK}:{self.other_port}",
             "-a", "no",
         ]  # fmt: skip
+        if self.tcp:
+            command += ["-l", f"tcp:{LOOPBACK}:{self.carrier_port}"]
         for define in defines:
             command += ["-A", define]
         return command
