@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,3 +191,42 @@ def test_a_silent_registrar_times_out_and_is_registered_with_once_back(
         state = wait_state(gw, "registered", 10)
         assert state["failures"] >= 2 and location_has(k, USER)
         assert json.dumps(state)  # the API's shape is plain JSON
+
+
+def test_a_registrar_gone_quiet_does_not_hold_up_shutdown(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """Registered, then the registrar freezes (SIGSTOP): the un-REGISTER goes unanswered and
+    the gateway still exits at once after its 2 s wait, cleanly."""
+    with registrar(tmp_path, "kamailio") as k:
+        gw = start_gateway(api_key=[KEY], registration=[registration(k.carrier_port)])
+        wait_state(gw, "registered", 10)
+        assert k.process is not None
+        os.killpg(k.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            code = gw.stop()
+            took = time.monotonic() - started
+        finally:
+            os.killpg(k.process.pid, signal.SIGCONT)
+        assert code == 0, gw.log()[-3000:]
+        assert took < 4.5, took
+        assert "registration prov: sip:100@example.com unregistering" in gw.log()
+
+
+def test_a_refused_tcp_connection_is_a_failure_retried_with_backoff(
+        start_gateway: Callable[..., Gateway]) -> None:
+    """Nothing listens at the registrar's TCP port: each attempt fails at once as 503 (the
+    connection refused), and the retries keep to the backoff."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]  # closed again: connections to it are refused
+    gw = start_gateway(api_key=[KEY], registration=[registration(port, transport="tcp")])
+    state = wait_state(gw, "failing", 10)
+    time.sleep(4)
+    state = prov(gw)
+    assert state["state"] == "failing" and state["last_status"] == 503, state
+    assert "refused" in str(state["last_reason"]).lower(), state
+    # 0.5 s doubling to 2 s: at most 5 attempts in the first 4.x s, never a tight loop.
+    assert 2 <= state["failures"] <= 6, state
+    lines = [ln for ln in gw.log().splitlines() if "registration prov" in ln]
+    assert len(lines) == 1, lines
