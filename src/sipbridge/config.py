@@ -317,6 +317,15 @@ class Config(BaseSettings):
             raise ValueError("transfer_tel_uri must be a sip: URI containing {number}")
         return value
 
+    @field_validator("registration")
+    @classmethod
+    def _registration_names(cls, value: list[RegistrationConfig]) -> list[RegistrationConfig]:
+        names = [r.name for r in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # a name is the key of its state, metrics and API entry
+            raise ValueError(f"registration names must differ: {', '.join(twice)} repeated")
+        return value
+
     @field_validator("dns_servers")
     @classmethod
     def _servers(cls, value: list[str]) -> list[str]:

@@ -176,3 +176,9 @@ def test_registration_tables(tmp_path: Path) -> None:
 def test_bad_registrations_are_refused(entry: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_config(registration=[{"name": "p", **entry}])
+
+
+def test_registration_names_differ() -> None:
+    entry = {"name": "prov", "registrar": "h", "aor": "sip:1@h"}
+    with pytest.raises(ConfigError, match="registration names must differ: prov"):
+        load_config(registration=[entry, {**entry, "aor": "sip:2@h"}])
