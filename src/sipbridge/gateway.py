@@ -31,7 +31,7 @@ from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import MediaFigures
 from sipbridge.registrations import Registrations
 from sipbridge.sip.access import AccessGuard, AuthLimits
-from sipbridge.sip.address import Address, is_ip
+from sipbridge.sip.address import Address, is_ip, next_hop
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.dns import ResolveError, Resolver
 from sipbridge.sip.driver import SipDriver
@@ -42,6 +42,7 @@ from sipbridge.sip.registration import RegistrationSpec, RegState
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
+from sipbridge.sip.uri import parse_sip_uri
 
 if TYPE_CHECKING:
     from sipbridge.store import Store
@@ -181,7 +182,7 @@ class Gateway:
         if c.registration:
             self.registrations = Registrations(
                 self.sip, (registration_spec(r) for r in c.registration),
-                host=self.advertised_host, port=lambda transport: self.transport.port)
+                host=self._contact_host, port=lambda transport: self.transport.port)
             self.registrations.attach()
             self.registrations.start()
         await self._import_ahead()
@@ -341,6 +342,20 @@ class Gateway:
         if self.overload is None or self.loop is None:
             return 0, False
         return self.overload.rejected, self.overload.active(self.loop.time())
+
+    def _contact_host(self, spec: RegistrationSpec) -> str:
+        """The address our Contact gives a registrar, where it is to send our calls:
+        public_address, the bound address, or the local address that routes to the
+        registrar (when named by IP; a name is not looked up here)."""
+        if self.config.public_address or self._bind_host not in WILDCARDS:
+            return self.advertised_host
+        host = next_hop(parse_sip_uri(spec.registrar)).host
+        if is_ip(host):
+            return _local_for(host)
+        log.warning("registration %s: its registrar %s is named, not an IP, so our Contact "
+                    "names %s: set public_address to the address it can reach us at",
+                    spec.name, spec.registrar, self.advertised_host)
+        return self.advertised_host
 
     def _registration_figures(self) -> list[tuple[str, bool, int, int]]:
         """(name, registered, attempts, failures) of each registration, for the metrics."""

@@ -28,11 +28,14 @@ class Registrations:
     the calls: outcomes of REGISTERs are its own, every other event goes on to the calls."""
 
     def __init__(self, driver: SipDriver, specs: Iterable[RegistrationSpec], *,
-                 host: str, port: Callable[[str], int]) -> None:
+                 host: Callable[[RegistrationSpec], str], port: Callable[[str], int]) -> None:
+        """`host(spec)`: the address our Contact and Via name for that registrar;
+        `port(transport)`: our port for that transport."""
         self.driver = driver
         self.machines: dict[str, Registration] = {}
         for spec in specs:
-            self.machines[spec.name] = Registration(spec, host=host, port=port(spec.transport))
+            self.machines[spec.name] = Registration(spec, host=host(spec),
+                                                    port=port(spec.transport))
         self._timers: dict[str, tuple[float, Cancellable]] = {}
         self._logged: dict[str, tuple[RegState, int | None]] = {}
         self._inner: Upper = driver.upper

@@ -1,9 +1,16 @@
 """The registrations on the SIP driver over a real UA core with a fake clock: REGISTERs
 leave through client transactions, their answers, timeouts and send failures come back to
-the right machine (and nothing of theirs reaches the calls), and each deadline is armed."""
+the right machine (and nothing of theirs reaches the calls), and each deadline is armed.
+The gateway gives each registrar a Contact address it can reach."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from sipbridge.config import load_config
+from sipbridge.gateway import Gateway
 from sipbridge.registrations import Registrations
 from sipbridge.sip.address import Address
 from sipbridge.sip.auth import DigestServer
@@ -19,7 +26,7 @@ SPEC = RegistrationSpec("prov", "sip:127.0.0.1:5070", "sip:100@example.com", "10
 
 def started() -> tuple[World, Registrations]:
     world = World()
-    regs = Registrations(world.driver, [SPEC], host="127.0.0.1", port=lambda _: 5060)
+    regs = Registrations(world.driver, [SPEC], host=lambda _: "127.0.0.1", port=lambda _: 5060)
     regs.attach()
     regs.start()
     return world, regs
@@ -69,3 +76,24 @@ def test_a_send_failure_and_a_timeout_fail_and_arm_the_retry() -> None:
     [status] = regs.statuses()
     assert status.state is RegState.FAILING and status.last_status == 408
     assert status.failures == 2
+
+
+@pytest.mark.parametrize(("settings", "registrar", "expected"), [
+    ({"sip": "0.0.0.0:5060"}, "sip:127.0.0.1:5070", "127.0.0.1"),  # routes to the registrar
+    ({"sip": "0.0.0.0:5060", "public_address": "203.0.113.10"}, "sip:127.0.0.1", "203.0.113.10"),
+    ({"sip": "127.0.0.2:5060"}, "sip:127.0.0.1", "127.0.0.2"),  # the bound address
+])
+def test_the_contact_names_where_the_registrar_can_reach_us(
+        settings: dict[str, str], registrar: str, expected: str) -> None:
+    gateway = Gateway(load_config(None, store="off", **settings))
+    spec = RegistrationSpec("p", registrar, "sip:1@example.com")
+    assert gateway._contact_host(spec) == expected
+
+
+def test_a_named_registrar_on_a_wildcard_address_asks_for_public_address(
+        caplog: pytest.LogCaptureFixture) -> None:
+    gateway = Gateway(load_config(None, store="off", sip="0.0.0.0:5060"))
+    spec = RegistrationSpec("p", "sip:sip.example.com", "sip:1@example.com")
+    with caplog.at_level(logging.WARNING, "sipbridge"):
+        assert gateway._contact_host(spec) == gateway.advertised_host
+    assert "set public_address" in caplog.text
