@@ -230,3 +230,5 @@ def test_a_refused_tcp_connection_is_a_failure_retried_with_backoff(
     assert 2 <= state["failures"] <= 6, state
     lines = [ln for ln in gw.log().splitlines() if "registration prov" in ln]
     assert len(lines) == 1, lines
+    unsent = [ln for ln in gw.log().splitlines() if "not sent to" in ln]
+    assert 1 <= len(unsent) < state["failures"], unsent  # the transport's line is throttled
