@@ -153,9 +153,7 @@ class Gateway:
             if not c.api_key:
                 log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
             tls = tls_context(c.http_tls_cert, c.http_tls_key) if c.http_tls_cert else None
-            open_metrics = c.metrics_auth == "open" or (
-                c.metrics_auth == "auto" and _is_loopback(host))
-            self.http = HttpServer(create_app(self, c.api_key, open_metrics=open_metrics),
+            self.http = HttpServer(create_app(self, c.api_key, open_metrics=metrics_open(c)),
                                    host, port, tls)
             await self.http.start()
         await self.transport.start(self._bind_host, self._bind_port)
@@ -381,7 +379,14 @@ def _overload_detector(config: Config) -> OverloadDetector | None:
         max_rate=o.max_rate, retry_after=o.retry_after))
 
 
-@lru_cache(maxsize=1024)
+def metrics_open(config: Config) -> bool:
+    """Whether /metrics goes without the API key: metrics_auth "open", or "auto" with the
+    API on loopback only (where a local Prometheus scrapes it without credentials)."""
+    if config.metrics_auth == "auto":
+        return _is_loopback(config.http_bind[0])
+    return config.metrics_auth == "open"
+
+
 def _is_loopback(host: str) -> bool:
     """Whether an HTTP listener on `host` is reachable from this machine only."""
     if host == "localhost":
@@ -392,6 +397,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@lru_cache(maxsize=1024)
 def _local_for(peer_host: str) -> str:
     return local_address_for(peer_host)
 
