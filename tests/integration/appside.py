@@ -131,3 +131,18 @@ def refused_scenario(tmp: Path, code: int) -> Path:
     path = tmp / f"app_refused_{code}.xml"
     path.write_text((SCENARIOS / "app_refused.xml").read_text().replace("__CODE__", str(code)))
     return path
+
+
+def accept_then_hang_up(app: App) -> SippResult:
+    """A call the application accepts and then hangs up (`calls.hangup`: our BYE): SIPp's
+    verdict, checked, once the call's record says it ended by hangup."""
+    sipp = app.call("uac_wait_bye.xml")
+    call_id = app.incoming().data.call_id
+    app.client.realtime.calls.accept(call_id, type="realtime")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
+    app.client.realtime.calls.hangup(call_id)
+    result = sipp.result(timeout=60)
+    assert result.ok, result.describe()
+    assert "BYE sip:" in result.messages
+    assert app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")["end_reason"] == "hangup"
+    return result

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.appside import KEY, App, WebhookSink, start_app
+from tests.integration.appside import KEY, App, WebhookSink, accept_then_hang_up, start_app
 from tests.integration.gateway import Gateway
 from tests.tlscerts import CA, make_ca
 
@@ -69,14 +69,7 @@ def test_the_sdk_accepts_refers_and_watches_the_sideband_over_https_and_wss(app:
 
 
 def test_the_sdk_hangs_up_over_https_and_the_dashboard_is_served(app: App) -> None:
-    sipp = app.call("uac_wait_bye.xml")
-    call_id = app.incoming().data.call_id
-    app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
-    app.client.realtime.calls.hangup(call_id)
-    result = sipp.result(timeout=60)
-    assert result.ok, result.describe()
-    assert "BYE sip:" in result.messages
+    accept_then_hang_up(app)
     origin = app.base_url.removesuffix("/v1")
     page = httpx.get(f"{origin}/dashboard", auth=("ops", KEY), timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower()

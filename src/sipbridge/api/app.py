@@ -155,7 +155,11 @@ class _Server(uvicorn.Server):
                 kwargs.setdefault("ssl_handshake_timeout", TLS_HANDSHAKE_TIMEOUT)
             return await create_server(*args, **kwargs)
 
-        loop.create_server = bounded  # type: ignore[method-assign]
+        try:
+            loop.create_server = bounded  # type: ignore[method-assign]
+        except AttributeError:  # a loop class that takes no attributes: asyncio's bound
+            await super().startup(sockets)
+            return
         try:
             await super().startup(sockets)
         finally:
