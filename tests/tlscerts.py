@@ -1,63 +1,65 @@
-"""Throwaway certificates for the TLS tests: a CA made in a test's own directory, and
-server or client certificates it signs, by Debian's openssl command.
+"""Throwaway certificates for tests, made with the openssl command line tool.
 
-    ca = make_ca(tmp_path)
-    cert, key = ca.issue("gateway", dns=("localhost",), ips=("127.0.0.1", "::1"))
+``make_ca(directory)`` makes a CA (``ca.cert`` is what a client trusts);
+``ca.issue("server", dns=["localhost"], ips=["127.0.0.1"])`` signs a leaf for those names
+and returns its certificate and key files (PEM, EC P-256, valid one day).
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-DAYS = "2"
 
-
-def _openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=30, check=False)
+def _openssl(*args: str) -> None:
+    done = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30,
+                          check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed: {done.stderr.strip()}")
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {done.stderr.strip()}")
+
+
+def _key(path: Path) -> Path:
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", str(path))
+    return path
 
 
 @dataclass(frozen=True)
 class CA:
-    """A certificate authority whose certificate is `cert` (PEM)."""
+    """A certificate authority on disk: its certificate (to trust) and key (to sign)."""
 
     directory: Path
     cert: Path
     key: Path
 
-    def issue(self, name: str, *, dns: Sequence[str] = (), ips: Sequence[str] = (),
-              client: bool = False) -> tuple[Path, Path]:
-        """A certificate (PEM) and its key for `name`, with these subject alternative
-        names, signed by this CA; `client`: for TLS client authentication as well."""
-        cert, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
-        csr, ext = self.directory / f"{name}.csr", self.directory / f"{name}.ext"
-        names = [f"DNS:{d}" for d in dns] + [f"IP:{ip}" for ip in ips]
-        usage = "serverAuth,clientAuth" if client else "serverAuth"
-        lines = [f"extendedKeyUsage={usage}", "basicConstraints=CA:FALSE"]
-        if names:
-            lines.append("subjectAltName=" + ",".join(names))
-        ext.write_text("\n".join(lines) + "\n")
-        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
-                 cwd=self.directory)
+    def issue(self, name: str, *, dns: Iterable[str] = (), ips: Iterable[str] = ()
+              ) -> tuple[Path, Path]:
+        """A leaf certificate for `name` with these subject alternative names, signed by
+        this CA: (certificate file, key file)."""
+        key = _key(self.directory / f"{name}.key")
+        csr = self.directory / f"{name}.csr"
+        cert = self.directory / f"{name}.crt"
+        _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr))
+        names = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+        ext = self.directory / f"{name}.ext"
+        ext.write_text("basicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=serverAuth,clientAuth\n"
+                       + (f"subjectAltName={','.join(names)}\n" if names else ""))
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey",
-                 str(self.key), "-CAcreateserial", "-days", DAYS, "-sha256", "-extfile",
-                 str(ext), "-out", str(cert), cwd=self.directory)
+                 str(self.key), "-CAcreateserial", "-days", "1", "-sha256",
+                 "-extfile", str(ext), "-out", str(cert))
         return cert, key
 
 
 def make_ca(directory: Path, name: str = "sipbridge test CA") -> CA:
-    """A new CA in `directory` (created if missing)."""
+    """A new self-signed CA in `directory` (created if missing)."""
     directory.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in name)
-    cert, key = directory / f"{slug}.crt", directory / f"{slug}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", DAYS, "-subj",
-             f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    key = _key(directory / "ca.key")
+    cert = directory / "ca.crt"
+    _openssl("req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "1",
+             "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(cert))
     return CA(directory, cert, key)

@@ -32,6 +32,18 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="the application's webhook URL: calls ring until it accepts them")
     p.add_argument("--webhook-secret", dest="webhook_secret",
                    help="whsec_... secret that signs the webhooks (Standard Webhooks)")
+    p.add_argument("--http-tls-cert", dest="http_tls_cert",
+                   help="PEM certificate (chain) to serve the API, sideband and dashboard "
+                   "over HTTPS/WSS")
+    p.add_argument("--http-tls-key", dest="http_tls_key",
+                   help="PEM private key of --http-tls-cert")
+    p.add_argument("--public-address", dest="public_address",
+                   help="the address peers reach us by, behind NAT: in SIP headers and SDP")
+    p.add_argument("--sip-public-address", dest="sip_public_address",
+                   help="the address in Via and Contact, when it differs from the media's "
+                   "(default: --public-address)")
+    p.add_argument("--media-public-address", dest="media_public_address",
+                   help="the address in SDP c= and o= lines (default: --public-address)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +89,9 @@ async def _serve(gateway: Gateway) -> int:
     print(f"sipbridge: listening on udp+tcp {shown}:{gateway.port}", file=sys.stderr, flush=True)
     if gateway.http is not None:
         h = gateway.http.host
-        print(f"sipbridge: HTTP API on http://{f'[{h}]' if ':' in h else h}:{gateway.http.port}/v1",
-              file=sys.stderr, flush=True)
+        scheme = "https" if gateway.http.tls else "http"
+        print(f"sipbridge: HTTP API on {scheme}://{f'[{h}]' if ':' in h else h}:"
+              f"{gateway.http.port}/v1", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +109,9 @@ def serve(args: argparse.Namespace) -> int:
             sip=args.sip, http=args.http, auto_answer=args.auto_answer,
             log_level=args.log_level, api_key=args.api_key, webhook_url=args.webhook_url,
             webhook_secret=args.webhook_secret, transfer_to=args.transfer_to,
+            http_tls_cert=args.http_tls_cert, http_tls_key=args.http_tls_key,
+            public_address=args.public_address, sip_public_address=args.sip_public_address,
+            media_public_address=args.media_public_address,
         )
     except ConfigError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)

@@ -184,6 +184,11 @@ class Config(BaseSettings):
     auth: AuthConfig | None = None
     rate_limit: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
     public_address: str | None = None
+    # Behind NAT, when signalling and media leave by different addresses: the address in
+    # Via, Contact and Call-ID, and the one in the SDP's c= and o= lines (each defaults
+    # to public_address).
+    sip_public_address: str | None = None
+    media_public_address: str | None = None
     rtp_ports: str = "10000-20000"
     media_timeout: float = Field(30.0, ge=0)  # seconds without RTP before hanging up; 0: never
     jitter_min_ms: int = Field(0, ge=0, le=1000)
@@ -210,6 +215,13 @@ class Config(BaseSettings):
     # blocking); no: RTP waits for the caller's first packet to show where to go.
     media_resolve_names: bool = False
     log_level: str = "info"
+    # HTTPS for the API, the sideband WebSocket and the dashboard: PEM files (the cert file
+    # may hold the chain); TLS 1.2 and later only.
+    http_tls_cert: str | None = None
+    http_tls_key: str | None = None
+    # /metrics with API keys set: "auto" wants a key unless the API listens on loopback
+    # only (where Prometheus scrapes it), "key" always wants one, "open" never does.
+    metrics_auth: str = Field("auto", pattern="^(auto|key|open)$")
     # The event loop stalling longer than this (ms) is logged as a warning naming the code
     # it was in, at most one line per 10 s; 0: not watched.
     slow_callback_ms: int = Field(0, ge=0, le=60_000)
@@ -348,6 +360,17 @@ class Config(BaseSettings):
         low, _, high = value.partition("-")
         if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) < 65536):
             raise ValueError("rtp_ports must be LOW-HIGH, within 1024-65535")
+        return value
+
+    @field_validator("http_tls_cert", "http_tls_key")
+    @classmethod
+    def _http_tls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.field_name == "http_tls_key" and not info.data.get("http_tls_cert"):
+            raise ValueError("http_tls_key needs http_tls_cert (the certificate it goes with)")
+        if not Path(value).is_file():
+            raise ValueError(f"no such file {value!r}")
         return value
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sipbridge.agent.lifecycle import Agents
-from sipbridge.api.app import HttpServer, create_app
+from sipbridge.api.app import HttpServer, create_app, tls_context
 from sipbridge.api.callevents import SidebandSink, WebhookSink
 from sipbridge.api.webhooks import WebhookSender
 from sipbridge.calls.call import Trunk
@@ -108,21 +108,29 @@ class Gateway:
 
     @property
     def advertised_host(self) -> str:
-        if self.config.public_address:
-            return self.config.public_address
+        """The address in our Via, Contact and Call-ID: sip_public_address (else
+        public_address), the bound host, or the local address that routes to loopback."""
+        public = self.config.sip_public_address or self.config.public_address
+        if public:
+            return public
+        return self._local_host()
+
+    def _local_host(self) -> str:
         if self._bind_host not in WILDCARDS:
             return self._bind_host
         return _local_for("127.0.0.1")
 
     def media_host(self, peer_host: str) -> str:
-        """The address we give a peer for media: public_address, the bound host, or the
-        local address that routes to the peer."""
-        if self.config.public_address:
-            return self.config.public_address
+        """The address we give a peer for media (SDP c= and o=): media_public_address
+        (else public_address), the bound host, or the local address that routes to the
+        peer."""
+        public = self.config.media_public_address or self.config.public_address
+        if public:
+            return public
         if self._bind_host not in WILDCARDS:
             return self._bind_host
         if not is_ip(peer_host):  # a trunk named by host: no lookup on the event loop
-            return self.advertised_host
+            return self._local_host()
         return _local_for(peer_host)
 
     async def start(self) -> None:
@@ -149,7 +157,9 @@ class Gateway:
             host, port = c.http_bind
             if not c.api_key:
                 log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
-            self.http = HttpServer(create_app(self, c.api_key), host, port)
+            tls = tls_context(c.http_tls_cert, c.http_tls_key) if c.http_tls_cert else None
+            self.http = HttpServer(create_app(self, c.api_key, open_metrics=metrics_open(c)),
+                                   host, port, tls)
             await self.http.start()
         await self.transport.start(self._bind_host, self._bind_port)
         self.ua = UserAgent(
@@ -410,6 +420,24 @@ def _overload_detector(config: Config) -> OverloadDetector | None:
     return OverloadDetector(OverloadLimits(
         queue_delay=o.queue_delay_ms / 1000, loop_lag=o.loop_lag_ms / 1000, max_cpu=o.max_cpu,
         max_rate=o.max_rate, retry_after=o.retry_after))
+
+
+def metrics_open(config: Config) -> bool:
+    """Whether /metrics goes without the API key: metrics_auth "open", or "auto" with the
+    API on loopback only (where a local Prometheus scrapes it without credentials)."""
+    if config.metrics_auth == "auto":
+        return _is_loopback(config.http_bind[0])
+    return config.metrics_auth == "open"
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether an HTTP listener on `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1024)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +28,10 @@ KEY = "sk-sipbridge-test"
 
 
 class WebhookSink:
-    """The application's webhook endpoint: a real HTTP server that keeps what it gets."""
+    """The application's webhook endpoint: a real HTTP server that keeps what it gets;
+    with `tls` (a certificate and its key), over HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.received: queue.Queue[tuple[bytes, dict[str, str]]] = queue.Queue()
         sink = self
 
@@ -45,7 +47,13 @@ class WebhookSink:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/webhooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def next(self, timeout: float = 10.0) -> tuple[bytes, dict[str, str]]:
@@ -93,17 +101,24 @@ class App:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway.http_port}/v1"
+        return api_base(self.gateway)
+
+
+def api_base(gateway: Gateway) -> str:
+    """The gateway's API as the SDK's `base_url`: https:// when it serves HTTPS."""
+    scheme = "https" if gateway.config.get("http_tls_cert") else "http"
+    return f"{scheme}://127.0.0.1:{gateway.http_port}/v1"
 
 
 def start_app(start_gateway: Callable[..., Gateway], tmp_path: Path,
-              **config: Any) -> Iterator[App]:
-    """A gateway in webhook mode and the application side that drives it."""
-    sink = WebhookSink()
+              sink: WebhookSink | None = None, **config: Any) -> Iterator[App]:
+    """A gateway in webhook mode and the application side that drives it (with
+    `http_tls_cert` in `config`, over HTTPS)."""
+    sink = sink if sink is not None else WebhookSink()
     config.setdefault("accept_timeout", 20)
     gateway = start_gateway(webhook_url=sink.url, webhook_secret=SECRET, api_key=[KEY],
                             **config)
-    client = openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{gateway.http_port}/v1",
+    client = openai.OpenAI(api_key=KEY, base_url=api_base(gateway),
                            webhook_secret=SECRET, max_retries=0, timeout=10)
     pool = ThreadPoolExecutor(max_workers=2)
     yield App(gateway, client, sink, pool, tmp_path)
@@ -116,3 +131,18 @@ def refused_scenario(tmp: Path, code: int) -> Path:
     path = tmp / f"app_refused_{code}.xml"
     path.write_text((SCENARIOS / "app_refused.xml").read_text().replace("__CODE__", str(code)))
     return path
+
+
+def accept_then_hang_up(app: App) -> SippResult:
+    """A call the application accepts and then hangs up (`calls.hangup`: our BYE): SIPp's
+    verdict, checked, once the call's record says it ended by hangup."""
+    sipp = app.call("uac_wait_bye.xml")
+    call_id = app.incoming().data.call_id
+    app.client.realtime.calls.accept(call_id, type="realtime")
+    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
+    app.client.realtime.calls.hangup(call_id)
+    result = sipp.result(timeout=60)
+    assert result.ok, result.describe()
+    assert "BYE sip:" in result.messages
+    assert app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")["end_reason"] == "hangup"
+    return result

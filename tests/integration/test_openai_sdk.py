@@ -20,7 +20,15 @@ import pytest
 import websockets
 from openai.types.realtime import RealtimeFunctionTool, RealtimeSessionCreateRequest
 
-from tests.integration.appside import KEY, SECRET, App, WebhookSink, refused_scenario, start_app
+from tests.integration.appside import (
+    KEY,
+    SECRET,
+    App,
+    WebhookSink,
+    accept_then_hang_up,
+    refused_scenario,
+    start_app,
+)
 from tests.integration.gateway import Gateway
 from tests.integration.sipp import run_sipp
 
@@ -107,15 +115,7 @@ def test_reject_sends_the_status_and_603_by_default(app: App) -> None:
 
 
 def test_hangup_sends_bye(app: App) -> None:
-    sipp = app.call("uac_wait_bye.xml")
-    call_id = app.incoming().data.call_id
-    app.client.realtime.calls.accept(call_id, type="realtime")
-    app.wait_for(call_id, lambda r: r["state"] == "active", "active")
-    app.client.realtime.calls.hangup(call_id)
-    result = sipp.result(timeout=60)
-    assert result.ok, result.describe()
-    assert "BYE sip:" in result.messages
-    assert app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")["end_reason"] == "hangup"
+    accept_then_hang_up(app)
 
 
 def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> None:

@@ -45,11 +45,12 @@ class Harness:
 
     def __init__(self, *, auto_answer: str | None = "silence", ring_time: float = 0.0,
                  reject_code: int = 480, app: bool = False, max_calls: int | None = None,
-                 max_calls_per_source: int | None = None) -> None:
+                 max_calls_per_source: int | None = None, sip_host: str = "127.0.0.1",
+                 media_host: Callable[[str], str] = lambda peer: "127.0.0.1") -> None:
         self.now = 0.0
         self.incoming = []
         self.timers: list[FakeTimer] = []
-        self.ua = UserAgent(UaConfig(host="127.0.0.1", port=5060), AccessGuard(["127.0.0.0/8"]))
+        self.ua = UserAgent(UaConfig(host=sip_host, port=5060), AccessGuard(["127.0.0.0/8"]))
         # A loop that never runs: media sockets are bound and registered, ticks never fire.
         self.loop = asyncio.new_event_loop()
         self.media = MediaEngine(MediaConfig(ports=(20000, 20100)), self.loop)
@@ -61,7 +62,7 @@ class Harness:
             AnswerPolicy(auto_answer=auto_answer, ring_time=ring_time, reject_code=reject_code,
                          ask_app=app, accept_timeout=20.0, accept_timeout_code=408,
                          max_calls=max_calls, max_calls_per_source=max_calls_per_source),
-            media=self.media, media_host=lambda peer: "127.0.0.1", bind_host="127.0.0.1",
+            media=self.media, media_host=media_host, bind_host="127.0.0.1",
         )
         self.driver.attach(Watched(self.manager, self))
         self.sent: list[Response] = []

@@ -3,8 +3,11 @@
 `/metrics` and `/openapi.json` sit outside `/v1/` but tell a stranger how busy the gateway
 is and what it can do: with keys set they want one, as a Bearer token (Prometheus'
 `authorization`) or as the password of HTTP Basic auth (Prometheus' `basic_auth`, a
-browser). A body over the limit gets 413 in OpenAI's error shape whether or not it says
-its length: a chunked upload is counted as it arrives.
+browser). `metrics_auth` relaxes that for `/metrics` alone: "auto" (the default) leaves it
+open while the API listens on loopback only, where Prometheus scrapes it without
+credentials; "key" always wants the key, "open" never. A body over the limit gets 413 in
+OpenAI's error shape whether or not it says its length: a chunked upload is counted as it
+arrives.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import MAX_BODY, BodyLimit, create_app
+from sipbridge.config import ConfigError, load_config
+from sipbridge.gateway import metrics_open
 from sipbridge.metrics import Metrics
 from tests.unit.apifakes import KEY, Control, Manager, Store, basic
 
@@ -33,8 +38,9 @@ def control() -> Control:
     return Control(calls=Calls(), store=Store(), metrics=Metrics(lambda: 0))
 
 
-def client(keys: list[str]) -> TestClient:
-    return TestClient(BodyLimit(create_app(control(), keys), MAX_BODY))
+def client(keys: list[str], *, open_metrics: bool = False) -> TestClient:
+    return TestClient(BodyLimit(create_app(control(), keys, open_metrics=open_metrics),
+                                MAX_BODY))
 
 
 @pytest.mark.parametrize("path", KEYED)
@@ -69,6 +75,34 @@ def test_the_key_as_bearer_or_basic_password_opens_them(path: str,
 @pytest.mark.parametrize("path", KEYED)
 def test_with_no_keys_they_stay_open(path: str) -> None:
     assert client([]).get(path).status_code == 200
+
+
+@pytest.mark.parametrize(("http", "metrics_auth", "is_open"), [
+    ("127.0.0.1:8080", "auto", True),
+    ("[::1]:8080", "auto", True),
+    ("localhost:8080", "auto", True),
+    ("0.0.0.0:8080", "auto", False),
+    ("192.0.2.1:8080", "auto", False),
+    ("127.0.0.1:8080", "key", False),
+    ("0.0.0.0:8080", "open", True),
+])
+def test_metrics_auth_opens_metrics_on_loopback_by_default(http: str, metrics_auth: str,
+                                                           is_open: bool) -> None:
+    config = load_config(http=http, metrics_auth=metrics_auth, api_key=[KEY])
+    assert metrics_open(config) is is_open
+
+
+def test_open_metrics_opens_metrics_alone() -> None:
+    http = client([KEY], open_metrics=True)
+    reply = http.get("/metrics")
+    assert reply.status_code == 200 and "sipbridge_" in reply.text
+    assert http.get("/openapi.json").status_code == 401
+    assert http.get("/v1/realtime/calls").status_code == 401
+
+
+def test_metrics_auth_takes_only_its_three_values() -> None:
+    with pytest.raises(ConfigError, match="metrics_auth"):
+        load_config(metrics_auth="sometimes")
 
 
 def test_v1_still_takes_bearer_only() -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -32,9 +34,11 @@ from sipbridge.api.state import ApiState, Control
 MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits
 
 
-def create_app(control: Control, api_keys: list[str]) -> FastAPI:
+def create_app(control: Control, api_keys: list[str], *, open_metrics: bool = False
+               ) -> FastAPI:
     """The FastAPI application for one gateway. With no API keys configured the API is
-    open (the default listens on loopback only)."""
+    open (the default listens on loopback only); `open_metrics` leaves `/metrics` open
+    even with keys (for a scraper on loopback)."""
     app = FastAPI(
         title="sipbridge",
         summary="OpenAI Realtime API call control for SIP calls, self-hosted.",
@@ -42,7 +46,8 @@ def create_app(control: Control, api_keys: list[str]) -> FastAPI:
         docs_url=None, redoc_url=None,
     )
     records = CallRecords(control)
-    app.state.sipbridge = ApiState(control, records, tuple(k.encode() for k in api_keys))
+    app.state.sipbridge = ApiState(control, records, tuple(k.encode() for k in api_keys),
+                                    open_metrics=open_metrics)
     app.middleware("http")(require_key)
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(RequestValidationError)(_invalid)
@@ -128,6 +133,11 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+# Seconds a client has to finish the TLS handshake before it is closed (asyncio's own
+# bound is 60 s: a long time to hold a socket for a client that sends nothing).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside the gateway's loop: the gateway owns the signals."""
 
@@ -135,11 +145,47 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn does not pass a handshake bound to `create_server`: give it one, for
+        # the listeners it creates here and only while it creates them.
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+
+        async def bounded(*args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", TLS_HANDSHAKE_TIMEOUT)
+            return await create_server(*args, **kwargs)
+
+        try:
+            loop.create_server = bounded  # type: ignore[method-assign]
+        except AttributeError:  # a loop class that takes no attributes: asyncio's bound
+            await super().startup(sockets)
+            return
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server
+
+
+def tls_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """The server side of HTTPS: TLS 1.2 and later with OpenSSL's default ciphers; a
+    certificate or key that does not load raises `ValueError` naming the file."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        files = cert if key is None else f"{cert} and {key}"
+        raise ValueError(f"http_tls_cert/http_tls_key: cannot load {files}: {exc}") from None
+    return context
+
 
 class HttpServer:
-    """Runs the API on a socket it binds itself (so port 0 works and the port is known)."""
+    """Runs the API on a socket it binds itself (so port 0 works and the port is known);
+    with `tls` (from `tls_context`), over HTTPS and WSS only."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,6 +198,9 @@ class HttpServer:
         config = uvicorn.Config(BodyLimit(app, MAX_BODY), log_level="warning",
                                 lifespan="off", ws_max_size=MAX_BODY, access_log=False,
                                 timeout_graceful_shutdown=2)
+        config.load()
+        config.ssl = tls  # ours, made and checked before anything was bound
+        self.tls = tls is not None
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -39,6 +39,8 @@ async def require_key(request: Request, call_next: Callable[[Request], Awaitable
                       ) -> Response:
     """HTTP middleware: a request to a keyed path without a valid key is answered 401."""
     path = request.url.path
+    if path == "/metrics" and api_state(request).open_metrics:
+        return await call_next(request)
     if path.startswith("/v1/") or path in KEYED_PATHS:
         try:
             authorize(api_state(request).keys, request.headers.get("authorization"),

@@ -35,6 +35,7 @@ class ApiState:
     control: Control
     records: CallRecords
     keys: tuple[bytes, ...]
+    open_metrics: bool = False  # /metrics open even with keys (a scraper on loopback)
 
 
 def api_state(connection: HTTPConnection) -> ApiState:
