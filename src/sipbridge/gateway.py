@@ -37,6 +37,7 @@ from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.loadprobe import LoadProbe
 from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
+from sipbridge.sip.tls import TlsConfig
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -70,6 +71,9 @@ class Gateway:
             first_message_timeout=config.tcp_first_message_timeout,
             on_queue_delay=self._queue_delay if self.overload is not None else None,
             refuse=self._rate_blocked,
+            tls=TlsConfig(config.tls_cert, config.tls_key, config.tls_ca,
+                          config.tls_verify_client, config.tls_verify,
+                          config.tls_handshake_timeout),
         )
         auth = config.auth
         digest = None
@@ -92,7 +96,8 @@ class Gateway:
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
-                               self._auth_blocks, self._rate_blocks, self._overload_figures)
+                               self._auth_blocks, self._rate_blocks, self._overload_figures,
+                               tls_failures=lambda: self.transport.tls_failures.total)
         self.agents: Agents | None = None
         self.local_model: Any = None
         self._preload: asyncio.Future[Any] | None = None
@@ -147,8 +152,14 @@ class Gateway:
             self.http = HttpServer(create_app(self, c.api_key), host, port)
             await self.http.start()
         await self.transport.start(self._bind_host, self._bind_port)
+        if c.sip_tls_bind is not None:
+            await self.transport.listen_tls(*c.sip_tls_bind)
+        if not c.tls_verify:
+            log.warning("tls_verify = false: the certificates of TLS servers we connect to "
+                        "are NOT verified; anyone on the path can read and change those calls")
         self.ua = UserAgent(
             UaConfig(host=self.advertised_host, port=self.transport.port,
+                     tls_port=self.transport.tls_port,
                      timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size,
                      rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
                                            for n in c.rewrite_contact)),
@@ -276,6 +287,7 @@ class Gateway:
         """Message counters (received, answered by status, dropped and why), one line."""
         stats = dict(self.ua.stats) if self.ua is not None else {}
         stats["tcp_framing_errors"] = self.transport.stats_framing_errors
+        stats["tls_handshake_failures"] = self.transport.tls_failures.total
         return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v)
 
     async def _start_local_model(self) -> None:
