@@ -101,7 +101,7 @@ class HandshakeFailures:
             return
         since = self.total - self._logged
         way = "from" if inbound else "to"
-        more = f" ({since - 1} more since the last line)" if since > 1 else ""
+        more = f" ({since - 1} not logged since the last line)" if since > 1 else ""
         log.warning("TLS handshake %s %s failed: %s; %d failed in all%s",
                     way, peer, reason, self.total, more)
         self._logged = self.total
