@@ -24,12 +24,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.appside import start_app
+from tests.integration.appside import KEY, start_app
 from tests.integration.certs import CA, make_ca
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
 from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
-from tests.integration.test_transfer_e2e import NUMBER, call_in_background, finished
+from tests.integration.test_transfer_e2e import (
+    CALLER_SPEECH,
+    HUMAN_SPEECH,
+    NUMBER,
+    bridged,
+    call_in_background,
+    finished,
+)
 from tests.polling import until
 
 pytestmark = [
@@ -174,3 +181,22 @@ def test_bad_input_on_the_tls_port_is_closed_and_counted(
     bundle = ca.bundle("caller", ip=["127.0.0.1"])
     echo_call(gw, ca, tmp_path / "caller", speech, cert=bundle)
     assert gw.metric(FAILURES) == 3
+
+
+def test_the_bridge_fallback_dials_its_trunk_over_tls(
+    start_gateway: Callable[..., Gateway], ca: CA, tmp_path: Path,
+) -> None:
+    """The trunk says transport = "tls": the gateway's own call to the human goes over
+    TLS to baresip's TLS port, its certificate verified against tls_ca by address."""
+    human_cert = ca.bundle("human", ip=["127.0.0.1"])
+    with Baresip(tmp_path / "human", user=NUMBER, answermode="auto", tls_ca=ca.cert,
+                 tls_cert=human_cert) as human:
+        trunk = {"address": f"127.0.0.1:{human.sip_port + 1}", "transport": "tls",
+                 "from_uri": "sip:gateway@127.0.0.1"}
+        speech = {"caller": make_speech_wav(tmp_path / "caller.wav", CALLER_SPEECH),
+                  "human": make_speech_wav(tmp_path / "human.wav", HUMAN_SPEECH)}
+        with app_side(start_gateway, tmp_path, transfer_fallback="bridge", trunk=trunk,
+                      **tls_config(ca, free_tcp_port())) as app:
+            # Only baresip's TLS port is the trunk: the human answers only over TLS.
+            bridged(app, human, speech)
+            assert app.gateway.metric(FAILURES, KEY) == 0
