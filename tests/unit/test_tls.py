@@ -229,3 +229,30 @@ def test_a_server_whose_certificate_does_not_name_it_is_refused_unless_told(
             await b.close()
 
     asyncio.run(run())
+
+
+def test_what_a_client_sends_with_its_finished_is_not_lost(ca: CA, tmp_path: Path) -> None:
+    """A TLS 1.3 client sends its first request right behind its Finished: the bytes the
+    handshake decrypts before it ends reach the core, on every connection."""
+    cert, key = ca.issue("c", ip=["127.0.0.1"])
+
+    async def run() -> None:
+        got: list[tuple[bytes, Address]] = []
+        server = SipTransport(lambda d, s: got.append((d, s)), tls=TlsConfig(str(cert), str(key)))
+        await server.start("127.0.0.1", 0)
+        await server.listen_tls("127.0.0.1", 0)
+        ctx = ssl.create_default_context(cafile=str(ca.cert))
+        writers = []
+        try:
+            for _ in range(20):
+                _, writer = await asyncio.open_connection("127.0.0.1", server.tls_port, ssl=ctx)
+                writer.write(OPTIONS)
+                writers.append(writer)
+            await _until(lambda: len(got) == 20)
+            assert {s.transport for _, s in got} == {"tls"}
+        finally:
+            for writer in writers:
+                writer.close()
+            await server.close()
+
+    asyncio.run(run())

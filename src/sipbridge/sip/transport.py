@@ -133,6 +133,10 @@ class _TcpConnection(asyncio.Protocol):
         self.opened = self.last_active = time.monotonic()
         self.messages = 0
         self.admitted = False
+        # An inbound TLS connection's handshake under way: what it decrypts before the
+        # handshake's end is handed over (TLS 1.3 clients send right after their
+        # Finished) waits here until the connection can answer.
+        self.early: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -146,11 +150,15 @@ class _TcpConnection(asyncio.Protocol):
         self.owner.connections[self.peer] = self
         if self.kind == "tls" and not self.outbound:
             plain, self.transport = self.transport, None  # nothing goes out in clear
+            self.early = []
             plain.pause_reading()  # the handshake reads the first bytes
             self.owner.handshake(self, plain)
 
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
+            return
+        if self.early is not None:
+            self.early.append(data)
             return
         pings = self.framer.keepalives
         try:
@@ -295,6 +303,9 @@ class SipTransport:
             conn.connection_lost(None)
             return
         conn.transport = secure
+        early, conn.early = conn.early or [], None
+        for data in early:
+            conn.data_received(data)
 
     def send(self, data: bytes, dest: Address) -> None:
         """Send bytes to a peer; TCP and TLS reuse the peer's connection or open one."""
