@@ -45,7 +45,7 @@ from sip_cps import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.integration.certs import make_ca  # noqa: E402  (the project root, just added)
+from tests.integration.certs import make_ca  # the project root, just added
 
 STUNNEL_CONFIG = """\
 foreground = yes
@@ -86,13 +86,14 @@ def run(mode: str, args: argparse.Namespace, root: Path) -> Run:
     "tls"), against a fresh gateway."""
     work = root / mode
     work.mkdir(parents=True, exist_ok=True)
-    extra = ""
+    # One connection per call from one source (SIPp, or stunnel): room for all of them.
+    extra = "tcp_max_connections = 2000\ntcp_max_per_source = 2000\n"
     tls_port = 0
     if mode == "tls":
         ca = make_ca(work / "ca")
         cert, key = ca.issue("gateway", ip=[LOOPBACK])
         tls_port = free_port((socket.SOCK_STREAM,))
-        extra = (f'sip_tls = "{LOOPBACK}:{tls_port}"\ntls_cert = "{cert}"\n'
+        extra += (f'sip_tls = "{LOOPBACK}:{tls_port}"\ntls_cert = "{cert}"\n'
                  f'tls_key = "{key}"\n')
     gateway = start_sipbridge(work, args.server_core, "tcp", extra_config=extra)
     tunnel = None
@@ -114,7 +115,7 @@ def run(mode: str, args: argparse.Namespace, root: Path) -> Run:
                     break
                 except OSError:
                     if time.monotonic() > deadline or tunnel.poll() is not None:
-                        raise SystemExit(f"stunnel did not start: {work / 'stunnel.log'}")
+                        raise SystemExit(f"stunnel did not start: {work / 'stunnel.log'}") from None
                     time.sleep(0.05)
         calls = args.rate * args.duration
         stats = work / "stats.csv"
