@@ -20,6 +20,9 @@ from sipbridge.gateway import Gateway
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (env SIPBRIDGE_CONFIG)")
     p.add_argument("--sip", help="HOST:PORT for SIP over UDP and TCP (default 0.0.0.0:5060)")
+    p.add_argument("--sip-tls", dest="sip_tls", metavar="HOST:PORT",
+                   help="HOST:PORT for SIP over TLS (default port 5061; needs tls_cert and "
+                   "tls_key; unset: no TLS)")
     p.add_argument("--http", help="HOST:PORT for the HTTP API (default 127.0.0.1:8080)")
     p.add_argument("--auto-answer", dest="auto_answer",
                    help="answer every call itself: silence, echo, agent or play:FILE.wav")
@@ -87,6 +90,9 @@ async def _serve(gateway: Gateway) -> int:
     host = gateway.transport.host
     shown = f"[{host}]" if ":" in host else host
     print(f"sipbridge: listening on udp+tcp {shown}:{gateway.port}", file=sys.stderr, flush=True)
+    if gateway.transport.tls_port:
+        print(f"sipbridge: listening on tls {shown}:{gateway.transport.tls_port}",
+              file=sys.stderr, flush=True)
     if gateway.http is not None:
         h = gateway.http.host
         scheme = "https" if gateway.http.tls else "http"
@@ -106,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(
             args.config or os.environ.get("SIPBRIDGE_CONFIG"),
-            sip=args.sip, http=args.http, auto_answer=args.auto_answer,
+            sip=args.sip, sip_tls=args.sip_tls, http=args.http, auto_answer=args.auto_answer,
             log_level=args.log_level, api_key=args.api_key, webhook_url=args.webhook_url,
             webhook_secret=args.webhook_secret, transfer_to=args.transfer_to,
             http_tls_cert=args.http_tls_cert, http_tls_key=args.http_tls_key,

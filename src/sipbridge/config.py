@@ -90,7 +90,7 @@ class TrunkConfig(BaseModel):
     """The outbound trunk the gateway dials through (the `bridge` transfer fallback)."""
 
     address: str  # HOST:PORT where outbound INVITEs go
-    transport: str = Field("udp", pattern="^(udp|tcp)$")
+    transport: str = Field("udp", pattern="^(udp|tcp|tls)$")
     username: str | None = None  # digest credentials, answered once per call
     password: str | None = None
     from_uri: str = "sip:sipbridge@localhost"  # our From in outbound calls
@@ -104,7 +104,7 @@ class TrunkConfig(BaseModel):
 
     @property
     def bind(self) -> tuple[str, int]:
-        return parse_host_port(self.address, 5060)
+        return parse_host_port(self.address, 5061 if self.transport == "tls" else 5060)
 
 
 class RegistrationConfig(BaseModel):
@@ -195,6 +195,15 @@ class Config(BaseSettings):
     jitter_max_ms: int = Field(200, ge=20, le=2000)
     recordings: str | None = None  # a directory for one stereo WAV per call
     max_message_size: int = Field(65535, ge=1024, le=1 << 20)
+    # SIP over TLS (RFC 3261 26.2): HOST:PORT to listen on (unset: no TLS listener), our
+    # certificate and key (PEM), the CA that signs peers' certificates (else the system's).
+    sip_tls: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify_client: bool = False  # mutual TLS: clients must show a cert signed by tls_ca
+    tls_verify: bool = True  # verify servers we connect to, by name (false: lab use only)
+    tls_handshake_timeout: float = Field(10.0, gt=0, le=120)
     tcp_idle_timeout: float = Field(300.0, gt=0)  # seconds with no whole message
     tcp_first_message_timeout: float = Field(10.0, gt=0)  # seconds to the first message
     tcp_max_connections: int = Field(512, ge=1)  # inbound TCP connections in all ...
@@ -271,6 +280,14 @@ class Config(BaseSettings):
         if info.field_name == "http" and value.strip().lower() in ("", "off", "none"):
             return "off"  # no HTTP API
         parse_host_port(value, 0)
+        return value
+
+    @field_validator("sip_tls")
+    @classmethod
+    def _tls_bind(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none"):
+            return None
+        parse_host_port(value, 5061)
         return value
 
     @field_validator("auto_answer")
@@ -376,6 +393,10 @@ class Config(BaseSettings):
     @property
     def sip_bind(self) -> tuple[str, int]:
         return parse_host_port(self.sip, 5060)
+
+    @property
+    def sip_tls_bind(self) -> tuple[str, int] | None:
+        return None if self.sip_tls is None else parse_host_port(self.sip_tls, 5061)
 
     @property
     def http_bind(self) -> tuple[str, int]:

@@ -39,6 +39,7 @@ from sipbridge.sip.loadprobe import LoadProbe
 from sipbridge.sip.overload import OverloadDetector, OverloadLimits
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
 from sipbridge.sip.registration import RegistrationSpec, RegState
+from sipbridge.sip.tls import TlsConfig
 from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
@@ -73,6 +74,9 @@ class Gateway:
             first_message_timeout=config.tcp_first_message_timeout,
             on_queue_delay=self._queue_delay if self.overload is not None else None,
             refuse=self._rate_blocked,
+            tls=TlsConfig(config.tls_cert, config.tls_key, config.tls_ca,
+                          config.tls_verify_client, config.tls_verify,
+                          config.tls_handshake_timeout),
         )
         auth = config.auth
         digest = None
@@ -95,7 +99,8 @@ class Gateway:
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
-                               self._auth_blocks, self._rate_blocks, self._overload_figures)
+                               self._auth_blocks, self._rate_blocks, self._overload_figures,
+                               tls_failures=lambda: self.transport.tls_failures.total)
         self.registrations: Registrations | None = None
         self.metrics.registrations = self._registration_figures
         self.agents: Agents | None = None
@@ -162,8 +167,14 @@ class Gateway:
                                    host, port, tls)
             await self.http.start()
         await self.transport.start(self._bind_host, self._bind_port)
+        if c.sip_tls_bind is not None:
+            await self.transport.listen_tls(*c.sip_tls_bind)
+        if not c.tls_verify:
+            log.warning("tls_verify = false: the certificates of TLS servers we connect to "
+                        "are NOT verified; anyone on the path can read and change those calls")
         self.ua = UserAgent(
             UaConfig(host=self.advertised_host, port=self.transport.port,
+                     tls_port=self.transport.tls_port,
                      timers=TimerConfig(c.t1, c.t2, c.t4), max_message_size=c.max_message_size,
                      rewrite_contact=tuple(ipaddress.ip_network(n, strict=False)
                                            for n in c.rewrite_contact)),
@@ -192,7 +203,7 @@ class Gateway:
         if c.registration:
             self.registrations = Registrations(
                 self.sip, (registration_spec(r) for r in c.registration),
-                host=self._contact_host, port=lambda transport: self.transport.port)
+                host=self._contact_host, port=self._listening_port)
             self.registrations.attach()
             self.registrations.start()
         await self._import_ahead()
@@ -299,6 +310,7 @@ class Gateway:
         """Message counters (received, answered by status, dropped and why), one line."""
         stats = dict(self.ua.stats) if self.ua is not None else {}
         stats["tcp_framing_errors"] = self.transport.stats_framing_errors
+        stats["tls_handshake_failures"] = self.transport.tls_failures.total
         return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v)
 
     async def _start_local_model(self) -> None:
@@ -366,6 +378,12 @@ class Gateway:
                     "names %s: set public_address to the address it can reach us at",
                     spec.name, spec.registrar, self.advertised_host)
         return self.advertised_host
+
+    def _listening_port(self, transport: str) -> int:
+        """The port our Contact names for a transport: TLS has its own listener."""
+        if transport == "tls" and self.transport.tls_port:
+            return self.transport.tls_port
+        return self.transport.port
 
     def _registration_figures(self) -> list[tuple[str, bool, int, int]]:
         """(name, registered, attempts, failures) of each registration, for the metrics."""

@@ -66,7 +66,10 @@ class Metrics:
                  live_media: Callable[[], Iterable[tuple[str, MediaFigures]]] | None = None,
                  auth_blocks: Callable[[], tuple[int, int]] | None = None,
                  rate_blocks: Callable[[], tuple[int, int, int]] | None = None,
-                 overload: Callable[[], tuple[int, bool]] | None = None) -> None:
+                 overload: Callable[[], tuple[int, bool]] | None = None,
+                 tls_failures: Callable[[], int] | None = None) -> None:
+        self.tls_failures = tls_failures  # failed TLS handshakes so far
+        self._tls_counted = 0
         self.live_media = live_media
         self.auth_blocks = auth_blocks  # (sources blocked so far, sources blocked now)
         self._auth_counted = 0
@@ -134,6 +137,10 @@ class Metrics:
                                          "New calls answered 503 for overload", registry=r)
         self.overload_active = Gauge("sipbridge_overload_active",
                                      "1 while overloaded: new calls may be refused", registry=r)
+        self.tls_handshake_failures = Counter(
+            "sipbridge_tls_handshake_failures",
+            "TLS handshakes that failed (no handshake in time, not TLS, a certificate that "
+            "does not verify)", registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("duplicates", self.rtp_duplicates), ("stun", self.stun))
@@ -186,4 +193,9 @@ class Metrics:
                 self.overload_rejected.inc(rejected - self._overload_counted)
                 self._overload_counted = rejected
             self.overload_active.set(1 if active else 0)
+        if self.tls_failures is not None:
+            failures = self.tls_failures()
+            if failures > self._tls_counted:
+                self.tls_handshake_failures.inc(failures - self._tls_counted)
+                self._tls_counted = failures
         return generate_latest(self.registry)

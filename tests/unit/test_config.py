@@ -182,3 +182,26 @@ def test_registration_names_differ() -> None:
     entry = {"name": "prov", "registrar": "h", "aor": "sip:1@h"}
     with pytest.raises(ConfigError, match="registration names must differ: prov"):
         load_config(registration=[entry, {**entry, "aor": "sip:2@h"}])
+
+def test_tls_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'sip_tls = "127.0.0.1"\ntls_cert = "c.pem"\n'
+                               'tls_key = "k.pem"\ntls_verify = false\n'
+                               '[trunk]\naddress = "trunk.test"\ntransport = "tls"\n'))
+    assert config.sip_tls_bind == ("127.0.0.1", 5061)  # TLS's own default port
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == ("c.pem", "k.pem", None)
+    assert not config.tls_verify and not config.tls_verify_client
+    assert config.tls_handshake_timeout == 10.0
+    assert config.trunk is not None and config.trunk.bind == ("trunk.test", 5061)
+    assert load_config().sip_tls_bind is None
+    assert load_config(sip_tls="[::1]:5071").sip_tls_bind == ("::1", 5071)
+
+
+def test_serve_names_what_tls_lacks_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, 'sip = "127.0.0.1:0"\nhttp = "off"\nstore = "off"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "sipbridge", "serve", "--config", str(path),
+         "--sip-tls", "127.0.0.1:0"],
+        check=False, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "sip_tls needs tls_cert and tls_key" in proc.stderr

@@ -50,12 +50,12 @@ def test_what_cannot_be_sent_is_reported_not_raised() -> None:
     with DnsServer({("peer.test", "A"): ["127.0.0.1"]}) as ns:
 
         async def body(transport: SipTransport, errors: list[object]) -> None:
-            transport.send(b"BYE tls", Address("tls", "127.0.0.1", 5061))
+            transport.send(b"BYE ws", Address("ws", "127.0.0.1", 80))
             transport.send(b"BYE nowhere", Address("udp", "nowhere.test", 5060))
             assert errors == []  # reported later, never from inside send()
             await asyncio.sleep(0.5)
 
         errors = asyncio.run(_with_transport([ns.address], body))
     reasons = {data: why for data, _, why in errors}
-    assert reasons[b"BYE tls"] == "no TLS transport here"
+    assert reasons[b"BYE ws"] == "no WS transport here"
     assert reasons[b"BYE nowhere"] == "no A record for nowhere.test"

@@ -189,7 +189,7 @@ class Baresip(Peer):
 
     def __init__(
         self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK,
-        answermode: str = "manual",
+        answermode: str = "manual", tls_ca: Path | None = None, tls_cert: Path | None = None,
     ) -> None:
         if codec.upper() not in ("PCMU", "PCMA"):
             raise ValueError("codec must be PCMU or PCMA")
@@ -198,6 +198,10 @@ class Baresip(Peer):
         self.user = user
         self.host = host
         self.answermode = answermode  # "auto": answers every call (a phone at the target)
+        # SIP over TLS: the CA it trusts, and its own certificate and key in one PEM (then
+        # it listens for TLS on sip_port + 1 too).
+        self.tls_ca = tls_ca
+        self.tls_cert = tls_cert
         self.config_dir = workdir / "config"
         self.dumps = workdir / "dumps"
         self.play_path = workdir / "play.wav"
@@ -230,6 +234,8 @@ class Baresip(Peer):
                 modules=BARESIP_MODULES,
                 dumps=self.dumps,
             )
+            + (f"sip_cafile              {self.tls_ca}\n" if self.tls_ca else "")
+            + (f"sip_certificate         {self.tls_cert}\n" if self.tls_cert else "")
         )
         (self.config_dir / "accounts").write_text(
             BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),

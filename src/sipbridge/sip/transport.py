@@ -1,4 +1,5 @@
-"""The thin asyncio layer: UDP and TCP sockets on one port, moving bytes to and from the core.
+"""The thin asyncio layer: UDP and TCP sockets on one port (and TLS on another), moving bytes
+to and from the core.
 
 No parsing and no policy here (STYLE 3): datagrams go up whole, TCP streams are cut
 into messages by Content-Length (RFC 3261 18.3), and outgoing bytes go to the address
@@ -6,6 +7,8 @@ the core names, over an existing TCP connection when there is one (RFC 3261 18.2
 A name the core could not turn into an address (a Route or Contact's host) is looked up
 first, without blocking (`sip.dns`). What cannot be sent (no address, a refused
 connection, a transport we do not offer) is reported to `on_error`, never raised.
+TLS connections (RFC 3261 26.2) are TCP connections with `sip.tls`'s contexts: framed,
+limited, swept and reused the same way, under the transport name "tls".
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import functools
 import logging
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -25,6 +29,13 @@ from sipbridge.sip.address import Address, is_ip
 from sipbridge.sip.dns import ResolveError, Resolver
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.message import DEFAULT_MAX_SIZE, StreamFramer
+from sipbridge.sip.tls import (
+    HandshakeFailures,
+    TlsConfig,
+    client_context,
+    failure_reason,
+    server_context,
+)
 
 log = logging.getLogger("sipbridge.transport")
 
@@ -108,29 +119,46 @@ class _Udp:
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, owner: SipTransport, *, outbound: bool = False) -> None:
+    """One TCP or TLS connection. An inbound TLS connection is admitted as TCP, then its
+    handshake runs (`_handshake`) with this protocol waiting for what it brings."""
+
+    def __init__(self, owner: SipTransport, *, outbound: bool = False,
+                 kind: str = "tcp") -> None:
         self.owner = owner
         self.outbound = outbound  # ours: not refused, and no first-message deadline
+        self.kind = kind  # "tcp" or "tls"
         self.framer = StreamFramer(owner.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer: Address | None = None
         self.opened = self.last_active = time.monotonic()
         self.messages = 0
         self.admitted = False
+        # An inbound TLS connection's handshake under way: what it decrypts before the
+        # handshake's end is handed over (TLS 1.3 clients send right after their
+        # Finished) waits here until the connection can answer.
+        self.early: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Address("tcp", host, port)
+        self.peer = Address(self.kind, host, port)
         if not self.outbound and (self.owner.refuse(host) or not self.owner.admit(host)):
             self.transport.abort()  # at once: the descriptor is what is scarce
             return
         self.admitted = True
         self.owner.per_source[host] += 1
-        self.owner.connections[(host, port)] = self
+        self.owner.connections[self.peer] = self
+        if self.kind == "tls" and not self.outbound:
+            plain, self.transport = self.transport, None  # nothing goes out in clear
+            self.early = []
+            plain.pause_reading()  # the handshake reads the first bytes
+            self.owner.handshake(self, plain)
 
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
+            return
+        if self.early is not None:
+            self.early.append(data)
             return
         pings = self.framer.keepalives
         try:
@@ -155,7 +183,8 @@ class _TcpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.admitted:
-            key = (self.peer.host, self.peer.port)
+            self.admitted = False  # once: a failed handshake comes here by two ways
+            key = self.peer
             if self.owner.connections.get(key) is self:
                 del self.owner.connections[key]
             left = self.owner.per_source[self.peer.host] - 1
@@ -171,15 +200,24 @@ class _TcpConnection(asyncio.Protocol):
 
 
 class SipTransport:
-    """UDP and TCP listeners on one host and port, and outbound TCP connections."""
+    """UDP and TCP listeners on one host and port, a TLS listener on another, and
+    outbound TCP and TLS connections."""
 
     def __init__(self, on_message: OnMessage, *, max_size: int = DEFAULT_MAX_SIZE,
                  idle_timeout: float = 300.0, resolver: Resolver | None = None,
                  on_error: OnError | None = None, max_connections: int = 1000,
                  max_per_source: int = 64, first_message_timeout: float = 10.0,
                  on_queue_delay: Callable[[float], None] | None = None,
-                 refuse: Callable[[str], bool] = lambda host: False) -> None:
+                 refuse: Callable[[str], bool] = lambda host: False,
+                 tls: TlsConfig | None = None) -> None:
         self.on_message = on_message
+        self.tls = tls or TlsConfig()
+        self.tls_failures = HandshakeFailures()
+        self._tls_server: ssl.SSLContext | None = None
+        self._tls_client: ssl.SSLContext | None = None
+        self._tls_listener: asyncio.Server | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self.tls_port = 0
         self.refuse = refuse  # a source refused now: its new connections are closed at once
         self.on_queue_delay = on_queue_delay  # how long each datagram waited, seconds
         self.max_connections = max_connections
@@ -194,11 +232,11 @@ class SipTransport:
         self._lookups: dict[Address, list[bytes]] = {}
         self.max_size = max_size
         self.idle_timeout = idle_timeout
-        self.connections: dict[tuple[str, int], _TcpConnection] = {}
+        self.connections: dict[Address, _TcpConnection] = {}
         self.stats_framing_errors = 0
         self._udp: _Udp | None = None
         self._server: asyncio.Server | None = None
-        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._pending: dict[Address, list[bytes]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.host = ""
         self.port = 0
@@ -231,36 +269,78 @@ class SipTransport:
         self._udp.start(loop)
         self._sweeper = asyncio.create_task(self._sweep_idle())
 
+    async def listen_tls(self, host: str, port: int) -> None:
+        """Listen for SIP over TLS (port 0: one the OS picks, in `tls_port`). Raises
+        ValueError/OSError/ssl.SSLError when the certificate or key cannot be used."""
+        try:
+            self._tls_server = server_context(self.tls)
+        except OSError as exc:  # ssl.SSLError too: a file missing, a key that does not fit
+            raise ValueError(f"tls_cert/tls_key/tls_ca cannot be used: {exc}") from exc
+        self._tls_listener = await asyncio.get_running_loop().create_server(
+            lambda: _TcpConnection(self, kind="tls"), host, port, reuse_address=True,
+            backlog=ACCEPT_BACKLOG)
+        self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
+
+    def handshake(self, conn: _TcpConnection, plain: asyncio.Transport) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(conn, plain))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: _TcpConnection, plain: asyncio.Transport) -> None:
+        """An inbound connection's TLS handshake, bounded by tls.handshake_timeout. A
+        failure closes the connection, is counted and logged (rate-limited)."""
+        assert self._tls_server is not None
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(plain, conn, self._tls_server, server_side=True,
+                                          ssl_handshake_timeout=self.tls.handshake_timeout)
+        except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
+            self.tls_failures.failed(str(conn.peer), failure_reason(exc), time.monotonic())
+            plain.abort()
+            conn.connection_lost(None)
+            return
+        if secure is None or secure.is_closing():
+            conn.connection_lost(None)
+            return
+        conn.transport = secure
+        early, conn.early = conn.early or [], None
+        for data in early:
+            conn.data_received(data)
+
     def send(self, data: bytes, dest: Address) -> None:
-        """Send bytes to a peer; TCP reuses the peer's connection or opens one."""
+        """Send bytes to a peer; TCP and TLS reuse the peer's connection or open one."""
         if dest.port == 0 or not _is_ip(dest.host):
             self._send_named(data, dest)
             return
-        if dest.transport not in ("udp", "tcp"):
+        self._send_to(data, dest, None)
+
+    def _send_to(self, data: bytes, dest: Address, name: str | None) -> None:
+        """Send to an IP address; `name` is the host name it was found by (a TLS
+        server's certificate must name it)."""
+        if dest.transport not in ("udp", "tcp", "tls"):
             self._failed(data, dest, f"no {dest.transport.upper()} transport here")
             return
         if dest.transport == "udp":
             if self._udp is not None:
                 self._udp.sendto(data, (dest.host, dest.port))
             return
-        key = (dest.host, dest.port)
-        conn = self.connections.get(key)
+        conn = self.connections.get(dest)
         if conn is not None:
             conn.send(data)
             return
-        queued = self._pending.get(key)
+        queued = self._pending.get(dest)
         if queued is not None:
             queued.append(data)
             return
-        self._pending[key] = [data]
-        asyncio.get_running_loop().create_task(self._connect(key))
+        self._pending[dest] = [data]
+        asyncio.get_running_loop().create_task(self._connect(dest, name))
 
     def _send_named(self, data: bytes, dest: Address) -> None:
         """A destination named by host name: send at once when its address is known, else
         hold the message (a few per name) while it is looked up."""
         known = self.resolver.cached(dest)
         if isinstance(known, Address):
-            self.send(data, known)
+            self._send_to(data, known, dest.host)
             return
         if isinstance(known, str):
             self._failed(data, dest, known)
@@ -281,7 +361,7 @@ class SipTransport:
                 self._failed(data, dest, str(exc))
             return
         for data in self._lookups.pop(dest, []):
-            self.send(data, address)
+            self._send_to(data, address, dest.host)
 
     def _failed(self, data: bytes, dest: Address, reason: str) -> None:
         """Report a message that could not be sent, after the current call stack (the
@@ -289,26 +369,40 @@ class SipTransport:
         if self.on_error is not None:
             asyncio.get_running_loop().call_soon(self.on_error, data, dest, reason)
 
-    async def _connect(self, key: tuple[str, int]) -> None:
+    async def _connect(self, dest: Address, name: str | None) -> None:
         loop = asyncio.get_running_loop()
+        tls = dest.transport == "tls"
+        kind = dest.transport.upper()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self, outbound=True), key[0],
-                                       key[1]), 5.0
-            )
-        except (TimeoutError, OSError) as exc:
-            log.info("TCP connect to %s:%s failed: %s", key[0], key[1], exc)
-            dest = Address("tcp", key[0], key[1])
-            for data in self._pending.pop(key, []):
-                self._failed(data, dest, f"TCP connection refused or timed out: {exc}")
+            if tls:
+                if self._tls_client is None:
+                    self._tls_client = client_context(self.tls)
+                connecting = loop.create_connection(
+                    lambda: _TcpConnection(self, outbound=True, kind="tls"), dest.host,
+                    dest.port, ssl=self._tls_client, server_hostname=name or dest.host,
+                    ssl_handshake_timeout=self.tls.handshake_timeout)
+                bound = 5.0 + self.tls.handshake_timeout
+            else:
+                connecting = loop.create_connection(
+                    lambda: _TcpConnection(self, outbound=True), dest.host, dest.port)
+                bound = 5.0
+            _, conn = await asyncio.wait_for(connecting, bound)
+        except (TimeoutError, OSError, ValueError) as exc:
+            if tls and isinstance(exc, ssl.SSLError | ValueError):
+                self.tls_failures.failed(f"{dest} ({name or dest.host})", failure_reason(exc),
+                                         time.monotonic(), inbound=False)
+            else:
+                log.info("%s connect to %s failed: %s", kind, dest, exc)
+            for data in self._pending.pop(dest, []):
+                self._failed(data, dest, f"{kind} connection failed: {failure_reason(exc)}")
             return
-        for data in self._pending.pop(key, []):
+        for data in self._pending.pop(dest, []):
             conn.send(data)
 
     def drop(self, source: Address) -> None:
         """Close the inbound stream connection a message came on (its source is refused:
         over its rate); what it sent after that message is not read."""
-        conn = self.connections.get((source.host, source.port))
+        conn = self.connections.get(source)
         if conn is not None and not conn.outbound and conn.transport is not None:
             conn.transport.abort()
 
@@ -344,15 +438,18 @@ class SipTransport:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_listener):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
 
 
 @functools.lru_cache(maxsize=4096)

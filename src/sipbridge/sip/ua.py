@@ -71,6 +71,7 @@ SUPPORTED: frozenset[str] = frozenset({"norefersub"})
 class UaConfig:
     host: str = "127.0.0.1"  # the address we put in Contact and Via when none is better
     port: int = 5060
+    tls_port: int = 0  # where we take SIP over TLS; 0: nowhere
     user_agent: str = "sipbridge"
     timers: TimerConfig = field(default_factory=TimerConfig)
     max_message_size: int = DEFAULT_MAX_SIZE
@@ -325,7 +326,8 @@ class UserAgent:
         uri = parse_uri(target)
         local_tag = self._token()
         h = Headers()
-        h.add("Via", str(Via(dest.transport.upper(), self.config.host, self.config.port,
+        h.add("Via", str(Via(dest.transport.upper(), self.config.host,
+                             self._port(dest.transport),
                              (("branch", new_branch(self._token())), ("rport", None)))))
         h.add("Max-Forwards", "70")
         h.add("From", str(NameAddr(parse_uri(from_uri)).with_tag(local_tag)))
@@ -371,7 +373,8 @@ class UserAgent:
         if status < 300:
             if leg.state is LegState.CALLING:
                 dialog = Dialog.as_uac(tx.request, resp, leg.source)
-                dialog.via_host, dialog.via_port = self.config.host, self.config.port
+                dialog.via_host = self.config.host
+                dialog.via_port = self._port(leg.source.transport)
                 dialog.to_source = leg.dialog.to_source
                 leg.dialog = dialog
                 leg.state = LegState.CONFIRMED
@@ -400,7 +403,7 @@ class UserAgent:
                 user, password = leg.credentials
                 retry = Headers(list(leg.invite.headers))
                 retry.set("Via", str(Via(leg.source.transport.upper(), self.config.host,
-                                         self.config.port,
+                                         self._port(leg.source.transport),
                                          (("branch", new_branch(self._token())),
                                           ("rport", None)))))
                 retry.set("CSeq", f"{leg.invite.cseq.seq + 1} INVITE")
@@ -583,13 +586,13 @@ class UserAgent:
 
     def _new_call(self, req: Request, source: Address, now: float, user: str | None) -> None:
         local_tag = self._token()
-        contact = self._contact(source)
+        contact = self._contact(source, sips=getattr(req.uri, "scheme", "") == "sips")
         try:
             dialog = Dialog.as_uas(req, local_tag, 1, source, contact)
         except SipError as exc:  # no Contact (RFC 3261 8.1.1.8), a bad Record-Route
             self._stateless(req, source, exc.status, exc.reason)
             return
-        dialog.via_host, dialog.via_port = self.config.host, self.config.port
+        dialog.via_host, dialog.via_port = self.config.host, self._port(source.transport)
         dialog.to_source = self._to_source(source)
         if source.reliable:
             via = req.top_via
@@ -813,7 +816,7 @@ class UserAgent:
                           dest, now)
 
     def _is_self(self, dest: Address) -> bool:
-        return dest.port == self.config.port and dest.host == self.config.host
+        return dest.port == self._port(dest.transport) and dest.host == self.config.host
 
     def _to_source(self, peer: Address) -> bool:
         """Whether `peer` is among the networks whose requests go back to their source."""
@@ -843,10 +846,20 @@ class UserAgent:
     def _dialogs_by_tx(self, tx: ServerTransaction) -> Leg | None:
         return self._legs.get(tx.owner)
 
-    def _contact(self, source: Address) -> str:
+    def _port(self, transport: str) -> int:
+        """Our port for `transport`: TLS has one of its own (RFC 3261 26.2)."""
+        return self.config.tls_port if transport == "tls" and self.config.tls_port else (
+            self.config.port)
+
+    def _contact(self, source: Address, *, sips: bool = False) -> str:
+        """Our Contact for a dialog on `source`'s transport: sips: when the request was
+        for a sips: URI (RFC 5630 3.1.3: TLS is then implied), else transport= named."""
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        port = self._port(source.transport)
+        if sips and source.transport == "tls":
+            return f"<sips:sipbridge@{host}:{port}>"
         transport = "" if source.transport == "udp" else f";transport={source.transport}"
-        return f"<sip:sipbridge@{host}:{self.config.port}{transport}>"
+        return f"<sip:sipbridge@{host}:{port}{transport}>"
 
     def _capabilities(self) -> list[tuple[str, str]]:
         return [
