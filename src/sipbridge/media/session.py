@@ -55,7 +55,7 @@ from sipbridge.media.rtp import (
     parse_rtcp,
     parse_rtp,
 )
-from sipbridge.media.srtp import SrtpContext, SrtpDrop
+from sipbridge.media.srtp import SrtpContext
 from sipbridge.media.stun import StunError, binding_response, parse_stun
 from sipbridge.records import MediaFigures
 
@@ -248,14 +248,9 @@ class MediaSession:
         if self._latched is not None and addr != self._latched:
             self.dropped["source"] += 1
             return
-        if self.srtp is not None:
-            try:
-                data = self.srtp.unprotect(data)
-            except SrtpDrop as exc:
-                self.dropped[exc.reason] += 1
-                return
         try:
-            packet = parse_rtp(data)
+            # SRTP first (its failures are RtpErrors too: srtp_auth, srtp_replay).
+            packet = parse_rtp(data if self.srtp is None else self.srtp.unprotect(data))
         except RtpError as exc:
             self.dropped[exc.reason] += 1
             return
@@ -307,7 +302,7 @@ class MediaSession:
             if self.srtp is not None:
                 try:
                     data = self.srtp.unprotect_rtcp(data)
-                except SrtpDrop as exc:
+                except RtpError as exc:
                     self.dropped["rtcp_" + exc.reason] += 1
                     continue
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pylibsrtp
 
 from sipbridge.audiostream import SrtpKeys
+from sipbridge.media.rtp import RtpError
 
 # RFC 4568 6.2: the suites we offer and accept, in our preference order.
 PROFILES: dict[str, int] = {
@@ -19,12 +20,8 @@ PROFILES: dict[str, int] = {
 REPLAY_WINDOW = 128  # packets (RFC 3711 3.3.2 asks at least 64)
 
 
-class SrtpDrop(Exception):
+class SrtpDrop(RtpError):
     """A packet SRTP refused; `reason` is its drop counter: srtp_auth or srtp_replay."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class SrtpContext:
@@ -32,10 +29,11 @@ class SrtpContext:
 
     def __init__(self, keys: SrtpKeys) -> None:
         profile = PROFILES[keys.suite]
-        outbound = pylibsrtp.Policy(key=keys.local_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-                                    srtp_profile=profile)
-        inbound = pylibsrtp.Policy(key=keys.remote_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-                                   srtp_profile=profile)
+        policy = pylibsrtp.Policy
+        outbound = policy(key=keys.local_key, ssrc_type=policy.SSRC_ANY_OUTBOUND,
+                          srtp_profile=profile)
+        inbound = policy(key=keys.remote_key, ssrc_type=policy.SSRC_ANY_INBOUND,
+                         srtp_profile=profile)
         inbound.window_size = REPLAY_WINDOW
         self.keys = keys
         self._tx = pylibsrtp.Session(outbound)

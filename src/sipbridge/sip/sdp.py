@@ -357,7 +357,8 @@ def answer_offer(
         for codec in m.codecs if _is_narrowband(codec, wanted)
     ), None)
     if found is None:
-        raise NotAcceptable(_srtp_refusal(offer, srtp, protos) or _why_not(offer, supported))
+        raise NotAcceptable(_srtp_refusal(offer, srtp, protos)
+                            or _why_not(offer, supported, protos))
     index, offered, codec = found
     events = [c for c in offered.codecs if _is_narrowband(c, {"telephone-event"})]
     event = events[0] if events and telephone_event else None
@@ -442,7 +443,7 @@ def _local_session(
 
 
 def _why_not(offer: SessionDescription, supported: Sequence[str],
-             protos: frozenset[str] = frozenset({"RTP/AVP"})) -> str:
+             accepted: frozenset[str] = frozenset({"RTP/AVP"})) -> str:
     """The 488 reason: what ruled the offer out, in the order `answer_offer` searches."""
     audio = [m for m in offer.media if m.media == "audio"]
     if not audio:
@@ -451,7 +452,7 @@ def _why_not(offer: SessionDescription, supported: Sequence[str],
     live = [m for m in audio if m.port != 0]
     if not live:
         return "every offered audio stream is disabled (port 0)"
-    avp = [m for m in live if m.proto.upper() in protos]
+    avp = [m for m in live if m.proto.upper() in accepted]
     if not avp:
         protos = ", ".join(m.proto for m in live)
         return f"no RTP/AVP audio stream: offered {protos} (only RTP/AVP is supported, not SRTP)"
