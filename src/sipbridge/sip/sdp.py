@@ -503,10 +503,11 @@ def new_srtp_key() -> bytes:
 def parse_crypto(value: str) -> CryptoAttribute:
     """An a=crypto value: `<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len] [params]`;
     NotAcceptable (488) naming the line, its key redacted, if it is malformed."""
-    def bad(why: str) -> NotAcceptable:
-        return NotAcceptable(f"malformed a=crypto:{redact_keys(value)[:120]} ({why})")
-
     parts = value.split()
+
+    def bad(why: str) -> NotAcceptable:  # names the line by its tag and suite, never its key
+        return NotAcceptable(f"malformed a=crypto:{' '.join(parts[:2])[:80]} ({why})")
+
     if len(parts) < 3:
         raise bad("needs a tag, a suite and key parameters")
     tag_text, suite, key_params, *params = parts
@@ -524,9 +525,9 @@ def parse_crypto(value: str) -> CryptoAttribute:
         raise bad("the key is not base64") from None
     lifetime = mki = None
     for item in extra:
-        if ":" in item:
+        if ":" in item and mki is None:
             mki = item
-        elif lifetime is None and item:
+        elif ":" not in item and item and lifetime is None and mki is None:
             lifetime = item
         else:
             raise bad("unexpected key parameter")
