@@ -189,7 +189,7 @@ class Baresip(Peer):
 
     def __init__(
         self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK,
-        answermode: str = "manual",
+        answermode: str = "manual", mediaenc: str | None = None,
     ) -> None:
         if codec.upper() not in ("PCMU", "PCMA"):
             raise ValueError("codec must be PCMU or PCMA")
@@ -198,6 +198,7 @@ class Baresip(Peer):
         self.user = user
         self.host = host
         self.answermode = answermode  # "auto": answers every call (a phone at the target)
+        self.mediaenc = mediaenc  # "srtp-mand": SRTP with SDES keys (its srtp module)
         self.config_dir = workdir / "config"
         self.dumps = workdir / "dumps"
         self.play_path = workdir / "play.wav"
@@ -229,11 +230,12 @@ class Baresip(Peer):
                 play=self.play_path,
                 modules=BARESIP_MODULES,
                 dumps=self.dumps,
-            )
+            ) + ("module                  srtp.so\n" if self.mediaenc else "")
         )
         (self.config_dir / "accounts").write_text(
             BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),
-                                   answermode=self.answermode)
+                                   answermode=self.answermode).rstrip("\n")
+            + (f";mediaenc={self.mediaenc}\n" if self.mediaenc else "\n")
         )
         # aufile opens the source when a call's audio starts; until a call
         # writes its own, a short silence keeps a stray start harmless.
