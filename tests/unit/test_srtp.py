@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from sipbridge.api.callevents import WebhookSink
 from sipbridge.audiostream import Codec, Direction, NegotiatedAudio, SrtpKeys
-from sipbridge.calls.events import CallEvent
+from sipbridge.calls.events import CallEvent, TimelineRecorder
 from sipbridge.media.g711 import ulaw_encode
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import PortPool
@@ -274,6 +275,36 @@ def test_no_key_reaches_the_timeline_events_or_logs(caplog: pytest.LogCaptureFix
     assert "inline:<redacted>" in recorded  # the SIP messages are on the timeline ...
     for key in (KEY_B64, ours):
         assert key not in recorded  # ... without either key
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def send(self, event: dict[str, object], on_attempt: object = None) -> object:
+        self.sent.append(event)
+        return object()
+
+
+def test_the_webhook_and_the_call_record_of_an_srtp_call_hold_no_key() -> None:
+    h = Harness(auto_answer=None, app=True)
+    h.manager.policy = dataclasses.replace(h.manager.policy, srtp="optional",
+                                           srtp_over_cleartext=True)
+    sender = Sender()
+    h.events.subscribe(WebhookSink(sender, h.events, Metrics(lambda: 0)))  # type: ignore[arg-type]
+    recorder = TimelineRecorder()
+    h.events.subscribe(recorder)
+    h.send(invite(offer()))
+    call = h.incoming[0]
+    h.manager.accept(call.id, {})
+    assert call.audio is not None and call.audio.srtp is not None
+    ours = base64.b64encode(call.audio.srtp.local_key).decode()
+    (event,) = sender.sent
+    assert event["data"]["sip_media_security"] == "srtp"  # type: ignore[index]
+    call.webhooks.clear()  # the fake sender's deliveries are not records
+    record = repr(call.to_dict()) + repr(event)
+    assert "inline:<redacted>" in record
+    assert KEY_B64 not in record and ours not in record
 
 
 def test_a_tls_invite_may_carry_keys_a_udp_one_not() -> None:
