@@ -33,7 +33,7 @@ from sipbridge.sip.sdp import (
     read_answer,
     redact_keys,
 )
-from tests.unit.callharness import Harness, invite
+from tests.unit.callharness import Harness, ack, invite
 from tests.unit.test_media_session import Peer
 
 KEY = bytes(range(30))
@@ -315,3 +315,33 @@ def test_a_tls_invite_may_carry_keys_a_udp_one_not() -> None:
     h.send(invite(offer(), branch="b2").replace("Call-ID: call-1", "Call-ID: call-2")
            .replace("SIP/2.0/UDP", "SIP/2.0/TLS"), Address("tls", "127.0.0.1", 5062))
     assert h.statuses()[-1] == 200
+
+
+def test_with_srtp_required_an_invite_without_sdp_gets_our_srtp_offer() -> None:
+    h = Harness()
+    h.manager.policy = dataclasses.replace(h.manager.policy, srtp="required",
+                                           srtp_over_cleartext=True)
+    h.send(invite())
+    ok = h.sent[-1]
+    assert ok.status == 200 and b"RTP/SAVP" in ok.body and b"a=crypto:1 " in ok.body
+    ours = base64.b64decode(ok.body.split(b"inline:")[1].split(b"\r\n")[0])
+    h.send(ack(ok.to.tag or "", offer("RTP/SAVP", f"1 {SUITE80} inline:{KEY_B64}")))
+    call = next(iter(h.manager.calls.values()))
+    assert call.audio is not None and call.audio.srtp == SrtpKeys(SUITE80, 1, ours, KEY)
+
+
+def test_a_re_invite_keeps_our_key_and_the_media_context() -> None:
+    h = Harness()
+    h.manager.policy = dataclasses.replace(h.manager.policy, srtp="optional",
+                                           srtp_over_cleartext=True)
+    h.send(invite(offer()))
+    ok = h.sent[-1]
+    h.send(ack(ok.to.tag or ""))
+    call = next(iter(h.manager.calls.values()))
+    assert call.audio is not None and call.audio.srtp is not None
+    first = call.audio.srtp
+    session = h.media.sessions[call.id]
+    context = session.srtp
+    h.send(invite(offer(), branch="b2", cseq=2, to_tag=ok.to.tag or ""))
+    assert h.statuses()[-1] == 200
+    assert call.audio.srtp == first and session.srtp is context  # replay window kept
