@@ -15,6 +15,7 @@ import pytest
 from sipbridge.api.callevents import WebhookSink
 from sipbridge.audiostream import Codec, Direction, NegotiatedAudio, SrtpKeys
 from sipbridge.calls.events import CallEvent, TimelineRecorder
+from sipbridge.config import ConfigError, load_config
 from sipbridge.media.g711 import ulaw_encode
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import PortPool
@@ -79,6 +80,7 @@ def test_a_crypto_line_parses_with_lifetime_and_mki() -> None:
     (f"1 {SUITE80} inline:not*base64!", "base64"),
     (f"1 {SUITE80} inline:{KEY_B64};inline:{KEY_B64}", "more than one key"),
     (f"1 {SUITE80} inline:{KEY_B64}|1:4|2:4", "unexpected key parameter"),
+    (f'1 "{SUITE80}\\ uri:{KEY_B64}', 'a=crypto:1 ?AES_CM_128_HMAC_SHA1_80? ('),
 ])
 def test_a_malformed_crypto_line_gets_488_naming_it_without_its_key(value: str, why: str) -> None:
     reason = refusal(offer("RTP/SAVP", value))
@@ -345,3 +347,11 @@ def test_a_re_invite_keeps_our_key_and_the_media_context() -> None:
     h.send(invite(offer(), branch="b2", cseq=2, to_tag=ok.to.tag or ""))
     assert h.statuses()[-1] == 200
     assert call.audio.srtp == first and session.srtp is context  # replay window kept
+
+
+def test_the_srtp_config_keys() -> None:
+    config = load_config()
+    assert (config.srtp, config.srtp_over_cleartext) == ("optional", False)
+    assert load_config(srtp="required", srtp_over_cleartext=True).srtp == "required"
+    with pytest.raises(ConfigError, match="srtp"):
+        load_config(srtp="sometimes")

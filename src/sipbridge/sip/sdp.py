@@ -469,6 +469,7 @@ SAVP = "RTP/SAVP"
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 SRTP_MODES = ("off", "optional", "required")
 _KEY_SALT = 30  # 16-octet master key + 14-octet master salt for the AES_CM_128 suites
+_UNSAFE = re.compile(r"[^\w .,:/-]")
 _INLINE = re.compile(r"inline:[^\s|;]*", re.IGNORECASE)
 
 
@@ -506,7 +507,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
     parts = value.split()
 
     def bad(why: str) -> NotAcceptable:  # names the line by its tag and suite, never its key
-        return NotAcceptable(f"malformed a=crypto:{' '.join(parts[:2])[:80]} ({why})")
+        name = _UNSAFE.sub("?", " ".join(parts[:2])[:80])  # it goes into a Warning header
+        return NotAcceptable(f"malformed a=crypto:{name} ({why})")
 
     if len(parts) < 3:
         raise bad("needs a tag, a suite and key parameters")
@@ -570,7 +572,7 @@ def _answer_crypto(offered: MediaDescription, key: bytes | None) -> SrtpKeys:
                                     f"not {_KEY_SALT})")
             ours = key if key is not None else new_srtp_key()
             return SrtpKeys(crypto.suite, crypto.tag, ours, crypto.key)
-    suites = ", ".join(c.suite for c in lines)
+    suites = _UNSAFE.sub("?", ", ".join(c.suite for c in lines)[:200])
     raise NotAcceptable(f"no usable a=crypto: offered {suites} (supported {', '.join(SRTP_SUITES)},"
                    " without MKI or session parameters)")
 
