@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipbridge.api.callevents import WebhookSink
 from sipbridge.audiostream import Codec, Direction, NegotiatedAudio, SrtpKeys
@@ -24,7 +26,7 @@ from sipbridge.media.session import MediaSession
 from sipbridge.media.srtp import SrtpContext, SrtpDrop
 from sipbridge.metrics import Metrics
 from sipbridge.sip.address import Address
-from sipbridge.sip.errors import NotAcceptable
+from sipbridge.sip.errors import NotAcceptable, SipError
 from sipbridge.sip.sdp import (
     answer_offer,
     build_offer,
@@ -35,6 +37,7 @@ from sipbridge.sip.sdp import (
     redact_keys,
 )
 from tests.unit.callharness import Harness, ack, invite
+from tests.unit.test_fuzz import fuzz, only
 from tests.unit.test_media_session import Peer
 
 KEY = bytes(range(30))
@@ -80,7 +83,8 @@ def test_a_crypto_line_parses_with_lifetime_and_mki() -> None:
     (f"1 {SUITE80} inline:not*base64!", "base64"),
     (f"1 {SUITE80} inline:{KEY_B64};inline:{KEY_B64}", "more than one key"),
     (f"1 {SUITE80} inline:{KEY_B64}|1:4|2:4", "unexpected key parameter"),
-    (f'1 "{SUITE80}\\ uri:{KEY_B64}', 'a=crypto:1 ?AES_CM_128_HMAC_SHA1_80? ('),
+    (f'1 "{SUITE80}\\ uri:{KEY_B64}', "a=crypto:1 ? ("),
+    (f"1 inline:{KEY_B64}", "a=crypto:1 ? ("),
 ])
 def test_a_malformed_crypto_line_gets_488_naming_it_without_its_key(value: str, why: str) -> None:
     reason = refusal(offer("RTP/SAVP", value))
@@ -355,3 +359,27 @@ def test_the_srtp_config_keys() -> None:
     assert load_config(srtp="required", srtp_over_cleartext=True).srtp == "required"
     with pytest.raises(ConfigError, match="srtp"):
         load_config(srtp="sometimes")
+
+
+_CRYPTO = st.one_of(
+    st.text(max_size=120),
+    st.builds(lambda tag, suite, key, tail: f"{tag} {suite} inline:{key}{tail}",
+              st.text("0123456789x", max_size=11), st.sampled_from([SUITE80, SUITE32, "X"]),
+              st.one_of(st.just(KEY_B64), st.text(max_size=50)), st.text(max_size=20)),
+)
+
+
+@fuzz
+@given(_CRYPTO, st.sampled_from(["RTP/SAVP", "RTP/AVP"]))
+def test_any_crypto_line_is_answered_or_refused_with_488_without_its_key(
+    value: str, proto: str
+) -> None:
+    text = offer(proto, value.replace("\r", "").replace("\n", ""))
+    sdp = only(SipError, parse_sdp, text.encode())
+    if sdp is None:
+        return
+    try:
+        answer_offer(sdp, local_address="127.0.0.1", local_port=7000, session_id=1,
+                     session_version=1, srtp="optional", srtp_over_cleartext=True)
+    except NotAcceptable as exc:
+        assert KEY_B64 not in exc.reason and "\r" not in exc.reason and '"' not in exc.reason

@@ -469,7 +469,7 @@ SAVP = "RTP/SAVP"
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 SRTP_MODES = ("off", "optional", "required")
 _KEY_SALT = 30  # 16-octet master key + 14-octet master salt for the AES_CM_128 suites
-_UNSAFE = re.compile(r"[^\w .,:/-]")
+_SUITE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")  # RFC 4568 suites: upper case
 _INLINE = re.compile(r"inline:[^\s|;]*", re.IGNORECASE)
 
 
@@ -506,9 +506,12 @@ def parse_crypto(value: str) -> CryptoAttribute:
     NotAcceptable (488) naming the line, its key redacted, if it is malformed."""
     parts = value.split()
 
-    def bad(why: str) -> NotAcceptable:  # names the line by its tag and suite, never its key
-        name = _UNSAFE.sub("?", " ".join(parts[:2])[:80])  # it goes into a Warning header
-        return NotAcceptable(f"malformed a=crypto:{name} ({why})")
+    def bad(why: str) -> NotAcceptable:
+        # Named by its tag and suite where they look like them: never a key (a garbled
+        # line may have one anywhere), never what would break the Warning header.
+        tag = parts[0] if parts and parts[0].isascii() and parts[0].isdigit() else "?"
+        suite = parts[1] if len(parts) > 1 and _SUITE_NAME.fullmatch(parts[1]) else "?"
+        return NotAcceptable(f"malformed a=crypto:{tag[:9]} {suite} ({why})")
 
     if len(parts) < 3:
         raise bad("needs a tag, a suite and key parameters")
@@ -572,7 +575,7 @@ def _answer_crypto(offered: MediaDescription, key: bytes | None) -> SrtpKeys:
                                     f"not {_KEY_SALT})")
             ours = key if key is not None else new_srtp_key()
             return SrtpKeys(crypto.suite, crypto.tag, ours, crypto.key)
-    suites = _UNSAFE.sub("?", ", ".join(c.suite for c in lines)[:200])
+    suites = ", ".join(c.suite if _SUITE_NAME.fullmatch(c.suite) else "?" for c in lines)[:200]
     raise NotAcceptable(f"no usable a=crypto: offered {suites} (supported {', '.join(SRTP_SUITES)},"
                    " without MKI or session parameters)")
 
