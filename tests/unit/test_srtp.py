@@ -158,6 +158,8 @@ def test_our_srtp_offer_and_its_answer_settle_both_keys() -> None:
     wrong_tag = parse_sdp(offer("RTP/SAVP", f"9 {SUITE80} inline:{KEY_B64}"))
     with pytest.raises(NotAcceptable):
         read_answer(sdp, wrong_tag)
+    with pytest.raises(NotAcceptable, match="RTP/AVP for our RTP/SAVP offer"):
+        read_answer(sdp, parse_sdp(offer("RTP/AVP")))  # no downgrade to clear
 
 
 def test_redaction_hides_every_key_and_nothing_else() -> None:

@@ -4,6 +4,8 @@ Sans-IO: `parse_sdp` turns a body into a `SessionDescription` or raises `SdpErro
 (400), and `SessionDescription.to_bytes` is its exact inverse. `answer_offer` answers
 an offer with one G.711 audio stream or raises `NotAcceptable` (488); `build_offer`
 makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`).
+SRTP streams (RTP/SAVP) carry their keys in a=crypto lines (SDES, RFC 4568):
+`parse_crypto` reads one, `redact_keys` hides them in any text that is recorded.
 """
 
 from __future__ import annotations
@@ -581,10 +583,14 @@ def _answer_crypto(offered: MediaDescription, key: bytes | None) -> SrtpKeys:
 
 
 def _answered_crypto(offer: SessionDescription, answer: MediaDescription) -> SrtpKeys | None:
-    """The keys an answer to our SRTP offer settled: its a=crypto's tag names ours."""
+    """The keys an answer to our SRTP offer settled: its a=crypto's tag names ours. An
+    answer in clear to an SRTP offer is refused (no silent downgrade; RFC 3264 6)."""
+    offered = [m for m in offer.media if m.media == "audio" and m.proto.upper() == SAVP]
     if answer.proto.upper() != SAVP:
+        if offered:
+            raise NotAcceptable(f"the answer took {answer.proto} for our RTP/SAVP offer")
         return None
-    ours = {c.tag: c for m in offer.media if m.proto.upper() == SAVP
+    ours = {c.tag: c for m in offered
             for c in (parse_crypto(v or "") for n, v in m.attributes if n == "crypto")}
     for name, value in answer.attributes:
         if name == "crypto":
