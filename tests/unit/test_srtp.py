@@ -320,6 +320,10 @@ def test_a_tls_invite_may_carry_keys_a_udp_one_not() -> None:
     h.manager.policy = dataclasses.replace(h.manager.policy, srtp="required")
     h.send(invite(offer()))
     assert h.statuses()[-1] == 488
+    assert "cleartext signalling" in (h.sent[-1].headers.get("Warning") or "")
+    h.send(invite(offer("RTP/AVP"), branch="b3").replace("Call-ID: call-1", "Call-ID: call-3"))
+    assert h.statuses()[-1] == 488
+    assert 'sipbridge "SRTP required' in (h.sent[-1].headers.get("Warning") or "")
     h.send(invite(offer(), branch="b2").replace("Call-ID: call-1", "Call-ID: call-2")
            .replace("SIP/2.0/UDP", "SIP/2.0/TLS"), Address("tls", "127.0.0.1", 5062))
     assert h.statuses()[-1] == 200
