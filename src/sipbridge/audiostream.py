@@ -51,6 +51,19 @@ class Codec:
         return encoding if self.channels == 1 else f"{encoding}/{self.channels}"
 
 @dataclass(frozen=True)
+class SrtpKeys:
+    """The SDES keys (RFC 4568) of an SRTP stream: its crypto suite, the a=crypto tag
+    the answer took, and each side's master key and salt. Its repr shows no key."""
+
+    suite: str
+    tag: int
+    local_key: bytes  # ours: protects what we send
+    remote_key: bytes  # the peer's: checks and decrypts what it sends
+
+    def __repr__(self) -> str:
+        return f"SrtpKeys(suite={self.suite!r}, tag={self.tag}, keys=<redacted>)"
+
+@dataclass(frozen=True)
 class NegotiatedAudio:
     """What an answer settled for the audio stream; `direction` is ours, as answered."""
 
@@ -60,3 +73,5 @@ class NegotiatedAudio:
     remote_port: int
     direction: Direction
     ptime: int
+    srtp: SrtpKeys | None = None  # SDES keys (RFC 4568) when the stream is RTP/SAVP
+

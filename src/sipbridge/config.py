@@ -223,6 +223,11 @@ class Config(BaseSettings):
     # Whether a host name in a caller's SDP c= line is looked up (the same way, without
     # blocking); no: RTP waits for the caller's first packet to show where to go.
     media_resolve_names: bool = False
+    # SRTP (RFC 3711, SDES keys RFC 4568): "off" (RTP/SAVP offers get 488), "optional"
+    # (answer in kind), "required" (RTP/AVP offers get 488). Keys travel in the SDP, so
+    # SRTP is taken only over TLS signalling unless srtp_over_cleartext (lab use).
+    srtp: str = Field("optional", pattern="^(off|optional|required)$")
+    srtp_over_cleartext: bool = False
     log_level: str = "info"
     # HTTPS for the API, the sideband WebSocket and the dashboard: PEM files (the cert file
     # may hold the chain); TLS 1.2 and later only.

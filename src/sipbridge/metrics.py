@@ -141,6 +141,12 @@ class Metrics:
             "sipbridge_tls_handshake_failures",
             "TLS handshakes that failed (no handshake in time, not TLS, a certificate that "
             "does not verify)", registry=r)
+
+        self.srtp_dropped = Counter("sipbridge_srtp_packets_dropped",
+                                    "SRTP and SRTCP packets dropped, by reason (auth: bad "
+                                    "tag or wrong key; replay)", ["reason"], registry=r)
+        self.srtp_calls = Counter("sipbridge_srtp_calls", "Calls ended whose media was SRTP",
+                                  registry=r)
         # The media figures that feed a counter.
         self._media_counters = (("packets_in", self.rtp_received), ("lost", self.rtp_lost),
                                 ("duplicates", self.rtp_duplicates), ("stun", self.stun))
@@ -154,9 +160,19 @@ class Metrics:
             if value > before:
                 counter.inc(value - before)
                 counted[name] = value
+        dropped = figures.get("dropped")
+        for reason, value in (dropped.items() if isinstance(dropped, dict) else ()):
+            name = reason.removeprefix("rtcp_")
+            if name in ("srtp_auth", "srtp_replay") and isinstance(value, int):
+                before = counted.get(reason, 0)
+                if value > before:
+                    self.srtp_dropped.labels(name.removeprefix("srtp_")).inc(value - before)
+                    counted[reason] = value
         if not ended:
             self._counted[call_id] = counted
             return
+        if figures.get("srtp") is True:
+            self.srtp_calls.inc()
         jitter = figures.get("jitter_ms")
         if _count(figures, "packets_in") > 0 and isinstance(jitter, int | float):
             self.jitter.observe(jitter / 1000)

@@ -93,6 +93,7 @@ class MediaFigures(TypedDict):
     stun_answered: int
     dtmf: str
     dropped: dict[str, int]
+    srtp: bool
 
 
 class CallRecord(TypedDict):

@@ -60,7 +60,8 @@ class WebhookSink:
                 self._send(call, "realtime.call.incoming", {
                     "call_id": call.id,
                     "sip_headers": [{"name": n, "value": v} for n, v in call.sip_headers],
-                    "sip_media_security": "rtp",
+                    "sip_media_security": "srtp" if call.audio is not None
+                    and call.audio.srtp is not None else "rtp",
                 })
             case TransferStepped(call=call, job=job, step=step) if step is not None \
                     and step.final:

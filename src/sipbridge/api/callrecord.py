@@ -96,8 +96,9 @@ not offset a loss as in RFC 3550's cumulative loss), `duplicates`, `reordered` (
 after a later packet), `jitter_ms` (RFC 3550 interarrival jitter), `late` and `concealed`
 (frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
 received on the media ports, RFC 7983), `stun_answered` (Binding Success Responses sent),
-`dtmf` (the digits) and `dropped` (packets dropped, by reason: `version`, `short`,
-`payload_type`, `source`, `flood`, ...)."""
+`dtmf` (the digits), `dropped` (packets dropped, by reason: `version`, `short`,
+`payload_type`, `source`, `flood`, `srtp_auth`, `srtp_replay`, ...) and `srtp` (whether the
+media is SRTP)."""
 
 
 class CallSummary(_Described):

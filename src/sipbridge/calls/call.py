@@ -105,7 +105,7 @@ class Call:
     created_at: float
     state: CallState = CallState.RINGING
     audio: NegotiatedAudio | None = None
-    local_sdp: bytes = b""
+    local_sdp: bytes = field(default=b"", repr=False)  # may hold our SRTP key
     rtp_port: int = 0
     sdp_version: int = 0
     on_hold: bool = False

@@ -55,6 +55,7 @@ from sipbridge.sip.message import Request
 from sipbridge.sip.sdp import (
     answer_offer,
     build_offer,
+    new_srtp_key,
     parse_sdp,
     read_answer,
 )
@@ -77,6 +78,8 @@ class AnswerPolicy:
     accept_timeout_code: int = 480
     max_calls: int | None = None
     max_calls_per_source: int | None = None
+    srtp: str = "off"  # off | optional | required (sipbridge.sip.sdp.answer_offer)
+    srtp_over_cleartext: bool = False  # SDES keys accepted over signalling other than TLS
 
 
 class CallManager:
@@ -185,7 +188,7 @@ class CallManager:
             self.ua.reject(event.leg_id, 415, now, headers=[("Accept", "application/sdp")])
             return
         try:
-            self._negotiate(call, req.body, event.source.host)
+            self._negotiate(call, req.body, event.source.host, event.source.transport)
         except NoMediaPort as exc:
             log.warning("call %s refused: %s", call.id, exc)
             self.ua.reject(event.leg_id, 503, now, headers=[("Retry-After", "5")])
@@ -212,8 +215,14 @@ class CallManager:
         else:
             self._answer(call)
 
-    def _negotiate(self, call: Call, offer: bytes, peer_host: str) -> None:
-        """RFC 3264: answer the caller's offer, or make our own offer when it sent none."""
+    def _negotiate(self, call: Call, offer: bytes, peer_host: str, transport: str = "udp"
+                   ) -> None:
+        """RFC 3264: answer the caller's offer, or make our own offer when it sent none.
+        SRTP keys (SDES) are taken as the policy says and the signalling (`transport`
+        "tls" or not) allows; ours stay the same through re-INVITEs."""
+        policy = self.policy
+        srtp_key = call.audio.srtp.local_key if call.audio and call.audio.srtp else None
+        secure = transport == "tls"
         host = self.media_host(peer_host)
         if not call.rtp_port:
             call.rtp_port = self.media.allocate(call.id, self.bind_host).port
@@ -223,14 +232,18 @@ class CallManager:
             answer, audio = answer_offer(
                 parse_sdp(offer), local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
+                srtp=policy.srtp, secure_signalling=secure,
+                srtp_over_cleartext=policy.srtp_over_cleartext, srtp_key=srtp_key,
             )
             call.audio = audio
             call.on_hold = audio.direction in (Direction.RECVONLY, Direction.INACTIVE)
             call.local_sdp = answer.to_bytes()
         else:
+            offer_srtp = policy.srtp == "required" and (secure or policy.srtp_over_cleartext)
             call.local_sdp = build_offer(
                 local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
+                srtp_key=(srtp_key or new_srtp_key()) if offer_srtp else None,
             ).to_bytes()
 
     def _late_answer(self, call: Call, body: bytes, now: float) -> None:
@@ -401,7 +414,7 @@ class CallManager:
         if call is None or leg is None:
             return
         try:
-            self._negotiate(call, offer, leg.source.host)
+            self._negotiate(call, offer, leg.source.host, leg.source.transport)
         except SipError as exc:
             self.ua.respond(leg_id, request, exc.status, now)
             return

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sipbridge.calls.call import Call, CallState
 from sipbridge.calls.events import CallEvents, note
 from sipbridge.sip.address import Address
+from sipbridge.sip.sdp import redact_keys
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 MAX_TRACE = 8192  # bytes of a SIP message kept on the timeline
@@ -93,7 +94,8 @@ class SipTrace:
             return False
         if early and call.state is CallState.ENDED and data.startswith(b"INVITE "):
             return False
-        text = data[:MAX_TRACE].decode("utf-8", "replace")
+        # SDES keys (a=crypto ... inline:) never reach the timeline nor what it feeds.
+        text = redact_keys(data[:MAX_TRACE].decode("utf-8", "replace"))
         self.events.emit(note(call, "sip", dir=direction, peer=str(peer),
                               line=text.split("\r\n", 1)[0], text=text))
         return True

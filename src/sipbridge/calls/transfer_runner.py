@@ -39,7 +39,7 @@ from sipbridge.sip.events import (
 )
 from sipbridge.sip.headers import quoted_string
 from sipbridge.sip.message import Headers, Request
-from sipbridge.sip.sdp import build_offer, parse_sdp, read_answer
+from sipbridge.sip.sdp import build_offer, new_srtp_key, parse_sdp, read_answer
 from sipbridge.sip.subscription import (
     BadEvent,
     SipFragError,
@@ -331,8 +331,12 @@ class Transfers:
             job.fallback = {"mode": "bridge", "status": "failed", "reason": str(exc)}
             return
         target = self._sip_target(job.machine.target)
+        # An SRTP call's bridge leg is SRTP too, where its key travels over TLS.
+        srtp = call.audio is not None and call.audio.srtp is not None
+        srtp_key = new_srtp_key() if srtp and trunk.address.transport == "tls" else None
         offer = build_offer(local_address=self.media_host(trunk.address.host), local_port=port,
-                            session_id=hash(key) & 0x7FFFFFFF, session_version=1).to_bytes()
+                            session_id=hash(key) & 0x7FFFFFFF, session_version=1,
+                            srtp_key=srtp_key).to_bytes()
         leg = self.ua.leg(call.leg_id)
         headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
         try:

@@ -190,6 +190,7 @@ class Baresip(Peer):
     def __init__(
         self, workdir: Path, *, codec: str = "PCMU", user: str = "caller", host: str = LOOPBACK,
         answermode: str = "manual", tls_ca: Path | None = None, tls_cert: Path | None = None,
+        mediaenc: str | None = None,
     ) -> None:
         if codec.upper() not in ("PCMU", "PCMA"):
             raise ValueError("codec must be PCMU or PCMA")
@@ -202,6 +203,7 @@ class Baresip(Peer):
         # it listens for TLS on sip_port + 1 too).
         self.tls_ca = tls_ca
         self.tls_cert = tls_cert
+        self.mediaenc = mediaenc  # "srtp-mand": SRTP with SDES keys (its srtp module)
         self.config_dir = workdir / "config"
         self.dumps = workdir / "dumps"
         self.play_path = workdir / "play.wav"
@@ -236,10 +238,12 @@ class Baresip(Peer):
             )
             + (f"sip_cafile              {self.tls_ca}\n" if self.tls_ca else "")
             + (f"sip_certificate         {self.tls_cert}\n" if self.tls_cert else "")
+            + ("module                  srtp.so\n" if self.mediaenc else "")
         )
         (self.config_dir / "accounts").write_text(
             BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),
-                                   answermode=self.answermode)
+                                   answermode=self.answermode).rstrip("\n")
+            + (f";mediaenc={self.mediaenc}\n" if self.mediaenc else "\n")
         )
         # aufile opens the source when a call's audio starts; until a call
         # writes its own, a short silence keeps a stray start harmless.

@@ -15,6 +15,10 @@ frame (concealed), and the output of sessions that play their own audio, on the 
 Phones send STUN beside their media to keep a NAT binding open (RFC 7983 tells it apart
 by its first octet, 0..3). It is counted as STUN, not as malformed RTP, and a Binding
 Request from the call's peer gets its Binding Success Response from the same port.
+
+An SRTP stream (RFC 3711) is protected and unprotected at the socket: right before each
+send and right after each RTP or RTCP datagram is told from STUN; a packet that fails
+(bad tag, wrong key, replay) is dropped and counted, and the call goes on.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from sipbridge.media.rtp import (
     parse_rtcp,
     parse_rtp,
 )
+from sipbridge.media.srtp import SrtpContext
 from sipbridge.media.stun import StunError, binding_response, parse_stun
 from sipbridge.records import MediaFigures
 
@@ -147,6 +152,7 @@ class MediaSession:
         self.closed = False
         # Told of a c= line that names a host (a re-INVITE's too), when names are looked up.
         self.on_named_peer: Callable[[str, int], None] | None = None
+        self.srtp: SrtpContext | None = None
         self.update(audio)
 
     # ---- negotiation ------------------------------------------------------------
@@ -154,6 +160,10 @@ class MediaSession:
     def update(self, audio: NegotiatedAudio) -> None:
         """Apply an (re-)negotiated stream: codec, DTMF type, remote address, direction."""
         self.audio = audio
+        if audio.srtp is None:
+            self.srtp = None
+        elif self.srtp is None or self.srtp.keys != audio.srtp:  # same keys: same window
+            self.srtp = SrtpContext(audio.srtp)
         self.codec: G711Codec = codec_for(audio.codec.name)
         self._silence = self.codec.encode(np.zeros(FRAME, np.int16))
         remote = (audio.remote_address, audio.remote_port)
@@ -239,7 +249,8 @@ class MediaSession:
             self.dropped["source"] += 1
             return
         try:
-            packet = parse_rtp(data)
+            # SRTP first (its failures are RtpErrors too: srtp_auth, srtp_replay).
+            packet = parse_rtp(data if self.srtp is None else self.srtp.unprotect(data))
         except RtpError as exc:
             self.dropped[exc.reason] += 1
             return
@@ -288,6 +299,12 @@ class MediaSession:
                 return
             if data < STUN_BELOW and self._stun(data, (addr[0], addr[1]), now, True):
                 continue
+            if self.srtp is not None:
+                try:
+                    data = self.srtp.unprotect_rtcp(data)
+                except RtpError as exc:
+                    self.dropped["rtcp_" + exc.reason] += 1
+                    continue
             try:
                 packets = parse_rtcp(data)
             except RtpError as exc:
@@ -425,6 +442,8 @@ class MediaSession:
         if self.sending and self._peer_known:
             data = build_rtp(self.codec.payload_type, self._seq, self._ts, self._ssrc,
                              payload, marker)
+            if self.srtp is not None:
+                data = self.srtp.protect(data)
             try:
                 self.endpoint.rtp.sendto(data, self._remote)
                 self.stats.packets_out += 1
@@ -453,8 +472,11 @@ class MediaSession:
         if not self._peer_known:
             return
         host, port = self._remote
+        data = build_rtcp(report, cname)
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
         try:
-            self.endpoint.rtcp.sendto(build_rtcp(report, cname), (host, port + 1))
+            self.endpoint.rtcp.sendto(data, (host, port + 1))
             self.stats.rtcp_out += 1
         except OSError:
             self.dropped["rtcp_send_error"] += 1
@@ -471,6 +493,7 @@ class MediaSession:
             "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
             "stun": stats.stun, "stun_answered": stats.stun_answered,
             "dtmf": "".join(d.digit for d in self.digits), "dropped": dict(self.dropped),
+            "srtp": self.srtp is not None,
         }
 
     def summary(self) -> str:

@@ -4,14 +4,20 @@ Sans-IO: `parse_sdp` turns a body into a `SessionDescription` or raises `SdpErro
 (400), and `SessionDescription.to_bytes` is its exact inverse. `answer_offer` answers
 an offer with one G.711 audio stream or raises `NotAcceptable` (488); `build_offer`
 makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`).
+SRTP streams (RTP/SAVP) carry their keys in a=crypto lines (SDES, RFC 4568):
+`parse_crypto` reads one, `redact_keys` hides them in any text that is recorded.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sipbridge.audiostream import Codec, Direction, NegotiatedAudio
+from sipbridge.audiostream import Codec, Direction, NegotiatedAudio, SrtpKeys
 from sipbridge.sip.errors import NotAcceptable, SdpError
 
 MAX_LINES = 1000
@@ -330,6 +336,8 @@ def answer_offer(
     offer: SessionDescription, *, local_address: str, local_port: int, session_id: int,
     session_version: int, supported: Sequence[str] = ("PCMU", "PCMA"),
     telephone_event: bool = True, ptime: int = 20,
+    srtp: str = "off", secure_signalling: bool = False, srtp_over_cleartext: bool = False,
+    srtp_key: bytes | None = None,
 ) -> tuple[SessionDescription, NegotiatedAudio]:
     """Answer an offer with one audio stream (RFC 3264 6), or raise NotAcceptable (488).
 
@@ -337,16 +345,22 @@ def answer_offer(
     (8000 Hz, mono) is accepted with the first such codec in the offerer's order, plus
     telephone-event (RFC 4733) if offered; every other m= line is rejected with port 0
     (RFC 3264 6: the answer has the same m= lines in the same order).
+
+    `srtp` ("off", "optional", "required") says which of RTP/AVP and RTP/SAVP (RFC 3711,
+    keys by SDES, RFC 4568) it takes; SAVP only when `secure_signalling` (TLS) or
+    `srtp_over_cleartext`. An SRTP answer carries `srtp_key` (ours; a new one if None).
     """
+    protos = _protos(srtp, secure_signalling or srtp_over_cleartext)
     wanted = {name.lower() for name in supported} - {"telephone-event", "cn"}  # not voice
     found = next((
         (index, m, codec)
         for index, m in enumerate(offer.media)
-        if m.media == "audio" and m.port != 0 and m.proto.upper() == "RTP/AVP"
+        if m.media == "audio" and m.port != 0 and m.proto.upper() in protos
         for codec in m.codecs if _is_narrowband(codec, wanted)
     ), None)
     if found is None:
-        raise NotAcceptable(_why_not(offer, supported))
+        raise NotAcceptable(_srtp_refusal(offer, srtp, protos)
+                            or _why_not(offer, supported, protos))
     index, offered, codec = found
     events = [c for c in offered.codecs if _is_narrowband(c, {"telephone-event"})]
     event = events[0] if events and telephone_event else None
@@ -363,9 +377,13 @@ def answer_offer(
     ours = MediaDescription(
         "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime
     )
+    keys = _answer_crypto(offered, srtp_key) if offered.proto.upper() == SAVP else None
+    if keys is not None:
+        ours = replace(ours, attributes=(("crypto", _crypto_value(keys)),))
     media = tuple(ours if i == index else m.rejected() for i, m in enumerate(offer.media))
     event_pt = None if event is None else event.payload_type
     negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime)
+    negotiated = replace(negotiated, srtp=keys)
     return _local_session(local_address, session_id, session_version, media), negotiated
 
 
@@ -382,17 +400,19 @@ def read_answer(offer: SessionDescription, answer: SessionDescription) -> Negoti
             break
         events = [c.payload_type for c in m.codecs if c.name.lower() == "telephone-event"]
         return NegotiatedAudio(voice[0], events[0] if events else None, remote, m.port,
-                               m.direction.answer(), m.ptime or 20)
+                               m.direction.answer(), m.ptime or 20,
+                               _answered_crypto(offer, m))
     raise NotAcceptable("the answer accepted no audio codec of our offer")
 
 
 def build_offer(
     *, local_address: str, local_port: int, session_id: int, session_version: int,
     codecs: Sequence[str] = ("PCMU", "PCMA"), telephone_event_pt: int | None = 101,
-    direction: Direction = Direction.SENDRECV, ptime: int = 20,
+    direction: Direction = Direction.SENDRECV, ptime: int = 20, srtp_key: bytes | None = None,
 ) -> SessionDescription:
     """Our offer (RFC 3264 5): one audio stream with static-type codecs in preference
-    order and telephone-event (RFC 4733 7.1); hold is `direction=SENDONLY` (RFC 3264 8.4)."""
+    order and telephone-event (RFC 4733 7.1); hold is `direction=SENDONLY` (RFC 3264 8.4).
+    With `srtp_key` the stream is RTP/SAVP with that key in an a=crypto line (RFC 4568)."""
     by_name = {name.lower(): pt for pt, (name, _) in STATIC_PAYLOAD_TYPES.items()}
     unknown = [name for name in codecs if name.lower() not in by_name]
     if unknown or not codecs:
@@ -406,6 +426,9 @@ def build_offer(
     media = MediaDescription(
         "audio", local_port, "RTP/AVP", formats, tuple(chosen), None, direction, ptime
     )
+    if srtp_key is not None:
+        crypto = _crypto_value(SrtpKeys(SRTP_SUITES[0], 1, srtp_key, b""))
+        media = replace(media, proto=SAVP, attributes=(("crypto", crypto),))
     return _local_session(local_address, session_id, session_version, (media,))
 
 
@@ -421,7 +444,8 @@ def _local_session(
     return SessionDescription(0, origin, "sipbridge", address, addrtype, (0, 0), media)
 
 
-def _why_not(offer: SessionDescription, supported: Sequence[str]) -> str:
+def _why_not(offer: SessionDescription, supported: Sequence[str],
+             accepted: frozenset[str] = frozenset({"RTP/AVP"})) -> str:
     """The 488 reason: what ruled the offer out, in the order `answer_offer` searches."""
     audio = [m for m in offer.media if m.media == "audio"]
     if not audio:
@@ -430,10 +454,152 @@ def _why_not(offer: SessionDescription, supported: Sequence[str]) -> str:
     live = [m for m in audio if m.port != 0]
     if not live:
         return "every offered audio stream is disabled (port 0)"
-    avp = [m for m in live if m.proto.upper() == "RTP/AVP"]
+    avp = [m for m in live if m.proto.upper() in accepted]
     if not avp:
         protos = ", ".join(m.proto for m in live)
         return f"no RTP/AVP audio stream: offered {protos} (only RTP/AVP is supported, not SRTP)"
     named = [({c.payload_type: f"{c.name}/{c.clock_rate}" for c in m.codecs}, m) for m in avp]
     offered = ", ".join(n.get(pt, f"payload type {pt}") for n, m in named for pt in m.formats)
     return f"no common audio codec: offered {offered}; supported {', '.join(supported)}"
+
+
+# ---- SRTP keys by SDES (RFC 4568) ------------------------------------------------
+
+SAVP = "RTP/SAVP"
+# RFC 4568 6.2: the suites we accept, in our preference order (sipbridge.media.srtp
+# has a libsrtp profile for each).
+SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+SRTP_MODES = ("off", "optional", "required")
+_KEY_SALT = 30  # 16-octet master key + 14-octet master salt for the AES_CM_128 suites
+_SUITE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")  # RFC 4568 suites: upper case
+_INLINE = re.compile(r"inline:[^\s|;]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CryptoAttribute:
+    """One a=crypto line (RFC 4568 9.1): tag, suite, key||salt, lifetime, MKI; its repr
+    shows no key."""
+
+    tag: int
+    suite: str
+    key: bytes
+    lifetime: str | None = None
+    mki: str | None = None
+    session_params: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"CryptoAttribute(tag={self.tag}, suite={self.suite!r}, key=<redacted>)"
+
+
+def redact_keys(text: str) -> str:
+    """Text with every SDES key (`inline:...`, RFC 4568) replaced by `inline:<redacted>`:
+    what the logs, the timeline, the store and everything fed from them may show of a
+    SIP message or a session description."""
+    return _INLINE.sub("inline:<redacted>", text)
+
+
+def new_srtp_key() -> bytes:
+    """A fresh master key and salt (RFC 4568 6.2.1) from the system's CSPRNG."""
+    return secrets.token_bytes(_KEY_SALT)
+
+
+def parse_crypto(value: str) -> CryptoAttribute:
+    """An a=crypto value: `<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len] [params]`;
+    NotAcceptable (488) naming the line, its key redacted, if it is malformed."""
+    parts = value.split()
+
+    def bad(why: str) -> NotAcceptable:
+        # Named by its tag and suite where they look like them: never a key (a garbled
+        # line may have one anywhere), never what would break the Warning header.
+        tag = parts[0] if parts and parts[0].isascii() and parts[0].isdigit() else "?"
+        suite = parts[1] if len(parts) > 1 and _SUITE_NAME.fullmatch(parts[1]) else "?"
+        return NotAcceptable(f"malformed a=crypto:{tag[:9]} {suite} ({why})")
+
+    if len(parts) < 3:
+        raise bad("needs a tag, a suite and key parameters")
+    tag_text, suite, key_params, *params = parts
+    if not (tag_text.isascii() and tag_text.isdigit()) or len(tag_text) > 9:
+        raise bad("the tag is not a number of at most 9 digits")
+    if ";" in key_params:
+        raise bad("more than one key (several keys need an MKI, which is not supported)")
+    method, colon, info = key_params.partition(":")
+    if method.lower() != "inline" or not colon:
+        raise bad("the key method is not inline:")
+    key_salt, *extra = info.split("|")
+    try:
+        key = base64.b64decode(key_salt, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad("the key is not base64") from None
+    lifetime = mki = None
+    for item in extra:
+        if ":" in item and mki is None:
+            mki = item
+        elif ":" not in item and item and lifetime is None and mki is None:
+            lifetime = item
+        else:
+            raise bad("unexpected key parameter")
+    return CryptoAttribute(int(tag_text), suite, key, lifetime, mki, tuple(params))
+
+
+def _protos(srtp: str, keys_safe: bool) -> frozenset[str]:
+    """The audio transports an answer may take, by the `srtp` mode and whether keys may
+    travel in this offer's signalling."""
+    if srtp not in SRTP_MODES:
+        raise ValueError(f"srtp must be one of {SRTP_MODES}, got {srtp!r}")
+    savp = frozenset({SAVP}) if srtp != "off" and keys_safe else frozenset()
+    return savp if srtp == "required" else frozenset({"RTP/AVP"}) | savp
+
+
+def _srtp_refusal(offer: SessionDescription, srtp: str, protos: frozenset[str]) -> str | None:
+    """The 488 reason when SRTP policy, not codecs, ruled the offer out."""
+    live = {m.proto.upper() for m in offer.media if m.media == "audio" and m.port != 0}
+    if not live or live & protos:
+        return None
+    if srtp != "off" and SAVP in live and SAVP not in protos:
+        return ("SRTP keys offered over cleartext signalling are refused: they would travel "
+                "in the clear (use TLS, or srtp_over_cleartext for lab use)")
+    if srtp == "required" and "RTP/AVP" in live:
+        return "SRTP required: only RTP/SAVP audio is accepted, RTP/AVP was offered"
+    return None
+
+
+def _answer_crypto(offered: MediaDescription, key: bytes | None) -> SrtpKeys:
+    """The first a=crypto of the offered stream with a suite we support (RFC 4568 7.1.1),
+    our key for it; NotAcceptable if a line is malformed or none is usable."""
+    lines = [parse_crypto(v or "") for n, v in offered.attributes if n == "crypto"]
+    if not lines:
+        raise NotAcceptable("the RTP/SAVP stream has no a=crypto line (SDES keys)")
+    for crypto in lines:
+        if crypto.suite in SRTP_SUITES and crypto.mki is None and not crypto.session_params:
+            if len(crypto.key) != _KEY_SALT:
+                raise NotAcceptable(f"malformed a=crypto:{crypto.tag} {crypto.suite} "
+                                    f"(the key and salt are {len(crypto.key)} octets, "
+                                    f"not {_KEY_SALT})")
+            ours = key if key is not None else new_srtp_key()
+            return SrtpKeys(crypto.suite, crypto.tag, ours, crypto.key)
+    suites = ", ".join(c.suite if _SUITE_NAME.fullmatch(c.suite) else "?" for c in lines)[:200]
+    raise NotAcceptable(f"no usable a=crypto: offered {suites} (supported {', '.join(SRTP_SUITES)},"
+                   " without MKI or session parameters)")
+
+
+def _answered_crypto(offer: SessionDescription, answer: MediaDescription) -> SrtpKeys | None:
+    """The keys an answer to our SRTP offer settled: its a=crypto's tag names ours. An
+    answer in clear to an SRTP offer is refused (no silent downgrade; RFC 3264 6)."""
+    offered = [m for m in offer.media if m.media == "audio" and m.proto.upper() == SAVP]
+    if answer.proto.upper() != SAVP:
+        if offered:
+            raise NotAcceptable(f"the answer took {answer.proto} for our RTP/SAVP offer")
+        return None
+    ours = {c.tag: c for m in offered
+            for c in (parse_crypto(v or "") for n, v in m.attributes if n == "crypto")}
+    for name, value in answer.attributes:
+        if name == "crypto":
+            theirs = parse_crypto(value or "")
+            mine = ours.get(theirs.tag)
+            if mine is not None and theirs.suite == mine.suite and len(theirs.key) == _KEY_SALT:
+                return SrtpKeys(mine.suite, mine.tag, mine.key, theirs.key)
+    raise NotAcceptable("the SRTP answer has no a=crypto line matching our offer")
+
+
+def _crypto_value(keys: SrtpKeys) -> str:
+    return f"{keys.tag} {keys.suite} inline:{base64.b64encode(keys.local_key).decode()}"
