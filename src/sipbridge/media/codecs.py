@@ -107,7 +107,7 @@ class G722(_Framed):
     """G.722 at 64 kbit/s through PyAV (FFmpeg's g722 coder): 16 kHz, RTP clock 8000."""
 
     def __init__(self, payload_type: int = 9) -> None:
-        import av  # noqa: PLC0415 - loaded with the first wideband call, not at start
+        import av
 
         self.name, self.payload_type = "G722", payload_type
         self.rate, self.clock_rate = 16000, 8000
@@ -245,6 +245,11 @@ def fmtp_params(fmtp: str | None) -> dict[str, str]:
         if name and eq:
             params[name.strip().lower()] = value.strip()
     return params
+
+
+def audio_rate(codec: Codec) -> int:
+    """The audio rate a negotiated format runs at here (what the recording keeps)."""
+    return {"g722": 16000, "opus": OPUS_RATE}.get(codec.name.lower(), 8000)
 
 
 def open_codec(codec: Codec) -> AudioCodec:
