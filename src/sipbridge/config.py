@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sipbridge.media.codecs import canonical_name
 from sipbridge.sip.address import split_host_port
 
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
@@ -135,6 +136,8 @@ class Config(BaseSettings):
     jitter_min_ms: int = Field(0, ge=0, le=1000)
     jitter_max_ms: int = Field(200, ge=20, le=2000)
     recordings: str | None = None  # a directory for one stereo WAV per call
+    # Voice codecs in preference order (opus, G722, PCMU, PCMA; any case)
+    codecs: list[str] = Field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])
     max_message_size: int = Field(65535, ge=1024, le=1 << 20)
     tcp_idle_timeout: float = Field(300.0, gt=0)  # seconds with no whole message
     tcp_first_message_timeout: float = Field(10.0, gt=0)  # seconds to the first message
@@ -204,6 +207,16 @@ class Config(BaseSettings):
             return "off"  # no HTTP API
         parse_host_port(value, 0)
         return value
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("codecs needs at least one codec")
+        names = [canonical_name(name) for name in value]  # ValueError names the unknown one
+        if len(set(names)) != len(names):
+            raise ValueError(f"codecs lists a codec twice: {value!r}")
+        return names
 
     @field_validator("auto_answer")
     @classmethod

@@ -223,6 +223,7 @@ class CallManager:
             answer, audio = answer_offer(
                 parse_sdp(offer), local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
+                supported=self.media.config.codecs,
             )
             call.audio = audio
             call.on_hold = audio.direction in (Direction.RECVONLY, Direction.INACTIVE)
@@ -231,6 +232,7 @@ class CallManager:
             call.local_sdp = build_offer(
                 local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
+                codecs=self.media.config.codecs,
             ).to_bytes()
 
     def _late_answer(self, call: Call, body: bytes, now: float) -> None:

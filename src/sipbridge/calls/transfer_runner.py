@@ -332,7 +332,8 @@ class Transfers:
             return
         target = self._sip_target(job.machine.target)
         offer = build_offer(local_address=self.media_host(trunk.address.host), local_port=port,
-                            session_id=hash(key) & 0x7FFFFFFF, session_version=1).to_bytes()
+                            session_id=hash(key) & 0x7FFFFFFF, session_version=1,
+                            codecs=self.media.config.codecs).to_bytes()
         leg = self.ua.leg(call.leg_id)
         headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
         try:

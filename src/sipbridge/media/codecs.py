@@ -28,7 +28,6 @@ import ctypes
 import ctypes.util
 import logging
 import weakref
-from typing import Protocol
 
 import numpy as np
 
@@ -47,48 +46,40 @@ KNOWN = {"pcmu": ("PCMU", 8000, 1), "pcma": ("PCMA", 8000, 1),
          "g722": ("G722", 8000, 1), "opus": ("opus", 48000, 2)}
 
 
-class AudioCodec(Protocol):
+class AudioCodec:
     """One call's codec: its RTP format, its audio rate and its (stateful) coder."""
 
     name: str
     payload_type: int
     rate: int  # audio samples per second that `encode` takes and `decode` gives
     clock_rate: int  # RTP timestamp units per second
-    frame_samples: int  # samples in 20 ms at `rate`
-    timestamp_step: int  # RTP timestamp units in 20 ms
-
-    def encode(self, pcm: Pcm) -> bytes: ...
-
-    def decode(self, payload: bytes) -> Pcm | None:
-        """The frame's samples, or None when the payload does not decode."""
-        ...
-
-    def conceal(self, last: Pcm | None, run: int) -> Pcm:
-        """A stand-in for the `run`-th lost frame in a row."""
-        ...
-
-
-class _Framed:
-    name: str
-    payload_type: int
-    rate: int
-    clock_rate: int
 
     @property
     def frame_samples(self) -> int:
+        """Samples in 20 ms at `rate`."""
         return self.rate * FRAME_MS // 1000
 
     @property
     def timestamp_step(self) -> int:
+        """RTP timestamp units in 20 ms."""
         return self.clock_rate * FRAME_MS // 1000
 
+    def encode(self, pcm: Pcm) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, payload: bytes) -> Pcm | None:
+        """The frame's samples, or None when the payload does not decode."""
+        raise NotImplementedError
+
     def conceal(self, last: Pcm | None, run: int) -> Pcm:
+        """A stand-in for the `run`-th lost frame in a row: the last one repeated and
+        faded (`jitterbuffer.conceal`)."""
         if last is None:
             return np.zeros(self.frame_samples, np.int16)
         return conceal(last, run)
 
 
-class G711(_Framed):
+class G711(AudioCodec):
     """G.711, stateless: the module's tables."""
 
     def __init__(self, law: G711Codec, payload_type: int) -> None:
@@ -103,7 +94,7 @@ class G711(_Framed):
         return self._law.decode(payload) if payload else None
 
 
-class G722(_Framed):
+class G722(AudioCodec):
     """G.722 at 64 kbit/s through PyAV (FFmpeg's g722 coder): 16 kHz, RTP clock 8000."""
 
     def __init__(self, payload_type: int = 9) -> None:
@@ -181,7 +172,7 @@ def _libopus() -> _LibOpus:
     return _OPUS
 
 
-class Opus(_Framed):
+class Opus(AudioCodec):
     """Opus (RFC 7587) in mono at 24 kHz through libopus; `fec` turns on in-band FEC."""
 
     def __init__(self, payload_type: int, *, fec: bool = False, bitrate: int = 32000) -> None:

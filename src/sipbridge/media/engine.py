@@ -38,6 +38,8 @@ class MediaConfig:
     jitter_min_ms: int = 0
     jitter_max_ms: int = 200
     recordings: Path | None = None
+    # Voice codecs in preference order: what answers pick from an offer, and what we offer.
+    codecs: tuple[str, ...] = ("opus", "G722", "PCMU", "PCMA")
     # Looks up a host name in an SDP c= line (without blocking): (host, port) -> (IP,
     # port). None: names are never looked up (the caller's first packet shows the way).
     resolve: Callable[[str, int], Awaitable[tuple[str, int]]] | None = None
