@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from sipbridge.media.resample import resample
-from tests.integration.peers import Baresip, make_speech_wav, xcorr_delay
+from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
+from tests.integration.test_media_echo import voiced_seconds
 
 if TYPE_CHECKING:
     from tests.integration.gateway import Gateway
@@ -37,6 +38,7 @@ SPEECH = "Please hold while I connect you to the sales team."
 CALL_SECONDS = 4.5
 MIN_CORRELATION = 0.9
 MAX_ECHO_DELAY = 0.150
+GREETING_SECONDS = 8.0  # the local model's start and its greeting
 
 
 def _recording(directory: Path) -> tuple[np.ndarray, int]:
@@ -74,3 +76,22 @@ def test_echo_over_a_wideband_codec(
     assert rate == call_rate  # the recording keeps the call's rate
     peak, delay = xcorr_delay(resample(sent, call.rate, rate), caller, rate)
     assert peak > MIN_CORRELATION, f"recorded: {peak:.4f} at {delay * 1000:.1f} ms\n{context}"
+
+
+@pytest.mark.parametrize(("codec", "call_rate"), [("G722", 16000), ("opus", 24000)])
+def test_the_built_in_agent_greets_a_wideband_caller(
+    codec: str, call_rate: int, start_gateway: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    pytest.importorskip("sipbridge.localmodel.server")
+    recordings = tmp_path / "recordings"
+    gw = start_gateway(auto_answer="agent", recordings=str(recordings))
+    with Baresip(tmp_path / "baresip", codec=codec) as ua:
+        call = ua.call(f"sip:agent@{gw.address}", np.zeros(PHONE_RATE, np.int16), GREETING_SECONDS)
+        log = ua.log()
+    context = f"{call}\n--- baresip ---\n{log[-3000:]}"
+    assert call.established, context
+    assert f"set audio decoder: {codec.lower()} " in log.lower(), context
+    heard = voiced_seconds(call.received, call.rate)
+    assert heard > 0.8, f"baresip heard {heard:.2f} s of voice\n{context}"
+    _, rate = _recording(recordings)
+    assert rate == call_rate
