@@ -439,7 +439,7 @@ def _preferred(offered: Sequence[Codec], wanted: Sequence[str]) -> Codec | None:
 OPUS_PT = 111  # our dynamic payload type for opus when we offer
 # What we ask of an Opus sender (RFC 7587 7): mono at up to 24 kHz (we code at 24 kHz),
 # in-band FEC welcome.
-OPUS_FMTP = "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;useinbandfec=1"
+OPUS_FMTP = "stereo=0;useinbandfec=1"
 
 
 def _answer_codec(offered: Codec) -> Codec:
@@ -448,7 +448,7 @@ def _answer_codec(offered: Codec) -> Codec:
     used the parameter itself; others as offered."""
     if offered.name.lower() != "opus":
         return offered
-    fmtp = "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0"
+    fmtp = "stereo=0"
     params = {p.split("=", 1)[0].strip().lower(): p.split("=", 1)[-1].strip()
               for p in (offered.fmtp or "").split(";") if "=" in p}
     if params.get("useinbandfec") == "1":
