@@ -437,8 +437,8 @@ def _preferred(offered: Sequence[Codec], wanted: Sequence[str]) -> Codec | None:
 
 
 OPUS_PT = 111  # our dynamic payload type for opus when we offer
-# What we ask of an Opus sender (RFC 7587 7): mono at up to 24 kHz (we code at 24 kHz),
-# in-band FEC welcome.
+# What we ask of an Opus sender (RFC 7587 7): mono, in-band FEC welcome. No
+# maxplaybackrate: we decode at 24 kHz whatever bandwidth the sender codes.
 OPUS_FMTP = "stereo=0;useinbandfec=1"
 
 
