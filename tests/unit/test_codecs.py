@@ -217,3 +217,11 @@ def test_agent_audio_at_24_khz_goes_out_as_opus_unresampled(peer: socket.socket)
     s.play(tone(24000, 0.1))
     assert s.queued_ms == 100
     s.close()
+
+
+def test_audio_from_another_leg_is_converted_to_the_calls_rate(peer: socket.socket) -> None:
+    s, _ = opus_session(peer)
+    s.play_phone(tone(8000, 0.04))  # a G.711 leg of a bridge
+    s.play_pcm(tone(16000, 0.04), 16000)  # a G.722 leg
+    assert s.queued_ms == 80
+    s.close()
