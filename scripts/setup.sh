@@ -56,6 +56,8 @@ command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || missing+=(
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 # The TLS tests make their certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Opus calls run on libopus itself (ctypes), at the rate the model side wants.
+compgen -G '/usr/lib/*/libopus.so.0' >/dev/null || missing+=(libopus0)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The PostgreSQL server the store's tests start (its binaries are not on PATH).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)

@@ -25,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sipbridge.media.codecs import canonical_name
 from sipbridge.sip.address import split_host_port
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.uri import parse_sip_uri
@@ -194,6 +195,8 @@ class Config(BaseSettings):
     jitter_min_ms: int = Field(0, ge=0, le=1000)
     jitter_max_ms: int = Field(200, ge=20, le=2000)
     recordings: str | None = None  # a directory for one stereo WAV per call
+    # Voice codecs in preference order (opus, G722, PCMU, PCMA; any case)
+    codecs: list[str] = Field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])
     max_message_size: int = Field(65535, ge=1024, le=1 << 20)
     # SIP over TLS (RFC 3261 26.2): HOST:PORT to listen on (unset: no TLS listener), our
     # certificate and key (PEM), the CA that signs peers' certificates (else the system's).
@@ -294,6 +297,16 @@ class Config(BaseSettings):
             return None
         parse_host_port(value, 5061)
         return value
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("codecs needs at least one codec")
+        names = [canonical_name(name) for name in value]  # ValueError names the unknown one
+        if len(set(names)) != len(names):
+            raise ValueError(f"codecs lists a codec twice: {value!r}")
+        return names
 
     @field_validator("auto_answer")
     @classmethod

@@ -189,6 +189,7 @@ class Gateway:
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
                         jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
                         recordings=Path(c.recordings) if c.recordings else None,
+                        codecs=tuple(c.codecs),
                         resolve=self._media_address if c.media_resolve_names else None),
             self.loop,
         )

@@ -94,7 +94,7 @@ def test_late_offer_puts_our_offer_in_200_and_reads_the_answer_from_ack() -> Non
     ok = h.sent[-1]
     assert ok.status == 200
     offer = parse_sdp(ok.body)
-    assert [c.name for c in offer.media[0].codecs][:2] == ["PCMU", "PCMA"]
+    assert [c.name for c in offer.media[0].codecs][:4] == ["opus", "G722", "PCMU", "PCMA"]
     answer = OFFER.format(direction="sendrecv").replace("RTP/AVP 0 8 101", "RTP/AVP 8 101")
     h.send(ack(ok.to.tag or "", answer))
     call = next(iter(h.manager.calls.values()))

@@ -95,7 +95,7 @@ class AgentBridge:
         self.backoff = backoff
         self.input_format = _format(self.session, "input")
         self.output_format = _format(self.session, "output")
-        self._up = Resampler(PHONE_RATE, MODEL_RATE)
+        self._convert: dict[tuple[int, int], Resampler] = {}  # (from, to) rates
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -194,16 +194,28 @@ class AgentBridge:
 
     # ---- audio ----------------------------------------------------------------------
 
-    def _caller_audio(self, pcm8: np.ndarray) -> None:
-        """One 20 ms frame of the caller to the model, in the session's input format."""
+    def _resample(self, pcm: np.ndarray, rate: int, to: int) -> np.ndarray:
+        if rate == to:
+            return pcm
+        key = (rate, to)
+        resampler = self._convert.get(key)
+        if resampler is None:
+            resampler = self._convert[key] = Resampler(rate, to)
+        return resampler.process(pcm)
+
+    def _caller_audio(self, pcm: np.ndarray) -> None:
+        """One 20 ms frame of the caller (at the call's rate) to the model, in the
+        session's input format: a wideband call's 16 or 24 kHz goes to 24 kHz PCM16
+        directly, never through 8 kHz."""
         if not self.connected:
             return
+        rate = self.media.rate
         if self.input_format == "audio/pcmu":
-            data = ulaw_encode(pcm8)
+            data = ulaw_encode(self._resample(pcm, rate, PHONE_RATE))
         elif self.input_format == "audio/pcma":
-            data = alaw_encode(pcm8)
+            data = alaw_encode(self._resample(pcm, rate, PHONE_RATE))
         else:
-            data = self._up.process(pcm8).tobytes()
+            data = self._resample(pcm, rate, MODEL_RATE).tobytes()
         self.stats["audio_in"] += 1
         self._outbox.put_nowait({"type": "input_audio_buffer.append",
                                  "audio": base64.b64encode(data).decode()})

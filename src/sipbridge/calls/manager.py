@@ -234,6 +234,7 @@ class CallManager:
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
                 srtp=policy.srtp, secure_signalling=secure,
                 srtp_over_cleartext=policy.srtp_over_cleartext, srtp_key=srtp_key,
+                supported=self.media.config.codecs,
             )
             call.audio = audio
             call.on_hold = audio.direction in (Direction.RECVONLY, Direction.INACTIVE)
@@ -244,6 +245,7 @@ class CallManager:
                 local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
                 srtp_key=(srtp_key or new_srtp_key()) if offer_srtp else None,
+                codecs=self.media.config.codecs,
             ).to_bytes()
 
     def _late_answer(self, call: Call, body: bytes, now: float) -> None:

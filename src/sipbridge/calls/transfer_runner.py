@@ -336,7 +336,7 @@ class Transfers:
         srtp_key = new_srtp_key() if srtp and trunk.address.transport == "tls" else None
         offer = build_offer(local_address=self.media_host(trunk.address.host), local_port=port,
                             session_id=hash(key) & 0x7FFFFFFF, session_version=1,
-                            srtp_key=srtp_key).to_bytes()
+                            srtp_key=srtp_key, codecs=self.media.config.codecs).to_bytes()
         leg = self.ua.leg(call.leg_id)
         headers = [("Referred-By", f"<{leg.dialog.local.uri}>")] if leg is not None else []
         try:

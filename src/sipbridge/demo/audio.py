@@ -19,7 +19,8 @@ Pcm = npt.NDArray[np.int16]
 PHONE_RATE = 8000
 
 def read_wav(path: Path) -> tuple[Pcm, int]:
-    """A mono 16-bit PCM WAV as (int16 samples, sample rate).
+    """A 16-bit PCM WAV as (int16 samples, sample rate): mono, or of several channels
+    the first (a stereo phone's copy of its mono audio).
 
     A data chunk whose size field is 0 or runs past the end of the file (a
     writer killed before it closed the file) is read to the end of the file."""
@@ -40,18 +41,19 @@ def read_wav(path: Path) -> tuple[Pcm, int]:
     if fmt is None or pcm is None:
         raise ValueError(f"{path}: no fmt or data chunk")
     tag, channels, rate, _, _, bits = fmt
-    if tag not in (1, 0xFFFE) or bits != 16 or channels != 1:
-        raise ValueError(f"{path}: want mono 16-bit PCM, got tag {tag}, {channels} ch, {bits} bit")
-    return np.frombuffer(pcm[: len(pcm) // 2 * 2], "<i2").astype(np.int16), int(rate)
+    if tag not in (1, 0xFFFE) or bits != 16 or channels < 1:
+        raise ValueError(f"{path}: want 16-bit PCM, got tag {tag}, {channels} ch, {bits} bit")
+    samples = np.frombuffer(pcm[: len(pcm) // (2 * channels) * 2 * channels], "<i2")
+    return samples[::channels].astype(np.int16), int(rate)
 
 
-def write_wav(path: Path, samples: npt.ArrayLike, rate: int) -> None:
-    """Write mono int16 samples as a 16-bit PCM WAV."""
-    pcm = np.asarray(samples, dtype="<i2").tobytes()
+def write_wav(path: Path, samples: npt.ArrayLike, rate: int, channels: int = 1) -> None:
+    """Write mono int16 samples as a 16-bit PCM WAV (the same in each of `channels`)."""
+    pcm = np.repeat(np.asarray(samples, dtype="<i2"), channels).tobytes()
     header = struct.pack(
         "<4sI4s4sIHHIIHH4sI",
         b"RIFF", 36 + len(pcm), b"WAVE",
-        b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16,
+        b"fmt ", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, 16,
         b"data", len(pcm),
     )  # fmt: skip
     path.write_bytes(header + pcm)

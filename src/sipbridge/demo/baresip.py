@@ -27,6 +27,7 @@ from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
+import soxr
 
 from sipbridge.demo.audio import PHONE_RATE, Pcm, read_wav, to_int16, write_wav
 
@@ -98,6 +99,8 @@ rtcp_mux                no
 
 module_path             {modules}
 module                  g711.so
+module                  g722.so
+module                  opus.so
 module                  aufile.so
 module                  aubridge.so
 module                  sndfile.so
@@ -112,8 +115,11 @@ ringback_disabled       yes
 menu_bell               no
 """
 
-# One account that never registers, offering one G.711 law (plus telephone-event,
-# which baresip always adds for RFC 4733 digits).
+# One account that never registers, offering one codec (plus telephone-event, which
+# baresip always adds for RFC 4733 digits).
+# Codec: (its name in audio_codecs, baresip's sample rate, channels).
+CODECS = {"PCMU": ("pcmu", 8000, 1), "PCMA": ("pcma", 8000, 1),
+          "G722": ("G722/16000/1", 16000, 1), "OPUS": ("opus/48000/2", 48000, 2)}
 BARESIP_ACCOUNT = (
     "<sip:{user}@{host}>;regint=0;answermode={answermode};ptime=20;audio_codecs={codec}\n"
 )
@@ -192,10 +198,12 @@ class Baresip(Peer):
         answermode: str = "manual", tls_ca: Path | None = None, tls_cert: Path | None = None,
         mediaenc: str | None = None,
     ) -> None:
-        if codec.upper() not in ("PCMU", "PCMA"):
-            raise ValueError("codec must be PCMU or PCMA")
+        if codec.upper() not in CODECS:
+            raise ValueError("codec must be PCMU, PCMA, G722 or opus")
         self.workdir = workdir
         self.codec = codec.upper()
+        # aufile wants its file at the codec's rate and channels; so do the dumps come.
+        self.codec_name, self.rate, self.channels = CODECS[self.codec]
         self.user = user
         self.host = host
         self.answermode = answermode  # "auto": answers every call (a phone at the target)
@@ -241,13 +249,13 @@ class Baresip(Peer):
             + ("module                  srtp.so\n" if self.mediaenc else "")
         )
         (self.config_dir / "accounts").write_text(
-            BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec.lower(),
+            BARESIP_ACCOUNT.format(user=self.user, host=self.host, codec=self.codec_name,
                                    answermode=self.answermode).rstrip("\n")
             + (f";mediaenc={self.mediaenc}\n" if self.mediaenc else "\n")
         )
         # aufile opens the source when a call's audio starts; until a call
         # writes its own, a short silence keeps a stray start harmless.
-        write_wav(self.play_path, np.zeros(PHONE_RATE // 10, np.int16), PHONE_RATE)
+        write_wav(self.play_path, np.zeros(self.rate // 10, np.int16), self.rate, self.channels)
 
     def start(self) -> None:
         """Write the config, start baresip and connect to its control socket."""
@@ -397,12 +405,10 @@ class Baresip(Peer):
         if self.process is None:
             raise BaresipError("baresip is not running")
         self._calls += 1
-        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
-        if rate != PHONE_RATE:
-            raise ValueError(f"baresip's aufile wants {PHONE_RATE} Hz, got {rate} Hz")
+        samples, rate = self._at_rate(play)
         padded = np.zeros(max(samples.size, int((seconds + 1.0) * rate)), np.int16)
         padded[: samples.size] = samples
-        write_wav(self.play_path, padded, rate)
+        write_wav(self.play_path, padded, rate, self.channels)
         for old in self.dumps.glob("dump-*.wav"):
             old.unlink()
 
@@ -442,13 +448,24 @@ class Baresip(Peer):
         """Set what an answering baresip (``answermode="auto"``) says in its next call:
         ``play`` padded with silence to ``seconds``. Returns the event index to pass
         to :meth:`answered`."""
-        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
+        samples, rate = self._at_rate(play)
         padded = np.zeros(max(samples.size, int(seconds * rate)), np.int16)
         padded[: samples.size] = samples
-        write_wav(self.play_path, padded, rate)
+        write_wav(self.play_path, padded, rate, self.channels)
         for old in self.dumps.glob("dump-*.wav"):
             old.unlink()
         return len(self.events)
+
+    def _at_rate(self, play: Path | npt.ArrayLike) -> tuple[Pcm, int]:
+        """What to play (a mono WAV, or samples at 8 kHz) at the codec's rate: aufile
+        takes nothing else."""
+        samples, rate = read_wav(play) if isinstance(play, Path) else (to_int16(play), PHONE_RATE)
+        if rate == PHONE_RATE and self.rate != PHONE_RATE:
+            samples, rate = to_int16(soxr.resample(samples.astype(np.float64), rate,
+                                                   self.rate)), self.rate
+        if rate != self.rate:
+            raise ValueError(f"baresip's aufile wants {self.rate} Hz, got {rate} Hz")
+        return samples, rate
 
     def answered(self, since: int, timeout: float) -> BaresipCall:
         """The call an answering baresip took after :meth:`prepare`, once it has ended."""

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
+from sipbridge.media.codecs import audio_rate
 from sipbridge.media.dtmf import DtmfDigit
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.pacer import PacerDriver, PlayoutScheduler, Tick
 from sipbridge.media.ports import Endpoint, PortPool
 from sipbridge.media.recorder import Recorder
-from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler, resample
+from sipbridge.media.resample import MODEL_RATE, Resampler, resample
 from sipbridge.media.session import MediaSession
 
 log = logging.getLogger("sipbridge.media")
@@ -37,6 +38,8 @@ class MediaConfig:
     jitter_min_ms: int = 0
     jitter_max_ms: int = 200
     recordings: Path | None = None
+    # Voice codecs in preference order: what answers pick from an offer, and what we offer.
+    codecs: tuple[str, ...] = ("opus", "G722", "PCMU", "PCMA")
     # Looks up a host name in an SDP c= line (without blocking): (host, port) -> (IP,
     # port). None: names are never looked up (the caller's first packet shows the way).
     resolve: Callable[[str, int], Awaitable[tuple[str, int]]] | None = None
@@ -87,12 +90,13 @@ class MediaEngine:
         now = self.loop.time()
         recorder = None
         if self.config.recordings is not None:
-            recorder = Recorder(self.config.recordings / f"{key}.wav")
+            recorder = Recorder(self.config.recordings / f"{key}.wav", audio_rate(audio.codec))
         session = MediaSession(
             key, endpoint, audio, now=now, wall=time.time, timeout=self.config.timeout,
             # Start at the minimum: ticks are phased to the caller's packets, so on a
             # clean path each frame plays ~1 ms after it arrives; late packets grow it.
-            jitter=JitterBuffer(min_delay_ms=self.config.jitter_min_ms,
+            jitter=JitterBuffer(clock_rate=audio.codec.clock_rate,
+                                min_delay_ms=self.config.jitter_min_ms,
                                 max_delay_ms=self.config.jitter_max_ms,
                                 initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
@@ -130,10 +134,13 @@ class MediaEngine:
         task.add_done_callback(self._lookups.discard)
 
     def echo(self, session: MediaSession) -> None:
-        """Send the caller's audio back through decode, 8->24 kHz, 24->8 kHz, encode."""
-        up = Resampler(PHONE_RATE, MODEL_RATE)
+        """Send the caller's audio back through decode, the call's rate -> 24 kHz (the
+        model side's) -> the call's rate, encode in the same codec."""
+        ups: dict[int, Resampler] = {}
 
         def echo(pcm: np.ndarray) -> None:
+            rate = session.rate
+            up = ups.get(rate) or ups.setdefault(rate, Resampler(rate, MODEL_RATE))
             # One frame in, one out: a frame still queued here came from a stall or a
             # replayed late frame, and keeping it would delay the rest of the call by 20 ms.
             if session.queued_ms >= 20:
@@ -144,15 +151,15 @@ class MediaEngine:
         session.follow_input = True
 
     def bridge(self, a: MediaSession, b: MediaSession) -> None:
-        """Join two calls' audio: what each caller says is played to the other, at 8 kHz
-        with no resampling, each leg on its own tick grid. A leg that falls more than
-        two frames behind drops its backlog rather than delaying the conversation."""
+        """Join two calls' audio: what each caller says is played to the other (converted
+        only where the legs' rates differ), each leg on its own tick grid. A leg that falls
+        more than two frames behind drops its backlog rather than delaying the conversation."""
 
         def join(src: MediaSession, dst: MediaSession) -> None:
             def forward(pcm: np.ndarray) -> None:
                 if dst.queued_ms >= 60:
                     dst.clear_playout()
-                dst.play_phone(pcm)
+                dst.play_pcm(pcm, src.rate)
 
             src.on_audio = forward
             src.follow_input = False

@@ -113,6 +113,19 @@ class JitterBuffer:
         self._since_skip, self._now = 0, 0.0
         self._reset_stream()
 
+    @property
+    def clock_rate(self) -> int:
+        return self._spf * 1000 // round(self._frame * 1000)
+
+    def set_clock_rate(self, clock_rate: int) -> None:
+        """A re-negotiated codec with another RTP clock: slots are counted anew."""
+        frame_ms = round(self._frame * 1000)
+        if clock_rate <= 0 or clock_rate * frame_ms % 1000:
+            raise ValueError("frame_ms and clock_rate must give a whole number of samples")
+        if clock_rate * frame_ms // 1000 != self._spf:
+            self._spf = clock_rate * frame_ms // 1000
+            self._reset_stream()
+
     def _reset_stream(self) -> None:
         self._base: int | None = None  # extended timestamp of slot 0
         self._probe: tuple[int, int] | None = None  # last out-of-window (sequence, timestamp)

@@ -1,6 +1,7 @@
 """Call recording: one stereo WAV per call, the caller on the left channel and the agent
-on the right, at 8 kHz. Frames are gathered in memory and written a second at a time,
-so the media path does not touch the disk every 20 ms."""
+on the right, at the call's audio rate (8 kHz for G.711, 16 kHz for G.722, 24 kHz for
+Opus). Frames are gathered in memory and written a second at a time, so the media path
+does not touch the disk every 20 ms."""
 
 from __future__ import annotations
 

@@ -6,11 +6,15 @@ caller's words to the model, the model's words to the caller). soxr, fed 20 ms c
 holds back 50 to 130 ms of audio until later input pushes it out (measured with soxr
 1.x: LQ 50 ms, MQ 78 ms, HQ 127 ms over 8->24->8 kHz). So the 1:3 and 3:1 paths are
 a polyphase FIR of our own: a 72-tap Kaiser-windowed low-pass at 24 kHz, flat to 3 kHz,
--82 dB from 4.6 kHz, 1.5 ms of delay each way. soxr does every other ratio (WAV files
-to play, speech engines at 16 or 22.05 kHz), where a whole signal is converted at once.
+-82 dB from 4.6 kHz, 1.5 ms of delay each way. Wideband calls convert between the call's
+rate and another of 8, 16, 24 and 48 kHz (G.722's 16 kHz to the model's 24 kHz is 2:3) by
+the same kind of filter, any L:M (`_Rational`). soxr does every other ratio (WAV files
+to play, speech engines at 22.05 kHz), where a whole signal is converted at once.
 """
 
 from __future__ import annotations
+
+from math import gcd
 
 import numpy as np
 import soxr
@@ -65,12 +69,17 @@ class Resampler:
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
-        if (in_rate, out_rate) == (PHONE_RATE, MODEL_RATE):
+        if in_rate == out_rate:
+            self._mode = "same"
+        elif (in_rate, out_rate) == (PHONE_RATE, MODEL_RATE):
             self._mode = "up"
             self._history = np.zeros(_HISTORY_UP, np.float32)
         elif (in_rate, out_rate) == (MODEL_RATE, PHONE_RATE):
             self._mode = "down"
             self._history = np.zeros(_HISTORY_DOWN, np.float32)
+        elif in_rate in CALL_RATES and out_rate in CALL_RATES:
+            self._mode = "rational"
+            self._rational = _Rational(in_rate, out_rate)
         else:
             self._mode = "soxr"
             self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ")
@@ -83,6 +92,10 @@ class Resampler:
             return self._up(samples)
         if self._mode == "down":
             return self._down(samples)
+        if self._mode == "same":
+            return samples.astype(np.int16, copy=False)
+        if self._mode == "rational":
+            return self._rational.process(samples)
         out: np.ndarray = self._stream.resample_chunk(samples)
         return out
 
@@ -117,6 +130,36 @@ class Resampler:
             out: np.ndarray = self._stream.resample_chunk(np.zeros(0, np.int16), last=True)
             return out
         return np.zeros(0, np.int16)
+
+
+CALL_RATES = (8000, 16000, 24000, 48000)  # the rates a call's audio runs at
+
+
+class _Rational:
+    """L:M by a polyphase-in-effect FIR: zero-stuff by L, low-pass, keep every M-th; the
+    filter's history and the input short of a multiple of M carried between chunks."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        g = gcd(in_rate, out_rate)
+        self.up, self.down = out_rate // g, in_rate // g
+        taps = 24 * max(self.up, self.down)
+        cutoff = 0.4625 * min(in_rate, out_rate)  # as the 1:3 filter: 3700 Hz of 8 kHz
+        self._h = (_lowpass(taps, cutoff, in_rate * self.up) * self.up).astype(np.float32)
+        self._history = np.zeros(taps - 1, np.float32)  # at the stuffed rate
+        self._carry = np.zeros(0, np.int16)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if len(self._carry):
+            x = np.concatenate((self._carry, x))
+        usable = len(x) - len(x) % self.down
+        self._carry = x[usable:].copy()
+        stuffed = np.zeros(len(self._history) + usable * self.up, np.float32)
+        stuffed[: len(self._history)] = self._history
+        stuffed[len(self._history)::self.up] = x[:usable]
+        y = np.convolve(stuffed, self._h, "valid")[:: self.down]
+        if len(self._history):
+            self._history = stuffed[len(stuffed) - len(self._history):]
+        return _to_int16(y.astype(np.float32))
 
 
 _LOW, _HIGH = np.float32(-32768), np.float32(32767)

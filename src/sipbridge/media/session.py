@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
+from sipbridge.media.codecs import G711, AudioCodec, open_codec
 from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
-from sipbridge.media.g711 import G711Codec, codec_for
-from sipbridge.media.jitterbuffer import JitterBuffer, conceal
+from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import SO_TIMESTAMPNS, Endpoint
 from sipbridge.media.recorder import Recorder
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
@@ -64,7 +64,6 @@ log = logging.getLogger("sipbridge.media")
 _TIMESPEC = struct.Struct("qq")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
-FRAME = 160  # samples in 20 ms at 8 kHz
 RTCP_INTERVAL = 5.0  # seconds (RFC 3550 6.2, the minimum for a two-party session)
 FLOOD_RATE = 150.0  # packets per second allowed per session (50 audio + DTMF + slack)
 FLOOD_BURST = 75.0
@@ -92,8 +91,9 @@ class MediaStats:
 
 
 class MediaSession:
-    """RTP for one call. `on_audio` receives the caller's audio as 8 kHz int16 frames;
-    `play` queues agent audio at 24 kHz."""
+    """RTP for one call. `on_audio` receives the caller's audio as int16 frames at the
+    codec's audio rate, `rate` (8 kHz for G.711, 16 kHz for G.722, 24 kHz for Opus);
+    `play` queues agent audio at 24 kHz, `play_phone` at 8 kHz, `play_pcm` at any."""
 
     def __init__(
         self,
@@ -129,8 +129,9 @@ class MediaSession:
         self.rx = ReceptionStats()
         self.dtmf = DtmfReceiver()
         self.digits: list[DtmfDigit] = []
-        self._down = Resampler(MODEL_RATE, PHONE_RATE)
-        self._out = bytearray()  # agent audio, 8 kHz int16, waiting to be sent
+        self._to_call: dict[int, Resampler] = {}  # from a rate played at to `rate`
+        self._out = bytearray()  # agent audio at `rate`, int16, waiting to be sent
+        self._codec_format: object = None
         self._last_pcm: np.ndarray | None = None
         self._lost_run = 0
         self._ssrc = random.getrandbits(32)
@@ -164,8 +165,20 @@ class MediaSession:
             self.srtp = None
         elif self.srtp is None or self.srtp.keys != audio.srtp:  # same keys: same window
             self.srtp = SrtpContext(audio.srtp)
-        self.codec: G711Codec = codec_for(audio.codec.name)
-        self._silence = self.codec.encode(np.zeros(FRAME, np.int16))
+        fmt = audio.codec
+        if fmt != self._codec_format:  # a new coder (its state) only for a new format
+            self._codec_format = fmt
+            old: AudioCodec | None = getattr(self, "codec", None)
+            self.codec: AudioCodec = open_codec(fmt)
+            if old is not None and old.rate != self.codec.rate:  # queued audio is at old's
+                self._out.clear()
+                self._to_call.clear()
+                self._last_pcm = None
+            self.jitter.set_clock_rate(self.codec.clock_rate)
+            self._frame = self.codec.frame_samples
+            # A stateless coder's silence is the same packet every time.
+            self._silence = (self.codec.encode(np.zeros(self._frame, np.int16))
+                             if isinstance(self.codec, G711) else None)
         remote = (audio.remote_address, audio.remote_port)
         if self._latched is None or remote != getattr(self, "_sdp_remote", None):
             self._latched = None  # a new offer may move the peer: latch again (symmetric RTP)
@@ -278,7 +291,7 @@ class MediaSession:
         if self._audio_in == 1 and self.on_phase is not None:
             self.on_phase(now)  # tick just after the caller's packets arrive
         self._last_rx = now
-        self.rx.update(packet.sequence, packet.timestamp, int(now * PHONE_RATE))
+        self.rx.update(packet.sequence, packet.timestamp, int(now * self.codec.clock_rate))
         if pt == audio.telephone_event_pt:
             digit = self.dtmf.feed(packet.timestamp, packet.marker, packet.payload)
             if digit is not None:
@@ -387,12 +400,17 @@ class MediaSession:
         pcm: np.ndarray | None = None
         if frame.payload is not None:
             pcm = self.codec.decode(frame.payload)
-            self._last_pcm = pcm
-            self._lost_run = 0
+            if pcm is None:  # does not decode: counted, and concealed like a lost one
+                self.dropped["undecodable"] += 1
+                self._lost_run += 1
+                pcm = self.codec.conceal(self._last_pcm, self._lost_run)
+            else:
+                self._last_pcm = pcm
+                self._lost_run = 0
         elif frame.lost or (frame.buffering and self._last_pcm is not None):
             # A gap, or a stall while the buffer grows: conceal rather than go silent.
             self._lost_run += 1
-            pcm = conceal(self._last_pcm, self._lost_run)
+            pcm = self.codec.conceal(self._last_pcm, self._lost_run)
         self._in_pcm = pcm
         if pcm is not None and self.on_audio is not None:
             self.on_audio(pcm)
@@ -402,15 +420,30 @@ class MediaSession:
         out = self._send_frame()
         if self.recorder is not None:
             pcm = self._in_pcm
-            self.recorder.frame(pcm if pcm is not None else np.zeros(FRAME, np.int16), out)
+            self.recorder.frame(pcm if pcm is not None else np.zeros(self._frame, np.int16),
+                                out)
+
+    @property
+    def rate(self) -> int:
+        """The call's audio rate: `on_audio`'s frames and the recording's."""
+        return self.codec.rate
 
     def play(self, pcm24: np.ndarray) -> None:
         """Queue agent audio (24 kHz int16) to be sent in paced 20 ms packets."""
-        self._out += self._down.process(pcm24).tobytes()
+        self.play_pcm(pcm24, MODEL_RATE)
 
     def play_phone(self, pcm8: np.ndarray) -> None:
-        """Queue agent audio already at 8 kHz."""
-        self._out += pcm8.astype(np.int16, copy=False).tobytes()
+        """Queue agent audio at 8 kHz."""
+        self.play_pcm(pcm8, PHONE_RATE)
+
+    def play_pcm(self, pcm: np.ndarray, rate: int) -> None:
+        """Queue audio at `rate`, converted to the call's rate (a stream per source rate)."""
+        if rate != self.codec.rate:
+            resampler = self._to_call.get(rate)
+            if resampler is None:
+                resampler = self._to_call[rate] = Resampler(rate, self.codec.rate)
+            pcm = resampler.process(pcm)
+        self._out += pcm.astype(np.int16, copy=False).tobytes()
 
     def clear_playout(self) -> None:
         """Drop queued agent audio (barge-in)."""
@@ -424,19 +457,21 @@ class MediaSession:
 
     @property
     def queued_ms(self) -> int:
-        return len(self._out) // 2 // 8
+        return len(self._out) // 2 * 1000 // self.codec.rate
 
     def _send_frame(self) -> np.ndarray | None:
         """Send the next 20 ms of agent audio, or silence; RTP time moves on either way."""
         out: np.ndarray | None = None
-        if len(self._out) >= FRAME * 2:
-            out = np.frombuffer(bytes(self._out[: FRAME * 2]), np.int16)
-            del self._out[: FRAME * 2]
+        size = self._frame * 2
+        if len(self._out) >= size:
+            out = np.frombuffer(bytes(self._out[:size]), np.int16)
+            del self._out[:size]
             payload = self.codec.encode(out)
             marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
             self._talking = True
         else:
-            payload = self._silence
+            payload = (self._silence if self._silence is not None
+                       else self.codec.encode(np.zeros(self._frame, np.int16)))
             marker = False
             self._talking = False
         if self.sending and self._peer_known:
@@ -453,7 +488,7 @@ class MediaSession:
             except OSError:
                 self.dropped["send_error"] += 1
             self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + FRAME) & 0xFFFFFFFF
+        self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
         return out
 
     def _send_rtcp(self, now: float) -> None:
@@ -488,7 +523,7 @@ class MediaSession:
         return {
             "packets_in": stats.packets_in, "packets_out": stats.packets_out,
             "lost": rx.missing, "duplicates": rx.duplicates, "reordered": rx.reordered,
-            "jitter_ms": round(rx.jitter_ms(PHONE_RATE), 2), "late": self.jitter.late,
+            "jitter_ms": round(rx.jitter_ms(self.codec.clock_rate), 2), "late": self.jitter.late,
             "concealed": self.jitter.concealed,
             "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
             "stun": stats.stun, "stun_answered": stats.stun_answered,
@@ -501,7 +536,7 @@ class MediaSession:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
         return (f"rtp in={self.stats.packets_in} out={self.stats.packets_out} "
                 f"lost={rx.missing} dup={rx.duplicates} reordered={rx.reordered} "
-                f"jitter={rx.jitter_ms(PHONE_RATE):.1f}ms "
+                f"jitter={rx.jitter_ms(self.codec.clock_rate):.1f}ms "
                 f"late={self.jitter.late} concealed={self.jitter.concealed} "
                 f"stun={self.stats.stun} "
                 f"dtmf={''.join(d.digit for d in self.digits) or '-'}"

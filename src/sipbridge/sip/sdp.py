@@ -2,7 +2,7 @@
 
 Sans-IO: `parse_sdp` turns a body into a `SessionDescription` or raises `SdpError`
 (400), and `SessionDescription.to_bytes` is its exact inverse. `answer_offer` answers
-an offer with one G.711 audio stream or raises `NotAcceptable` (488); `build_offer`
+an offer with one audio stream (G.711, G.722 or Opus) or raises `NotAcceptable` (488); `build_offer`
 makes our offer for outbound calls and re-INVITEs (hold is `Direction.SENDONLY`).
 SRTP streams (RTP/SAVP) carry their keys in a=crypto lines (SDES, RFC 4568):
 `parse_crypto` reads one, `redact_keys` hides them in any text that is recorded.
@@ -341,28 +341,34 @@ def answer_offer(
 ) -> tuple[SessionDescription, NegotiatedAudio]:
     """Answer an offer with one audio stream (RFC 3264 6), or raise NotAcceptable (488).
 
-    The first RTP/AVP audio stream with a nonzero port and a codec in `supported`
-    (8000 Hz, mono) is accepted with the first such codec in the offerer's order, plus
-    telephone-event (RFC 4733) if offered; every other m= line is rejected with port 0
-    (RFC 3264 6: the answer has the same m= lines in the same order).
+    The first audio stream with a nonzero port, a profile `srtp` allows and a codec in
+    `supported` is accepted with the first of `supported` (our preference, the operator's
+    `codecs`) that it offers, plus telephone-event (RFC 4733) if offered; every other m=
+    line is rejected with port 0 (RFC 3264 6: the answer has the same m= lines in the
+    same order). Codecs are PCMU/8000, PCMA/8000 and G722/8000 (RFC 3551 4.5.2: 16 kHz
+    audio on an 8000 clock) in mono, and opus/48000/2 (RFC 7587 7) on its dynamic type.
 
     `srtp` ("off", "optional", "required") says which of RTP/AVP and RTP/SAVP (RFC 3711,
     keys by SDES, RFC 4568) it takes; SAVP only when `secure_signalling` (TLS) or
     `srtp_over_cleartext`. An SRTP answer carries `srtp_key` (ours; a new one if None).
     """
     protos = _protos(srtp, secure_signalling or srtp_over_cleartext)
-    wanted = {name.lower() for name in supported} - {"telephone-event", "cn"}  # not voice
+    wanted = [name.lower() for name in supported if name.lower() not in ("telephone-event",
+                                                                         "cn")]
     found = next((
         (index, m, codec)
         for index, m in enumerate(offer.media)
         if m.media == "audio" and m.port != 0 and m.proto.upper() in protos
-        for codec in m.codecs if _is_narrowband(codec, wanted)
+        for codec in [_preferred(m.codecs, wanted)] if codec is not None
     ), None)
     if found is None:
         raise NotAcceptable(_srtp_refusal(offer, srtp, protos)
                             or _why_not(offer, supported, protos))
     index, offered, codec = found
-    events = [c for c in offered.codecs if _is_narrowband(c, {"telephone-event"})]
+    answered = _answer_codec(codec)
+    events = sorted((c for c in offered.codecs if c.name.lower() == "telephone-event"
+                     and c.clock_rate in (codec.clock_rate, 8000)),
+                    key=lambda c: c.clock_rate != codec.clock_rate)  # the codec's clock first
     event = events[0] if events and telephone_event else None
     remote = effective_address(offered, offer)
     if remote is None:
@@ -372,7 +378,7 @@ def answer_offer(
         theirs = Direction.from_flags(sends=theirs.sends, receives=False)
     direction = theirs.answer()
     audio_ptime = offered.ptime if offered.ptime is not None else ptime
-    codecs = (codec,) if event is None else (codec, event)
+    codecs = (answered,) if event is None else (answered, event)
     formats = tuple(c.payload_type for c in codecs)
     ours = MediaDescription(
         "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime
@@ -414,10 +420,13 @@ def build_offer(
     order and telephone-event (RFC 4733 7.1); hold is `direction=SENDONLY` (RFC 3264 8.4).
     With `srtp_key` the stream is RTP/SAVP with that key in an a=crypto line (RFC 4568)."""
     by_name = {name.lower(): pt for pt, (name, _) in STATIC_PAYLOAD_TYPES.items()}
-    unknown = [name for name in codecs if name.lower() not in by_name]
+    unknown = [name for name in codecs if name.lower() not in ("pcmu", "pcma", "g722", "opus")]
     if unknown or not codecs:
-        raise ValueError(f"codecs must be static payload types, got {list(codecs)!r}")
-    chosen = [Codec(pt, *STATIC_PAYLOAD_TYPES[pt]) for pt in (by_name[n.lower()] for n in codecs)]
+        raise ValueError(f"codecs must be PCMU, PCMA, G722 or opus, got {list(codecs)!r}")
+    opus_pt = OPUS_PT if telephone_event_pt != OPUS_PT else OPUS_PT - 1
+    chosen = [Codec(opus_pt, "opus", 48000, 2, OPUS_FMTP) if n.lower() == "opus"
+              else Codec(by_name[n.lower()], *STATIC_PAYLOAD_TYPES[by_name[n.lower()]])
+              for n in codecs]
     if telephone_event_pt is not None:
         if not 96 <= telephone_event_pt <= 127:
             raise ValueError(f"telephone-event payload type {telephone_event_pt} is not dynamic")
@@ -432,8 +441,42 @@ def build_offer(
     return _local_session(local_address, session_id, session_version, (media,))
 
 
-def _is_narrowband(codec: Codec, names: set[str]) -> bool:
-    return codec.name.lower() in names and codec.clock_rate == 8000 and codec.channels == 1
+def _runs(codec: Codec, name: str) -> bool:
+    """Whether an offered format is the codec `name` as we run it."""
+    if codec.name.lower() != name:
+        return False
+    if name == "opus":  # RFC 7587 7: always opus/48000/2, whatever is sent
+        return codec.clock_rate == 48000 and codec.channels == 2
+    return name in ("pcmu", "pcma", "g722") and codec.clock_rate == 8000 and codec.channels == 1
+
+
+def _preferred(offered: Sequence[Codec], wanted: Sequence[str]) -> Codec | None:
+    """The first of our `wanted` codecs (by name, lower case) the offer has."""
+    for name in wanted:
+        for codec in offered:
+            if _runs(codec, name):
+                return codec
+    return None
+
+
+OPUS_PT = 111  # our dynamic payload type for opus when we offer
+# What we ask of an Opus sender (RFC 7587 7): mono, in-band FEC welcome. No
+# maxplaybackrate: we decode at 24 kHz whatever bandwidth the sender codes.
+OPUS_FMTP = "stereo=0;useinbandfec=1"
+
+
+def _answer_codec(offered: Codec) -> Codec:
+    """The chosen format as our answer lists it: Opus with our own fmtp (RFC 7587 7:
+    the parameters say what the answerer wants to receive), FEC only if the offerer
+    used the parameter itself; others as offered."""
+    if offered.name.lower() != "opus":
+        return offered
+    fmtp = "stereo=0"
+    params = {p.split("=", 1)[0].strip().lower(): p.split("=", 1)[-1].strip()
+              for p in (offered.fmtp or "").split(";") if "=" in p}
+    if params.get("useinbandfec") == "1":
+        fmtp += ";useinbandfec=1"
+    return replace(offered, fmtp=fmtp)
 
 
 def _local_session(
