@@ -45,7 +45,7 @@ from sip_cps import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.integration.certs import make_ca  # the project root, just added
+from tests.tlscerts import make_ca  # the project root, just added
 
 STUNNEL_CONFIG = """\
 foreground = yes

@@ -41,8 +41,8 @@ def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CA:
 
 @pytest.fixture
 def app(start_gateway: Callable[..., Gateway], tmp_path: Path, ca: CA) -> Iterator[App]:
-    cert, key = ca.issue("gateway", dns=["localhost"], ips=["127.0.0.1"])
-    sink = WebhookSink(tls=ca.issue("receiver", ips=["127.0.0.1"]))
+    cert, key = ca.issue("gateway", dns=["localhost"], ip=["127.0.0.1"])
+    sink = WebhookSink(tls=ca.issue("receiver", ip=["127.0.0.1"]))
     assert sink.url.startswith("https://")
     yield from start_app(start_gateway, tmp_path, sink=sink,
                          http_tls_cert=str(cert), http_tls_key=str(key))

@@ -20,13 +20,13 @@ import pytest
 
 from tests.integration.callrecords import api_get, call_record
 from tests.integration.capture import can_capture, capture
-from tests.integration.certs import make_ca
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
 from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
 from tests.integration.test_interop_phones import gateway_recording
 from tests.integration.test_sip_tls import free_tcp_port, tls_config, tls_port
 from tests.integration.test_srtp import g711_windows, in_clear
+from tests.tlscerts import make_ca
 
 pytestmark = [
     pytest.mark.integration,

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 
 from tests.integration.appside import KEY, start_app
-from tests.integration.certs import CA, make_ca
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
 from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
@@ -38,6 +37,7 @@ from tests.integration.test_transfer_e2e import (
     finished,
 )
 from tests.polling import until
+from tests.tlscerts import CA, make_ca
 
 pytestmark = [
     pytest.mark.integration,

@@ -33,8 +33,8 @@ def test_a_missing_file_is_named(tmp_path: Path, name: str) -> None:
 
 def test_files_that_do_not_load_are_a_value_error_naming_them(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
-    cert, _ = ca.issue("api", ips=["127.0.0.1"])
-    _, other_key = ca.issue("other", ips=["127.0.0.1"])
+    cert, _ = ca.issue("api", ip=["127.0.0.1"])
+    _, other_key = ca.issue("other", ip=["127.0.0.1"])
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     with pytest.raises(ValueError, match=r"garbage\.pem"):
@@ -44,7 +44,7 @@ def test_files_that_do_not_load_are_a_value_error_naming_them(tmp_path: Path) ->
 
 
 def test_the_context_speaks_tls_1_2_and_later(tmp_path: Path) -> None:
-    cert, key = make_ca(tmp_path).issue("api", ips=["127.0.0.1"])
+    cert, key = make_ca(tmp_path).issue("api", ip=["127.0.0.1"])
     context = tls_context(str(cert), str(key))
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert context.verify_mode is ssl.CERT_NONE  # clients are not asked for certificates

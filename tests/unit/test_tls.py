@@ -17,7 +17,7 @@ from sipbridge.sip.message import Request, Response
 from sipbridge.sip.tls import LOG_INTERVAL, HandshakeFailures, TlsConfig, server_context
 from sipbridge.sip.transport import SipTransport
 from sipbridge.sip.ua import UaConfig, UserAgent
-from tests.integration.certs import CA, make_ca
+from tests.tlscerts import CA, make_ca
 from tests.unit.sipphone import ANSWER, Phone, sip
 
 TLS_PEER = Address("tls", "127.0.0.1", 40123)

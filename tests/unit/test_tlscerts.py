@@ -14,7 +14,7 @@ from tests.tlscerts import make_ca
 
 def _handshake(tmp_path: Path, server_name: str) -> bytes:
     ca = make_ca(tmp_path / "ca")
-    cert, key = ca.issue("server", dns=("localhost",), ips=("127.0.0.1",))
+    cert, key = ca.issue("server", dns=("localhost",), ip=("127.0.0.1",))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(ca.cert))
