@@ -62,4 +62,6 @@ class SrtpContext:
 
 def _reason(exc: Exception) -> str:
     # A wrong key and a forged or damaged packet fail alike: the tag does not match.
-    return "srtp_replay" if "replay" in str(exc) else "srtp_auth"
+    # libsrtp's replay errors: "replay check failed (...)", "packet index is too old ...".
+    text = str(exc)
+    return "srtp_replay" if "replay" in text or "too old" in text else "srtp_auth"
