@@ -210,6 +210,16 @@ def test_tampered_replayed_and_wrong_key_packets_are_refused_by_reason() -> None
     assert them.unprotect(second) == rtp(2)  # the good stream still passes
 
 
+def test_a_packet_older_than_the_replay_window_is_a_replay() -> None:
+    us, them = pair()
+    old = us.protect(rtp(1))
+    for seq in range(2, 300):  # well past the 128-packet window
+        them.unprotect(us.protect(rtp(seq)))
+    with pytest.raises(SrtpDrop) as info:
+        them.unprotect(old)
+    assert info.value.reason == "srtp_replay"
+
+
 # ---- the media session at its socket ----------------------------------------------------
 
 
