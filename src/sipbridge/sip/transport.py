@@ -393,8 +393,12 @@ class SipTransport:
                                          time.monotonic(), inbound=False)
             else:
                 log.info("%s connect to %s failed: %s", kind, dest, exc)
+            why = (failure_reason(exc) if isinstance(exc, ssl.SSLError | ValueError)
+                   else "connection refused" if isinstance(exc, ConnectionRefusedError)
+                   else "no connection within the bound" if isinstance(exc, TimeoutError)
+                   else str(exc) or exc.__class__.__name__)
             for data in self._pending.pop(dest, []):
-                self._failed(data, dest, f"{kind} connection failed: {failure_reason(exc)}")
+                self._failed(data, dest, f"{kind} connection failed: {why}")
             return
         for data in self._pending.pop(dest, []):
             conn.send(data)
