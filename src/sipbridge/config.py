@@ -255,6 +255,9 @@ class Config(BaseSettings):
     # 202 and no final NOTIFY in this time: unconfirmed
     transfer_notify_timeout: float = Field(30.0, gt=0, le=600)
     transfer_bye_after_accept: str = Field("unconfirmed", pattern="^(unconfirmed|succeeded)$")
+    # A warm transfer: how long the target may ring, and how long the briefing may last.
+    transfer_ring_timeout: float = Field(30.0, gt=0, le=300)
+    transfer_brief_timeout: float = Field(60.0, gt=0, le=600)
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
     # The agent's transfer tool: the REFER waits (at most this many seconds; 0: not at

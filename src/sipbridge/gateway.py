@@ -255,7 +255,8 @@ class Gateway:
             bind_host=self._bind_host or "0.0.0.0",
             transfers=TransferPolicy(
                 TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
-                               c.transfer_bye_after_accept),
+                               c.transfer_bye_after_accept, c.transfer_ring_timeout,
+                               c.transfer_brief_timeout),
                 c.transfer_fallback, c.transfer_tel_uri, self._trunk()),
         )
         self.agents = Agents(c, self.agent_url, calls, self.events, self.sideband,

@@ -66,9 +66,13 @@ class TransferTimers:
     notify_timeout: float = 30.0  # after the 2xx, no final NOTIFY by then -> unconfirmed
     # Peer BYE after the 2xx without a final NOTIFY: some carriers hang up instead of notifying.
     bye_after_accept: str = UNCONFIRMED  # UNCONFIRMED or SUCCEEDED
+    # A warm transfer: the target unanswered by then -> the caller returns to the agent;
+    # answered, and no decision from the briefing by then -> the gateway decides.
+    ring_timeout: float = 30.0
+    brief_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("refer_timeout", "notify_timeout"):
+        for name in ("refer_timeout", "notify_timeout", "ring_timeout", "brief_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
