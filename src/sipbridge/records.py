@@ -57,6 +57,7 @@ class TransferRecord(TransferState):
 
     fallback: dict[str, object] | None  # mode, status, reason, ... of the fallback
     requested_by: str  # "app" (the API), "agent" (its transfer tool) or "gateway"
+    mode: str  # "blind" (REFER) or "warm" (dialled and briefed by the gateway first)
 
 
 class WebhookAttemptRecord(TypedDict):

@@ -32,7 +32,7 @@ def sample_call() -> CallRecord:
         "transfers": [{"id": "tr_1", "target_uri": "tel:+61420351258", "status": "failed",
                        "final": True, "sip_status": 486, "reason": "Busy Here",
                        "requested_at": T0 + 2.0, "steps": [], "fallback": None,
-                       "requested_by": "app"}],
+                       "requested_by": "app", "mode": "blind"}],
         "recording": None, "webhooks": [],
         "timeline": [
             sip(0.001, "in", "INVITE sip:service@127.0.0.1:5060 SIP/2.0", INVITE),

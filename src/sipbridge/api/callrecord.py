@@ -63,6 +63,8 @@ class Transfer(_Described):
         description="What the gateway did when the transfer failed (mode, status, ...).")
     requested_by: str = Field(description="app (the API), agent (the model's transfer tool) "
                               "or gateway.")
+    mode: str = Field("blind", description="blind (a REFER) or warm (the gateway dials the "
+                      "person and the agent briefs them before the caller is connected).")
 
 
 class WebhookAttempt(_Described):

@@ -74,6 +74,7 @@ class TransferJob:
     fallback: dict[str, object] | None = None
     bridge_leg: str | None = None
     requested_by: str = "app"  # "app" (the API), "agent" (its transfer tool), "gateway"
+    mode: str = "blind"  # "blind" (REFER) or "warm" (the gateway dials and briefs first)
     cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
@@ -91,7 +92,7 @@ class TransferJob:
     def to_dict(self) -> TransferRecord:
         return {**self.machine.to_dict(),
                 "fallback": dict(self.fallback) if self.fallback is not None else None,
-                "requested_by": self.requested_by}
+                "requested_by": self.requested_by, "mode": self.mode}
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from sipbridge.calls.events import (
 )
 from sipbridge.calls.sipids import SipCallIds, SipTrace
 from sipbridge.calls.tool import ToolRun
+from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy, Transfers
 from sipbridge.media.engine import MediaEngine, load_wav
 from sipbridge.media.ports import NoMediaPort
@@ -329,12 +330,15 @@ class CallManager:
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
-              requested_by: str = "app") -> TransferJob:
+              requested_by: str = "app", mode: str = "blind", brief: str | None = None,
+              timers: TransferTimers | None = None) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
-        track it to an outcome: the result comes as steps (`TransferStepped`), never here."""
+        track it to an outcome: the result comes as steps (`TransferStepped`), never here.
+        `mode`, `brief`, `timers`: as `Transfers.refer`'s."""
         with self.sip.command():
             return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
-                                        requested_by=requested_by)
+                                        requested_by=requested_by, mode=mode, brief=brief,
+                                        timers=timers)
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:

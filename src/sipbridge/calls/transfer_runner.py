@@ -105,13 +105,20 @@ class Transfers:
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
               requested_by: str = "app", held: str | None = None,
-              hold_for: float = 0.0) -> TransferJob:
+              hold_for: float = 0.0, mode: str = "blind", brief: str | None = None,
+              timers: TransferTimers | None = None) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`TransferStepped`), never here.
         `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway".
         `held`: the REFER is not sent yet; the transfer stays `requested`, with this as
         its reason, until `send_held`, expected within `hold_for` seconds (the REFER
-        timer counts after that)."""
+        timer counts after that). `timers`: this transfer's bounds (None: the policy's).
+        `mode` "warm" with its `brief`: the gateway dials the target and the agent briefs
+        the person before the caller is connected."""
+        if mode != "blind":
+            raise CallError("conflict", f"Cannot refer call '{call_id}': mode {mode!r} is "
+                            "not available.")
+        del brief  # a blind transfer has none
         call = self.calls.live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -126,7 +133,7 @@ class Transfers:
             self.events.emit(note(call, "api", action="refer", target_uri=target))
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
-                                   self.timers, epoch=time.time() - now, reason=held,
+                                   timers or self.timers, epoch=time.time() - now, reason=held,
                                    hold=hold_for if held is not None else 0.0),
                           mode, list(headers or []),
                           requested_by=requested_by)
