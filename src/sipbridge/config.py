@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import wave
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -258,6 +259,11 @@ class Config(BaseSettings):
     # A warm transfer: how long the target may ring, and how long the briefing may last.
     transfer_ring_timeout: float = Field(30.0, gt=0, le=300)
     transfer_brief_timeout: float = Field(60.0, gt=0, le=600)
+    # A warm transfer: what the caller hears on hold (a 16-bit PCM WAV, looped; None: a
+    # soft beep), and how the caller is connected (auto: REFER with Replaces when the
+    # caller supports it, else the gateway bridges the two calls).
+    transfer_hold_audio: Path | None = None
+    transfer_warm_connect: str = Field("auto", pattern="^(auto|replaces|bridge)$")
     transfer_fallback: str = "announce"  # none | announce | bridge, when a transfer fails
     transfer_tel_uri: str | None = None  # e.g. "sip:{number}@trunk.example.com" for Refer-To
     # The agent's transfer tool: the REFER waits (at most this many seconds; 0: not at
@@ -357,6 +363,18 @@ class Config(BaseSettings):
     def _fallback(cls, value: str) -> str:
         if value not in TRANSFER_FALLBACKS:
             raise ValueError(f"transfer_fallback must be one of {', '.join(TRANSFER_FALLBACKS)}")
+        return value
+
+    @field_validator("transfer_hold_audio")
+    @classmethod
+    def _hold_audio(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with wave.open(str(value), "rb") as w:
+                    if w.getsampwidth() != 2:
+                        raise ValueError("transfer_hold_audio must be a 16-bit PCM WAV file")
+            except (OSError, EOFError, wave.Error) as exc:
+                raise ValueError(f"transfer_hold_audio: cannot read {value}: {exc}") from None
         return value
 
     @field_validator("transfer_tel_uri")

@@ -25,7 +25,7 @@ from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy
 from sipbridge.config import Config, RegistrationConfig
 from sipbridge.loopwatch import StallWatch
-from sipbridge.media.engine import MediaConfig, MediaEngine
+from sipbridge.media.engine import MediaConfig, MediaEngine, load_wav
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import MediaFigures
@@ -257,7 +257,9 @@ class Gateway:
                 TransferTimers(c.transfer_refer_timeout, c.transfer_notify_timeout,
                                c.transfer_bye_after_accept, c.transfer_ring_timeout,
                                c.transfer_brief_timeout),
-                c.transfer_fallback, c.transfer_tel_uri, self._trunk()),
+                c.transfer_fallback, c.transfer_tel_uri, self._trunk(),
+                c.transfer_warm_connect,
+                load_wav(c.transfer_hold_audio) if c.transfer_hold_audio else None),
         )
         self.agents = Agents(c, self.agent_url, calls, self.events, self.sideband,
                              self.metrics, self.media, self.loop)

@@ -17,6 +17,7 @@ from sipbridge.calls.events import (
     note,
 )
 from sipbridge.calls.transfer_machine import SUCCEEDED
+from sipbridge.calls.warm import CONNECTED
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 
@@ -37,7 +38,7 @@ class SidebandSink:
                     "call_id": call.id, "transfer_id": job.id, "status": machine.status,
                     "final": machine.final, "sip_status": machine.sip_status,
                     "reason": machine.reason, "target_uri": machine.target,
-                    "fallback": job.fallback,
+                    "fallback": job.fallback, "mode": job.mode,
                 })
             case Ended(call=call):
                 self.hubs.close(call.id)
@@ -65,11 +66,11 @@ class WebhookSink:
                 })
             case TransferStepped(call=call, job=job, step=step) if step is not None \
                     and step.final:
-                kind = "succeeded" if step.status == SUCCEEDED else "failed"
+                kind = "succeeded" if step.status in (SUCCEEDED, CONNECTED) else "failed"
                 self._send(call, f"realtime.call.transfer.{kind}", {
                     "call_id": call.id, "transfer_id": job.id, "status": step.status,
                     "sip_status": step.sip_status, "reason": step.reason,
-                    "target_uri": job.machine.target,
+                    "target_uri": job.machine.target, "mode": job.mode,
                 })
             case _:
                 pass

@@ -19,7 +19,9 @@ from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.state import Control, State
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
+from sipbridge.calls.targets import SpecError, read_mode, read_timeouts, timers_for
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
+from sipbridge.calls.warm_runner import CONNECT_MODES
 from sipbridge.config import TRANSFER_FALLBACKS
 from sipbridge.realtime.schemas import FunctionTool, SessionConfig
 
@@ -102,9 +104,21 @@ async def refer(call_id: str, body: ReferBody, api: State) -> Response:
     ):
         raise ApiError(400, "sipbridge.headers must map header names to single-line "
                        "values.", param="sipbridge.headers", code="invalid_value")
+    try:
+        mode, brief = read_mode(options, "sipbridge")
+        timeouts = read_timeouts(options, "sipbridge")
+    except SpecError as exc:
+        raise ApiError(400, exc.message, param=exc.param, code="invalid_value") from None
+    connect = options.get("connect")
+    if connect is not None and (mode != "warm" or connect not in CONNECT_MODES):
+        raise ApiError(400, f"connect is for a warm transfer (mode \"warm\"), one of "
+                       f"{', '.join(repr(c) for c in CONNECT_MODES)}; not {connect!r}.",
+                       param="sipbridge.connect", code="invalid_value")
     with call_control(api.control) as calls:
+        timers = timers_for(calls.transfers.timers, timeouts) if timeouts else None
         calls.refer(call_id, body.target_uri, fallback=fallback,
-                    headers=list(extra.items()))
+                    headers=list(extra.items()), mode=mode, brief=brief, timers=timers,
+                    connect=connect)
     return Response(status_code=200)
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from sipbridge.audiostream import NegotiatedAudio
 from sipbridge.calls.transfer_machine import FAILED, REJECTED, TIMED_OUT, UNCONFIRMED, Transfer
+from sipbridge.calls.warm import WarmLeg, WarmTransfer
 from sipbridge.records import CallRecord, MediaFigures, TimelineEntry, TransferRecord, WebhookRecord
 from sipbridge.sip.address import Address
 
@@ -68,7 +69,7 @@ class TransferJob:
     """One transfer of a call: the REFER's state machine plus what the gateway did
     about it (the fallback), and the timer that bounds it."""
 
-    machine: Transfer
+    machine: Transfer | WarmTransfer
     fallback_mode: str
     headers: list[tuple[str, str]] = field(default_factory=list)
     fallback: dict[str, object] | None = None
@@ -76,6 +77,7 @@ class TransferJob:
     requested_by: str = "app"  # "app" (the API), "agent" (its transfer tool), "gateway"
     mode: str = "blind"  # "blind" (REFER) or "warm" (the gateway dials and briefs first)
     cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+    warm: WarmLeg | None = None  # a warm transfer's person side
 
     @property
     def id(self) -> str:

@@ -331,14 +331,29 @@ class CallManager:
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
               requested_by: str = "app", mode: str = "blind", brief: str | None = None,
-              timers: TransferTimers | None = None) -> TransferJob:
+              timers: TransferTimers | None = None, connect: str | None = None
+              ) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`TransferStepped`), never here.
-        `mode`, `brief`, `timers`: as `Transfers.refer`'s."""
+        `mode`, `brief`, `timers`, `connect`: as `Transfers.refer`'s."""
         with self.sip.command():
             return self.transfers.refer(call_id, target, fallback=fallback, headers=headers,
                                         requested_by=requested_by, mode=mode, brief=brief,
-                                        timers=timers)
+                                        timers=timers, connect=connect)
+
+    def warm_decision(self, call_id: str, transfer_id: str, connect: bool,
+                      reason: str) -> TransferJob:
+        """The briefing's decision on a warm transfer: connect the caller and the person,
+        or not (the caller is back with the agent). CallError when the transfer is not
+        briefing."""
+        with self.sip.command():
+            call = self.live(call_id, "decide a transfer of")
+            job = next((t for t in call.transfers if t.id == transfer_id), None)
+            if job is None or job.mode != "warm":
+                raise CallError("not_found", f"No warm transfer '{transfer_id}' on call "
+                                f"'{call_id}'.")
+            self.transfers.warm.decide(call, job, connect, reason)
+            return job
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sipbridge.calls.call import TransferJob
 from sipbridge.calls.transfer_machine import SUCCEEDED, Transfer
+from sipbridge.calls.warm import WarmTransfer
 
 TOOL_NAME = "transfer_call"
 
@@ -75,7 +76,7 @@ class ToolRun:
         return tool_output(None, self.problem)
 
 
-def in_progress_output(transfer: Transfer) -> str:
+def in_progress_output(transfer: Transfer | WarmTransfer) -> str:
     """The output for a call of the tool while `transfer` is under way: not a failure."""
     return json.dumps({
         "transfer_id": transfer.id, "status": IN_PROGRESS, "target": transfer.target,
@@ -85,7 +86,7 @@ def in_progress_output(transfer: Transfer) -> str:
     })
 
 
-def tool_output(transfer: Transfer | None, error: str = "") -> str:
+def tool_output(transfer: Transfer | WarmTransfer | None, error: str = "") -> str:
     """The function call's output for the model: the outcome, and what to do about it."""
     if transfer is None:
         return json.dumps({"status": "error", "error": error,

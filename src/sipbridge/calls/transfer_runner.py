@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
 from sipbridge.calls.events import CallEvents, Changed, TransferStepped, note
 from sipbridge.calls.sipids import SipCallIds
@@ -25,6 +27,8 @@ from sipbridge.calls.transfer_machine import (
     TransferStep,
     TransferTimers,
 )
+from sipbridge.calls.warm import WarmLeg, WarmTransfer
+from sipbridge.calls.warm_runner import WarmTransfers
 from sipbridge.media.engine import MediaEngine
 from sipbridge.media.ports import NoMediaPort
 from sipbridge.sip.driver import SipDriver
@@ -77,6 +81,8 @@ class TransferPolicy:
     default_fallback: str = "none"
     tel_uri: str | None = None
     trunk: Trunk | None = None
+    warm_connect: str = "auto"  # how a warm transfer connects: auto | replaces | bridge
+    hold_audio: np.ndarray | None = field(default=None, repr=False)  # 24 kHz; None: a tone
 
 
 class Transfers:
@@ -97,16 +103,18 @@ class Transfers:
         self.tel_uri = policy.tel_uri
         self.trunk = policy.trunk
         self._bridges: dict[str, tuple[Call, TransferJob, bytes]] = {}  # outbound leg ->
+        self.warm = WarmTransfers(self, connect=policy.warm_connect,
+                                  hold_audio=policy.hold_audio)
 
     def bridges(self, leg_id: str) -> bool:
-        """Whether `leg_id` is an outbound call of the bridge fallback."""
-        return leg_id in self._bridges
+        """Whether `leg_id` is an outbound call of the bridge fallback or a warm transfer."""
+        return leg_id in self._bridges or self.warm.owns(leg_id)
 
     def refer(self, call_id: str, target: str, *, fallback: str | None = None,
               headers: list[tuple[str, str]] | None = None,
               requested_by: str = "app", held: str | None = None,
               hold_for: float = 0.0, mode: str = "blind", brief: str | None = None,
-              timers: TransferTimers | None = None) -> TransferJob:
+              timers: TransferTimers | None = None, connect: str | None = None) -> TransferJob:
         """Send REFER in the call's dialog (RFC 3515) to hand the caller to `target`, and
         track it to an outcome: the result comes as steps (`TransferStepped`), never here.
         `requested_by`: "app" (the API), "agent" (the transfer tool) or "gateway".
@@ -114,11 +122,10 @@ class Transfers:
         its reason, until `send_held`, expected within `hold_for` seconds (the REFER
         timer counts after that). `timers`: this transfer's bounds (None: the policy's).
         `mode` "warm" with its `brief`: the gateway dials the target and the agent briefs
-        the person before the caller is connected."""
-        if mode != "blind":
+        the person before the caller is connected (`connect`: how, as `warm_connect`)."""
+        if mode not in ("blind", "warm"):
             raise CallError("conflict", f"Cannot refer call '{call_id}': mode {mode!r} is "
                             "not available.")
-        del brief  # a blind transfer has none
         call = self.calls.live(call_id, "refer")
         if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot refer call '{call_id}': it has not been "
@@ -131,6 +138,9 @@ class Transfers:
         now = self.sip.now()
         if requested_by == "app":
             self.events.emit(note(call, "api", action="refer", target_uri=target))
+        if mode == "warm":
+            return self._warm(call, target, brief, timers or self.timers, requested_by, held,
+                              hold_for, connect or self.warm.connect, now)
         mode = fallback or self._call_fallback(call)
         job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
                                    timers or self.timers, epoch=time.time() - now, reason=held,
@@ -143,6 +153,18 @@ class Transfers:
             self._send_refer(call, job)
         return job
 
+    def _warm(self, call: Call, target: str, brief: str | None, timers: TransferTimers,
+              requested_by: str, held: str | None, hold_for: float, connect: str,
+              now: float) -> TransferJob:
+        machine = WarmTransfer("xfer_" + secrets.token_hex(12), target, now, timers,
+                               epoch=time.time() - now, reason=held,
+                               hold=hold_for if held is not None else 0.0)
+        job = TransferJob(machine, "none", requested_by=requested_by, mode="warm",
+                          warm=WarmLeg(f"{call.id}:warm", brief, connect=connect))
+        call.transfers.append(job)
+        self.warm.begin(call, job, dial=held is None)
+        return job
+
     def send_held(self, call_id: str, job: TransferJob) -> bool:
         """Send the REFER of a transfer `refer` held; False (nothing sent) when the call or
         the transfer ended meanwhile."""
@@ -153,6 +175,9 @@ class Transfers:
         if call.state is not CallState.ACTIVE or job not in call.transfers \
                 or job.status != REQUESTED:
             return False
+        if job.mode == "warm":
+            self.warm.dial(call, job)
+            return not job.final
         try:
             self._send_refer(call, job)
         except KeyError:  # the dialog is ending (our BYE is out): the transfer with it
@@ -172,7 +197,7 @@ class Transfers:
             h.add(name, value)
         request = self.ua.send_request(call.leg_id, "REFER", now, headers=h)
         log.info("call %s: REFER to %s sent (%s)", call.id, refer_to, job.id)
-        self._steps(call, job, job.machine.sent(now, request.cseq.seq))
+        self._steps(call, job, blind(job).sent(now, request.cseq.seq))
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:
@@ -231,21 +256,25 @@ class Transfers:
 
     def _transfer_timer(self, call: Call, job: TransferJob) -> None:
         job.cancel_timer = None
-        self._steps(call, job, job.machine.handle_timer(self.sip.now()))
+        self._steps(call, job, blind(job).handle_timer(self.sip.now()))
 
     def refer_outcome(self, event: RequestOutcome, now: float) -> None:
         call = self.calls.by_leg.get(event.leg_id)
         if call is None:
             return
         cseq = event.request.cseq.seq
-        job = next((t for t in call.transfers if t.machine.refer_cseq == cseq), None)
+        job = next((t for t in call.transfers if self._refer_cseq(t) == cseq), None)
         if job is None:
             return
+        if job.mode == "warm":
+            self.warm.refer_outcome(call, job, event, now)
+            return
+        machine = blind(job)
         response = event.response
         if event.timed_out or response is None:
-            steps = job.machine.no_response(now)
+            steps = machine.no_response(now)
         else:
-            steps = job.machine.response(
+            steps = machine.response(
                 response.status, now, reason=response.reason,
                 refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
         self._steps(call, job, steps)
@@ -275,7 +304,7 @@ class Transfers:
         event_id = content.event_id
         if event_id is not None and event_id.isascii() and event_id.isdigit():
             # id= the REFER's CSeq (RFC 3515 2.4.6)
-            job = next((t for t in call.transfers if t.machine.refer_cseq == int(event_id)),
+            job = next((t for t in call.transfers if self._refer_cseq(t) == int(event_id)),
                        job)
         if content.warnings:
             detail = f"NOTIFY (CSeq {request.cseq.seq}) taken despite: " + "; ".join(
@@ -283,18 +312,29 @@ class Transfers:
             log.info("call %s: %s", call.id, detail)
             self.events.emit(note(call, "warning", transfer_id=job.id, detail=detail))
         self.ua.respond(leg_id, request, 200, now)
-        self._steps(call, job, job.machine.notify(content.frag, content.state, now,
-                                                  cseq=request.cseq.seq))
+        if job.mode == "warm":
+            self.warm.notify(call, job, content.frag, content.state, now, request.cseq.seq)
+            return True
+        self._steps(call, job, blind(job).notify(content.frag, content.state, now,
+                                                 cseq=request.cseq.seq))
         return True
+
+    def _refer_cseq(self, job: TransferJob) -> int | None:
+        if job.mode == "warm":
+            return self.warm.refer_cseq(job)
+        return blind(job).refer_cseq
 
     def end(self, call: Call, reason: EndReason, now: float) -> None:
         for job in call.transfers:
+            if job.mode == "warm":
+                self.warm.end(call, job, now)
+                continue
             if job.bridge_leg is not None:
                 self.ua.hangup(job.bridge_leg, now)
             if job.final:
                 continue
             if reason is EndReason.REMOTE_BYE and call.end_reason is None:
-                steps = job.machine.peer_bye(now)
+                steps = blind(job).peer_bye(now)
             else:
                 steps = job.machine.local_end(now, "the call ended during the transfer")
             self._steps(call, job, steps)
@@ -315,7 +355,7 @@ class Transfers:
     def _fallback_changed(self, call: Call, job: TransferJob) -> None:
         self.events.emit(TransferStepped(call, job, None))
 
-    def _sip_target(self, target: str) -> str:
+    def sip_target(self, target: str) -> str:
         if target.startswith("tel:"):
             number = target[4:].split(";")[0]
             if self.tel_uri is not None:
@@ -337,7 +377,7 @@ class Transfers:
         except NoMediaPort as exc:
             job.fallback = {"mode": "bridge", "status": "failed", "reason": str(exc)}
             return
-        target = self._sip_target(job.machine.target)
+        target = self.sip_target(job.machine.target)
         # An SRTP call's bridge leg is SRTP too, where its key travels over TLS.
         srtp = call.audio is not None and call.audio.srtp is not None
         srtp_key = new_srtp_key() if srtp and trunk.address.transport == "tls" else None
@@ -364,6 +404,9 @@ class Transfers:
                  job.status, target)
 
     def bridge_event(self, event: Event, now: float) -> None:
+        if self.warm.owns(event.leg_id):
+            self.warm.event(event, now)
+            return
         call, job, offer = self._bridges[event.leg_id]
         key = f"{call.id}:bridge"
         fallback = job.fallback if job.fallback is not None else {}
@@ -404,3 +447,9 @@ class Transfers:
                     self._fallback_changed(call, job)
             case _:
                 pass
+
+
+def blind(job: TransferJob) -> Transfer:
+    """A blind transfer's REFER machine."""
+    assert isinstance(job.machine, Transfer)
+    return job.machine
