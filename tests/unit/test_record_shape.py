@@ -68,9 +68,10 @@ def a_call() -> Call:
                            now=0.0, wall=lambda: T0, timeout=5.0, jitter=JitterBuffer())
     call.media = session.figures()
     session.endpoint.close()
-    job = TransferJob(Transfer("xfer_1", "tel:+15551230000", 5.0, epoch=T0), "announce")
-    job.machine.sent(5.0, 2)
-    job.machine.response(486, 6.0, reason="Busy Here")
+    machine = Transfer("xfer_1", "tel:+15551230000", 5.0, epoch=T0)
+    job = TransferJob(machine, "announce")
+    machine.sent(5.0, 2)
+    machine.response(486, 6.0, reason="Busy Here")
     job.fallback = {"mode": "announce", "status": "announced"}
     call.transfers.append(job)
     call.webhooks.append(WebhookDelivery("evt_1", "realtime.call.incoming", [

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 import numpy as np
 
-from sipbridge.calls.call import Call, CallError, CallState, TransferJob
-from sipbridge.calls.events import Changed, TransferStepped, note
+from sipbridge.calls.call import Call, CallError, CallState, TransferJob, Trunk
+from sipbridge.calls.events import CallEvents, Changed, TransferStepped, note
+from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.transfer_machine import SUCCEEDED, Transfer, TransferStep
 from sipbridge.calls.warm import (
     ANSWERED,
@@ -28,9 +29,11 @@ from sipbridge.calls.warm import (
     RETURNED,
     WarmTransfer,
 )
+from sipbridge.media.engine import MediaEngine
 from sipbridge.media.hold import HoldAudio, hold_tone
 from sipbridge.media.ports import NoMediaPort
 from sipbridge.sip.address import Address
+from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import (
     CallEnded,
@@ -47,23 +50,43 @@ from sipbridge.sip.sdp import build_offer, new_srtp_key, parse_sdp, read_answer
 from sipbridge.sip.subscription import SipFrag, SubscriptionState, refer_sub_disabled
 from sipbridge.sip.uri import SipUri, parse_uri
 
-if TYPE_CHECKING:
-    from sipbridge.calls.transfer_runner import Transfers
-
 log = logging.getLogger("sipbridge.calls")
 
 CONNECT_MODES = ("auto", "replaces", "bridge")
 PERSON_BYE_GRACE = 5.0  # s after a Replaces transfer before we BYE a person still on our leg
 
 
+class Registry(Protocol):
+    @property
+    def by_sip_id(self) -> SipCallIds:
+        """Calls by SIP Call-ID, for the trace (a person's call's is added)."""
+
+
+class Owner(Protocol):
+    """What warm transfers need of the transfers runner (`calls.transfer_runner`)."""
+
+    sip: SipDriver
+    events: CallEvents
+    media: MediaEngine
+    media_host: Callable[[str], str]
+    bind_host: str
+    trunk: Trunk | None
+
+    @property
+    def calls(self) -> Registry: ...
+
+    def sip_target(self, target: str) -> str:
+        """A tel: target as a SIP URI at the trunk."""
+
+
 class WarmTransfers:
     """The warm transfers of one registry's calls."""
 
-    def __init__(self, owner: Transfers, *, connect: str = "auto",
+    def __init__(self, owner: Owner, *, connect: str = "auto",
                  hold_audio: np.ndarray | None = None) -> None:
         self.owner = owner
         self.sip = owner.sip
-        self.ua = owner.ua
+        self.ua = owner.sip.ua
         self.events = owner.events
         self.media = owner.media
         self.connect = connect
