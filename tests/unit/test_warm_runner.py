@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 import pytest
+from fastapi.testclient import TestClient
 
+from sipbridge.api.app import create_app
 from sipbridge.calls.call import Call, CallError, CallState, TransferJob
 from sipbridge.calls.events import CallEvent, TransferStepped
 from sipbridge.calls.transfer_machine import TransferTimers
@@ -19,6 +21,7 @@ from sipbridge.sip.address import Address
 from sipbridge.sip.events import CallEnded, Event, IncomingCall
 from sipbridge.sip.message import Request, response_to
 from sipbridge.sip.ua import UaConfig, UserAgent
+from tests.unit.apifakes import Control, Store
 from tests.unit.callharness import OFFER, Harness, answered_app_call, notify
 
 PERSON = Address("udp", "127.0.0.1", 5070)
@@ -377,3 +380,78 @@ def test_hold_audio_keeps_the_playout_a_little_ahead(setup: tuple[Harness, Call,
 
 
 assert OFFER  # the caller's offer the harness sends
+
+
+# ---- the API: POST /v1/realtime/calls/{id}/refer with "sipbridge": {"mode": "warm"} -----
+
+
+def api(h: Harness) -> TestClient:
+    return TestClient(create_app(Control(calls=h.manager, store=Store()), []))
+
+
+def test_the_api_starts_a_warm_transfer_with_its_timeouts(setup: tuple[
+        Harness, Call, Person]) -> None:
+    h, call, person = setup
+    response = api(h).post(f"/v1/realtime/calls/{call.id}/refer", json={
+        "target_uri": TARGET, "sipbridge": {"mode": "warm", "brief": "Invoice 42",
+                                            "ring_timeout": 5, "brief_timeout": 7,
+                                            "connect": "bridge"}})
+    assert response.status_code == 200, response.text
+    (job,) = call.transfers
+    assert job.mode == "warm" and job.warm is not None and job.warm.brief == "Invoice 42"
+    assert job.warm.connect == "bridge" and job.machine.timers.ring_timeout == 5
+    assert job.machine.timers.brief_timeout == 7
+    assert job.status == "dialing"
+    h.advance(5)
+    assert job.status == "returned"
+    clean(h, person, call)
+
+
+def test_per_request_timeouts_apply_to_blind_transfers(setup: tuple[
+        Harness, Call, Person]) -> None:
+    h, call, _ = setup
+    response = api(h).post(f"/v1/realtime/calls/{call.id}/refer", json={
+        "target_uri": "tel:+14155550123", "sipbridge": {"refer_timeout": 2}})
+    assert response.status_code == 200, response.text
+    assert call.transfers[0].mode == "blind"
+    h.advance(2)
+    assert call.transfers[0].status == "timed_out"
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"mode": "attended"}, "sipbridge.mode"),
+    ({"mode": "warm", "brief": ""}, "sipbridge.brief"),
+    ({"brief": "hello"}, "sipbridge.brief"),  # blind
+    ({"mode": "warm", "ring_timeout": 0}, "sipbridge.ring_timeout"),
+    ({"mode": "warm", "brief_timeout": "soon"}, "sipbridge.brief_timeout"),
+    ({"mode": "warm", "refer_timeout": 1000}, "sipbridge.refer_timeout"),
+    ({"mode": "warm", "connect": "teleport"}, "sipbridge.connect"),
+    ({"connect": "bridge"}, "sipbridge.connect"),  # blind
+])
+def test_bad_warm_options_are_400_naming_the_parameter(
+        setup: tuple[Harness, Call, Person], options: dict[str, object], param: str) -> None:
+    h, call, person = setup
+    response = api(h).post(f"/v1/realtime/calls/{call.id}/refer",
+                           json={"target_uri": TARGET, "sipbridge": options})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert not call.transfers and not person.inbox and not h.manager.transfers.warm._legs
+
+
+def test_a_warm_transfer_on_a_busy_or_ringing_call_is_409(setup: tuple[
+        Harness, Call, Person]) -> None:
+    h, call, person = setup
+    client = api(h)
+    body = {"target_uri": TARGET, "sipbridge": {"mode": "warm"}}
+    assert client.post(f"/v1/realtime/calls/{call.id}/refer", json=body).status_code == 200
+    person.run()
+    invites = len(person.events)
+    response = client.post(f"/v1/realtime/calls/{call.id}/refer", json=body)
+    assert response.status_code == 409 and response.json()["error"]["type"]
+    person.run()
+    assert len(person.events) == invites and len(call.transfers) == 1  # nothing sent
+    h.manager.hangup(call.id)
+    response = client.post(f"/v1/realtime/calls/{call.id}/refer", json=body)
+    assert response.status_code == 409
+    clean(h, person, call)
