@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sipbridge.records import CallRecord, TransferRecord
 
-FAILING = {"failed", "rejected", "timed_out", "unconfirmed", "cancelled"}
+FAILING = {"failed", "rejected", "timed_out", "unconfirmed", "cancelled", "returned"}
 WIDTH = 44  # the arrow's width between two columns
 LANES = ("carrier", "sipbridge", "app", "model")  # app and model share the third column
 

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import pytest
 from fastapi.testclient import TestClient
 
+from sipbridge import trace
 from sipbridge.api.app import create_app
 from sipbridge.calls.call import Call, CallError, CallState, TransferJob
 from sipbridge.calls.events import CallEvent, TransferStepped
@@ -455,3 +456,31 @@ def test_a_warm_transfer_on_a_busy_or_ringing_call_is_409(setup: tuple[
     response = client.post(f"/v1/realtime/calls/{call.id}/refer", json=body)
     assert response.status_code == 409
     clean(h, person, call)
+
+
+def test_the_trace_shows_the_warm_steps_in_order(setup: tuple[Harness, Call, Person]) -> None:
+    h, call, person = setup
+    job = answered(h, call, person)
+    h.manager.warm_decision(call.id, job.id, False, "not today")
+    rows = [row for row in trace.steps(call.to_dict()) if row.kind == "transfer"]
+    assert [row.text.split()[1] for row in rows] == [
+        "requested", "dialing", "ringing", "answered", "briefing", "returned"]
+    assert rows[-1].text.endswith("(declined: not today)") and rows[-1].failing
+    assert not any(row.failing for row in rows[:-1])
+    # the person's call is on the ladder too: our INVITE, their 180 and 200, our BYE
+    lines = [row.text for row in trace.steps(call.to_dict()) if row.kind == "sip"]
+    assert any(line.startswith("INVITE sip:alex@") for line in lines)
+    assert any(line.startswith("BYE sip:") for line in lines)
+
+
+def test_a_person_that_never_responds(setup: tuple[Harness, Call, Person]) -> None:
+    h, call, person = setup
+    job = h.manager.refer(call.id, TARGET, mode="warm", timers=TIMERS)
+    person.inbox.clear()  # the INVITE is lost, and every retransmission
+    h.driver.wire = type("Lost", (), {"send": lambda *_: None, "drop": lambda *_: None})()
+    h.advance(20)
+    assert job.status == "returned" and (job.machine.reason or "").startswith("no_answer")
+    h.advance(40)  # the INVITE's transaction times out (Timer B): the leg is gone
+    assert not h.manager.transfers.warm._legs
+    assert h.ua.held["legs"] == 1  # the caller's
+    assert h.media.pool.in_use == 1
