@@ -179,3 +179,29 @@ def test_the_person_hangs_up_during_the_brief(
     assert statuses(record) == ["requested", "dialing", "ringing", "answered", "briefing",
                                 "returned"]
     assert record["transfers"][0]["reason"] == "hung_up: the person hung up during the brief"
+
+
+def test_a_caller_that_supports_replaces_is_referred_to_the_persons_call(
+    start_gateway: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    with (app_side(start_gateway, tmp_path, transfer_brief_timeout=1) as app,
+          Baresip(tmp_path / "person", user=NUMBER, answermode="auto") as person):
+        since = person.prepare(np.zeros(8000, np.int16), 20)
+        sipp = app.call("warm_replaces.xml")
+        call_id = app.incoming().data.call_id
+        app.client.realtime.calls.accept(call_id, type="realtime")
+        app.wait_for(call_id, lambda r: r["state"] == "active", "active")
+        refer_warm(app, call_id, f"sip:{NUMBER}@{person.address}")
+        record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended", timeout=15)
+        verdict = sipp.result(timeout=20)
+        # Nobody came with an INVITE with Replaces: the gateway ends the person's call.
+        person_call = person.answered(since, 10)
+    transfer = record["transfers"][0]
+    assert verdict.returncode == 0, verdict.output + verdict.errors
+    assert statuses(record) == ["requested", "dialing", "ringing", "answered", "briefing",
+                                "connecting", "connected"], transfer
+    assert (transfer["reason"], transfer["sip_status"]) == ("connected by replaces", 200)
+    assert record["end_reason"] == "transferred"
+    assert person_call.established and person_call.close_reason
+    replaces = [e["status"] for e in record["timeline"] if e["kind"] == "replaces"]
+    assert replaces == ["sent", "accepted", "succeeded"]
