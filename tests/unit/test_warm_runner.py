@@ -484,3 +484,26 @@ def test_a_person_that_never_responds(setup: tuple[Harness, Call, Person]) -> No
     assert not h.manager.transfers.warm._legs
     assert h.ua.held["legs"] == 1  # the caller's
     assert h.media.pool.in_use == 1
+
+
+def test_a_decision_taken_as_briefing_is_reported_connects(setup: tuple[
+        Harness, Call, Person]) -> None:
+    """An observer of the steps (no agent on the call) decides at `briefing` itself."""
+    h, call, person = setup
+
+    class NoAgent:
+        def observe(self, event: CallEvent) -> None:
+            if isinstance(event, TransferStepped) and event.step is not None \
+                    and event.step.status == "briefing":
+                h.manager.warm_decision(event.call.id, event.job.id, True,
+                                        "no agent to brief the person")
+
+    h.events.subscribe(NoAgent())
+    job = warm(h, call, person)
+    person.do("answer", SDP)
+    assert steps_of(h, job) == ["requested", "dialing", "answered", "briefing", "connecting",
+                                "connected"]
+    assert job.machine.steps[-2].reason == "no agent to brief the person"
+    assert job.cancel_timer is None  # nothing left to time
+    h.advance(100)
+    assert job.status == "connected" and call.state is CallState.ACTIVE

@@ -42,7 +42,9 @@ class SipDetails(_Described):
 class TransferStep(_Described):
     at: float = _when("when the transfer reached this status")
     status: str = Field(description="requested, sent, accepted, progress, succeeded, failed, "
-                        "rejected, timed_out, unconfirmed or cancelled.")
+                        "rejected, timed_out, unconfirmed or cancelled; a warm transfer: "
+                        "requested, dialing, ringing, answered, briefing, connecting, "
+                        "connected, returned or cancelled.")
     sip_status: int | None = Field(
         description="The last SIP status the carrier reported (REFER response or NOTIFY "
         "sipfrag).")

@@ -181,7 +181,7 @@ def _tone(transfer: TransferRecord) -> str:
     status = transfer.get("status")
     if status in FAILING:
         return "bad"
-    if status == "succeeded":
+    if status in ("succeeded", "connected"):
         return "good"
     return "pending" if not transfer.get("final") else "neutral"
 
