@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 from sipbridge.records import TransferState, TransferStepRecord
-from sipbridge.sip.message import REASONS
-from sipbridge.sip.subscription import SipFrag, SubscriptionState
+from sipbridge.sip.message import REASONS, Response
+from sipbridge.sip.subscription import SipFrag, SubscriptionState, refer_sub_disabled
 
 REQUESTED = "requested"
 SENT = "sent"
@@ -107,28 +107,68 @@ class TransferStep:
         }
 
 
-class Transfer:
+class Steps:
+    """What a transfer's state machines share: their steps, each a `_move`; their times
+    never run backwards; their record (`to_dict`, in Unix time)."""
+
+    __slots__ = ("_deadline", "epoch", "final", "id", "reason", "requested_at", "sip_status",
+                 "status", "steps", "target")
+    id: str
+    epoch: float
+    target: str
+    requested_at: float
+    status: str
+    sip_status: int | None
+    reason: str | None
+    final: bool
+    steps: list[TransferStep]
+    _deadline: float | None
+
+    @property
+    def deadline(self) -> float | None:
+        """When `handle_timer` must be called next; None once final."""
+        return None if self.final else self._deadline
+
+    def to_dict(self) -> TransferState:
+        """The transfer's record; its times (`requested_at`, steps' `at`) in Unix time."""
+        return {
+            "id": self.id,
+            "target_uri": self.target,
+            "status": self.status,
+            "final": self.final,
+            "sip_status": self.sip_status,
+            "reason": self.reason,
+            "requested_at": self.requested_at + self.epoch,
+            "steps": [step.to_dict(self.epoch) for step in self.steps],
+        }
+
+    def _clock(self, now: float) -> float:
+        return max(now, self.steps[-1].at)
+
+    def _move(
+        self, now: float, status: str, sip_status: int | None, reason: str | None,
+        final: bool = False,
+    ) -> TransferStep:
+        step = TransferStep(now, status, sip_status, reason, final)
+        self.status, self.sip_status, self.reason, self.final = status, sip_status, reason, final
+        self.steps.append(step)
+        if final:
+            self._deadline = None
+        return step
+
+
+class Transfer(Steps):
     """One transfer's state. Each event method returns the steps it caused (often none);
     once `final` is True nothing changes it. Times never run backwards: a `now` earlier than
     the last step counts as the last step's time."""
 
     __slots__ = (
         "_anchor",
-        "_deadline",
         "_last_progress",
         "_notify_cseqs",
         "_progress_codes",
-        "epoch",
-        "final",
-        "id",
         "notify_count",
-        "reason",
         "refer_cseq",
-        "requested_at",
-        "sip_status",
-        "status",
-        "steps",
-        "target",
         "timers",
     )
 
@@ -157,11 +197,6 @@ class Transfer:
         self._progress_codes: set[int] = set()
         self._notify_cseqs: set[int] = set()
 
-    @property
-    def deadline(self) -> float | None:
-        """When `handle_timer` must be called next; None once final."""
-        return None if self.final else self._deadline
-
     def sent(self, now: float, cseq: int) -> list[TransferStep]:
         """The REFER is on the wire: `refer_timeout` counts from now."""
         if self.status != REQUESTED:
@@ -189,6 +224,14 @@ class Transfer:
             return [self._move(now, ACCEPTED, status, NO_SUBSCRIPTION, final=True)]
         self._start_notify_timer(now, f"the {status}")
         return [self._move(now, ACCEPTED, status, phrase)]
+
+    def answered(self, response: Response | None, now: float) -> list[TransferStep]:
+        """The REFER's response as the UA reports it; None: its transaction timed out."""
+        if response is None:
+            return self.no_response(now)
+        return self.response(
+            response.status, now, reason=response.reason,
+            refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
 
     def no_response(self, now: float) -> list[TransferStep]:
         """The REFER's client transaction timed out (RFC 3261 17.1.2.2, Timer F)."""
@@ -274,24 +317,8 @@ class Transfer:
         )
         return [self._move(now, UNCONFIRMED, self.sip_status, reason, final=True)]
 
-    def to_dict(self) -> TransferState:
-        """The transfer's record; its times (`requested_at`, steps' `at`) in Unix time."""
-        return {
-            "id": self.id,
-            "target_uri": self.target,
-            "status": self.status,
-            "final": self.final,
-            "sip_status": self.sip_status,
-            "reason": self.reason,
-            "requested_at": self.requested_at + self.epoch,
-            "steps": [step.to_dict(self.epoch) for step in self.steps],
-        }
-
     def __repr__(self) -> str:
         return f"<Transfer {self.id} {self.status} sip_status={self.sip_status}>"
-
-    def _clock(self, now: float) -> float:
-        return max(now, self.steps[-1].at)
 
     def _start_notify_timer(self, now: float, anchor: str) -> None:
         self._deadline = now + self.timers.notify_timeout
@@ -303,16 +330,6 @@ class Transfer:
         code, phrase = self._last_progress
         return f"last: {code} {phrase}".rstrip()
 
-    def _move(
-        self, now: float, status: str, sip_status: int | None, reason: str | None,
-        final: bool = False,
-    ) -> TransferStep:
-        step = TransferStep(now, status, sip_status, reason, final)
-        self.status, self.sip_status, self.reason, self.final = status, sip_status, reason, final
-        self.steps.append(step)
-        if final:
-            self._deadline = None
-        return step
 
 
 def _phrase(status: int, reason: str) -> str:

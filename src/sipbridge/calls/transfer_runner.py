@@ -48,7 +48,6 @@ from sipbridge.sip.subscription import (
     BadEvent,
     SipFragError,
     read_refer_notify,
-    refer_sub_disabled,
 )
 
 log = logging.getLogger("sipbridge.calls")
@@ -269,15 +268,8 @@ class Transfers:
         if job.mode == "warm":
             self.warm.refer_outcome(call, job, event, now)
             return
-        machine = blind(job)
-        response = event.response
-        if event.timed_out or response is None:
-            steps = machine.no_response(now)
-        else:
-            steps = machine.response(
-                response.status, now, reason=response.reason,
-                refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
-        self._steps(call, job, steps)
+        self._steps(call, job, blind(job).answered(
+            None if event.timed_out else event.response, now))
 
     def notify(self, leg_id: str, request: Request, now: float) -> bool:
         """A NOTIFY in a call's dialog: the REFER's implicit subscription (RFC 3515 2.4.5).

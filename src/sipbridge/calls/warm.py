@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipbridge.calls.transfer_machine import DEFAULT_TIMERS, TransferStep, TransferTimers
-from sipbridge.records import TransferState
+from sipbridge.calls.transfer_machine import DEFAULT_TIMERS, Steps, TransferStep, TransferTimers
 from sipbridge.sip.message import REASONS
 
 REQUESTED = "requested"
@@ -55,13 +54,12 @@ class WarmLeg:
     connect: str = "auto"  # "auto", "replaces" or "bridge": how connecting is tried
 
 
-class WarmTransfer:
+class WarmTransfer(Steps):
     """One warm transfer's state. Each event method returns the steps it caused (often
     none); once `final` is True nothing changes it. A `now` earlier than the last step
     counts as the last step's time."""
 
-    __slots__ = ("_deadline", "epoch", "final", "id", "reason", "requested_at", "sip_status",
-                 "status", "steps", "target", "timers")
+    __slots__ = ("timers",)
 
     def __init__(
         self, transfer_id: str, target: str, now: float, timers: TransferTimers = DEFAULT_TIMERS,
@@ -79,11 +77,6 @@ class WarmTransfer:
         self.final = False
         self.steps: list[TransferStep] = [TransferStep(now, REQUESTED, None, reason, False)]
         self._deadline: float | None = now + max(0.0, hold) + timers.ring_timeout
-
-    @property
-    def deadline(self) -> float | None:
-        """When `handle_timer` must be called next; None once final."""
-        return None if self.final else self._deadline
 
     @property
     def connect_bound(self) -> float:
@@ -193,33 +186,8 @@ class WarmTransfer:
                                "answer: connecting")
         return self.fail(now, f"not connected within {self.connect_bound:g} s")
 
-    def to_dict(self) -> TransferState:
-        """The transfer's record; its times in Unix time."""
-        return {
-            "id": self.id,
-            "target_uri": self.target,
-            "status": self.status,
-            "final": self.final,
-            "sip_status": self.sip_status,
-            "reason": self.reason,
-            "requested_at": self.requested_at + self.epoch,
-            "steps": [step.to_dict(self.epoch) for step in self.steps],
-        }
-
     def __repr__(self) -> str:
         return f"<WarmTransfer {self.id} {self.status} sip_status={self.sip_status}>"
-
-    def _clock(self, now: float) -> float:
-        return max(now, self.steps[-1].at)
-
-    def _move(self, now: float, status: str, sip_status: int | None, reason: str | None,
-              final: bool = False) -> TransferStep:
-        step = TransferStep(now, status, sip_status, reason, final)
-        self.status, self.sip_status, self.reason, self.final = status, sip_status, reason, final
-        self.steps.append(step)
-        if final:
-            self._deadline = None
-        return step
 
 
 def _phrase(status: int, reason: str = "") -> str:

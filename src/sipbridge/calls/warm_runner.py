@@ -47,7 +47,7 @@ from sipbridge.sip.events import (
 )
 from sipbridge.sip.message import Headers
 from sipbridge.sip.sdp import build_offer, new_srtp_key, parse_sdp, read_answer
-from sipbridge.sip.subscription import SipFrag, SubscriptionState, refer_sub_disabled
+from sipbridge.sip.subscription import SipFrag, SubscriptionState
 from sipbridge.sip.uri import SipUri, parse_uri
 
 log = logging.getLogger("sipbridge.calls")
@@ -288,14 +288,8 @@ class WarmTransfers:
         refer = self._refers.get(job.id)
         if refer is None:
             return
-        response = event.response
-        if event.timed_out or response is None:
-            steps = refer.no_response(now)
-        else:
-            steps = refer.response(
-                response.status, now, reason=response.reason,
-                refer_sub=not refer_sub_disabled(response.headers.get("Refer-Sub")))
-        self._refer_steps(call, job, steps)
+        self._refer_steps(call, job, refer.answered(
+            None if event.timed_out else event.response, now))
 
     def notify(self, call: Call, job: TransferJob, frag: SipFrag | None,
                state: SubscriptionState | None, now: float, cseq: int) -> None:
