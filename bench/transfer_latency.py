@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,28 @@ def sipp_times(log: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def serve_calls(sink: WebhookSink, client: openai.OpenAI, handle: Callable[[str], None],
+                args: argparse.Namespace, sipp: subprocess.Popen[bytes]) -> None:
+    """The application: each `realtime.call.incoming` webhook to `handle` (on a pool of
+    `args.concurrency * 2` threads) until `args.calls` came, SIPp ended, or time ran out;
+    returns when every `handle` returned."""
+    pool = ThreadPoolExecutor(max_workers=args.concurrency * 2)
+    seen = 0
+    deadline = time.monotonic() + args.calls * 2 + 60
+    while seen < args.calls and time.monotonic() < deadline:
+        try:
+            body, headers = sink.next(timeout=5)
+        except Exception:  # noqa: BLE001 (queue.Empty: keep waiting until the deadline)
+            if sipp.poll() is not None:
+                break
+            continue
+        event = client.webhooks.unwrap(body, headers)
+        if event.type == "realtime.call.incoming":
+            seen += 1
+            pool.submit(handle, event.data.call_id)
+    pool.shutdown(wait=True)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     sink = WebhookSink()
     server = start_sipbridge(
@@ -137,21 +160,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
          "-l", str(args.concurrency), "-nostdin", "-timeout", f"{args.calls * 2 + 60}s",
          "-timeout_error", "-trace_msg", "-message_file", str(sipp_dir / "messages.log")],
         cwd=sipp_dir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    pool = ThreadPoolExecutor(max_workers=args.concurrency * 2)
-    seen = 0
-    deadline = time.monotonic() + args.calls * 2 + 60
-    while seen < args.calls and time.monotonic() < deadline:
-        try:
-            body, headers = sink.next(timeout=5)
-        except Exception:  # noqa: BLE001 (queue.Empty: keep waiting until the deadline)
-            if sipp.poll() is not None:
-                break
-            continue
-        event = client.webhooks.unwrap(body, headers)
-        if event.type == "realtime.call.incoming":
-            seen += 1
-            pool.submit(handle, event.data.call_id)
-    pool.shutdown(wait=True)
+    serve_calls(sink, client, handle, args, sipp)
     sipp_rc = sipp.wait(60)
     stop(server.proc)
     sink.close()

@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sip_cps import LOOPBACK, free_port, start_sipbridge, stop, workdir
-from transfer_latency import percentile
+from transfer_latency import percentile, serve_calls
 
 from tests.integration.appside import KEY, SECRET, WebhookSink
 from tests.integration.sipp import SCENARIOS, sipp_command
@@ -120,21 +119,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
          "-r", str(args.rate), "-l", str(args.concurrency), "-nostdin",
          "-timeout", f"{args.calls * 2 + 60}s", "-timeout_error"],
         cwd=caller_dir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    pool = ThreadPoolExecutor(max_workers=args.concurrency * 2)
-    seen = 0
-    deadline = time.monotonic() + args.calls * 2 + 60
-    while seen < args.calls and time.monotonic() < deadline:
-        try:
-            body, headers = sink.next(timeout=5)
-        except Exception:  # noqa: BLE001 (queue.Empty: keep waiting until the deadline)
-            if caller.poll() is not None:
-                break
-            continue
-        event = client.webhooks.unwrap(body, headers)
-        if event.type == "realtime.call.incoming":
-            seen += 1
-            pool.submit(handle, event.data.call_id)
-    pool.shutdown(wait=True)
+    serve_calls(sink, client, handle, args, caller)
     caller_rc = caller.wait(60)
     person.terminate()
     person.wait(10)
