@@ -142,6 +142,16 @@ class Steps:
             "steps": [step.to_dict(self.epoch) for step in self.steps],
         }
 
+    def local_end(self, now: float, reason: str) -> list[TransferStep]:
+        """We (or the caller's leg) ended the call before an outcome: cancelled."""
+        if self.final:
+            return []
+        return [self._move(self._clock(now), CANCELLED, self.sip_status, reason, final=True)]
+
+    def cancel(self, now: float, reason: str) -> list[TransferStep]:
+        """API-driven cancellation; same as `local_end`."""
+        return self.local_end(now, reason)
+
     def _clock(self, now: float) -> float:
         return max(now, self.steps[-1].at)
 
@@ -289,16 +299,6 @@ class Transfer(Steps):
         if self.timers.bye_after_accept == SUCCEEDED:
             return [self._move(now, SUCCEEDED, self.sip_status, PEER_ENDED_AS_SUCCESS, True)]
         return [self._move(now, UNCONFIRMED, self.sip_status, PEER_ENDED, final=True)]
-
-    def local_end(self, now: float, reason: str) -> list[TransferStep]:
-        """We (or the caller's leg) ended the call before an outcome: cancelled."""
-        if self.final:
-            return []
-        return [self._move(self._clock(now), CANCELLED, self.sip_status, reason, final=True)]
-
-    def cancel(self, now: float, reason: str) -> list[TransferStep]:
-        """API-driven cancellation; same as `local_end`."""
-        return self.local_end(now, reason)
 
     def handle_timer(self, now: float) -> list[TransferStep]:
         """Fire the running timer if it is due; a no-op otherwise."""

@@ -158,16 +158,6 @@ class WarmTransfer(Steps):
         return [self._move(self._clock(now), RETURNED, self.sip_status, f"failed: {detail}",
                            final=True)]
 
-    def local_end(self, now: float, reason: str) -> list[TransferStep]:
-        """The call ended (the caller hung up, or we did) before an outcome: cancelled."""
-        if self.final:
-            return []
-        return [self._move(self._clock(now), CANCELLED, self.sip_status, reason, final=True)]
-
-    def cancel(self, now: float, reason: str) -> list[TransferStep]:
-        """API-driven cancellation; same as `local_end`."""
-        return self.local_end(now, reason)
-
     def handle_timer(self, now: float) -> list[TransferStep]:
         """Fire the running timer if it is due; a no-op otherwise."""
         deadline = self.deadline
