@@ -55,6 +55,12 @@ def statuses(record: dict[str, Any]) -> list[str]:
     return [s["status"] for s in record["transfers"][0]["steps"]]
 
 
+def transfer_webhook(app: App) -> dict[str, Any]:
+    """The next webhook (signature checked with the SDK) as a dict."""
+    hook = app.webhook()
+    return hook if isinstance(hook, dict) else hook.model_dump()  # type: ignore[no-any-return]
+
+
 def refer_warm(app: App, call_id: str, target: str, **options: Any) -> None:
     app.client.realtime.calls.refer(call_id, target_uri=target, extra_body={
         "sipbridge": {"mode": "warm", "brief": "A caller about an invoice", **options}})
@@ -93,7 +99,10 @@ def test_the_person_answers_and_after_the_brief_caller_and_person_talk(
             connected = app.wait_for(call_id, lambda r: r["transfers"][0]["final"],
                                      "the warm transfer's outcome", timeout=15)
             caller_call = finished(thread, result)
+            webhook = transfer_webhook(app)
         person_call = person.answered(since, 20)
+        assert webhook["type"] == "realtime.call.transfer.succeeded", webhook
+        assert (webhook["data"]["status"], webhook["data"]["mode"]) == ("connected", "warm")
         record = app.wait_for(call_id, lambda r: r["state"] == "ended", "ended")
     transfer = connected["transfers"][0]
     assert transfer["mode"] == "warm"
@@ -154,6 +163,9 @@ def test_the_person_is_busy(
                               "the warm transfer's outcome", timeout=10)
         assert record["state"] == "active"
         finished(thread, result)
+        webhook = transfer_webhook(app)
+    assert webhook["type"] == "realtime.call.transfer.failed", webhook
+    assert webhook["data"]["reason"] == "busy: 486 Busy Here"
     transfer = record["transfers"][0]
     assert statuses(record) == ["requested", "dialing", "returned"]
     assert (transfer["sip_status"], transfer["reason"]) == (486, "busy: 486 Busy Here")
