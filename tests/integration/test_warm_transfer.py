@@ -217,3 +217,22 @@ def test_a_caller_that_supports_replaces_is_referred_to_the_persons_call(
     assert person_call.established and person_call.close_reason
     replaces = [e["status"] for e in record["timeline"] if e["kind"] == "replaces"]
     assert replaces == ["sent", "accepted", "succeeded"]
+
+
+def test_a_person_answering_an_unusable_sdp_is_hung_up_and_the_caller_returns(
+    start_gateway: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    with (app_side(start_gateway, tmp_path) as app,
+          SippUas(tmp_path / "garbage", "uas_bad_sdp.xml", rtp_echo=False) as garbage,
+          Baresip(app.tmp / "caller") as caller):
+        call_id, thread, result = caller_answered(app, caller, np.zeros(8000, np.int16), 4)
+        refer_warm(app, call_id, f"sip:{NUMBER}@{garbage.address}")
+        record = app.wait_for(call_id, lambda r: r["transfers"][0]["final"],
+                              "the warm transfer's outcome", timeout=10)
+        assert record["state"] == "active"
+        # SIPp got our ACK and our BYE, and answered it: the person's call is over.
+        assert garbage.wait(10) == 0, garbage.output()
+        finished(thread, result)
+    transfer = record["transfers"][0]
+    assert statuses(record) == ["requested", "dialing", "returned"]
+    assert transfer["reason"].startswith("failed: bad SDP answer"), transfer
