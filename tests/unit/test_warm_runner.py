@@ -507,3 +507,24 @@ def test_a_decision_taken_as_briefing_is_reported_connects(setup: tuple[
     assert job.cancel_timer is None  # nothing left to time
     h.advance(100)
     assert job.status == "connected" and call.state is CallState.ACTIVE
+
+
+@pytest.mark.parametrize("bye_after_accept", ["unconfirmed", "succeeded"])
+def test_the_caller_hanging_up_after_accepting_replaces_leaves_the_person_to_it(
+        setup: tuple[Harness, Call, Person], bye_after_accept: str) -> None:
+    h, call, person = setup
+    job, refer = replaces_call(setup)
+    job.machine.timers = TransferTimers(4, 10, bye_after_accept, 20, 30)
+    h.send(response_to(refer, 202).to_bytes())
+    h.send(f"BYE sip:sipbridge@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5062;"
+           f"branch=z9hG4bKbye\nFrom: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0."
+           f"1>;tag={h.sent[-1].to.tag}\nCall-ID: call-1\nCSeq: 9 BYE\n"
+           f"Max-Forwards: 70\nContent-Length: 0\n\n")
+    person.run()
+    assert call.state is CallState.ENDED
+    assert job.status == ("connected" if bye_after_accept == "succeeded" else "cancelled")
+    assert not any(isinstance(e, CallEnded) for e in person.events)  # left to be replaced
+    h.advance(PERSON_BYE_GRACE + 0.1)
+    person.run()
+    assert any(isinstance(e, CallEnded) for e in person.events)  # then ended by us
+    clean(h, person, call)

@@ -320,14 +320,20 @@ class WarmTransfers:
             if call.state is not CallState.ENDED:
                 call.end_reason = "transferred"
                 self.ua.hangup(call.leg_id, now)  # the caller talks with the person now
-            leg_id = job.warm.leg_id
-            if leg_id is not None and leg_id in self._legs:
-                self._graces[leg_id] = self.sip.schedule(
-                    PERSON_BYE_GRACE, lambda: self._grace_over(leg_id))
+            self._leave_person(job)
         else:
             log.info("call %s: REFER with Replaces %s (%s); bridging instead", call.id,
                      refer.status, refer.reason)
             self._bridge(call, job)
+
+    def _leave_person(self, job: TransferJob) -> None:
+        """The caller's UA takes the person's call over (INVITE with Replaces), and the
+        person's UA then ends ours; if it has not within PERSON_BYE_GRACE, we do."""
+        assert job.warm is not None
+        leg_id = job.warm.leg_id
+        if leg_id is not None and leg_id in self._legs and leg_id not in self._graces:
+            self._graces[leg_id] = self.sip.schedule(
+                PERSON_BYE_GRACE, lambda: self._grace_over(leg_id))
 
     def _grace_over(self, leg_id: str) -> None:
         self._graces.pop(leg_id, None)
@@ -341,7 +347,22 @@ class WarmTransfers:
         (a bridged one too; after a Replaces transfer the person's UA ends it)."""
         machine = self.machine(job)
         assert job.warm is not None
-        if not machine.final:
+        refer = self._refers.get(job.id)
+        if refer is not None and refer.status in ("accepted", "progress") and not refer.final:
+            # The caller accepted the REFER with Replaces, then hung up: its UA may be
+            # calling the person, so the person's call is left to be replaced. As for a
+            # blind transfer, `bye_after_accept` says whether this counts as success.
+            del self._refers[job.id]
+            self._leave_person(job)
+            if machine.timers.bye_after_accept == SUCCEEDED:
+                self._remove_hold(job)
+                job.warm.how = "replaces"
+                self._steps(call, job, machine.connected(
+                    now, "replaces", refer.sip_status))
+                return
+            self._steps(call, job, machine.local_end(
+                now, "the caller hung up after accepting the REFER with Replaces"))
+        elif not machine.final:
             self._steps(call, job, machine.local_end(now, "the caller's call ended"))
         elif job.warm.how == "bridge" and job.warm.leg_id in self._legs:
             self.ua.hangup(job.warm.leg_id, now)
@@ -389,7 +410,7 @@ class WarmTransfers:
         assert job.warm is not None
         self._refers.pop(job.id, None)
         leg_id = job.warm.leg_id
-        if leg_id is not None and leg_id in self._legs:
+        if leg_id is not None and leg_id in self._legs and leg_id not in self._graces:
             self.ua.hangup(leg_id, self.sip.now())
         self.media.stop(job.warm.media_key)
 
