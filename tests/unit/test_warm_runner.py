@@ -113,7 +113,8 @@ def clean(h: Harness, person: Person, call: Call) -> None:
     person.run()
     assert f"{call.id}:warm" not in h.media.sessions
     assert f"{call.id}:warm" not in h.media._pending
-    assert not h.manager.transfers.warm._legs
+    warm = h.manager.transfers.warm
+    assert not warm._legs and not warm._holds and not warm._refers and not warm._graces
     caller = h.media.sessions.get(call.id)
     assert caller is None or not isinstance(caller.on_audio, HoldAudio)
 

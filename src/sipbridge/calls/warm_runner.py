@@ -375,7 +375,7 @@ class WarmTransfers:
             log.info("call %s: warm transfer %s %s%s%s", call.id, job.id, step.status,
                      f" {step.sip_status}" if step.sip_status else "",
                      f" ({step.reason})" if step.reason else "")
-            if step.status in (RETURNED, CONNECTED):
+            if step.final:
                 self._remove_hold(job)  # before the step: the agent takes the caller back
             if step.status in (RETURNED, CANCELLED):
                 self._drop_person(job)
