@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from sipbridge import trace
 from sipbridge.api.app import create_app
-from sipbridge.calls.call import Call, CallError, CallState, TransferJob
+from sipbridge.calls.call import Call, CallError, CallState, TransferJob, Trunk
 from sipbridge.calls.events import CallEvent, TransferStepped
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.warm_runner import PERSON_BYE_GRACE, supports_replaces
@@ -528,4 +528,25 @@ def test_the_caller_hanging_up_after_accepting_replaces_leaves_the_person_to_it(
     h.advance(PERSON_BYE_GRACE + 0.1)
     person.run()
     assert any(isinstance(e, CallEnded) for e in person.events)  # then ended by us
+    clean(h, person, call)
+
+
+def test_tel_and_sip_targets_go_through_the_trunk_when_there_is_one(setup: tuple[
+        Harness, Call, Person]) -> None:
+    h, call, person = setup
+    h.manager.transfers.trunk = Trunk(PERSON, "sip:+15559870000@trunk.example.com",
+                                      "trunk.example.com")
+    job = h.manager.refer(call.id, "tel:+14155550123;phone-context=x", mode="warm")
+    person.run()
+    invite = next(e for e in person.events if isinstance(e, IncomingCall)).request
+    assert str(invite.uri) == "sip:+14155550123@trunk.example.com"
+    assert invite.from_.uri.host == "trunk.example.com"
+    assert job.status == "dialing"
+    person.do("reject", 603)
+    assert (job.machine.reason or "").startswith("declined:")
+    job = h.manager.refer(call.id, "sip:alex@pbx.example.com", mode="warm")
+    person.run()
+    invites = [e.request for e in person.events if isinstance(e, IncomingCall)]
+    assert str(invites[-1].uri) == "sip:alex@pbx.example.com"  # by the trunk: no lookup
+    person.do("reject", 486)
     clean(h, person, call)
