@@ -4,7 +4,9 @@ leg, no dialog and no RTP port left."""
 
 from __future__ import annotations
 
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -16,6 +18,7 @@ from sipbridge.calls.call import Call, CallError, CallState, TransferJob, Trunk
 from sipbridge.calls.events import CallEvent, TransferStepped
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.warm_runner import PERSON_BYE_GRACE, supports_replaces
+from sipbridge.config import ConfigError, load_config
 from sipbridge.media.hold import HoldAudio, hold_tone
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address
@@ -550,3 +553,28 @@ def test_tel_and_sip_targets_go_through_the_trunk_when_there_is_one(setup: tuple
     assert str(invites[-1].uri) == "sip:alex@pbx.example.com"  # by the trunk: no lookup
     person.do("reject", 486)
     clean(h, person, call)
+
+
+def test_hold_audio_and_warm_connect_config(tmp_path: Path) -> None:
+    good = tmp_path / "hold.wav"
+    with wave.open(str(good), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x01" * 800)
+    config = load_config(None, transfer_hold_audio=str(good), transfer_warm_connect="bridge")
+    assert config.transfer_hold_audio == good and config.transfer_warm_connect == "bridge"
+    coarse = tmp_path / "coarse.wav"
+    with wave.open(str(coarse), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * 800)
+    for path, says in ((tmp_path / "missing.wav", "cannot read"),
+                       (coarse, "16-bit PCM WAV"), (tmp_path, "cannot read")):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, transfer_hold_audio=str(path))
+        assert "transfer_hold_audio" in str(info.value) and says in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, transfer_warm_connect="teleport")
+    assert "transfer_warm_connect" in str(info.value)
