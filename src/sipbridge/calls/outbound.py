@@ -16,19 +16,20 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sipbridge.calls.call import Call, CallError, CallState, Trunk
-from sipbridge.calls.events import MediaStarted, note
+from sipbridge.calls.events import CallEvents, MediaStarted, note
+from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.trunks import Trunks
+from sipbridge.media.engine import MediaEngine
 from sipbridge.media.ports import NoMediaPort
+from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import CallEnded, Event, OutgoingAnswered, OutgoingProgress
 from sipbridge.sip.sdp import build_offer, parse_sdp, read_answer
+from sipbridge.sip.ua import UserAgent
 from sipbridge.sip.uri import parse_uri
-
-if TYPE_CHECKING:
-    from sipbridge.calls.manager import CallManager
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -39,6 +40,26 @@ OUTCOMES = (ANSWERED, BUSY, NO_ANSWER, REJECTED, FAILED, CANCELLED)
 BUSY_CODES = (486, 600)
 NO_ANSWER_CODES = (408, 480)
 TRANSPORT_ERROR = "Service Unavailable ("  # the UA's stand-in 503 for a transport error
+
+
+class CallRegistry(Protocol):
+    """What outbound calls need of the call registry (`calls.manager.CallManager`)."""
+
+    sip: SipDriver
+    ua: UserAgent
+    media: MediaEngine
+    media_host: Callable[[str], str]
+    bind_host: str
+    events: CallEvents
+    calls: dict[str, Call]
+    by_leg: dict[str, Call]
+    by_sip_id: SipCallIds
+
+    def note_api(self, call: Call, action: str, **details: object) -> None: ...
+    def changed(self, call: Call) -> None: ...
+    def _dtmf(self, call: Call, digit: str, duration_ms: int) -> None: ...
+    def _media_timeout(self, call: Call, reason: str) -> None: ...
+    def _forget(self, call: Call, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +143,7 @@ def from_uri(trunk: Trunk, override: str | None) -> str:
 class Outbound:
     """The outbound calls of one registry, until each is answered or ends."""
 
-    def __init__(self, manager: CallManager, policy: OutboundPolicy) -> None:
+    def __init__(self, manager: CallRegistry, policy: OutboundPolicy) -> None:
         self.manager = manager
         self.policy = policy
         self.trunks = policy.trunks
