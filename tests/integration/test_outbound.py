@@ -1,23 +1,26 @@
 """Outbound calls placed through the gateway's API, with SIPp as the trunk: busy (486),
 no answer (180 forever: our CANCEL at ring_timeout, which SIPp sees), a trunk that asks
 for digest credentials (401, then 200), and a trunk answering an unusable SDP (failed,
-and the leg ended with BYE); and `sipbridge call` against the gateway process."""
+and the leg ended with BYE); `sipbridge call` against the gateway process; and baresip
+as the callee, hearing the built-in agent's greeting."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.integration.callrecords import wait_record
 from tests.integration.gateway import Gateway
-from tests.integration.peers import SippUas
+from tests.integration.peers import PHONE_RATE, Baresip, SippUas, xcorr_delay
 
 pytestmark = [
     pytest.mark.integration,
@@ -149,3 +152,38 @@ def test_sipbridge_call_cli(start_gateway: Callable[..., Gateway], tmp_path: Pat
          f"127.0.0.1:{gw.http_port}", "--api-key", KEY],
         capture_output=True, text=True, timeout=30)
     assert refused.returncode == 1 and "sipbridge.to" in refused.stderr, refused.stderr
+
+
+@pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
+                    reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)")
+def test_the_callee_hears_the_built_in_agents_greeting(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """baresip answers the gateway's call and records what it hears: the built-in agent's
+    greeting, the same audio as the agent channel of the gateway's stereo recording."""
+    pytest.importorskip("sipbridge.localmodel.server")
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    with Baresip(tmp_path / "callee", user="callee", answermode="auto") as callee:
+        since = callee.prepare(np.zeros(PHONE_RATE, np.int16), 8)
+        gw = start_gateway(api_key=[KEY], trunk={"address": callee.address},
+                           recordings=str(recordings))
+        call = place(gw, to=f"sip:callee@{callee.address}")
+        base = f"http://127.0.0.1:{gw.http_port}/v1"
+        wait_record(base, KEY, call["id"], lambda r: r["outbound"]["status"] == "answered",
+                    "answered", 15)
+        heard = callee.answered(since, 20)  # its 8 s played, baresip hangs up
+        record = wait_record(base, KEY, call["id"], lambda r: r["state"] == "ended",
+                             "ended", 10)
+    assert heard.established, heard
+    [wav] = recordings.glob("*.wav")
+    with wave.open(str(wav), "rb") as w:
+        rate = w.getframerate()
+        agent = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)[:, 1]
+    assert rate == heard.rate == PHONE_RATE
+    assert np.count_nonzero(np.abs(agent) > 500) > PHONE_RATE  # a second of speech at least
+    score, delay = xcorr_delay(agent, heard.received, rate)
+    assert score > 0.9, (score, delay)  # what the callee heard is the agent's greeting
+    agent_said = [e for e in record["timeline"] if e["kind"] == "transcript"
+                  and e.get("role") == "agent"]
+    assert record["direction"] == "outbound" and agent_said, [
+        e["kind"] for e in record["timeline"]]
