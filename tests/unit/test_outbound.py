@@ -4,13 +4,19 @@ or transaction is left and the RTP port is back in the pool."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from sipbridge.api.callevents import SidebandSink, WebhookSink
 from sipbridge.calls.call import Call, CallError, CallState, Trunk
 from sipbridge.calls.events import CallEvent, MediaStarted, Noted
 from sipbridge.calls.outbound import Outbound, OutboundLimit, OutboundPolicy, from_uri
+from sipbridge.calls.sinks import MetricsSink
 from sipbridge.calls.trunks import Trunks, trunk_from_registration
 from sipbridge.config import RegistrationConfig
+from sipbridge.metrics import Metrics
+from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.sip.address import Address
 from sipbridge.sip.message import Request, response_to
 from tests.unit.callharness import Harness
@@ -297,3 +303,39 @@ def test_a_registration_is_a_trunk() -> None:
     assert trunk.name == "acme" and trunk.address == Address("udp", "127.0.0.1", 5099)
     assert trunk.from_uri == "sip:+15551234@acme.example"
     assert trunk.credentials == ("+15551234", "pw") and trunk.domain == "acme.example"
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, event: dict[str, Any], on_attempt: object = None) -> object:
+        self.sent.append(event)
+        return object()
+
+
+class Hubs(SidebandHubs):
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, call_id: str, event: dict[str, Any]) -> None:
+        self.published.append(event)
+
+
+def test_each_change_is_a_sideband_event_the_outcome_a_webhook_and_a_metric() -> None:
+    h, _ = harness()
+    sender, hubs, metrics = Sender(), Hubs(), Metrics(lambda: 0)
+    h.events.subscribe(SidebandSink(hubs))
+    h.events.subscribe(WebhookSink(sender, h.events, metrics))  # type: ignore[arg-type]
+    h.events.subscribe(MetricsSink(metrics))
+    call, invite = place(h)
+    answer(h, invite, 180)
+    answer(h, invite, 486)
+    updates = [e for e in hubs.published if e["type"] == "call.outbound.updated"]
+    assert [(e["status"], e["final"]) for e in updates] == [
+        ("dialing", False), ("ringing", False), ("busy", True)]
+    assert updates[-1]["sip_status"] == 486 and updates[-1]["call_id"] == call.id
+    assert [e["type"] for e in sender.sent] == ["realtime.call.outbound.busy"]
+    assert sender.sent[0]["data"]["call_id"] == call.id
+    assert metrics.outbound.labels("busy")._value.get() == 1
