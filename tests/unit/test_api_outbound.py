@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
+from sipbridge.calls.trunks import Trunks
 from sipbridge.metrics import Metrics
 from tests.unit.apifakes import Control, Store
 from tests.unit.callharness import Harness
@@ -108,3 +109,11 @@ def test_delete_unknown_call_is_404() -> None:
     c, _ = client()
     r = c.delete("/v1/realtime/calls/rtc_nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_no_trunk_configured_is_a_400_on_the_trunk() -> None:
+    c, h = client()
+    h.manager.outbound.trunks = Trunks()
+    r = post(c, to="tel:+1555")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "sipbridge.trunk"
+    assert "No default trunk" in r.json()["error"]["message"] and h.requests == []

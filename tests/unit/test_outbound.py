@@ -4,6 +4,7 @@ or transaction is left and the RTP port is back in the pool."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from sipbridge.calls.events import CallEvent, MediaStarted, Noted
 from sipbridge.calls.outbound import Outbound, OutboundLimit, OutboundPolicy, from_uri
 from sipbridge.calls.sinks import MetricsSink
 from sipbridge.calls.trunks import Trunks, trunk_from_registration
-from sipbridge.config import RegistrationConfig
+from sipbridge.config import ConfigError, RegistrationConfig, load_config
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.sip.address import Address
@@ -339,3 +340,34 @@ def test_each_change_is_a_sideband_event_the_outcome_a_webhook_and_a_metric() ->
     assert [e["type"] for e in sender.sent] == ["realtime.call.outbound.busy"]
     assert sender.sent[0]["data"]["call_id"] == call.id
     assert metrics.outbound.labels("busy")._value.get() == 1
+
+
+def test_trunks_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "sipbridge.toml"
+    path.write_text(
+        '[trunk]\naddress = "127.0.0.1:5070"\nfrom_uri = "sip:+15550001@carrier.example"\n'
+        'pai = "<tel:+15550001>"\n\n'
+        '[trunks.backup]\naddress = "127.0.0.1:5080"\ntransport = "tcp"\ndtmf = "info"\n'
+        'username = "u"\npassword = "p"\nheaders = { X-Account = "42" }\n\n'
+        '[[registration]]\nname = "acme"\nregistrar = "127.0.0.1:5099"\n'
+        'aor = "sip:+15551234@acme.example"\npassword = "pw"\n')
+    config = load_config(path)
+    trunks = Trunks.from_config(config)
+    assert sorted(trunks) == ["acme", "backup", "default"]
+    assert trunks.default is not None and trunks.default.pai == "<tel:+15550001>"
+    backup = trunks["backup"]
+    assert backup.address == Address("tcp", "127.0.0.1", 5080) and backup.dtmf == "info"
+    assert backup.headers == (("X-Account", "42"),) and backup.credentials == ("u", "p")
+    assert trunks["acme"].from_uri == "sip:+15551234@acme.example"
+    assert config.outbound_max_calls == 50 and config.outbound_calls_per_second == 10
+    assert config.outbound_ring_timeout == 30
+
+
+@pytest.mark.parametrize("table", [
+    'dtmf = "tones"', 'headers = { "Bad Name" = "x" }', 'headers = { X-A = "a\\r\\nB: c" }',
+])
+def test_a_bad_trunk_is_a_config_error(tmp_path: Path, table: str) -> None:
+    path = tmp_path / "sipbridge.toml"
+    path.write_text(f'[trunks.bad]\naddress = "127.0.0.1:5070"\n{table}\n')
+    with pytest.raises(ConfigError):
+        load_config(path)
