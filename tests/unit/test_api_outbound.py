@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
+from sipbridge.api.callevents import SidebandSink
 from sipbridge.calls.trunks import Trunks
 from sipbridge.metrics import Metrics
 from tests.unit.apifakes import Control, Store
@@ -117,3 +118,22 @@ def test_no_trunk_configured_is_a_400_on_the_trunk() -> None:
     r = post(c, to="tel:+1555")
     assert r.status_code == 400 and r.json()["error"]["param"] == "sipbridge.trunk"
     assert "No default trunk" in r.json()["error"]["message"] and h.requests == []
+
+
+def test_the_sideband_is_open_from_the_start_and_hangup_cancels_a_ringing_call() -> None:
+    h, _ = harness()
+    control = Control(calls=h.manager, store=Store(), metrics=Metrics(lambda: 0))
+    h.events.subscribe(SidebandSink(control.sideband))  # as the gateway does
+    c = TestClient(create_app(control, []))
+    record = post(c, to="tel:+14155550123").json()
+    assert record["id"] in control.sideband.sessions  # the sideband takes clients now
+    answer(h, h.requests[-1], 183)
+    assert c.post(f"/v1/realtime/calls/{record['id']}/hangup").status_code == 200
+    cancel = h.requests[-1]
+    assert cancel.method == "CANCEL"
+    answer(h, cancel, 200)
+    invite = next(r for r in h.requests if r.method == "INVITE")
+    answer(h, invite, 487)
+    got = c.get(f"/v1/realtime/calls/{record['id']}").json()
+    assert got["state"] == "ended" and got["outbound"]["status"] == "cancelled"
+    assert record["id"] not in control.sideband.sessions  # let go at the end
