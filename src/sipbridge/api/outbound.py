@@ -20,6 +20,7 @@ from sipbridge.api.calls import (
 from sipbridge.api.errors import ApiError
 from sipbridge.api.schemas import refer_target_problem
 from sipbridge.api.state import State
+from sipbridge.calls.call import CallError
 from sipbridge.calls.outbound import OutboundLimit
 from sipbridge.realtime.schemas import SessionConfig
 
@@ -107,6 +108,11 @@ async def place(config: SessionConfig, api: State) -> JSONResponse:
             call = calls.place(to, session, options,
                                created=lambda call: api.control.sideband.open(call, config),
                                **how)
+        except CallError as exc:
+            if exc.kind != "invalid":
+                raise
+            raise ApiError(400, exc.message, param="sipbridge.to",
+                           code="invalid_value") from None
         except OutboundLimit as exc:
             error = ApiError(exc.status, exc.message,
                              type="rate_limit_error" if exc.status == 429 else "server_error",

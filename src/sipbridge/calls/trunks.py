@@ -4,7 +4,7 @@ credentials, its AOR as From)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from sipbridge.calls.call import Trunk
 from sipbridge.config import Config, RegistrationConfig, TrunkConfig
@@ -60,7 +60,7 @@ class Trunks(Mapping[str, Trunk]):
     def __getitem__(self, name: str) -> Trunk:
         return self._by_name[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)
 
     def __len__(self) -> int:
