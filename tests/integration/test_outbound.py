@@ -187,3 +187,31 @@ def test_the_callee_hears_the_built_in_agents_greeting(
                   and e.get("role") == "agent"]
     assert record["direction"] == "outbound" and agent_said, [
         e["kind"] for e in record["timeline"]]
+
+
+def test_early_media_flows_before_the_answer(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A 183 with SDP starts the call's media: two seconds of RTP both ways (SIPp echoes
+    ours) before the 200, on the recording; the 200's SDP takes over the same session."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    with SippUas(tmp_path / "uas", "uas_early_media.xml") as uas:
+        gw = gateway(start_gateway, uas, recordings=str(recordings))
+        call = place(gw, to="tel:+14155550123")
+        base = f"http://127.0.0.1:{gw.http_port}/v1"
+        ringing = wait_record(base, KEY, call["id"],
+                              lambda r: r["outbound"]["status"] == "ringing", "ringing", 5)
+        assert ringing["sip"]["codec"] == "PCMU"  # the 183's answer is in use already
+        answered = wait_record(base, KEY, call["id"],
+                               lambda r: r["outbound"]["status"] == "answered", "answered", 5)
+        early = answered["media"]["packets_in"]
+        httpx.delete(f"{base}/realtime/calls/{call['id']}",
+                     headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+        record = wait_record(base, KEY, call["id"], lambda r: r["state"] == "ended",
+                             "ended", 10)
+        assert uas.wait(5) == 0, uas.output()
+    assert early >= 50, answered["media"]  # a second or more of it before the answer
+    [wav] = recordings.glob("*.wav")
+    with wave.open(str(wav), "rb") as w:
+        assert w.getnframes() / w.getframerate() >= 1.5  # the early media is recorded
+    assert record["media"]["packets_in"] >= early
