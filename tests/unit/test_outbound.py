@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from sipbridge.agent.bridge import AgentBridge
+from sipbridge.agent.lifecycle import Agents
 from sipbridge.api.callevents import SidebandSink, WebhookSink
 from sipbridge.calls.call import Call, CallError, CallState, Trunk
 from sipbridge.calls.events import CallEvent, MediaStarted, Noted
@@ -371,3 +373,30 @@ def test_a_bad_trunk_is_a_config_error(tmp_path: Path, table: str) -> None:
     path.write_text(f'[trunks.bad]\naddress = "127.0.0.1:5070"\n{table}\n')
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+@pytest.mark.parametrize(("options", "greet"), [({}, True), ({"greet": False}, False)])
+def test_the_agent_joins_an_answered_call_with_its_session_and_greets_unless_told(
+        monkeypatch: pytest.MonkeyPatch, options: dict[str, object], greet: bool) -> None:
+    monkeypatch.setattr(AgentBridge, "start", lambda self: None)
+    h, _ = harness()
+    config = load_config(store="off", http="off", auto_answer="agent")
+    agents = Agents(config, "ws://127.0.0.1:9/v1/realtime", h.manager, h.events,
+                    SidebandHubs(), Metrics(lambda: 0), h.media, None)
+    h.events.subscribe(agents)
+    call = h.manager.place("tel:+14155550123", {"type": "realtime", "instructions": "Hi."},
+                           options)
+    answer(h, h.requests[-1], 200, ANSWER)
+    bridge = agents.bridges[call.id]
+    assert bridge.greet is greet
+    assert call.session == {"type": "realtime", "instructions": "Hi."}  # not the default's
+
+
+def test_an_answered_outbound_call_can_be_transferred() -> None:
+    h, _ = harness()
+    call, invite = place(h)
+    answer(h, invite, 200, ANSWER)
+    job = h.manager.refer(call.id, "tel:+14155550100")
+    refer = h.requests[-1]
+    assert refer.method == "REFER" and refer.call_id == invite.call_id
+    assert refer.headers.get("Refer-To") == "<tel:+14155550100>" and job.status == "sent"
