@@ -22,11 +22,12 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("call", help="place an outbound call through a running gateway "
                        "(its HTTP API) and follow it to its outcome")
     p.add_argument("to", help="the tel: or sip: URI to call, e.g. tel:+14155550123")
-    p.add_argument("--from", dest="from_", help="our From: a number, a user or a URI "
+    p.add_argument("--from", dest="from_", metavar="URI",
+                   help="our From: a number, a user or a URI "
                    "(default: the trunk's from_uri)")
-    p.add_argument("--trunk", help="the trunk to dial through (default: [trunk])")
-    p.add_argument("--instructions", help="the agent's instructions for this call")
-    p.add_argument("--ring-timeout", dest="ring_timeout", type=float,
+    p.add_argument("--trunk", metavar="NAME", help="the trunk to dial through (default: [trunk])")
+    p.add_argument("--instructions", metavar="TEXT", help="the agent's instructions for this call")
+    p.add_argument("--ring-timeout", dest="ring_timeout", type=float, metavar="S",
                    help="seconds it may ring (default: the gateway's outbound_ring_timeout)")
     p.add_argument("--no-greet", dest="greet", action="store_false",
                    help="the agent waits for the callee to speak first")
