@@ -31,7 +31,9 @@ KEY = "sk-outbound-test"
 
 
 def gateway(start: Callable[..., Gateway], uas: SippUas, **config: Any) -> Gateway:
-    return start(api_key=[KEY], agent_url="", trunk={"address": uas.address},
+    return start(api_key=[KEY], agent_url="",
+                 trunk={"address": uas.address, "pai": "<tel:+15550001>",
+                        "headers": {"X-Account": "42"}},
                  trunks={"secure": {"address": uas.address, "username": "trunkuser",
                                     "password": "trunkpass",
                                     "from_uri": "sip:+15550001@trunk.test"}},
@@ -69,6 +71,8 @@ def test_busy(start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
         assert call["outbound"]["status"] == "dialing" and call["direction"] == "outbound"
         record = outcome(gw, call["id"], "busy")
         assert uas.wait(5) == 0, uas.output()
+    invite = (tmp_path / "uas" / "messages.log").read_text()
+    assert "P-Asserted-Identity: <tel:+15550001>" in invite and "X-Account: 42" in invite
     assert record["outbound"]["sip_status"] == 486 and record["end_reason"] == "busy"
     steps = [e["status"] for e in record["timeline"] if e["kind"] == "outbound"]
     assert steps == ["dialing", "busy"], steps
