@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sipbridge import logs
+from sipbridge import callcli, logs
 from sipbridge.config import ConfigError, load_config, parse_host_port
 from sipbridge.gateway import Gateway
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HOST:PORT of the gateway's HTTP API (default 127.0.0.1:8080)")
     status.add_argument("--api-key", dest="api_key", default=os.environ.get("SIPBRIDGE_API_KEY"),
                         help="an API key of the gateway (env SIPBRIDGE_API_KEY)")
+    callcli.add_parser(sub)
     demo = sub.add_parser("demo", help="a real call to the agent, transferred to a human")
     demo.add_argument("--dir", help="where the store, recordings and phone logs go "
                       "(default: a new directory under /tmp)")
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args)
     if args.command == "status":
         return status(args)
+    if args.command == "call":
+        return callcli.run(args)
     return 2
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 import wave
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -97,6 +98,18 @@ class TrunkConfig(BaseModel):
     password: str | None = None
     from_uri: str = "sip:sipbridge@localhost"  # our From in outbound calls
     domain: str | None = None  # tel: targets become sip:NUMBER@domain (default: the address)
+    pai: str | None = None  # P-Asserted-Identity on outbound INVITEs, e.g. "<tel:+1415...>"
+    dtmf: str = Field("rfc4733", pattern="^(rfc4733|info)$")  # how outbound calls send DTMF
+    headers: dict[str, str] = Field(default_factory=dict)  # extra headers on every INVITE
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9!%*_+`'~.-]{1,64}", name) \
+                    or re.search(r"[\x00-\x1f\x7f]", text):
+                raise ValueError(f"header {name!r}: a token name and a single-line value")
+        return value
 
     @field_validator("address")
     @classmethod
@@ -271,6 +284,12 @@ class Config(BaseSettings):
     # transfer_refer_timeout counts from when it is sent.
     transfer_speech_wait: float = Field(5.0, ge=0, le=30)
     trunk: TrunkConfig | None = None
+    # Named trunks ([trunks.NAME] tables) that outbound calls may name; a [[registration]]
+    # name is a trunk too (its registrar, its credentials, its AOR as From).
+    trunks: dict[str, TrunkConfig] = Field(default_factory=dict)
+    outbound_max_calls: int = Field(50, ge=1)  # outbound calls at once; more: HTTP 429
+    outbound_calls_per_second: float = Field(10.0, gt=0)  # placed per second (token bucket)
+    outbound_ring_timeout: float = Field(30.0, gt=0, le=600)  # default ring time, seconds
     overload: OverloadConfig = Field(default_factory=lambda: OverloadConfig())
     # Registrations to providers ([[registration]] tables), each kept up while we run.
     registration: list[RegistrationConfig] = Field(default_factory=list)

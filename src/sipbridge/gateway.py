@@ -20,9 +20,11 @@ from sipbridge.api.webhooks import WebhookSender
 from sipbridge.calls.call import Trunk
 from sipbridge.calls.events import CallEvents
 from sipbridge.calls.manager import AnswerPolicy, CallManager
+from sipbridge.calls.outbound import OutboundPolicy
 from sipbridge.calls.sinks import MetricsSink, StoreSink
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy
+from sipbridge.calls.trunks import Trunks
 from sipbridge.config import Config, RegistrationConfig
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine, load_wav
@@ -156,7 +158,8 @@ class Gateway:
                 self._purging = asyncio.create_task(
                     self._purge_every(self.store, c.store_purge_interval))
         # The model and the API first: once SIP answers, everything answers.
-        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url):
+        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url
+                                       or self._outbound_possible()):
             await self._start_local_model()
         if c.http != "off":
             host, port = c.http_bind
@@ -260,6 +263,8 @@ class Gateway:
                 c.transfer_fallback, c.transfer_tel_uri, self._trunk(),
                 c.transfer_warm_connect,
                 load_wav(c.transfer_hold_audio) if c.transfer_hold_audio else None),
+            outbound=OutboundPolicy(Trunks.from_config(c), c.outbound_max_calls,
+                                    c.outbound_calls_per_second, c.outbound_ring_timeout),
         )
         self.agents = Agents(c, self.agent_url, calls, self.events, self.sideband,
                              self.metrics, self.media, self.loop)
@@ -402,6 +407,11 @@ class Gateway:
         for call in self.calls.calls.values() if self.calls is not None else ():
             if call.media_live is not None:
                 yield call.id, call.media_live()
+
+    def _outbound_possible(self) -> bool:
+        """Whether the API may place outbound calls: it is on, and there is a trunk."""
+        c = self.config
+        return c.http != "off" and bool(c.trunk or c.trunks or c.registration)
 
     def _trunk(self) -> Trunk | None:
         t = self.config.trunk

@@ -95,6 +95,8 @@ class Metrics:
                                registry=r)
         self.transfers = Counter("sipbridge_transfers", "Transfer outcomes, by status",
                                  ["status"], registry=r)
+        self.outbound = Counter("sipbridge_outbound_calls", "Outbound calls, by outcome",
+                                ["outcome"], registry=r)
         self.webhook_failures = Counter("sipbridge_webhook_failures",
                                         "Webhook attempts that failed, by event type",
                                         ["type"], registry=r)

@@ -113,4 +113,6 @@ class CallRecord(TypedDict):
     transfers: list[TransferRecord]
     recording: str | None
     webhooks: list[WebhookRecord]
+    direction: str  # "inbound" or "outbound"
+    outbound: dict[str, object] | None  # an outbound call's status
     timeline: NotRequired[list[TimelineEntry]]

@@ -33,7 +33,7 @@ def sample_call() -> CallRecord:
                        "final": True, "sip_status": 486, "reason": "Busy Here",
                        "requested_at": T0 + 2.0, "steps": [], "fallback": None,
                        "requested_by": "app", "mode": "blind"}],
-        "recording": None, "webhooks": [],
+        "recording": None, "webhooks": [], "direction": "inbound", "outbound": None,
         "timeline": [
             sip(0.001, "in", "INVITE sip:service@127.0.0.1:5060 SIP/2.0", INVITE),
             sip(0.002, "out", "SIP/2.0 100 Trying"),

@@ -82,7 +82,7 @@ class Agents:
 
     def _start(self, call: Call, media: MediaSession) -> None:
         """An answered call that is not echoed or played to: it talks with the agent."""
-        if self.config.auto_answer == "agent":
+        if self.config.auto_answer == "agent" and call.direction == "inbound":
             targets = {"human": self.config.transfer_to} if self.config.transfer_to else {}
             call.options = {"transfer_targets": targets} if targets else {}
             config = SessionConfig(type="realtime")
@@ -95,7 +95,9 @@ class Agents:
             return
         bridge = AgentBridge(
             call.id, self.url, dict(call.session), media,
-            api_key=self.config.agent_api_key, greet=self.config.auto_answer == "agent",
+            api_key=self.config.agent_api_key,
+            greet=(self.config.auto_answer == "agent" if call.direction == "inbound"
+                   else call.options.get("greet", True) is not False),
             on_event=lambda event: self._event(call, event),
             on_function_call=lambda name, tool_call, args: self.tool(
                 call, name, tool_call, args),

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sipbridge.api import calls, prometheus, registrations, sideband
+from sipbridge.api import calls, outbound, prometheus, registrations, sideband
 from sipbridge.api.auth import require_key
 from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.dashboard import mount_dashboard
@@ -53,6 +53,7 @@ def create_app(control: Control, api_keys: list[str], *, open_metrics: bool = Fa
     app.exception_handler(RequestValidationError)(_invalid)
     app.exception_handler(StarletteHTTPException)(_http_error)
     app.include_router(calls.router)
+    app.include_router(outbound.router)
     app.include_router(prometheus.router)
     app.include_router(registrations.router)
     app.include_router(sideband.router)

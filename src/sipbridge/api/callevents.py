@@ -13,6 +13,7 @@ from sipbridge.calls.events import (
     CallEvents,
     Ended,
     Incoming,
+    Noted,
     TransferStepped,
     note,
 )
@@ -39,6 +40,13 @@ class SidebandSink:
                     "final": machine.final, "sip_status": machine.sip_status,
                     "reason": machine.reason, "target_uri": machine.target,
                     "fallback": job.fallback, "mode": job.mode,
+                })
+            case Noted(call=call, entry={"kind": "outbound", **entry}):
+                self.hubs.publish(call.id, {
+                    "type": "call.outbound.updated",
+                    "event_id": "event_" + secrets.token_hex(12), "call_id": call.id,
+                    "status": entry.get("status"), "final": entry.get("final"),
+                    "sip_status": entry.get("sip_status"), "reason": entry.get("reason"),
                 })
             case Ended(call=call):
                 self.hubs.close(call.id)
@@ -71,6 +79,12 @@ class WebhookSink:
                     "call_id": call.id, "transfer_id": job.id, "status": step.status,
                     "sip_status": step.sip_status, "reason": step.reason,
                     "target_uri": job.machine.target, "mode": job.mode,
+                })
+            case Noted(call=call, entry={"kind": "outbound", "final": True, **entry}):
+                self._send(call, f"realtime.call.outbound.{entry.get('status')}", {
+                    "call_id": call.id, "status": entry.get("status"),
+                    "sip_status": entry.get("sip_status"), "reason": entry.get("reason"),
+                    "to": call.callee, "from": call.caller,
                 })
             case _:
                 pass

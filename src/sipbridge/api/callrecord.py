@@ -121,6 +121,12 @@ class CallSummary(_Described):
     recording: str | None = Field(description="The path of the call's WAV, when recorded.")
     media: dict[str, Any] | None = Field(description=MEDIA_FIGURES)
     webhooks: list[WebhookDelivery] = Field(description="The call's webhook deliveries.")
+    direction: str = Field("inbound", description="inbound, or outbound: placed by the "
+                           "gateway (POST /v1/realtime/calls).")
+    outbound: dict[str, Any] | None = Field(None, description=(
+        "An outbound call's progress: status (dialing, ringing, answered, busy, no_answer, "
+        "rejected, failed, cancelled), sip_status, reason, trunk, to; null for inbound "
+        "calls."))
 
 
 class CallRecord(CallSummary):

@@ -62,6 +62,10 @@ class Trunk:
     from_uri: str
     domain: str
     credentials: tuple[str, str] | None = None
+    name: str = "default"
+    pai: str | None = None  # P-Asserted-Identity sent on its INVITEs
+    dtmf: str = "rfc4733"  # how its calls send DTMF: "rfc4733" or "info"
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers on every INVITE
 
 
 @dataclass(slots=True)
@@ -130,6 +134,9 @@ class Call:
     media: MediaFigures | None = None  # the media figures at the call's end
     # While media runs: its figures now (packets, loss, jitter, STUN, drops).
     media_live: Callable[[], MediaFigures] | None = field(default=None, repr=False)
+    direction: str = "inbound"  # "outbound": placed by the gateway (POST /v1/realtime/calls)
+    outbound: dict[str, object] | None = None  # an outbound call's status, sip_status, reason
+    dtmf_method: str = "rfc4733"  # how DTMF is sent on the call: "rfc4733" or "info"
 
     def to_dict(self, *, timeline: bool = True) -> CallRecord:
         """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
@@ -150,6 +157,8 @@ class Call:
             "transfers": [t.to_dict() for t in self.transfers],
             "recording": self.recording,
             "webhooks": [w.to_dict() for w in self.webhooks],
+            "direction": self.direction,
+            "outbound": dict(self.outbound) if self.outbound is not None else None,
         }
         if timeline:
             record["timeline"] = list(self.timeline)

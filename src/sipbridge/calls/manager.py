@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from sipbridge.calls.events import (
     MediaStarted,
     note,
 )
+from sipbridge.calls.outbound import Outbound, OutboundPolicy
 from sipbridge.calls.sipids import SipCallIds, SipTrace
 from sipbridge.calls.tool import ToolRun
 from sipbridge.calls.transfer_machine import TransferTimers
@@ -96,6 +98,7 @@ class CallManager:
         media_host: Callable[[str], str],
         bind_host: str,
         transfers: TransferPolicy | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.sip = sip
         self.ua = sip.ua
@@ -122,10 +125,13 @@ class CallManager:
         self.by_sip_id = SipCallIds(sip.now, linger=timers.b + timers.t4, limit=RECENT_CALLS)
         self.sip_trace = SipTrace(self.by_sip_id, events)
         self.ended = 0
+        self.outbound = Outbound(self, outbound or OutboundPolicy())
         sip.attach(self)
 
     def handle(self, event: Event) -> None:
         now = self.sip.now()
+        if self.outbound.handles(event, now):
+            return
         if self.transfers.bridges(event.leg_id):
             self.transfers.bridge_event(event, now)
             return
@@ -322,8 +328,9 @@ class CallManager:
             call = self.live(call_id, "hang up")
             call.end_reason = "hangup"
             self.note_api(call, "hangup")
-            if call.state is CallState.RINGING:
+            if call.state is CallState.RINGING and call.direction == "inbound":
                 call.final_status = 480
+            self.outbound.cancelling(call)
             ua.hangup(call.leg_id, self.sip.now())
             log.info("call %s hung up by the application", call.id)
             return call
@@ -369,6 +376,12 @@ class CallManager:
         """Send a held transfer's REFER; False when the call or the transfer ended first."""
         with self.sip.command():
             return self.transfers.send_held(call_id, job)
+
+    def place(self, to: str, session: dict[str, object], options: dict[str, object],
+              **how: Any) -> Call:
+        """Place an outbound call (`calls.outbound.Outbound.place`): the call, dialing."""
+        with self.sip.command():
+            return self.outbound.place(to, session, options, **how)
 
     def changed(self, call: Call) -> None:
         self.events.emit(Changed(call))
@@ -470,6 +483,7 @@ class CallManager:
                 self.per_source[host] = left
             else:
                 self.per_source.pop(host, None)
+        self.outbound.ended(call)
         self.by_sip_id.ended(call)  # what is sent and received after the end is traced too
         self.ended += 1
         self.changed(call)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sipbridge.calls.call import Call
-from sipbridge.calls.events import CallEvent, Changed, Ended, TransferStepped
+from sipbridge.calls.events import CallEvent, Changed, Ended, Noted, TransferStepped
 from sipbridge.metrics import Metrics
 
 if TYPE_CHECKING:  # the store loads when one is opened
@@ -57,6 +57,8 @@ class MetricsSink:
                 self._ended(call)
             case TransferStepped(step=step) if step is not None and step.final:
                 self.metrics.transfers.labels(step.status).inc()
+            case Noted(entry={"kind": "outbound", "final": True, "status": str(outcome)}):
+                self.metrics.outbound.labels(outcome).inc()
             case _:
                 pass
 
