@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
-from sipbridge.media.codecs import G711, AudioCodec, open_codec
-from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
+from sipbridge.media.codecs import FRAME_MS, G711, AudioCodec, open_codec
+from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver, DtmfSender
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import SO_TIMESTAMPNS, Endpoint
 from sipbridge.media.recorder import Recorder
@@ -129,6 +129,7 @@ class MediaSession:
         self.rx = ReceptionStats()
         self.dtmf = DtmfReceiver()
         self.digits: list[DtmfDigit] = []
+        self._dtmf_out: DtmfSender | None = None  # digits being sent; None: none queued
         self._to_call: dict[int, Resampler] = {}  # from a rate played at to `rate`
         self._out = bytearray()  # agent audio at `rate`, int16, waiting to be sent
         self._codec_format: object = None
@@ -459,8 +460,31 @@ class MediaSession:
     def queued_ms(self) -> int:
         return len(self._out) // 2 * 1000 // self.codec.rate
 
+    def send_dtmf(self, digits: str, *, duration_ms: int = 100, gap_ms: int = 100,
+                  on_done: Callable[[], None] | None = None) -> None:
+        """Queue digits to go as RFC 4733 telephone-events in this stream, in place of
+        voice while each plays (queued voice waits); `on_done` once the last is out.
+        ValueError for bad digits or durations, or when no telephone-event was
+        negotiated (nothing is queued then)."""
+        if self.audio.telephone_event_pt is None:
+            raise ValueError("the call negotiated no telephone-event (RFC 4733)")
+        sender = self._dtmf_out
+        if sender is None:
+            sender = DtmfSender(self.codec.clock_rate, FRAME_MS)
+        sender.queue(digits, duration_ms=duration_ms, gap_ms=gap_ms, on_done=on_done)
+        self._dtmf_out = sender
+
     def _send_frame(self) -> np.ndarray | None:
-        """Send the next 20 ms of agent audio, or silence; RTP time moves on either way."""
+        """Send the next 20 ms of agent audio, or silence; RTP time moves on either way.
+        While a digit plays, its telephone-event packet goes instead (`send_dtmf`)."""
+        sender = self._dtmf_out
+        if sender is not None:  # the only cost to a tick while no digits are queued
+            event = sender.tick(self._ts)
+            if event is not None:
+                self._send_event(*event)
+                return None
+            if sender.idle:
+                self._dtmf_out = None
         out: np.ndarray | None = None
         size = self._frame * 2
         if len(self._out) >= size:
@@ -475,21 +499,36 @@ class MediaSession:
             marker = False
             self._talking = False
         if self.sending and self._peer_known:
-            data = build_rtp(self.codec.payload_type, self._seq, self._ts, self._ssrc,
-                             payload, marker)
-            if self.srtp is not None:
-                data = self.srtp.protect(data)
-            try:
-                self.endpoint.rtp.sendto(data, self._remote)
-                self.stats.packets_out += 1
-                self._octets += len(payload)
-            except (BlockingIOError, InterruptedError):
-                self.dropped["send_blocked"] += 1
-            except OSError:
-                self.dropped["send_error"] += 1
-            self._seq = (self._seq + 1) & 0xFFFF
+            self._transmit(self.codec.payload_type, self._ts, payload, marker)
         self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
         return out
+
+    def _send_event(self, timestamp: int, marker: bool, payload: bytes,
+                    on_done: Callable[[], None] | None) -> None:
+        """One telephone-event packet in this tick's place (RFC 4733 2.5.1): the stream's
+        SSRC and sequence numbers, the event's own timestamp; RTP time moves on."""
+        pt = self.audio.telephone_event_pt
+        if pt is not None and self.sending and self._peer_known:
+            self._transmit(pt, timestamp, payload, marker)
+        self._talking = False  # voice after the digit starts a new talkspurt
+        self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
+        if on_done is not None:
+            on_done()
+
+    def _transmit(self, pt: int, timestamp: int, payload: bytes, marker: bool) -> None:
+        """One RTP packet to the peer (SRTP-protected on an SRTP call)."""
+        data = build_rtp(pt, self._seq, timestamp, self._ssrc, payload, marker)
+        if self.srtp is not None:
+            data = self.srtp.protect(data)
+        try:
+            self.endpoint.rtp.sendto(data, self._remote)
+            self.stats.packets_out += 1
+            self._octets += len(payload)
+        except (BlockingIOError, InterruptedError):
+            self.dropped["send_blocked"] += 1
+        except OSError:
+            self.dropped["send_error"] += 1
+        self._seq = (self._seq + 1) & 0xFFFF
 
     def _send_rtcp(self, now: float) -> None:
         """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""
