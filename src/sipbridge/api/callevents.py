@@ -11,6 +11,7 @@ from sipbridge.calls.call import Call
 from sipbridge.calls.events import (
     CallEvent,
     CallEvents,
+    DtmfSending,
     Ended,
     Incoming,
     TransferStepped,
@@ -38,6 +39,14 @@ class SidebandSink:
                     "final": machine.final, "sip_status": machine.sip_status,
                     "reason": machine.reason, "target_uri": machine.target,
                     "fallback": job.fallback,
+                })
+            case DtmfSending(call=call, send=send):
+                self.hubs.publish(call.id, {
+                    "type": "call.dtmf.updated",
+                    "event_id": "event_" + secrets.token_hex(12),
+                    "call_id": call.id, "dtmf_id": send.id, "digits": send.digits,
+                    "method": send.method, "status": send.status, "reason": send.reason,
+                    "sent": send.sent,
                 })
             case Ended(call=call):
                 self.hubs.close(call.id)

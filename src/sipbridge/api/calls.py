@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, Response
 from sipbridge.api.calllookup import call_error, manager
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.errors import ApiError
-from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
+from sipbridge.api.schemas import DtmfBody, ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.state import Control, State
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
@@ -106,6 +106,19 @@ async def refer(call_id: str, body: ReferBody, api: State) -> Response:
         calls.refer(call_id, body.target_uri, fallback=fallback,
                     headers=list(extra.items()))
     return Response(status_code=200)
+
+
+@router.post("/v1/realtime/calls/{call_id}/dtmf", status_code=200,
+             summary="Send DTMF digits on an answered call (RFC 4733 events or SIP INFO)")
+async def dtmf(call_id: str, body: DtmfBody, api: State) -> dict[str, object]:
+    with call_control(api.control) as calls:
+        try:
+            send = calls.send_dtmf(call_id, body.digits, duration_ms=body.duration_ms,
+                                   gap_ms=body.gap_ms, method=body.method)
+        except ValueError as exc:  # checked above already; the calls plane's own check
+            param, _, message = str(exc).partition(": ")
+            raise ApiError(400, message, param=param, code="invalid_value") from None
+    return send.to_dict()
 
 
 @router.post("/v1/realtime/calls/{call_id}/hangup", status_code=200,

@@ -25,6 +25,7 @@ from sipbridge.calls.call import (
     CallState,
     TransferJob,
 )
+from sipbridge.calls.dtmf_send import DtmfSend, DtmfSends
 from sipbridge.calls.events import (
     CallEvents,
     Changed,
@@ -113,6 +114,7 @@ class CallManager:
         self.auto_answer = auto_answer
         self.transfers = Transfers(self, sip, events, media=media, media_host=media_host,
                                    bind_host=bind_host, policy=transfers or TransferPolicy())
+        self.dtmf = DtmfSends(sip, events, media)
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self.by_leg: dict[str, Call] = {}
@@ -154,6 +156,8 @@ class CallManager:
                 self.ua.respond(leg_id, request, status, now)
             case RequestOutcome(leg_id=leg_id, request=request) if request.method == "REFER":
                 self.transfers.refer_outcome(event, now)
+            case RequestOutcome(request=request) if request.method == "INFO":
+                self.dtmf.outcome(event)
             case InDialogRequest() | RequestOutcome():
                 pass
 
@@ -355,6 +359,17 @@ class CallManager:
         with self.sip.command():
             return self.transfers.send_held(call_id, job)
 
+    def send_dtmf(self, call_id: str, digits: str, *, duration_ms: int = 100,
+                  gap_ms: int = 100, method: str | None = None, requested_by: str = "app",
+                  on_done: Callable[[DtmfSend], None] | None = None) -> DtmfSend:
+        """Send digits on an active call, after those it is sending already: RFC 4733
+        events in its RTP stream, or SIP INFO (`method`, else the call's `dtmf_method`).
+        ValueError for bad input (its message starts with the parameter's name)."""
+        with self.sip.command():
+            call = self.live(call_id, "send DTMF on")
+            return self.dtmf.send(call, digits, duration_ms=duration_ms, gap_ms=gap_ms,
+                                  method=method, requested_by=requested_by, on_done=on_done)
+
     def changed(self, call: Call) -> None:
         self.events.emit(Changed(call))
 
@@ -437,6 +452,7 @@ class CallManager:
         call.state = CallState.ENDED
         call.end_reason = call.end_reason or reason
         call.ended_at = time.time()
+        self.dtmf.end(call)
         session = self.media.stop(call.id)
         call.media_live = None
         if session is not None:
