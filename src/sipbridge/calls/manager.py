@@ -23,9 +23,10 @@ from sipbridge.calls.call import (
     Call,
     CallError,
     CallState,
+    DtmfSend,
     TransferJob,
 )
-from sipbridge.calls.dtmf_send import DtmfSend, DtmfSends
+from sipbridge.calls.dtmf_send import DtmfSends
 from sipbridge.calls.events import (
     CallEvents,
     Changed,
