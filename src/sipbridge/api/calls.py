@@ -17,6 +17,7 @@ from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRec
 from sipbridge.api.errors import ApiError
 from sipbridge.api.schemas import DtmfBody, ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.state import Control, State
+from sipbridge.calls import dtmf_tool
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
@@ -67,6 +68,18 @@ def _with_transfer_tool(config: SessionConfig, targets: object) -> SessionConfig
     return config.model_copy(update={"tools": [*tools, FunctionTool(**tool_definition(targets))]})
 
 
+def _with_dtmf_tool(config: SessionConfig, wanted: object) -> SessionConfig:
+    """`sipbridge.send_dtmf`: true gives the session the send_dtmf tool."""
+    if not isinstance(wanted, bool):
+        raise ApiError(400, "sipbridge.send_dtmf must be true or false.",
+                       param="sipbridge.send_dtmf", code="invalid_type")
+    tools = [t for t in (config.tools or []) if getattr(t, "name", None)
+             != dtmf_tool.TOOL_NAME]
+    if wanted:
+        tools.append(FunctionTool(**dtmf_tool.tool_definition()))
+    return config.model_copy(update={"tools": tools})
+
+
 @router.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
              response_class=Response, summary="Accept an incoming call")
 async def accept(call_id: str, config: SessionConfig, api: State) -> Response:
@@ -75,6 +88,8 @@ async def accept(call_id: str, config: SessionConfig, api: State) -> Response:
     targets = options.get("transfer_targets")
     if targets is not None:
         config = _with_transfer_tool(config, targets)
+    if options.get(dtmf_tool.OPTION) is not None:
+        config = _with_dtmf_tool(config, options[dtmf_tool.OPTION])
     with call_control(api.control) as calls:
         call = calls.accept(call_id, config.session_object(), options)
         api.control.sideband.open(call, config)
