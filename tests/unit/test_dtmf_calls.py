@@ -6,6 +6,7 @@ path (400 naming the parameter, 404, 409), none of which sends anything."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sipbridge.calls.call import Call
 from sipbridge.media.dtmf import parse_event
 from sipbridge.media.rtp import parse_rtp
 from sipbridge.sip.message import Request
+from sipbridge.trace import step
 from tests.unit.apifakes import Control, Store
 from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, app_call, invite
 
@@ -207,3 +209,22 @@ def test_a_full_queue_is_409() -> None:
                       json={"digits": "1", "method": "info"}).status_code == 200
     r = c.post(f"/v1/realtime/calls/{call.id}/dtmf", json={"digits": "1", "method": "info"})
     assert r.status_code == 409 and "queued" in r.json()["error"]["message"]
+
+
+def test_the_configured_method_is_each_new_calls() -> None:
+    h = Harness(auto_answer="silence")
+    h.manager.policy = dataclasses.replace(h.manager.policy, dtmf_method="info")
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    call = next(iter(h.manager.calls.values()))
+    assert call.dtmf_method == "info"
+    assert h.manager.send_dtmf(call.id, "5").method == "info"
+    assert h.manager.send_dtmf(call.id, "5", method="rfc4733").method == "rfc4733"
+
+
+def test_the_trace_shows_a_send_and_a_failure() -> None:
+    h, call = answered_app_call()
+    h.manager.send_dtmf(call.id, "12", method="info")
+    answer(h, infos(h)[0], 403)
+    rows = [step(e, 0.0) for e in call.timeline if e["kind"] == "dtmf"]
+    assert rows[-1].text.startswith("dtmf out 12 (info) failed: INFO answered 403")
+    assert rows[-1].failing and not rows[0].failing

@@ -83,6 +83,7 @@ class AnswerPolicy:
     max_calls_per_source: int | None = None
     srtp: str = "off"  # off | optional | required (sipbridge.sip.sdp.answer_offer)
     srtp_over_cleartext: bool = False  # SDES keys accepted over signalling other than TLS
+    dtmf_method: str = "rfc4733"  # how calls send DTMF unless a request says
 
 
 class CallManager:
@@ -184,6 +185,7 @@ class CallManager:
             sip_call_id=req.call_id,
             source=f"{event.source.host}:{event.source.port}",
             sip_headers=[(n, v) for n, v in req.headers if n.lower() not in PRIVATE_HEADERS],
+            dtmf_method=policy.dtmf_method,
         )
         self.calls[call.id] = call
         self.by_leg[event.leg_id] = call
