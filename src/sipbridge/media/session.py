@@ -476,59 +476,49 @@ class MediaSession:
 
     def _send_frame(self) -> np.ndarray | None:
         """Send the next 20 ms of agent audio, or silence; RTP time moves on either way.
-        While a digit plays, its telephone-event packet goes instead (`send_dtmf`)."""
-        sender = self._dtmf_out
-        if sender is not None:  # the only cost to a tick while no digits are queued
-            event = sender.tick(self._ts)
-            if event is not None:
-                self._send_event(*event)
-                return None
-            if sender.idle:
-                self._dtmf_out = None
+        While a digit plays, its telephone-event packet goes instead (`send_dtmf`, RFC
+        4733 2.5.1): the stream's SSRC and sequence numbers, the event's own timestamp."""
         out: np.ndarray | None = None
-        size = self._frame * 2
-        if len(self._out) >= size:
-            out = np.frombuffer(bytes(self._out[:size]), np.int16)
-            del self._out[:size]
-            payload = self.codec.encode(out)
-            marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
-            self._talking = True
+        done: Callable[[], None] | None = None
+        sender = self._dtmf_out
+        event = sender.tick(self._ts) if sender is not None else None
+        if event is not None:
+            ts, marker, payload, done = event
+            pt = self.audio.telephone_event_pt
+            self._talking = False  # voice after the digit starts a new talkspurt
         else:
-            payload = (self._silence if self._silence is not None
-                       else self.codec.encode(np.zeros(self._frame, np.int16)))
-            marker = False
-            self._talking = False
-        if self.sending and self._peer_known:
-            self._transmit(self.codec.payload_type, self._ts, payload, marker)
-        self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
-        return out
-
-    def _send_event(self, timestamp: int, marker: bool, payload: bytes,
-                    on_done: Callable[[], None] | None) -> None:
-        """One telephone-event packet in this tick's place (RFC 4733 2.5.1): the stream's
-        SSRC and sequence numbers, the event's own timestamp; RTP time moves on."""
-        pt = self.audio.telephone_event_pt
+            if sender is not None and sender.idle:
+                self._dtmf_out = None  # nothing queued: ticks cost nothing more
+            ts, pt = self._ts, self.codec.payload_type
+            size = self._frame * 2
+            if len(self._out) >= size:
+                out = np.frombuffer(bytes(self._out[:size]), np.int16)
+                del self._out[:size]
+                payload = self.codec.encode(out)
+                marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
+                self._talking = True
+            else:
+                payload = (self._silence if self._silence is not None
+                           else self.codec.encode(np.zeros(self._frame, np.int16)))
+                marker = False
+                self._talking = False
         if pt is not None and self.sending and self._peer_known:
-            self._transmit(pt, timestamp, payload, marker)
-        self._talking = False  # voice after the digit starts a new talkspurt
+            data = build_rtp(pt, self._seq, ts, self._ssrc, payload, marker)
+            if self.srtp is not None:
+                data = self.srtp.protect(data)
+            try:
+                self.endpoint.rtp.sendto(data, self._remote)
+                self.stats.packets_out += 1
+                self._octets += len(payload)
+            except (BlockingIOError, InterruptedError):
+                self.dropped["send_blocked"] += 1
+            except OSError:
+                self.dropped["send_error"] += 1
+            self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
-        if on_done is not None:
-            on_done()
-
-    def _transmit(self, pt: int, timestamp: int, payload: bytes, marker: bool) -> None:
-        """One RTP packet to the peer (SRTP-protected on an SRTP call)."""
-        data = build_rtp(pt, self._seq, timestamp, self._ssrc, payload, marker)
-        if self.srtp is not None:
-            data = self.srtp.protect(data)
-        try:
-            self.endpoint.rtp.sendto(data, self._remote)
-            self.stats.packets_out += 1
-            self._octets += len(payload)
-        except (BlockingIOError, InterruptedError):
-            self.dropped["send_blocked"] += 1
-        except OSError:
-            self.dropped["send_error"] += 1
-        self._seq = (self._seq + 1) & 0xFFFF
+        if done is not None:
+            done()
+        return out
 
     def _send_rtcp(self, now: float) -> None:
         """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""
