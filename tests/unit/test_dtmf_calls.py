@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api.app import create_app
+from sipbridge.api.callevents import SidebandSink
 from sipbridge.calls.call import Call
 from sipbridge.media.dtmf import parse_event
 from sipbridge.media.rtp import parse_rtp
@@ -228,3 +229,26 @@ def test_the_trace_shows_a_send_and_a_failure() -> None:
     rows = [step(e, 0.0) for e in call.timeline if e["kind"] == "dtmf"]
     assert rows[-1].text.startswith("dtmf out 12 (info) failed: INFO answered 403")
     assert rows[-1].failing and not rows[0].failing
+
+
+class Hubs:
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, call_id: str, event: dict[str, Any]) -> None:
+        self.published.append({"call": call_id, **event})
+
+    def close(self, call_id: str) -> None:
+        pass
+
+
+def test_each_step_goes_to_the_sideband() -> None:
+    h, call = answered_app_call()
+    hubs = Hubs()
+    h.events.subscribe(SidebandSink(hubs))  # type: ignore[arg-type]
+    send = h.manager.send_dtmf(call.id, "7", method="info")
+    answer(h, infos(h)[0])
+    got = [e for e in hubs.published if e["type"] == "call.dtmf.updated"]
+    assert [(e["status"], e["dtmf_id"], e["digits"], e["method"], e["call"]) for e in got] == [
+        (status, send.id, "7", "info", call.id) for status in ("queued", "sending", "sent")]
+    assert got[-1]["sent"] == 1 and got[-1]["reason"] is None

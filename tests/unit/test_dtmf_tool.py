@@ -4,39 +4,21 @@ once with the error), over a real UA core, SIP driver and CallManager with a fak
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from fastapi.testclient import TestClient
 
 from sipbridge.agent.lifecycle import Agents
 from sipbridge.api.app import create_app
 from sipbridge.calls.call import Call
-from sipbridge.config import load_config
-from sipbridge.metrics import Metrics
-from sipbridge.realtime.sideband import SidebandHubs
 from tests.unit.apifakes import Control, Store
-from tests.unit.callharness import Harness, ack, answered_app_call, app_call
+from tests.unit.callharness import Harness, ack, app_call
+from tests.unit.test_agent_transfer_tool import FakeBridge
+from tests.unit.test_agent_transfer_tool import wired as transfer_wired
 from tests.unit.test_dtmf_calls import answer, infos
 
 
-class FakeBridge:
-    def __init__(self) -> None:
-        self.outputs: list[tuple[str, dict[str, Any], bool]] = []
-
-    def function_output(self, call_id: str, output: str, *, respond: bool = True) -> None:
-        self.outputs.append((call_id, json.loads(output), respond))
-
-
 def wired(options: dict[str, object]) -> tuple[Agents, Harness, Call, FakeBridge]:
-    h, call = answered_app_call()
+    agents, h, call, model = transfer_wired()
     call.options = options
-    config = load_config(store="off", http="off")
-    agents = Agents(config, "", h.manager, h.events, SidebandHubs(), Metrics(lambda: 0),
-                    h.media, None)
-    h.events.subscribe(agents)
-    model = FakeBridge()
-    agents.bridges[call.id] = model  # type: ignore[assignment]
     return agents, h, call, model
 
 
