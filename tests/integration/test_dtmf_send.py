@@ -53,11 +53,13 @@ def sent(gw: Gateway, call_id: str, dtmf_id: str) -> dict[str, Any]:
 
 
 @needs_baresip
+@pytest.mark.parametrize("codec", ["PCMU", "opus"])
 def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway],
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, codec: str) -> None:
+    """On opus the events count the 48 kHz clock, as the stream's timestamps do."""
     gw = start_gateway(auto_answer="silence", api_key=[KEY])
     digits = "159*0#A"
-    with Baresip(tmp_path / "baresip") as ua:
+    with Baresip(tmp_path / "baresip", codec=codec) as ua:
         calls: list[BaresipCall] = []
         phone = threading.Thread(target=lambda: calls.append(
             ua.call(f"sip:dtmf@{gw.address}", np.zeros(800), 4.0)), daemon=True)
@@ -75,6 +77,7 @@ def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway]
     assert heard == digits, f"{events}\n--- baresip ---\n{log[-3000:]}"
     ends = [e for e in events if e.get("type") == "CALL_DTMF_END"]
     assert len(ends) == len(digits), events
+    assert str(record["sip"]["codec"]).lower() == codec.lower(), record["sip"]
     outs = [e for e in record["timeline"] if e["kind"] == "dtmf"]
     assert [(e["direction"], e["status"]) for e in outs] == [
         ("out", "queued"), ("out", "sending"), ("out", "sent")]
