@@ -53,13 +53,17 @@ def sent(gw: Gateway, call_id: str, dtmf_id: str) -> dict[str, Any]:
 
 
 @needs_baresip
-@pytest.mark.parametrize("codec", ["PCMU", "opus"])
+@pytest.mark.parametrize(("codec", "srtp"), [("PCMU", False), ("opus", False),
+                                             ("PCMU", True)])
 def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway],
-                                           tmp_path: Path, codec: str) -> None:
-    """On opus the events count the 48 kHz clock, as the stream's timestamps do."""
-    gw = start_gateway(auto_answer="silence", api_key=[KEY])
+                                           tmp_path: Path, codec: str, srtp: bool) -> None:
+    """On opus the events count the 48 kHz clock, as the stream's timestamps do; on an
+    SRTP call they are protected like the voice (baresip drops what does not check)."""
+    secure = {"srtp": "required", "srtp_over_cleartext": True} if srtp else {}
+    gw = start_gateway(auto_answer="silence", api_key=[KEY], **secure)
     digits = "159*0#A"
-    with Baresip(tmp_path / "baresip", codec=codec) as ua:
+    with Baresip(tmp_path / "baresip", codec=codec,
+                 mediaenc="srtp-mand" if srtp else None) as ua:
         calls: list[BaresipCall] = []
         phone = threading.Thread(target=lambda: calls.append(
             ua.call(f"sip:dtmf@{gw.address}", np.zeros(800), 4.0)), daemon=True)
@@ -78,6 +82,7 @@ def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway]
     ends = [e for e in events if e.get("type") == "CALL_DTMF_END"]
     assert len(ends) == len(digits), events
     assert str(record["sip"]["codec"]).lower() == codec.lower(), record["sip"]
+    assert record["media"]["srtp"] is srtp, record["media"]
     outs = [e for e in record["timeline"] if e["kind"] == "dtmf"]
     assert [(e["direction"], e["status"]) for e in outs] == [
         ("out", "queued"), ("out", "sending"), ("out", "sent")]
