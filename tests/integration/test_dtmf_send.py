@@ -53,12 +53,15 @@ def sent(gw: Gateway, call_id: str, dtmf_id: str) -> dict[str, Any]:
 
 
 @needs_baresip
-@pytest.mark.parametrize(("codec", "srtp"), [("PCMU", False), ("opus", False),
-                                             ("PCMU", True)])
+@pytest.mark.parametrize(("codec", "srtp", "method"), [
+    ("PCMU", False, "rfc4733"), ("opus", False, "rfc4733"), ("PCMU", True, "rfc4733"),
+    ("PCMU", False, "info")])
 def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway],
-                                           tmp_path: Path, codec: str, srtp: bool) -> None:
+                                           tmp_path: Path, codec: str, srtp: bool,
+                                           method: str) -> None:
     """On opus the events count the 48 kHz clock, as the stream's timestamps do; on an
-    SRTP call they are protected like the voice (baresip drops what does not check)."""
+    SRTP call they are protected like the voice (baresip drops what does not check);
+    baresip takes application/dtmf-relay INFO too."""
     secure = {"srtp": "required", "srtp_over_cleartext": True} if srtp else {}
     gw = start_gateway(auto_answer="silence", api_key=[KEY], **secure)
     digits = "159*0#A"
@@ -69,9 +72,10 @@ def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway]
             ua.call(f"sip:dtmf@{gw.address}", np.zeros(800), 4.0)), daemon=True)
         phone.start()
         call_id = wait_first_call(base(gw), KEY, 10.0)
-        r = post_dtmf(gw, call_id, {"digits": digits, "duration_ms": 100, "gap_ms": 100})
+        r = post_dtmf(gw, call_id, {"digits": digits, "duration_ms": 100, "gap_ms": 100,
+                                    "method": method})
         assert r.status_code == 200, r.text
-        assert r.json()["method"] == "rfc4733"
+        assert r.json()["method"] == method
         record = sent(gw, call_id, r.json()["id"])
         phone.join(15.0)
         events = list(ua.events)
@@ -86,7 +90,7 @@ def test_baresip_hears_the_digits_in_order(start_gateway: Callable[..., Gateway]
     outs = [e for e in record["timeline"] if e["kind"] == "dtmf"]
     assert [(e["direction"], e["status"]) for e in outs] == [
         ("out", "queued"), ("out", "sending"), ("out", "sent")]
-    assert {e["digits"] for e in outs} == {digits} and {e["method"] for e in outs} == {"rfc4733"}
+    assert {e["digits"] for e in outs} == {digits} and {e["method"] for e in outs} == {method}
 
 
 @needs_sipp
