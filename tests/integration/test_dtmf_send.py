@@ -127,6 +127,14 @@ def test_sipp_receives_the_info_digits_in_order(
                               daemon=True)
     caller.start()
     call_id = wait_first_call(base(gw), KEY, 10.0)
+    # Bad input first: refused naming the field, and nothing reaches SIPp (an INFO it
+    # does not expect, or a wrong digit, fails its scenario).
+    for body, param in (({"digits": "12E", "method": "info"}, "digits"),
+                        ({"digits": "1", "method": "info", "duration_ms": 5}, "duration_ms"),
+                        ({"digits": "1", "method": "fax"}, "method")):
+        bad = post_dtmf(gw, call_id, body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    assert post_dtmf(gw, "rtc_unknown", {"digits": "1"}).status_code == 404
     r = post_dtmf(gw, call_id, {"digits": "19*#", "duration_ms": 120, "gap_ms": 60,
                                 "method": "info"})
     assert r.status_code == 200, r.text
@@ -136,3 +144,17 @@ def test_sipp_receives_the_info_digits_in_order(
     # Each INFO went once its predecessor had its 200: four out, four answers in.
     assert len(sip_entries(record, direction="out", method="INFO")) == 4, record["timeline"]
     assert len(sip_entries(record, direction="in", status=200, cseq="INFO")) == 4
+
+
+@needs_sipp
+def test_a_call_without_telephone_event_refuses_rfc4733(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = start_gateway(auto_answer="silence", api_key=[KEY])
+    with RtpCaller(gw, tmp_path, 1500, KEY) as caller:  # offers PCMU alone
+        call = caller.answered()
+        r = post_dtmf(gw, call["id"], {"digits": "1"})
+        assert r.status_code == 409, r.text
+        assert "telephone-event" in r.json()["error"]["message"]
+        packets = list(caller.sink.packets)
+    assert caller.result is not None and caller.result.ok, caller.result
+    assert packets and {p.payload_type for p in packets} == {0}
