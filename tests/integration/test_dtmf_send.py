@@ -2,11 +2,14 @@
 order: a baresip phone reports each RFC 4733 digit it receives (its ctrl_tcp
 ``CALL_DTMF_START`` events), SIPp's call has its media captured here (the events read
 back from the RTP stream: order, durations, end packets, one SSRC with the voice), and a
-SIPp caller checks the SIP INFO bodies it receives one by one (``uac_info_dtmf.xml``)."""
+SIPp caller checks the SIP INFO bodies it receives one by one (``uac_info_dtmf.xml``).
+A model (a scripted Realtime server) that calls the ``send_dtmf`` tool gets its keys
+pressed on the call and the function output back once they are out."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import threading
 from collections.abc import Callable
@@ -18,16 +21,18 @@ import numpy as np
 import pytest
 
 from sipbridge.demo.baresip import Baresip, BaresipCall
+from tests.integration.appside import KEY, start_app
 from tests.integration.callrecords import wait_first_call, wait_record
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
 from tests.integration.peers import telephone_events
 from tests.integration.rtpcaller import RtpCaller
 from tests.integration.sipp import SippResult
+from tests.integration.test_agent_bridge import ReplayModel
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
-KEY = "sk-dtmf-test"
 PT = 101
 
 needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None,
@@ -158,3 +163,48 @@ def test_a_call_without_telephone_event_refuses_rfc4733(
         packets = list(caller.sink.packets)
     assert caller.result is not None and caller.result.ok, caller.result
     assert packets and {p.payload_type for p in packets} == {0}
+
+
+class PressingModel(ReplayModel):
+    """A model that presses keys: once the session is set up, it calls send_dtmf."""
+
+    pressed = False
+
+    async def _send(self, ws: Any, event: dict[str, Any]) -> None:
+        await super()._send(ws, event)
+        if event["type"] == "session.updated" and not self.pressed:
+            self.pressed = True
+            await super()._send(ws, {
+                "type": "response.function_call_arguments.done", "response_id": "resp_k",
+                "item_id": "item_k", "output_index": 0, "call_id": "call_keys",
+                "name": "send_dtmf", "arguments": json.dumps({"digits": "42#"})})
+
+
+@needs_sipp
+def test_the_models_send_dtmf_tool_presses_keys_and_hears_back(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    with PressingModel(0.2) as model:
+        app_side = start_app(start_gateway, tmp_path, agent_url=model.url, media_timeout=0)
+        app = next(app_side)
+        try:
+            with RtpCaller(app.gateway, tmp_path, 3000, KEY, telephone_event=PT) as caller:
+                call_id = app.incoming().data.call_id
+                app.client.realtime.calls.accept(call_id, type="realtime",
+                                                 extra_body={"sipbridge": {"send_dtmf": True}})
+                record = app.wait_for(call_id, lambda r: any(
+                    e["kind"] == "dtmf" and e.get("status") == "sent"
+                    for e in r["timeline"]), "the agent's keys sent")
+                outputs = until("the function output at the model", lambda: [
+                    e for e in model.received if e["type"] == "conversation.item.create"],
+                    bool, 5.0)
+                packets = list(caller.sink.packets)
+        finally:
+            next(app_side, None)
+    sent_entry = [e for e in record["timeline"] if e["kind"] == "dtmf"][-1]
+    assert sent_entry["requested_by"] == "agent" and sent_entry["digits"] == "42#"
+    assert "".join(e.digit for e in telephone_events(packets, PT)) == "42#"
+    item = outputs[0]["item"]
+    assert item["type"] == "function_call_output" and item["call_id"] == "call_keys"
+    assert json.loads(item["output"]) == {"status": "sent", "digits": "42#",
+                                          "method": "rfc4733"}
+    assert caller.result is not None and caller.result.ok, caller.result
