@@ -1,7 +1,7 @@
 """Digits a call sends (an application's request, or the agent's `send_dtmf` tool): as RFC
 4733 telephone-events in the call's RTP stream (`MediaSession.send_dtmf`), or as SIP INFO
-requests with `application/dtmf-relay` bodies, one per digit, each sent after the one
-before it has its final response and its tone's time has passed.
+requests (RFC 6086) with `application/dtmf-relay` bodies, one per digit, each sent after
+the one before it has its final response and its tone's time has passed.
 
 Each call's sends run one after another in the order asked; each is a `DtmfSend` whose
 status goes `queued` -> `sending` -> `sent` or `failed` (with the reason), every change a
@@ -15,7 +15,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 
-from sipbridge.calls.call import Call, CallError, DtmfSend
+from sipbridge.calls.call import Call, CallError, CallState, DtmfSend
 from sipbridge.calls.events import CallEvents, DtmfSending
 from sipbridge.media.dtmf import MAX_DURATION_MS, MAX_GAP_MS, MIN_DURATION_MS, dtmf_digits
 from sipbridge.media.engine import MediaEngine
@@ -72,7 +72,7 @@ class DtmfSends:
         parameter), CallError("conflict") when the call cannot carry it."""
         method = method or call.dtmf_method
         digits = check(digits, duration_ms, gap_ms, method)
-        if call.state.value != "active":
+        if call.state is not CallState.ACTIVE:
             raise CallError("conflict", f"Cannot send DTMF on call '{call.id}': it is "
                             f"{call.state.value}, not active.")
         if method == "rfc4733":
