@@ -245,6 +245,9 @@ class Config(BaseSettings):
     # SRTP is taken only over TLS signalling unless srtp_over_cleartext (lab use).
     srtp: str = Field("optional", pattern="^(off|optional|required)$")
     srtp_over_cleartext: bool = False
+    # How a call sends DTMF when the request does not say: "rfc4733" (telephone-events
+    # in its RTP stream) or "info" (SIP INFO, application/dtmf-relay).
+    dtmf_method: str = Field("rfc4733", pattern="^(rfc4733|info)$")
     log_level: str = "info"
     # HTTPS for the API, the sideband WebSocket and the dashboard: PEM files (the cert file
     # may hold the chain); TLS 1.2 and later only.

@@ -253,7 +253,8 @@ class Gateway:
                          accept_timeout=c.accept_timeout,
                          accept_timeout_code=c.accept_timeout_code, max_calls=c.max_calls,
                          max_calls_per_source=c.max_calls_per_source,
-                         srtp=c.srtp, srtp_over_cleartext=c.srtp_over_cleartext),
+                         srtp=c.srtp, srtp_over_cleartext=c.srtp_over_cleartext,
+                         dtmf_method=c.dtmf_method),
             media=self.media, media_host=self.media_host,
             bind_host=self._bind_host or "0.0.0.0",
             transfers=TransferPolicy(

@@ -146,6 +146,12 @@ def step(entry: Mapping[str, object], start: float) -> Step:
         failing = kind == "transfer" and status in FAILING and bool(entry.get("final"))
         return Step(at, kind, "sipbridge", None, f"{kind} {mode}{status}{sip}{reason}",
                     failing or (kind == "fallback" and status == "failed"))
+    if kind == "dtmf" and entry.get("direction") == "out":
+        status = str(entry.get("status"))
+        why = f": {entry['reason']}" if entry.get("reason") else ""
+        return Step(at, kind, "sipbridge", None,
+                    f"dtmf out {entry.get('digits')} ({entry.get('method')}) {status}{why}",
+                    status == "failed")
     details = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("at", "kind"))
     return Step(at, kind, "sipbridge", None, f"{kind} {details}", False)
 

@@ -33,8 +33,10 @@ def voiced(sink: RtpSink, start: float = 0.0, end: float = float("inf")) -> list
 class RtpCaller:
     """One call: SIPp's signalling (``uac_listen.xml``) and the caller's RTP from here."""
 
-    def __init__(self, gateway: Gateway, workdir: Path, hold_ms: int, api_key: str) -> None:
+    def __init__(self, gateway: Gateway, workdir: Path, hold_ms: int, api_key: str, *,
+                 telephone_event: int | None = None) -> None:
         self.gateway = gateway
+        self.telephone_event = telephone_event  # offered as this payload type (RFC 4733)
         self.sink = RtpSink()
         self.api_key = api_key
         self.workdir = workdir
@@ -55,6 +57,11 @@ class RtpCaller:
 
     def _place(self) -> None:
         text = (SCENARIOS / "uac_listen.xml").read_text()
+        pt = self.telephone_event
+        if pt is not None:
+            text = text.replace("RTP/AVP 0\n", f"RTP/AVP 0 {pt}\n").replace(
+                "a=rtpmap:0 PCMU/8000\n", f"a=rtpmap:0 PCMU/8000\na=rtpmap:{pt} "
+                f"telephone-event/8000\na=fmtp:{pt} 0-16\n")
         path = self.workdir / "listen.xml"
         path.write_text(text.replace("__RTP_PORT__", str(self.sink.port))
                         .replace("__HOLD__", str(self.hold_ms)))

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from sipbridge.agent.bridge import AgentBridge
+from sipbridge.calls import dtmf_tool
 from sipbridge.calls.call import Call, TransferJob
 from sipbridge.calls.events import (
     CallEvent,
@@ -124,6 +125,9 @@ class Agents:
         are played out (`transfer_speech_wait`), since a phone puts the call on hold on
         REFER. While a transfer is under way, another call of the tool starts nothing
         and is answered `in_progress`; the model hears the outcome when there is one."""
+        if name == dtmf_tool.TOOL_NAME and call.options.get(dtmf_tool.OPTION) is True:
+            self._send_dtmf(call, tool_call, arguments)
+            return
         if name != TOOL_NAME or "transfer_targets" not in call.options:
             return
         bridge = self.bridges.get(call.id)
@@ -140,6 +144,15 @@ class Agents:
         if held is not None and bridge is not None:
             bridge.after_speech(wait, lambda outcome, waited: self._release_transfer(
                 call, job, outcome, waited))
+
+    def _send_dtmf(self, call: Call, tool_call: str, arguments: str) -> None:
+        """The built-in send_dtmf tool: the model hears back once the keys are sent."""
+        def reply(text: str) -> None:
+            bridge = self.bridges.get(call.id)
+            if bridge is not None:
+                bridge.function_output(tool_call, text)
+
+        dtmf_tool.run(self.calls.send_dtmf, call.id, arguments, reply)
 
     def _release_transfer(self, call: Call, job: TransferJob, outcome: str,
                           waited: float) -> None:

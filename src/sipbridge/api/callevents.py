@@ -11,6 +11,7 @@ from sipbridge.calls.call import Call
 from sipbridge.calls.events import (
     CallEvent,
     CallEvents,
+    DtmfSending,
     Ended,
     Incoming,
     Noted,
@@ -47,6 +48,14 @@ class SidebandSink:
                     "event_id": "event_" + secrets.token_hex(12), "call_id": call.id,
                     "status": entry.get("status"), "final": entry.get("final"),
                     "sip_status": entry.get("sip_status"), "reason": entry.get("reason"),
+                })
+            case DtmfSending(call=call, send=send):
+                self.hubs.publish(call.id, {
+                    "type": "call.dtmf.updated",
+                    "event_id": "event_" + secrets.token_hex(12),
+                    "call_id": call.id, "dtmf_id": send.id, "digits": send.digits,
+                    "method": send.method, "status": send.status, "reason": send.reason,
+                    "sent": send.sent,
                 })
             case Ended(call=call):
                 self.hubs.close(call.id)

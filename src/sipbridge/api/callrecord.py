@@ -89,8 +89,9 @@ class TimelineEntry(_Described):
 
     at: float = _when("when it happened")
     kind: str = Field(description="sip (a SIP message in or out: dir, peer, line, text), api, "
-                      "webhook, sideband, agent, transcript, dtmf, transfer, fallback, media, "
-                      "call, ...")
+                      "webhook, sideband, agent, transcript, dtmf (a digit received: digit, "
+                      "duration_ms; or digits sent: direction out, dtmf_id, digits, method, "
+                      "status, reason), transfer, fallback, media, call, ...")
 
 
 MEDIA_FIGURES = """A call record's `media` is null until the call's RTP starts; then, updated

@@ -15,8 +15,9 @@ from fastapi.responses import FileResponse, Response
 from sipbridge.api.calllookup import call_error, manager
 from sipbridge.api.callrecord import MEDIA_FIGURES, UNIX_TIME, CallList, CallRecord
 from sipbridge.api.errors import ApiError
-from sipbridge.api.schemas import ReferBody, RejectBody, refer_target_problem
+from sipbridge.api.schemas import DtmfBody, ReferBody, RejectBody, refer_target_problem
 from sipbridge.api.state import Control, State
+from sipbridge.calls import dtmf_tool
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
 from sipbridge.calls.targets import SpecError, read_mode, read_timeouts, timers_for
@@ -69,6 +70,18 @@ def _with_transfer_tool(config: SessionConfig, targets: object) -> SessionConfig
     return config.model_copy(update={"tools": [*tools, FunctionTool(**tool_definition(targets))]})
 
 
+def _with_dtmf_tool(config: SessionConfig, wanted: object) -> SessionConfig:
+    """`sipbridge.send_dtmf`: true gives the session the send_dtmf tool."""
+    if not isinstance(wanted, bool):
+        raise ApiError(400, "sipbridge.send_dtmf must be true or false.",
+                       param="sipbridge.send_dtmf", code="invalid_type")
+    tools = [t for t in (config.tools or []) if getattr(t, "name", None)
+             != dtmf_tool.TOOL_NAME]
+    if wanted:
+        tools.append(FunctionTool(**dtmf_tool.tool_definition()))
+    return config.model_copy(update={"tools": tools})
+
+
 @router.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
              response_class=Response, summary="Accept an incoming call")
 async def accept(call_id: str, config: SessionConfig, api: State) -> Response:
@@ -77,6 +90,8 @@ async def accept(call_id: str, config: SessionConfig, api: State) -> Response:
     targets = options.get("transfer_targets")
     if targets is not None:
         config = _with_transfer_tool(config, targets)
+    if options.get(dtmf_tool.OPTION) is not None:
+        config = _with_dtmf_tool(config, options[dtmf_tool.OPTION])
     with call_control(api.control) as calls:
         call = calls.accept(call_id, config.session_object(), options)
         api.control.sideband.open(call, config)
@@ -120,6 +135,19 @@ async def refer(call_id: str, body: ReferBody, api: State) -> Response:
                     headers=list(extra.items()), mode=mode, brief=brief, timers=timers,
                     connect=connect)
     return Response(status_code=200)
+
+
+@router.post("/v1/realtime/calls/{call_id}/dtmf", status_code=200,
+             summary="Send DTMF digits on an answered call (RFC 4733 events or SIP INFO)")
+async def dtmf(call_id: str, body: DtmfBody, api: State) -> dict[str, object]:
+    with call_control(api.control) as calls:
+        try:
+            send = calls.send_dtmf(call_id, body.digits, duration_ms=body.duration_ms,
+                                   gap_ms=body.gap_ms, method=body.method)
+        except ValueError as exc:  # checked above already; the calls plane's own check
+            param, _, message = str(exc).partition(": ")
+            raise ApiError(400, message, param=param, code="invalid_value") from None
+    return send.to_dict()
 
 
 @router.post("/v1/realtime/calls/{call_id}/hangup", status_code=200,

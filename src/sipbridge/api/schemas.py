@@ -8,11 +8,13 @@ extra fields and are strict.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from sipbridge.calls.dtmf_send import MAX_DIGITS
+from sipbridge.media.dtmf import MAX_DURATION_MS, MAX_GAP_MS, MIN_DURATION_MS, dtmf_digits
 from sipbridge.realtime.schemas import StrictModel
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.uri import parse_uri
@@ -142,3 +144,26 @@ class ReferBody(StrictModel):
         if problem is not None:
             raise PydanticCustomError("invalid_value", "{reason}", {"reason": problem})
         return value
+
+
+class DtmfBody(StrictModel):
+    """`POST /v1/realtime/calls/{id}/dtmf` (sipbridge's own route): digits to send on the
+    call. `digits`: 0-9, *, #, A-D (a-d taken as A-D), 1 to 64 of them; `method`:
+    "rfc4733" (telephone-events in the RTP stream) or "info" (SIP INFO), else the call's."""
+
+    digits: str
+    duration_ms: int = Field(100, ge=MIN_DURATION_MS, le=MAX_DURATION_MS)
+    gap_ms: int = Field(100, ge=0, le=MAX_GAP_MS)
+    method: Literal["rfc4733", "info"] | None = None
+
+    @field_validator("digits")
+    @classmethod
+    def _valid_digits(cls, value: str) -> str:
+        if len(value) > MAX_DIGITS:
+            raise PydanticCustomError("invalid_value", "{reason}", {
+                "reason": f"at most {MAX_DIGITS} digits at a time, got {len(value)}."})
+        try:
+            return dtmf_digits(value)
+        except ValueError as exc:
+            raise PydanticCustomError("invalid_value", "{reason}",
+                                      {"reason": f"{exc}."}) from None

@@ -127,6 +127,7 @@ class Call:
     final_status: int | None = None  # the SIP status a rejected call was answered with
     session: dict[str, object] | None = None  # the accepted session config
     options: dict[str, object] = field(default_factory=dict)  # accept's "sipbridge" extension
+    dtmf_method: str = "rfc4733"  # how digits are sent: "rfc4733" (RTP events) or "info"
     transfers: list[TransferJob] = field(default_factory=list)
     timeline: Timeline = field(default_factory=Timeline)
     webhooks: list[Delivery] = field(default_factory=list)  # the webhook deliveries
@@ -136,7 +137,6 @@ class Call:
     media_live: Callable[[], MediaFigures] | None = field(default=None, repr=False)
     direction: str = "inbound"  # "outbound": placed by the gateway (POST /v1/realtime/calls)
     outbound: dict[str, object] | None = None  # an outbound call's status, sip_status, reason
-    dtmf_method: str = "rfc4733"  # how DTMF is sent on the call: "rfc4733" or "info"
 
     def to_dict(self, *, timeline: bool = True) -> CallRecord:
         """The call record the API shows (GET /v1/realtime/calls/{id}); lists and the store
@@ -163,3 +163,32 @@ class Call:
         if timeline:
             record["timeline"] = list(self.timeline)
         return record
+
+
+@dataclass(slots=True)
+class DtmfSend:
+    """One request to send digits, and how far it got."""
+
+    id: str
+    digits: str
+    method: str
+    duration_ms: int
+    gap_ms: int
+    requested_by: str = "app"  # "app" (the API) or "agent" (the send_dtmf tool)
+    status: str = "queued"
+    reason: str | None = None
+    sent: int = 0  # digits sent so far (INFO: answered 2xx)
+    on_done: Callable[[DtmfSend], None] | None = field(default=None, repr=False)
+    info_cseq: int | None = None  # the INFO awaiting its final response
+    info_at: float = 0.0  # when the last INFO went
+    cancel_timer: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("sent", "failed")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "object": "realtime.call.dtmf", "digits": self.digits,
+                "method": self.method, "duration_ms": self.duration_ms,
+                "gap_ms": self.gap_ms, "requested_by": self.requested_by,
+                "status": self.status, "reason": self.reason, "sent": self.sent}

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from sipbridge.calls.call import Call, TransferJob
+from sipbridge.calls.call import Call, DtmfSend, TransferJob
 from sipbridge.calls.transfer_machine import TransferStep
 from sipbridge.media.session import MediaSession
 
@@ -56,6 +56,14 @@ class Digit:
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfSending:
+    """Digits the call sends: queued, sending, then sent or failed (`send.status`)."""
+
+    call: Call
+    send: DtmfSend
+
+
+@dataclass(frozen=True, slots=True)
 class TransferStepped:
     """A step of a transfer (`step`), or a change of its fallback (`step` None)."""
 
@@ -71,7 +79,8 @@ class Ended:
     call: Call
 
 
-CallEvent = Noted | Incoming | Changed | MediaStarted | Digit | TransferStepped | Ended
+CallEvent = (Noted | Incoming | Changed | MediaStarted | Digit | DtmfSending | TransferStepped
+             | Ended)
 
 
 class CallObserver(Protocol):
@@ -93,6 +102,12 @@ class TimelineRecorder:
             case Digit(call=call, digit=digit, duration_ms=duration_ms):
                 call.timeline.append({"at": time.time(), "kind": "dtmf", "digit": digit,
                                       "duration_ms": duration_ms})
+            case DtmfSending(call=call, send=send):
+                call.timeline.append({
+                    "at": time.time(), "kind": "dtmf", "direction": "out", "dtmf_id": send.id,
+                    "digits": send.digits, "method": send.method, "status": send.status,
+                    "reason": send.reason, "sent": send.sent,
+                    "requested_by": send.requested_by})
             case TransferStepped(call=call, job=job, step=None):
                 call.timeline.append({"at": time.time(), "kind": "fallback",
                                       "transfer_id": job.id, **(job.fallback or {})})

@@ -24,8 +24,10 @@ from sipbridge.calls.call import (
     Call,
     CallError,
     CallState,
+    DtmfSend,
     TransferJob,
 )
+from sipbridge.calls.dtmf_send import DtmfSends
 from sipbridge.calls.events import (
     CallEvents,
     Changed,
@@ -83,6 +85,7 @@ class AnswerPolicy:
     max_calls_per_source: int | None = None
     srtp: str = "off"  # off | optional | required (sipbridge.sip.sdp.answer_offer)
     srtp_over_cleartext: bool = False  # SDES keys accepted over signalling other than TLS
+    dtmf_method: str = "rfc4733"  # how calls send DTMF unless a request says
 
 
 class CallManager:
@@ -116,6 +119,7 @@ class CallManager:
         self.auto_answer = auto_answer
         self.transfers = Transfers(self, sip, events, media=media, media_host=media_host,
                                    bind_host=bind_host, policy=transfers or TransferPolicy())
+        self.dtmf = DtmfSends(sip, events, media)
         self.calls: dict[str, Call] = {}
         self.recent: OrderedDict[str, Call] = OrderedDict()  # ended, newest last
         self.by_leg: dict[str, Call] = {}
@@ -160,6 +164,8 @@ class CallManager:
                 self.ua.respond(leg_id, request, status, now)
             case RequestOutcome(leg_id=leg_id, request=request) if request.method == "REFER":
                 self.transfers.refer_outcome(event, now)
+            case RequestOutcome(request=request) if request.method == "INFO":
+                self.dtmf.outcome(event)
             case InDialogRequest() | RequestOutcome():
                 pass
 
@@ -185,6 +191,7 @@ class CallManager:
             sip_call_id=req.call_id,
             source=f"{event.source.host}:{event.source.port}",
             sip_headers=[(n, v) for n, v in req.headers if n.lower() not in PRIVATE_HEADERS],
+            dtmf_method=policy.dtmf_method,
         )
         self.calls[call.id] = call
         self.by_leg[event.leg_id] = call
@@ -383,6 +390,17 @@ class CallManager:
         with self.sip.command():
             return self.outbound.place(to, session, options, **how)
 
+    def send_dtmf(self, call_id: str, digits: str, *, duration_ms: int = 100,
+                  gap_ms: int = 100, method: str | None = None, requested_by: str = "app",
+                  on_done: Callable[[DtmfSend], None] | None = None) -> DtmfSend:
+        """Send digits on an active call, after those it is sending already: RFC 4733
+        events in its RTP stream, or SIP INFO (`method`, else the call's `dtmf_method`).
+        ValueError for bad input (its message starts with the parameter's name)."""
+        with self.sip.command():
+            call = self.live(call_id, "send DTMF on")
+            return self.dtmf.send(call, digits, duration_ms=duration_ms, gap_ms=gap_ms,
+                                  method=method, requested_by=requested_by, on_done=on_done)
+
     def changed(self, call: Call) -> None:
         self.events.emit(Changed(call))
 
@@ -465,6 +483,7 @@ class CallManager:
         call.state = CallState.ENDED
         call.end_reason = call.end_reason or reason
         call.ended_at = time.time()
+        self.dtmf.end(call)
         session = self.media.stop(call.id)
         call.media_live = None
         if session is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DIGITS = "0123456789*#ABCD"  # RFC 4733 3.2: DTMF digits are events 0-15, in this order
@@ -192,3 +193,104 @@ def dtmf_payloads(
     final = TelephoneEvent(event, True, volume, total)
     blocks = updates + [final] * END_REPEATS
     return [(b.to_bytes(), i == 0, b.duration) for i, b in enumerate(blocks)]
+
+
+MIN_DURATION_MS = 40  # ITU-T Q.24: shorter tones may not be recognised
+MAX_DURATION_MS = 1000  # within one event's 16-bit duration at a 48 kHz clock (1365 ms)
+MAX_GAP_MS = 5000
+
+
+def dtmf_digits(digits: str) -> str:
+    """`digits` as RFC 4733 DTMF digits (a-d taken as A-D); ValueError names what is wrong."""
+    if not digits:
+        raise ValueError("no digits; give 0-9, *, # or A-D")
+    upper = digits.upper()
+    bad = next((c for c in upper if c not in DIGITS), None)
+    if bad is not None:
+        raise ValueError(f"{bad!r} is not a DTMF digit; use 0-9, *, # and A-D")
+    return upper
+
+
+@dataclass(slots=True)
+class _Tone:
+    packets: list[tuple[bytes, bool, int]]  # dtmf_payloads: (payload, marker, duration)
+    gap_ticks: int  # voice ticks after its last packet
+    on_done: Callable[[], None] | None  # after the last digit of a `queue` call
+
+
+class DtmfSender:
+    """Digits played out as telephone-events, one packet per media tick (RFC 4733 2.5.1).
+
+    `tick(timestamp)` is asked once per outgoing frame with the RTP timestamp that frame
+    would carry; it answers the event packet to send instead, or None for a frame of
+    voice. An event's timestamp is the one of
+    its first tick and stays fixed (2.5.1.2); updates grow its duration each tick; the
+    end packet goes three times (2.5.1.4); then `gap_ms` of voice before the next digit.
+    Durations count the audio's clock (`clock_rate`), as timestamps do (RFC 4733 2.1).
+    """
+
+    def __init__(self, clock_rate: int, frame_ms: int, volume: int = 10) -> None:
+        self.clock_rate = clock_rate
+        self.frame_ms = frame_ms
+        self.volume = volume
+        self._tones: deque[_Tone] = deque()
+        self._current: _Tone | None = None
+        self._index = 0
+        self._timestamp = 0
+        self._gap = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing playing and nothing queued."""
+        return self._current is None and not self._tones and self._gap == 0
+
+    def queue(self, digits: str, *, duration_ms: int = 100, gap_ms: int = 100,
+              on_done: Callable[[], None] | None = None) -> None:
+        """Queue `digits` (checked first: nothing is queued when one is bad); `on_done`
+        runs once the last one's last end packet is out."""
+        digits = dtmf_digits(digits)
+        if not MIN_DURATION_MS <= duration_ms <= MAX_DURATION_MS:
+            raise ValueError(f"duration_ms {duration_ms} is not {MIN_DURATION_MS}-"
+                             f"{MAX_DURATION_MS}")
+        if not 0 <= gap_ms <= MAX_GAP_MS:
+            raise ValueError(f"gap_ms {gap_ms} is not 0-{MAX_GAP_MS}")
+        step = self.clock_rate * self.frame_ms // 1000
+        total = duration_ms * self.clock_rate // 1000
+        tones = []
+        for i, digit in enumerate(digits):
+            packets = dtmf_payloads(digit, duration_ms=duration_ms, volume=self.volume,
+                                    interval_ms=self.frame_ms, clock_rate=self.clock_rate)
+            # The next event starts `gap_ms` or more after this one's end (its duration).
+            wanted = total + gap_ms * self.clock_rate // 1000
+            gap_ticks = max(0, -(-wanted // step) - len(packets))
+            last = i == len(digits) - 1
+            tones.append(_Tone(packets, gap_ticks, on_done if last else None))
+        self._tones.extend(tones)
+
+    def tick(self, timestamp: int
+             ) -> tuple[int, bool, bytes, Callable[[], None] | None] | None:
+        """The packet for this tick, or None for voice: (event timestamp, marker, payload,
+        and the `on_done` to run once it is sent when it is the batch's last)."""
+        if self._gap > 0:
+            self._gap -= 1
+            return None
+        tone = self._current
+        if tone is None:
+            if not self._tones:
+                return None
+            tone = self._current = self._tones.popleft()
+            self._index = 0
+            self._timestamp = timestamp
+        payload, marker, _ = tone.packets[self._index]
+        self._index += 1
+        if self._index < len(tone.packets):
+            return self._timestamp, marker, payload, None
+        self._current = None
+        self._gap = tone.gap_ticks
+        return self._timestamp, marker, payload, tone.on_done
+
+    def clear(self) -> None:
+        """Drop what is queued (the digit playing is cut short: no end packet)."""
+        self._tones.clear()
+        self._current = None
+        self._gap = 0

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
-from sipbridge.media.codecs import G711, AudioCodec, open_codec
-from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver
+from sipbridge.media.codecs import FRAME_MS, G711, AudioCodec, open_codec
+from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver, DtmfSender
 from sipbridge.media.jitterbuffer import JitterBuffer
 from sipbridge.media.ports import SO_TIMESTAMPNS, Endpoint
 from sipbridge.media.recorder import Recorder
@@ -129,6 +129,7 @@ class MediaSession:
         self.rx = ReceptionStats()
         self.dtmf = DtmfReceiver()
         self.digits: list[DtmfDigit] = []
+        self._dtmf_out: DtmfSender | None = None  # digits being sent; None: none queued
         self._to_call: dict[int, Resampler] = {}  # from a rate played at to `rate`
         self._out = bytearray()  # agent audio at `rate`, int16, waiting to be sent
         self._codec_format: object = None
@@ -459,24 +460,50 @@ class MediaSession:
     def queued_ms(self) -> int:
         return len(self._out) // 2 * 1000 // self.codec.rate
 
+    def send_dtmf(self, digits: str, *, duration_ms: int = 100, gap_ms: int = 100,
+                  on_done: Callable[[], None] | None = None) -> None:
+        """Queue digits to go as RFC 4733 telephone-events in this stream, in place of
+        voice while each plays (queued voice waits); `on_done` once the last is out.
+        ValueError for bad digits or durations, or when no telephone-event was
+        negotiated (nothing is queued then)."""
+        if self.audio.telephone_event_pt is None:
+            raise ValueError("the call negotiated no telephone-event (RFC 4733)")
+        sender = self._dtmf_out
+        if sender is None:
+            sender = DtmfSender(self.codec.clock_rate, FRAME_MS)
+        sender.queue(digits, duration_ms=duration_ms, gap_ms=gap_ms, on_done=on_done)
+        self._dtmf_out = sender
+
     def _send_frame(self) -> np.ndarray | None:
-        """Send the next 20 ms of agent audio, or silence; RTP time moves on either way."""
+        """Send the next 20 ms of agent audio, or silence; RTP time moves on either way.
+        While a digit plays, its telephone-event packet goes instead (`send_dtmf`, RFC
+        4733 2.5.1): the stream's SSRC and sequence numbers, the event's own timestamp."""
         out: np.ndarray | None = None
-        size = self._frame * 2
-        if len(self._out) >= size:
-            out = np.frombuffer(bytes(self._out[:size]), np.int16)
-            del self._out[:size]
-            payload = self.codec.encode(out)
-            marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
-            self._talking = True
+        done: Callable[[], None] | None = None
+        sender = self._dtmf_out
+        event = sender.tick(self._ts) if sender is not None else None
+        if event is not None:
+            ts, marker, payload, done = event
+            pt = self.audio.telephone_event_pt
+            self._talking = False  # voice after the digit starts a new talkspurt
         else:
-            payload = (self._silence if self._silence is not None
-                       else self.codec.encode(np.zeros(self._frame, np.int16)))
-            marker = False
-            self._talking = False
-        if self.sending and self._peer_known:
-            data = build_rtp(self.codec.payload_type, self._seq, self._ts, self._ssrc,
-                             payload, marker)
+            if sender is not None and sender.idle:
+                self._dtmf_out = None  # nothing queued: ticks cost nothing more
+            ts, pt = self._ts, self.codec.payload_type
+            size = self._frame * 2
+            if len(self._out) >= size:
+                out = np.frombuffer(bytes(self._out[:size]), np.int16)
+                del self._out[:size]
+                payload = self.codec.encode(out)
+                marker = not self._talking  # RFC 3551 4.1: first packet of a talkspurt
+                self._talking = True
+            else:
+                payload = (self._silence if self._silence is not None
+                           else self.codec.encode(np.zeros(self._frame, np.int16)))
+                marker = False
+                self._talking = False
+        if pt is not None and self.sending and self._peer_known:
+            data = build_rtp(pt, self._seq, ts, self._ssrc, payload, marker)
             if self.srtp is not None:
                 data = self.srtp.protect(data)
             try:
@@ -489,6 +516,8 @@ class MediaSession:
                 self.dropped["send_error"] += 1
             self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
+        if done is not None:
+            done()
         return out
 
     def _send_rtcp(self, now: float) -> None:
