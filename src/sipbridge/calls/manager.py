@@ -355,6 +355,13 @@ class CallManager:
         with self.sip.command():
             return self.transfers.send_held(call_id, job)
 
+    def warm_decision(self, call_id: str, transfer_id: str, connect: bool,
+                      reason: str) -> None:
+        """The briefed person's answer in a warm transfer: connect the caller, or return
+        them to the agent. CallError when that transfer is not being briefed."""
+        raise CallError("conflict", f"Cannot decide transfer '{transfer_id}' of call "
+                        f"'{call_id}': warm transfers are not available.")
+
     def changed(self, call: Call) -> None:
         self.events.emit(Changed(call))
 

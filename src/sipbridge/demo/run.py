@@ -103,8 +103,10 @@ def _describe(entry: dict[str, Any]) -> str | None:
 
 
 class Demo:
-    def __init__(self, workdir: Path, *, http: str, out: Out, target: str | None) -> None:
+    def __init__(self, workdir: Path, *, http: str, out: Out, target: str | None,
+                 warm: bool = False) -> None:
         self.workdir = workdir
+        self.warm = warm  # the human is dialed and briefed before the caller is connected
         self.http = http
         self.target = target  # None: the demo's own human phone
         self.out = out
@@ -284,12 +286,14 @@ class Demo:
 
 
 def run_demo(workdir: Path, *, http: str = "127.0.0.1:0", stay: bool = False,
-             out: Out = print, verbose: bool = False, target: str | None = None) -> int:
+             out: Out = print, verbose: bool = False, target: str | None = None,
+             warm: bool = False) -> int:
     """Run the demo; 0 when the call went through end to end, 1 otherwise."""
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    result = asyncio.run(Demo(workdir, http=http, out=out, target=target).run(stay))
+    result = asyncio.run(Demo(workdir, http=http, out=out, target=target,
+                                     warm=warm).run(stay))
     took = time.monotonic() - started
     if result.ok:
         out(f"demo OK in {took:.0f} s: call {result.call_id} transferred to "
