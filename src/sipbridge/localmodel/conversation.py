@@ -98,8 +98,9 @@ def summary(said: list[str]) -> str:
     words = " ".join(said).split()
     if not words:
         return "I have a caller on the line. Can you take the call?"
-    text = " ".join(words[-SUMMARY_WORDS:]).rstrip(".!?,;: ")
-    return f"I have a caller on the line. They said: {text}. Can you take the call?"
+    text = " ".join(words[-SUMMARY_WORDS:]).rstrip(",;: ")
+    end = "" if text.endswith((".", "!", "?")) else "."
+    return f"I have a caller on the line. They said: {text}{end} Can you take the call?"
 
 
 def check_item(
