@@ -21,7 +21,7 @@ TRANSFER = tool_definition({"human": {"uri": "tel:+14155550123", "mode": "warm"}
 
 
 def said(events: list[dict[str, Any]]) -> str:
-    return next(e for e in events if e["type"] == "response.output_text.done")["text"]
+    return str(next(e for e in events if e["type"] == "response.output_text.done")["text"])
 
 
 def decided(events: list[dict[str, Any]]) -> dict[str, Any] | None:
