@@ -340,6 +340,14 @@ class CallManager:
                                         requested_by=requested_by, mode=mode, brief=brief,
                                         timers=timers)
 
+    def warm_decision(self, call_id: str, transfer_id: str, connect: bool,
+                      reason: str) -> TransferJob:
+        """The briefing's decision on a warm transfer: connect the caller and the person,
+        or not (the caller is back with the agent). CallError when the transfer is not
+        briefing."""
+        raise CallError("conflict", f"Cannot decide transfer '{transfer_id}' of call "
+                        f"'{call_id}': warm transfers are not available.")
+
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
@@ -354,13 +362,6 @@ class CallManager:
         """Send a held transfer's REFER; False when the call or the transfer ended first."""
         with self.sip.command():
             return self.transfers.send_held(call_id, job)
-
-    def warm_decision(self, call_id: str, transfer_id: str, connect: bool,
-                      reason: str) -> None:
-        """The briefed person's answer in a warm transfer: connect the caller, or return
-        them to the agent. CallError when that transfer is not being briefed."""
-        raise CallError("conflict", f"Cannot decide transfer '{transfer_id}' of call "
-                        f"'{call_id}': warm transfers are not available.")
 
     def changed(self, call: Call) -> None:
         self.events.emit(Changed(call))
