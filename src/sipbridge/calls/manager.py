@@ -340,13 +340,12 @@ class CallManager:
                                         requested_by=requested_by, mode=mode, brief=brief,
                                         timers=timers)
 
-    def warm_decision(self, call_id: str, transfer_id: str, connect: bool,
-                      reason: str) -> TransferJob:
-        """The briefing's decision on a warm transfer: connect the caller and the person,
-        or not (the caller is back with the agent). CallError when the transfer is not
-        briefing."""
-        raise CallError("conflict", f"Cannot decide transfer '{transfer_id}' of call "
-                        f"'{call_id}': warm transfers are not available.")
+    def warm_decision(
+        self, call_id: str, transfer_id: str, connect: bool, reason: str
+    ) -> TransferJob:
+        """A warm transfer's decision: CallError, no warm transfer runs in this build."""
+        raise CallError("conflict", f"Transfer '{transfer_id}' of call '{call_id}' is not "
+                        "a warm transfer being briefed.")
 
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:
