@@ -163,9 +163,10 @@ def test_the_warm_demo_briefs_the_human_then_connects(tmp_path: Path) -> None:
     out = run.stdout
     assert run.returncode == 0, out + run.stderr
     steps = ['agent says', 'caller says', 'agent calls          transfer_call',
-             'transfer             dialing', 'transfer             briefing',
+             'transfer             dialing', 'sipbridge -> human    INVITE sip:+61420351258@',
+             'human -> sipbridge    SIP/2.0 200', 'transfer             briefing',
              'agent says           "I have a caller on the line. They said:',
-             'agent calls          finish_transfer({"connect": true',
+             'human says ', 'agent calls          finish_transfer({"connect": true',
              'transfer             connecting', 'transfer             connected']
     at = [out.index(step) for step in steps]
     assert at == sorted(at), out

@@ -262,3 +262,27 @@ def test_a_decision_with_nothing_to_decide() -> None:
     assert model.outputs[-1][1] == {
         "status": "error", "error": "transfer xfer_1 is not being briefed",
         "instructions": "The decision was not taken; say nothing more."}
+
+
+def test_the_persons_words_are_theirs_on_the_timeline() -> None:
+    from sipbridge.calls.events import Noted
+
+    agents, _, call, job, _ = wired()
+    seen: list[dict[str, object]] = []
+
+    class Collect:
+        def observe(self, event: object) -> None:
+            if isinstance(event, Noted) and event.entry.get("kind") == "transcript":
+                seen.append(event.entry)
+
+    agents.events.subscribe(Collect())
+    heard = {"type": "conversation.item.input_audio_transcription.completed",
+             "item_id": "i", "transcript": "Yes, put them through."}
+    agents._event(call, heard)
+    step(agents, call, job, "briefing")
+    agents._event(call, heard)
+    step(agents, call, job, "connecting")
+    agents._event(call, heard)
+    step(agents, call, job, "returned", "failed: connecting failed", final=True)
+    agents._event(call, heard)
+    assert [e["role"] for e in seen] == ["caller", "person", "person", "caller"]

@@ -59,6 +59,7 @@ class Agents:
         self.loop = loop
         self.bridges: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
+        self._briefing: set[str] = set()  # calls whose model talks with a transfer's person
 
     def observe(self, event: CallEvent) -> None:
         match event:
@@ -89,6 +90,7 @@ class Agents:
             await bridge.close()
 
     def _leave(self, call: Call) -> None:
+        self._briefing.discard(call.id)
         bridge = self.bridges.pop(call.id, None)
         if bridge is not None and self.loop is not None:
             self.loop.create_task(bridge.close())
@@ -129,6 +131,8 @@ class Agents:
         transcript, the agent's), function calls and errors onto its timeline too."""
         self.sideband.publish(call.id, event)
         entry = timeline_entry(event)
+        if entry is not None and entry.get("role") == "caller" and call.id in self._briefing:
+            entry["role"] = "person"  # a warm transfer's person, heard while briefed
         if entry is not None:
             self.events.emit(note(call, **entry))
 
@@ -180,6 +184,8 @@ class Agents:
         them once they answer, gone once the caller is connected, back with the caller
         (and told why) when the person did not take the call."""
         bridge = self.bridges.get(call.id)
+        if status not in ("briefing", "connecting"):
+            self._briefing.discard(call.id)
         if status in ("dialing", "connecting"):
             if bridge is not None:  # the caller's session is the transfer's meanwhile
                 bridge.pause()
@@ -200,6 +206,7 @@ class Agents:
                                else "no audio to brief the person on")
             return
         bridge.move(person)
+        self._briefing.add(call.id)
         tools = [t for t in bridge.tools if t.get("name") != DECISION_TOOL]
         bridge.set_tools([*tools, decision_tool_definition()])
         bridge.send({"type": "conversation.item.create", "item": {

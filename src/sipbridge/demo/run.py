@@ -101,15 +101,21 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
-def _describe(entry: dict[str, Any]) -> str | None:
-    """One line of progress for a timeline entry; None for what the demo leaves out."""
+def _describe(entry: dict[str, Any], human_at: str | None = None) -> str | None:
+    """One line of progress for a timeline entry; None for what the demo leaves out.
+    `human_at`: the human's phone's address (the gateway's own call to it, --warm)."""
     kind = entry.get("kind")
     if kind == "sip":
         line = str(entry.get("line", ""))
+        human = human_at is not None and str(entry.get("peer", "")).endswith(human_at)
+        if human:
+            return f"human -> sipbridge    {line}" if entry.get("dir") == "in" \
+                else f"sipbridge -> human    {line}"
         return f"caller -> sipbridge   {line}" if entry.get("dir") == "in" \
             else f"sipbridge -> caller   {line}"
     if kind == "transcript":
-        who = "caller says" if entry.get("role") == "caller" else "agent says "
+        who = {"caller": "caller says", "person": "human says "}.get(
+            str(entry.get("role")), "agent says ")
         return f'{who}          "{entry.get("text")}"'
     if kind == "agent":
         status = entry.get("status")
@@ -233,7 +239,7 @@ class Demo:
             if call is not None:
                 entries: list[dict[str, Any]] = list(call.timeline)
                 for entry in entries[shown:]:
-                    line = _describe(entry)
+                    line = _describe(entry, human.address if self.warm else None)
                     if line is not None:
                         at = float(entry.get("at") or 0.0) - call.created_at
                         self.out(f"  {at:+8.3f}s  {line}")
