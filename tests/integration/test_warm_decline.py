@@ -34,8 +34,8 @@ def test_the_person_declines_and_the_caller_is_told(tmp_path: Path,
     assert str(result.transfer["reason"]).startswith("declined"), out
     steps = ['transfer             briefing',
              'agent says           "I have a caller on the line.',
-             'human says ', 'agent calls          finish_transfer({"connect": false',
-             'agent says           "No problem, I\'ll tell them."',
+             'human says ', 'agent says           "No problem, I\'ll tell them."',
+             'agent calls          finish_transfer({"connect": false',
              'transfer             returned',
              'agent says           "Sorry, the transfer didn\'t go through.']
     at = [out.index(step) for step in steps]
