@@ -251,6 +251,10 @@ def test_bad_decisions_are_answered_and_decide_nothing(arguments: str, problem: 
 
 def test_a_decision_with_nothing_to_decide() -> None:
     agents, calls, call, job, model = wired()
+    # not briefing: a finish_transfer is the application's own tool, left to it
+    agents.tool(call, "finish_transfer", "call_c", '{"connect": true}')
+    assert not calls.decisions and not model.outputs
+    step(agents, call, job, "briefing")
     call.transfers.clear()
     agents.tool(call, "finish_transfer", "call_d", '{"connect": true}')
     assert not calls.decisions

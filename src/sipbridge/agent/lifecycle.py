@@ -143,8 +143,8 @@ class Agents:
         are played out (`transfer_speech_wait`), since a phone puts the call on hold on
         REFER. While a transfer is under way, another call of the tool starts nothing
         and is answered `in_progress`; the model hears the outcome when there is one."""
-        if name == DECISION_TOOL:
-            self._decision(call, tool_call, arguments)
+        if name == DECISION_TOOL and call.id in self._briefing:
+            self._decision(call, tool_call, arguments)  # ours only while briefing
             return
         if name != TOOL_NAME or "transfer_targets" not in call.options:
             return
