@@ -28,6 +28,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="answer every call itself: silence, echo, agent or play:FILE.wav")
     p.add_argument("--transfer-to", dest="transfer_to",
                    help="with --auto-answer agent: the URI the agent transfers callers to")
+    p.add_argument("--transfer-mode", dest="transfer_mode", choices=("blind", "warm"),
+                   help="how the agent transfers to --transfer-to: blind (REFER, the "
+                   "default) or warm (the person is dialed and briefed first)")
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     p.add_argument("--api-key", dest="api_key", action="append",
                    help="an API key the HTTP API accepts as 'Bearer KEY' (repeatable)")
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transfer-to", dest="transfer_to",
                       help="transfer to this SIP URI (your own phone or PBX) instead of the "
                       "demo's human phone")
+    demo.add_argument("--warm", action="store_true",
+                      help="a warm transfer: the agent briefs the human, who takes the call")
     return parser
 
 
@@ -119,6 +124,7 @@ def serve(args: argparse.Namespace) -> int:
             http_tls_cert=args.http_tls_cert, http_tls_key=args.http_tls_key,
             public_address=args.public_address, sip_public_address=args.sip_public_address,
             media_public_address=args.media_public_address,
+            transfer_mode=args.transfer_mode,
         )
     except ConfigError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)
@@ -144,7 +150,7 @@ def demo(args: argparse.Namespace) -> int:
 
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="sipbridge-demo-"))
     return run_demo(workdir, http=args.http, stay=args.stay, verbose=args.verbose,
-                    target=args.transfer_to,
+                    target=args.transfer_to, warm=args.warm,
                     out=lambda line: print(line, flush=True))
 
 

@@ -312,6 +312,11 @@ class Config(BaseSettings):
     agent_reconnects: int = Field(3, ge=0, le=20)  # a dropped model connection is retried
     agent_on_failure: str = Field("hangup", pattern="^(hangup|transfer)$")  # then this
     transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to
+    # --transfer-mode: how the default agent transfers to transfer_to: "blind" (REFER) or
+    # "warm" (the gateway dials the person and the agent briefs them first: the text
+    # transfer_brief, or "summary": the agent sums up the conversation)
+    transfer_mode: str = Field("blind", pattern="^(blind|warm)$")
+    transfer_brief: str = Field("summary", min_length=1, max_length=2000)
 
     @field_validator("sip", "http")
     @classmethod

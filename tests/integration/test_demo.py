@@ -151,3 +151,27 @@ def test_the_demo_names_what_is_missing(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "demo FAILED: missing: baresip (Debian package baresip)" in run.stdout, run.stdout
     assert "scripts/setup.sh" in run.stdout
+
+
+def test_the_warm_demo_briefs_the_human_then_connects(tmp_path: Path) -> None:
+    """`sipbridge demo --warm`: the gateway dials the human's baresip while the caller
+    waits, the agent briefs the human (a summary of the caller's words), the human says
+    yes, and caller and human hear each other."""
+    pytest.importorskip("sipbridge.localmodel.server")
+    pytest.importorskip("sipbridge.calls.warm", reason="warm transfers are not built in")
+    run = demo("--dir", str(tmp_path / "demo"), "--warm")
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    steps = ['agent says', 'caller says', 'agent calls          transfer_call',
+             'transfer             dialing', 'sipbridge -> human    INVITE sip:+61420351258@',
+             'human -> sipbridge    SIP/2.0 200', 'transfer             briefing',
+             'agent says           "I have a caller on the line. They said:',
+             'human says ', 'agent calls          finish_transfer({"connect": true',
+             'transfer             connecting', 'transfer             connected']
+    at = [out.index(step) for step in steps]
+    assert at == sorted(at), out
+    heard = re.search(r"the human's phone answered; the caller heard the human at "
+                      r"correlation ([0-9.]+); the human heard the caller at correlation "
+                      r"([0-9.]+)", out)
+    assert heard and float(heard.group(1)) >= 0.8 and float(heard.group(2)) >= 0.8, out
+    assert out.rstrip().splitlines()[-1].startswith("demo OK in ")

@@ -142,6 +142,16 @@ def test_wrong_state_unknown_calls_and_bad_input_get_openai_errors(app: App) -> 
         client.realtime.calls.accept(call_id, type="realtime", extra_body={
             "sipbridge": {"transfer_fallback": "teleport"}})
     assert bad.value.body["param"] == "sipbridge.transfer_fallback"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.accept(call_id, type="realtime", extra_body={
+            "sipbridge": {"transfer_targets": {"human": {
+                "uri": "tel:+61420351258", "mode": "warm", "ring_timeout": -1}}}})
+    assert bad.value.body["param"] == (  # type: ignore[index]
+        "sipbridge.transfer_targets.human.ring_timeout")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.realtime.calls.accept(call_id, type="realtime", extra_body={
+            "sipbridge": {"brief_timeout": 0}})
+    assert bad.value.body["param"] == "sipbridge.brief_timeout"  # type: ignore[index]
     assert app.record(call_id)["state"] == "ringing"  # none of it touched the call
     wrong = openai.OpenAI(api_key="sk-wrong", base_url=app.base_url, max_retries=0)
     with pytest.raises(openai.AuthenticationError):

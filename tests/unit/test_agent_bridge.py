@@ -174,3 +174,77 @@ def test_a_function_output_during_a_response_asks_for_the_next_one_after_it(
     b.function_output("call_1", '{"status": "failed"}')  # none under way: at once
     sent = [b.outbox.get_nowait() for _ in range(b.outbox.qsize())]
     assert [e["type"] for e in sent if e] == ["conversation.item.create", "response.create"]
+
+
+def second_session() -> tuple[MediaSession, PortPool]:
+    pool = PortPool(33000, 33099)
+    audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, "127.0.0.1", 9, Direction.SENDRECV, 20)
+    return MediaSession("rtc_b:warm", pool.allocate("127.0.0.1"), audio, now=0.0,
+                        wall=lambda: 0.0, timeout=0, jitter=JitterBuffer()), pool
+
+
+def delta(response: str, item: str, ms: int) -> dict[str, object]:
+    pcm = np.zeros(24 * ms, "<i2").tobytes()
+    return {"type": "response.output_audio.delta", "response_id": response, "item_id": item,
+            "delta": base64.b64encode(pcm).decode()}
+
+
+def drain(b: AgentBridge) -> list[dict[str, object]]:
+    events = []
+    while not b.outbox.empty():
+        event = b.outbox.get_nowait()
+        assert event is not None
+        events.append(event)
+    return events
+
+
+def test_pause_move_and_back(media: MediaSession) -> None:
+    person, pool = second_session()
+    try:
+        b = bridge(media, None)
+        b.server_event({"type": "response.created", "response": {"id": "resp_1"}})
+        b.server_event(delta("resp_1", "item_1", 200))
+        assert media.queued_ms == 200
+        b.pause()
+        assert media.queued_ms == 0  # what was queued for the caller is gone
+        hold = media.on_audio
+        assert hold is not None
+        hold(FRAME)
+        assert not drain(b)  # nothing of the caller goes to the model
+        b.server_event(delta("resp_1", "item_1", 100))
+        assert media.queued_ms == 0  # nor is the model played
+        media.on_audio = None  # the transfer takes the caller's session meanwhile
+        b.move(person)
+        assert person.on_audio is not None and media.on_audio is None
+        assert drain(b) == [{"type": "input_audio_buffer.clear"}]
+        b.server_event(delta("resp_1", "item_1", 100))
+        assert person.queued_ms == 0  # what the model said to the caller does not follow
+        b.server_event({"type": "response.done", "response": {"id": "resp_1"}})
+        b.server_event({"type": "response.created", "response": {"id": "resp_2"}})
+        b.server_event(delta("resp_2", "item_2", 300))
+        assert person.queued_ms == 300 and media.queued_ms == 0
+        person.on_audio(FRAME)
+        assert drain(b)[0]["type"] == "input_audio_buffer.append"
+        # barge-in on the person's session truncates what the person heard
+        b.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+                        "item_id": "u1"})
+        assert person.queued_ms == 0
+        assert drain(b)[0] == {"type": "conversation.item.truncate", "item_id": "item_2",
+                               "content_index": 0, "audio_end_ms": 0}
+        b.move(media)  # back to the caller
+        assert media.on_audio is not None and person.on_audio is None
+        b.server_event({"type": "response.done", "response": {"id": "resp_2"}})
+        b.server_event(delta("resp_3", "item_3", 100))
+        assert media.queued_ms == 100
+    finally:
+        person.close()
+        pool.release(person.endpoint)
+
+
+def test_set_tools_is_kept_for_reconnections(media: MediaSession) -> None:
+    b = bridge(media, None)
+    b.set_tools([{"type": "function", "name": "finish_transfer"}])
+    assert b.tools == [{"type": "function", "name": "finish_transfer"}]
+    assert b.session["tools"] == b.tools
+    assert drain(b) == [{"type": "session.update", "session": {
+        "type": "realtime", "tools": [{"type": "function", "name": "finish_transfer"}]}}]

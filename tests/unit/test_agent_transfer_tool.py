@@ -167,3 +167,20 @@ def test_a_model_that_fails_during_a_transfer_leaves_the_call_to_it() -> None:
     assert not any(r.method == "BYE" for r in h.requests)
     assert notify(h, "refer", "SIP/2.0 200 OK", cseq=2) == 200
     assert call.transfers[0].status == "succeeded"
+
+
+def test_the_tool_uses_the_targets_and_the_calls_timeouts() -> None:
+    from tests.unit.callharness import app_call
+
+    h, call = app_call()
+    h.manager.accept(call.id, {"type": "realtime"}, {
+        "refer_timeout": 9, "notify_timeout": 100,
+        "transfer_targets": {"support": {"uri": "sip:support@127.0.0.1:5090",
+                                         "notify_timeout": 50}}})
+    h.send(ack(h.sent[-1].to.tag or ""))
+    run = h.manager.run_transfer_tool(call.id, SUPPORT)
+    assert run.started and run.job is not None
+    timers = run.job.machine.timers
+    # the target's over the call's over the config's
+    assert (timers.refer_timeout, timers.notify_timeout) == (9.0, 50.0)
+    assert run.job.mode == "blind" and refers(h) == 1

@@ -137,3 +137,19 @@ def test_the_sideband_is_open_from_the_start_and_hangup_cancels_a_ringing_call()
     got = c.get(f"/v1/realtime/calls/{record['id']}").json()
     assert got["state"] == "ended" and got["outbound"]["status"] == "cancelled"
     assert record["id"] not in control.sideband.sessions  # let go at the end
+
+
+def test_an_outbound_call_offers_send_dtmf_unless_told_not_to() -> None:
+    c, h = client()
+    names = []
+    for options in ({}, {"send_dtmf": False}):
+        r = post(c, to="tel:+14155550123", **options)
+        assert r.status_code == 200, r.text
+        session = h.manager.calls[r.json()["id"]].session
+        assert session is not None
+        tools = session.get("tools")
+        assert isinstance(tools, list | None)
+        names.append([t["name"] for t in tools or []])
+    assert names == [["send_dtmf"], []]
+    r = post(c, to="tel:+14155550123", send_dtmf="yes")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "sipbridge.send_dtmf"

@@ -240,3 +240,15 @@ def test_the_static_files(http: TestClient) -> None:
     assert "textContent" in script.text and "innerHTML" not in script.text
     style = http.get("/dashboard/static/dashboard.css")
     assert style.headers["content-type"].startswith("text/css") and ".ladder" in style.text
+
+
+def test_a_warm_transfers_person_is_named_in_the_transcript(
+    http: TestClient, control: Control
+) -> None:
+    timeline = control.store.records[FAILED]["timeline"]
+    said = next(e for e in timeline if e.get("kind") == "transcript")
+    timeline.append({**said, "role": "person", "text": "Yes, put them through."})
+    page = http.get(f"/dashboard/calls/{FAILED}").text
+    turns = re.findall(r'<span class="who">(\w+)</span><span class="at">[^<]+</span>'
+                       r'<p>([^<]*)</p>', page)
+    assert turns[-1] == ("Person", "Yes, put them through.")

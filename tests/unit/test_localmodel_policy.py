@@ -126,6 +126,10 @@ def test_tool_results_by_status(policy: Policy) -> None:
     ("greeting: hi\nfallback: x\nintents: [{phrases: [a], reply: x, tool: {args: 1}}]\n",
      "tool"),
     ("greeting: [unclosed\n", "not valid YAML"),
+    ("greeting: hi\nfallback: x\nintents: [{phrases: [a], reply: x, skip_without_tool: "
+     "true}]\n", "skip_without_tool"),
+    ("greeting: hi\nfallback: x\nintents: [{phrases: [a], reply: x, tool: {name: t}, "
+     "skip_without_tool: maybe}]\n", "skip_without_tool"),
 ])
 def test_bad_policies_are_refused(text: str, problem: str) -> None:
     with pytest.raises(PolicyError, match=problem):
@@ -135,3 +139,46 @@ def test_bad_policies_are_refused(text: str, problem: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         Policy.load("/nonexistent/policy.yaml")
+
+
+DECISION = {"type": "function", "name": "finish_transfer",
+            "parameters": {"type": "object", "properties": {
+                "connect": {"type": "boolean"}, "reason": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize(("said", "connect"), [
+    ("Yes, put them through.", True),
+    ("Sure.", True),
+    ("Okay, connect them.", True),
+    ("Put her through please", True),
+    ("I can't take it right now.", False),
+    ("No, I'm busy.", False),
+    ("Not now, sorry.", False),
+    ("I cannot, I decline.", False),
+    ("Yes, but not now.", False),  # a refusal wins
+])
+def test_a_briefed_person_decides(policy: Policy, said: str, connect: bool) -> None:
+    reply = policy.respond(said, [transfer_tool("human"), DECISION])
+    assert reply.tool_call is not None
+    name, arguments = reply.tool_call
+    assert name == "finish_transfer" and json.loads(arguments)["connect"] is connect
+    assert reply.text == ("Thanks, connecting you now." if connect
+                          else "No problem, I'll tell them.")
+
+
+@pytest.mark.parametrize("said", ["Yes, a person please.", "No, I want a human."])
+def test_decisions_count_only_while_the_tool_is_declared(policy: Policy, said: str) -> None:
+    reply = policy.respond(said, [transfer_tool("human")])
+    assert reply.tool_call is not None and reply.tool_call[0] == "transfer_call"
+    reply = policy.respond("No thanks.", [transfer_tool("human")])
+    assert reply.tool_call is None and reply.text == policy.fallback  # not "I can't"
+
+
+def test_skip_without_tool_tries_the_next_intent() -> None:
+    custom = Policy.from_yaml(
+        "greeting: hi\nfallback: what?\nintents:\n"
+        "  - {phrases: [sure], reply: ok, tool: {name: t}, skip_without_tool: true}\n"
+        "  - {phrases: [sure], reply: plain yes}\n")
+    assert custom.respond("sure").text == "plain yes"
+    reply = custom.respond("sure", [{"type": "function", "name": "t"}])
+    assert reply.text == "ok" and reply.tool_call == ("t", "{}")

@@ -15,6 +15,9 @@ or any server speaking the same protocol. The bridge:
 - runs the built-in transfer tool when the model calls it (`on_function_call`), and
   holds what must wait for the agent's words until they are played out
   (`after_speech`: the transfer's REFER, say);
+- pauses (nothing from the caller to the model, nothing of the model played) and moves to
+  another media session and back (`pause`, `move`): a warm transfer's briefing talks with
+  the person the gateway dialed through the same model session;
 - reconnects when the connection drops (`reconnects` times, with back-off, the session
   config sent again); after that `on_failure` decides (hang up, or transfer).
 """
@@ -107,6 +110,8 @@ class AgentBridge:
         self._responding: set[str] = set()  # responses under way (created, not done)
         self._respond_when_done = False  # a function output's response waits for them
         self._held: list[_Held] = []
+        self.paused = False
+        self._muted: set[str] = set()  # responses whose audio is dropped (see `pause`)
         media.on_audio = self._caller_audio
 
     # ---- life cycle ---------------------------------------------------------------
@@ -192,6 +197,43 @@ class AgentBridge:
                 return
             await ws.send(json.dumps(event))
 
+    # ---- where the audio goes -----------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop the audio both ways: no caller audio to the model, the model's audio of the
+        responses under way dropped, what is queued for the caller cleared. The media
+        session's `on_audio` is left as it is (another may take it meanwhile)."""
+        self.paused = True
+        self._muted |= self._responding
+        self.media.clear_playout()
+        self._item = None
+
+    def move(self, media: MediaSession) -> None:
+        """Talk through `media` from now on (unpaused): its audio to the model, the
+        model's audio played to it; barge-in and truncation work on it. What the model
+        was saying, and the audio it has not yet taken in, do not follow."""
+        old = self.media
+        self._muted |= self._responding
+        old.clear_playout()
+        if old is not media and old.on_audio == self._caller_audio:
+            old.on_audio = None
+        self.media = media
+        self._item = None
+        self.paused = False
+        media.on_audio = self._caller_audio
+        self.send({"type": "input_audio_buffer.clear"})
+
+    def set_tools(self, tools: list[dict[str, Any]]) -> None:
+        """The session's tools from now on (kept across reconnections)."""
+        self.session["tools"] = tools
+        self.send({"type": "session.update", "session": {"type": "realtime", "tools": tools}})
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The session's tools as the bridge last sent them."""
+        tools = self.session.get("tools")
+        return [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+
     # ---- audio ----------------------------------------------------------------------
 
     def _resample(self, pcm: np.ndarray, rate: int, to: int) -> np.ndarray:
@@ -207,7 +249,7 @@ class AgentBridge:
         """One 20 ms frame of the caller (at the call's rate) to the model, in the
         session's input format: a wideband call's 16 or 24 kHz goes to 24 kHz PCM16
         directly, never through 8 kHz."""
-        if not self.connected:
+        if not self.connected or self.paused:
             return
         rate = self.media.rate
         if self.input_format == "audio/pcmu":
@@ -240,6 +282,8 @@ class AgentBridge:
 
     def _barge_in(self) -> None:
         """The caller spoke over the agent: stop its audio, truncate what was not heard."""
+        if self.paused:
+            return
         queued = self.media.queued_ms
         self.media.clear_playout()
         self._poll_held()
@@ -259,6 +303,9 @@ class AgentBridge:
         kind = event.get("type")
         if kind in ("response.created", "response.done"):
             self._response(kind, event.get("response"))
+        elif kind == "response.output_audio.delta" and (
+                self.paused or event.get("response_id") in self._muted):
+            pass  # said to no one: the model is paused or has moved since
         elif kind == "response.output_audio.delta":
             if self._speech_stopped is not None:
                 self.on_latency(time.monotonic() - self._speech_stopped)
@@ -281,6 +328,7 @@ class AgentBridge:
             self._responding.add(key)
         else:
             self._responding.discard(key)
+            self._muted.discard(key)
             if not key:  # a server that names no responses: none is under way now
                 self._responding.clear()
             if not self._responding and self._respond_when_done:
@@ -331,6 +379,7 @@ class AgentBridge:
     def connection_lost(self) -> None:
         """The model's responses under way ended with its connection."""
         self._responding.clear()
+        self._muted.clear()
         self._respond_when_done = False
         self._poll_held()
 
@@ -351,8 +400,13 @@ class AgentBridge:
         self.send({"type": "conversation.item.create",
                    "item": {"type": "function_call_output", "call_id": call_id,
                             "output": output}})
-        if respond and self._responding:
-            # One response at a time (OpenAI refuses a second): after this one is done.
+        if respond:
+            self.respond()
+
+    def respond(self) -> None:
+        """Ask the model for a response: now, or once the one under way is done (OpenAI
+        refuses a second one at a time)."""
+        if self._responding:
             self._respond_when_done = True
-        elif respond:
+        else:
             self.send({"type": "response.create"})

@@ -1,6 +1,8 @@
 """The agents of the calls: a model session bridged to each call that talks with one, its
-events on the call's timeline and sideband, the built-in transfer tool, and what the
-caller hears when the model fails (a spoken message, then a person or the end)."""
+events on the call's timeline and sideband, the built-in transfer tool, the model's part
+in a warm transfer (it briefs the person the gateway dialed and decides with
+`finish_transfer`), and what the caller hears when the model fails (a spoken message,
+then a person or the end)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from sipbridge.agent.bridge import AgentBridge
 from sipbridge.calls import dtmf_tool
-from sipbridge.calls.call import Call, TransferJob
+from sipbridge.calls.call import Call, CallError, TransferJob
 from sipbridge.calls.events import (
     CallEvent,
     CallEvents,
@@ -22,12 +24,20 @@ from sipbridge.calls.events import (
     note,
 )
 from sipbridge.calls.manager import CallManager
-from sipbridge.calls.tool import TOOL_NAME, tool_definition, tool_output
+from sipbridge.calls.tool import (
+    TOOL_NAME,
+    decision_output,
+    decision_tool_definition,
+    read_decision,
+    tool_definition,
+    tool_output,
+)
 from sipbridge.calls.transfer_machine import SUCCEEDED
 from sipbridge.config import Config
 from sipbridge.media.engine import MediaEngine
 from sipbridge.media.session import MediaSession
 from sipbridge.metrics import Metrics
+from sipbridge.realtime.brief import DECISION_TOOL, SPEAKING_TO, brief_instructions
 from sipbridge.realtime.schemas import FunctionTool, SessionConfig
 from sipbridge.realtime.sideband import SidebandHubs
 
@@ -50,6 +60,7 @@ class Agents:
         self.loop = loop
         self.bridges: dict[str, AgentBridge] = {}
         self._tool_calls: dict[str, tuple[str, str]] = {}  # transfer id -> (call id, tool call)
+        self._briefing: set[str] = set()  # calls whose model talks with a transfer's person
 
     def observe(self, event: CallEvent) -> None:
         match event:
@@ -57,6 +68,9 @@ class Agents:
                 self._start(call, media)
             case Digit(call=call, digit=digit):
                 self._digit(call.id, digit)
+            case TransferStepped(call=call, job=job, step=step) if job.mode == "warm":
+                if step is not None:
+                    self._warm_step(call, job, step.status)
             case TransferStepped(call=call, job=job, step=step):
                 if step is not None and step.final and job.id in self._tool_calls:
                     call_id, tool_call = self._tool_calls.pop(job.id)
@@ -77,6 +91,7 @@ class Agents:
             await bridge.close()
 
     def _leave(self, call: Call) -> None:
+        self._briefing.discard(call.id)
         bridge = self.bridges.pop(call.id, None)
         if bridge is not None and self.loop is not None:
             self.loop.create_task(bridge.close())
@@ -84,7 +99,11 @@ class Agents:
     def _start(self, call: Call, media: MediaSession) -> None:
         """An answered call that is not echoed or played to: it talks with the agent."""
         if self.config.auto_answer == "agent" and call.direction == "inbound":
-            targets = {"human": self.config.transfer_to} if self.config.transfer_to else {}
+            human: object = self.config.transfer_to
+            if self.config.transfer_mode == "warm":
+                human = {"uri": self.config.transfer_to, "mode": "warm",
+                         "brief": self.config.transfer_brief}
+            targets = {"human": human} if self.config.transfer_to else {}
             call.options = {"transfer_targets": targets} if targets else {}
             config = SessionConfig(type="realtime")
             if targets:
@@ -115,6 +134,8 @@ class Agents:
         transcript, the agent's), function calls and errors onto its timeline too."""
         self.sideband.publish(call.id, event)
         entry = timeline_entry(event)
+        if entry is not None and entry.get("role") == "caller" and call.id in self._briefing:
+            entry["role"] = "person"  # a warm transfer's person, heard while briefed
         if entry is not None:
             self.events.emit(note(call, **entry))
 
@@ -127,6 +148,9 @@ class Agents:
         and is answered `in_progress`; the model hears the outcome when there is one."""
         if name == dtmf_tool.TOOL_NAME and call.options.get(dtmf_tool.OPTION) is True:
             self._send_dtmf(call, tool_call, arguments)
+            return
+        if name == DECISION_TOOL and call.id in self._briefing:
+            self._decision(call, tool_call, arguments)  # ours only while briefing
             return
         if name != TOOL_NAME or "transfer_targets" not in call.options:
             return
@@ -167,6 +191,105 @@ class Agents:
                               outcome=outcome, waited=round(waited, 3), detail=detail))
         if self.calls.send_held(call.id, job):
             log.info("call %s: transfer %s: %s; REFER sent", call.id, job.id, detail)
+
+    # ---- the warm transfer -------------------------------------------------------------
+
+    def _warm_step(self, call: Call, job: TransferJob, status: str) -> None:
+        """The model's part in a warm transfer: quiet while the person is dialed, briefing
+        them once they answer, gone once the caller is connected, back with the caller
+        (and told why) when the person did not take the call."""
+        bridge = self.bridges.get(call.id)
+        if status not in ("briefing", "connecting"):
+            self._briefing.discard(call.id)
+        if status in ("dialing", "connecting"):
+            if bridge is not None:  # the caller's session is the transfer's meanwhile
+                bridge.pause()
+        elif status == "briefing":
+            self._brief(call, job, bridge)
+        elif status == "connected":
+            self._tool_calls.pop(job.id, None)
+            self._leave(call)  # the caller talks with the person now
+        elif status in ("returned", "cancelled"):
+            self._back(call, job, bridge, status)
+
+    def _brief(self, call: Call, job: TransferJob, bridge: AgentBridge | None) -> None:
+        warm = getattr(job, "warm", None)
+        key = getattr(warm, "media_key", None) or f"{call.id}:warm"
+        person = self.media.sessions.get(key)
+        if bridge is None or person is None:
+            self._decide_later(call, job, "no agent to brief the person" if bridge is None
+                               else "no audio to brief the person on")
+            return
+        bridge.move(person)
+        self._briefing.add(call.id)
+        tools = [t for t in bridge.tools if t.get("name") != DECISION_TOOL]
+        bridge.set_tools([*tools, decision_tool_definition()])
+        bridge.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "system", "content": [{"type": "input_text", "text": (
+                f"{SPEAKING_TO} They were reached at {job.machine.target}.")}]}})
+        bridge.send({"type": "response.create", "response": {
+            "instructions": brief_instructions(getattr(warm, "brief", None))}})
+        self.events.emit(note(call, "agent", status="briefing", transfer_id=job.id))
+
+    def _decide_later(self, call: Call, job: TransferJob, reason: str) -> None:
+        """Connect without a briefing (after the step that asked is out)."""
+        def decide() -> None:
+            try:
+                self.calls.warm_decision(call.id, job.id, True, reason)
+            except CallError as exc:
+                log.warning("call %s: transfer %s: %s", call.id, job.id, exc.message)
+        if self.loop is not None:
+            self.loop.call_soon(decide)
+        else:
+            decide()
+
+    def _decision(self, call: Call, tool_call: str, arguments: str) -> None:
+        """The model called `finish_transfer`: the briefed person's answer."""
+        bridge = self.bridges.get(call.id)
+        job = next((t for t in call.transfers if t.mode == "warm" and not t.final), None)
+        decision = read_decision(arguments)
+        if job is None or decision is None:
+            problem = ("no warm transfer is being briefed" if job is None else
+                       'the arguments must be {"connect": true or false, "reason": "..."}')
+            if bridge is not None:
+                bridge.function_output(tool_call, decision_output(False, problem),
+                                       respond=job is not None)
+            return
+        connect, reason = decision
+        try:
+            self.calls.warm_decision(call.id, job.id, connect, reason)
+        except CallError as exc:
+            output = decision_output(connect, exc.message)
+        else:
+            output = decision_output(connect)
+        if bridge is not None:  # said while the person listens; nothing more is asked
+            bridge.function_output(tool_call, output, respond=False)
+
+    def _back(self, call: Call, job: TransferJob, bridge: AgentBridge | None,
+              status: str) -> None:
+        """The caller is back (or gone): the model talks with the caller again, without
+        the decision tool, and hears why the person did not take the call."""
+        tool = self._tool_calls.pop(job.id, None)
+        if bridge is None:
+            return
+        caller = self.media.sessions.get(call.id)
+        if caller is not None:
+            bridge.move(caller)
+        tools = bridge.tools
+        if any(t.get("name") == DECISION_TOOL for t in tools):
+            bridge.set_tools([t for t in tools if t.get("name") != DECISION_TOOL])
+        if status != "returned":
+            return  # the call ended
+        if tool is not None and job.requested_by == "agent":
+            bridge.function_output(tool[1], tool_output(job.machine))
+            return
+        bridge.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "system", "content": [{"type": "input_text", "text": (
+                f"The transfer to {job.machine.target} did not go through "
+                f"({job.machine.reason or 'no reason given'}). You are speaking with the "
+                "caller again: tell them the person could not take the call, apologise, "
+                "and offer to help.")}]}})
+        bridge.respond()
 
     def status(self, call: Call, kind: str, detail: str) -> None:
         """The model's connection: connected, lost, failed (the caller is told)."""

@@ -20,7 +20,7 @@ from sipbridge.api.state import Control, State
 from sipbridge.calls import dtmf_tool
 from sipbridge.calls.call import CallError
 from sipbridge.calls.manager import CallManager
-from sipbridge.calls.targets import SpecError, read_mode, read_timeouts, timers_for
+from sipbridge.calls.targets import SpecError, parse_target, read_mode, read_timeouts, timers_for
 from sipbridge.calls.tool import TOOL_NAME, tool_definition
 from sipbridge.calls.warm_runner import CONNECT_MODES
 from sipbridge.config import TRANSFER_FALLBACKS
@@ -54,18 +54,22 @@ def _fallback(options: dict[str, Any], key: str) -> str | None:
 
 
 def _with_transfer_tool(config: SessionConfig, targets: object) -> SessionConfig:
-    """Check the declared transfer targets and give the session the transfer tool."""
+    """Check the declared transfer targets (a URI, or an object with its "uri" and the
+    transfer's mode, brief and timeouts) and give the session the transfer tool."""
     if not isinstance(targets, dict) or not targets:
-        raise ApiError(400, "sipbridge.transfer_targets must map names to tel: or sip: URIs.",
+        raise ApiError(400, "sipbridge.transfer_targets must map names to tel: or sip: URIs "
+                       "or target objects.",
                        param="sipbridge.transfer_targets", code="invalid_value")
-    for name, uri in targets.items():
-        problem = (None if _TOOL_TARGET.fullmatch(str(name)) else
-                   "names are 1-64 letters, digits, '_' or '-'")
-        if problem is None:
-            problem = refer_target_problem(uri) if isinstance(uri, str) else "not a string"
-        if problem is not None:
-            raise ApiError(400, f"Invalid transfer target {name!r}: {problem}",
-                           param=f"sipbridge.transfer_targets.{name}", code="invalid_value")
+    for name, value in targets.items():
+        where = f"sipbridge.transfer_targets.{name}"
+        if not _TOOL_TARGET.fullmatch(str(name)):
+            raise ApiError(400, f"Invalid transfer target {name!r}: names are 1-64 letters, "
+                           "digits, '_' or '-'", param=where, code="invalid_value")
+        try:
+            parse_target(value, where, refer_target_problem)
+        except SpecError as exc:
+            raise ApiError(400, f"Invalid transfer target {name!r}: {exc.message}",
+                           param=exc.param, code="invalid_value") from None
     tools = [t for t in (config.tools or []) if getattr(t, "name", None) != TOOL_NAME]
     return config.model_copy(update={"tools": [*tools, FunctionTool(**tool_definition(targets))]})
 
@@ -82,16 +86,32 @@ def _with_dtmf_tool(config: SessionConfig, wanted: object) -> SessionConfig:
     return config.model_copy(update={"tools": tools})
 
 
+def with_call_options(config: SessionConfig, options: dict[str, Any], *,
+                      send_dtmf: bool = False) -> SessionConfig:
+    """A call's `sipbridge` options (accept's, or an outbound call's) checked, each problem
+    a 400 naming it, and the session given the tools they ask for: `transfer_call` for
+    `transfer_targets`, `send_dtmf` when `send_dtmf` is true (`send_dtmf`: the default)."""
+    _fallback(options, "transfer_fallback")
+    try:
+        read_timeouts(options, "sipbridge")  # the call's transfers' timeouts
+    except SpecError as exc:
+        raise ApiError(400, exc.message, param=exc.param, code="invalid_value") from None
+    targets = options.get("transfer_targets")
+    if targets is not None:
+        config = _with_transfer_tool(config, targets)
+    wanted = options.get(dtmf_tool.OPTION)
+    if wanted is not None or send_dtmf:
+        if wanted is None:
+            options[dtmf_tool.OPTION] = wanted = True
+        config = _with_dtmf_tool(config, wanted)
+    return config
+
+
 @router.post("/v1/realtime/calls/{call_id}/accept", status_code=200,
              response_class=Response, summary="Accept an incoming call")
 async def accept(call_id: str, config: SessionConfig, api: State) -> Response:
     options = config.sipbridge or {}
-    _fallback(options, "transfer_fallback")
-    targets = options.get("transfer_targets")
-    if targets is not None:
-        config = _with_transfer_tool(config, targets)
-    if options.get(dtmf_tool.OPTION) is not None:
-        config = _with_dtmf_tool(config, options[dtmf_tool.OPTION])
+    config = with_call_options(config, options)
     with call_control(api.control) as calls:
         call = calls.accept(call_id, config.session_object(), options)
         api.control.sideband.open(call, config)

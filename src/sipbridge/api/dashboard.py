@@ -303,6 +303,9 @@ def _recording(record: CallRecord, c: Summary) -> str:
             '</section>')
 
 
+_WHO = {"agent": "Agent", "person": "Person"}  # "person": a warm transfer's, briefed
+
+
 def _transcript(record: CallRecord, c: Summary) -> str:
     turns = [(step(e, c.started).at, e) for e in record.get("timeline") or []
              if isinstance(e, Mapping) and e.get("kind") == "transcript"]
@@ -310,7 +313,7 @@ def _transcript(record: CallRecord, c: Summary) -> str:
         return ""
     items = "".join(
         f'<li class="turn {"agent" if e.get("role") == "agent" else "caller"}">'
-        f'<span class="who">{"Agent" if e.get("role") == "agent" else "Caller"}</span>'
+        f'<span class="who">{_WHO.get(str(e.get("role")), "Caller")}</span>'
         f'<span class="at">{at:+.1f} s</span><p>{_e(e.get("text"))}</p></li>'
         for at, e in turns)
     return (f'<section class="panel" id="transcript"><h2>Transcript</h2>'

@@ -13,9 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from sipbridge.api.calls import (
     _HEADER_NAME,
     _UNSAFE,
-    _fallback,
-    _with_transfer_tool,
     call_control,
+    with_call_options,
 )
 from sipbridge.api.errors import ApiError
 from sipbridge.api.schemas import refer_target_problem
@@ -98,10 +97,9 @@ async def place(config: SessionConfig, api: State) -> JSONResponse:
     options = dict(config.sipbridge or {})
     with call_control(api.control) as calls:
         how = _dial_options(options, set(calls.outbound.trunks))
-        _fallback(options, "transfer_fallback")
-        targets = options.get("transfer_targets")
-        if targets is not None:
-            config = _with_transfer_tool(config, targets)
+        # An agent that places a call may have a phone menu to walk: send_dtmf is offered
+        # unless the options say false.
+        config = with_call_options(config, options, send_dtmf=True)
         session = config.session_object()
         to = how.pop("to")
         try:

@@ -19,6 +19,7 @@ import numpy as np
 from sipbridge.calls.call import FALLBACK_STATES, Call, CallError, CallState, TransferJob, Trunk
 from sipbridge.calls.events import CallEvents, Changed, TransferStepped, note
 from sipbridge.calls.sipids import SipCallIds
+from sipbridge.calls.targets import SpecError, read_timeouts, timers_for
 from sipbridge.calls.tool import ToolRun, pick_target
 from sipbridge.calls.transfer_machine import (
     REQUESTED,
@@ -201,7 +202,8 @@ class Transfers:
     def run_transfer_tool(self, call_id: str, arguments: str, *,
                           held: str | None = None, hold_for: float = 0.0) -> ToolRun:
         """The model called the built-in transfer tool: refer the call to the target it
-        named among those the application declared (`held`: as `refer`'s). While a
+        named among those the application declared, with that target's mode, brief and
+        timeouts over the call's (`held`: as `refer`'s). While a
         transfer of the call is under way, nothing new starts: that one is the answer."""
         call = self.calls.get(call_id)
         targets = call.options.get("transfer_targets")
@@ -210,12 +212,18 @@ class Transfers:
         running = next((t for t in call.transfers if not t.final), None)
         if running is not None:
             return ToolRun(running)
-        uri, problem = pick_target(targets, arguments)
-        if uri is None:
+        spec, problem = pick_target(targets, arguments)
+        if spec is None:
             return ToolRun(None, problem=problem)
         try:
-            return ToolRun(self.refer(call_id, uri, requested_by="agent", held=held,
-                                      hold_for=hold_for), True)
+            call_timeouts = read_timeouts(call.options, "sipbridge")
+        except SpecError:  # checked on accept; a call's options are not changed after
+            call_timeouts = {}
+        timers = timers_for(self.timers, call_timeouts, spec.timeouts)
+        try:
+            return ToolRun(self.refer(call_id, spec.uri, requested_by="agent", held=held,
+                                      hold_for=hold_for, mode=spec.mode, brief=spec.brief,
+                                      timers=timers), True)
         except CallError as exc:
             return ToolRun(None, problem=exc.message)
 

@@ -127,3 +127,18 @@ def xcorr_delay(sent: npt.ArrayLike, received: npt.ArrayLike, rate: int) -> tupl
     lags = np.concatenate([corr[size - (a.size - 1) :], corr[: b.size]]) / norm
     i = int(np.argmax(np.abs(lags)))
     return float(lags[i]), (i - (a.size - 1)) / rate
+
+
+def heard_in(sent: npt.ArrayLike, received: npt.ArrayLike, rate: int,
+             margin: float = 0.5) -> float:
+    """How well ``sent`` is heard anywhere in a long ``received`` that holds other sounds
+    too: the best `xcorr_delay` peak over windows of ``received`` as long as ``sent`` plus
+    ``margin`` seconds, each half a second after the last."""
+    a = np.asarray(sent)
+    b = np.asarray(received)
+    width = a.size + int(margin * rate)
+    if b.size <= width:
+        return xcorr_delay(a, b, rate)[0]
+    step = rate // 2
+    return max(xcorr_delay(a, b[start:start + width], rate)[0]
+               for start in range(0, b.size - width + step, step))

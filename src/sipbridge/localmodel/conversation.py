@@ -52,6 +52,19 @@ class Conversation:
                                 code="item_not_found")
         return item
 
+    def caller_said(self) -> list[str]:
+        """The caller's words so far: the user messages' texts and transcripts, in order."""
+        return [text for item in self.items.values()
+                if item["type"] == "message" and item.get("role") == "user"
+                and (text := _said(item))]
+
+    def brief(self, form: str, text: str) -> Reply:
+        """The reply that briefs a warm transfer's person: `text` ("say") or a summary of
+        what the caller said ("summary"); what came before counts as answered."""
+        said = text if form == "say" else summary(self.caller_said())
+        self._answered_seq = self._next_seq - 1
+        return Reply(said, None, f"brief:{form}")
+
     def decide(self, policy: Policy, tools: list[dict[str, Any]], *, greeted: bool) -> Reply:
         """The reply to the newest input since the last response (the greeting if none came
         and none was said yet, else the reprompt); that input counts as answered."""
@@ -65,14 +78,29 @@ class Conversation:
                             "")
                 return policy.after_tool(name, item["output"])
             if item["type"] == "message" and item.get("role") == "user":
-                text = " ".join(
-                    str(part.get("text") or part.get("transcript") or "")
-                    for part in item["content"]
-                ).strip()
-                return policy.respond(text, tools)
+                return policy.respond(_said(item), tools)
         if not greeted:
             return policy.respond(None, tools)
         return Reply(policy.reprompt)
+
+
+SUMMARY_WORDS = 60  # of the caller's words at most in a summary
+
+
+def _said(item: dict[str, Any]) -> str:
+    """A user message's words: its texts and transcripts."""
+    return " ".join(str(part.get("text") or part.get("transcript") or "")
+                    for part in item["content"]).strip()
+
+
+def summary(said: list[str]) -> str:
+    """A brief for the person a warm transfer reached, from what the caller said."""
+    words = " ".join(said).split()
+    if not words:
+        return "I have a caller on the line. Can you take the call?"
+    text = " ".join(words[-SUMMARY_WORDS:]).rstrip(",;: ")
+    end = "" if text.endswith((".", "!", "?")) else "."
+    return f"I have a caller on the line. They said: {text}{end} Can you take the call?"
 
 
 def check_item(

@@ -7,6 +7,11 @@ greeting: Hello, thanks for calling. How can I help you?   # the first response,
 reprompt: Is there anything else I can help you with?      # later responses with no input
 fallback: Sorry, I didn't catch that. ...                  # no intent matched
 intents:                                 # tried in order; the first that matches answers
+  - name: decline_transfer               # a warm transfer's briefed person says no
+    phrases: [can't, cannot, "no", busy, not now, decline]
+    reply: No problem, I'll tell them.
+    tool: {name: finish_transfer, arguments: {connect: false, reason: the person declined}}
+    skip_without_tool: true              # optional: not declared -> the next intent is tried
   - name: transfer
     phrases: [human, person, operator]   # case-insensitive
     match: word                          # "word" (default: whole words) or "substring"
@@ -19,9 +24,17 @@ tool_results:                            # the line after a function_call_output
   failed: Sorry, the transfer didn't go through.
 ```
 
-A tool is called only when the session declared a function tool of that name. An argument
+A tool is called only when the session declared a function tool of that name; an intent
+with `skip_without_tool: true` is passed over when it is not declared (the built-in
+policy's decisions of a warm transfer, `finish_transfer`, come first and count only while
+the gateway has declared that tool, when the model briefs the person). An argument
 whose value the tool's JSON schema does not allow (`enum`) takes the schema's first value
 (the gateway's `transfer_call` lists the transfer targets it was given).
+
+The briefing of a warm transfer does not go through the intents: a `response.create` whose
+`response.instructions` are in one of the two forms `sipbridge.realtime.brief` writes says
+the given text exactly, or sums up the caller's words ("I have a caller on the line. They
+said: ... Can you take the call?").
 """
 
 from __future__ import annotations
@@ -41,6 +54,21 @@ fallback: >-
   Sorry, I can only tell you our opening hours or transfer you to a person.
   How can I help you?
 intents:
+  - name: decline_transfer
+    phrases: [can't, cannot, can not, "no", busy, not now, decline]
+    reply: No problem, I'll tell them.
+    tool:
+      name: finish_transfer
+      arguments: {connect: false, reason: the person cannot take the call}
+    skip_without_tool: true
+  - name: accept_transfer
+    phrases: [put them through, put him through, put her through, "yes", sure, okay, ok,
+              connect]
+    reply: Thanks, connecting you now.
+    tool:
+      name: finish_transfer
+      arguments: {connect: true, reason: the person takes the call}
+    skip_without_tool: true
   - name: transfer
     phrases: [human, humans, person, agent, agents, operator, representative, transfer,
               transferred]
@@ -86,6 +114,7 @@ class Intent:
     tool: ToolSpec | None = None
     match: Literal["word", "substring"] = "word"
     reply_without_tool: str | None = None
+    skip_without_tool: bool = False
 
     def matches(self, transcript: str) -> bool:
         """Whether any phrase occurs in the transcript (case-insensitive)."""
@@ -224,6 +253,8 @@ class Policy:
             if intent.tool is None:
                 return Reply(intent.reply, None, intent.name)
             tool = declared.get(intent.tool.name)
+            if tool is None and intent.skip_without_tool:
+                continue
             if tool is None:
                 return Reply(intent.reply_without_tool or self.fallback, None, intent.name)
             arguments = fit_arguments(intent.tool.arguments, tool)
@@ -261,7 +292,8 @@ def _intent(raw: Any, index: int) -> Intent:
     where = f"intents[{index}]"
     if not isinstance(raw, Mapping):
         raise PolicyError(f"policy: {where} must be a mapping")
-    unknown = set(raw) - {"name", "phrases", "reply", "tool", "match", "reply_without_tool"}
+    unknown = set(raw) - {"name", "phrases", "reply", "tool", "match", "reply_without_tool",
+                          "skip_without_tool"}
     if unknown:
         raise PolicyError(f"policy: {where} has unknown keys {sorted(map(str, unknown))}")
     phrases = raw.get("phrases")
@@ -286,6 +318,10 @@ def _intent(raw: Any, index: int) -> Intent:
     without = raw.get("reply_without_tool")
     if without is not None and not isinstance(without, str):
         raise PolicyError(f"policy: {where}.reply_without_tool must be a string")
+    skip = raw.get("skip_without_tool", False)
+    if not isinstance(skip, bool) or (skip and spec is None):
+        raise PolicyError(f"policy: {where}.skip_without_tool must be true or false, and "
+                          "true only with a tool")
     name = raw.get("name", f"intent{index}")
     return Intent(
         name=str(name),
@@ -294,4 +330,5 @@ def _intent(raw: Any, index: int) -> Intent:
         tool=spec,
         match=match,
         reply_without_tool=without,
+        skip_without_tool=skip,
     )

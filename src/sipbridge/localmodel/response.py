@@ -1,6 +1,8 @@
 """One response of the local model (`response.create`): its events from
 `response.created` to `response.done`, the assistant's message as text or as speech (audio
 and transcript deltas, the words spread over the audio), and the policy's function call.
+`response.instructions` in a form of `sipbridge.realtime.brief` (a warm transfer's
+briefing) say the given text, or a summary of the caller's words, instead of the policy.
 A `response.cancel` stops it before its next piece of audio."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sipbridge.localmodel.policy import Policy, Reply
 from sipbridge.localmodel.tts import Synthesizer
 from sipbridge.media.g711 import alaw_encode, ulaw_encode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
+from sipbridge.realtime.brief import read_brief
 from sipbridge.realtime.ids import new_id
 
 log = logging.getLogger("sipbridge.localmodel")
@@ -70,6 +73,8 @@ class ResponseSession(Protocol):
     def insert_item(self, item: dict[str, Any]) -> str | None: ...
 
     def decide(self, tools: list[dict[str, Any]]) -> Reply: ...
+
+    def brief(self, form: str, text: str) -> Reply: ...
 
 
 class ResponseRun:
@@ -142,7 +147,10 @@ class ResponseRun:
             await self._done()
             return
         policy = self.s.server.policy
-        if self.in_band:
+        brief = read_brief(self.params.get("instructions"))
+        if brief is not None and self.in_band:  # a warm transfer's briefing
+            reply = self.s.brief(*brief)
+        elif self.in_band:
             decide = self.s.decide
             # A policy that waits on the network (chat completions) runs in a thread.
             reply = (await asyncio.to_thread(decide, self.tools)

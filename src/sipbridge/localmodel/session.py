@@ -396,6 +396,10 @@ class Session:
         """The reply to the newest input since the last response."""
         return self.conversation.decide(self.server.policy, tools, greeted=self.greeted)
 
+    def brief(self, form: str, text: str) -> Reply:
+        """The briefing of a warm transfer's person (`Conversation.brief`)."""
+        return self.conversation.brief(form, text)
+
     async def _run_response(self, response: PendingResponse) -> None:
         try:
             if response.cancel_reason is not None and response.auto:
