@@ -423,6 +423,20 @@ def test_per_request_timeouts_apply_to_blind_transfers(setup: tuple[
     assert call.transfers[0].status == "timed_out"
 
 
+def test_the_calls_timeouts_from_accept_sit_under_the_requests(setup: tuple[
+        Harness, Call, Person]) -> None:
+    h, call, person = setup
+    call.options = {"ring_timeout": 4, "brief_timeout": 9}
+    response = api(h).post(f"/v1/realtime/calls/{call.id}/refer", json={
+        "target_uri": TARGET, "sipbridge": {"mode": "warm", "ring_timeout": 3}})
+    assert response.status_code == 200, response.text
+    timers = call.transfers[0].machine.timers
+    assert (timers.ring_timeout, timers.brief_timeout) == (3, 9)
+    h.advance(3)
+    assert call.transfers[0].status == "returned"
+    clean(h, person, call)
+
+
 @pytest.mark.parametrize(("options", "param"), [
     ({"mode": "attended"}, "sipbridge.mode"),
     ({"mode": "warm", "brief": ""}, "sipbridge.brief"),

@@ -150,7 +150,10 @@ async def refer(call_id: str, body: ReferBody, api: State) -> Response:
                        f"{', '.join(repr(c) for c in CONNECT_MODES)}; not {connect!r}.",
                        param="sipbridge.connect", code="invalid_value")
     with call_control(api.control) as calls:
-        timers = timers_for(calls.transfers.timers, timeouts) if timeouts else None
+        # The request's timeouts over the call's (accept's, checked then) over the config's.
+        per_call = read_timeouts(calls.get(call_id).options, "sipbridge")
+        timers = timers_for(calls.transfers.timers, per_call, timeouts) \
+            if timeouts or per_call else None
         calls.refer(call_id, body.target_uri, fallback=fallback,
                     headers=list(extra.items()), mode=mode, brief=brief, timers=timers,
                     connect=connect)
