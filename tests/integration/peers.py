@@ -28,6 +28,7 @@ from typing import Self
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from sipbridge.demo.audio import (
     PHONE_RATE,
@@ -77,6 +78,12 @@ def active_fraction(samples: npt.ArrayLike, rate: int, *, threshold_dbfs: float 
 
 
 # --- SIPp as the called party --------------------------------------------------
+
+
+# Tests with real phones and speech: skipped where baresip or espeak-ng is missing.
+needs_phones = pytest.mark.skipif(
+    shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
+    reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)")
 
 
 class SippUas(Peer):

@@ -11,7 +11,6 @@ function call and the transfer events, in that order.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +23,11 @@ import websockets
 
 from tests.integration.callrecords import wait_first_call, wait_record
 from tests.integration.gateway import Gateway
-from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav
+from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, needs_phones
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 KEY = "sk-agent-test"

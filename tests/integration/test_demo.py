@@ -25,12 +25,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.browser import ARTIFACTS, CHROMIUM, chromium
-from tests.integration.peers import SippUas
+from tests.integration.peers import SippUas, needs_phones
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.callrecords import wait_record
 from tests.integration.gateway import Gateway
-from tests.integration.peers import PHONE_RATE, Baresip, SippUas, xcorr_delay
+from tests.integration.peers import PHONE_RATE, Baresip, SippUas, needs_phones, xcorr_delay
 
 pytestmark = [
     pytest.mark.integration,
@@ -158,8 +158,7 @@ def test_sipbridge_call_cli(start_gateway: Callable[..., Gateway], tmp_path: Pat
     assert refused.returncode == 1 and "sipbridge.to" in refused.stderr, refused.stderr
 
 
-@pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                    reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)")
+@needs_phones
 def test_the_callee_hears_the_built_in_agents_greeting(
         start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
     """baresip answers the gateway's call and records what it hears: the built-in agent's

@@ -11,7 +11,6 @@ plain RTP gets 488 with a Warning that says SRTP is required.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.integration.callrecords import api_get, call_record
 from tests.integration.capture import can_capture, capture
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
-from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
+from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, needs_phones, xcorr_delay
 from tests.integration.test_interop_phones import gateway_recording
 from tests.integration.test_sip_tls import free_tcp_port, tls_config, tls_port
 from tests.integration.test_srtp import g711_windows, in_clear
@@ -30,8 +29,7 @@ from tests.tlscerts import make_ca
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 KEY = "sk-secure-trunk"

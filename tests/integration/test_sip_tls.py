@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import ssl
 import time
@@ -27,7 +26,7 @@ import pytest
 from tests.integration.appside import KEY, start_app
 from tests.integration.gateway import Gateway
 from tests.integration.interop import sip_entries
-from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, xcorr_delay
+from tests.integration.peers import PHONE_RATE, Baresip, make_speech_wav, needs_phones, xcorr_delay
 from tests.integration.test_transfer_e2e import (
     CALLER_SPEECH,
     HUMAN_SPEECH,
@@ -41,8 +40,7 @@ from tests.tlscerts import CA, make_ca
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 SPEECH = "Please hold while I connect you to the sales team."

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from tests.integration.peers import (
     Baresip,
     BaresipCall,
     make_speech_wav,
+    needs_phones,
     pieces_found,
     read_wav,
     xcorr_delay,
@@ -37,8 +37,7 @@ from tests.integration.peers import (
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 NUMBER = "+61420351258"

@@ -12,7 +12,6 @@ recording (the agent's speech synthesised again and found there)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import wave
@@ -24,12 +23,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.peers import SippUas
+from tests.integration.peers import SippUas, needs_phones
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 NUMBER = "+61420351258"

@@ -14,7 +14,6 @@ the application asks for a warm transfer over the API, and the gateway dials the
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.integration.peers import (
     Baresip,
     SippUas,
     make_speech_wav,
+    needs_phones,
     pieces_found,
 )
 from tests.integration.test_transfer_e2e import (
@@ -41,8 +41,7 @@ from tests.integration.test_transfer_e2e import (
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None or shutil.which("espeak-ng") is None,
-                       reason="baresip and espeak-ng are needed (scripts/setup.sh installs them)"),
+    needs_phones,
 ]
 
 NUMBER = "+61420351258"
