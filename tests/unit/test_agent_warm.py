@@ -62,6 +62,15 @@ class FakeBridge:
     def respond(self) -> None:
         self.responses += 1
 
+    held: list[Any] = field(default_factory=list)  # what waits for the model's words
+    speaking: bool = False
+
+    def after_speech(self, limit: float, then: Any) -> None:
+        if self.speaking:
+            self.held.append(then)
+        else:
+            then("played", 0.0)
+
 
 @dataclass
 class FakeMachine:
@@ -290,3 +299,16 @@ def test_the_persons_words_are_theirs_on_the_timeline() -> None:
     step(agents, call, job, "returned", "failed: connecting failed", final=True)
     agents._event(call, heard)
     assert [e["role"] for e in seen] == ["caller", "person", "person", "caller"]
+
+
+def test_the_decision_waits_for_the_words_said_with_it() -> None:
+    agents, calls, call, job, model = wired()
+    step(agents, call, job, "dialing")
+    step(agents, call, job, "briefing")
+    model.speaking = True  # "No problem, I'll tell them." is still playing to the person
+    agents.tool(call, "finish_transfer", "call_d", '{"connect": false, "reason": "busy"}')
+    assert calls.decisions == [] and model.outputs == []
+    (then,) = model.held
+    then("played", 1.2)
+    assert calls.decisions == [(call.id, job.id, False, "busy")]
+    assert model.outputs[-1][1]["status"] == "returning"

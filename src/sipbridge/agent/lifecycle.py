@@ -44,6 +44,9 @@ from sipbridge.realtime.sideband import SidebandHubs
 log = logging.getLogger("sipbridge")
 
 
+DECISION_SPEECH_WAIT = 4.0  # seconds a warm transfer's decision waits for the model's words
+
+
 class Agents:
     """The model sessions of the calls, one per call that talks with the agent."""
 
@@ -256,14 +259,23 @@ class Agents:
                                        respond=job is not None)
             return
         connect, reason = decision
-        try:
-            self.calls.warm_decision(call.id, job.id, connect, reason)
-        except CallError as exc:
-            output = decision_output(connect, exc.message)
-        else:
-            output = decision_output(connect)
-        if bridge is not None:  # said while the person listens; nothing more is asked
-            bridge.function_output(tool_call, output, respond=False)
+
+        def decide(outcome: str = "played", waited: float = 0.0) -> None:
+            try:
+                self.calls.warm_decision(call.id, job.id, connect, reason)
+            except CallError as exc:  # the brief's bound ran out meanwhile, say
+                output = decision_output(connect, exc.message)
+            else:
+                output = decision_output(connect)
+            if bridge is not None:  # said while the person listens; nothing more is asked
+                bridge.function_output(tool_call, output, respond=False)
+
+        if bridge is None:
+            decide()
+            return
+        # What the model says with its decision ("Thanks, connecting you now.") reaches the
+        # person before their call is connected or ended.
+        bridge.after_speech(DECISION_SPEECH_WAIT, decide)
 
     def _back(self, call: Call, job: TransferJob, bridge: AgentBridge | None,
               status: str) -> None:
