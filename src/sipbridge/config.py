@@ -30,6 +30,7 @@ from pydantic_settings import (
 from sipbridge.media.codecs import canonical_name
 from sipbridge.sip.address import split_host_port
 from sipbridge.sip.errors import SipError
+from sipbridge.sip.headers import UA_WRITTEN_HEADERS
 from sipbridge.sip.uri import parse_sip_uri
 
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
@@ -109,6 +110,8 @@ class TrunkConfig(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9!%*_+`'~.-]{1,64}", name) \
                     or re.search(r"[\x00-\x1f\x7f]", text):
                 raise ValueError(f"header {name!r}: a token name and a single-line value")
+            if name.lower() in UA_WRITTEN_HEADERS:
+                raise ValueError(f"header {name!r}: the gateway writes it")
         return value
 
     @field_validator("address")

@@ -367,6 +367,7 @@ def test_trunks_from_the_config_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("table", [
     'dtmf = "tones"', 'headers = { "Bad Name" = "x" }', 'headers = { X-A = "a\\r\\nB: c" }',
+    'headers = { Call-ID = "x" }', 'headers = { f = "<sip:x@y>" }',
 ])
 def test_a_bad_trunk_is_a_config_error(tmp_path: Path, table: str) -> None:
     path = tmp_path / "sipbridge.toml"

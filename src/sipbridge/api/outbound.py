@@ -22,16 +22,12 @@ from sipbridge.api.state import State
 from sipbridge.calls.call import CallError
 from sipbridge.calls.outbound import OutboundLimit
 from sipbridge.realtime.schemas import SessionConfig
+from sipbridge.sip.headers import UA_WRITTEN_HEADERS
 
 router = APIRouter()
 
 RING_TIMEOUT = (1.0, 600.0)  # seconds, the bounds of sipbridge.ring_timeout
 _USER = re.compile(r"[A-Za-z0-9+*#._!~'()-]{1,64}")  # a From user (a number, a name)
-# Headers the gateway writes itself: the application may not set them.
-RESERVED_HEADERS = frozenset({
-    "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
-    "content-type", "authorization", "proxy-authorization", "route", "record-route",
-    "allow", "user-agent", "f", "t", "i", "m", "v", "l", "c"})
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -79,7 +75,7 @@ def _dial_options(options: dict[str, Any], trunks: set[str]) -> dict[str, Any]:
     ):
         raise _bad("headers", "sipbridge.headers must map header names to single-line "
                    "values.")
-    reserved = [k for k in headers if k.lower() in RESERVED_HEADERS]
+    reserved = [k for k in headers if k.lower() in UA_WRITTEN_HEADERS]
     if reserved:
         raise _bad("headers", f"sipbridge.headers may not set {reserved[0]!r}: the "
                    "gateway writes it.")

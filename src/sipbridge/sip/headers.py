@@ -63,6 +63,12 @@ LIST_HEADERS = frozenset(
     }
 )
 
+# Headers a UA writes itself on a request it sends (long and compact forms): a caller of
+# the gateway's API or config may not set them.
+UA_WRITTEN_HEADERS = frozenset({
+    "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
+    "content-type", "authorization", "proxy-authorization", "route", "record-route",
+    "allow", "user-agent", "f", "t", "i", "m", "v", "l", "c"})
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 # gen-value = token / host / quoted-string (RFC 3261 25.1); host adds ":" "[" "]" for IPv6.
 _PARAM_VALUE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$")
