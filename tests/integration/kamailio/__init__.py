@@ -18,8 +18,11 @@ request relayed and reply; :meth:`Kamailio.trace` parses them into :class:`Hop` 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -147,10 +150,14 @@ class Kamailio(Peer):
                                    f"within {READY_TIMEOUT:g} s\n{self.log()[-4000:]}")
 
     def stop(self) -> int | None:
-        """SIGTERM (Kamailio stops its workers), then SIGKILL; its exit code."""
+        """SIGTERM (Kamailio stops its workers), then SIGKILL; its exit code. Whatever is
+        left of its process group (workers of a main process that was killed) goes too."""
         if self.process is None:
             return None
-        return terminate(self.process, STOP_TIMEOUT)
+        code = terminate(self.process, STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return code
 
     def log(self) -> str:
         try:
