@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -33,13 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sip_cps import (
     LOOPBACK,
+    call_counts,
     cpu_seconds,
     free_port,
-    pinned,
     read_stats,
     start_sipbridge,
     start_sipp_uas,
     stop,
+    timed_uac,
     workdir,
 )
 
@@ -122,18 +122,10 @@ def inbound(args: argparse.Namespace, root: Path) -> tuple[float, float, int, in
         "-trace_stat", "-stf", str(stats_file), "-fd", "1",
     ]  # fmt: skip
     try:
-        cpu0 = cpu_seconds(gateway.proc.pid)
-        start = time.monotonic()
-        with (work / "sipp-uac.log").open("wb") as out:
-            subprocess.run(pinned(cmd, args.client_core), stdin=subprocess.DEVNULL,
-                           stdout=out, stderr=subprocess.STDOUT, check=False)
-        wall = time.monotonic() - start
-        cpu = cpu_seconds(gateway.proc.pid) - cpu0
+        wall, cpu = timed_uac(cmd, work, args.client_core, gateway.proc.pid)
     finally:
         stop(gateway.proc)
-    stats = read_stats(stats_file)
-    ok = int(stats.get("SuccessfulCall(C)", 0) or 0)
-    failed = int(stats.get("FailedCall(C)", 0) or 0)
+    ok, failed = call_counts(read_stats(stats_file))
     return ok / wall, 100 * cpu / wall, ok, failed
 
 

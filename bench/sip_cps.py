@@ -226,6 +226,23 @@ def read_stats(path: Path) -> dict[str, str]:
     return dict(zip(names, values, strict=False))
 
 
+
+def call_counts(stats: dict[str, str]) -> tuple[int, int]:
+    """Successful and failed calls in a `read_stats` row."""
+    return (int(stats.get("SuccessfulCall(C)", 0) or 0),
+            int(stats.get("FailedCall(C)", 0) or 0))
+
+
+def timed_uac(cmd: list[str], work: Path, core: int | None, pid: int) -> tuple[float, float]:
+    """Run a SIPp uac to its end (its output in work/sipp-uac.log), pinned to `core`: the
+    wall time it took, and the CPU seconds process `pid` (the server) used meanwhile."""
+    cpu0 = cpu_seconds(pid)
+    start = time.monotonic()
+    with (work / "sipp-uac.log").open("wb") as out:
+        subprocess.run(pinned(cmd, core), stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=subprocess.STDOUT, check=False)
+    return time.monotonic() - start, cpu_seconds(pid) - cpu0
+
 def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> Step:
     workdir = root / f"{target.replace(' ', '-')}-{rate}"
     workdir.mkdir(parents=True, exist_ok=True)

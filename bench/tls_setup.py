@@ -35,12 +35,13 @@ from pathlib import Path
 
 from sip_cps import (
     LOOPBACK,
-    cpu_seconds,
+    call_counts,
     free_port,
     pinned,
     read_stats,
     start_sipbridge,
     stop,
+    timed_uac,
     workdir,
 )
 
@@ -128,20 +129,12 @@ def run(mode: str, args: argparse.Namespace, root: Path) -> Run:
             "-timeout", f"{args.duration * 2 + 15}s", "-timeout_error",
             "-trace_stat", "-stf", str(stats), "-fd", "1",
         ]  # fmt: skip
-        cpu0 = cpu_seconds(gateway.proc.pid)
-        start = time.monotonic()
-        with (work / "sipp-uac.log").open("wb") as out:
-            subprocess.run(pinned(cmd, args.client_core), stdin=subprocess.DEVNULL,
-                           stdout=out, stderr=subprocess.STDOUT, check=False)
-        wall = time.monotonic() - start
-        cpu = cpu_seconds(gateway.proc.pid) - cpu0
+        wall, cpu = timed_uac(cmd, work, args.client_core, gateway.proc.pid)
     finally:
         if tunnel is not None:
             stop(tunnel, signal.SIGTERM)
         stop(gateway.proc)
-    row = read_stats(stats)
-    return Run(mode, calls, int(row.get("SuccessfulCall(C)", 0) or 0),
-               int(row.get("FailedCall(C)", 0) or 0), wall, cpu)
+    return Run(mode, calls, *call_counts(read_stats(stats)), wall, cpu)
 
 
 def main() -> int:
