@@ -58,6 +58,8 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Opus calls run on libopus itself (ctypes), at the rate the model side wants.
 compgen -G '/usr/lib/*/libopus.so.0' >/dev/null || missing+=(libopus0)
+# The compiled media path (setup.py) is built from source with gcc and Python's headers.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The PostgreSQL server the store's tests start (its binaries are not on PATH).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
@@ -66,6 +68,15 @@ if ! python_ok; then
     missing+=(python3 python3-venv)
 elif ! venv_ok && ! [[ -x "$VENV/bin/python" ]]; then
     missing+=(python3-venv)
+fi
+
+headers_ok() {
+    "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null
+}
+if python_ok && ! headers_ok; then
+    [[ "$(command -v "$PYTHON")" == /usr/bin/* ]] || die "no Python.h for $PYTHON (install its headers)"
+    missing+=(python3-dev)
 fi
 
 if ((${#missing[@]})); then
@@ -88,11 +99,13 @@ python_ok || die "no Python >= 3.11 as $PYTHON"
 
 # --- virtualenv ------------------------------------------------------------
 
-# Reinstall when the project's metadata or the interpreter changes.
-want="$({ cat pyproject.toml; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+# Reinstall when the project's metadata, the compiled path's sources or the interpreter
+# change (the install builds the C modules in place, next to their Python reference).
+want="$({ cat pyproject.toml setup.py; find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat
+          "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] &&
-    "$VENV/bin/python" -c 'import sipbridge' >/dev/null 2>&1; then
+    "$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s; sys.exit(bool(s.missing()))' >/dev/null 2>&1; then
     exit 0
 fi
 
@@ -107,5 +120,7 @@ fi
 
 log "installing sipbridge (editable) with the agent, postgres, test and dev extras"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,postgres,test,dev]'
+"$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s; m = s.missing()
+sys.exit("the compiled media path did not build: " + ", ".join(m) if m else 0)' || die "see above"
 printf '%s\n' "$want" >"$STAMP"
 log "ready: $VENV"

@@ -9,7 +9,7 @@ import ipaddress
 import re
 import wave
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -211,6 +211,9 @@ class Config(BaseSettings):
     media_timeout: float = Field(30.0, ge=0)  # seconds without RTP before hanging up; 0: never
     jitter_min_ms: int = Field(0, ge=0, le=1000)
     jitter_max_ms: int = Field(200, ge=20, le=2000)
+    # The media hot path: "compiled" (the C modules set-up builds), "python" (the
+    # reference), "auto" (compiled when built).
+    media_path: Literal["auto", "compiled", "python"] = "auto"
     recordings: str | None = None  # a directory for one stereo WAV per call
     # Voice codecs in preference order (opus, G722, PCMU, PCMA; any case)
     codecs: list[str] = Field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])

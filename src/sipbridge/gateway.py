@@ -28,6 +28,7 @@ from sipbridge.calls.trunks import Trunks
 from sipbridge.config import Config, RegistrationConfig
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine, load_wav
+from sipbridge.media.speed import missing, use_compiled
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.records import MediaFigures
@@ -63,6 +64,10 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         host, port = config.sip_bind
         self.overload = _overload_detector(config)
+        self._compiled = use_compiled(config.media_path)  # MediaPathError: not built
+        if not self._compiled and config.media_path == "auto":
+            log.warning("media: the compiled path is not built (%s): calls take the Python "
+                        "path; run scripts/setup.sh to build it", ", ".join(missing()))
         self._load_probe: LoadProbe | None = None
         self.resolver = Resolver(config.dns_servers, timeout=config.dns_timeout,
                                  ipv6=":" in host)
@@ -192,7 +197,7 @@ class Gateway:
             MediaConfig(ports=c.rtp_port_range, timeout=c.media_timeout,
                         jitter_min_ms=c.jitter_min_ms, jitter_max_ms=c.jitter_max_ms,
                         recordings=Path(c.recordings) if c.recordings else None,
-                        codecs=tuple(c.codecs),
+                        codecs=tuple(c.codecs), compiled=self._compiled,
                         resolve=self._media_address if c.media_resolve_names else None),
             self.loop,
         )

@@ -43,6 +43,8 @@ class MediaConfig:
     # Looks up a host name in an SDP c= line (without blocking): (host, port) -> (IP,
     # port). None: names are never looked up (the caller's first packet shows the way).
     resolve: Callable[[str, int], Awaitable[tuple[str, int]]] | None = None
+    # Calls take the compiled hot path (sipbridge.media.speed.use_compiled decides).
+    compiled: bool = False
 
 
 def load_wav(path: Path) -> np.ndarray:
