@@ -15,7 +15,7 @@ from types import ModuleType
 PATHS = ("auto", "compiled", "python")
 
 # The extension modules of the compiled path, sipbridge.media._NAME each.
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("kernels",)
 
 
 class MediaPathError(ValueError):
@@ -28,6 +28,14 @@ def load(name: str) -> ModuleType | None:
         return importlib.import_module(f"sipbridge.media._{name}")
     except ImportError:
         return None
+
+
+def require(name: str) -> ModuleType:
+    """The compiled module sipbridge.media._NAME; MediaPathError when it is not built."""
+    module = load(name)
+    if module is None:
+        raise MediaPathError(f"sipbridge.media._{name} is not built: run scripts/setup.sh")
+    return module
 
 
 def missing() -> list[str]:
