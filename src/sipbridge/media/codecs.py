@@ -33,6 +33,7 @@ import numpy as np
 
 from sipbridge.audiostream import Codec
 from sipbridge.media.g711 import PCMA, PCMU, G711Codec, Pcm
+from sipbridge.media.g711 import compiled as compiled_law
 from sipbridge.media.jitterbuffer import conceal
 
 log = logging.getLogger("sipbridge.media")
@@ -80,12 +81,13 @@ class AudioCodec:
 
 
 class G711(AudioCodec):
-    """G.711, stateless: the module's tables."""
+    """G.711, stateless: the module's tables, or with `compiled` the compiled kernels
+    (the same octets and samples)."""
 
-    def __init__(self, law: G711Codec, payload_type: int) -> None:
+    def __init__(self, law: G711Codec, payload_type: int, *, compiled: bool = False) -> None:
         self.name, self.payload_type = law.name, payload_type
         self.rate = self.clock_rate = 8000
-        self._law = law
+        self._law = compiled_law(law) if compiled else law
 
     def encode(self, pcm: Pcm) -> bytes:
         return self._law.encode(pcm)
@@ -243,13 +245,14 @@ def audio_rate(codec: Codec) -> int:
     return {"g722": 16000, "opus": OPUS_RATE}.get(codec.name.lower(), 8000)
 
 
-def open_codec(codec: Codec) -> AudioCodec:
-    """A new coder for a negotiated payload format; KeyError for one we cannot run."""
+def open_codec(codec: Codec, *, compiled: bool = False) -> AudioCodec:
+    """A new coder for a negotiated payload format; KeyError for one we cannot run.
+    `compiled`: G.711 on the compiled kernels (the others are compiled libraries already)."""
     name = codec.name.lower()
     if name == "pcmu":
-        return G711(PCMU, codec.payload_type)
+        return G711(PCMU, codec.payload_type, compiled=compiled)
     if name == "pcma":
-        return G711(PCMA, codec.payload_type)
+        return G711(PCMA, codec.payload_type, compiled=compiled)
     if name == "g722":
         return G722(codec.payload_type)
     if name == "opus":

@@ -102,7 +102,7 @@ class MediaEngine:
                                 max_delay_ms=self.config.jitter_max_ms,
                                 initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
-            on_phase=lambda at: self._rephase(key, at),
+            on_phase=lambda at: self._rephase(key, at), compiled=self.config.compiled,
         )
         self.sessions[key] = session
         if self.config.resolve is not None:
@@ -142,7 +142,8 @@ class MediaEngine:
 
         def echo(pcm: np.ndarray) -> None:
             rate = session.rate
-            up = ups.get(rate) or ups.setdefault(rate, Resampler(rate, MODEL_RATE))
+            up = ups.get(rate) or ups.setdefault(
+                rate, Resampler(rate, MODEL_RATE, compiled=session.compiled))
             # One frame in, one out: a frame still queued here came from a stall or a
             # replayed late frame, and keeping it would delay the rest of the call by 20 ms.
             if session.queued_ms >= 20:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from sipbridge.media import speed
+
 Pcm = npt.NDArray[np.int16]
 PcmInput = Pcm | bytes | bytearray | memoryview
 
@@ -148,6 +150,27 @@ class G711Codec:
 PCMU = G711Codec("PCMU", 0, ulaw_encode, ulaw_decode)
 PCMA = G711Codec("PCMA", 8, alaw_encode, alaw_decode)
 _CODECS = {codec.name: codec for codec in (PCMU, PCMA)}
+
+
+_COMPILED: dict[str, G711Codec] = {}
+
+
+def compiled(law: G711Codec) -> G711Codec:
+    """The same law on the compiled kernels (sipbridge.media._kernels), which give the
+    same octets and samples bit for bit; MediaPathError when they are not built."""
+    found = _COMPILED.get(law.name)
+    if found is None:
+        kernels = speed.require("kernels")
+        prefix = {"PCMU": "ulaw", "PCMA": "alaw"}[law.name]
+        to_samples = getattr(kernels, f"{prefix}_decode")
+
+        def decode(data: bytes | bytearray | memoryview) -> Pcm:
+            pcm: Pcm = np.frombuffer(to_samples(data), np.int16)  # a new, writable array
+            return pcm
+
+        found = _COMPILED[law.name] = G711Codec(
+            law.name, law.payload_type, getattr(kernels, f"{prefix}_encode"), decode)
+    return found
 
 
 def codec_for(name: str) -> G711Codec:

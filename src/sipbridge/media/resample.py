@@ -7,10 +7,10 @@ holds back 50 to 130 ms of audio until later input pushes it out (measured with 
 1.x: LQ 50 ms, MQ 78 ms, HQ 127 ms over 8->24->8 kHz). So the 1:3 and 3:1 paths are
 a polyphase FIR of our own: a 72-tap Kaiser-windowed low-pass at 24 kHz, within 0.02 dB
 to 3 kHz, 72 dB down or more from 4.6 kHz (as its fixed-point taps make it, measured
-either way), 1.5 ms of delay each way. Wideband calls convert between the call's rate and another of 8, 16, 24 and 48 kHz
-(G.722's 16 kHz to the model's 24 kHz is 2:3) by the same kind of filter, any L:M
-(`_Rational`). soxr does every other ratio (WAV files to play, speech engines at
-22.05 kHz), where a whole signal is converted at once.
+either way), 1.5 ms of delay each way. Wideband calls convert between the call's rate
+and another of 8, 16, 24 and 48 kHz (G.722's 16 kHz to the model's 24 kHz is 2:3) by
+the same kind of filter, any L:M (`_Rational`). soxr does every other ratio (WAV files
+to play, speech engines at 22.05 kHz), where a whole signal is converted at once.
 
 The 1:3 and 3:1 filters run in fixed point, so that their output is defined to the bit
 and compiled code (sipbridge.media._kernels) gives the same: Q15 integer taps, each

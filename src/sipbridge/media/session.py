@@ -109,8 +109,10 @@ class MediaSession:
         on_dtmf: Callable[[DtmfDigit], None] | None = None,
         on_timeout: Callable[[str], None] | None = None,
         on_phase: Callable[[float], None] | None = None,
+        compiled: bool = False,
     ) -> None:
         self.key = key
+        self.compiled = compiled  # G.711 and the 1:3 / 3:1 FIR on the compiled kernels
         self.endpoint = endpoint
         self.timeout = timeout
         self.jitter = jitter
@@ -170,7 +172,7 @@ class MediaSession:
         if fmt != self._codec_format:  # a new coder (its state) only for a new format
             self._codec_format = fmt
             old: AudioCodec | None = getattr(self, "codec", None)
-            self.codec: AudioCodec = open_codec(fmt)
+            self.codec: AudioCodec = open_codec(fmt, compiled=self.compiled)
             if old is not None and old.rate != self.codec.rate:  # queued audio is at old's
                 self._out.clear()
                 self._to_call.clear()
@@ -442,7 +444,8 @@ class MediaSession:
         if rate != self.codec.rate:
             resampler = self._to_call.get(rate)
             if resampler is None:
-                resampler = self._to_call[rate] = Resampler(rate, self.codec.rate)
+                resampler = self._to_call[rate] = Resampler(rate, self.codec.rate,
+                                                            compiled=self.compiled)
             pcm = resampler.process(pcm)
         self._out += pcm.astype(np.int16, copy=False).tobytes()
 
