@@ -11,6 +11,11 @@ and its ratio to G.711 μ-law (our tables) in the same run. PyAV's paths are the
 direct ones (AudioFrame.from_ndarray, CodecContext.encode, decode of Packet(bytes)).
 PyAV's libopus decoder always gives 48 kHz, so its line includes the 2:1 resampling
 to the 24 kHz the model side wants; libopus through ctypes decodes at 24 kHz itself.
+
+G.711, the 1:3 + 3:1 FIR (8 -> 24 -> 8 kHz, what an echoed G.711 frame goes through)
+and the two together (an echo's arithmetic: decode, 1:3, 3:1, encode) are timed on the
+Python reference and on the compiled kernels (sipbridge.media._kernels), which give
+the same output bit for bit.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from sipbridge.audiostream import Codec
 from sipbridge.media.codecs import open_codec
-from sipbridge.media.resample import Resampler
+from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
 
 Step = Callable[[np.ndarray], object]
 
@@ -48,9 +53,29 @@ def _time(step: Step, rate: int, frames: int) -> float:
     return float(np.median(costs)) * 1e6
 
 
-def _ours(codec: Codec) -> tuple[Step, int]:
-    coder = open_codec(codec)
+def _ours(codec: Codec, compiled: bool = False) -> tuple[Step, int]:
+    coder = open_codec(codec, compiled=compiled)
     return (lambda pcm: coder.decode(coder.encode(pcm))), coder.rate
+
+
+def _fir(compiled: bool) -> tuple[Step, int]:
+    up = Resampler(PHONE_RATE, MODEL_RATE, compiled=compiled)
+    down = Resampler(MODEL_RATE, PHONE_RATE, compiled=compiled)
+    return (lambda pcm: down.process(up.process(pcm))), PHONE_RATE
+
+
+def _echo(compiled: bool) -> tuple[Step, int]:
+    coder = open_codec(Codec(0, "PCMU", 8000), compiled=compiled)
+    up = Resampler(PHONE_RATE, MODEL_RATE, compiled=compiled)
+    down = Resampler(MODEL_RATE, PHONE_RATE, compiled=compiled)
+    payload = coder.encode(_signal(PHONE_RATE, 1))  # a frame in: its content costs nothing
+
+    def step(pcm: np.ndarray) -> object:
+        decoded = coder.decode(payload)
+        assert decoded is not None
+        return coder.encode(down.process(up.process(decoded)))
+
+    return step, PHONE_RATE
 
 
 def _pyav_opus() -> tuple[Step, int]:
@@ -83,6 +108,11 @@ def main() -> None:
     args = parser.parse_args()
     cases: list[tuple[str, tuple[Step, int]]] = [
         ("PCMU  ours (numpy tables)", _ours(Codec(0, "PCMU", 8000))),
+        ("PCMU  ours, compiled", _ours(Codec(0, "PCMU", 8000), compiled=True)),
+        ("1:3 + 3:1 FIR, Python (numpy int64)", _fir(False)),
+        ("1:3 + 3:1 FIR, compiled", _fir(True)),
+        ("echo: PCMU, 1:3, 3:1, PCMU, Python", _echo(False)),
+        ("echo: PCMU, 1:3, 3:1, PCMU, compiled", _echo(True)),
         ("G722  PyAV (FFmpeg g722)", _ours(Codec(9, "G722", 8000))),
         ("opus  libopus0 via ctypes, 24 kHz", _ours(Codec(111, "opus", 48000, 2))),
         ("opus  libopus0 via ctypes, FEC on", _ours(Codec(111, "opus", 48000, 2,

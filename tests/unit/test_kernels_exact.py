@@ -106,6 +106,23 @@ def test_the_compiled_taps_are_the_python_ones() -> None:
         assert int(np.abs(branch).sum()) * 32768 + (1 << 14) < 2**31
 
 
+def test_the_reference_computes_the_plain_convolution_a_phase_at_a_time() -> None:
+    """resample's sums, branch by branch, are the filters' plain convolutions: the 1:3
+    one over the zero-stuffed input, the 3:1 one's every third sum."""
+    rng = np.random.default_rng(11)
+    assert len(resample._up_sums(np.zeros(23, np.int64))) == 0
+    assert len(resample._down_sums(np.zeros(71, np.int64))) == 0
+    for n in (1, 2, 3, 23, 24, 160, 161, 480, 481, 1000):
+        xh = rng.integers(-32768, 32768, 23 + n).astype(np.int64)
+        stuffed = np.zeros(71 + 3 * n, np.int64)
+        stuffed[2::3] = xh  # the history's places as if never cut, then x
+        assert np.array_equal(resample._up_sums(xh),
+                              np.convolve(stuffed, resample.TAPS_UP, "valid"))
+        buf = rng.integers(-32768, 32768, 71 + 3 * n).astype(np.int64)
+        assert np.array_equal(resample._down_sums(buf),
+                              np.convolve(buf, resample.TAPS_DOWN, "valid")[2::3])
+
+
 def run(resampler: Resampler | object, chunks: list[np.ndarray]) -> list[np.ndarray]:
     if isinstance(resampler, Resampler):
         return [resampler.process(c) for c in chunks]

@@ -28,7 +28,6 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 import soxr
-from numpy.lib.stride_tricks import sliding_window_view
 
 from sipbridge.media import speed
 
@@ -80,29 +79,39 @@ _FILTER = TAPS_DOWN / (1 << SHIFT)  # the filters the taps make, as floats (for 
 _FILTER_UP = TAPS_UP / (1 << SHIFT)
 _HISTORY_UP = (TAPS - 1) // 3  # 8 kHz samples the 1:3 filter still needs from before
 _HISTORY_DOWN = TAPS - 1  # 24 kHz samples the 3:1 filter still needs from before
-# Branch p's taps, last first, as the columns of a matrix: row m of the windows of 24
-# input samples (history, x) times it gives output samples 3m, 3m + 1, 3m + 2.
-_UP_BRANCHES = np.stack([TAPS_UP[p::3][::-1] for p in range(3)], axis=1)
-_DOWN_REVERSED = np.ascontiguousarray(TAPS_DOWN[::-1])
+# The polyphase branches: the 1:3 filter's output sample 3m + p takes only taps p::3
+# (the stuffed zeros meet the rest); the 3:1 filter's taps q::3 meet only input samples
+# of one phase (position mod 3).
+_UP_BRANCHES = tuple(np.ascontiguousarray(TAPS_UP[p::3]) for p in range(3))
+_DOWN_BRANCHES = tuple(np.ascontiguousarray(TAPS_DOWN[q::3]) for q in range(3))
 _HALF = 1 << (SHIFT - 1)
 _INT16_MIN, _INT16_MAX = np.int64(-32768), np.int64(32767)
 
 
 def _up_sums(xh: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """1:3 before rounding: (history, x) in, 3 * len(x) sums out. Integer products
-    summed in int64 are exact, whatever order numpy adds them in."""
-    if len(xh) <= _HISTORY_UP:
-        return np.zeros(0, np.int64)
-    sums: npt.NDArray[np.int64] = (sliding_window_view(xh, _HISTORY_UP + 1)
-                                   @ _UP_BRANCHES).reshape(-1)
+    """1:3 before rounding: (history, x) in, 3 * len(x) sums out; sum 3m + p is branch
+    p over input samples m - 23 .. m. Integer products summed in int64 are exact,
+    whatever order numpy adds them in."""
+    n = len(xh) - _HISTORY_UP
+    sums = np.zeros(3 * max(n, 0), np.int64)
+    if n > 0:
+        for p, branch in enumerate(_UP_BRANCHES):
+            sums[p::3] = np.convolve(xh, branch, "valid")
     return sums
 
 
 def _down_sums(buf: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """3:1 before rounding: (history, x[:usable]) in, len(x) // 3 sums out."""
-    if len(buf) <= _HISTORY_DOWN:
+    """3:1 before rounding: (history, x) in (len(x) a multiple of 3), len(x) // 3 sums
+    out: sum m is the low-pass over buf[3m + 2 .. 3m + 73], i.e.
+    np.convolve(buf, TAPS_DOWN, "valid")[2::3], computed a phase at a time (tap 3i + q
+    meets buf[3(m + 24 - i) + 1 - q]) so that no sum is computed only to be dropped."""
+    k = (len(buf) - _HISTORY_DOWN) // 3
+    if k <= 0:
         return np.zeros(0, np.int64)
-    sums: npt.NDArray[np.int64] = sliding_window_view(buf, TAPS)[2::3] @ _DOWN_REVERSED
+    b0, b1, b2 = _DOWN_BRANCHES
+    sums: npt.NDArray[np.int64] = (np.convolve(buf[1::3], b0, "valid")[1:1 + k]
+                                   + np.convolve(buf[0::3], b1, "valid")[1:1 + k]
+                                   + np.convolve(buf[2::3], b2, "valid")[:k])
     return sums
 
 

@@ -84,9 +84,9 @@ void fm_alaw_decode(const uint8_t *in, int16_t *out, size_t n)
 /* ---- The 1:3 and 3:1 FIR ------------------------------------------------------------- */
 
 /* The taps in the order a window of samples (oldest first) meets them: the low-pass in
- * Q15 reversed, summing to exactly 1 << 15 (resample._DOWN_REVERSED, TAPS_DOWN reversed),
- * and for the 1:3 filter three times the low-pass, branch p's taps last first, each
- * branch summing to 1 << 15 (resample._UP_BRANCHES[:, p], TAPS_UP[p::3] reversed). */
+ * Q15 reversed, summing to exactly 1 << 15 (resample.TAPS_DOWN reversed), and for the
+ * 1:3 filter three times the low-pass, branch p's taps last first, each branch summing
+ * to 1 << 15 (resample.TAPS_UP[p::3] reversed). */
 const int16_t fm_down_taps[FM_FIR_TAPS] = {
          0,      3,      5,      1,     -9,    -15,     -6,     18,     37,     24,    -25,    -72,
        -62,     21,    120,    132,      7,   -176,   -244,    -82,    225,    408,    232,   -244,
