@@ -162,14 +162,20 @@ def compiled(law: G711Codec) -> G711Codec:
     if found is None:
         kernels = speed.require("kernels")
         prefix = {"PCMU": "ulaw", "PCMA": "alaw"}[law.name]
+        to_octets = getattr(kernels, f"{prefix}_encode")
         to_samples = getattr(kernels, f"{prefix}_decode")
+
+        def encode(samples: PcmInput) -> bytes:
+            if isinstance(samples, np.ndarray) and not samples.flags.c_contiguous:
+                samples = np.ascontiguousarray(samples)  # the kernels read a buffer straight
+            octets: bytes = to_octets(samples)
+            return octets
 
         def decode(data: bytes | bytearray | memoryview) -> Pcm:
             pcm: Pcm = np.frombuffer(to_samples(data), np.int16)  # a new, writable array
             return pcm
 
-        found = _COMPILED[law.name] = G711Codec(
-            law.name, law.payload_type, getattr(kernels, f"{prefix}_encode"), decode)
+        found = _COMPILED[law.name] = G711Codec(law.name, law.payload_type, encode, decode)
     return found
 
 

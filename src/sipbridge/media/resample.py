@@ -163,7 +163,7 @@ class Resampler:
         (3:1 carries up to 2 samples over to the next chunk)."""
         if self._kernel is not None:
             out: np.ndarray = np.frombuffer(
-                self._kernel.process(samples.astype(np.int16, copy=False)), np.int16)
+                self._kernel.process(np.ascontiguousarray(samples, np.int16)), np.int16)
             return out
         if self._mode == "up":
             return self._up(samples.astype(np.int16, copy=False))
