@@ -308,3 +308,20 @@ def test_an_echo_session_sends_the_same_payloads_on_either_path(name: str) -> No
     assert len(python) == len(frames) - 1
     assert len({p for p in python}) > 50  # the audio came back, not silence
     assert compiled == python
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_engine_starts_calls_on_the_path_its_config_names(compiled: bool) -> None:
+    loop = asyncio.new_event_loop()
+    engine = MediaEngine(MediaConfig(ports=(33000, 33999), compiled=compiled), loop)
+    try:
+        engine.allocate("rtc_path", "127.0.0.1")
+        audio = NegotiatedAudio(Codec(0, "PCMU", 8000), 101, "127.0.0.1", 9, Direction.SENDRECV,
+                                20)
+        session = engine.start("rtc_path", audio)
+        assert session.compiled is compiled
+        encode = session.codec._law.encode  # type: ignore[attr-defined]
+        assert (encode is g711.ulaw_encode) is not compiled
+    finally:
+        engine.close()
+        loop.close()

@@ -102,7 +102,8 @@ class MediaEngine:
                                 max_delay_ms=self.config.jitter_max_ms,
                                 initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
-            on_phase=lambda at: self._rephase(key, at), compiled=self.config.compiled,
+            on_phase=lambda at: self._rephase(key, at),
+            compiled=self.config.compiled,
         )
         self.sessions[key] = session
         if self.config.resolve is not None:
