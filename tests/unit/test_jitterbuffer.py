@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipbridge.media import speed
 from sipbridge.media.jitterbuffer import Frame, JitterBuffer, conceal
+
+_compiled = speed.load("jitter")
+# Each test runs on the Python reference and on the compiled buffer (sipbridge.media._jitter).
+both = pytest.mark.parametrize("jb_class", [
+    pytest.param(JitterBuffer, id="python"),
+    pytest.param(_compiled.JitterBuffer if _compiled else None, id="compiled",
+                 marks=pytest.mark.skipif(_compiled is None, reason="not built")),
+])
 
 F = 0.020
 SPF = 160
@@ -67,8 +76,9 @@ def body(frames: list[Frame]) -> list[Frame]:
     return frames[played[0] : played[-1] + 1]
 
 
-def test_in_order_stream_plays_every_frame() -> None:
-    jb = JitterBuffer(min_delay_ms=40, initial_delay_ms=40)
+@both
+def test_in_order_stream_plays_every_frame(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class(min_delay_ms=40, initial_delay_ms=40)
     frames = play(jb, stream(500), 510)
     assert seqs(frames) == [1000 + k for k in range(500)]
     assert jb.played == 500 and jb.late == 0 and jb.skipped == 0 and jb.stalled == 0
@@ -76,8 +86,9 @@ def test_in_order_stream_plays_every_frame() -> None:
     assert frames[0].buffering and frames[-1].lost  # filling at first, the stream ended at last
 
 
-def test_clean_loopback_settles_at_the_minimum() -> None:
-    jb = JitterBuffer()
+@both
+def test_clean_loopback_settles_at_the_minimum(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class()
     frames = play(jb, stream(1000), 1000)
     assert jb.delay_ms == 0 and jb.late == 0 and jb.stalled == 0
     assert jb.skipped <= 3  # the initial 40 ms given back, one frame a second
@@ -87,7 +98,8 @@ def test_clean_loopback_settles_at_the_minimum() -> None:
 
 
 @pytest.mark.parametrize("group", [2, 3])
-def test_reordered_packets_play_in_order(group: int) -> None:
+@both
+def test_reordered_packets_play_in_order(jb_class: type[JitterBuffer], group: int) -> None:
     rng = random.Random(group)
     packets = []
     for base in range(0, 600, group):  # each group is held and released shuffled
@@ -95,15 +107,16 @@ def test_reordered_packets_play_in_order(group: int) -> None:
         rng.shuffle(members)
         release = (base + group - 1) * F + 0.002
         packets += [(release + i * 1e-4, 1000 + k, 50_000 + k * SPF) for i, k in enumerate(members)]
-    jb = JitterBuffer(min_delay_ms=group * 20, initial_delay_ms=group * 20)
+    jb = jb_class(min_delay_ms=group * 20, initial_delay_ms=group * 20)
     frames = play(jb, packets, 610)
     assert seqs(frames) == [1000 + k for k in range(600)]
     assert jb.late == 0 and jb.skipped == 0 and jb.reordered > 100
     assert not any(f.lost or f.buffering for f in body(frames))
 
 
-def test_lost_packet_gives_one_lost_frame_then_continues() -> None:
-    jb = JitterBuffer()
+@both
+def test_lost_packet_gives_one_lost_frame_then_continues(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class()
     packets = [p for p in stream(1000) if p[1] != 1600]
     frames = body(play(jb, packets, 1000))
     assert sum(f.lost for f in frames) == 1
@@ -112,8 +125,9 @@ def test_lost_packet_gives_one_lost_frame_then_continues() -> None:
     assert not any(f.buffering for f in frames)
 
 
-def test_late_packet_is_counted_and_dropped() -> None:
-    jb = JitterBuffer()
+@both
+def test_late_packet_is_counted_and_dropped(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class()
     packets = [p if p[1] != 1300 else (p[0] + 0.1, p[1], p[2]) for p in stream(400)]
     frames = body(play(jb, packets, 400))
     assert jb.late == 1 and 1300 not in seqs(frames)
@@ -123,8 +137,9 @@ def test_late_packet_is_counted_and_dropped() -> None:
     assert jb.stalled >= 5  # and the playout point moves back to meet it
 
 
-def test_duplicates_are_dropped() -> None:
-    jb = JitterBuffer()
+@both
+def test_duplicates_are_dropped(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class()
     assert jb.put(1, 160, b"a", 0.0)
     assert not jb.put(1, 160, b"a", 0.001)
     frames = play(jb, stream(100, seq0=2, ts0=320, offset=0.0, start=1), 100)
@@ -133,8 +148,9 @@ def test_duplicates_are_dropped() -> None:
     assert jb.duplicates == 2 and jb.late == 0 and seqs(frames)[:3] == [1, 2, 3]
 
 
-def test_burst_after_stall_grows_then_recovers() -> None:
-    jb = JitterBuffer()
+@both
+def test_burst_after_stall_grows_then_recovers(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class()
     held = range(1500, 1510)  # a 200 ms stall, then these arrive at once with the next
     packets = [(510 * F + 0.005, s, ts) if s in held else (t, s, ts) for t, s, ts in stream(2500)]
     frames = play(jb, [p for p in packets if p[0] < 520 * F], 519)
@@ -150,10 +166,11 @@ def test_burst_after_stall_grows_then_recovers() -> None:
     assert jb.skipped <= 12
 
 
-def test_jitter_grows_the_target_then_shrinks_back() -> None:
+@both
+def test_jitter_grows_the_target_then_shrinks_back(jb_class: type[JitterBuffer]) -> None:
     rng = random.Random(7)
     packets = [(t + rng.uniform(0, 0.030), s, ts) for t, s, ts in stream(3000, offset=0)]
-    jb = JitterBuffer()
+    jb = jb_class()
     frames = play(jb, packets, 3000)
     assert jb.late / 3000 < 0.01
     assert 25 <= jb.delay_ms <= 45  # covers the 30 ms spread
@@ -163,16 +180,18 @@ def test_jitter_grows_the_target_then_shrinks_back() -> None:
     assert not any(f.lost or f.buffering for f in body(frames))
 
 
-def test_sequence_and_timestamp_wrap_around() -> None:
-    jb = JitterBuffer(initial_delay_ms=0)
+@both
+def test_sequence_and_timestamp_wrap_around(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class(initial_delay_ms=0)
     frames = play(jb, stream(200, seq0=65_500, ts0=2**32 - 100 * SPF), 201)
     assert seqs(frames) == [(65_500 + k) & 0xFFFF for k in range(200)]
     assert jb.late == 0 and jb.reordered == 0 and jb.overflow == 0
     assert not any(f.lost or f.buffering for f in body(frames))
 
 
-def test_restart_jump_reanchors_on_the_new_stream() -> None:
-    jb = JitterBuffer(initial_delay_ms=0)
+@both
+def test_restart_jump_reanchors_on_the_new_stream(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class(initial_delay_ms=0)
     packets = stream(300) + stream(300, first=300, seq0=40_000 - 300, ts0=9_000_000)
     frames = play(jb, packets, 601)
     # the first packet of the new stream is on probation (RFC 3550 A.1) and dropped
@@ -180,9 +199,10 @@ def test_restart_jump_reanchors_on_the_new_stream() -> None:
     assert seqs(frames) == list(range(1000, 1300)) + list(range(40_001, 40_300))
 
 
-def test_flood_of_random_packets_stays_bounded() -> None:
+@both
+def test_flood_of_random_packets_stays_bounded(jb_class: type[JitterBuffer]) -> None:
     rng = random.Random(1)
-    jb = JitterBuffer()
+    jb = jb_class()
     play(jb, stream(50), 50)
     for i in range(10_000):
         near = rng.random() < 0.5  # half of them in or near the window
@@ -195,10 +215,13 @@ def test_flood_of_random_packets_stays_bounded() -> None:
     assert jb.held["minima"] <= 256 and jb.held["played"] <= 64
 
 
+@both
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(-30, 300), st.booleans()), max_size=300))
-def test_any_arrival_order_plays_in_timestamp_order(ops: list[tuple[int, bool]]) -> None:
-    jb = JitterBuffer(max_delay_ms=100)
+def test_any_arrival_order_plays_in_timestamp_order(
+    jb_class: type[JitterBuffer], ops: list[tuple[int, bool]]
+) -> None:
+    jb = jb_class(max_delay_ms=100)
     played: list[tuple[int, int]] = []  # (restarts so far, slot)
     for k, (slot, tick) in enumerate(ops):
         jb.put(1000 + slot, (slot * SPF) & 0xFFFFFFFF, b"", k * 0.01)
@@ -221,16 +244,18 @@ def test_conceal_fades_out_then_silence() -> None:
         conceal(last, 0)
 
 
-def test_config_is_checked() -> None:
+@both
+def test_config_is_checked(jb_class: type[JitterBuffer]) -> None:
     with pytest.raises(ValueError):
-        JitterBuffer(min_delay_ms=200, max_delay_ms=200)
+        jb_class(min_delay_ms=200, max_delay_ms=200)
     with pytest.raises(ValueError):
-        JitterBuffer(frame_ms=0)
-    assert JitterBuffer(initial_delay_ms=500).delay_ms == 180
+        jb_class(frame_ms=0)
+    assert jb_class(initial_delay_ms=500).delay_ms == 180
 
 
-def test_ready_says_whether_get_would_play_the_queued_frame() -> None:
-    jb = JitterBuffer(min_delay_ms=40, initial_delay_ms=40)
+@both
+def test_ready_says_whether_get_would_play_the_queued_frame(jb_class: type[JitterBuffer]) -> None:
+    jb = jb_class(min_delay_ms=40, initial_delay_ms=40)
     assert not jb.ready(1.0)  # nothing yet
     jb.put(1, 0, b"a", 0.0)
     assert not jb.ready(0.039)  # queued, but the 40 ms minimum delay is not over

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
+from sipbridge.media import speed
 from sipbridge.media.codecs import audio_rate
 from sipbridge.media.dtmf import DtmfDigit
 from sipbridge.media.jitterbuffer import JitterBuffer
@@ -93,11 +94,14 @@ class MediaEngine:
         recorder = None
         if self.config.recordings is not None:
             recorder = Recorder(self.config.recordings / f"{key}.wav", audio_rate(audio.codec))
+        # The compiled jitter buffer is the same class, decision for decision.
+        compiled_jitter = speed.load("jitter") if self.config.compiled else None
+        jitter_class = JitterBuffer if compiled_jitter is None else compiled_jitter.JitterBuffer
         session = MediaSession(
             key, endpoint, audio, now=now, wall=time.time, timeout=self.config.timeout,
             # Start at the minimum: ticks are phased to the caller's packets, so on a
             # clean path each frame plays ~1 ms after it arrives; late packets grow it.
-            jitter=JitterBuffer(clock_rate=audio.codec.clock_rate,
+            jitter=jitter_class(clock_rate=audio.codec.clock_rate,
                                 min_delay_ms=self.config.jitter_min_ms,
                                 max_delay_ms=self.config.jitter_max_ms,
                                 initial_delay_ms=self.config.jitter_min_ms),

@@ -107,7 +107,7 @@ class JitterBuffer:
         self._history: deque[int] = deque()
         self._played: set[int] = set()
         self._mins: deque[tuple[float, float]] = deque()  # (arrival, transit), rising
-        self._jitter = np.zeros(_WINDOW)
+        self._jitter: npt.NDArray[np.float64] | None = None  # allocated by the first sample
         self._samples, self._estimate = 0, 0.0
         self._hold, self._hold_until = 0.0, float("-inf")
         self._since_skip, self._now = 0, 0.0
@@ -220,9 +220,12 @@ class JitterBuffer:
         while mins[0][0] < now - _MIN_SPAN or len(mins) > _WINDOW:
             mins.popleft()
         jitter = transit - mins[0][1]
+        if self._jitter is None:  # not at set-up: a call may end before its first packet
+            self._jitter = np.zeros(_WINDOW)
         self._jitter[self._samples % _WINDOW] = jitter
         self._samples += 1
         if self._samples % _RECOMPUTE == 0 or self._samples == _WARMUP:
+            # nearest rank: the rank-th smallest sample (the compiled buffer picks the same)
             window = self._jitter[: min(self._samples, _WINDOW)]
             rank = math.ceil(_QUANTILE * len(window)) - 1
             self._estimate = float(np.partition(window, rank)[rank]) * _GUARD
