@@ -141,8 +141,9 @@ class PacerDriver:
     """Runs a `PlayoutScheduler` on an asyncio loop with one `call_at` armed at a time.
 
     `on_tick` runs for each due tick; an exception in it is logged and the
-    other sessions carry on. Call `poke()` after adding a session whose first
-    tick may be earlier than the armed one.
+    other sessions carry on. `on_pass`, if given, runs once after the ticks of
+    each timer pass (to send what they queued). Call `poke()` after adding a
+    session whose first tick may be earlier than the armed one.
     """
 
     def __init__(
@@ -150,9 +151,12 @@ class PacerDriver:
         scheduler: PlayoutScheduler,
         on_tick: Callable[[Tick], None],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        on_pass: Callable[[], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self._on_tick = on_tick
+        self._on_pass = on_pass
         self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -206,5 +210,10 @@ class PacerDriver:
                 self._on_tick(tick)
             except Exception:
                 logger.exception("playout tick for %r failed", tick.key)
+        if self._on_pass is not None:
+            try:
+                self._on_pass()
+            except Exception:
+                logger.exception("the playout pass's sends failed")
         if self._running:
             self._arm()

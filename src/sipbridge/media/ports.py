@@ -139,13 +139,12 @@ class PortPool:
         self._idle_count += 1
         return True
 
-    def close(self) -> None:
-        """Close every idle endpoint."""
-        for queue in self._idle.values():
-            for endpoint in queue:
-                endpoint.close()
+    def take_idle(self) -> list[Endpoint]:
+        """Every idle endpoint, out of the pool (for its owner to close)."""
+        idle = [endpoint for queue in self._idle.values() for endpoint in queue]
         self._idle.clear()
         self._idle_count = 0
+        return idle
 
 
 def _enable_timestamps(sock: socket.socket) -> bool:

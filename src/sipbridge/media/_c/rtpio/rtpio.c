@@ -11,8 +11,8 @@
  * parse(data) -> (pt, marker, sequence, timestamp, ssrc, payload, csrcs), or the reason
  *   parse_rtp would raise ("short", "version", "truncated", "padding"), or None for a
  *   datagram that is not RTP's to parse (empty, or first octet < 4: STUN, RFC 7983).
- * send(packets) -> [(index, errno)]: each (fd, data, host, port) sent with sendto; the
- *   failures, by index in `packets`.
+ * send(packets) -> [(index, errno)]: each (owner, fd, data, (host, port), size) sent
+ *   with sendto (owner and size are the caller's, not read); the failures, by index.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -395,7 +395,7 @@ static int sockaddr_of(PyObject *host, int port, struct sockaddr_storage *sa,
 
 static PyObject *rtpio_send(PyObject *Py_UNUSED(module), PyObject *packets) {
     if (!PyList_Check(packets)) {
-        PyErr_SetString(PyExc_TypeError, "send() takes a list of (fd, data, host, port)");
+        PyErr_SetString(PyExc_TypeError, "send() takes a list of packets");
         return NULL;
     }
     PyObject *failures = PyList_New(0);
@@ -411,9 +411,15 @@ static PyObject *rtpio_send(PyObject *Py_UNUSED(module), PyObject *packets) {
         Py_ssize_t n = total - base < SEND_CHUNK ? total - base : SEND_CHUNK;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = PyList_GET_ITEM(packets, base + i);
-            PyObject *data, *host;
+            PyObject *owner, *data, *host, *size;
             int port;
-            if (!PyArg_ParseTuple(item, "iSUi", &fds[i], &data, &host, &port) ||
+            if (!PyTuple_Check(item)) {
+                PyErr_SetString(PyExc_TypeError, "send(): each packet is a tuple");
+                Py_DECREF(failures);
+                return NULL;
+            }
+            if (!PyArg_ParseTuple(item, "OiS(Ui)O", &owner, &fds[i], &data, &host, &port,
+                                  &size) ||
                 sockaddr_of(host, port, &addrs[i], &lens[i]) < 0) {
                 Py_DECREF(failures);
                 return NULL;
@@ -470,7 +476,7 @@ static PyTypeObject PollerType = {
 
 static PyMethodDef module_methods[] = {
     {"parse", rtpio_parse_py, METH_O, "parse(data): parse_rtp's outcome, as a tuple"},
-    {"send", rtpio_send, METH_O, "send([(fd, data, host, port)]) -> [(index, errno)]"},
+    {"send", rtpio_send, METH_O, "send([(owner, fd, data, (host, port), size)]) -> [(index, errno)]"},
     {NULL, NULL, 0, NULL},
 };
 
