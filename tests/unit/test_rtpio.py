@@ -144,6 +144,13 @@ def test_poll_reads_every_ready_socket_with_source_stamp_and_parse() -> None:
         assert poller.poll() == []
         poller.enable(a.fileno(), 4, True, True)
         assert [e[3] for e in wait_readable(poller, 1)] == [packets[0]]
+        # One socket's whole queue, past one recvmmsg's worth.
+        poller.enable(a.fileno(), 4, True, False)
+        for p in packets[:20]:
+            b.sendto(p, a.getsockname())
+        time.sleep(0.02)
+        assert [e[3] for e in poller.read(a.fileno(), 4)] == packets[:20]
+        assert poller.read(a.fileno(), 4) == []
         poller.remove(a.fileno())
         b.sendto(packets[0], a.getsockname())
         time.sleep(0.02)

@@ -148,6 +148,10 @@ def script() -> list[list[bytes]]:
     return steps
 
 
+# Steps whose datagrams the loop has not read when the tick comes (the timer ran first).
+UNREAD = (2, 12, 16)
+
+
 def run(rig: Rig) -> tuple[list[bytes], dict[str, Any]]:
     key, endpoint = rig.allocate()
     session = rig.start(key)
@@ -157,7 +161,10 @@ def run(rig: Rig) -> tuple[list[bytes], dict[str, Any]]:
         rig.clock = start + 0.020 * k
         for data in datagrams:
             rig.send(data, endpoint)
-        rig.read(endpoint)
+        if k in UNREAD:
+            time.sleep(0.002)  # in the socket, read by the tick itself
+        else:
+            rig.read(endpoint)
         rig.tick(key, k, start + 0.020 * k + 0.010)
     sent = rig.received()
     rig.engine.stop(key)

@@ -8,6 +8,7 @@
  *   datagram read (stamp: the kernel's receive time, seconds since the epoch, or None;
  *   addr: (host, port); parsed: see parse()); for another socket, (token, None, None,
  *   None, None): it is readable, its owner reads it.
+ *   read(fd, token) -> the same entries for every datagram queued on one socket now.
  * parse(data) -> (pt, marker, sequence, timestamp, ssrc, payload, csrcs), or the reason
  *   parse_rtp would raise ("short", "version", "truncated", "padding"), or None for a
  *   datagram that is not RTP's to parse (empty, or first octet < 4: STUN, RFC 7983).
@@ -369,6 +370,33 @@ fail:
     return NULL;
 }
 
+static PyObject *Poller_read(Poller *self, PyObject *args) {
+    int fd;
+    unsigned long long value;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &value))
+        return NULL;
+    PyObject *token = PyLong_FromUnsignedLongLong(value);
+    PyObject *out = token ? PyList_New(0) : NULL;
+    if (out == NULL) {
+        Py_XDECREF(token);
+        return NULL;
+    }
+    int entries = 0;
+    while (entries < MAX_ENTRIES) {
+        int n = read_socket(self, fd, token, out, MAX_ENTRIES - entries);
+        if (n < 0) {
+            Py_DECREF(token);
+            Py_DECREF(out);
+            return NULL;
+        }
+        entries += n;
+        if (n < PER_SOCKET)
+            break; /* what was queued is read */
+    }
+    Py_DECREF(token);
+    return out;
+}
+
 static int sockaddr_of(PyObject *host, int port, struct sockaddr_storage *sa,
                        socklen_t *len) {
     const char *name = PyUnicode_AsUTF8(host);
@@ -460,6 +488,7 @@ static PyMethodDef Poller_methods[] = {
     {"enable", (PyCFunction)Poller_enable, METH_VARARGS, "enable(fd, token, parse, on)"},
     {"remove", (PyCFunction)Poller_remove, METH_VARARGS, "remove(fd)"},
     {"poll", (PyCFunction)Poller_poll, METH_NOARGS, "Read every ready socket."},
+    {"read", (PyCFunction)Poller_read, METH_VARARGS, "read(fd, token): one socket's queue."},
     {NULL, NULL, 0, NULL},
 };
 
