@@ -606,10 +606,10 @@ HEADER = (
 )
 
 
-def print_step(step: Step) -> None:
+def print_step(step: Step, label: str = "") -> None:
     passed, why = step.verdict()
     print(
-        f"{step.calls:>5} {step.up:>5} {step.gateway_cpu:>7.1f} {step.us_per_frame:>8.0f} "
+        f"{label}{step.calls:>5} {step.up:>5} {step.gateway_cpu:>7.1f} {step.us_per_frame:>8.0f} "
         f"{step.generator_cpu:>8.1f} {1000 * step.send_late_p99:>9.2f} ms "
         f"{step.late_pct:>7.3f} {1000 * step.p50:>6.2f} {1000 * step.p99:>6.2f} "
         f"{1000 * step.max:>7.1f}  {'pass' if passed else 'FAIL: ' + why}",
@@ -722,10 +722,30 @@ def main() -> int:
         flush=True,
     )
 
-    results: dict[str, Search] = {}
+    results: dict[str, Search] = {p: Search() for p in paths}
     with workdir(args.keep, "media_echo-") as root:
         try:
-            for path in paths:
+            if args.all and len(paths) > 1:
+                # Every step of each path, the paths taking turns at each N: the machine's
+                # noise falls on both alike.
+                width = max(map(len, paths))
+                print(" " * (width + 1) + HEADER)
+                for n in steps:
+                    for path in paths:
+                        args.media_path = path
+                        step = results[path].runs[n] = run_step(n, args, root)
+                        print_step(step, f"{path:>{width}} ")
+                        time.sleep(args.cooldown)
+                for found in results.values():  # passing up to the first failure
+                    for n in steps:
+                        if not found.runs[n].verdict()[0]:
+                            found.failed = found.runs[n]
+                            break
+                        found.good = n
+                paths_searched: list[str] = []
+            else:
+                paths_searched = paths
+            for path in paths_searched:
                 args.media_path = path
                 if len(paths) > 1:
                     print(f"media_path = {path}", flush=True)
