@@ -245,7 +245,7 @@ class MediaEngine:
         for endpoint in self.pool.take_idle():
             self._forget(endpoint)
             endpoint.close()
-        if self._rtpio is not None:
+        if self._rtpio is not None and self._poller.fileno() >= 0:
             self.loop.remove_reader(self._poller.fileno())
             self._poller.close()
 
