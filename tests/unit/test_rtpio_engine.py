@@ -10,6 +10,7 @@ what the loop would (a socket's reader, the epoll set's reader, a tick)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import select
 import socket
@@ -251,3 +252,31 @@ def test_a_full_pool_closes_what_it_cannot_keep(rig: Rig) -> None:
     rig.send(build_rtp(0, 1, 160, SSRC, b"\xff" * 160), c)
     rig.read(c)
     assert session.stats.packets_in == 1
+
+
+def test_an_icmp_error_on_the_socket_is_counted_alike_on_both_paths() -> None:
+    """The caller's port is closed: the gateway's packets to it come back as ICMP port
+    unreachable, which the next read takes off the socket, and counts. (Linux queues
+    the error on a connected UDP socket only: this one is connected for the test.)"""
+    figures = []
+    for compiled, ports in ((False, (34100, 34199)), (True, (34200, 34299))):
+        r = Rig(compiled, ports)
+        try:
+            closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            closed.bind(("127.0.0.1", 0))
+            gone = closed.getsockname()[1]
+            closed.close()  # nothing listens there any more
+            key, endpoint = r.allocate()
+            random.seed(5)
+            audio = dataclasses.replace(r.audio(), remote_port=gone)
+            session = r.engine.start(key, audio)
+            endpoint.rtp.connect(("127.0.0.1", gone))
+            r.tick(key, 0, r.clock + 0.010)  # a packet out, to the closed port
+            assert session.stats.packets_out == 1
+            r.read(endpoint)
+            r.engine.stop(key)
+            figures.append((dict(session.dropped), session.stats.packets_in))
+        finally:
+            r.close()
+    assert figures[0] == ({"socket_error": 1}, 0)
+    assert figures[1] == figures[0]

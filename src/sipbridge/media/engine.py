@@ -355,6 +355,9 @@ class MediaEngine:
                 continue
             if session is None:
                 continue  # read while idle: dropped
+            if data is None:  # an ICMP error, as session.readable counts it
+                session.dropped["socket_error"] += 1
+                continue
             arrival = now if stamp is None else min(now, stamp - offset)
             session.receive(data, addr, arrival, parsed)
             session.pump()
@@ -370,6 +373,9 @@ class MediaEngine:
         offset = session.wall() - now
         entries = self._poller.read(session.endpoint.rtp.fileno(), 2 * watch.token)
         for _, stamp, addr, data, parsed in entries:
+            if data is None:  # an ICMP error: counted, and the read stops there
+                session.dropped["socket_error"] += 1
+                break
             session.receive(data, addr, now if stamp is None else min(now, stamp - offset),
                             parsed)
         session.pump()

@@ -6,8 +6,9 @@
  *   add(fd, token, parse) / enable(fd, token, parse, on) / remove(fd).
  *   poll() -> [(token, stamp, addr, data, parsed)]: for a `parse` socket, one entry per
  *   datagram read (stamp: the kernel's receive time, seconds since the epoch, or None;
- *   addr: (host, port); parsed: see parse()); for another socket, (token, None, None,
- *   None, None): it is readable, its owner reads it.
+ *   addr: (host, port); parsed: see parse()), or (token, None, None, None,
+ *   "socket_error") for an error the read took off the socket; for another socket,
+ *   (token, None, None, None, None): it is readable, its owner reads it.
  *   read(fd, token) -> the same entries for every datagram queued on one socket now.
  * parse(data) -> (pt, marker, sequence, timestamp, ssrc, payload, csrcs), or the reason
  *   parse_rtp would raise ("short", "version", "truncated", "padding"), or None for a
@@ -42,6 +43,7 @@
 #endif
 
 static PyObject *reason_short, *reason_version, *reason_truncated, *reason_padding;
+static PyObject *reason_socket_error;
 static PyObject *empty_tuple;
 
 struct addr_entry {
@@ -283,8 +285,17 @@ static int read_socket(Poller *self, int fd, PyObject *token, PyObject *out, int
     Py_BEGIN_ALLOW_THREADS
     n = recvmmsg(fd, self->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
     Py_END_ALLOW_THREADS
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        /* an error queued on the socket (an ICMP unreachable): read, and said, as
+         * session.readable's OSError is */
+        PyObject *entry = PyTuple_Pack(5, token, Py_None, Py_None, Py_None,
+                                       reason_socket_error);
+        int rc = entry ? PyList_Append(out, entry) : -1;
+        Py_XDECREF(entry);
+        return rc < 0 ? -1 : 1;
+    }
     if (n <= 0)
-        return 0; /* EAGAIN, or an error queued on the socket (ICMP): nothing read */
+        return 0;
     for (int i = 0; i < n; i++) {
         struct msghdr *h = &self->msgs[i].msg_hdr;
         size_t size = self->msgs[i].msg_len;
@@ -521,9 +532,10 @@ PyMODINIT_FUNC PyInit__rtpio(void) {
     reason_version = PyUnicode_InternFromString("version");
     reason_truncated = PyUnicode_InternFromString("truncated");
     reason_padding = PyUnicode_InternFromString("padding");
+    reason_socket_error = PyUnicode_InternFromString("socket_error");
     empty_tuple = PyTuple_New(0);
     if (!reason_short || !reason_version || !reason_truncated || !reason_padding ||
-        !empty_tuple)
+        !reason_socket_error || !empty_tuple)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
