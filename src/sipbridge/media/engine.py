@@ -104,6 +104,9 @@ class MediaEngine:
         self._outgoing: list[Outgoing] = []
         self._watches: list[_Watch | None] = []  # the compiled path's, by token
         self._free_tokens: list[int] = []
+        # Tokens of sockets closed since the last batch: a batch read before may still
+        # hold their packets, so they are reused only from the next batch on.
+        self._retired: list[int] = []
         on_pass = None
         if self._rtpio is not None:
             self._poller = self._rtpio.Poller()
@@ -312,7 +315,7 @@ class MediaEngine:
             self._poller.remove(endpoint.rtp.fileno())
             self._poller.remove(endpoint.rtcp.fileno())
             self._watches[watch.token] = None
-            self._free_tokens.append(watch.token)
+            self._retired.append(watch.token)
             watch.token = -1
         watch.on = False
 
@@ -341,6 +344,9 @@ class MediaEngine:
         to its session as `MediaSession.readable` would hand it; then the sends."""
         now = self.loop.time()
         offset = time.time() - now  # kernel stamps are wall-clock time
+        if self._retired:
+            self._free_tokens += self._retired
+            self._retired.clear()
         watches = self._watches
         for token, stamp, addr, data, parsed in self._poller.poll():
             watch = watches[token >> 1]
