@@ -102,22 +102,26 @@ class PlayoutScheduler:
         heap = self._heap
         interval = self.interval
         while heap and heap[0][0] <= now:
-            _, token, index, key = heapq.heappop(heap)
+            at, token, index, key = heapq.heappop(heap)
             session = self._sessions.get(key)
             if session is None or session.token != token:
                 continue
-            last = self._last_due(session.start, now)
-            behind = last - index + 1
-            if behind > self.max_catch_up:
-                self.skipped += behind - self.max_catch_up
-                index = last - self.max_catch_up + 1
-            at = session.start + index * interval
+            following = session.start + (index + 1) * interval
+            if following <= now:  # more than this one tick is due: catch up, or skip
+                last = self._last_due(session.start, now)
+                behind = last - index + 1
+                if behind > self.max_catch_up:
+                    self.skipped += behind - self.max_catch_up
+                    index = last - self.max_catch_up + 1
+                at = session.start + index * interval
+                following = session.start + (index + 1) * interval
+            # else `at` is the entry's, start + index * interval as pushed: the same float
             lateness = now - at
             out.append(Tick(key, index, at, lateness))
             self.ticks += 1
             if lateness > self.late_threshold:
                 self.late += 1
-            heapq.heappush(heap, (session.start + (index + 1) * interval, token, index + 1, key))
+            heapq.heappush(heap, (following, token, index + 1, key))
         return out
 
     def _last_due(self, start: float, now: float) -> int:
