@@ -3,6 +3,7 @@
 Run from the project root after ``bash scripts/setup.sh``::
 
     .venv/bin/python bench/media_echo.py [--steps 5,10,25,50,100,200,300] [--duration 10] [--all]
+        [--media-path python,compiled]
 
 Each step starts a fresh gateway (``auto_answer = "echo"``) pinned to one core
 and, from this process pinned to another, places N calls with a minimal SIP
@@ -14,7 +15,10 @@ passed, ``--duration`` seconds are measured: the gateway's CPU, the late-frame
 rate, and the latency the gateway adds from packet in to packet out. A step
 passes with every call up, under 0.1 % late frames and a p99 under 5 ms.
 Steps rise until one fails, then a bisection narrows the largest passing N
-(``--all`` runs every step instead: the CPU curve). See bench/README.md.
+(``--all`` runs every step instead: the CPU curve). ``--media-path python,compiled``
+measures each media path in turn (the gateway's ``media_path``) and prints the ratio of
+their CPU per echoed frame at the steps both ran and of their largest N. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -139,10 +143,13 @@ def bind_pair(start: int, end: int) -> tuple[socket.socket, socket.socket, int]:
     raise RuntimeError(f"no free RTP port pair in {start}-{end}")
 
 
-def start_gateway(workdir: Path, core: int | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(
+    workdir: Path, core: int | None, media_path: str = "auto"
+) -> tuple[subprocess.Popen[bytes], int]:
     server = start_sipbridge(
         workdir, core, "udp", auto_answer="echo",
-        extra_config=f'rtp_ports = "{GATEWAY_PORTS[0]}-{GATEWAY_PORTS[1]}"\nmedia_timeout = 0\n',
+        extra_config=f'rtp_ports = "{GATEWAY_PORTS[0]}-{GATEWAY_PORTS[1]}"\nmedia_timeout = 0\n'
+        f'media_path = "{media_path}"\n',
     )
     return server.proc, server.port
 
@@ -404,9 +411,9 @@ class Step:
 
 
 def run_step(n: int, args: argparse.Namespace, root: Path) -> Step:
-    workdir = root / f"calls-{n}"
+    workdir = root / f"{args.media_path}-calls-{n}"
     workdir.mkdir(parents=True, exist_ok=True)
-    gateway, gateway_port = start_gateway(workdir, args.server_core)
+    gateway, gateway_port = start_gateway(workdir, args.server_core, args.media_path)
     uac = Uac(gateway_port)
     sel = selectors.DefaultSelector()
     calls: list[Call] = []
@@ -599,10 +606,10 @@ HEADER = (
 )
 
 
-def print_step(step: Step) -> None:
+def print_step(step: Step, label: str = "") -> None:
     passed, why = step.verdict()
     print(
-        f"{step.calls:>5} {step.up:>5} {step.gateway_cpu:>7.1f} {step.us_per_frame:>8.0f} "
+        f"{label}{step.calls:>5} {step.up:>5} {step.gateway_cpu:>7.1f} {step.us_per_frame:>8.0f} "
         f"{step.generator_cpu:>8.1f} {1000 * step.send_late_p99:>9.2f} ms "
         f"{step.late_pct:>7.3f} {1000 * step.p50:>6.2f} {1000 * step.p99:>6.2f} "
         f"{1000 * step.max:>7.1f}  {'pass' if passed else 'FAIL: ' + why}",
@@ -673,7 +680,16 @@ def main() -> int:
     )
     ap.add_argument("--cooldown", type=float, default=2.0, help="seconds between steps")
     ap.add_argument("--keep", metavar="DIR", help="keep each step's gateway config and log in DIR")
+    ap.add_argument(
+        "--media-path",
+        default="auto",
+        help="the gateway's media_path, or several comma-separated (python,compiled): each "
+        "measured in turn, with the ratio of their CPU per frame and largest N (default auto)",
+    )
     args = ap.parse_args()
+    paths = [p.strip() for p in args.media_path.split(",") if p.strip()]
+    if not paths or any(p not in ("auto", "compiled", "python") for p in paths):
+        ap.error("--media-path: auto, compiled or python, comma-separated")
     try:
         steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
     except ValueError:
@@ -706,48 +722,113 @@ def main() -> int:
         flush=True,
     )
 
-    good, bad, failed = 0, 0, None
-    cpu_bound: Step | None = None
+    results: dict[str, Search] = {p: Search() for p in paths}
     with workdir(args.keep, "media_echo-") as root:
         try:
-            print(HEADER)
-            for n in steps:
-                step = run_step(n, args, root)
-                print_step(step)
-                if cpu_bound is None and step.gateway_cpu >= CPU_BOUND:
-                    cpu_bound = step
-                if step.verdict()[0]:
-                    good = n if failed is None else good
-                elif failed is None:
-                    bad, failed = n, step
-                    if not args.all:
-                        break
-                time.sleep(args.cooldown)
-            if failed is not None and not failed.generator_limited and not args.all:
-                while bad - good > max(args.resolution, good * args.resolution_pct / 100):
-                    time.sleep(args.cooldown)
-                    n = (good + bad) // 2
-                    step = run_step(n, args, root)
-                    print_step(step)
-                    if step.verdict()[0]:
-                        good = n
-                    else:
-                        bad, failed = n, step
+            if args.all and len(paths) > 1:
+                # Every step of each path, the paths taking turns at each N: the machine's
+                # noise falls on both alike.
+                width = max(map(len, paths))
+                print(" " * (width + 1) + HEADER)
+                for n in steps:
+                    for path in paths:
+                        args.media_path = path
+                        step = results[path].runs[n] = run_step(n, args, root)
+                        print_step(step, f"{path:>{width}} ")
+                        time.sleep(args.cooldown)
+                for found in results.values():  # passing up to the first failure
+                    for n in steps:
+                        if not found.runs[n].verdict()[0]:
+                            found.failed = found.runs[n]
+                            break
+                        found.good = n
+                paths_searched: list[str] = []
+            else:
+                paths_searched = paths
+            for path in paths_searched:
+                args.media_path = path
+                if len(paths) > 1:
+                    print(f"media_path = {path}", flush=True)
+                results[path] = search(steps, args, root)
+                report(results[path])
         except KeyboardInterrupt:
             print("media_echo: interrupted")
             return 130
+    if len(paths) > 1:
+        compare(paths, results)
+    return 0
 
-    shown = f">={good}" if failed is None else str(good)
+
+@dataclass
+class Search:
+    good: int = 0
+    failed: Step | None = None
+    cpu_bound: Step | None = None
+    runs: dict[int, Step] = field(default_factory=dict)  # by N, the last run of each
+
+
+def search(steps: list[int], args: argparse.Namespace, root: Path) -> Search:
+    """The steps in order until one fails, then a bisection (or every step: --all)."""
+    found = Search()
+    bad = 0
+    print(HEADER)
+    for n in steps:
+        step = found.runs[n] = run_step(n, args, root)
+        print_step(step)
+        if found.cpu_bound is None and step.gateway_cpu >= CPU_BOUND:
+            found.cpu_bound = step
+        if step.verdict()[0]:
+            found.good = n if found.failed is None else found.good
+        elif found.failed is None:
+            bad, found.failed = n, step
+            if not args.all:
+                break
+        time.sleep(args.cooldown)
+    if found.failed is not None and not found.failed.generator_limited and not args.all:
+        while bad - found.good > max(args.resolution, found.good * args.resolution_pct / 100):
+            time.sleep(args.cooldown)
+            n = (found.good + bad) // 2
+            step = found.runs[n] = run_step(n, args, root)
+            print_step(step)
+            if step.verdict()[0]:
+                found.good = n
+            else:
+                bad, found.failed = n, step
+    return found
+
+
+def report(found: Search) -> None:
+    shown = f">={found.good}" if found.failed is None else str(found.good)
     print(
         f"largest N with <{PASS_LATE_PCT:g}% late frames and p99 < {1000 * PASS_P99:g} ms: {shown}"
     )
-    print(f"limit: {limit_of(failed)}")
-    if cpu_bound is not None and cpu_bound is not failed:
+    print(f"limit: {limit_of(found.failed)}")
+    cpu_bound = found.cpu_bound
+    if cpu_bound is not None and cpu_bound is not found.failed:
         print(
             f"cpu: the gateway used {cpu_bound.gateway_cpu:.0f}% of its core at "
             f"{cpu_bound.calls} calls ({cpu_bound.us_per_frame:.0f} us per echoed frame)"
         )
-    return 0
+
+
+def compare(paths: list[str], results: dict[str, Search]) -> None:
+    """Each path against the first: CPU per echoed frame at the steps both ran (with all
+    their calls up), and the largest N."""
+    ref_name = paths[0]
+    ref = results[ref_name]
+    for name in paths[1:]:
+        other = results[name]
+        for n in sorted(set(ref.runs) & set(other.runs)):
+            a, b = ref.runs[n], other.runs[n]
+            if a.up == n and b.up == n and b.us_per_frame > 0:
+                print(
+                    f"{n} calls: {ref_name} {a.us_per_frame:.0f} us/frame, {name} "
+                    f"{b.us_per_frame:.0f} us/frame: {a.us_per_frame / b.us_per_frame:.2f}x"
+                )
+        shown = {p: f">={r.good}" if r.failed is None else str(r.good)
+                 for p, r in ((ref_name, ref), (name, other))}
+        ratio = f": {other.good / ref.good:.2f}x" if ref.good else ""
+        print(f"largest N: {ref_name} {shown[ref_name]}, {name} {shown[name]}{ratio}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ def launch(directory: Path, name: str, config: dict[str, Any]) -> Gateway:
     until it answers an OPTIONS; the test fails with its log when it does not."""
     config = dict(config)
     nofile = config.pop("nofile", None)  # the process's open-file limit (soft and hard)
+    # SIPBRIDGE_TEST_MEDIA_PATH=python|compiled runs the gateways on that media path.
+    if os.environ.get("SIPBRIDGE_TEST_MEDIA_PATH") and "media_path" not in config:
+        config["media_path"] = os.environ["SIPBRIDGE_TEST_MEDIA_PATH"]
     config.setdefault("sip", f"{LOOPBACK}:{find_free_port()}")
     config.setdefault("http", f"{LOOPBACK}:{find_free_port(udp=False)}")
     config.setdefault("store", str(directory / f"{name}.db"))

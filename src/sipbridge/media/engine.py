@@ -1,9 +1,22 @@
 """All calls' media in one place: the port pool, the one playout scheduler, the sockets
-registered with the event loop, and the auto-answer audio modes (echo, play)."""
+registered with the event loop, and the auto-answer audio modes (echo, play).
+
+Sockets are watched once, when first bound, and stay watched while their endpoint idles
+in the pool (what comes to an idle one is read and dropped). A reused endpoint's packets
+wait in the kernel from its allocation until its call starts, as a new one's do.
+
+Two ways to read them. The Python path: one `add_reader` per socket, each read by its
+session. The compiled path (`MediaConfig.compiled`, sipbridge.media._rtpio): every RTP
+and RTCP socket in one epoll set, watched with one `add_reader`; on wake one call reads
+every ready RTP socket with its kernel receive times and parses the RTP headers, and the
+engine hands each packet to its session; what the sessions send in that loop pass (and
+in a pass of the playout clock) goes out in one call at its end.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 import wave
@@ -22,7 +35,7 @@ from sipbridge.media.pacer import PacerDriver, PlayoutScheduler, Tick
 from sipbridge.media.ports import Endpoint, PortPool
 from sipbridge.media.recorder import Recorder
 from sipbridge.media.resample import MODEL_RATE, Resampler, resample
-from sipbridge.media.session import MediaSession
+from sipbridge.media.session import MediaSession, Outgoing
 
 log = logging.getLogger("sipbridge.media")
 
@@ -30,6 +43,22 @@ log = logging.getLogger("sipbridge.media")
 # soon as they are in (MediaSession.pump), so this is how long a late packet is waited
 # for before its frame is concealed, not a delay every frame pays.
 PHASE_MARGIN = 0.010
+# A send that failed with one of these was blocked (BlockingIOError, InterruptedError).
+_BLOCKED = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY, errno.EINPROGRESS,
+                      errno.EINTR))
+
+
+class _Watch:
+    """The event loop's watch of one endpoint's sockets; it lasts as long as they do."""
+
+    __slots__ = ("endpoint", "on", "pending", "session", "token")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.session: MediaSession | None = None
+        self.pending = False  # allocated to a call that has not started
+        self.on = False  # its sockets are watched
+        self.token = -1  # its place in the compiled path's epoll set (RTP 2t, RTCP 2t+1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +97,32 @@ class MediaEngine:
         self.loop = loop
         self.pool = PortPool(*config.ports)
         self.scheduler = PlayoutScheduler()
-        self.driver = PacerDriver(self.scheduler, self._on_tick, loop)
-        self.driver.start()
         self.sessions: dict[str, MediaSession] = {}
         self._pending: dict[str, Endpoint] = {}
         self._lookups: set[asyncio.Task[None]] = set()
+        self._rtpio = speed.load("rtpio") if config.compiled else None
+        self._outgoing: list[Outgoing] = []
+        self._watches: list[_Watch | None] = []  # the compiled path's, by token
+        self._free_tokens: list[int] = []
+        # Tokens of sockets closed since the last batch: a batch read before may still
+        # hold their packets, so they are reused only from the next batch on.
+        self._retired: list[int] = []
+        on_pass = None
+        if self._rtpio is not None:
+            self._poller = self._rtpio.Poller()
+            loop.add_reader(self._poller.fileno(), self._batch)
+            on_pass = self._flush
+        self.driver = PacerDriver(self.scheduler, self._on_tick, loop, on_pass=on_pass)
+        self.driver.start()
 
     def allocate(self, key: str, host: str) -> Endpoint:
         """Bind the call's RTP port before the SDP answer names it (NoMediaPort if none)."""
         endpoint = self.pool.allocate(host)
+        watch = endpoint.watch
+        if isinstance(watch, _Watch):  # reused: its packets wait in the kernel till start
+            watch.pending = True
+            if self._rtpio is not None:
+                self._unwatch(watch)
         self._pending[key] = endpoint
         return endpoint
 
@@ -114,8 +160,9 @@ class MediaEngine:
             session.on_named_peer = lambda host, port: self._look_up(session, host, port)
             if not session.peer_known:
                 self._look_up(session, *session.sdp_remote)
-        self.loop.add_reader(endpoint.rtp.fileno(), self._readable, session)
-        self.loop.add_reader(endpoint.rtcp.fileno(), self._rtcp_readable, session)
+        self._hand(endpoint, session)
+        if self._rtpio is not None:
+            session.outgoing = self._outgoing
         self.scheduler.add(key, now + 0.020)
         session.next_tick = now + 0.020
         self.driver.poke()
@@ -186,27 +233,175 @@ class MediaEngine:
         """End a call's media and free its port."""
         endpoint = self._pending.pop(key, None)
         if endpoint is not None:
-            self.pool.release(endpoint)
+            self._release(endpoint)
         session = self.sessions.pop(key, None)
         if session is None:
             return None
         self.scheduler.remove(key)
-        for sock in (session.endpoint.rtp, session.endpoint.rtcp):
-            self.loop.remove_reader(sock.fileno())
+        watch = session.endpoint.watch
+        if isinstance(watch, _Watch):
+            watch.session = None
         session.close()
-        self.pool.release(session.endpoint)
+        self._release(session.endpoint)
         return session
 
     def close(self) -> None:
         for key in list(self.sessions) + list(self._pending):
             self.stop(key)
         self.driver.stop()
+        self._flush()
+        for endpoint in self.pool.take_idle():
+            self._forget(endpoint)
+            endpoint.close()
+        if self._rtpio is not None and self._poller.fileno() >= 0:
+            self.loop.remove_reader(self._poller.fileno())
+            self._poller.close()
 
-    def _readable(self, session: MediaSession) -> None:
-        session.readable(self.loop.time())
+    # ---- the sockets' watch ------------------------------------------------------
 
-    def _rtcp_readable(self, session: MediaSession) -> None:
-        session.rtcp_readable(self.loop.time())
+    def _release(self, endpoint: Endpoint) -> None:
+        """Back to the pool: kept watched (what comes is dropped), or closed if it is full."""
+        if self.pool.full:
+            self._flush()  # nothing queued may go out of a closed (or reused) fd
+            self._forget(endpoint)
+        else:
+            self._hand(endpoint, None)
+        self.pool.release(endpoint)
+
+    def _hand(self, endpoint: Endpoint, session: MediaSession | None) -> None:
+        """What comes to the endpoint now goes to `session` (None: it idles, dropped)."""
+        watch = endpoint.watch if isinstance(endpoint.watch, _Watch) else _Watch(endpoint)
+        endpoint.watch = watch
+        watch.session = session
+        watch.pending = False
+        if not watch.on:
+            self._watch(watch)
+
+    def _watch(self, watch: _Watch) -> None:
+        rtp, rtcp = watch.endpoint.rtp.fileno(), watch.endpoint.rtcp.fileno()
+        if self._rtpio is None:
+            self.loop.add_reader(rtp, self._rtp_ready, watch)
+            self.loop.add_reader(rtcp, self._rtcp_ready, watch)
+        elif watch.token < 0:
+            token = self._free_tokens.pop() if self._free_tokens else len(self._watches)
+            if token == len(self._watches):
+                self._watches.append(None)
+            self._watches[token] = watch
+            watch.token = token
+            self._poller.add(rtp, 2 * token, True)
+            self._poller.add(rtcp, 2 * token + 1, False)
+        else:
+            self._poller.enable(rtp, 2 * watch.token, True, True)
+            self._poller.enable(rtcp, 2 * watch.token + 1, False, True)
+        watch.on = True
+
+    def _unwatch(self, watch: _Watch) -> None:
+        """Stop watching (till `_watch`): its packets stay queued in the kernel."""
+        if not watch.on:
+            return
+        rtp, rtcp = watch.endpoint.rtp.fileno(), watch.endpoint.rtcp.fileno()
+        if self._rtpio is None:
+            self.loop.remove_reader(rtp)
+            self.loop.remove_reader(rtcp)
+        else:
+            self._poller.enable(rtp, 2 * watch.token, True, False)
+            self._poller.enable(rtcp, 2 * watch.token + 1, False, False)
+        watch.on = False
+
+    def _forget(self, endpoint: Endpoint) -> None:
+        """Its sockets are about to close: out of the loop's (or the epoll set's) watch."""
+        watch = endpoint.watch
+        if not isinstance(watch, _Watch):
+            return
+        endpoint.watch = None
+        if self._rtpio is None:
+            self._unwatch(watch)
+        elif watch.token >= 0:
+            self._poller.remove(endpoint.rtp.fileno())
+            self._poller.remove(endpoint.rtcp.fileno())
+            self._watches[watch.token] = None
+            self._retired.append(watch.token)
+            watch.token = -1
+        watch.on = False
+
+    def _rtp_ready(self, watch: _Watch) -> None:
+        session = watch.session
+        if session is not None:
+            session.readable(self.loop.time())
+        elif watch.pending:
+            self._unwatch(watch)  # read once its call starts
+        else:
+            watch.endpoint.drain()  # idle: a past call's late packets
+
+    def _rtcp_ready(self, watch: _Watch) -> None:
+        session = watch.session
+        if session is not None:
+            session.rtcp_readable(self.loop.time())
+        elif watch.pending:
+            self._unwatch(watch)
+        else:
+            watch.endpoint.drain()
+
+    # ---- the compiled path ---------------------------------------------------------
+
+    def _batch(self) -> None:
+        """The epoll set is readable: every ready socket read in one call, each packet
+        to its session as `MediaSession.readable` would hand it; then the sends."""
+        now = self.loop.time()
+        offset = time.time() - now  # kernel stamps are wall-clock time
+        if self._retired:
+            self._free_tokens += self._retired
+            self._retired.clear()
+        watches = self._watches
+        for token, stamp, addr, data, parsed in self._poller.poll():
+            watch = watches[token >> 1]
+            if watch is None:
+                continue
+            session = watch.session
+            if token & 1:
+                if session is not None:
+                    session.rtcp_readable(now)
+                else:
+                    watch.endpoint.drain()
+                continue
+            if session is None:
+                continue  # read while idle: dropped
+            if data is None:  # an ICMP error, as session.readable counts it
+                session.dropped["socket_error"] += 1
+                continue
+            arrival = now if stamp is None else min(now, stamp - offset)
+            session.receive(data, addr, arrival, parsed)
+            session.pump()
+        if self._outgoing:
+            self._flush()
+
+    def _drain(self, session: MediaSession, now: float) -> None:
+        """`session.readable(now, drain=True)`, its socket read by the compiled I/O."""
+        watch = session.endpoint.watch
+        if not isinstance(watch, _Watch) or watch.token < 0:
+            session.readable(now, drain=True)
+            return
+        offset = session.wall() - now
+        entries = self._poller.read(session.endpoint.rtp.fileno(), 2 * watch.token)
+        for _, stamp, addr, data, parsed in entries:
+            if data is None:  # an ICMP error: counted, and the read stops there
+                session.dropped["socket_error"] += 1
+                break
+            session.receive(data, addr, now if stamp is None else min(now, stamp - offset),
+                            parsed)
+        session.pump()
+
+    def _flush(self) -> None:
+        """Send what the sessions queued in this pass, in one call."""
+        out = self._outgoing
+        if not out or self._rtpio is None:
+            return
+        try:
+            for index, code in self._rtpio.send(out):
+                item = out[index]
+                item[0].unsent(item[4], code in _BLOCKED)
+        finally:
+            out.clear()
 
     def _rephase(self, key: str, arrival: float) -> None:
         """Phase the call's ticks on its first packet: each one a little after its frame."""
@@ -222,7 +417,10 @@ class MediaEngine:
             if not session.ahead:
                 # A packet that came in since the loop last polled may be the one this
                 # tick plays: the timer can run before the socket's read callback does.
-                session.readable(now, drain=True)
+                if self._rtpio is None:
+                    session.readable(now, drain=True)
+                else:
+                    self._drain(session, now)
             session.tick(now)
             session.next_tick = tick.at + self.scheduler.interval
             session.pump()  # a burst may already hold the next tick's frame

@@ -102,22 +102,26 @@ class PlayoutScheduler:
         heap = self._heap
         interval = self.interval
         while heap and heap[0][0] <= now:
-            _, token, index, key = heapq.heappop(heap)
+            at, token, index, key = heapq.heappop(heap)
             session = self._sessions.get(key)
             if session is None or session.token != token:
                 continue
-            last = self._last_due(session.start, now)
-            behind = last - index + 1
-            if behind > self.max_catch_up:
-                self.skipped += behind - self.max_catch_up
-                index = last - self.max_catch_up + 1
-            at = session.start + index * interval
+            following = session.start + (index + 1) * interval
+            if following <= now:  # more than this one tick is due: catch up, or skip
+                last = self._last_due(session.start, now)
+                behind = last - index + 1
+                if behind > self.max_catch_up:
+                    self.skipped += behind - self.max_catch_up
+                    index = last - self.max_catch_up + 1
+                at = session.start + index * interval
+                following = session.start + (index + 1) * interval
+            # else `at` is the entry's, start + index * interval as pushed: the same float
             lateness = now - at
             out.append(Tick(key, index, at, lateness))
             self.ticks += 1
             if lateness > self.late_threshold:
                 self.late += 1
-            heapq.heappush(heap, (session.start + (index + 1) * interval, token, index + 1, key))
+            heapq.heappush(heap, (following, token, index + 1, key))
         return out
 
     def _last_due(self, start: float, now: float) -> int:
@@ -141,8 +145,9 @@ class PacerDriver:
     """Runs a `PlayoutScheduler` on an asyncio loop with one `call_at` armed at a time.
 
     `on_tick` runs for each due tick; an exception in it is logged and the
-    other sessions carry on. Call `poke()` after adding a session whose first
-    tick may be earlier than the armed one.
+    other sessions carry on. `on_pass`, if given, runs once after the ticks of
+    each timer pass (to send what they queued). Call `poke()` after adding a
+    session whose first tick may be earlier than the armed one.
     """
 
     def __init__(
@@ -150,9 +155,12 @@ class PacerDriver:
         scheduler: PlayoutScheduler,
         on_tick: Callable[[Tick], None],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        on_pass: Callable[[], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self._on_tick = on_tick
+        self._on_pass = on_pass
         self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -206,5 +214,10 @@ class PacerDriver:
                 self._on_tick(tick)
             except Exception:
                 logger.exception("playout tick for %r failed", tick.key)
+        if self._on_pass is not None:
+            try:
+                self._on_pass()
+            except Exception:
+                logger.exception("the playout pass's sends failed")
         if self._running:
             self._arm()

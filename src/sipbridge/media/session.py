@@ -2,7 +2,10 @@
 
 The I/O is a non-blocking socket read by the event loop (`add_reader`); the work per
 packet and per 20 ms tick is plain calls into the sans-IO pieces (rtp, g711, dtmf,
-jitterbuffer). The playout tick comes from the one scheduler all sessions share.
+jitterbuffer). The playout tick comes from the one scheduler all sessions share. On the
+compiled path the engine reads the socket instead and hands `receive` each datagram
+with its header already parsed, and RTP (and the RTP port's STUN answers) goes to
+`outgoing`, sent with the loop pass's other packets, in the order queued.
 
 A tick has two halves: input (the jitter buffer's frame for the tick, decoded, to
 `on_audio`) and output (the next 20 ms of queued audio, encoded and sent). The tick's
@@ -76,6 +79,13 @@ STUN_BURST = 5.0
 STUN_BELOW = b"\x04"
 
 Address = tuple[str, int]
+# An RTP packet's fields as the compiled I/O parses them (sipbridge.media._rtpio.parse):
+# payload type, marker, sequence, timestamp, SSRC, payload, CSRCs.
+Parsed = tuple[int, bool, int, int, int, bytes, tuple[int, ...]]
+# A packet the compiled I/O sends with the loop pass's others: the session, its socket's
+# fd, the datagram, the address, the RTP payload's size (-1: a STUN answer), for the
+# counters if it fails.
+Outgoing = tuple["MediaSession", int, bytes, Address, int]
 
 
 @dataclass(slots=True)
@@ -157,6 +167,9 @@ class MediaSession:
         # Told of a c= line that names a host (a re-INVITE's too), when names are looked up.
         self.on_named_peer: Callable[[str, int], None] | None = None
         self.srtp: SrtpContext | None = None
+        # Where RTP goes to be sent with the loop pass's other packets (the compiled
+        # I/O's); None: sent at once from the socket.
+        self.outgoing: list[Outgoing] | None = None
         self.update(audio)
 
     # ---- negotiation ------------------------------------------------------------
@@ -248,9 +261,11 @@ class MediaSession:
                 break
         self.pump()
 
-    def receive(self, data: bytes, addr: Address, now: float) -> None:
+    def receive(self, data: bytes, addr: Address, now: float,
+                parsed: Parsed | str | None = None) -> None:
         """One datagram on the RTP port: RTP, or STUN (RFC 7983). Anything wrong with it
-        is dropped and counted."""
+        is dropped and counted. `parsed` is the compiled I/O's reading of `data` (the
+        fields parse_rtp gives, or the reason it would raise): used in clear RTP only."""
         if data < STUN_BELOW and self._stun(data, addr, now, False):
             return
         self.stats.packets_in += 1
@@ -264,26 +279,23 @@ class MediaSession:
         if self._latched is not None and addr != self._latched:
             self.dropped["source"] += 1
             return
-        try:
-            # SRTP first (its failures are RtpErrors too: srtp_auth, srtp_replay).
-            packet = parse_rtp(data if self.srtp is None else self.srtp.unprotect(data))
-        except RtpError as exc:
-            self.dropped[exc.reason] += 1
+        fields = self._fields(data, parsed)
+        if fields is None:
             return
-        pt = packet.payload_type
+        pt, marker, sequence, timestamp, ssrc, payload, _ = fields
         audio = self.audio
         if pt != audio.codec.payload_type and pt != audio.telephone_event_pt:
             self.dropped["payload_type"] += 1
             return
         if self._remote_ssrc is None:
-            self._remote_ssrc = packet.ssrc
-        elif packet.ssrc != self._remote_ssrc:
+            self._remote_ssrc = ssrc
+        elif ssrc != self._remote_ssrc:
             self._foreign += 1
             if self._foreign < SSRC_SWITCH:
                 self.dropped["ssrc"] += 1
                 return
             # A steady new source from the same address: the peer restarted its stream.
-            self._remote_ssrc = packet.ssrc
+            self._remote_ssrc = ssrc
             self.rx = ReceptionStats()
         self._foreign = 0
         if self._latched is None:
@@ -294,15 +306,32 @@ class MediaSession:
         if self._audio_in == 1 and self.on_phase is not None:
             self.on_phase(now)  # tick just after the caller's packets arrive
         self._last_rx = now
-        self.rx.update(packet.sequence, packet.timestamp, int(now * self.codec.clock_rate))
+        self.rx.update(sequence, timestamp, int(now * self.codec.clock_rate))
         if pt == audio.telephone_event_pt:
-            digit = self.dtmf.feed(packet.timestamp, packet.marker, packet.payload)
+            digit = self.dtmf.feed(timestamp, marker, payload)
             if digit is not None:
                 self.digits.append(digit)
                 if self.on_dtmf is not None:
                     self.on_dtmf(digit)
             return
-        self.jitter.put(packet.sequence, packet.timestamp, packet.payload, now)
+        self.jitter.put(sequence, timestamp, payload, now)
+
+    def _fields(self, data: bytes, parsed: Parsed | str | None) -> Parsed | None:
+        """An RTP packet's fields: the compiled I/O's parse, or parse_rtp's (after SRTP).
+        None: dropped, and counted under the reason."""
+        if parsed is None or self.srtp is not None:
+            try:
+                # SRTP first (its failures are RtpErrors too: srtp_auth, srtp_replay).
+                packet = parse_rtp(data if self.srtp is None else self.srtp.unprotect(data))
+            except RtpError as exc:
+                self.dropped[exc.reason] += 1
+                return None
+            return (packet.payload_type, packet.marker, packet.sequence, packet.timestamp,
+                    packet.ssrc, packet.payload, packet.csrcs)
+        if isinstance(parsed, str):
+            self.dropped[parsed] += 1
+            return None
+        return parsed
 
     def rtcp_readable(self, now: float) -> None:
         """The RTCP socket has datagrams: RTCP reports, or STUN (RFC 7983)."""
@@ -362,6 +391,10 @@ class MediaSession:
             return True
         self._stun_tokens -= 1.0
         sock = self.endpoint.rtcp if rtcp else self.endpoint.rtp
+        if self.outgoing is not None and not rtcp:  # in its place among the RTP sent
+            self.outgoing.append((self, sock.fileno(), answer, addr, -1))
+            self.stats.stun_answered += 1
+            return True
         try:
             sock.sendto(answer, addr)
             self.stats.stun_answered += 1
@@ -509,19 +542,37 @@ class MediaSession:
             data = build_rtp(pt, self._seq, ts, self._ssrc, payload, marker)
             if self.srtp is not None:
                 data = self.srtp.protect(data)
-            try:
-                self.endpoint.rtp.sendto(data, self._remote)
+            outgoing = self.outgoing
+            if outgoing is not None:  # counted as sent; `unsent` takes it back
+                outgoing.append((self, self.endpoint.rtp.fileno(), data, self._remote,
+                                 len(payload)))
                 self.stats.packets_out += 1
                 self._octets += len(payload)
-            except (BlockingIOError, InterruptedError):
-                self.dropped["send_blocked"] += 1
-            except OSError:
-                self.dropped["send_error"] += 1
+            else:
+                try:
+                    self.endpoint.rtp.sendto(data, self._remote)
+                    self.stats.packets_out += 1
+                    self._octets += len(payload)
+                except (BlockingIOError, InterruptedError):
+                    self.dropped["send_blocked"] += 1
+                except OSError:
+                    self.dropped["send_error"] += 1
             self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.codec.timestamp_step) & 0xFFFFFFFF
         if done is not None:
             done()
         return out
+
+    def unsent(self, size: int, blocked: bool) -> None:
+        """A packet queued in `outgoing` was not sent after all (`size`: its payload's;
+        -1 for a STUN answer)."""
+        if size < 0:
+            self.stats.stun_answered -= 1
+            self.dropped["stun_send_error"] += 1
+            return
+        self.stats.packets_out -= 1
+        self._octets -= size
+        self.dropped["send_blocked" if blocked else "send_error"] += 1
 
     def _send_rtcp(self, now: float) -> None:
         """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""

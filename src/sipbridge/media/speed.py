@@ -15,7 +15,7 @@ from types import ModuleType
 PATHS = ("auto", "compiled", "python")
 
 # The extension modules of the compiled path, sipbridge.media._NAME each.
-MODULES: tuple[str, ...] = ("kernels", "jitter")
+MODULES: tuple[str, ...] = ("kernels", "jitter", "rtpio")
 
 
 class MediaPathError(ValueError):
