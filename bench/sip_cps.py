@@ -64,10 +64,12 @@ def free_port(kinds: tuple[socket.SocketKind, ...], offsets: tuple[int, ...] = (
     raise RuntimeError("no free loopback port")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat, proc(5))."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, proc(5)), or of one
+    of its threads (/proc/PID/task/TID/stat; the main thread's TID is the PID)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+        stat = Path(f"{where}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat.rpartition(")")[2].split()  # after "pid (comm)"
@@ -225,6 +227,7 @@ class Step:
     wall: float
     server_cpu: float  # percent of one core over the step
     cpu_per_call: float  # the server's CPU microseconds per successful call
+    loop_per_call: float  # ... of its main thread alone (the event loop's)
     client_cpu: float
     returncode: int
     passed: bool
@@ -279,6 +282,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
     ]  # fmt: skip
     try:
         server_cpu0 = cpu_seconds(server.proc.pid)
+        loop_cpu0 = cpu_seconds(server.proc.pid, server.proc.pid)
         start = time.monotonic()
         with (workdir / "sipp-uac.log").open("wb") as out:
             client = subprocess.Popen(
@@ -293,6 +297,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
                 time.sleep(0.2)
         wall = time.monotonic() - start
         server_cpu = cpu_seconds(server.proc.pid) - server_cpu0
+        loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu0
         server_alive = server.proc.poll() is None
     finally:
         stop(server.proc, signal.SIGTERM if target.startswith("sipbridge") else signal.SIGKILL)
@@ -327,6 +332,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
         wall=wall,
         server_cpu=100 * server_cpu / wall if wall else 0.0,
         cpu_per_call=1e6 * server_cpu / successful if successful else 0.0,
+        loop_per_call=1e6 * loop_cpu / successful if successful else 0.0,
         client_cpu=100 * client_cpu / wall if wall else 0.0,
         returncode=client.returncode,
         passed=not why,
@@ -572,7 +578,7 @@ def overload_steps(max_rate: int, args: argparse.Namespace, root: Path) -> None:
 
 HEADER = (
     f"{'target':<17} {'rate':>6} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} "
-    f"{'wall s':>7} {'srv cpu%':>8} {'us/call':>7} {'sipp cpu%':>9}  result"
+    f"{'wall s':>7} {'srv cpu%':>8} {'us/call':>7} {'loop us':>7} {'sipp cpu%':>9}  result"
 )
 
 
@@ -581,7 +587,8 @@ def print_step(step: Step) -> None:
     print(
         f"{step.target:<17} {step.rate:>6} {step.calls:>7} {step.successful:>7} "
         f"{step.failed:>6} {step.retransmissions:>7} {step.wall:>7.1f} "
-        f"{step.server_cpu:>8.1f} {step.cpu_per_call:>7.0f} {step.client_cpu:>9.1f}  {verdict}",
+        f"{step.server_cpu:>8.1f} {step.cpu_per_call:>7.0f} "
+        f"{step.loop_per_call:>7.0f} {step.client_cpu:>9.1f}  {verdict}",
         flush=True,
     )
 
@@ -590,15 +597,18 @@ def at_rate(targets: list[str], args: argparse.Namespace, root: Path) -> None:
     """Each target at one rate, `--repeat` times in turn: the server's CPU time per call
     (the median), and each one's ratio to SIPp's uas, all from the same run."""
     per_call: dict[str, list[float]] = {t: [] for t in targets}
+    loop: dict[str, list[float]] = {t: [] for t in targets}
     for _ in range(args.repeat):
         for target in targets:
             step = run_step(target, args.at, args, root)
             print_step(step)
             if step.passed:
                 per_call[target].append(step.cpu_per_call)
+                loop[target].append(step.loop_per_call)
             time.sleep(args.cooldown)
     medians = {t: statistics.median(v) for t, v in per_call.items() if v}
-    line = ", ".join(f"{t} {us:.0f} us/call" for t, us in medians.items())
+    line = ", ".join(f"{t} {us:.0f} us/call (its loop thread "
+                     f"{statistics.median(loop[t]):.0f})" for t, us in medians.items())
     ref = medians.get("sipp uas")
     if ref:
         line += "".join(f"; {t}/sipp-uas {us / ref:.1f}x the CPU" for t, us in medians.items()

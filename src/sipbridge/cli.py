@@ -135,7 +135,8 @@ def serve(args: argparse.Namespace) -> int:
     from sipbridge.store import StoreError
 
     try:
-        factory = eventloop.loop_factory(config.event_loop)
+        factory = eventloop.loop_factory(config.event_loop,
+                                         tls_listener=config.sip_tls_bind is not None)
     except eventloop.EventLoopError as exc:
         print(f"sipbridge: {exc}", file=sys.stderr)
         return 2

@@ -38,23 +38,33 @@ def uvloop_installed() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def resolve(choice: str) -> Literal["uvloop", "asyncio"]:
-    """The loop a setting names: "auto" is uvloop when it is installed, else asyncio."""
+def resolve(choice: str, *, tls_listener: bool = False) -> Literal["uvloop", "asyncio"]:
+    """The loop a setting names: "auto" is uvloop when it is installed, else asyncio.
+
+    Not uvloop with a SIP TLS listener (`tls_listener`): an inbound TLS connection is
+    admitted as TCP, paused, then handed to `start_tls`, and uvloop starts reading a
+    connection after its `connection_made` whatever it was told, so the client's hello
+    would be read as plain bytes (`sip.transport`). "auto" then takes asyncio."""
     if choice == "asyncio":
         return "asyncio"
     if choice == "uvloop":
         if not uvloop_installed():
             raise EventLoopError("event_loop = \"uvloop\" but uvloop is not installed "
                                  "(pip install uvloop, or event_loop = \"auto\")")
+        if tls_listener:
+            raise EventLoopError("event_loop = \"uvloop\" does not serve sip_tls (uvloop "
+                                 "reads a TLS connection before its handshake can start); "
+                                 "use event_loop = \"auto\" or \"asyncio\"")
         return "uvloop"
     if choice == "auto":
-        return "uvloop" if uvloop_installed() else "asyncio"
+        return "uvloop" if uvloop_installed() and not tls_listener else "asyncio"
     raise EventLoopError(f"unknown event_loop {choice!r}; choose from {', '.join(CHOICES)}")
 
 
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory(choice: str, *, tls_listener: bool = False
+                 ) -> Callable[[], asyncio.AbstractEventLoop]:
     """A function that makes a new loop of the kind `choice` names (see `resolve`)."""
-    if resolve(choice) == "asyncio":
+    if resolve(choice, tls_listener=tls_listener) == "asyncio":
         return asyncio.new_event_loop
     return _uvloop_class()
 

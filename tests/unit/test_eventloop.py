@@ -61,3 +61,12 @@ def test_on_uvloop_the_clock_is_monotonic_and_timers_are_never_early() -> None:
     late = eventloop.run(_lateness(30), "uvloop")
     assert min(late) > -0.0001, late  # uvloop's own call_at runs up to 0.5 ms early
     assert max(late) < 0.05
+
+
+def test_a_sip_tls_listener_keeps_auto_on_asyncio_and_refuses_uvloop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eventloop, "uvloop_installed", lambda: True)
+    assert eventloop.resolve("auto") == "uvloop"
+    assert eventloop.resolve("auto", tls_listener=True) == "asyncio"
+    with pytest.raises(eventloop.EventLoopError, match="sip_tls"):
+        eventloop.resolve("uvloop", tls_listener=True)
