@@ -88,14 +88,15 @@ def _uvloop_class() -> type[asyncio.AbstractEventLoop]:
     if _UVLOOP is None:
         import uvloop
 
-        class Loop(uvloop.Loop):  # type: ignore[misc]
+        class Loop(uvloop.Loop):
             """uvloop with asyncio's clock and never-early timers (the module's doc)."""
 
             def time(self) -> float:
                 return time.monotonic()
 
-            def call_at(self, when: float, callback: Callable[..., object], *args: Any,
-                        context: Context | None = None) -> asyncio.TimerHandle:
+            def call_at(  # type: ignore[override]  # asyncio's signature, less its generics
+                    self, when: float, callback: Callable[..., object], *args: Any,
+                    context: Context | None = None) -> asyncio.TimerHandle:
                 # libuv counts a timer's delay in whole milliseconds from its clock's
                 # last whole millisecond (uv_now): count from there, rounded up.
                 now = time.monotonic()

@@ -45,10 +45,14 @@ def test_the_setting_is_read_from_the_config(tmp_path: object) -> None:
 async def _lateness(n: int) -> list[float]:
     loop = asyncio.get_running_loop()
     late = []
+
+    def fired(fut: asyncio.Future[float]) -> None:
+        fut.set_result(loop.time())
+
     for i in range(n):
         fut: asyncio.Future[float] = loop.create_future()
         due = loop.time() + 0.002 + i * 0.00013  # not on a millisecond
-        loop.call_at(due, lambda f=fut: f.set_result(loop.time()))
+        loop.call_at(due, fired, fut)
         late.append(await fut - due)
     return late
 
