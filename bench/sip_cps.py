@@ -14,6 +14,11 @@ narrows the highest passing rate. The same search runs against
 ``sipp -sn uas`` on the same core, so the figure comes with a reference
 from the same machine in the same run.
 
+``--targets`` also takes ``sipbridge-uvloop`` and ``sipbridge-asyncio`` (the gateway on
+that event loop). ``--at CPS`` runs each target at that one rate ``--repeat`` times in
+turn instead of a search, and prints the server's CPU time per call (all its threads,
+and its event loop's thread alone) beside SIPp's uas's.
+
 ``--overload 2,4`` then offers multiples of the highest rate found (or of
 ``--overload-max``) for ``--overload-duration`` seconds each, with a SIPp
 scenario that takes a 503 as an answer (and ACKs it), and prints the goodput
