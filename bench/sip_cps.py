@@ -14,6 +14,11 @@ narrows the highest passing rate. The same search runs against
 ``sipp -sn uas`` on the same core, so the figure comes with a reference
 from the same machine in the same run.
 
+``--targets`` also takes ``sipbridge-uvloop`` and ``sipbridge-asyncio`` (the gateway on
+that event loop). ``--at CPS`` runs each target at that one rate ``--repeat`` times in
+turn instead of a search, and prints the server's CPU time per call (all its threads,
+and its event loop's thread alone) beside SIPp's uas's.
+
 ``--overload 2,4`` then offers multiples of the highest rate found (or of
 ``--overload-max``) for ``--overload-duration`` seconds each, with a SIPp
 scenario that takes a 503 as an answer (and ACKs it), and prints the goodput
@@ -30,12 +35,13 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +69,12 @@ def free_port(kinds: tuple[socket.SocketKind, ...], offsets: tuple[int, ...] = (
     raise RuntimeError("no free loopback port")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat, proc(5))."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, proc(5)), or of one
+    of its threads (/proc/PID/task/TID/stat; the main thread's TID is the PID)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+        stat = Path(f"{where}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat.rpartition(")")[2].split()  # after "pid (comm)"
@@ -192,7 +200,22 @@ def start_sipp_uas(workdir: Path, core: int | None, transport: str) -> Server:
     return Server("sipp uas", proc, port, log)
 
 
-STARTERS = {"sipbridge": start_sipbridge, "sipp uas": start_sipp_uas}
+Starter = Callable[[Path, "int | None", str], Server]
+
+
+def _on_loop(loop: str) -> Starter:
+    """sipbridge with `event_loop = loop` (see README: event_loop)."""
+    def start(workdir: Path, core: int | None, transport: str) -> Server:
+        return start_sipbridge(workdir, core, transport, extra_config=f'event_loop = "{loop}"\n')
+    return start
+
+
+STARTERS: dict[str, Starter] = {
+    "sipbridge": start_sipbridge,  # its default loop (event_loop = "auto")
+    "sipbridge-uvloop": _on_loop("uvloop"),
+    "sipbridge-asyncio": _on_loop("asyncio"),
+    "sipp uas": start_sipp_uas,
+}
 
 
 # --- one step --------------------------------------------------------------
@@ -208,6 +231,8 @@ class Step:
     retransmissions: int
     wall: float
     server_cpu: float  # percent of one core over the step
+    cpu_per_call: float  # the server's CPU microseconds per successful call
+    loop_per_call: float  # ... of its main thread alone (the event loop's)
     client_cpu: float
     returncode: int
     passed: bool
@@ -262,6 +287,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
     ]  # fmt: skip
     try:
         server_cpu0 = cpu_seconds(server.proc.pid)
+        loop_cpu0 = cpu_seconds(server.proc.pid, server.proc.pid)
         start = time.monotonic()
         with (workdir / "sipp-uac.log").open("wb") as out:
             client = subprocess.Popen(
@@ -276,9 +302,10 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
                 time.sleep(0.2)
         wall = time.monotonic() - start
         server_cpu = cpu_seconds(server.proc.pid) - server_cpu0
+        loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu0
         server_alive = server.proc.poll() is None
     finally:
-        stop(server.proc, signal.SIGTERM if target == "sipbridge" else signal.SIGKILL)
+        stop(server.proc, signal.SIGTERM if target.startswith("sipbridge") else signal.SIGKILL)
 
     stats = read_stats(stats_file)
     successful = int(stats.get("SuccessfulCall(C)", 0) or 0)
@@ -309,6 +336,8 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
         retransmissions=retrans,
         wall=wall,
         server_cpu=100 * server_cpu / wall if wall else 0.0,
+        cpu_per_call=1e6 * server_cpu / successful if successful else 0.0,
+        loop_per_call=1e6 * loop_cpu / successful if successful else 0.0,
         client_cpu=100 * client_cpu / wall if wall else 0.0,
         returncode=client.returncode,
         passed=not why,
@@ -553,19 +582,43 @@ def overload_steps(max_rate: int, args: argparse.Namespace, root: Path) -> None:
 # --- the search ------------------------------------------------------------
 
 HEADER = (
-    f"{'target':<10} {'rate':>6} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} "
-    f"{'wall s':>7} {'srv cpu%':>8} {'sipp cpu%':>9}  result"
+    f"{'target':<17} {'rate':>6} {'calls':>7} {'ok':>7} {'failed':>6} {'retrans':>7} "
+    f"{'wall s':>7} {'srv cpu%':>8} {'us/call':>7} {'loop us':>7} {'sipp cpu%':>9}  result"
 )
 
 
 def print_step(step: Step) -> None:
     verdict = "pass" if step.passed else f"FAIL: {step.why}"
     print(
-        f"{step.target:<10} {step.rate:>6} {step.calls:>7} {step.successful:>7} "
+        f"{step.target:<17} {step.rate:>6} {step.calls:>7} {step.successful:>7} "
         f"{step.failed:>6} {step.retransmissions:>7} {step.wall:>7.1f} "
-        f"{step.server_cpu:>8.1f} {step.client_cpu:>9.1f}  {verdict}",
+        f"{step.server_cpu:>8.1f} {step.cpu_per_call:>7.0f} "
+        f"{step.loop_per_call:>7.0f} {step.client_cpu:>9.1f}  {verdict}",
         flush=True,
     )
+
+
+def at_rate(targets: list[str], args: argparse.Namespace, root: Path) -> None:
+    """Each target at one rate, `--repeat` times in turn: the server's CPU time per call
+    (the median), and each one's ratio to SIPp's uas, all from the same run."""
+    per_call: dict[str, list[float]] = {t: [] for t in targets}
+    loop: dict[str, list[float]] = {t: [] for t in targets}
+    for _ in range(args.repeat):
+        for target in targets:
+            step = run_step(target, args.at, args, root)
+            print_step(step)
+            if step.passed:
+                per_call[target].append(step.cpu_per_call)
+                loop[target].append(step.loop_per_call)
+            time.sleep(args.cooldown)
+    medians = {t: statistics.median(v) for t, v in per_call.items() if v}
+    line = ", ".join(f"{t} {us:.0f} us/call (its loop thread "
+                     f"{statistics.median(loop[t]):.0f})" for t, us in medians.items())
+    ref = medians.get("sipp uas")
+    if ref:
+        line += "".join(f"; {t}/sipp-uas {us / ref:.1f}x the CPU" for t, us in medians.items()
+                        if t != "sipp uas")
+    print(f"result at {args.at} cps (median of the passing steps): {line or 'none passed'}")
 
 
 def search(target: str, args: argparse.Namespace, root: Path) -> tuple[int, bool]:
@@ -603,7 +656,8 @@ def main() -> int:
     ap.add_argument(
         "--targets",
         default="sipbridge,sipp uas",
-        help="comma-separated: sipbridge, sipp uas (default both)",
+        help="comma-separated: sipbridge (its default event loop), sipbridge-uvloop, "
+        "sipbridge-asyncio, sipp uas (default: sipbridge,sipp uas)",
     )
     ap.add_argument("--resolution", type=int, default=10, help="bisect until within N cps")
     ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
@@ -619,6 +673,10 @@ def main() -> int:
                     help="run each overload step with overload control off too")
     ap.add_argument("--overload-settle", type=float, default=40.0,
                     help="seconds to wait for active calls to end after a step (default 40)")
+    ap.add_argument("--at", type=int, metavar="CPS",
+                    help="instead of a search: each target at this one rate, --repeat "
+                    "times in turn, and the server's CPU time per call")
+    ap.add_argument("--repeat", type=int, default=3, help="steps per target with --at")
     args = ap.parse_args()
 
     if shutil.which("sipp") is None:
@@ -651,6 +709,9 @@ def main() -> int:
     with workdir(args.keep, "sip_cps-") as root:
         try:
             print(HEADER)
+            if args.at:
+                at_rate(targets, args, root)
+                return 0
             for target in targets:
                 results[target] = search(target, args, root)
             if args.overload:
@@ -670,13 +731,15 @@ def main() -> int:
     if not targets:
         return 0
     summary = ", ".join(f"{t} {shown(t)} cps" for t in targets)
-    if "sipbridge" in results and "sipp uas" in results and results["sipp uas"][0]:
-        (ours, ours_capped), (ref, ref_capped) = results["sipbridge"], results["sipp uas"]
+    for ours_name in (t for t in targets if t.startswith("sipbridge")):
+        if "sipp uas" not in results or not results["sipp uas"][0]:
+            break
+        (ours, ours_capped), (ref, ref_capped) = results[ours_name], results["sipp uas"]
         if ours_capped and ref_capped:
-            summary += "; ratio unknown (both reached --max: raise it)"
+            summary += f"; ratio {ours_name}/sipp-uas unknown (both reached --max: raise it)"
         else:
             bound = "<=" if ref_capped else ">=" if ours_capped else ""
-            summary += f"; ratio sipbridge/sipp-uas {bound}{ours / ref:.2f}"
+            summary += f"; ratio {ours_name}/sipp-uas {bound}{ours / ref:.2f}"
     print(f"result: {summary}")
     return 0
 

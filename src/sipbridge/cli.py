@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from sipbridge import callcli, logs
+from sipbridge import callcli, eventloop, logs
 from sipbridge.config import ConfigError, load_config, parse_host_port
 from sipbridge.gateway import Gateway
 
@@ -106,6 +107,7 @@ async def _serve(gateway: Gateway) -> int:
               f"{gateway.http.port}/v1", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    logging.getLogger("sipbridge").info("event loop: %s", eventloop.name(loop))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -133,7 +135,14 @@ def serve(args: argparse.Namespace) -> int:
     from sipbridge.store import StoreError
 
     try:
-        return asyncio.run(_serve(Gateway(config)))
+        factory = eventloop.loop_factory(config.event_loop,
+                                         tls_listener=config.sip_tls_bind is not None)
+    except eventloop.EventLoopError as exc:
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_serve(Gateway(config)))
     except StoreError as exc:  # its message names the store without a password
         print(f"sipbridge: {exc}", file=sys.stderr)
         return 1

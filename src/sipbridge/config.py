@@ -265,6 +265,10 @@ class Config(BaseSettings):
     # The event loop stalling longer than this (ms) is logged as a warning naming the code
     # it was in, at most one line per 10 s; 0: not watched.
     slow_callback_ms: int = Field(0, ge=0, le=60_000)
+    # The event loop: "uvloop" (libuv's, in C: cheaper per wake-up, reader and timer),
+    # "asyncio" (Python's own), "auto" (uvloop when installed, else asyncio). Not uvloop
+    # with sip_tls (see sipbridge.eventloop): "auto" then takes asyncio.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     # The application side (OpenAI's Realtime API for SIP calls).
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
     webhook_url: str | None = None  # realtime.call.incoming goes here; calls then wait

@@ -103,6 +103,7 @@ class Gateway:
         self.events = CallEvents()
         self.sideband = SidebandHubs()
         self.store: Store | None = None
+        self._store_sink: StoreSink | None = None
         self._purging: asyncio.Task[None] | None = None
         self.metrics = Metrics(lambda: len(self.calls.calls) if self.calls is not None else 0,
                                self._live_media,
@@ -244,9 +245,10 @@ class Gateway:
         """The calls, and the sinks their events go to: the timeline (always first), the
         store, the metrics, the sideband, the webhooks, the agents."""
         c = self.config
-        assert self.sip is not None and self.media is not None
+        assert self.sip is not None and self.media is not None and self.loop is not None
         if self.store is not None:
-            self.events.subscribe(StoreSink(self.store, c.recordings))
+            self._store_sink = StoreSink(self.store, c.recordings, self.loop.call_soon)
+            self.events.subscribe(self._store_sink)
         self.events.subscribe(MetricsSink(self.metrics))
         self.events.subscribe(SidebandSink(self.sideband))
         if self.webhooks is not None:
@@ -320,6 +322,8 @@ class Gateway:
         if self.webhooks is not None:
             await self.webhooks.close()
         if self.store is not None:  # last: everything above may still record something
+            if self._store_sink is not None:
+                self._store_sink.hand_over()
             await asyncio.to_thread(self.store.close)
 
     def summary(self) -> str:

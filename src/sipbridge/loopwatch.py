@@ -43,7 +43,10 @@ log = logging.getLogger("sipbridge.loop")
 
 LOG_INTERVAL = 10.0  # seconds between two warnings of a kind at most
 IDLE = "the loop's selector"
-_IDLE_FRAMES = ("selectors.py", "select"), ("selectors.py", "poll")
+# The innermost Python frame of a loop waiting for work: asyncio's selector, or, on
+# uvloop (which waits in C), the call that runs the loop.
+_IDLE_FRAMES = (("selectors.py", "select"), ("selectors.py", "poll"), ("runners.py", "run"),
+                ("base_events.py", "run_until_complete"))
 _IMPORT_FRAMES = "<frozen importlib"
 
 

@@ -123,3 +123,43 @@ def test_a_transfer_goes_out_as_steps_and_its_record_as_changes() -> None:
     assert h.requests[-1].method == "BYE"
     ended = [e for e in events if isinstance(e, Ended)]
     assert len(ended) == 1 and ended[0].call.end_reason == "transferred"
+
+
+def _app_call_into(store: Store, defer: list[object] | None) -> list[int]:
+    """An app call (INVITE, accept, ACK) with a StoreSink on `store`, handing over each
+    turn's writes when `defer` is given: how many hand-overs each turn asked for."""
+    h = Harness(auto_answer=None, app=True)
+    sink = StoreSink(store, None, defer=None if defer is None else defer.append)
+    h.events.subscribe(sink)
+    asked: list[int] = []
+    handed = [0, 0]  # records and entries the store had after the last hand-over
+
+    def turn_ends() -> None:
+        if defer is not None:
+            asked.append(len(defer))
+            assert [len(store.records), len(store.entries)] == handed  # none during the turn
+            defer.clear()
+            sink.hand_over()
+            handed[:] = [len(store.records), len(store.entries)]
+
+    h.send(invite(OFFER.format(direction="sendrecv")))
+    turn_ends()
+    call = h.incoming[0]
+    h.manager.accept(call.id, {"type": "realtime"})
+    turn_ends()
+    h.send(ack(h.sent[-1].to.tag or ""))
+    turn_ends()
+    return asked
+
+
+def test_with_a_defer_the_store_gets_a_turns_writes_at_once_in_order() -> None:
+    direct, batched = Store(), Store()
+    _app_call_into(direct, None)
+    asked = _app_call_into(batched, [])
+    assert asked == [1, 1, 1]  # one hand-over per turn, however many writes
+    assert len(direct.entries) > 3 and len(direct.records) >= 2
+    # The same records (as they were when written) and entries, in the same order.
+    def shape(store: Store) -> tuple[list[object], list[str]]:
+        return [r["state"] for r in store.records], [kind for _, kind in store.entries]
+
+    assert shape(batched) == shape(direct)

@@ -109,3 +109,41 @@ def test_computing_on_the_loop_is_named() -> None:
     asyncio.run(main())
     assert watch.stalls.count == 1
     assert "computes" in watch.stalls.where
+
+
+uvloop = pytest.importorskip("uvloop")
+
+
+def test_on_uvloop_a_blocking_callback_is_named_and_an_idle_loop_is_idle() -> None:
+    from sipbridge import eventloop
+
+    watch = StallWatch(0.1)
+    eventloop.run(_run(watch, (0.05, 0.25)), "uvloop")
+    assert watch.stalls.count == 1
+    assert "blocks_the_loop" in watch.stalls.where
+    assert watch.holdups.count == 0
+
+    # uvloop waits in C: the innermost Python frame is the call that runs the loop.
+    import sys
+    import threading
+
+    seen: list[str] = []
+
+    async def idle() -> None:
+        await asyncio.sleep(0.05)
+        frame = sys._current_frames()[threading.get_ident()]  # a frame of this callback
+        assert describe(frame) != IDLE
+        await asyncio.sleep(0.2)
+
+    ident: list[int] = []
+
+    def runner() -> None:
+        ident.append(threading.get_ident())
+        eventloop.run(idle(), "uvloop")
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    time.sleep(0.15)  # the loop is in its 0.2 s sleep
+    seen.append(describe(sys._current_frames().get(ident[0])))
+    thread.join(2)
+    assert seen == [IDLE]

@@ -172,6 +172,17 @@ def test_redaction_hides_every_key_and_nothing_else() -> None:
     assert redact_keys("v=0\r\n") == "v=0\r\n"
 
 
+@given(st.lists(st.sampled_from(["inline:", "INLINE:", "InLiNe:", "\u0131nline:",
+                                 "\u0130NLINE:", "inline", "KEY|2^20", " ", "\r\n", "a=crypto:1 ",
+                                 "x", "\u00e9"]), max_size=12))
+def test_redaction_without_a_key_in_sight_is_the_regex_s(parts: list[str]) -> None:
+    # The shortcut for messages with no key must redact exactly what the pattern does.
+    from sipbridge.sip.sdp import _INLINE
+
+    text = "".join(parts)
+    assert redact_keys(text) == _INLINE.sub("inline:<redacted>", text)
+
+
 # ---- protect and unprotect (RFC 3711) --------------------------------------------------
 
 

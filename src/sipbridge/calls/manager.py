@@ -487,7 +487,8 @@ class CallManager:
         session = self.media.stop(call.id)
         call.media_live = None
         if session is not None:
-            log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
+            if log.isEnabledFor(logging.INFO):  # the summary is not free: only when logged
+                log.info("call %s ended (%s): %s", call.id, call.end_reason, session.summary())
             call.media = session.figures()
             self.events.emit(note(call, "media", **call.media))
         self.events.emit(note(call, "call", status="ended", reason=call.end_reason))

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from sipbridge import eventloop
 from sipbridge.config import load_config
 from sipbridge.demo.audio import (
     PHONE_RATE,
@@ -397,8 +398,8 @@ def run_demo(workdir: Path, *, http: str = "127.0.0.1:0", stay: bool = False,
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    result = asyncio.run(Demo(workdir, http=http, out=out, target=target,
-                                     warm=warm).run(stay))
+    result = eventloop.run(Demo(workdir, http=http, out=out, target=target,
+                                warm=warm).run(stay), "auto")
     took = time.monotonic() - started
     if result.ok:
         out(f"demo OK in {took:.0f} s: call {result.call_id} transferred to "
