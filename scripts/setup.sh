@@ -101,7 +101,8 @@ python_ok || die "no Python >= 3.11 as $PYTHON"
 
 # Reinstall when the project's metadata, the compiled path's sources or the interpreter
 # change (the install builds the C modules in place, next to their Python reference).
-want="$({ cat pyproject.toml setup.py; find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat
+EXTRAS="agent,postgres,test,dev,uvloop"
+want="$({ echo "$EXTRAS"; cat pyproject.toml setup.py; find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat
           "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] &&
@@ -118,8 +119,8 @@ if ! [[ -x "$VENV/bin/python" ]] || [[ "$(pyversion "$VENV/bin/python")" != "$(p
     "$PYTHON" -m venv "$VENV"
 fi
 
-log "installing sipbridge (editable) with the agent, postgres, test and dev extras"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,postgres,test,dev]'
+log "installing sipbridge (editable) with the agent, postgres, test, dev and uvloop extras"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
 "$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s; m = s.missing()
 sys.exit("the compiled media path did not build: " + ", ".join(m) if m else 0)' || die "see above"
 printf '%s\n' "$want" >"$STAMP"

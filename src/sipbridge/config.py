@@ -267,8 +267,9 @@ class Config(BaseSettings):
     slow_callback_ms: int = Field(0, ge=0, le=60_000)
     # The event loop: "uvloop" (libuv's, in C: cheaper per wake-up, reader and timer),
     # "asyncio" (Python's own), "auto" (uvloop when installed, else asyncio). Not uvloop
-    # with sip_tls (see sipbridge.eventloop): "auto" then takes asyncio.
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # with sip_tls (see sipbridge.eventloop): "auto" then takes asyncio. Default asyncio:
+    # uvloop measured no faster here (bench/README.md, sip_cps).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
     # The application side (OpenAI's Realtime API for SIP calls).
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Bearer keys
     webhook_url: str | None = None  # realtime.call.incoming goes here; calls then wait
