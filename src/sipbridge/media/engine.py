@@ -192,10 +192,13 @@ class MediaEngine:
         model side's) -> the call's rate, encode in the same codec."""
         ups: dict[int, Resampler] = {}
 
-        def echo(pcm: np.ndarray) -> None:
+        def up_resampler() -> Resampler:
             rate = session.rate
-            up = ups.get(rate) or ups.setdefault(
+            return ups.get(rate) or ups.setdefault(
                 rate, Resampler(rate, MODEL_RATE, compiled=session.compiled))
+
+        def echo(pcm: np.ndarray) -> None:
+            up = up_resampler()
             # One frame in, one out: a frame still queued here came from a stall or a
             # replayed late frame, and keeping it would delay the rest of the call by 20 ms.
             if session.queued_ms >= 20:
@@ -204,6 +207,7 @@ class MediaEngine:
 
         session.on_audio = echo
         session.follow_input = True
+        session.echo = (echo, up_resampler)  # the compiled shortcut of a frame's echo
 
     def bridge(self, a: MediaSession, b: MediaSession) -> None:
         """Join two calls' audio: what each caller says is played to the other (converted

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sipbridge.audiostream import NegotiatedAudio
+from sipbridge.media import speed
 from sipbridge.media.codecs import FRAME_MS, G711, AudioCodec, open_codec
 from sipbridge.media.dtmf import DtmfDigit, DtmfReceiver, DtmfSender
 from sipbridge.media.jitterbuffer import JitterBuffer
@@ -135,6 +136,11 @@ class MediaSession:
         self.follow_input = False  # send each tick's output with its input (echo)
         self.ahead = False  # the next tick's input already ran (read-only outside)
         self._in_pcm: np.ndarray | None = None
+        # The echo (engine.echo sets it): its `on_audio` and the 1:3 resampler it plays
+        # through. While that is the session's `on_audio` and nothing else is asked of it
+        # (no queued audio or digits, no recorder, no SRTP), each G.711 frame with the
+        # compiled kernels goes in and out in one call (`_echo_frame`), as the ticks would.
+        self.echo: tuple[Callable[[np.ndarray], None], Callable[[], Resampler]] | None = None
         self.wall = wall
         self.stats = MediaStats()
         self.dropped: Counter[str] = Counter()
@@ -409,8 +415,7 @@ class MediaSession:
         output): a frame on time waits for nothing. Never more than one tick ahead."""
         if not self.ahead and self.jitter.ready(self.next_tick):
             self.ahead = True
-            self._take_in(self.next_tick)
-            if self.follow_input:
+            if not self._take_in(self.next_tick) and self.follow_input:
                 self._give_out()
 
     def tick(self, now: float) -> None:
@@ -419,8 +424,7 @@ class MediaSession:
             self.ahead = False
             if not self.follow_input:
                 self._give_out()
-        else:
-            self._take_in(now)
+        elif not self._take_in(now):
             self._give_out()
         if now >= self._next_rtcp:
             self._send_rtcp(now)
@@ -430,10 +434,14 @@ class MediaSession:
             if self.on_timeout is not None:
                 self.on_timeout(f"no RTP for {self.timeout:g} s")
 
-    def _take_in(self, now: float) -> None:
-        """One frame in: decoded, or concealed, to `on_audio`."""
+    def _take_in(self, now: float) -> bool:
+        """One frame in: decoded, or concealed, to `on_audio`. True when the echo's
+        shortcut sent its output too (`_give_out` has nothing left to do)."""
         frame = self.jitter.get(now)
         pcm: np.ndarray | None = None
+        if frame.payload is not None and self.echo is not None and self._echo_frame(
+                frame.payload):
+            return True
         if frame.payload is not None:
             pcm = self.codec.decode(frame.payload)
             if pcm is None:  # does not decode: counted, and concealed like a lost one
@@ -450,6 +458,40 @@ class MediaSession:
         self._in_pcm = pcm
         if pcm is not None and self.on_audio is not None:
             self.on_audio(pcm)
+        return False
+
+    def _echo_frame(self, payload: bytes) -> bool:
+        """The echo of one G.711 frame in one compiled call: decode, 1:3 and 3:1 through
+        the echo's own resamplers, encode, RTP header; queued to `outgoing` with the
+        counters, sequence and timestamp `_take_in` and `_give_out` would leave. False
+        (nothing done) when the session is not in that plain state."""
+        echo, codec = self.echo, self.codec
+        if (echo is None or self.on_audio is not echo[0] or not self.follow_input
+                or not self.compiled or not isinstance(codec, G711)
+                or len(payload) != self._frame or self._out or self._dtmf_out is not None
+                or self.recorder is not None or self.srtp is not None
+                or not self.sending or not self._peer_known or self.outgoing is None):
+            return False
+        up = echo[1]()._kernel
+        down = self._resampler_from(MODEL_RATE)._kernel
+        if up is None or down is None:
+            return False
+        done = speed.require("kernels").echo_frame(
+            up, down, codec.name == "PCMA", payload, codec.payload_type, self._seq,
+            self._ts, self._ssrc, not self._talking)
+        if done is None:
+            return False
+        samples, data = done
+        self._last_pcm = self._in_pcm = np.frombuffer(samples, np.int16)
+        self._lost_run = 0
+        self._talking = True
+        self.outgoing.append((self, self.endpoint.rtp.fileno(), data, self._remote,
+                              len(payload)))
+        self.stats.packets_out += 1
+        self._octets += len(payload)
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + codec.timestamp_step) & 0xFFFFFFFF
+        return True
 
     def _give_out(self) -> None:
         """One frame out, and the tick's pair (in, out) to the recorder."""
@@ -475,12 +517,16 @@ class MediaSession:
     def play_pcm(self, pcm: np.ndarray, rate: int) -> None:
         """Queue audio at `rate`, converted to the call's rate (a stream per source rate)."""
         if rate != self.codec.rate:
-            resampler = self._to_call.get(rate)
-            if resampler is None:
-                resampler = self._to_call[rate] = Resampler(rate, self.codec.rate,
-                                                            compiled=self.compiled)
-            pcm = resampler.process(pcm)
+            pcm = self._resampler_from(rate).process(pcm)
         self._out += pcm.astype(np.int16, copy=False).tobytes()
+
+    def _resampler_from(self, rate: int) -> Resampler:
+        """The stream that converts audio played at `rate` to the call's."""
+        resampler = self._to_call.get(rate)
+        if resampler is None:
+            resampler = self._to_call[rate] = Resampler(rate, self.codec.rate,
+                                                        compiled=self.compiled)
+        return resampler
 
     def clear_playout(self) -> None:
         """Drop queued agent audio (barge-in)."""

@@ -7,6 +7,7 @@
  *   ulaw_encode(samples) -> bytes        ulaw_decode(octets) -> bytearray
  *   alaw_encode(samples) -> bytes        alaw_decode(octets) -> bytearray
  *   Resampler(8000, 24000) or Resampler(24000, 8000): .process(samples) -> bytearray
+ *   echo_frame(up, down, alaw, payload, pt, seq, ts, ssrc, marker) -> (bytearray, bytes)
  *   DOWN_TAPS, UP_TAPS: the filters' taps, in the order fastmedia_kernels.h keeps them.
  */
 #define PY_SSIZE_T_CLEAN
@@ -269,6 +270,84 @@ static PyTypeObject ResamplerType = {
     .tp_members = Resampler_members,
 };
 
+/* ---- one echoed G.711 frame ---------------------------------------------------------- */
+
+#define ECHO_MAX_FRAME 480 /* octets of G.711 in one frame, at most (60 ms) */
+
+/* echo_frame(up, down, alaw, payload, pt, sequence, timestamp, ssrc, marker):
+ * a G.711 frame decoded, 1:3 through `up`, 3:1 through `down`, encoded in the same law
+ * and put in an RTP packet (no CSRC, extension or padding): what MediaSession's tick does
+ * for an echo, bit for bit, in one call. Gives (decoded samples as a bytearray, packet),
+ * or None, with nothing changed, when the frame does not fit the shortcut (empty or over
+ * ECHO_MAX_FRAME octets, or `down` carries samples from before). */
+static PyObject *echo_frame(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *up_obj, *down_obj;
+    int alaw, marker;
+    Py_buffer payload;
+    unsigned int pt;
+    unsigned long sequence, timestamp, ssrc;
+    if (!PyArg_ParseTuple(args, "O!O!py*Ikkkp", &ResamplerType, &up_obj, &ResamplerType,
+                          &down_obj, &alaw, &payload, &pt, &sequence, &timestamp, &ssrc,
+                          &marker))
+        return NULL;
+    Resampler *up = (Resampler *)up_obj, *down = (Resampler *)down_obj;
+    PyObject *result = NULL;
+    if (!up->up || down->up) {
+        PyErr_SetString(PyExc_ValueError, "echo_frame takes a 1:3 and a 3:1 Resampler");
+        goto done;
+    }
+    if (pt > 127 || ssrc > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "payload type or SSRC out of range");
+        goto done;
+    }
+    size_t n = (size_t)payload.len;
+    if (n == 0 || n > ECHO_MAX_FRAME || down->down3.carried != 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int16_t wide[3 * ECHO_MAX_FRAME], narrow[ECHO_MAX_FRAME];
+    PyObject *pcm = new_samples((Py_ssize_t)n);
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 + n));
+    if (pcm == NULL || packet == NULL) {
+        Py_XDECREF(pcm);
+        Py_XDECREF(packet);
+        goto done;
+    }
+    int16_t *samples = (int16_t *)PyByteArray_AS_STRING(pcm);
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packet);
+    const uint8_t *in = (const uint8_t *)payload.buf;
+    if (alaw)
+        fm_alaw_decode(in, samples, n);
+    else
+        fm_ulaw_decode(in, samples, n);
+    fm_up3_process(&up->up3, samples, n, wide);
+    fm_down3_process(&down->down3, wide, 3 * n, narrow); /* exactly n: nothing carried */
+    out[0] = 0x80;
+    out[1] = (uint8_t)(pt | (marker ? 0x80 : 0));
+    out[2] = (uint8_t)(sequence >> 8);
+    out[3] = (uint8_t)sequence;
+    out[4] = (uint8_t)(timestamp >> 24);
+    out[5] = (uint8_t)(timestamp >> 16);
+    out[6] = (uint8_t)(timestamp >> 8);
+    out[7] = (uint8_t)timestamp;
+    out[8] = (uint8_t)(ssrc >> 24);
+    out[9] = (uint8_t)(ssrc >> 16);
+    out[10] = (uint8_t)(ssrc >> 8);
+    out[11] = (uint8_t)ssrc;
+    if (alaw)
+        fm_alaw_encode(narrow, out + 12, n);
+    else
+        fm_ulaw_encode(narrow, out + 12, n);
+    result = PyTuple_Pack(2, pcm, packet);
+    Py_DECREF(pcm);
+    Py_DECREF(packet);
+done:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
 /* ---- the module ------------------------------------------------------------------------ */
 
 static PyMethodDef module_methods[] = {
@@ -276,6 +355,9 @@ static PyMethodDef module_methods[] = {
     {"ulaw_decode", ulaw_decode, METH_O, "G.711 μ-law: octets to int16 samples (bytearray)."},
     {"alaw_encode", alaw_encode, METH_O, "G.711 A-law: int16 samples to octets (bytes)."},
     {"alaw_decode", alaw_decode, METH_O, "G.711 A-law: octets to int16 samples (bytearray)."},
+    {"echo_frame", echo_frame, METH_VARARGS,
+     "One echoed G.711 frame: decode, 1:3, 3:1, encode, RTP header; (samples, packet) or "
+     "None when it does not fit (then nothing changed)."},
     {NULL, NULL, 0, NULL},
 };
 
