@@ -141,6 +141,7 @@ class MediaSession:
         # (no queued audio or digits, no recorder, no SRTP), each G.711 frame with the
         # compiled kernels goes in and out in one call (`_echo_frame`), as the ticks would.
         self.echo: tuple[Callable[[np.ndarray], None], Callable[[], Resampler]] | None = None
+        self._kernels = speed.load("kernels") if compiled else None
         self.wall = wall
         self.stats = MediaStats()
         self.dropped: Counter[str] = Counter()
@@ -466,8 +467,9 @@ class MediaSession:
         counters, sequence and timestamp `_take_in` and `_give_out` would leave. False
         (nothing done) when the session is not in that plain state."""
         echo, codec = self.echo, self.codec
+        kernels = self._kernels
         if (echo is None or self.on_audio is not echo[0] or not self.follow_input
-                or not self.compiled or not isinstance(codec, G711)
+                or kernels is None or not isinstance(codec, G711)
                 or len(payload) != self._frame or self._out or self._dtmf_out is not None
                 or self.recorder is not None or self.srtp is not None
                 or not self.sending or not self._peer_known or self.outgoing is None):
@@ -476,7 +478,7 @@ class MediaSession:
         down = self._resampler_from(MODEL_RATE)._kernel
         if up is None or down is None:
             return False
-        done = speed.require("kernels").echo_frame(
+        done = kernels.echo_frame(
             up, down, codec.name == "PCMA", payload, codec.payload_type, self._seq,
             self._ts, self._ssrc, not self._talking)
         if done is None:
