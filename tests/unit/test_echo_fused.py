@@ -60,23 +60,14 @@ def rtp(k: int, law: str, *, seq0: int = 65000, ts0: int = 4_294_960_000, ssrc: 
                      voice(k, law) if payload is None else payload)
 
 
-def run(pool: PortPool, law: str, events: list[Event], *, compiled: bool,
-        until: float) -> tuple[list[tuple[bytes, tuple[str, int], int]], dict[str, Any], int]:
-    """The packets a session in echo sends (in order), its figures, and how many frames
-    took the shortcut; ticks driven as the engine does (phased to the first packet)."""
+def echoing(pool: PortPool, law: str, *, compiled: bool) -> tuple[MediaSession, list[int]]:
+    """A session in echo, its RTP queued to `outgoing`; and a count, kept up to date, of
+    the frames that took the shortcut."""
     buffer = (jitter.JitterBuffer if compiled and jitter is not None else JitterBuffer)(
         initial_delay_ms=0)
     s = MediaSession("rtc_fused", pool.allocate("127.0.0.1"), audio(law), now=0.0,
                      wall=lambda: 1.7e9, timeout=0, jitter=buffer, compiled=compiled)
-    s._ssrc, s._seq, s._ts = 0xCAFE0001, 65530, 4_294_967_000
-
-    def phase(at: float) -> None:
-        s.next_tick = at + 0.010
-
-    s.on_phase = phase
-    s.next_tick = 0.020
-    out: list[Any] = []
-    s.outgoing = out
+    s.outgoing = []
     MediaEngine.echo(None, s)  # type: ignore[arg-type]  # uses nothing of the engine
     shortcut = [0]
     fused = s._echo_frame
@@ -87,6 +78,23 @@ def run(pool: PortPool, law: str, events: list[Event], *, compiled: bool,
         return done
 
     s._echo_frame = counted  # type: ignore[method-assign]
+    return s, shortcut
+
+
+def run(pool: PortPool, law: str, events: list[Event], *, compiled: bool,
+        until: float) -> tuple[list[tuple[bytes, tuple[str, int], int]], dict[str, Any], int]:
+    """The packets a session in echo sends (in order), its figures, and how many frames
+    took the shortcut; ticks driven as the engine does (phased to the first packet)."""
+    s, shortcut = echoing(pool, law, compiled=compiled)
+    s._ssrc, s._seq, s._ts = 0xCAFE0001, 65530, 4_294_967_000
+
+    def phase(at: float) -> None:
+        s.next_tick = at + 0.010
+
+    s.on_phase = phase
+    s.next_tick = 0.020
+    out = s.outgoing
+    assert out is not None
     pending = sorted(events, key=lambda e: e[0])
     i = 0
     while True:
@@ -190,23 +198,9 @@ def test_the_shortcut_is_off_outside_plain_echo(pool: PortPool) -> None:
     events = stream("PCMU", 100)
 
     def off(setup: Callable[[MediaSession], None]) -> int:
-        buffer = jitter.JitterBuffer(initial_delay_ms=0) if jitter is not None else None
-        s = MediaSession("rtc_off", pool.allocate("127.0.0.1"), audio("PCMU"), now=0.0,
-                         wall=lambda: 1.7e9, timeout=0, jitter=buffer,  # type: ignore[arg-type]
-                         compiled=True)
-        s.outgoing = []
+        s, calls = echoing(pool, "PCMU", compiled=True)
         s.next_tick = 0.51
-        MediaEngine.echo(None, s)  # type: ignore[arg-type]
         setup(s)
-        calls = [0]
-        fused = s._echo_frame
-
-        def counted(payload: bytes) -> bool:
-            done = fused(payload)
-            calls[0] += done
-            return done
-
-        s._echo_frame = counted  # type: ignore[method-assign]
         for t, data, addr in events:
             assert isinstance(data, bytes)
             s.receive(data, addr, t)
