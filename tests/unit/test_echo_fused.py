@@ -179,6 +179,12 @@ def cases(law: str) -> Iterator[tuple[str, list[Event]]]:
     malformed += [(0.503 + k * 0.2, rtp(300 + k, law, payload=b"\xff" * 80), PEER)
                   for k in range(20)]
     yield "malformed_and_odd_sizes", malformed
+    other = "PCMA" if law == "PCMU" else "PCMU"
+    reinvite = [e for e in stream(law, 150, seed=12)]
+    reinvite.append((3.505, lambda s: s.update(audio(other)), PEER))
+    reinvite += [(0.5 + (150 + k) * 0.02 + 0.001, rtp(150 + k, other), PEER)
+                 for k in range(150)]
+    yield "reinvite_to_the_other_law", reinvite
 
 
 @pytest.mark.parametrize("law", ["PCMU", "PCMA"])
@@ -236,7 +242,7 @@ def test_echo_frame_refuses_what_it_cannot_do_and_changes_nothing() -> None:
     for law, alaw in ((PCMU, False), (PCMA, True)):
         up, down = kernels.Resampler(8000, 24000), kernels.Resampler(24000, 8000)
         up2, down2 = kernels.Resampler(8000, 24000), kernels.Resampler(24000, 8000)
-        for n in (160, 80, 480, 1):
+        for n in [160, 80, 480, 1] + [int(x) for x in rng.integers(1, 481, 40)]:
             payload = rng.integers(0, 256, n, np.uint8).tobytes()
             samples, packet = kernels.echo_frame(up, down, alaw, payload, 96, 65535,
                                                  0xFFFFFFFF, 0xDEADBEEF, True)
