@@ -101,6 +101,10 @@ class MediaEngine:
         self._pending: dict[str, Endpoint] = {}
         self._lookups: set[asyncio.Task[None]] = set()
         self._rtpio = speed.load("rtpio") if config.compiled else None
+        # The compiled jitter buffer is the same class, decision for decision.
+        compiled_jitter = speed.load("jitter") if config.compiled else None
+        self._jitter_class = (JitterBuffer if compiled_jitter is None
+                              else compiled_jitter.JitterBuffer)
         self._outgoing: list[Outgoing] = []
         self._watches: list[_Watch | None] = []  # the compiled path's, by token
         self._free_tokens: list[int] = []
@@ -140,17 +144,14 @@ class MediaEngine:
         recorder = None
         if self.config.recordings is not None:
             recorder = Recorder(self.config.recordings / f"{key}.wav", audio_rate(audio.codec))
-        # The compiled jitter buffer is the same class, decision for decision.
-        compiled_jitter = speed.load("jitter") if self.config.compiled else None
-        jitter_class = JitterBuffer if compiled_jitter is None else compiled_jitter.JitterBuffer
         session = MediaSession(
             key, endpoint, audio, now=now, wall=time.time, timeout=self.config.timeout,
             # Start at the minimum: ticks are phased to the caller's packets, so on a
             # clean path each frame plays ~1 ms after it arrives; late packets grow it.
-            jitter=jitter_class(clock_rate=audio.codec.clock_rate,
-                                min_delay_ms=self.config.jitter_min_ms,
-                                max_delay_ms=self.config.jitter_max_ms,
-                                initial_delay_ms=self.config.jitter_min_ms),
+            jitter=self._jitter_class(clock_rate=audio.codec.clock_rate,
+                                      min_delay_ms=self.config.jitter_min_ms,
+                                      max_delay_ms=self.config.jitter_max_ms,
+                                      initial_delay_ms=self.config.jitter_min_ms),
             recorder=recorder, on_dtmf=on_dtmf, on_timeout=on_timeout,
             on_phase=lambda at: self._rephase(key, at),
             compiled=self.config.compiled,

@@ -9,6 +9,7 @@ the tests run both on the same packets and require the same output bit for bit.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -22,8 +23,10 @@ class MediaPathError(ValueError):
     """`media_path = "compiled"` with a module not built (or not importable)."""
 
 
+@functools.cache
 def load(name: str) -> ModuleType | None:
-    """The compiled module sipbridge.media._NAME, or None when it is not built."""
+    """The compiled module sipbridge.media._NAME, or None when it is not built (looked up
+    once: sessions, codecs and resamplers ask at every call's start)."""
     try:
         return importlib.import_module(f"sipbridge.media._{name}")
     except ImportError:
