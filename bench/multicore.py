@@ -113,47 +113,53 @@ class Figures:
 
 
 def decide(f: Figures) -> list[str]:
-    """The choice and the reasons the figures give for it. Processes per core pay their
-    overhead without handing anything over; media workers fed by one process pay a hand-over
-    per frame; workers given each call's sockets pay one per call, but keep SIP on one core
-    and the call's state split between processes."""
+    """The choice and the reasons the figures give for it. A second process per core pays
+    its overhead on every frame and call without handing anything over; media workers fed
+    by one process pay a hand-over per frame; workers given each call's sockets pay one per
+    call. Either worker design keeps SIP on the front's one core and splits each call's
+    state between two processes; SO_REUSEPORT does not spread one trunk's calls, so
+    spreading SIP needs a SIP-aware front end, after which processes need nothing of each
+    other."""
     lines = ["decision: one gateway process per core behind Kamailio (the cluster design)"]
+    per_frame = []
     if f.media_ratio is not None:
-        per_call = f" and {f.setup_ratio:.2f}x per call" if f.setup_ratio is not None else ""
-        lines.append(
-            f"processes per core: {f.media_ratio:.2f}x the CPU per echoed frame{per_call} of "
-            "one process alone, with nothing handed between them and no state shared"
-        )
-    if f.frame_us and f.back_us:
-        line = (
-            f"media workers fed frames by one process: {f.back_us:.1f} us of CPU per frame "
-            f"there and back ({f.back_us / f.frame_us:.1f}x a whole echoed frame, "
-            f"{f.frame_us:.1f} us)"
-        )
-        if f.one_way_us:
-            line += f", {f.one_way_us:.1f} us one way"
-        if f.batched_us:
-            line += (f", {f.batched_us:.1f} us batched by {BATCH} (each frame held until "
-                     f"{BATCH} have come)")
-        lines.append(line)
-        if f.media_ratio is not None and f.one_way_us and (
-            1 + f.one_way_us / f.frame_us < f.media_ratio
-        ):
-            lines.append(
-                f"note: here one way ({1 + f.one_way_us / f.frame_us:.2f}x a frame) cost "
-                f"less than a second process ({f.media_ratio:.2f}x): weigh it again"
-            )
+        per_frame.append(f"a second process {f.media_ratio - 1:+.0%} (two side by side "
+                         "over one alone)")
+    if f.frame_us:
+        for name, us in (("one way", f.one_way_us), ("there and back", f.back_us),
+                         (f"batched by {BATCH} (each frame held until {BATCH} have come)",
+                          f.batched_us)):
+            if us:
+                per_frame.append(f"feeding a worker {name} {us / f.frame_us:+.0%} "
+                                 f"({us:.1f} us)")
+    if per_frame:
+        at = f" of {f.frame_us:.0f} us" if f.frame_us else ""
+        lines.append(f"CPU per echoed frame{at}: " + "; ".join(per_frame))
+    per_call = []
+    if f.setup_ratio is not None:
+        per_call.append(f"a second process {f.setup_ratio - 1:+.0%}")
     if f.socket_us:
-        share = f" ({100 * f.socket_us / f.call_us:.1f}% of a call set-up)" if f.call_us else ""
-        lines.append(
-            f"workers given each call with its sockets: {f.socket_us:.1f} us of CPU per call"
-            f"{share}, cheap, but SIP stays on one core and every mid-call event (re-INVITE, "
-            "DTMF, BYE, transfer, the agent's audio) crosses between processes"
-        )
+        share = f"{f.socket_us / f.call_us:+.1%} " if f.call_us else ""
+        per_call.append(f"handing the call's socket to a worker {share}({f.socket_us:.1f} us)")
+    if per_call:
+        at = f" of {f.call_us:.0f} us" if f.call_us else ""
+        lines.append(f"CPU per call set up{at}: " + "; ".join(per_call))
+    cheaper = bool(
+        f.media_ratio is not None and f.frame_us and f.one_way_us
+        and f.one_way_us / f.frame_us < f.media_ratio - 1
+    )
+    lines.append(
+        ("frames fed one way to a worker cost less than a second process here, but "
+         if cheaper else "no hand-over saves CPU over a second process, and ")
+        + "workers leave every call's SIP on the front's one core and every mid-call event "
+        "(re-INVITE, DTMF, BYE, transfer, the agent's audio) crossing between processes; "
+        "processes per core set up calls and carry media each on its own core, sharing "
+        "nothing"
+    )
     if f.one_source_spreads is False:
         lines.append(
-            "SO_REUSEPORT gives one source (a trunk) to one process: the calls of one trunk "
-            "reach every process only through a SIP-aware front end (Kamailio's dispatcher)"
+            "SO_REUSEPORT gives one source (a trunk) to one process: a trunk's calls reach "
+            "every process only through a SIP-aware front end (Kamailio's dispatcher)"
         )
     elif f.one_source_spreads:
         lines.append("SO_REUSEPORT shared one source's datagrams between processes")
@@ -303,7 +309,7 @@ def sink_worker(chan: socket.socket, report: multiprocessing.connection.Connecti
     until the other side shuts down; report this process's CPU seconds meanwhile, then
     close what it took."""
     pin(core)
-    taken = []
+    taken: list[socket.socket] = []
     cpu0 = time.process_time()
     while True:
         msg, fds, _, _ = socket.recv_fds(chan, 65536, 1)
