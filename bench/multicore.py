@@ -2,31 +2,33 @@
 
 Run from the project root after ``bash scripts/setup.sh``::
 
-    .venv/bin/python bench/multicore.py [--calls 100] [--cps 300] [--duration 5] [--repeat 2]
-        [--frames 20000] [--handovers 2000] [--parts media,setup,handover,reuseport]
+    .venv/bin/python bench/multicore.py [--calls 100] [--cps 300] [--duration 5] [--repeat 3]
+        [--frames 20000] [--handovers 2000] [--parts media,setup,handover,reuseport] [--cross]
 
 Four parts, in one run on a 2-core machine:
 
 - ``media``: bench/media_echo.py's echoed calls (``--calls`` per gateway), first against
-  one gateway (pinned to core 0, its load generator on core 1), then against two gateways
-  at once, each pinned to its own core with its own SIP port, RTP range and store, and
-  each one's generator on the other core. The figure: each gateway's CPU per echoed frame,
-  the two's mean over the single one's.
+  one gateway pinned to core 0, then against two gateways at once, each pinned to its own
+  core with its own SIP port, RTP range and store. Each gateway's load generator runs on
+  the gateway's own core, so that each of the two is exactly what the one alone was
+  (``--cross``: on the other core, as media_echo.py runs it). The figure: each gateway's
+  CPU per echoed frame, the two's mean over the single one's.
 - ``setup``: bench/sip_cps.py's SIPp calls at ``--cps`` per gateway, the same way round:
   CPU per call set up, two gateways' mean over one's.
 - ``handover``: what the single-process design (media workers per core) pays to move work
-  between processes: an RTP frame (172 bytes) sent over an AF_UNIX SOCK_SEQPACKET
-  socketpair to a worker on the other core and sent back, one at a time and 50 to a
-  message; and a call's socket handed to the worker with SCM_RIGHTS
-  (``socket.send_fds``/``recv_fds``) and acknowledged. Wall and CPU (both processes)
+  between processes, to a worker on the other core over an AF_UNIX SOCK_SEQPACKET
+  socketpair: an RTP frame (172 bytes) there and back one at a time, there and back 50 to
+  a message, and one way without waiting; and a call's bound socket handed over with
+  SCM_RIGHTS (``socket.send_fds``/``recv_fds``). Wall and CPU (both processes)
   microseconds per frame and per hand-over.
 - ``reuseport``: two processes bind the same UDP port with SO_REUSEPORT; one source
   (a trunk: one address and port) sends datagrams, then many sources do; how the kernel
   shares them out between the processes.
 
-The parts repeat (``--repeat``) one after the other, so the machine's noise falls on one
-and two processes alike; ratios are per repeat. The last lines weigh the figures: the
-decision and its reason. See bench/README.md.
+The media and set-up parts repeat (``--repeat``), one process then two each time, so the
+machine's noise falls on both alike; ratios are per repeat, and the decision takes their
+median. The last lines weigh the figures: the decision and its reasons. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -239,16 +241,26 @@ class Scaling:
                 f"(mean of the two): {span(r, '.2f', 'x')} the CPU of one")
 
 
+def load_cores(cores: list[int | None], args: argparse.Namespace) -> tuple[int | None, ...]:
+    """Where each gateway's load runs: on the gateway's own core, so that two gateways are
+    each exactly what one alone was (a gateway and its load on a core); or, with
+    ``--cross``, on the other core (as media_echo.py and sip_cps.py run it), where alone
+    a gateway has its core to itself but side by side it shares it with the other's load."""
+    a, b = cores
+    return (b, a) if args.cross else (a, b)
+
+
 def media_part(cores: list[int | None], args: argparse.Namespace, root: Path,
                repeat: int, found: Scaling) -> None:
     a, b = cores
+    load_a, load_b = load_cores(cores, args)
     n = args.calls
-    alone = in_processes([(media_job, (n, 0, a, b, args, root / f"media-{repeat}-one"))])
+    alone = in_processes([(media_job, (n, 0, a, load_a, args, root / f"media-{repeat}-one"))])
     media_echo.print_step(alone[0], "one  core " + f"{a} ")
     time.sleep(args.cooldown)
     pair = in_processes([
-        (media_job, (n, 0, a, b, args, root / f"media-{repeat}-two-a")),
-        (media_job, (n, 1, b, a, args, root / f"media-{repeat}-two-b")),
+        (media_job, (n, 0, a, load_a, args, root / f"media-{repeat}-two-a")),
+        (media_job, (n, 1, b, load_b, args, root / f"media-{repeat}-two-b")),
     ])
     for core, step in zip((a, b), pair, strict=True):
         media_echo.print_step(step, "two  core " + f"{core} ")
@@ -263,12 +275,15 @@ def media_part(cores: list[int | None], args: argparse.Namespace, root: Path,
 def setup_part(cores: list[int | None], args: argparse.Namespace, root: Path,
                repeat: int, found: Scaling) -> None:
     a, b = cores
-    alone = in_processes([(setup_job, (args.cps, 0, a, b, args, root / f"setup-{repeat}-one"))])
+    load_a, load_b = load_cores(cores, args)
+    alone = in_processes([
+        (setup_job, (args.cps, 0, a, load_a, args, root / f"setup-{repeat}-one")),
+    ])
     print_setup(alone[0], f"one  core {a}")
     time.sleep(args.cooldown)
     pair = in_processes([
-        (setup_job, (args.cps, 0, a, b, args, root / f"setup-{repeat}-two-a")),
-        (setup_job, (args.cps, 1, b, a, args, root / f"setup-{repeat}-two-b")),
+        (setup_job, (args.cps, 0, a, load_a, args, root / f"setup-{repeat}-two-a")),
+        (setup_job, (args.cps, 1, b, load_b, args, root / f"setup-{repeat}-two-b")),
     ])
     for core, step in zip((a, b), pair, strict=True):
         print_setup(step, f"two  core {core}")
@@ -541,8 +556,8 @@ def main() -> int:
                     help="seconds after the last call is up before measuring (default 1)")
     ap.add_argument("--rate", type=float, default=100.0,
                     help="echoed calls set up per second (default 100)")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="times the media and set-up parts run (default 2)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="times the media and set-up parts run (default 3)")
     ap.add_argument("--frames", type=int, default=20000,
                     help="frames handed over one at a time (ten times as many batched)")
     ap.add_argument("--handovers", type=int, default=2000, help="sockets handed over")
@@ -550,6 +565,8 @@ def main() -> int:
                     help="the gateways' media_path (default auto)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma-separated, of {','.join(PARTS)} (default all)")
+    ap.add_argument("--cross", action="store_true",
+                    help="run each gateway's load on the other core, not on the gateway's own")
     ap.add_argument("--cooldown", type=float, default=1.0, help="seconds between steps")
     ap.add_argument("--keep", metavar="DIR", help="keep the gateways' configs and logs in DIR")
     args = ap.parse_args()
