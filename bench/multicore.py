@@ -540,27 +540,25 @@ def print_reuseport(one: list[int], many: list[int], seen: list[int]) -> None:
 # --- the run ------------------------------------------------------------------------------
 
 PARTS = ("media", "setup", "handover", "reuseport")
+OPTIONS: tuple[tuple[str, type, float, str], ...] = (  # the numbers: flag, type, default, what
+    ("--calls", int, 100, "echoed calls per gateway"),
+    ("--cps", int, 300, "calls set up per second per gateway"),
+    ("--duration", float, 5.0, "seconds of echo measured per step"),
+    ("--setup-duration", int, 5, "seconds of call set-up per step"),
+    ("--warmup", float, 1.0, "seconds after the last call is up before measuring"),
+    ("--rate", float, 100.0, "echoed calls set up per second"),
+    ("--repeat", int, 3, "times the media and set-up parts run"),
+    ("--frames", int, 20000, "frames handed over there and back one at a time (ten times as "
+     "many batched, five times as many one way)"),
+)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=100,
-                    help="echoed calls per gateway (default 100)")
-    ap.add_argument("--cps", type=int, default=300,
-                    help="calls set up per second per gateway (default 300)")
-    ap.add_argument("--duration", type=float, default=5.0,
-                    help="seconds of echo measured per step (default 5)")
-    ap.add_argument("--setup-duration", type=int, default=5,
-                    help="seconds of call set-up per step (default 5)")
-    ap.add_argument("--warmup", type=float, default=1.0,
-                    help="seconds after the last call is up before measuring (default 1)")
-    ap.add_argument("--rate", type=float, default=100.0,
-                    help="echoed calls set up per second (default 100)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="times the media and set-up parts run (default 3)")
-    ap.add_argument("--frames", type=int, default=20000,
-                    help="frames handed over one at a time (ten times as many batched)")
-    ap.add_argument("--handovers", type=int, default=2000, help="sockets handed over")
+    for flag, kind, default, what in OPTIONS:
+        ap.add_argument(flag, type=kind, default=default, help=f"{what} (default {default})")
+    ap.add_argument("--handovers", type=int, default=2000,
+                    help="sockets handed over (default 2000)")
     ap.add_argument("--media-path", default="auto", choices=("auto", "compiled", "python"),
                     help="the gateways' media_path (default auto)")
     ap.add_argument("--parts", default=",".join(PARTS),
