@@ -602,7 +602,9 @@ def main() -> int:
             for repeat in range(args.repeat):
                 if "media" in parts:
                     print(f"media, repeat {repeat + 1}: {args.calls} echoed calls per gateway, "
-                          f"{args.duration:g} s\n           " + media_echo.HEADER, flush=True)
+                          f"{args.duration:g} s (the result column is media_echo.py's verdict "
+                          "on capacity; here CPU per frame is the figure)\n           "
+                          + media_echo.HEADER, flush=True)
                     media_part(cores, args, root, repeat, media)
                     time.sleep(args.cooldown)
                 if "setup" in parts:
