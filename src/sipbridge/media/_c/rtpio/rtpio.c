@@ -669,7 +669,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__rtpio(void) {
     if (PyType_Ready(&PollerType) < 0 || reception_ready() < 0)
         return NULL;
-    jitter_api = PyCapsule_Import(FM_JITTER_CAPSULE, 0);
+    /* PyCapsule_Import only looks attributes up past the first name: import it first */
+    PyObject *jitter = PyImport_ImportModule("sipbridge.media._jitter");
+    Py_XDECREF(jitter);
+    jitter_api = jitter ? PyCapsule_Import(FM_JITTER_CAPSULE, 0) : NULL;
     if (jitter_api == NULL)
         PyErr_Clear(); /* _jitter not built: every packet goes to its session */
     reason_short = PyUnicode_InternFromString("short");
