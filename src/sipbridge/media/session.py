@@ -5,7 +5,9 @@ packet and per 20 ms tick is plain calls into the sans-IO pieces (rtp, g711, dtm
 jitterbuffer). The playout tick comes from the one scheduler all sessions share. On the
 compiled path the engine reads the socket instead and hands `receive` each datagram
 with its header already parsed, and RTP (and the RTP port's STUN answers) goes to
-`outgoing`, sent with the loop pass's other packets, in the order queued.
+`outgoing`, sent with the loop pass's other packets, in the order queued. There the
+engine's read takes an ordinary packet (the stream's voice, in the clear, from its
+source) through the session's `inbound` in C, as `receive` would, and only has it pump.
 
 A tick has two halves: input (the jitter buffer's frame for the tick, decoded, to
 `on_audio`) and output (the next 20 ms of queued audio, encoded and sent). The tick's
