@@ -37,7 +37,8 @@ from sipbridge.media.ports import SO_TIMESTAMPNS
 from sipbridge.media.rtp import build_rtp
 
 
-def run(compiled: bool, calls: int, frames: int, ports: tuple[int, int]) -> tuple[float, list[bytes]]:
+def run(compiled: bool, calls: int, frames: int,
+        ports: tuple[int, int]) -> tuple[float, list[bytes]]:
     """Seconds in the engine for the whole run, and what came back."""
     loop = asyncio.new_event_loop()
     clock = [1000.0]

@@ -52,7 +52,7 @@ def stream(seqs: list[int], *, jitter: int = 0, seed: int = 1, base_ts: int = 10
 
 
 def test_in_order_with_jitter() -> None:
-    py, c = compare(stream(list(range(500, 2500)), jitter=400), report_every=250)
+    py, _ = compare(stream(list(range(500, 2500)), jitter=400), report_every=250)
     assert py.received == 1999 and py.jitter > 10  # the stream was counted, with jitter
 
 
@@ -81,7 +81,7 @@ def test_late_packets_beyond_the_window_and_big_jumps() -> None:
     seqs += [150, 101, 399, 300 - 128, 300 - 129]  # late: some inside 128, some not
     seqs += [9_000, 12_000, 12_001, 12_002]  # a jump, then a restart's two in a row
     seqs += [12_002 - 50, 11_000, 20, 21, 22]  # late after the restart, another jump
-    seqs += [60_000, 60_001] + list(range(60_002, 60_300))
+    seqs += [60_000, 60_001, *range(60_002, 60_300)]
     seqs += [59_950, 59_949, 59_900]  # reordered, within MAX_MISORDER
     compare(stream(seqs, jitter=50, seed=5), report_every=40)
 
@@ -89,7 +89,7 @@ def test_late_packets_beyond_the_window_and_big_jumps() -> None:
 def test_probation_restarts_and_ssrc_change_like_streams() -> None:
     # A source that stutters during probation, then settles; then (as after an SSRC
     # change, a new object in the session) a second stream from another base.
-    compare(stream([10, 20, 21, 23, 24, 25, 26, 26, 27] + list(range(28, 300))))
+    compare(stream([10, 20, 21, 23, 24, 25, 26, 26, 27, *range(28, 300)]))
     compare(stream(list(range(40_000, 40_300)), base_ts=123_456_789, seed=9))
 
 
