@@ -8,9 +8,12 @@ wait in the kernel from its allocation until its call starts, as a new one's do.
 Two ways to read them. The Python path: one `add_reader` per socket, each read by its
 session. The compiled path (`MediaConfig.compiled`, sipbridge.media._rtpio): every RTP
 and RTCP socket in one epoll set, watched with one `add_reader`; on wake one call reads
-every ready RTP socket with its kernel receive times and parses the RTP headers, and the
-engine hands each packet to its session; what the sessions send in that loop pass (and
-in a pass of the playout clock) goes out in one call at its end.
+every ready RTP socket with its kernel receive times and parses the RTP headers; an
+ordinary packet of a call (its stream's voice, in the clear, from its source) goes
+through the session's receive state (`MediaSession.inbound`) in C, and the engine only
+has the session pump; any other packet the engine hands to its session. What the
+sessions send in that loop pass (and in a pass of the playout clock) goes out in one
+call at its end.
 """
 
 from __future__ import annotations
@@ -246,6 +249,7 @@ class MediaEngine:
         watch = session.endpoint.watch
         if isinstance(watch, _Watch):
             watch.session = None
+            self._attach(watch)
         session.close()
         self._release(session.endpoint)
         return session
@@ -281,6 +285,13 @@ class MediaEngine:
         watch.pending = False
         if not watch.on:
             self._watch(watch)
+        self._attach(watch)
+
+    def _attach(self, watch: _Watch) -> None:
+        """The compiled read takes ordinary packets into the watch's session (if any)."""
+        if self._rtpio is not None and watch.token >= 0:
+            session = watch.session
+            self._poller.attach(2 * watch.token, None if session is None else session.inbound)
 
     def _watch(self, watch: _Watch) -> None:
         rtp, rtcp = watch.endpoint.rtp.fileno(), watch.endpoint.rtcp.fileno()
@@ -322,6 +333,7 @@ class MediaEngine:
         if self._rtpio is None:
             self._unwatch(watch)
         elif watch.token >= 0:
+            self._poller.attach(2 * watch.token, None)
             self._poller.remove(endpoint.rtp.fileno())
             self._poller.remove(endpoint.rtcp.fileno())
             self._watches[watch.token] = None
@@ -351,14 +363,19 @@ class MediaEngine:
 
     def _batch(self) -> None:
         """The epoll set is readable: every ready socket read in one call, each packet
-        to its session as `MediaSession.readable` would hand it; then the sends."""
+        to its session as `MediaSession.readable` would hand it (an ordinary one taken
+        in C: its session only pumps); then the sends."""
         now = self.loop.time()
         offset = time.time() - now  # kernel stamps are wall-clock time
         if self._retired:
             self._free_tokens += self._retired
             self._retired.clear()
         watches = self._watches
-        for token, stamp, addr, data, parsed in self._poller.poll():
+        for entry in self._poller.receive(now, offset):
+            if entry.__class__ is int:  # taken in C: its (attached) session has it
+                watches[entry >> 1].session.pump()  # type: ignore[union-attr]
+                continue
+            token, stamp, addr, data, parsed = entry
             watch = watches[token >> 1]
             if watch is None:
                 continue

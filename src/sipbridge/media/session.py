@@ -5,7 +5,9 @@ packet and per 20 ms tick is plain calls into the sans-IO pieces (rtp, g711, dtm
 jitterbuffer). The playout tick comes from the one scheduler all sessions share. On the
 compiled path the engine reads the socket instead and hands `receive` each datagram
 with its header already parsed, and RTP (and the RTP port's STUN answers) goes to
-`outgoing`, sent with the loop pass's other packets, in the order queued.
+`outgoing`, sent with the loop pass's other packets, in the order queued. There the
+engine's read takes an ordinary packet (the stream's voice, in the clear, from its
+source) through the session's `inbound` in C, as `receive` would, and only has it pump.
 
 A tick has two halves: input (the jitter buffer's frame for the tick, decoded, to
 `on_audio`) and output (the next 20 ms of queued audio, encoded and sent). The tick's
@@ -89,9 +91,42 @@ Parsed = tuple[int, bool, int, int, int, bytes, tuple[int, ...]]
 Outgoing = tuple["MediaSession", int, bytes, Address, int]
 
 
+class Inbound:
+    """What a session's receive reads and writes for each RTP packet: the datagrams
+    counted, the flood bucket, the packets of the stream taken in and when the last came,
+    the latched source and the remote SSRC, the stream's ReceptionStats and its jitter
+    buffer; and, for the compiled path, `pt` and `clock_rate`.
+
+    In one object so that the compiled path's batch read (sipbridge.media._rtpio.Inbound,
+    the same attributes) can take an ordinary packet in C, as `MediaSession.receive`
+    would: counted, accounted in `rx`, put in `jitter`. `pt` is the payload type it may
+    take there (-1: none, as on SRTP; every packet then goes to `receive`). On the Python
+    path nothing reads `pt` or `clock_rate`."""
+
+    __slots__ = ("audio", "burst", "clock_rate", "foreign", "jitter", "last", "latched",
+                 "packets", "pt", "rate", "rx", "ssrc", "token_at", "tokens")
+
+    def __init__(self, jitter: JitterBuffer, rx: ReceptionStats, now: float, rate: float,
+                 burst: float) -> None:
+        self.jitter = jitter
+        self.rx = rx
+        self.packets = 0  # datagrams on the RTP port other than STUN: packets_in
+        self.rate = rate  # the flood bucket: tokens a second, and its size
+        self.burst = burst
+        self.tokens = burst
+        self.token_at = now
+        self.foreign = 0  # consecutive packets from another SSRC
+        self.audio = 0  # packets of the stream taken in
+        self.last = now  # when the last one came
+        self.latched: Address | None = None  # where the stream comes from (symmetric RTP)
+        self.ssrc: int | None = None  # the stream's SSRC
+        self.pt = -1
+        self.clock_rate = 0
+
+
 @dataclass(slots=True)
 class MediaStats:
-    packets_in: int = 0
+    inbound: Inbound  # its `packets` are `packets_in`
     packets_out: int = 0
     rtcp_in: int = 0
     rtcp_out: int = 0
@@ -99,6 +134,11 @@ class MediaStats:
     remote_jitter: int = 0
     stun: int = 0  # well-formed STUN messages received on the RTP and RTCP ports
     stun_answered: int = 0  # Binding Success Responses sent
+
+    @property
+    def packets_in(self) -> int:
+        """Datagrams received on the RTP port, other than STUN."""
+        return self.inbound.packets
 
 
 class MediaSession:
@@ -143,9 +183,14 @@ class MediaSession:
         self.echo: tuple[Callable[[np.ndarray], None], Callable[[], Resampler]] | None = None
         self._kernels = speed.load("kernels") if compiled else None
         self.wall = wall
-        self.stats = MediaStats()
+        # The compiled path's receive state, which its batch read takes packets into.
+        rtpio = speed.load("rtpio") if compiled else None
+        self._rx_class: Callable[[], ReceptionStats] = (
+            ReceptionStats if rtpio is None else rtpio.ReceptionStats)
+        inbound = Inbound if rtpio is None else rtpio.Inbound
+        self.inbound: Inbound = inbound(jitter, self._rx_class(), now, FLOOD_RATE, FLOOD_BURST)
+        self.stats = MediaStats(self.inbound)
         self.dropped: Counter[str] = Counter()
-        self.rx = ReceptionStats()
         self.dtmf = DtmfReceiver()
         self.digits: list[DtmfDigit] = []
         self._dtmf_out: DtmfSender | None = None  # digits being sent; None: none queued
@@ -159,15 +204,8 @@ class MediaSession:
         self._ts = random.getrandbits(32)
         self._talking = False
         self._octets = 0
-        self._remote_ssrc: int | None = None
-        self._foreign = 0
-        self._audio_in = 0
-        self._latched: Address | None = None
-        self._tokens = FLOOD_BURST
-        self._token_at = now
         self._stun_tokens = STUN_BURST
         self._stun_at = now
-        self._last_rx = now
         self._next_rtcp = now + RTCP_INTERVAL
         self.timed_out = False
         self.closed = False
@@ -203,14 +241,20 @@ class MediaSession:
             self._silence = (self.codec.encode(np.zeros(self._frame, np.int16))
                              if isinstance(self.codec, G711) else None)
         remote = (audio.remote_address, audio.remote_port)
-        if self._latched is None or remote != getattr(self, "_sdp_remote", None):
-            self._latched = None  # a new offer may move the peer: latch again (symmetric RTP)
+        inbound = self.inbound
+        if inbound.latched is None or remote != getattr(self, "_sdp_remote", None):
+            inbound.latched = None  # a new offer may move the peer: latch again (symmetric RTP)
         self._sdp_remote = remote
         self._remote: Address = remote
         # An address the SDP gave as a host name (or not an address at all) is never looked
         # up: a lookup would block the loop at every packet, on a name the caller chose.
         # Symmetric RTP finds the peer instead: nothing is sent until its first packet.
-        self._peer_known = self._latched is not None or _is_ip(audio.remote_address)
+        self._peer_known = inbound.latched is not None or _is_ip(audio.remote_address)
+        # What the compiled read may take without `receive`: the voice payload type, in
+        # the clear (and not the telephone-event's type too).
+        pt = audio.codec.payload_type
+        inbound.pt = pt if self.srtp is None and pt != audio.telephone_event_pt else -1
+        inbound.clock_rate = self.codec.clock_rate
         if not self._peer_known and self.on_named_peer is not None:
             self.on_named_peer(*remote)
         self.sending = audio.direction.sends and audio.remote_address != "0.0.0.0"
@@ -229,7 +273,7 @@ class MediaSession:
     def peer_resolved(self, host: str, port: int, address: Address) -> None:
         """The c= line's host name was looked up: send there, unless the SDP has moved on
         or the caller's packets already showed where its media is."""
-        if self._latched is None and self._sdp_remote == (host, port):
+        if self.inbound.latched is None and self._sdp_remote == (host, port):
             self._remote = address
             self._peer_known = True
 
@@ -275,15 +319,18 @@ class MediaSession:
         fields parse_rtp gives, or the reason it would raise): used in clear RTP only."""
         if data < STUN_BELOW and self._stun(data, addr, now, False):
             return
-        self.stats.packets_in += 1
+        inbound = self.inbound
+        inbound.packets += 1
         # Token bucket: a flood costs the flooder, not the call.
-        self._tokens = min(FLOOD_BURST, self._tokens + (now - self._token_at) * FLOOD_RATE)
-        self._token_at = now
-        if self._tokens < 1.0:
+        inbound.tokens = min(inbound.burst,
+                             inbound.tokens + (now - inbound.token_at) * inbound.rate)
+        inbound.token_at = now
+        if inbound.tokens < 1.0:
             self.dropped["flood"] += 1
             return
-        self._tokens -= 1.0
-        if self._latched is not None and addr != self._latched:
+        inbound.tokens -= 1.0
+        latched = inbound.latched
+        if latched is not None and addr != latched:
             self.dropped["source"] += 1
             return
         fields = self._fields(data, parsed)
@@ -294,26 +341,26 @@ class MediaSession:
         if pt != audio.codec.payload_type and pt != audio.telephone_event_pt:
             self.dropped["payload_type"] += 1
             return
-        if self._remote_ssrc is None:
-            self._remote_ssrc = ssrc
-        elif ssrc != self._remote_ssrc:
-            self._foreign += 1
-            if self._foreign < SSRC_SWITCH:
+        if inbound.ssrc is None:
+            inbound.ssrc = ssrc
+        elif ssrc != inbound.ssrc:
+            inbound.foreign += 1
+            if inbound.foreign < SSRC_SWITCH:
                 self.dropped["ssrc"] += 1
                 return
             # A steady new source from the same address: the peer restarted its stream.
-            self._remote_ssrc = ssrc
-            self.rx = ReceptionStats()
-        self._foreign = 0
-        if self._latched is None:
-            self._latched = addr
+            inbound.ssrc = ssrc
+            inbound.rx = self._rx_class()
+        inbound.foreign = 0
+        if latched is None:
+            inbound.latched = addr
             self._remote = addr  # symmetric RTP: answer where the caller sends from
             self._peer_known = True
-        self._audio_in += 1
-        if self._audio_in == 1 and self.on_phase is not None:
+        inbound.audio += 1
+        if inbound.audio == 1 and self.on_phase is not None:
             self.on_phase(now)  # tick just after the caller's packets arrive
-        self._last_rx = now
-        self.rx.update(sequence, timestamp, int(now * self.codec.clock_rate))
+        inbound.last = now
+        inbound.rx.update(sequence, timestamp, int(now * self.codec.clock_rate))
         if pt == audio.telephone_event_pt:
             digit = self.dtmf.feed(timestamp, marker, payload)
             if digit is not None:
@@ -383,7 +430,7 @@ class MediaSession:
         # and at a bounded rate: a spoofed source cannot make the port an amplifier.
         offset = 1 if rtcp else 0
         host, port = addr
-        sdp, latched = self._sdp_remote, self._latched
+        sdp, latched = self._sdp_remote, self.inbound.latched
         if not ((host == sdp[0] and port == sdp[1] + offset)
                 or (latched is not None and host == latched[0]
                     and port == latched[1] + offset)):
@@ -430,7 +477,7 @@ class MediaSession:
         if now >= self._next_rtcp:
             self._send_rtcp(now)
         if (self.timeout > 0 and self.expect_rtp and not self.timed_out
-                and now - self._last_rx > self.timeout):
+                and now - self.inbound.last > self.timeout):
             self.timed_out = True
             if self.on_timeout is not None:
                 self.on_timeout(f"no RTP for {self.timeout:g} s")
@@ -538,7 +585,12 @@ class MediaSession:
     def last_rx(self) -> float:
         """When its last RTP packet arrived (the kernel's receive time where there is
         one), on the session's clock; when it started before the first."""
-        return self._last_rx
+        return self.inbound.last
+
+    @property
+    def rx(self) -> ReceptionStats:
+        """The reception statistics of the stream (RFC 3550 A.1, A.3, A.8)."""
+        return self.inbound.rx
 
     @property
     def queued_ms(self) -> int:
@@ -626,8 +678,8 @@ class MediaSession:
         """A compound SR (or RR when we are not sending) with SDES CNAME (RFC 3550 6.1)."""
         self._next_rtcp = now + RTCP_INTERVAL
         blocks: tuple[ReportBlock, ...] = ()
-        if self._remote_ssrc is not None:
-            blocks = (self.rx.report_block(self._remote_ssrc),)
+        if self.inbound.ssrc is not None:
+            blocks = (self.rx.report_block(self.inbound.ssrc),)
         report: SenderReport | ReceiverReport
         if self.sending:
             report = SenderReport(self._ssrc, ntp_timestamp(self.wall()), self._ts,

@@ -93,4 +93,17 @@ double fm_jitter_delay_ms(const fm_jitter *jb);
 int64_t fm_jitter_clock_rate(const fm_jitter *jb);
 int64_t fm_jitter_played_held(const fm_jitter *jb);
 
+/* What sipbridge.media._jitter lends other extension modules, as the capsule
+   "sipbridge.media._jitter._C_API": its JitterBuffer type, and that type's put (the
+   method's checks and outcome: 1 filed, 0 dropped, -1 with the exception set; the
+   caller keeps its reference to the payload). */
+#ifdef Py_PYTHON_H
+#define FM_JITTER_CAPSULE "sipbridge.media._jitter._C_API"
+typedef struct {
+    PyTypeObject *type;
+    int (*put)(PyObject *jitter, uint16_t sequence, uint32_t timestamp, PyObject *payload,
+               double now);
+} fm_jitter_api;
+#endif
+
 #endif

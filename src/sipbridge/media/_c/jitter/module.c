@@ -105,6 +105,35 @@ static int parse_now(PyObject *arg, double *now) {
     return 0;
 }
 
+/* put with `now` already checked: 1 filed, 0 dropped, -1 with the exception set. */
+static int put_checked(PyObject *obj, uint16_t sequence, uint32_t timestamp,
+                       PyObject *payload, double now) {
+    JitterObject *self = (JitterObject *)obj;
+    if (enter(self) < 0)
+        return -1;
+    Py_INCREF(payload);
+    int filed = fm_jitter_put(self->jb, sequence, timestamp, payload, now);
+    self->busy = 0;
+    if (filed == 1)
+        return 1;
+    Py_DECREF(payload);
+    if (filed < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "jitter buffer queue full");
+        return -1;
+    }
+    return 0;
+}
+
+/* The capsule's put: the method's, `now` checked as the method checks it. */
+static int api_put(PyObject *obj, uint16_t sequence, uint32_t timestamp, PyObject *payload,
+                   double now) {
+    if (!isfinite(now) || fabs(now) > FM_JITTER_MAX_TIME) {
+        PyErr_SetString(PyExc_ValueError, "now must be a finite time in seconds");
+        return -1;
+    }
+    return put_checked(obj, sequence, timestamp, payload, now);
+}
+
 static PyObject *Jitter_put(JitterObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "put(sequence, timestamp, payload, now)");
@@ -121,20 +150,13 @@ static PyObject *Jitter_put(JitterObject *self, PyObject *const *args, Py_ssize_
         return NULL;
     }
     double now;
-    if (parse_now(args[3], &now) < 0 || enter(self) < 0)
+    if (parse_now(args[3], &now) < 0)
         return NULL;
-    PyObject *payload = args[2];
-    Py_INCREF(payload);
-    int filed = fm_jitter_put(self->jb, (uint16_t)sequence, (uint32_t)timestamp, payload, now);
-    self->busy = 0;
-    if (filed == 1)
-        Py_RETURN_TRUE;
-    Py_DECREF(payload);
-    if (filed < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "jitter buffer queue full");
+    int filed = put_checked((PyObject *)self, (uint16_t)sequence, (uint32_t)timestamp,
+                            args[2], now);
+    if (filed < 0)
         return NULL;
-    }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(filed);
 }
 
 static PyObject *new_frame(PyObject *payload, uint16_t sequence) {
@@ -288,6 +310,8 @@ static PyTypeObject JitterType = {
     .tp_getset = Jitter_getset,
 };
 
+static fm_jitter_api jitter_api = {&JitterType, api_put};
+
 static struct PyModuleDef jitter_module = {
     PyModuleDef_HEAD_INIT, "sipbridge.media._jitter",
     "The jitter buffer of sipbridge.media.jitterbuffer, compiled.", -1,
@@ -319,13 +343,18 @@ PyMODINIT_FUNC PyInit__jitter(void) {
     }
     if (PyType_Ready(&JitterType) < 0)
         return NULL;
+    PyObject *capsule = NULL;
     PyObject *module = PyModule_Create(&jitter_module);
     if (!module)
         return NULL;
     if (PyModule_AddObjectRef(module, "JitterBuffer", (PyObject *)&JitterType) < 0
-        || PyModule_AddObjectRef(module, "Frame", Frame) < 0) {
+        || PyModule_AddObjectRef(module, "Frame", Frame) < 0
+        || (capsule = PyCapsule_New(&jitter_api, FM_JITTER_CAPSULE, NULL)) == NULL
+        || PyModule_AddObjectRef(module, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
         Py_DECREF(module);
         return NULL;
     }
+    Py_DECREF(capsule);
     return module;
 }

@@ -10,6 +10,18 @@
  *   "socket_error") for an error the read took off the socket; for another socket,
  *   (token, None, None, None, None): it is readable, its owner reads it.
  *   read(fd, token) -> the same entries for every datagram queued on one socket now.
+ *   attach(token, inbound): the RTP socket of `token` belongs to a session whose
+ *   receive state is `inbound` (an Inbound; None: no longer).
+ *   receive(now, offset) -> poll()'s entries, but an ordinary packet for an attached
+ *   socket is taken in C (take(), below) and its entry is only its token, an int: the
+ *   session has it, and pumps. now: the loop's clock; offset: wall clock minus it.
+ * take: the first datagram read from a socket in a receive (a later one may need the
+ *   session to have pumped first) is taken in C when MediaSession.receive would do
+ *   nothing else with it than count it (packets, flood bucket, arrival), account it in
+ *   the ReceptionStats and put it in the jitter buffer: RTP (not STUN), parsed clean,
+ *   from the latched source, the stream's SSRC and its audio payload type (so no DTMF),
+ *   no marker, not the stream's first packet, the session not on SRTP (its Inbound's pt
+ *   is -1 then), the flood bucket not empty. Anything else is an entry, as poll's.
  * parse(data) -> (pt, marker, sequence, timestamp, ssrc, payload, csrcs), or the reason
  *   parse_rtp would raise ("short", "version", "truncated", "padding"), or None for a
  *   datagram that is not RTP's to parse (empty, or first octet < 4: STUN, RFC 7983).
@@ -18,6 +30,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include <math.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,7 +43,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fastmedia_jitter.h"
 #include "fastmedia_rtpio.h"
+#include "inbound.h"
 
 #define DATAGRAM 2048   /* as session.readable's recvmsg(2048) */
 #define PER_SOCKET 16   /* datagrams read from one socket in one recvmmsg */
@@ -45,6 +61,7 @@
 static PyObject *reason_short, *reason_version, *reason_truncated, *reason_padding;
 static PyObject *reason_socket_error;
 static PyObject *empty_tuple;
+static fm_jitter_api *jitter_api; /* sipbridge.media._jitter's; NULL: nothing taken in C */
 
 struct addr_entry {
     int fd;
@@ -63,6 +80,8 @@ typedef struct {
     char control[PER_SOCKET][CMSG_SPACE(sizeof(struct timespec))];
     unsigned char buffers[PER_SOCKET][DATAGRAM];
     struct addr_entry cache[ADDR_CACHE];
+    PyObject **lanes; /* the attached Inbound of RTP token 2t at [t], or NULL */
+    Py_ssize_t nlanes;
 } Poller;
 
 static PyObject *parsed_of(const uint8_t *data, size_t size, PyObject *bytes) {
@@ -182,6 +201,9 @@ static void Poller_dealloc(Poller *self) {
         close(self->epfd);
     for (int i = 0; i < ADDR_CACHE; i++)
         Py_CLEAR(self->cache[i].addr);
+    for (Py_ssize_t i = 0; i < self->nlanes; i++)
+        Py_CLEAR(self->lanes[i]);
+    PyMem_Free(self->lanes);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -252,6 +274,83 @@ static PyObject *Poller_remove(Poller *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Poller_attach(Poller *self, PyObject *args) {
+    unsigned long token;
+    PyObject *inbound;
+    if (!PyArg_ParseTuple(args, "kO", &token, &inbound))
+        return NULL;
+    if (token & 1 || token > 0x7FFFFFFFul) {
+        PyErr_SetString(PyExc_ValueError, "attach() takes an RTP socket's token");
+        return NULL;
+    }
+    if (inbound != Py_None && !Py_IS_TYPE(inbound, &InboundType)) {
+        PyErr_SetString(PyExc_TypeError, "attach() takes an Inbound or None");
+        return NULL;
+    }
+    Py_ssize_t at = (Py_ssize_t)(token >> 1);
+    if (at >= self->nlanes) {
+        if (inbound == Py_None)
+            Py_RETURN_NONE;
+        Py_ssize_t n = self->nlanes ? self->nlanes : 64;
+        while (n <= at)
+            n *= 2;
+        PyObject **lanes = PyMem_Realloc(self->lanes, (size_t)n * sizeof *lanes);
+        if (lanes == NULL)
+            return PyErr_NoMemory();
+        for (Py_ssize_t i = self->nlanes; i < n; i++)
+            lanes[i] = NULL;
+        self->lanes = lanes;
+        self->nlanes = n;
+    }
+    Py_XSETREF(self->lanes[at], inbound == Py_None ? NULL : Py_NewRef(inbound));
+    Py_RETURN_NONE;
+}
+
+/* MediaSession.receive of an ordinary packet, in C (see take at the top): 1 taken, 0
+ * not ordinary (nothing changed), -1 with the exception set. */
+static int take(Inbound *in, const uint8_t *data, size_t size, PyObject *addr,
+                double now) {
+    if (in->pt < 0 || size == 0 || data[0] < 4 || in->audio < 1 || !in->has_ssrc)
+        return 0;
+    if (jitter_api == NULL || !Py_IS_TYPE(in->rx, &RxStatsType) ||
+        !Py_IS_TYPE(in->jitter, jitter_api->type))
+        return 0;
+    /* the jitter buffer's domain for `now`, and int(now * clock_rate) in an int64 */
+    double units = now * (double)in->clock_rate;
+    if (!isfinite(now) || fabs(now) > FM_JITTER_MAX_TIME || !(fabs(units) < 9.2e18))
+        return 0;
+    double tokens = in->tokens + (now - in->token_at) * in->rate;
+    if (!(tokens < in->burst))
+        tokens = in->burst;
+    if (tokens < 1.0)
+        return 0;
+    if (addr != in->latched) {
+        if (in->latched == Py_None)
+            return 0;
+        int same = PyObject_RichCompareBool(addr, in->latched, Py_EQ);
+        if (same <= 0)
+            return same;
+    }
+    struct rtp_header h;
+    if (rtpio_parse(data, size, &h) != RTP_OK || h.payload_type != in->pt || h.marker ||
+        h.ssrc != in->ssrc_value)
+        return 0;
+    in->packets += 1;
+    in->tokens = tokens - 1.0;
+    in->token_at = now;
+    in->foreign = 0;
+    in->audio += 1;
+    in->last = now;
+    rxstats_update((RxStats *)in->rx, h.sequence, h.timestamp, (int64_t)units);
+    PyObject *payload = PyBytes_FromStringAndSize(
+        (const char *)data + h.payload_offset, (Py_ssize_t)(h.payload_end - h.payload_offset));
+    if (payload == NULL)
+        return -1;
+    int filed = jitter_api->put(in->jitter, h.sequence, h.timestamp, payload, now);
+    Py_DECREF(payload);
+    return filed < 0 ? -1 : 1;
+}
+
 static double stamp_of(struct msghdr *hdr, int *found) {
     *found = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(hdr); c != NULL; c = CMSG_NXTHDR(hdr, c)) {
@@ -267,8 +366,10 @@ static double stamp_of(struct msghdr *hdr, int *found) {
     return 0.0;
 }
 
-/* Read up to PER_SOCKET datagrams from `fd` and append their entries; -1 on error. */
-static int read_socket(Poller *self, int fd, PyObject *token, PyObject *out, int room) {
+/* Read up to PER_SOCKET datagrams from `fd` and append their entries; -1 on error.
+ * With `lane`, the first is taken in C if it is ordinary (`now`, `offset`: receive's). */
+static int read_socket(Poller *self, int fd, PyObject *token, PyObject *out, int room,
+                       Inbound *lane, double now, double offset) {
     int want = room < PER_SOCKET ? room : PER_SOCKET;
     for (int i = 0; i < want; i++) {
         struct msghdr *h = &self->msgs[i].msg_hdr;
@@ -303,6 +404,21 @@ static int read_socket(Poller *self, int fd, PyObject *token, PyObject *out, int
             size = DATAGRAM;
         int found;
         double stamp = stamp_of(h, &found);
+        if (lane != NULL && i == 0) {
+            PyObject *source = cached_address(self, fd, &self->names[i], h->msg_namelen);
+            if (source == NULL)
+                return -1;
+            /* as engine._batch: now, or the kernel's stamp on the loop's clock */
+            double arrival = now;
+            if (found && stamp - offset < now)
+                arrival = stamp - offset;
+            int taken = take(lane, self->buffers[i], size, source, arrival);
+            Py_DECREF(source);
+            if (taken < 0 || (taken && PyList_Append(out, token) < 0))
+                return -1;
+            if (taken)
+                continue;
+        }
         PyObject *data = PyBytes_FromStringAndSize((const char *)self->buffers[i],
                                                    (Py_ssize_t)size);
         PyObject *addr = data ? cached_address(self, fd, &self->names[i], h->msg_namelen)
@@ -336,7 +452,7 @@ static int read_socket(Poller *self, int fd, PyObject *token, PyObject *out, int
     return n;
 }
 
-static PyObject *Poller_poll(Poller *self, PyObject *Py_UNUSED(ignored)) {
+static PyObject *gather(Poller *self, int fast, double now, double offset) {
     if (self->epfd < 0) {
         PyErr_SetString(PyExc_ValueError, "the poller is closed");
         return NULL;
@@ -363,7 +479,10 @@ static PyObject *Poller_poll(Poller *self, PyObject *Py_UNUSED(ignored)) {
             goto fail;
         int rc;
         if (parse) {
-            rc = read_socket(self, fd, token, out, MAX_ENTRIES - entries);
+            Py_ssize_t at = (Py_ssize_t)(data >> 34);
+            Inbound *lane = fast && at < self->nlanes ? (Inbound *)self->lanes[at] : NULL;
+            rc = read_socket(self, fd, token, out, MAX_ENTRIES - entries, lane, now,
+                             offset);
         } else {
             PyObject *entry = PyTuple_Pack(5, token, Py_None, Py_None, Py_None, Py_None);
             rc = entry ? PyList_Append(out, entry) : -1;
@@ -381,6 +500,24 @@ fail:
     return NULL;
 }
 
+static PyObject *Poller_poll(Poller *self, PyObject *Py_UNUSED(ignored)) {
+    return gather(self, 0, 0.0, 0.0);
+}
+
+static PyObject *Poller_receive(Poller *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "receive(now, offset)");
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[0]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    double offset = PyFloat_AsDouble(args[1]);
+    if (offset == -1.0 && PyErr_Occurred())
+        return NULL;
+    return gather(self, 1, now, offset);
+}
+
 static PyObject *Poller_read(Poller *self, PyObject *args) {
     int fd;
     unsigned long long value;
@@ -394,7 +531,7 @@ static PyObject *Poller_read(Poller *self, PyObject *args) {
     }
     int entries = 0;
     while (entries < MAX_ENTRIES) {
-        int n = read_socket(self, fd, token, out, MAX_ENTRIES - entries);
+        int n = read_socket(self, fd, token, out, MAX_ENTRIES - entries, NULL, 0.0, 0.0);
         if (n < 0) {
             Py_DECREF(token);
             Py_DECREF(out);
@@ -499,6 +636,10 @@ static PyMethodDef Poller_methods[] = {
     {"enable", (PyCFunction)Poller_enable, METH_VARARGS, "enable(fd, token, parse, on)"},
     {"remove", (PyCFunction)Poller_remove, METH_VARARGS, "remove(fd)"},
     {"poll", (PyCFunction)Poller_poll, METH_NOARGS, "Read every ready socket."},
+    {"receive", (PyCFunction)(void (*)(void))Poller_receive, METH_FASTCALL,
+     "receive(now, offset): poll(), ordinary packets of attached sockets taken in C."},
+    {"attach", (PyCFunction)Poller_attach, METH_VARARGS,
+     "attach(token, inbound): the receive state of the RTP socket `token` (None: none)."},
     {"read", (PyCFunction)Poller_read, METH_VARARGS, "read(fd, token): one socket's queue."},
     {NULL, NULL, 0, NULL},
 };
@@ -526,8 +667,14 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__rtpio(void) {
-    if (PyType_Ready(&PollerType) < 0)
+    if (PyType_Ready(&PollerType) < 0 || reception_ready() < 0)
         return NULL;
+    /* PyCapsule_Import only looks attributes up past the first name: import it first */
+    PyObject *jitter = PyImport_ImportModule("sipbridge.media._jitter");
+    Py_XDECREF(jitter);
+    jitter_api = jitter ? PyCapsule_Import(FM_JITTER_CAPSULE, 0) : NULL;
+    if (jitter_api == NULL)
+        PyErr_Clear(); /* _jitter not built: every packet goes to its session */
     reason_short = PyUnicode_InternFromString("short");
     reason_version = PyUnicode_InternFromString("version");
     reason_truncated = PyUnicode_InternFromString("truncated");
@@ -540,7 +687,9 @@ PyMODINIT_FUNC PyInit__rtpio(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Poller", (PyObject *)&PollerType) < 0) {
+    if (PyModule_AddObjectRef(m, "Poller", (PyObject *)&PollerType) < 0 ||
+        PyModule_AddObjectRef(m, "ReceptionStats", (PyObject *)&RxStatsType) < 0 ||
+        PyModule_AddObjectRef(m, "Inbound", (PyObject *)&InboundType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
