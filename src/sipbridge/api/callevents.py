@@ -27,6 +27,8 @@ from sipbridge.realtime.sideband import SidebandHubs
 class SidebandSink:
     """Every transfer step to the call's sideband clients; at the end they are let go."""
 
+    wants = (TransferStepped, Noted, DtmfSending, Ended)  # of a call's events (CallEvents)
+
     def __init__(self, hubs: SidebandHubs) -> None:
         self.hubs = hubs
 
@@ -66,6 +68,8 @@ class SidebandSink:
 class WebhookSink:
     """realtime.call.incoming when a call waits for the application; a transfer's outcome
     as realtime.call.transfer.succeeded or .failed."""
+
+    wants = (Incoming, TransferStepped, Noted)  # of a call's events (CallEvents)
 
     def __init__(self, sender: WebhookSender, events: CallEvents, metrics: Metrics) -> None:
         self.sender = sender
