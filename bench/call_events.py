@@ -12,10 +12,11 @@ and the three responses traced; the ACK and the BYE traced; the end (the `media`
 `call` timeline entries, `Changed`, `Ended`) and the 200 to the BYE traced. The sinks
 are those a gateway with a store and no webhooks subscribes, in its order: the timeline,
 the store (a temporary SQLite file, writes handed over once per message as the event
-loop's turn ends), the metrics, the sideband, the agents. The media session is a
-stand-in (no agent runs). Microseconds per call of this thread (what the event loop
-pays) and of the whole process (the store's writer thread too, the store flushed
-before the clock stops), best of ``--repeat`` runs of ``--calls`` calls.
+loop's turn ends; ``--no-store``: none, the call plane's own part alone), the metrics,
+the sideband, the agents. The media session is a stand-in (no agent runs).
+Microseconds per call of this thread (what the event loop pays) and of the whole
+process (the store's writer thread too, the store flushed before the clock stops),
+best of ``--repeat`` runs of ``--calls`` calls.
 
 ``--compare OLD_SRC`` runs this same script with OLD_SRC (a ``src`` directory, say the
 code before a change: ``git archive HEAD src | tar -x -C /tmp/base``) first on
@@ -101,12 +102,13 @@ def messages(n: int) -> list[bytes]:
 class Plane:
     """The calls plane's events and sinks, as a gateway with a store subscribes them."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: Path | None) -> None:
         self.clock = 0.0
         self.events = events = CallEvents()
-        self.store = open_store(str(store_path))
+        self.store = None if store_path is None else open_store(str(store_path))
         self.turn: list[Callable[[], None]] = []
-        events.subscribe(StoreSink(self.store, None, self.turn.append))
+        if self.store is not None:
+            events.subscribe(StoreSink(self.store, None, self.turn.append))
         metrics = Metrics(lambda: 0)
         events.subscribe(MetricsSink(metrics))
         hubs = SidebandHubs()
@@ -156,32 +158,35 @@ class Plane:
         end_turn()
 
 
-def measure(calls: int) -> dict[str, float]:
+def measure(calls: int, store: bool = True) -> dict[str, float]:
     """One run in this process: microseconds per call (this thread, the process)."""
     with tempfile.TemporaryDirectory() as tmp:
-        plane = Plane(Path(tmp) / "calls.db")
+        plane = Plane(Path(tmp) / "calls.db" if store else None)
         warm = 300
         sips = [messages(n) for n in range(warm + calls)]
         for n in range(warm):
             plane.call(n, sips[n])
-        plane.store.flush(30.0)
+        if plane.store is not None:
+            plane.store.flush(30.0)
         thread, process = time.thread_time(), time.process_time()
         for n in range(warm, warm + calls):
             plane.call(n, sips[n])
         loop = time.thread_time() - thread
-        if not plane.store.flush(60.0):
+        if plane.store is not None and not plane.store.flush(60.0):
             raise SystemExit("call_events: the store did not flush in 60 s")
         total = time.process_time() - process
-        plane.store.close()
+        if plane.store is not None:
+            plane.store.close()
     return {"loop": loop * 1e6 / calls, "process": total * 1e6 / calls}
 
 
-def child(tree: str | None, calls: int) -> dict[str, float]:
+def child(tree: str | None, calls: int, store: bool) -> dict[str, float]:
     """`measure` in a fresh process, `tree` first on its PYTHONPATH (None: this one's)."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (tree, env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, __file__, "--calls", str(calls), "--one"],
+    out = subprocess.run([sys.executable, __file__, "--calls", str(calls), "--one",
+                          *([] if store else ["--no-store"])],
                          env=env, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -193,10 +198,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compare", metavar="OLD_SRC",
                         help="also run with this src directory first on PYTHONPATH")
+    parser.add_argument("--no-store", action="store_true",
+                        help="no store sink: the call plane's own part alone")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps({**measure(args.calls), "src": str(Path(sipbridge.__file__).parent)}))
+        src = str(Path(sipbridge.__file__).parent)
+        print(json.dumps({**measure(args.calls, not args.no_store), "src": src}))
         return
     trees: dict[str, str | None] = {"this tree": None}
     if args.compare:
@@ -204,9 +212,10 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for _ in range(args.repeat):  # the trees take turns: a noisy moment hits both
         for name, tree in trees.items():
-            runs[name].append(child(tree, args.calls))
+            runs[name].append(child(tree, args.calls, not args.no_store))
     print(f"call_events: {args.calls} calls x {args.repeat} runs (best), "
-          f"7 SIP messages and 14 events a call")
+          f"7 SIP messages and 14 events a call, "
+          f"{'no store' if args.no_store else 'store on SQLite'}")
     print(f"{'tree':44} {'loop us/call':>12} {'process us/call':>15}")
     best = {name: (min(r["loop"] for r in rs), min(r["process"] for r in rs))
             for name, rs in runs.items()}

@@ -17,8 +17,9 @@ from the same machine in the same run.
 ``--targets`` also takes ``sipbridge-uvloop`` and ``sipbridge-asyncio`` (the gateway on
 that event loop), and with ``--base-src DIR`` ``sipbridge-base``: the gateway run from
 another tree's ``src`` (the code before a change: ``git archive HEAD src | tar -x -C
-/tmp/base``; copy the built ``src/sipbridge/media/*.so`` beside it), to compare in one run. ``--at CPS`` runs each target at that one rate ``--repeat`` times in
-turn instead of a search, and prints the server's CPU time per call (all its threads,
+/tmp/base``; copy the built ``src/sipbridge/media/*.so`` beside it), to compare in one
+run. ``--at CPS`` runs each target at that one rate ``--repeat`` times in turn instead
+of a search, and prints the server's CPU time per call (all its threads,
 and its event loop's thread alone) beside SIPp's uas's.
 
 ``--overload 2,4`` then offers multiples of the highest rate found (or of
