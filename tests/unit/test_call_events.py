@@ -19,6 +19,7 @@ from sipbridge.calls.events import (
     Incoming,
     MediaStarted,
     Noted,
+    OutboundNoted,
     TransferStepped,
     note,
 )
@@ -201,6 +202,15 @@ def test_an_observer_gets_only_the_types_it_wants_and_one_without_wants_gets_all
     events.emit(Digit(call, "1", 60))
     events.emit(note(call, "api", action="hangup"))
     assert [type(e) for e in late.all] == [Noted] and len(digits.all) == 3
+    # A subtype goes to those who want its base: an outbound call's progress is a timeline
+    # entry; only the outbound notes go to those who want them.
+    outbound = Wants(OutboundNoted)
+    events.subscribe(outbound)
+    progress = OutboundNoted(call, {"kind": "outbound", "status": "ringing", "final": False})
+    events.emit(note(call, "warning", detail="x"))
+    events.emit(progress)
+    assert outbound.all == [progress] and late.all[-1] is progress
+    assert call.timeline[-1] is progress.entry
 
 
 def test_the_agents_and_the_sinks_do_not_take_every_timeline_entry() -> None:
@@ -215,4 +225,4 @@ def test_the_agents_and_the_sinks_do_not_take_every_timeline_entry() -> None:
     kinds = [type(e).__name__ for e in agents.all]
     assert kinds == ["Ended"]  # no timeline entry, no record change reaches the agents
     assert "Changed" in [type(e).__name__ for e in metrics.all]
-    assert [type(e).__name__ for e in sideband.all if not isinstance(e, Noted)] == ["Ended"]
+    assert [type(e).__name__ for e in sideband.all] == ["Ended"]  # no inbound call's entry

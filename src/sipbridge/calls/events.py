@@ -28,6 +28,12 @@ class Noted:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundNoted(Noted):
+    """An outbound call's progress: its timeline entry of kind "outbound" (`final` on the
+    last), which the sideband, the webhooks and the metrics take too, as no other entry."""
+
+
+@dataclass(frozen=True, slots=True)
 class Incoming:
     """A call rings and waits for the application to accept or reject it."""
 
@@ -82,8 +88,8 @@ class Ended:
     call: Call
 
 
-CallEvent = (Noted | Incoming | Changed | MediaStarted | Digit | DtmfSending | TransferStepped
-             | Ended)
+CallEvent = (Noted | OutboundNoted | Incoming | Changed | MediaStarted | Digit | DtmfSending
+             | TransferStepped | Ended)
 
 
 class CallObserver(Protocol):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sipbridge.calls.call import Call
-from sipbridge.calls.events import CallEvent, Changed, Ended, Noted, TransferStepped
+from sipbridge.calls.events import CallEvent, Changed, Ended, OutboundNoted, TransferStepped
 from sipbridge.metrics import Metrics
 
 if TYPE_CHECKING:  # the store loads when one is opened
@@ -71,22 +71,22 @@ class MetricsSink:
     """Call setup times, calls ended by reason (with their media figures), transfers by
     outcome, outbound calls by outcome."""
 
-    wants = (Noted, Changed, Ended, TransferStepped)
+    wants = (OutboundNoted, Changed, Ended, TransferStepped)
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._setup_seen: set[str] = set()
 
     def observe(self, event: CallEvent) -> None:
-        match event:  # the timeline's entries first: most of a call's events are
-            case Noted(entry={"kind": "outbound", "final": True, "status": str(outcome)}):
-                self.metrics.outbound_by(outcome).inc()
+        match event:
             case Changed(call=call):
                 self._changed(call)
             case Ended(call=call):
                 self._ended(call)
             case TransferStepped(step=step) if step is not None and step.final:
                 self.metrics.transfers_by(step.status).inc()
+            case OutboundNoted(entry={"final": True, "status": str(outcome)}):
+                self.metrics.outbound_by(outcome).inc()
             case _:
                 pass
 
