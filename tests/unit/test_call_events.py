@@ -1,22 +1,29 @@
 """The calls plane's events over a real UA core and CallManager: what happens to a call
-reaches every observer as typed records, each once it is on the call's timeline, and the
-store sink sees the record and every timeline entry."""
+reaches every observer that wants it as typed records, each once it is on the call's
+timeline, and the store sink sees the record and every timeline entry."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Self
 
+from sipbridge.agent.lifecycle import Agents
+from sipbridge.api.callevents import SidebandSink
+from sipbridge.calls.call import Call
 from sipbridge.calls.events import (
     CallEvent,
+    CallEvents,
     Changed,
+    Digit,
     Ended,
     Incoming,
     MediaStarted,
     Noted,
+    OutboundNoted,
     TransferStepped,
+    note,
 )
-from sipbridge.calls.sinks import StoreSink
+from sipbridge.calls.sinks import MetricsSink, StoreSink
 from sipbridge.records import CallRecord
 from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, invite, notify
 
@@ -163,3 +170,59 @@ def test_with_a_defer_the_store_gets_a_turns_writes_at_once_in_order() -> None:
         return [r["state"] for r in store.records], [kind for _, kind in store.entries]
 
     assert shape(batched) == shape(direct)
+
+
+class Wants(Seen):
+    """`Seen` that names the event types it takes."""
+
+    def __init__(self, *wants: type) -> None:
+        super().__init__()
+        self.wants = wants
+
+
+def test_an_observer_gets_only_the_types_it_wants_and_one_without_wants_gets_all() -> None:
+    events = CallEvents()
+    digits, everything, ends = Wants(Digit), Seen(), Wants(Ended, Changed)
+    for observer in (digits, everything, ends):
+        events.subscribe(observer)
+    call = Call(id="rtc_1", leg_id="leg1", caller="sip:a@b", callee="sip:c@d", created_at=0.0)
+    sent: list[CallEvent] = [Changed(call), note(call, "sip", line="INVITE"),
+                             Digit(call, "5", 100), Ended(call), Digit(call, "#", 80)]
+    for event in sent:
+        events.emit(event)
+    assert everything.all == sent
+    assert digits.all == [sent[2], sent[4]]
+    assert ends.all == [sent[0], sent[3]]
+    # The timeline (first, always) took its entries before anyone else saw them.
+    assert [e["kind"] for e in call.timeline] == ["sip", "dtmf", "dtmf"]
+    assert digits.events == [("Digit", 2), ("Digit", 3)]
+    # A later subscriber is routed too, from its subscription on.
+    late = Wants(Noted)
+    events.subscribe(late)
+    events.emit(Digit(call, "1", 60))
+    events.emit(note(call, "api", action="hangup"))
+    assert [type(e) for e in late.all] == [Noted] and len(digits.all) == 3
+    # A subtype goes to those who want its base: an outbound call's progress is a timeline
+    # entry; only the outbound notes go to those who want them.
+    outbound = Wants(OutboundNoted)
+    events.subscribe(outbound)
+    progress = OutboundNoted(call, {"kind": "outbound", "status": "ringing", "final": False})
+    events.emit(note(call, "warning", detail="x"))
+    events.emit(progress)
+    assert outbound.all == [progress] and late.all[-1] is progress
+    assert call.timeline[-1] is progress.entry
+
+
+def test_the_agents_and_the_sinks_do_not_take_every_timeline_entry() -> None:
+    h, call = answered_app_call()
+    agents, metrics, sideband = (Wants(*Agents.wants), Wants(*MetricsSink.wants),
+                                 Wants(*SidebandSink.wants))
+    for observer in (agents, metrics, sideband):
+        h.events.subscribe(observer)
+    h.manager.note(call.id, "sideband", status="connected")
+    h.send(ack(h.sent[-1].to.tag or "").replace("ACK sip", "BYE sip").replace("1 ACK", "2 BYE"))
+    assert call.state.value == "ended"
+    kinds = [type(e).__name__ for e in agents.all]
+    assert kinds == ["Ended"]  # no timeline entry, no record change reaches the agents
+    assert "Changed" in [type(e).__name__ for e in metrics.all]
+    assert [type(e).__name__ for e in sideband.all] == ["Ended"]  # no inbound call's entry

@@ -1,9 +1,14 @@
-"""The RTP counters follow calls while they run, and a call's end adds only the rest."""
+"""The RTP counters follow calls while they run, and a call's end adds only the rest; a
+labelled metric's children are made once."""
 
 from __future__ import annotations
 
+from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
+from sipbridge.calls.call import Call
+from sipbridge.calls.events import Ended
+from sipbridge.calls.sinks import MetricsSink
 from sipbridge.metrics import Metrics
 
 
@@ -54,3 +59,26 @@ def test_a_call_never_scraped_is_counted_whole_at_its_end() -> None:
     assert values["sipbridge_rtp_packets_received_total"] == 80
     assert values["sipbridge_rtp_packets_lost_total"] == 1
     assert values["sipbridge_rtp_jitter_seconds_count"] == 1
+
+
+def test_a_labelled_child_is_made_once_per_label_values_and_counts_under_them() -> None:
+    metrics = Metrics(lambda: 0)
+    made: list[tuple[str, ...]] = []
+    labels = metrics.calls.labels
+
+    def counting(*values: str) -> Counter:
+        made.append(values)
+        return labels(*values)
+
+    metrics.calls.labels = counting  # type: ignore[method-assign,assignment]
+    sink = MetricsSink(metrics)
+    for n, reason in enumerate(["remote_bye", "remote_bye", "error: 500 from x", "remote_bye",
+                                "error: timeout"]):
+        call = Call(id=f"rtc_{n}", leg_id=f"leg{n}", caller="sip:a@b", callee="sip:c@d",
+                    created_at=0.0, end_reason=reason)
+        sink.observe(Ended(call))
+    assert made == [("remote_bye",), ("error",)]  # each label value's child made once
+    assert metrics.calls_by("remote_bye") is metrics.calls_by("remote_bye")
+    values = scrape(metrics)
+    assert values["sipbridge_calls_total{reason=remote_bye}"] == 3
+    assert values["sipbridge_calls_total{reason=error}"] == 2

@@ -1,11 +1,13 @@
 """A call stays findable by its SIP Call-ID after it ends, while its transactions may still
 send or receive (64*T1 + T4), and no longer, so what is sent and received after the end is
-on its timeline."""
+on its timeline (the trace lets go of what expired at each message)."""
 
 from __future__ import annotations
 
 from sipbridge.calls.call import Call
-from sipbridge.calls.sipids import SipCallIds
+from sipbridge.calls.events import CallEvents
+from sipbridge.calls.sipids import SipCallIds, SipTrace
+from sipbridge.sip.address import Address
 from sipbridge.sip.transaction import TimerConfig
 from tests.unit.callharness import OFFER, Harness, ack, invite
 
@@ -68,3 +70,23 @@ def test_the_manager_keeps_an_ended_call_by_its_call_id_for_64_t1_plus_t4() -> N
     h.advance(0.2)
     assert h.manager.by_sip_id.get("call-1") is None
 
+
+
+def test_the_trace_expires_ended_call_ids_itself_before_it_looks_one_up() -> None:
+    clock = Clock()
+    ids = SipCallIds(clock, linger=32.0, limit=10)
+    events = CallEvents()
+    trace = SipTrace(ids, events)
+    peer = Address("udp", "127.0.0.1", 5062)
+    call = a_call(1)
+    ids["sip-1"] = call
+    bye = b"BYE sip:x@y SIP/2.0\r\nCall-ID: sip-1\r\nCSeq: 2 BYE\r\n\r\n"
+    assert trace.trace(bye, peer, "in")
+    ids.ended(call)
+    clock.now += 31.9
+    assert trace.trace(bye, peer, "in", early=True)  # its transactions may still send
+    clock.now += 0.1
+    assert not trace.trace(bye, peer, "in")  # none is asked first (get, len): trace expires
+    assert [(e["kind"], e["dir"], e["line"]) for e in call.timeline] == [
+        ("sip", "in", "BYE sip:x@y SIP/2.0")] * 2
+    assert call.timeline[0]["text"] == bye.decode() and call.timeline[0]["peer"] == str(peer)

@@ -50,6 +50,8 @@ DECISION_SPEECH_WAIT = 4.0  # seconds a warm transfer's decision waits for the m
 class Agents:
     """The model sessions of the calls, one per call that talks with the agent."""
 
+    wants = (MediaStarted, Digit, TransferStepped, Ended)  # of a call's events (CallEvents)
+
     def __init__(self, config: Config, url: str, calls: CallManager, events: CallEvents,
                  sideband: SidebandHubs, metrics: Metrics, media: MediaEngine,
                  loop: asyncio.AbstractEventLoop | None) -> None:

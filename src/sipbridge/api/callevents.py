@@ -14,7 +14,7 @@ from sipbridge.calls.events import (
     DtmfSending,
     Ended,
     Incoming,
-    Noted,
+    OutboundNoted,
     TransferStepped,
     note,
 )
@@ -26,6 +26,8 @@ from sipbridge.realtime.sideband import SidebandHubs
 
 class SidebandSink:
     """Every transfer step to the call's sideband clients; at the end they are let go."""
+
+    wants = (TransferStepped, OutboundNoted, DtmfSending, Ended)  # of a call's events (CallEvents)
 
     def __init__(self, hubs: SidebandHubs) -> None:
         self.hubs = hubs
@@ -42,7 +44,7 @@ class SidebandSink:
                     "reason": machine.reason, "target_uri": machine.target,
                     "fallback": job.fallback, "mode": job.mode,
                 })
-            case Noted(call=call, entry={"kind": "outbound", **entry}):
+            case OutboundNoted(call=call, entry=entry):
                 self.hubs.publish(call.id, {
                     "type": "call.outbound.updated",
                     "event_id": "event_" + secrets.token_hex(12), "call_id": call.id,
@@ -67,6 +69,8 @@ class WebhookSink:
     """realtime.call.incoming when a call waits for the application; a transfer's outcome
     as realtime.call.transfer.succeeded or .failed."""
 
+    wants = (Incoming, TransferStepped, OutboundNoted)  # of a call's events (CallEvents)
+
     def __init__(self, sender: WebhookSender, events: CallEvents, metrics: Metrics) -> None:
         self.sender = sender
         self.events = events
@@ -89,7 +93,7 @@ class WebhookSink:
                     "sip_status": step.sip_status, "reason": step.reason,
                     "target_uri": job.machine.target, "mode": job.mode,
                 })
-            case Noted(call=call, entry={"kind": "outbound", "final": True, **entry}):
+            case OutboundNoted(call=call, entry={"final": True, **entry}):
                 self._send(call, f"realtime.call.outbound.{entry.get('status')}", {
                     "call_id": call.id, "status": entry.get("status"),
                     "sip_status": entry.get("sip_status"), "reason": entry.get("reason"),

@@ -20,9 +20,10 @@ class Timeline(list[TimelineEntry]):
     sink: Callable[[TimelineEntry], None] | None = None
 
     def append(self, entry: TimelineEntry) -> None:
-        super().append(entry)
-        if self.sink is not None:
-            self.sink(entry)
+        list.append(self, entry)
+        sink = self.sink
+        if sink is not None:
+            sink(entry)
 
 
 RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the store has them

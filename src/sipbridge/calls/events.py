@@ -2,11 +2,14 @@
 which each becomes its timeline entry, sideband event, webhook, store write and metric.
 
 The registry and the transfer runner emit; sinks subscribe to `CallEvents` (the call's
-timeline first, so every other sink sees an event once it is on the timeline)."""
+timeline first, so every other sink sees an event once it is on the timeline). An observer
+that names the event types it takes (`wants`) is handed only those: a call makes about a
+dozen events, most of them timeline entries that only the timeline and the store take."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +25,12 @@ class Noted:
 
     call: Call
     entry: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundNoted(Noted):
+    """An outbound call's progress: its timeline entry of kind "outbound" (`final` on the
+    last), which the sideband, the webhooks and the metrics take too, as no other entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +88,14 @@ class Ended:
     call: Call
 
 
-CallEvent = (Noted | Incoming | Changed | MediaStarted | Digit | DtmfSending | TransferStepped
-             | Ended)
+CallEvent = (Noted | OutboundNoted | Incoming | Changed | MediaStarted | Digit | DtmfSending
+             | TransferStepped | Ended)
 
 
 class CallObserver(Protocol):
+    """Takes a call's events. It may also have `wants`, a tuple of the event types it takes
+    (the others never reach it); one without `wants` takes every event."""
+
     def observe(self, event: CallEvent) -> None: ...
 
 
@@ -94,6 +106,8 @@ def note(call: Call, kind: str, **data: object) -> Noted:
 
 class TimelineRecorder:
     """Each event that has one as its entry on the call's timeline."""
+
+    wants = (Noted, Digit, DtmfSending, TransferStepped)
 
     def observe(self, event: CallEvent) -> None:
         match event:
@@ -119,15 +133,28 @@ class TimelineRecorder:
 
 
 class CallEvents:
-    """The fan-out: each event to every observer, in the order they subscribed, the
-    call's timeline first."""
+    """The fan-out: each event to the observers that want it (`CallObserver`), in the
+    order they subscribed, the call's timeline first. Who wants an event type is worked
+    out once, at its first event after a subscription."""
 
     def __init__(self) -> None:
         self._observers: list[CallObserver] = [TimelineRecorder()]
+        self._routes: dict[type, tuple[Callable[[CallEvent], None], ...]] = {}
 
     def subscribe(self, observer: CallObserver) -> None:
         self._observers.append(observer)
+        self._routes = {}
 
     def emit(self, event: CallEvent) -> None:
-        for observer in self._observers:
-            observer.observe(event)
+        routes = self._routes.get(type(event))
+        if routes is None:
+            routes = self._route(type(event))
+        for observe in routes:
+            observe(event)
+
+    def _route(self, kind: type) -> tuple[Callable[[CallEvent], None], ...]:
+        """The `observe` of each observer that wants events of `kind`, in order."""
+        routes = self._routes[kind] = tuple(
+            observer.observe for observer in self._observers
+            if (wants := getattr(observer, "wants", None)) is None or issubclass(kind, wants))
+        return routes

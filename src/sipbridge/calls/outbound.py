@@ -5,8 +5,8 @@ the agent, transfers).
 Outcomes: dialing -> ringing (180/183) -> answered | busy (486, 600) | no_answer (the ring
 timeout, then CANCEL; or 408/480) | rejected (another final status) | failed (transport,
 a bad SDP answer) | cancelled (hung up while it rang). Each change is a timeline entry of
-kind "outbound" (`final` on the last), which the sinks turn into sideband events,
-webhooks and metrics."""
+kind "outbound" (`final` on the last), emitted as `OutboundNoted`, which the sinks turn
+into sideband events, webhooks and metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sipbridge.calls.call import Call, CallError, CallState, Trunk
-from sipbridge.calls.events import CallEvents, MediaStarted, note
+from sipbridge.calls.events import CallEvents, MediaStarted, OutboundNoted, note
 from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.trunks import Trunks
 from sipbridge.media.engine import MediaEngine
@@ -361,6 +361,7 @@ class Outbound:
         call.outbound.update(status=status, sip_status=sip_status, reason=reason)
         log.info("call %s: outbound %s%s%s", call.id, status,
                  f" {sip_status}" if sip_status else "", f" ({reason})" if reason else "")
-        self.manager.events.emit(note(call, "outbound", status=status, sip_status=sip_status,
-                                      reason=reason, final=final))
+        self.manager.events.emit(OutboundNoted(call, {
+            "at": time.time(), "kind": "outbound", "status": status, "sip_status": sip_status,
+            "reason": reason, "final": final}))
         self.manager.changed(call)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sipbridge.calls.call import Call
-from sipbridge.calls.events import CallEvent, Changed, Ended, Noted, TransferStepped
+from sipbridge.calls.events import CallEvent, Changed, Ended, OutboundNoted, TransferStepped
 from sipbridge.metrics import Metrics
 
 if TYPE_CHECKING:  # the store loads when one is opened
@@ -69,7 +69,9 @@ class StoreSink:
 
 class MetricsSink:
     """Call setup times, calls ended by reason (with their media figures), transfers by
-    outcome."""
+    outcome, outbound calls by outcome."""
+
+    wants = (OutboundNoted, Changed, Ended, TransferStepped)
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -82,9 +84,9 @@ class MetricsSink:
             case Ended(call=call):
                 self._ended(call)
             case TransferStepped(step=step) if step is not None and step.final:
-                self.metrics.transfers.labels(step.status).inc()
-            case Noted(entry={"kind": "outbound", "final": True, "status": str(outcome)}):
-                self.metrics.outbound.labels(outcome).inc()
+                self.metrics.transfers_by(step.status).inc()
+            case OutboundNoted(entry={"final": True, "status": str(outcome)}):
+                self.metrics.outbound_by(outcome).inc()
             case _:
                 pass
 
@@ -96,6 +98,6 @@ class MetricsSink:
     def _ended(self, call: Call) -> None:
         self._setup_seen.discard(call.id)
         reason = (call.end_reason or "unknown").split(":")[0][:32]
-        self.metrics.calls.labels(reason).inc()
+        self.metrics.calls_by(reason).inc()
         if call.media is not None:  # what scrapes during the call did not count yet
             self.metrics.media(call.id, call.media, ended=True)

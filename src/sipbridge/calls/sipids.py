@@ -8,11 +8,12 @@ until Timer J, a late NOTIFY is still answered; each lasts at most 64*T1 after t
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 
 from sipbridge.calls.call import Call, CallState
-from sipbridge.calls.events import CallEvents, note
+from sipbridge.calls.events import CallEvents, Noted, note
 from sipbridge.sip.address import Address
 from sipbridge.sip.sdp import redact_keys
 
@@ -39,14 +40,18 @@ class SipCallIds:
         self._ids.setdefault(call.id, []).append(sip_call_id)
 
     def get(self, sip_call_id: str) -> Call | None:
-        self._expire()
+        self.expire()
+        return self._calls.get(sip_call_id)
+
+    def find(self, sip_call_id: str) -> Call | None:
+        """`get` as of the last `expire` (the trace expires once per message)."""
         return self._calls.get(sip_call_id)
 
     def __contains__(self, sip_call_id: object) -> bool:
         return isinstance(sip_call_id, str) and self.get(sip_call_id) is not None
 
     def __len__(self) -> int:
-        self._expire()
+        self.expire()
         return len(self._calls)
 
     def ended(self, call: Call) -> None:
@@ -54,17 +59,19 @@ class SipCallIds:
         until = self.clock() + self.linger
         for sip_call_id in self._ids.pop(call.id, ()):
             self._ended.append((until, sip_call_id, call))
-        self._expire()
+        self.expire()
 
-    def _expire(self) -> None:
+    def expire(self) -> bool:
+        """Let go of the ended calls' Call-IDs whose time is up; True while any is known."""
         ended = self._ended
         if not ended:
-            return
+            return bool(self._calls)
         now = self.clock()
         while ended and (ended[0][0] <= now or len(ended) > self.limit):
             _, sip_call_id, call = ended.popleft()
             if self._calls.get(sip_call_id) is call:
                 del self._calls[sip_call_id]
+        return bool(self._calls)
 
 
 class SipTrace:
@@ -76,10 +83,11 @@ class SipTrace:
         self.events = events
 
     def _call_of(self, data: bytes) -> Call | None:
+        """The call of a message's Call-ID, as of the last expiry."""
         match = _CALL_ID.search(data)
         if match is None:
             return None
-        return self.ids.get(match.group(1).strip().decode("utf-8", "replace"))
+        return self.ids.find(match.group(1).strip().decode("utf-8", "replace"))
 
     def trace(self, data: bytes, peer: Address, direction: str, *, early: bool = False
               ) -> bool:
@@ -87,7 +95,7 @@ class SipTrace:
         call's too while its transactions last; False when it belongs to no call (yet).
         `early`: before the UA has read it, when an INVITE with an ended call's Call-ID may
         still make a new call (False then: it is traced once the UA has acted)."""
-        if not self.ids:
+        if not self.ids.expire():  # no call at all: not even the Call-ID is looked for
             return False
         call = self._call_of(data)
         if call is None:
@@ -96,12 +104,15 @@ class SipTrace:
             return False
         # SDES keys (a=crypto ... inline:) never reach the timeline nor what it feeds.
         text = redact_keys(data[:MAX_TRACE].decode("utf-8", "replace"))
-        self.events.emit(note(call, "sip", dir=direction, peer=str(peer),
-                              line=text.split("\r\n", 1)[0], text=text))
+        end = text.find("\r\n")
+        self.events.emit(Noted(call, {"at": time.time(), "kind": "sip", "dir": direction,
+                                      "peer": str(peer), "line": text[:end] if end >= 0
+                                      else text, "text": text}))
         return True
 
     def unsent(self, data: bytes, dest: Address, reason: str) -> None:
         """A message the transport could not send, as a warning on its call's timeline."""
+        self.ids.expire()
         call = self._call_of(data)
         if call is not None:
             line = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")[:200]
