@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -75,6 +76,15 @@ _PARAM_VALUE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$")
 
 
 _NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+# Parsed From, To, Contact, Route and Via values are kept for reuse: most repeat in every
+# message of a call (From, Contact, Route) and across calls (a trunk's addresses). The
+# caches are LRU and bounded, as peers choose the values, and values longer than
+# CACHED_VALUE_MAX are parsed afresh, so a flood of long unique values costs at most
+# HEADER_CACHE_SIZE * CACHED_VALUE_MAX characters. A hit is safe to share: NameAddr and
+# Via are frozen and hold only str, int, frozen URIs and tuples.
+HEADER_CACHE_SIZE = 1024
+CACHED_VALUE_MAX = 512
 
 
 def canonical_name(name: str) -> tuple[str, str]:
@@ -215,7 +225,20 @@ class NameAddr:
 
 
 def parse_name_addr(value: str, what: str = "header") -> NameAddr:
-    """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters."""
+    """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
+    if len(value) > CACHED_VALUE_MAX:
+        return _parse_name_addr(value, what)
+    return _parse_name_addr_cached(value, what)
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _parse_name_addr_cached(value: str, what: str) -> NameAddr:
+    return _parse_name_addr(value, what)
+
+
+def _parse_name_addr(value: str, what: str) -> NameAddr:
     text = value.strip()
     if not text:
         raise ParseError(f"empty {what}")
@@ -326,7 +349,22 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
-    """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`."""
+    """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept): a Via's
+    branch differs per transaction, but each comes back in the transaction's ACK, CANCEL
+    and retransmissions, and the UA core reads the top Via of a message more than once."""
+    if len(value) > CACHED_VALUE_MAX:
+        return _parse_via(value)
+    return _parse_via_cached(value)
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _parse_via_cached(value: str) -> Via:
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
     text = value.strip()
     proto, _, rest = text.partition(" ")
     parts = [p.strip() for p in proto.split("/")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Sequence
@@ -22,6 +23,13 @@ from sipbridge.sip.errors import NotAcceptable, SdpError
 
 MAX_LINES = 1000
 MAX_MEDIA = 64
+# Parsed bodies are kept for reuse (a peer's offer is read again for its answer and for
+# its call record, and a phone or a load generator sends the same offer in many calls):
+# an LRU of SDP_CACHE_SIZE bodies, each at most SDP_CACHE_BODY_MAX bytes, so that it can
+# never hold more than 1 MiB of bodies. A hit is safe to share: a SessionDescription is
+# frozen all the way down (frozen dataclasses, tuples, str and int).
+SDP_CACHE_SIZE = 256
+SDP_CACHE_BODY_MAX = 4096
 
 # RFC 3551 6, table 4: audio payload types that need no a=rtpmap.
 STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int]] = {
@@ -133,7 +141,22 @@ def is_hold(media: MediaDescription, session: SessionDescription) -> bool:
 
 
 def parse_sdp(data: bytes | str) -> SessionDescription:
-    """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse."""
+    """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
+    if isinstance(data, bytearray | memoryview):  # mutable: never a cache key
+        data = bytes(data)
+    if len(data) > SDP_CACHE_BODY_MAX:
+        return _parse_sdp(data)
+    return _parse_sdp_cached(data)
+
+
+@functools.lru_cache(maxsize=SDP_CACHE_SIZE)
+def _parse_sdp_cached(data: bytes | str) -> SessionDescription:
+    return _parse_sdp(data)
+
+
+def _parse_sdp(data: bytes | str) -> SessionDescription:
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
