@@ -29,14 +29,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent / "src"
 
 OFFER = (
-    "v=0\r\n"
-    "o=user1 53655765 2353687637 IN IP4 127.0.0.1\r\n"
-    "s=-\r\n"
-    "c=IN IP4 127.0.0.1\r\n"
-    "t=0 0\r\n"
-    "m=audio 6000 RTP/AVP 0\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-).encode()
+    b"v=0\r\n"
+    b"o=user1 53655765 2353687637 IN IP4 127.0.0.1\r\n"
+    b"s=-\r\n"
+    b"c=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\n"
+    b"m=audio 6000 RTP/AVP 0\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\n"
+)
 
 PEER = "127.0.0.1:5061"
 US = "127.0.0.1:5060"
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--base", help="another tree's src directory, timed alternately")
     parser.add_argument("--profile", action="store_true", help="cProfile this tree")
+    parser.add_argument("--sort", default="tottime", help="cProfile sort key (tottime, cumulative)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,7 +150,7 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         prof = cProfile.Profile()
         prof.runcall(run, args.calls)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
         return
     trees = [("this tree", str(HERE))]
     if args.base:

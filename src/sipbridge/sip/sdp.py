@@ -140,7 +140,7 @@ def is_hold(media: MediaDescription, session: SessionDescription) -> bool:
     return not media.direction.receives or effective_address(media, session) == "0.0.0.0"
 
 
-def parse_sdp(data: bytes | str) -> SessionDescription:
+def parse_sdp(data: bytes | bytearray | memoryview | str) -> SessionDescription:
     """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse.
 
     Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
