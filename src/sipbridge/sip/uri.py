@@ -58,7 +58,21 @@ def _format_params(params: Params) -> str:
 
 
 def parse_host_port(text: str, what: str = "URI") -> tuple[str, int | None]:
-    """hostport = host [ ":" port ], host = hostname / IPv4address / IPv6reference."""
+    """hostport = host [ ":" port ], host = hostname / IPv4address / IPv6reference.
+
+    Answers from a bounded LRU cache: a Via's sent-by repeats in every message from a
+    peer while its branch does not, so the Via itself is seldom a cache hit."""
+    if len(text) > 256:  # longer than any DNS name: parsed (and refused) uncached
+        return _parse_host_port(text, what)
+    return _parse_host_port_cached(text, what)
+
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
+def _parse_host_port_cached(text: str, what: str) -> tuple[str, int | None]:
+    return _parse_host_port(text, what)
+
+
+def _parse_host_port(text: str, what: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
