@@ -19,6 +19,10 @@ that event loop). ``--at CPS`` runs each target at that one rate ``--repeat`` ti
 turn instead of a search, and prints the server's CPU time per call (all its threads,
 and its event loop's thread alone) beside SIPp's uas's.
 
+``--base SRC`` adds the target ``sipbridge-base``: the gateway run from another source
+tree (e.g. ``git archive main src`` unpacked, its compiled modules copied in), so that
+``--at`` measures it and this tree in turn, in the same run.
+
 ``--overload 2,4`` then offers multiples of the highest rate found (or of
 ``--overload-max``) for ``--overload-duration`` seconds each, with a SIPp
 scenario that takes a 503 as an answer (and ACKs it), and prints the goodput
@@ -146,7 +150,7 @@ class Server:
 
 def start_sipbridge(
     workdir: Path, core: int | None, transport: str, *, auto_answer: str = "silence",
-    extra_config: str = "",
+    extra_config: str = "", pythonpath: str | None = None,
 ) -> Server:
     """A gateway pinned to `core`, answering by itself; ready once it answers OPTIONS.
     `extra_config` is more TOML (media benchmarks set the RTP range and timeout)."""
@@ -163,6 +167,8 @@ def start_sipbridge(
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
+    if pythonpath:  # another tree's sources first (--base)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             pinned([sys.executable, "-m", "sipbridge", "serve", "--config", str(config)], core),
@@ -207,6 +213,13 @@ def _on_loop(loop: str) -> Starter:
     """sipbridge with `event_loop = loop` (see README: event_loop)."""
     def start(workdir: Path, core: int | None, transport: str) -> Server:
         return start_sipbridge(workdir, core, transport, extra_config=f'event_loop = "{loop}"\n')
+    return start
+
+
+def _base_tree(src: str) -> Starter:
+    """sipbridge from another source tree (`--base`), e.g. main's, for a ratio in one run."""
+    def start(workdir: Path, core: int | None, transport: str) -> Server:
+        return start_sipbridge(workdir, core, transport, pythonpath=src)
     return start
 
 
@@ -618,6 +631,10 @@ def at_rate(targets: list[str], args: argparse.Namespace, root: Path) -> None:
     if ref:
         line += "".join(f"; {t}/sipp-uas {us / ref:.1f}x the CPU" for t, us in medians.items()
                         if t != "sipp uas")
+    base = medians.get("sipbridge-base")
+    if base:
+        line += "".join(f"; {t}/sipbridge-base {us / base:.3f}" for t, us in medians.items()
+                        if t.startswith("sipbridge") and t != "sipbridge-base")
     print(f"result at {args.at} cps (median of the passing steps): {line or 'none passed'}")
 
 
@@ -657,7 +674,8 @@ def main() -> int:
         "--targets",
         default="sipbridge,sipp uas",
         help="comma-separated: sipbridge (its default event loop), sipbridge-uvloop, "
-        "sipbridge-asyncio, sipp uas (default: sipbridge,sipp uas)",
+        "sipbridge-asyncio, sipbridge-base (with --base), sipp uas (default: sipbridge,"
+        "sipp uas)",
     )
     ap.add_argument("--resolution", type=int, default=10, help="bisect until within N cps")
     ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
@@ -677,7 +695,13 @@ def main() -> int:
                     help="instead of a search: each target at this one rate, --repeat "
                     "times in turn, and the server's CPU time per call")
     ap.add_argument("--repeat", type=int, default=3, help="steps per target with --at")
+    ap.add_argument("--base", metavar="SRC",
+                    help="another tree's src directory (with its compiled modules built): "
+                    "target sipbridge-base runs the gateway from it, e.g. main's beside "
+                    "this tree's in one --at run")
     args = ap.parse_args()
+    if args.base:
+        STARTERS["sipbridge-base"] = _base_tree(str(Path(args.base).resolve()))
 
     if shutil.which("sipp") is None:
         print("sip_cps: sipp not found (Debian package sip-tester; scripts/setup.sh)")

@@ -35,6 +35,7 @@ CACHES: dict[str, Any] = {
     "uri": uri._parse_uri_cached,
     "name_addr": headers._parse_name_addr_cached,
     "via": headers._parse_via_cached,
+    "host_port": uri._parse_host_port_cached,
     "sdp": sdp._parse_sdp_cached,
 }
 
@@ -181,9 +182,11 @@ def test_a_flood_of_unique_values_keeps_each_cache_at_its_bound() -> None:
     for i in range(3 * max(URI_CACHE_SIZE, HEADER_CACHE_SIZE, SDP_CACHE_SIZE)):
         parse_uri(f"sip:u{i}@example.com")
         parse_name_addr(f"<sip:u{i}@example.com>;tag={i}", "From")
-        parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{i}")
+        parse_via(f"SIP/2.0/UDP h{i}.example.com;branch=z9hG4bK{i}")
+        parse_via(f"SIP/2.0/UDP 127.0.0.1;x={i}")
         parse_sdp(OFFER.replace(b"53655765", str(i).encode()))
     assert size("uri") == URI_CACHE_SIZE
+    assert size("host_port") == URI_CACHE_SIZE
     assert size("name_addr") == HEADER_CACHE_SIZE
     assert size("via") == HEADER_CACHE_SIZE
     assert size("sdp") == SDP_CACHE_SIZE
@@ -224,7 +227,8 @@ def test_a_flood_of_long_unique_values_does_not_grow_memory() -> None:
             pad = f"{i:08d}" + "x" * 400
             parse_uri(f"sip:{pad}@example.com")
             parse_name_addr(f"<sip:{pad}@example.com>;tag={i}", "From")
-            parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{pad}")
+            parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;x={pad};branch=z9hG4bK{i}")
+            parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{pad};x=1")
             parse_sdp(OFFER + f"a=x-pad:{pad}{pad}{pad}\r\n".encode())
 
     tracemalloc.start()
@@ -237,3 +241,39 @@ def test_a_flood_of_long_unique_values_does_not_grow_memory() -> None:
         tracemalloc.stop()
     assert after - filled < 512 * 1024, (filled, after)
     assert size("uri") == URI_CACHE_SIZE and size("sdp") == SDP_CACHE_SIZE
+    assert size("via") == HEADER_CACHE_SIZE
+
+
+VIA_PARAMS = st.sampled_from([
+    ";branch=z9hG4bK-1", ";branch=z9hG4bK", ";Branch=z9hG4bK-2", "; branch=z9hG4bK-3",
+    ";branch = z9hG4bK-4", ";branch=", ";branch=a=b", ";branch=x y", ";branch=\"q\"",
+    ";rport", ";rport=5060", ";received=192.0.2.1", ';x="a;branch=b"', ";ttl=1",
+    ";maddr=branch.example.com", ";branch=z9hG4bK%41", ";", " ;lr", ";branch=[::1]",
+])
+
+
+@settings(max_examples=400)
+@given(host=st.sampled_from(["127.0.0.1:5061", "branch.example.com", "[::1]:5060",
+                             "h", "bad host", "127.0.0.1:99999"]),
+       proto=st.sampled_from(["SIP/2.0/UDP", "SIP/2.0/tcp", "SIP / 2.0 / TLS", "SIP/3.0/UDP"]),
+       params=st.lists(VIA_PARAMS, max_size=4))
+def test_a_via_read_through_its_template_is_the_via_read_as_it_is(
+        host: str, proto: str, params: list[str]) -> None:
+    value = f"{proto} {host}{''.join(params)}"
+    try:
+        expected: object = headers._parse_via(value)
+    except ParseError as exc:
+        expected = ("error", str(exc))
+    for _ in range(2):
+        try:
+            got: object = parse_via(value)
+        except ParseError as exc:
+            got = ("error", str(exc))
+        assert got == expected
+
+
+def test_vias_that_differ_only_in_their_branch_share_one_template() -> None:
+    for i in range(3 * HEADER_CACHE_SIZE):
+        via = parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{i};rport")
+        assert via.branch == f"z9hG4bK-{i}" and via.has_rport and via.port == 5061
+    assert size("via") == 1

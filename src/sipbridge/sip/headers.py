@@ -351,12 +351,45 @@ class Via:
 def parse_via(value: str) -> Via:
     """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`.
 
-    Answers from a bounded LRU cache of earlier answers (errors are not kept): a Via's
-    branch differs per transaction, but each comes back in the transaction's ACK, CANCEL
-    and retransmissions, and the UA core reads the top Via of a message more than once."""
+    Answers from a bounded LRU cache of earlier answers (errors are not kept). A Via's
+    branch differs in every transaction while the rest of it repeats in every message
+    from the same peer, so a Via with one plain `;branch=` is parsed as its template
+    (the same Via with a fixed branch) and the branch put in."""
     if len(value) > CACHED_VALUE_MAX:
         return _parse_via(value)
-    return _parse_via_cached(value)
+    via = _via_from_template(value)
+    return via if via is not None else _parse_via_cached(value)
+
+
+_BRANCH_AT = ";branch="
+_BRANCH_STAND_IN = "z9hG4bK"
+
+
+def _via_from_template(value: str) -> Via | None:
+    """`value` parsed as its template, or None when that is not certain to give what
+    `_parse_via` gives: then it is parsed as it is."""
+    at = value.find(_BRANCH_AT)
+    # "branch" exactly once, in any case: no other parameter (nor host) could be taken
+    # for it. No quotes: no quoted-string could hold what looks like a parameter.
+    if at < 0 or '"' in value or value.lower().count("branch") != 1:
+        return None
+    start = at + len(_BRANCH_AT)
+    end = value.find(";", start)
+    if end < 0:
+        end = len(value)
+    branch = value[start:end]
+    if not _PARAM_VALUE.match(branch):  # what _split_params asks of a token value
+        return None
+    try:
+        template = _parse_via_cached(value[:start] + _BRANCH_STAND_IN + value[end:])
+    except ParseError:
+        return None  # parsed as it is, for the error that names what is wrong
+    params = template.params
+    for i, (name, param) in enumerate(params):
+        if name == "branch" and param == _BRANCH_STAND_IN:
+            return Via(template.transport, template.host, template.port,
+                       (*params[:i], ("branch", branch), *params[i + 1 :]))
+    return None
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
