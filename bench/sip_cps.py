@@ -164,6 +164,7 @@ def start_sipbridge(
         "ring_time = 0.0\n"
         'log_level = "warning"\n'
         f'store = "{workdir / "sipbridge.db"}"\n' + extra_config
+        + ("" if "[overload]" in extra_config else EVERY_CONFIG[0])
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
@@ -207,6 +208,8 @@ def start_sipp_uas(workdir: Path, core: int | None, transport: str) -> Server:
 
 
 Starter = Callable[[Path, "int | None", str], Server]
+# More TOML for every gateway started (--no-overload-control).
+EVERY_CONFIG = [""]
 
 
 def _on_loop(loop: str) -> Starter:
@@ -221,6 +224,8 @@ def _base_tree(src: str) -> Starter:
     def start(workdir: Path, core: int | None, transport: str) -> Server:
         return start_sipbridge(workdir, core, transport, pythonpath=src)
     return start
+
+
 
 
 STARTERS: dict[str, Starter] = {
@@ -699,7 +704,12 @@ def main() -> int:
                     help="another tree's src directory (with its compiled modules built): "
                     "target sipbridge-base runs the gateway from it, e.g. main's beside "
                     "this tree's in one --at run")
+    ap.add_argument("--no-overload-control", action="store_true",
+                    help="run every gateway with overload control off: on a machine busy "
+                    "with other work, --at then compares whole calls, not calls and 503s")
     args = ap.parse_args()
+    if args.no_overload_control:
+        EVERY_CONFIG[0] = "[overload]\nenabled = false\n"
     if args.base:
         STARTERS["sipbridge-base"] = _base_tree(str(Path(args.base).resolve()))
 
