@@ -403,16 +403,15 @@ def answer_offer(
     audio_ptime = offered.ptime if offered.ptime is not None else ptime
     codecs = (answered,) if event is None else (answered, event)
     formats = tuple(c.payload_type for c in codecs)
-    ours = MediaDescription(
-        "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime
-    )
     keys = _answer_crypto(offered, srtp_key) if offered.proto.upper() == SAVP else None
-    if keys is not None:
-        ours = replace(ours, attributes=(("crypto", _crypto_value(keys)),))
+    ours = MediaDescription(
+        "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime,
+        () if keys is None else (("crypto", _crypto_value(keys)),),
+    )
     media = tuple(ours if i == index else m.rejected() for i, m in enumerate(offer.media))
     event_pt = None if event is None else event.payload_type
-    negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime)
-    negotiated = replace(negotiated, srtp=keys)
+    negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime,
+                                 keys)
     return _local_session(local_address, session_id, session_version, media), negotiated
 
 
@@ -616,8 +615,16 @@ def _protos(srtp: str, keys_safe: bool) -> frozenset[str]:
     travel in this offer's signalling."""
     if srtp not in SRTP_MODES:
         raise ValueError(f"srtp must be one of {SRTP_MODES}, got {srtp!r}")
-    savp = frozenset({SAVP}) if srtp != "off" and keys_safe else frozenset()
-    return savp if srtp == "required" else frozenset({"RTP/AVP"}) | savp
+    savp = srtp != "off" and keys_safe
+    if srtp == "required":
+        return _SAVP_ONLY if savp else _NO_PROTOS
+    return _AVP_OR_SAVP if savp else _AVP_ONLY
+
+
+_SAVP_ONLY = frozenset({SAVP})
+_AVP_ONLY = frozenset({"RTP/AVP"})
+_AVP_OR_SAVP = _AVP_ONLY | _SAVP_ONLY
+_NO_PROTOS: frozenset[str] = frozenset()
 
 
 def _srtp_refusal(offer: SessionDescription, srtp: str, protos: frozenset[str]) -> str | None:
