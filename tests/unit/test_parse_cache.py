@@ -125,7 +125,7 @@ def test_messages_share_parsed_headers_but_not_their_state() -> None:
                 "Content-Length: 0\r\n\r\n").encode()
     one, two = parse_message(invite("a")), parse_message(invite("b"))
     assert isinstance(one, Request) and isinstance(two, Request)
-    assert one.from_ is two.from_
+    assert one.to is two.to and one.from_ == two.from_
     local = one.to.with_tag("ours")
     assert local.tag == "ours" and two.to.tag is None and one.to.tag is None
     assert one.top_via.branch == "z9hG4bK-a" and two.top_via.branch == "z9hG4bK-b"
@@ -277,3 +277,59 @@ def test_vias_that_differ_only_in_their_branch_share_one_template() -> None:
         via = parse_via(f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{i};rport")
         assert via.branch == f"z9hG4bK-{i}" and via.has_rport and via.port == 5061
     assert size("via") == 1
+
+
+NAME_ADDR_PARAMS = st.sampled_from([
+    ";tag=abc", ";tag=1928301774", ";TAG=x", "; tag=y", ";tag = z", ";tag=", ";tag=a=b",
+    ";tag=\"q\"", ";tag=a b", ";expires=60", ";x=\"a;tag=b\"", ";q=0.5", ";lr", ";",
+    ";tag=0", ";tag=%41", ";y=\">\"",
+])
+
+
+@settings(max_examples=500)
+@given(display=st.sampled_from(["", "Bob ", '"Alice" ', '"a>b;tag=c" ', "tag ", '"x" ']),
+       uri=st.sampled_from(["sip:bob@example.com", "sip:tagger@h", "sip:b@h;tag=u",
+                            "tel:+1555", "sip:b@h;transport=tcp", "mailto:x@y", "sip:bad host"]),
+       bracketed=st.booleans(), params=st.lists(NAME_ADDR_PARAMS, max_size=3))
+def test_a_name_addr_read_through_its_template_is_the_name_addr_read_as_it_is(
+        display: str, uri: str, bracketed: bool, params: list[str]) -> None:
+    value = (f"{display}<{uri}>" if bracketed else uri) + "".join(params)
+    try:
+        expected: object = headers._parse_name_addr(value, "To")
+    except ParseError as exc:
+        expected = ("error", str(exc))
+    for _ in range(2):
+        try:
+            got: object = parse_name_addr(value, "To")
+        except ParseError as exc:
+            got = ("error", str(exc))
+        assert got == expected
+
+
+def test_name_addrs_that_differ_only_in_their_tag_share_one_template() -> None:
+    for i in range(3 * HEADER_CACHE_SIZE):
+        na = parse_name_addr(f'"Alice" <sip:alice@example.com>;tag=t{i};x=1', "From")
+        assert na.tag == f"t{i}" and na.param("x") == "1" and na.display == '"Alice"'
+    assert size("name_addr") == 1
+
+
+@pytest.mark.parametrize("value", [
+    "<sip:b@h>; tag=0;tag=abc",  # a second tag, the first one spaced and equal to the stand-in
+    '<sip:b@h>;x="a;tag=b";tag=0',  # a ";tag=" inside a quoted value, before the real one
+    '"tag" <sip:b@h>;tag=abc',
+    "<sip:tag@h>;tag=abc",
+    "sip:b@h;x=1;tag=abc",
+])
+def test_name_addrs_a_template_could_misread(value: str) -> None:
+    for _ in range(2):
+        assert parse_name_addr(value, "To") == headers._parse_name_addr(value, "To")
+
+
+@pytest.mark.parametrize("value", [
+    "SIP/2.0/UDP h; branch=z9hG4bK;branch=z9hG4bK-real",
+    'SIP/2.0/UDP h;x="a;branch=b";branch=z9hG4bK',
+    "SIP/2.0/UDP branch.example.com;branch=z9hG4bK-1",
+])
+def test_vias_a_template_could_misread(value: str) -> None:
+    for _ in range(2):
+        assert parse_via(value) == headers._parse_via(value)

@@ -227,10 +227,47 @@ class NameAddr:
 def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters.
 
-    Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
+    Answers from a bounded LRU cache of earlier answers (errors are not kept). The tag
+    differs in every call while the rest repeats, so a value with one plain `;tag=` after
+    its <uri> is parsed as its template (a fixed tag) and the tag put in."""
     if len(value) > CACHED_VALUE_MAX:
         return _parse_name_addr(value, what)
-    return _parse_name_addr_cached(value, what)
+    found = _name_addr_from_template(value, what)
+    return found if found is not None else _parse_name_addr_cached(value, what)
+
+
+_TAG_AT = ";tag="
+_TAG_STAND_IN = "0"
+
+
+def _name_addr_from_template(value: str, what: str) -> NameAddr | None:
+    """`value` parsed as its template, or None when that is not certain to give what
+    `_parse_name_addr` gives: then it is parsed as it is."""
+    at = value.find(_TAG_AT)
+    if at < 0:
+        return None
+    # The tag must be a header parameter: after the <uri> (in an addr-spec every ";" is),
+    # with no quoted-string after the <uri>, and "tag" nowhere else in the value.
+    after = value.rfind(">") + 1
+    if at < after or '"' in value[after:] or value.lower().count("tag") != 1:
+        return None
+    start = at + len(_TAG_AT)
+    end = value.find(";", start)
+    if end < 0:
+        end = len(value)
+    tag = value[start:end]
+    if not _PARAM_VALUE.match(tag):  # what _split_params asks of a token value
+        return None
+    try:
+        template = _parse_name_addr_cached(value[:start] + _TAG_STAND_IN + value[end:], what)
+    except ParseError:
+        return None  # parsed as it is, for the error that names what is wrong
+    params = template.params
+    for i, (name, param) in enumerate(params):
+        if name == "tag" and param == _TAG_STAND_IN:
+            return NameAddr(template.uri, template.display,
+                            (*params[:i], ("tag", tag), *params[i + 1 :]))
+    return None
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
