@@ -15,13 +15,12 @@ narrows the highest passing rate. The same search runs against
 from the same machine in the same run.
 
 ``--targets`` also takes ``sipbridge-uvloop`` and ``sipbridge-asyncio`` (the gateway on
-that event loop). ``--at CPS`` runs each target at that one rate ``--repeat`` times in
-turn instead of a search, and prints the server's CPU time per call (all its threads,
+that event loop), and with ``--base-src DIR`` ``sipbridge-base``: the gateway run from
+another tree's ``src`` (the code before a change: ``git archive HEAD src | tar -x -C
+/tmp/base``; copy the built ``src/sipbridge/media/*.so`` beside it), to compare in one
+run. ``--at CPS`` runs each target at that one rate ``--repeat`` times in turn instead
+of a search, and prints the server's CPU time per call (all its threads,
 and its event loop's thread alone) beside SIPp's uas's.
-
-``--base SRC`` adds the target ``sipbridge-base``: the gateway run from another source
-tree (e.g. ``git archive main src`` unpacked, its compiled modules copied in), so that
-``--at`` measures it and this tree in turn, in the same run.
 
 ``--overload 2,4`` then offers multiples of the highest rate found (or of
 ``--overload-max``) for ``--overload-duration`` seconds each, with a SIPp
@@ -150,10 +149,11 @@ class Server:
 
 def start_sipbridge(
     workdir: Path, core: int | None, transport: str, *, auto_answer: str = "silence",
-    extra_config: str = "", pythonpath: str | None = None,
+    extra_config: str = "", source: str | None = None,
 ) -> Server:
     """A gateway pinned to `core`, answering by itself; ready once it answers OPTIONS.
-    `extra_config` is more TOML (media benchmarks set the RTP range and timeout)."""
+    `extra_config` is more TOML (media benchmarks set the RTP range and timeout);
+    `source`, a `src` directory first on its PYTHONPATH (another tree's code)."""
     port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
     http = free_port((socket.SOCK_STREAM,))
     config = workdir / "sipbridge.toml"
@@ -168,8 +168,8 @@ def start_sipbridge(
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
-    if pythonpath:  # another tree's sources first (--base)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             pinned([sys.executable, "-m", "sipbridge", "serve", "--config", str(config)], core),
@@ -217,15 +217,6 @@ def _on_loop(loop: str) -> Starter:
     def start(workdir: Path, core: int | None, transport: str) -> Server:
         return start_sipbridge(workdir, core, transport, extra_config=f'event_loop = "{loop}"\n')
     return start
-
-
-def _base_tree(src: str) -> Starter:
-    """sipbridge from another source tree (`--base`), e.g. main's, for a ratio in one run."""
-    def start(workdir: Path, core: int | None, transport: str) -> Server:
-        return start_sipbridge(workdir, core, transport, pythonpath=src)
-    return start
-
-
 
 
 STARTERS: dict[str, Starter] = {
@@ -679,9 +670,12 @@ def main() -> int:
         "--targets",
         default="sipbridge,sipp uas",
         help="comma-separated: sipbridge (its default event loop), sipbridge-uvloop, "
-        "sipbridge-asyncio, sipbridge-base (with --base), sipp uas (default: sipbridge,"
-        "sipp uas)",
+        "sipbridge-asyncio, sipbridge-base (with --base-src), sipp uas (default: "
+        "sipbridge,sipp uas)",
     )
+    ap.add_argument("--base-src", metavar="DIR",
+                    help="target sipbridge-base: the gateway with this src directory first "
+                    "on PYTHONPATH (say the code before a change, from git archive)")
     ap.add_argument("--resolution", type=int, default=10, help="bisect until within N cps")
     ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
     ap.add_argument("--cooldown", type=float, default=2.0, help="seconds between steps")
@@ -700,24 +694,21 @@ def main() -> int:
                     help="instead of a search: each target at this one rate, --repeat "
                     "times in turn, and the server's CPU time per call")
     ap.add_argument("--repeat", type=int, default=3, help="steps per target with --at")
-    ap.add_argument("--base", metavar="SRC",
-                    help="another tree's src directory (with its compiled modules built): "
-                    "target sipbridge-base runs the gateway from it, e.g. main's beside "
-                    "this tree's in one --at run")
     ap.add_argument("--no-overload-control", action="store_true",
                     help="run every gateway with overload control off: on a machine busy "
                     "with other work, --at then compares whole calls, not calls and 503s")
     args = ap.parse_args()
     if args.no_overload_control:
         EVERY_CONFIG[0] = "[overload]\nenabled = false\n"
-    if args.base:
-        STARTERS["sipbridge-base"] = _base_tree(str(Path(args.base).resolve()))
 
     if shutil.which("sipp") is None:
         print("sip_cps: sipp not found (Debian package sip-tester; scripts/setup.sh)")
         return 2
     if args.start < 1 or args.max < args.start or args.duration < 1:
         ap.error("need 1 <= --start <= --max and --duration >= 1")
+    if args.base_src:
+        base = str(Path(args.base_src).resolve())
+        STARTERS["sipbridge-base"] = lambda w, c, t: start_sipbridge(w, c, t, source=base)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.overload_max is not None:
         targets = [t for t in targets if t != "sipbridge"] if args.overload else targets

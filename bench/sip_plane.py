@@ -2,7 +2,7 @@
 
 Run from the project root after ``bash scripts/setup.sh``::
 
-    .venv/bin/python bench/sip_plane.py [--calls 3000] [--repeat 5] [--base DIR]
+    .venv/bin/python bench/sip_plane.py [--calls 3000] [--repeat 5] [--base-src DIR]
 
 Each call is what bench/sip_cps.py's SIPp ``uac`` sends and what the gateway answers:
 INVITE (with an SDP offer) -> 100, the offer parsed and answered (``sip.sdp``), 180,
@@ -11,7 +11,7 @@ INVITE (with an SDP offer) -> 100, the offer parsed and answered (``sip.sdp``), 
 out so that the core holds nothing. Each call has its own Call-ID, tags and branches,
 as SIPp's do; the URIs, addresses and the SDP offer repeat across calls, as SIPp's do.
 
-``--base DIR`` times another source tree too (a ``src`` directory, e.g. main's from
+``--base-src DIR`` times another source tree too (a ``src`` directory, e.g. main's from
 ``git archive``), in the same run, alternating with this one in fresh processes; the
 figure that counts is the ratio. ``--profile`` prints a cProfile of this tree instead.
 """
@@ -135,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--base", help="another tree's src directory, timed alternately")
+    parser.add_argument("--base-src", help="another tree's src directory, timed alternately")
     parser.add_argument("--profile", action="store_true", help="cProfile this tree")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key (tottime, cumulative)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -153,8 +153,8 @@ def main() -> None:
         pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
         return
     trees = [("this tree", str(HERE))]
-    if args.base:
-        trees.insert(0, ("base", str(Path(args.base).resolve())))
+    if args.base_src:
+        trees.insert(0, ("base", str(Path(args.base_src).resolve())))
     results: dict[str, list[float]] = {name: [] for name, _ in trees}
     for _ in range(args.repeat):
         for name, src in trees:
@@ -162,7 +162,7 @@ def main() -> None:
     for name, values in results.items():
         print(f"{name:10s} us/call: median {statistics.median(values):7.1f}  "
               f"min {min(values):7.1f}  ({', '.join(f'{v:.1f}' for v in values)})")
-    if args.base:
+    if args.base_src:
         base = statistics.median(results["base"])
         ours = statistics.median(results["this tree"])
         print(f"ratio this tree / base: {ours / base:.3f}")
