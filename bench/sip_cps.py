@@ -164,6 +164,7 @@ def start_sipbridge(
         "ring_time = 0.0\n"
         'log_level = "warning"\n'
         f'store = "{workdir / "sipbridge.db"}"\n' + extra_config
+        + ("" if "[overload]" in extra_config else EVERY_CONFIG[0])
     )
     log = workdir / "sipbridge.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPBRIDGE_")}
@@ -207,6 +208,8 @@ def start_sipp_uas(workdir: Path, core: int | None, transport: str) -> Server:
 
 
 Starter = Callable[[Path, "int | None", str], Server]
+# More TOML for every gateway started (--no-overload-control).
+EVERY_CONFIG = [""]
 
 
 def _on_loop(loop: str) -> Starter:
@@ -624,6 +627,10 @@ def at_rate(targets: list[str], args: argparse.Namespace, root: Path) -> None:
     if ref:
         line += "".join(f"; {t}/sipp-uas {us / ref:.1f}x the CPU" for t, us in medians.items()
                         if t != "sipp uas")
+    base = medians.get("sipbridge-base")
+    if base:
+        line += "".join(f"; {t}/sipbridge-base {us / base:.3f}" for t, us in medians.items()
+                        if t.startswith("sipbridge") and t != "sipbridge-base")
     print(f"result at {args.at} cps (median of the passing steps): {line or 'none passed'}")
 
 
@@ -687,7 +694,12 @@ def main() -> int:
                     help="instead of a search: each target at this one rate, --repeat "
                     "times in turn, and the server's CPU time per call")
     ap.add_argument("--repeat", type=int, default=3, help="steps per target with --at")
+    ap.add_argument("--no-overload-control", action="store_true",
+                    help="run every gateway with overload control off: on a machine busy "
+                    "with other work, --at then compares whole calls, not calls and 503s")
     args = ap.parse_args()
+    if args.no_overload_control:
+        EVERY_CONFIG[0] = "[overload]\nenabled = false\n"
 
     if shutil.which("sipp") is None:
         print("sip_cps: sipp not found (Debian package sip-tester; scripts/setup.sh)")

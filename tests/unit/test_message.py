@@ -531,6 +531,55 @@ def test_response_to_works_from_raw_headers() -> None:
     assert again.headers.get("CSeq") == "many INVITE"
 
 
+def plain_bytes(msg: Request | Response) -> bytes:
+    """A message serialised the plain way, header by header, for comparison."""
+    lines = [msg.to_bytes().split(b"\r\n", 1)[0].decode()]
+    lines += [f"{n}: {v}" for n, v in msg.headers if n != "Content-Length"]
+    lines.append(f"Content-Length: {len(msg.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + msg.body
+
+
+def test_responses_to_one_request_share_their_head_and_serialise_as_plainly() -> None:
+    req = request(INVITE.replace(b"Max-Forwards", b"Timestamp: 54\r\nMax-Forwards"))
+    trying = response_to(req, 100)
+    ringing = response_to(req, 180, to_tag="t1", headers=[("Contact", "<sip:gw@192.0.2.9>")])
+    ok = response_to(req, 200, to_tag="t1", headers=[("Contact", "<sip:gw@192.0.2.9>")],
+                     body=SDP)
+    for resp in (trying, ringing, ok, response_to(req, 200, to_tag="t1", body=SDP)):
+        assert resp.to_bytes() == plain_bytes(resp)
+    assert ringing._head is ok._head  # made once for the request and the tag
+    assert trying.headers.get("Timestamp") == "54" and b"Timestamp" not in ringing.to_bytes()
+    assert b"To: Bob <sip:bob@example.com>\r\n" in trying.to_bytes()
+    assert b"To: Bob <sip:bob@example.com>;tag=t1\r\n" in ok.to_bytes()
+
+
+def test_a_changed_response_is_serialised_as_it_now_is() -> None:
+    req = request(INVITE)
+    first = response_to(req, 180, to_tag="t1")
+    second = response_to(req, 180, to_tag="t1")
+    second.headers.set("Via", "SIP/2.0/UDP changed.example.com;branch=z9hG4bKx")
+    second.headers.remove("CSeq")
+    data = second.to_bytes()
+    assert data == plain_bytes(second)
+    assert b"changed.example.com" in data and b"CSeq" not in data
+    assert b"pc33.example.com:5060" not in data
+    assert first.to_bytes() == plain_bytes(first)
+    assert b"pc33.example.com:5060" in first.to_bytes() and b"CSeq" in first.to_bytes()
+
+
+def test_a_changed_request_gets_responses_from_its_new_headers() -> None:
+    """The UA core rewrites the top Via of a request (received=, rport=) before it
+    answers; a response made after any change to the request copies what it now says."""
+    req = request(INVITE)
+    before = response_to(req, 100).to_bytes()
+    req.headers.set("Via", "SIP/2.0/UDP pc33.example.com:5060;branch=z9hG4bK776asdhds;"
+                    "rport=5062;received=192.0.2.4")
+    after = response_to(req, 100)
+    assert b"received=192.0.2.4" not in before
+    assert b"rport=5062;received=192.0.2.4" in after.to_bytes()
+    assert after.to_bytes() == plain_bytes(after)
+
+
 # ---- stream framing (RFC 3261 18.3) ----------------------------------------------------
 
 OPTIONS = sip(

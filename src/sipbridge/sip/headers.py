@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -75,6 +76,15 @@ _PARAM_VALUE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~:\[\]]+$")
 
 
 _NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+# Parsed From, To, Contact, Route and Via values are kept for reuse: most repeat in every
+# message of a call (From, Contact, Route) and across calls (a trunk's addresses). The
+# caches are LRU and bounded, as peers choose the values, and values longer than
+# CACHED_VALUE_MAX are parsed afresh, so a flood of long unique values costs at most
+# HEADER_CACHE_SIZE * CACHED_VALUE_MAX characters. A hit is safe to share: NameAddr and
+# Via are frozen and hold only str, int, frozen URIs and tuples.
+HEADER_CACHE_SIZE = 1024
+CACHED_VALUE_MAX = 512
 
 
 def canonical_name(name: str) -> tuple[str, str]:
@@ -215,7 +225,57 @@ class NameAddr:
 
 
 def parse_name_addr(value: str, what: str = "header") -> NameAddr:
-    """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters."""
+    """Parse `"Name" <uri>;p=v`, `Name <uri>`, `<uri>` or a bare addr-spec with parameters.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept). The tag
+    differs in every call while the rest repeats, so a value with one plain `;tag=` after
+    its <uri> is parsed as its template (a fixed tag) and the tag put in."""
+    if len(value) > CACHED_VALUE_MAX:
+        return _parse_name_addr(value, what)
+    found = _name_addr_from_template(value, what)
+    return found if found is not None else _parse_name_addr_cached(value, what)
+
+
+_TAG_AT = ";tag="
+_TAG_STAND_IN = "0"
+
+
+def _name_addr_from_template(value: str, what: str) -> NameAddr | None:
+    """`value` parsed as its template, or None when that is not certain to give what
+    `_parse_name_addr` gives: then it is parsed as it is."""
+    at = value.find(_TAG_AT)
+    if at < 0:
+        return None
+    # The tag must be a header parameter: after the <uri> (in an addr-spec every ";" is),
+    # with no quoted-string after the <uri>, and "tag" nowhere else in the value.
+    after = value.rfind(">") + 1
+    if at < after or '"' in value[after:] or value.lower().count("tag") != 1:
+        return None
+    start = at + len(_TAG_AT)
+    end = value.find(";", start)
+    if end < 0:
+        end = len(value)
+    tag = value[start:end]
+    if not _PARAM_VALUE.match(tag):  # what _split_params asks of a token value
+        return None
+    try:
+        template = _parse_name_addr_cached(value[:start] + _TAG_STAND_IN + value[end:], what)
+    except ParseError:
+        return None  # parsed as it is, for the error that names what is wrong
+    params = template.params
+    for i, (name, param) in enumerate(params):
+        if name == "tag" and param == _TAG_STAND_IN:
+            return NameAddr(template.uri, template.display,
+                            (*params[:i], ("tag", tag), *params[i + 1 :]))
+    return None
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _parse_name_addr_cached(value: str, what: str) -> NameAddr:
+    return _parse_name_addr(value, what)
+
+
+def _parse_name_addr(value: str, what: str) -> NameAddr:
     text = value.strip()
     if not text:
         raise ParseError(f"empty {what}")
@@ -326,7 +386,55 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
-    """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`."""
+    """Parse one via-parm: `SIP/2.0/UDP host[:port];branch=...`.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept). A Via's
+    branch differs in every transaction while the rest of it repeats in every message
+    from the same peer, so a Via with one plain `;branch=` is parsed as its template
+    (the same Via with a fixed branch) and the branch put in."""
+    if len(value) > CACHED_VALUE_MAX:
+        return _parse_via(value)
+    via = _via_from_template(value)
+    return via if via is not None else _parse_via_cached(value)
+
+
+_BRANCH_AT = ";branch="
+_BRANCH_STAND_IN = "z9hG4bK"
+
+
+def _via_from_template(value: str) -> Via | None:
+    """`value` parsed as its template, or None when that is not certain to give what
+    `_parse_via` gives: then it is parsed as it is."""
+    at = value.find(_BRANCH_AT)
+    # "branch" exactly once, in any case: no other parameter (nor host) could be taken
+    # for it. No quotes: no quoted-string could hold what looks like a parameter.
+    if at < 0 or '"' in value or value.lower().count("branch") != 1:
+        return None
+    start = at + len(_BRANCH_AT)
+    end = value.find(";", start)
+    if end < 0:
+        end = len(value)
+    branch = value[start:end]
+    if not _PARAM_VALUE.match(branch):  # what _split_params asks of a token value
+        return None
+    try:
+        template = _parse_via_cached(value[:start] + _BRANCH_STAND_IN + value[end:])
+    except ParseError:
+        return None  # parsed as it is, for the error that names what is wrong
+    params = template.params
+    for i, (name, param) in enumerate(params):
+        if name == "branch" and param == _BRANCH_STAND_IN:
+            return Via(template.transport, template.host, template.port,
+                       (*params[:i], ("branch", branch), *params[i + 1 :]))
+    return None
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _parse_via_cached(value: str) -> Via:
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
     text = value.strip()
     proto, _, rest = text.partition(" ")
     parts = [p.strip() for p in proto.split("/")]

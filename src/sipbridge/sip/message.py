@@ -149,6 +149,9 @@ class Message:
 
     headers: Headers
     body: bytes
+    # The serialised form of the first header items, when they were copied from a request
+    # whose answers share them (`response_to`): (those items, their text).
+    _head: tuple[list[tuple[str, str, str]], str] | None = None
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]], body: bytes) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
@@ -159,12 +162,17 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length always states the real body length (RFC 3261 20.14)."""
-        lines = [self._start_line()]
-        for name, value in self.headers:
-            if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+        items = self.headers._items
+        head = ""
+        if self._head is not None:
+            copied, text = self._head
+            # Used only while the headers still start with the very items it was made of.
+            if items[: len(copied)] == copied:
+                head, items = text, items[len(copied) :]
+        rest = "".join([f"{display}: {value}\r\n" for _, display, value in items
+                        if display != "Content-Length"])
+        return (f"{self._start_line()}\r\n{head}{rest}Content-Length: {len(self.body)}"
+                "\r\n\r\n").encode() + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -311,20 +319,51 @@ def response_to(
 
     Works from the raw header values, so it can answer a request whose headers do not
     all parse. `to_tag` is added to To unless it already carries a tag.
+
+    The copied headers, and their serialised text, are made once per request and To tag:
+    an INVITE's 180, 200 (and its retransmissions) share them (`Message.to_bytes`).
     """
+    head = _response_head(request, to_tag, status == 100)
     h = Headers()
-    for name, value in request.headers:
-        if name in ("Via", "From", "Call-ID", "CSeq"):
-            h.add(name, value)
-        elif name == "To":
-            if to_tag is not None and not _has_tag(value):
-                value = f"{value};tag={to_tag}"
-            h.add(name, value)
-    if status == 100 and (ts := request.headers.get("Timestamp")) is not None:
-        h.add("Timestamp", ts)  # RFC 3261 8.2.6.1
+    h._items = list(head[0])
     for name, value in headers:
         h.add(name, value)
-    return Response(status, reason, h, body)
+    response = Response(status, reason, h, body)
+    response._head = head
+    return response
+
+
+_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def _response_head(request: Request, to_tag: str | None, trying: bool
+                   ) -> tuple[list[tuple[str, str, str]], str]:
+    """The header items a response to `request` copies (RFC 3261 8.2.6.2), with the To tag,
+    and Timestamp in a 100 (8.2.6.1); remembered on the request while its headers stay
+    the same items."""
+    items = request.headers._items
+    memo: tuple[list[tuple[str, str, str]], dict[tuple[str | None, bool], Any]] | None = (
+        request.__dict__.get("_response_heads"))
+    if memo is None or memo[0] != items:
+        memo = (list(items), {})
+        request.__dict__["_response_heads"] = memo
+    key = (to_tag, trying)
+    found: tuple[list[tuple[str, str, str]], str] | None = memo[1].get(key)
+    if found is not None:
+        return found
+    copied: list[tuple[str, str, str]] = []
+    for item in items:
+        name = item[0]
+        if name in _COPIED:
+            if name == "to" and to_tag is not None and not _has_tag(item[2]):
+                item = (name, item[1], f"{item[2]};tag={to_tag}")
+            copied.append(item)
+    if trying:
+        copied += [item for item in items if item[0] == "timestamp"][:1]
+    text = "".join([f"{display}: {value}\r\n" for _, display, value in copied])
+    found = (copied, text)
+    memo[1][key] = found
+    return found
 
 
 def _has_tag(to_value: str) -> bool:
@@ -393,6 +432,9 @@ def _split(data: bytes) -> tuple[str, bytes]:
     return head, data[end + sep :]
 
 
+_FOLD = (" ", "\t")
+
+
 def _parse_headers(lines: list[str]) -> tuple[Headers, list[int]]:
     """The header fields after the start line, unfolded (RFC 3261 7.3.1), and where the
     Content-Length fields are among them."""
@@ -405,7 +447,7 @@ def _parse_headers(lines: list[str]) -> tuple[Headers, list[int]]:
             # A bare CR would end the line for some peers: never let one into a header we
             # may echo back (Via, From, To, Call-ID, CSeq in responses).
             raise ParseError("bare CR in the header section")
-        if line[:1] in (" ", "\t"):
+        if line[:1] in _FOLD:
             if not items:
                 raise ParseError("continuation line before the first header")
             folded = line.strip(" \t")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Sequence
@@ -22,6 +23,13 @@ from sipbridge.sip.errors import NotAcceptable, SdpError
 
 MAX_LINES = 1000
 MAX_MEDIA = 64
+# Parsed bodies are kept for reuse (a peer's offer is read again for its answer and for
+# its call record, and a phone or a load generator sends the same offer in many calls):
+# an LRU of SDP_CACHE_SIZE bodies, each at most SDP_CACHE_BODY_MAX bytes, so that it can
+# never hold more than 1 MiB of bodies. A hit is safe to share: a SessionDescription is
+# frozen all the way down (frozen dataclasses, tuples, str and int).
+SDP_CACHE_SIZE = 256
+SDP_CACHE_BODY_MAX = 4096
 
 # RFC 3551 6, table 4: audio payload types that need no a=rtpmap.
 STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int]] = {
@@ -132,8 +140,23 @@ def is_hold(media: MediaDescription, session: SessionDescription) -> bool:
     return not media.direction.receives or effective_address(media, session) == "0.0.0.0"
 
 
-def parse_sdp(data: bytes | str) -> SessionDescription:
-    """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse."""
+def parse_sdp(data: bytes | bytearray | memoryview | str) -> SessionDescription:
+    """Parse a session description (RFC 4566 5); raise SdpError (400) if it does not parse.
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
+    if isinstance(data, bytearray | memoryview):  # mutable: never a cache key
+        data = bytes(data)
+    if len(data) > SDP_CACHE_BODY_MAX:
+        return _parse_sdp(data)
+    return _parse_sdp_cached(data)
+
+
+@functools.lru_cache(maxsize=SDP_CACHE_SIZE)
+def _parse_sdp_cached(data: bytes | str) -> SessionDescription:
+    return _parse_sdp(data)
+
+
+def _parse_sdp(data: bytes | str) -> SessionDescription:
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
@@ -380,16 +403,15 @@ def answer_offer(
     audio_ptime = offered.ptime if offered.ptime is not None else ptime
     codecs = (answered,) if event is None else (answered, event)
     formats = tuple(c.payload_type for c in codecs)
-    ours = MediaDescription(
-        "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime
-    )
     keys = _answer_crypto(offered, srtp_key) if offered.proto.upper() == SAVP else None
-    if keys is not None:
-        ours = replace(ours, attributes=(("crypto", _crypto_value(keys)),))
+    ours = MediaDescription(
+        "audio", local_port, offered.proto, formats, codecs, None, direction, audio_ptime,
+        () if keys is None else (("crypto", _crypto_value(keys)),),
+    )
     media = tuple(ours if i == index else m.rejected() for i, m in enumerate(offer.media))
     event_pt = None if event is None else event.payload_type
-    negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime)
-    negotiated = replace(negotiated, srtp=keys)
+    negotiated = NegotiatedAudio(codec, event_pt, remote, offered.port, direction, audio_ptime,
+                                 keys)
     return _local_session(local_address, session_id, session_version, media), negotiated
 
 
@@ -593,8 +615,16 @@ def _protos(srtp: str, keys_safe: bool) -> frozenset[str]:
     travel in this offer's signalling."""
     if srtp not in SRTP_MODES:
         raise ValueError(f"srtp must be one of {SRTP_MODES}, got {srtp!r}")
-    savp = frozenset({SAVP}) if srtp != "off" and keys_safe else frozenset()
-    return savp if srtp == "required" else frozenset({"RTP/AVP"}) | savp
+    savp = srtp != "off" and keys_safe
+    if srtp == "required":
+        return _SAVP_ONLY if savp else _NO_PROTOS
+    return _AVP_OR_SAVP if savp else _AVP_ONLY
+
+
+_SAVP_ONLY = frozenset({SAVP})
+_AVP_ONLY = frozenset({"RTP/AVP"})
+_AVP_OR_SAVP = _AVP_ONLY | _SAVP_ONLY
+_NO_PROTOS: frozenset[str] = frozenset()
 
 
 def _srtp_refusal(offer: SessionDescription, srtp: str, protos: frozenset[str]) -> str | None:

@@ -820,7 +820,8 @@ class UserAgent:
 
     def _to_source(self, peer: Address) -> bool:
         """Whether `peer` is among the networks whose requests go back to their source."""
-        return in_networks(peer.host, self.config.rewrite_contact)
+        nets = self.config.rewrite_contact
+        return bool(nets) and in_networks(peer.host, nets)
 
     def _send_bye(self, leg: Leg, now: float, reason: EndReason) -> None:
         request = leg.dialog.create_request("BYE", new_branch(self._token()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -11,6 +12,10 @@ from sipbridge.sip.errors import ParseError
 Params = tuple[tuple[str, str | None], ...]
 
 MAX_URI_LENGTH = 2048
+# Parsed URIs are kept for reuse: the same few (ours, a trunk's, a phone's) come back in
+# every message of a call and in every call. Bounded, as peers choose them; a hit is safe
+# to share because SipUri and TelUri are frozen and hold only str, int and tuples.
+URI_CACHE_SIZE = 1024
 
 # RFC 3261 25.1: hostname = *( domainlabel "." ) toplabel [ "." ], where toplabel starts
 # with ALPHA; a host whose last label is numeric must be an IPv4address (octets <= 255).
@@ -53,7 +58,21 @@ def _format_params(params: Params) -> str:
 
 
 def parse_host_port(text: str, what: str = "URI") -> tuple[str, int | None]:
-    """hostport = host [ ":" port ], host = hostname / IPv4address / IPv6reference."""
+    """hostport = host [ ":" port ], host = hostname / IPv4address / IPv6reference.
+
+    Answers from a bounded LRU cache: a Via's sent-by repeats in every message from a
+    peer while its branch does not, so the Via itself is seldom a cache hit."""
+    if len(text) > 256:  # longer than any DNS name: parsed (and refused) uncached
+        return _parse_host_port(text, what)
+    return _parse_host_port_cached(text, what)
+
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
+def _parse_host_port_cached(text: str, what: str) -> tuple[str, int | None]:
+    return _parse_host_port(text, what)
+
+
+def _parse_host_port(text: str, what: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -162,9 +181,20 @@ Uri = SipUri | TelUri
 
 
 def parse_uri(text: str) -> Uri:
-    """Parse a SIP, SIPS or tel URI; other schemes raise UnsupportedUriScheme (416)."""
+    """Parse a SIP, SIPS or tel URI; other schemes raise UnsupportedUriScheme (416).
+
+    Answers from a bounded LRU cache of earlier answers (errors are not kept)."""
     if len(text) > MAX_URI_LENGTH:
         raise ParseError("URI too long")
+    return _parse_uri_cached(text)
+
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
+def _parse_uri_cached(text: str) -> Uri:
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> Uri:
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme:
         raise ParseError(f"URI {text[:80]!r} has no scheme")
