@@ -7,9 +7,9 @@ mutates later is stored as it was) and queued for the writer thread, which owns 
 connection. A batch of writes is one transaction: each call's record once (the last one
 queued: what one write after the other would leave), its events in the order queued, all
 rows of a table in statements of `CHUNKS` rows each (a few SQL texts, so prepared
-statements are reused). Reads are synchronous, on a second connection of their own (one reader at a
-time): fine from a thread, a CLI or `asyncio.to_thread`, not from the event loop itself.
-`mark_unfinished` and `purge` run on the writer thread and wait for it.
+statements are reused). Reads are synchronous, on a second connection of their own (one
+reader at a time): fine from a thread, a CLI or `asyncio.to_thread`, not from the event
+loop itself. `mark_unfinished` and `purge` run on the writer thread and wait for it.
 
 A backend supplies the connection, its transactions, the dialect's bits of SQL and its
 migrations; the SQL here is written with `?` placeholders, turned into the driver's `PARAM`.
