@@ -4,7 +4,9 @@ are in test_store_postgres.py."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +19,7 @@ import pytest
 
 from sipbridge.records import CallRecord
 from sipbridge.store import SqliteStore, Store, StoreError
+from sipbridge.store.rows import dumps
 from tests.unit.storerecords import call, run_killed_child, transfer
 
 
@@ -358,3 +361,30 @@ def test_full_queue_drops_and_counts(backend: Backend) -> None:
     # at most one write in the writer's hands and one in the queue
     assert store.dropped >= 18
     store.close()
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque"
+
+
+@pytest.mark.parametrize("value", [
+    {}, [], "", 0, None, True, 1e16, 0.1 + 0.2, -0.0, math.nan, math.inf,
+    {"a": [1, 2.5, None, False, "\u00e9\u00e8 \u4f8b \U0001f600 \x00 \"q\" \\ \r\n"]},
+    {"nested": {"deep": [{"k": [[], {}]}]}, 1: "int key", 2.5: "float key", None: "null key"},
+    {"opaque": Opaque(), "tuple": (1, 2), "bytes": b"x"},
+])
+def test_json_is_written_as_json_dumps_writes_it(value: object) -> None:
+    text = dumps(value)
+    assert text == json.dumps(value, default=str, separators=(",", ":"))
+    assert type(text).__name__ == "JsonText"
+
+
+def test_json_refuses_a_record_that_holds_itself(store: Store) -> None:
+    record = call("rtc_loop")
+    record["transfers"].append(cast("Any", record["transfers"]))
+    store.upsert_call(record)  # refused and counted: the call goes on
+    store.upsert_call(call("rtc_ok"))
+    assert store.flush() is False  # a write failed since the last flush
+    assert store.write_errors == 1
+    assert [c["id"] for c in store.list_calls()] == ["rtc_ok"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sipbridge.calls.call import Call
 from sipbridge.calls.events import CallEvent, Changed, Ended, OutboundNoted, TransferStepped
 from sipbridge.metrics import Metrics
+from sipbridge.records import CallRecord
 
 if TYPE_CHECKING:  # the store loads when one is opened
     from sipbridge.store import Store
@@ -21,11 +22,13 @@ class StoreSink:
     by entry, as each is added.
 
     With `defer` (the loop's `call_soon`), what one turn of the event loop writes is
-    handed to the store's writer thread at once, at the end of the turn, in order: each
-    hand-over wakes that thread, which then takes the GIL from the loop, and a call
-    writes about a dozen times, mostly within a few turns (bench/README.md, sip_cps:
-    about a fifth of a call's CPU time). The records and entries are taken as they are
-    when written; `hand_over()` sends what waits at once (before the store closes)."""
+    handed to the store at once, at the end of the turn, in order, and a call whose
+    record changed several times in the turn has only its last record stored (at the
+    place of the first): the store would replace the others before anyone could read
+    them, and each record costs its serialisation. A call writes about a dozen times,
+    mostly within a few turns (bench/README.md, sip_cps). The records and entries are
+    taken as they are when written; `hand_over()` sends what waits at once (before the
+    store closes)."""
 
     def __init__(self, store: Store, recordings: str | None,
                  defer: Callable[[Callable[[], None]], object] | None = None) -> None:
@@ -33,6 +36,7 @@ class StoreSink:
         self.recordings = recordings
         self._defer = defer
         self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._records: dict[str, CallRecord] = {}  # this turn's last record of each call
 
     def _write(self, method: Callable[..., None], *args: Any) -> None:
         if self._defer is None:
@@ -41,6 +45,18 @@ class StoreSink:
         if not self._pending:
             self._defer(self.hand_over)
         self._pending.append((method, args))
+
+    def _upsert(self, record: CallRecord) -> None:
+        if self._defer is None:
+            self.store.upsert_call(record)
+            return
+        call_id = record["id"]
+        if call_id not in self._records:
+            self._write(self._upsert_last, call_id)
+        self._records[call_id] = record
+
+    def _upsert_last(self, call_id: str) -> None:
+        self.store.upsert_call(self._records.pop(call_id))
 
     def hand_over(self) -> None:
         """Give the store what this turn wrote (see the class)."""
@@ -64,7 +80,7 @@ class StoreSink:
         if self.recordings:
             call.recording = str(Path(self.recordings) / f"{call.id}.wav")
             record["recording"] = call.recording
-        self._write(store.upsert_call, record)
+        self._upsert(record)
 
 
 class MetricsSink:

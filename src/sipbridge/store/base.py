@@ -4,9 +4,12 @@ retention and reads.
 
 Writes (`upsert_call`, `add_event`) are serialised on the spot (so a record the caller
 mutates later is stored as it was) and queued for the writer thread, which owns the write
-connection. Reads are synchronous, on a second connection of their own (one reader at a
-time): fine from a thread, a CLI or `asyncio.to_thread`, not from the event loop itself.
-`mark_unfinished` and `purge` run on the writer thread and wait for it.
+connection. A batch of writes is one transaction: each call's record once (the last one
+queued: what one write after the other would leave), its events in the order queued, all
+rows of a table in statements of `CHUNKS` rows each (a few SQL texts, so prepared
+statements are reused). Reads are synchronous, on a second connection of their own (one
+reader at a time): fine from a thread, a CLI or `asyncio.to_thread`, not from the event
+loop itself. `mark_unfinished` and `purge` run on the writer thread and wait for it.
 
 A backend supplies the connection, its transactions, the dialect's bits of SQL and its
 migrations; the SQL here is written with `?` placeholders, turned into the driver's `PARAM`.
@@ -22,6 +25,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from itertools import chain
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sipbridge.records import CallRecord
@@ -40,6 +44,10 @@ log = logging.getLogger("sipbridge.store")
 T = TypeVar("T")
 
 _DAY = 86400.0
+
+# Rows per INSERT of a batch, largest first: 200 rows go as 64 + 64 + 64 + 8, 11 as
+# 8 + 2 + 1. Seven SQL texts per table, each prepared once and reused.
+CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 
 
 class StoreError(RuntimeError):
@@ -74,6 +82,24 @@ class _Link(Generic[C]):
 def _execute_all(writes: list[Write], conn: Connection) -> None:
     for w in writes:
         conn.execute(w.sql, w.params)
+
+
+class _Rows:
+    """One INSERT, for many rows at once: its SQL for each size of `CHUNKS`."""
+
+    def __init__(self, head: str, row: str, tail: str, param: str) -> None:
+        self.sql = {n: (f"{head} VALUES {', '.join([row] * n)}{tail}").replace("?", param)
+                    for n in CHUNKS}
+
+    def execute(self, conn: Connection, rows: list[tuple[object, ...]]) -> None:
+        """Insert the rows in order, in as few statements as `CHUNKS` allows."""
+        at, left = 0, len(rows)
+        for n in CHUNKS:
+            sql = self.sql[n]
+            while left >= n:
+                conn.execute(sql, list(chain.from_iterable(rows[at:at + n])))
+                at += n
+                left -= n
 
 
 class SqlStore(QueuedWriter, Generic[C]):
@@ -120,14 +146,15 @@ class SqlStore(QueuedWriter, Generic[C]):
         super().__init__(max_queue=max_queue)
         self.retention_days = retention_days
         columns = (*COLUMNS, *(c for c, _ in self.stamp))
-        values = ("?",) * len(COLUMNS) + tuple(v for _, v in self.stamp)
-        self._upsert_sql = self._sql(
-            f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join(values)}) "
-            "ON CONFLICT (id) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
-        )
-        self._event_sql = self._sql(
-            "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)")
+        values = "(" + ", ".join(("?",) * len(COLUMNS) + tuple(v for _, v in self.stamp)) + ")"
+        conflict = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+            f"{c} = excluded.{c}" for c in columns if c != "id")
+        self._calls = _Rows(f"INSERT INTO calls ({', '.join(columns)})", values, conflict,
+                            self.PARAM)
+        self._events = _Rows("INSERT INTO events (call_id, at, kind, data)", "(?, ?, ?, ?)",
+                             "", self.PARAM)
+        self._upsert_sql = self._calls.sql[1]
+        self._event_sql = self._events.sql[1]
 
         wconn = self._connect(writer=True)
         try:
@@ -192,7 +219,8 @@ class SqlStore(QueuedWriter, Generic[C]):
         """Queue the call record (replacing any earlier one with the same id)."""
         try:
             params = call_params(record)
-        except (KeyError, TypeError, ValueError) as exc:  # a bad record must not break the call
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            # a bad record must not break the call
             self._count_errors(1, "call store: unusable call record: %r", exc)
             return
         self._enqueue(Write(self._upsert_sql, params))
@@ -202,7 +230,7 @@ class SqlStore(QueuedWriter, Generic[C]):
         """Queue one timeline entry of the call."""
         try:
             params = event_params(call_id, at, kind, data)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             self._count_errors(1, "call store: unusable event: %r", exc)
             return
         self._enqueue(Write(self._event_sql, params))
@@ -261,12 +289,29 @@ class SqlStore(QueuedWriter, Generic[C]):
     def _writer_done(self) -> None:
         self._w.conn.close()
 
+    def _batch(self, calls: dict[object, tuple[object, ...]], events: list[tuple[object, ...]],
+               conn: C) -> None:
+        self._calls.execute(conn, list(calls.values()))
+        self._events.execute(conn, events)
+
     def _apply(self, writes: list[Write]) -> None:
+        # Each call's last record, in the order the calls first came (a new call's row is
+        # inserted where its first record would have been); events as they came.
+        calls: dict[object, tuple[object, ...]] = {}
+        events: list[tuple[object, ...]] = []
+        upsert = self._upsert_sql
+        for sql, params in writes:
+            if sql is upsert:
+                calls[params[0]] = params
+            else:
+                events.append(params)
         try:
-            self._transact(self._w, partial(_execute_all, writes))
+            self._transact(self._w, partial(self._batch, calls, events))
             return
         except self.ERRORS as exc:
             error = exc
+        writes = [Write(upsert, p) for p in calls.values()]
+        writes += [Write(self._event_sql, p) for p in events]
         # Something failed: one write per transaction so only the bad ones are lost; all of
         # them when there is no connection to the server any more.
         failed = 0

@@ -9,7 +9,8 @@ queued; a backend reads it back as text and `row_to_call` / `timeline` parse it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any, cast
 
 from sipbridge.records import CallRecord, TimelineEntry
@@ -28,13 +29,36 @@ class JsonText(str):
     __slots__ = ()
 
 
+def _encoder() -> Callable[[object], str]:
+    """`json.dumps(value, default=str, separators=(",", ":"))`, made once: json.dumps
+    builds an encoder at every call, which costs more than encoding a small record. A
+    cycle raises RecursionError (no check for it; a record has none), not ValueError."""
+    # CPython's C encoder, which json.dumps uses (None without the _json module)
+    c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:
+        return json.JSONEncoder(default=str, separators=(",", ":")).encode
+    # (markers, default, encoder, indent, key_separator, item_separator, sort_keys,
+    # skipkeys, allow_nan): json.JSONEncoder.iterencode's call, without circular checks
+    encode: Callable[[object, int], list[str]] = c_make_encoder(
+        None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+    join = "".join
+
+    def dumps(value: object) -> str:
+        return join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = _encoder()
+
+
 def dumps(value: object) -> JsonText:
-    return JsonText(json.dumps(value, default=str, separators=(",", ":")))
+    return JsonText(_dumps(value))
 
 
 def call_params(record: Mapping[str, object]) -> tuple[object, ...]:
     """The values of `COLUMNS` for a call record. KeyError, TypeError or ValueError when
-    the record cannot be stored."""
+    the record cannot be stored (RecursionError when it holds itself)."""
     recording = record.get("recording")
     sip = record.get("sip")
     sip = sip if isinstance(sip, Mapping) else {}
@@ -51,7 +75,8 @@ def call_params(record: Mapping[str, object]) -> tuple[object, ...]:
 def event_params(call_id: str, at: float, kind: str, data: Mapping[str, object]
                  ) -> tuple[object, ...]:
     """The values of (call_id, at, kind, data) for a timeline entry."""
-    return (str(call_id), float(at), str(kind), dumps(dict(data)))
+    return (str(call_id), float(at), str(kind),
+            dumps(data if isinstance(data, dict) else dict(data)))
 
 
 def row_to_call(row: Iterable[Any]) -> CallRecord:

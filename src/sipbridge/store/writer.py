@@ -1,10 +1,14 @@
 """The call store's writer thread: writes queued by the caller, applied by one thread.
 
-Writes never block the caller: they are put on a bounded queue, and one writer thread
-applies what it finds there in small batches, as soon as the queue is drained (a batch is
-at most `_BATCH_MAX` items), so a write is committed within a few milliseconds under normal
-load. Tasks (restart marking, retention) and flushes go through the same queue, so they are
-ordered with the writes queued before them.
+Writes never block the caller: they go on a bounded queue (a list under a lock), and the
+caller wakes the writer thread only when it sleeps with nothing to do. Once awake, the
+writer lingers `linger` seconds (2 ms) for more, so that one transaction takes what a
+burst of calls writes, then applies what it found in batches of at most `_BATCH_MAX`
+writes (each batch one transaction): a write is committed within a few milliseconds
+under normal load. Transactions are at least `linger` apart while writes keep coming.
+Tasks (restart marking, retention), flushes and `close` go through the same queue, so they
+are ordered with the writes queued before them, and they cut the linger short: `flush()`
+returns as soon as what was queued before it is committed.
 
 The writer never raises into the caller: failures are logged (logger "sipbridge.store") and
 counted in `write_errors`; writes that do not fit in the queue are counted in `dropped`.
@@ -16,24 +20,28 @@ task are applied and what to release when the thread ends.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 log = logging.getLogger("sipbridge.store")
 
 T = TypeVar("T")
 
-_BATCH_MAX = 500  # writes per transaction; a batch this size commits in a few ms
+_BATCH_MAX = 1000  # writes per transaction; a batch this size commits in a few ms
+LINGER = 0.002  # seconds the writer waits, once woken, for more writes to batch
+
+# What the writer thread is doing, as the callers see it (under `_lock`).
+_BUSY = 0  # applying writes or about to look at the queue: nobody needs to wake it
+_IDLE = 1  # asleep with nothing queued: any item wakes it
+_LINGERING = 2  # asleep for `linger` with writes queued: a flush, task or stop wakes it
 
 
-@dataclass
-class Write:
+class Write(NamedTuple):
     """One statement and its parameters, as the caller queued it."""
 
     sql: str
@@ -74,14 +82,26 @@ class QueuedWriter(ABC):
     def _writer_done(self) -> None:
         """On the writer thread, as it ends: release what it holds."""
 
-    def __init__(self, *, max_queue: int) -> None:
+    def __init__(self, *, max_queue: int, linger: float = LINGER) -> None:
         self.write_errors = 0
         self.dropped = 0
+        self.linger = linger
         self._errors_at_flush = 0  # write_errors when the writer last reached a flush
         self._count_lock = threading.Lock()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max_queue)
+        # The queue: `_items` in order, of which `_queued` writes (bounded by `_max_queue`);
+        # `_urgent` when a flush, task or stop is among them. All under `_lock`.
+        self._max_queue = max_queue
+        self._lock = threading.Lock()
+        self._items: list[_Item] = []
+        self._queued = 0
+        self._urgent = False
+        self._stopped = False  # the writer has ended: nothing more is taken
+        self._state = _BUSY
+        self._wake = threading.Lock()  # released (by a caller) to wake the sleeping writer
+        self._wake.acquire()
+        self._last_take = 0.0  # time.monotonic() when the writer last took the queue
         self._writer = threading.Thread(target=self._run, name="sipbridge-store", daemon=True)
 
     def _start_writer(self) -> None:
@@ -98,18 +118,37 @@ class QueuedWriter(ABC):
         else:
             log.debug(message, *args)
 
+    def _put(self, item: _Item) -> bool:
+        """Queue the item, waking the writer if it waits for it. False when the queue is
+        full (a write) or the writer has ended."""
+        write = isinstance(item, Write)
+        with self._lock:
+            if self._stopped or (write and self._queued >= self._max_queue):
+                return False
+            self._items.append(item)
+            if write:
+                self._queued += 1
+            else:
+                self._urgent = True
+            if self._state == _IDLE or (not write and self._state == _LINGERING):
+                self._state = _BUSY
+                self._wake.release()
+        return True
+
     def _enqueue(self, item: Write) -> None:
         if self._closed:
             self._count_errors(1, "call store write after close ignored")
             return
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._count_lock:
-                self.dropped += 1
-                dropped = self.dropped
-            if dropped == 1 or dropped % 1000 == 0:
-                log.error("call store queue full: write dropped (dropped so far: %d)", dropped)
+        if self._put(item):
+            return
+        if self._stopped:
+            self._count_errors(1, "call store write after close ignored")
+            return
+        with self._count_lock:
+            self.dropped += 1
+            dropped = self.dropped
+        if dropped == 1 or dropped % 1000 == 0:
+            log.error("call store queue full: write dropped (dropped so far: %d)", dropped)
 
     # --- for the caller -----------------------------------------------------------------
 
@@ -119,22 +158,18 @@ class QueuedWriter(ABC):
         if self._closed or not self._writer.is_alive():
             return False
         marker = _Flush()
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(marker, timeout=timeout)
-        except queue.Full:
+        if not self._put(marker):
             return False
-        if not marker.done.wait(max(0.0, deadline - time.monotonic())):
+        if not marker.done.wait(max(0.0, timeout)):
             return False
         return marker.ok
 
     def _run_task(self, fn: Callable[[Any], T], default: T) -> T:
         """`fn` run by the writer after what is queued; `default` if it fails or cannot run."""
-        if self._closed or not self._writer.is_alive():
+        task = _Task(fn)
+        if self._closed or not self._writer.is_alive() or not self._put(task):
             log.warning("call store is closed: %s skipped", getattr(fn, "__qualname__", fn))
             return default
-        task = _Task(fn)
-        self._queue.put(task)
         while True:
             try:
                 result: T = task.future.result(timeout=1.0)
@@ -151,8 +186,7 @@ class QueuedWriter(ABC):
             if self._closed:
                 return
             self._closed = True
-        if self._writer.is_alive():
-            self._queue.put(_Stop())
+        if self._writer.is_alive() and self._put(_Stop()):
             self._writer.join(timeout=30)
             if self._writer.is_alive():
                 log.error("call store writer did not stop; closing anyway")
@@ -165,32 +199,69 @@ class QueuedWriter(ABC):
 
     # --- the writer thread --------------------------------------------------------------
 
+    def _sleep(self, state: int, timeout: float | None) -> None:
+        """Wait to be woken (in `state`, which the caller set under `_lock`) or for
+        `timeout` seconds."""
+        woken = self._wake.acquire() if timeout is None else self._wake.acquire(timeout=timeout)
+        with self._lock:
+            if self._state == state:  # nobody woke us: the wait ran out
+                self._state = _BUSY
+            elif not woken:  # woken just as the wait ran out: take what they released
+                self._wake.acquire()
+
+    def _take(self) -> list[_Item]:
+        """What is queued, once there is something: after sleeping until a caller queues
+        an item, then lingering for more writes (unless a flush, task or stop waits)."""
+        with self._lock:
+            idle = not self._items
+            if idle:
+                self._state = _IDLE
+        if idle:
+            self._sleep(_IDLE, None)
+        if self.linger > 0:
+            # A transaction at most every `linger` seconds; a full one at once.
+            wait = self.linger if idle else self._last_take + self.linger - time.monotonic()
+            with self._lock:
+                linger = wait > 0 and not self._urgent and self._queued < _BATCH_MAX
+                if linger:
+                    self._state = _LINGERING
+            if linger:
+                self._sleep(_LINGERING, wait)
+        with self._lock:
+            items, self._items = self._items, []
+            self._queued = 0
+            self._urgent = False
+        self._last_take = time.monotonic()
+        return items
+
     def _run(self) -> None:
         try:
             while True:
-                item: _Item | None = self._queue.get()
+                items = self._take()
                 writes: list[Write] = []
-                while isinstance(item, Write):
-                    writes.append(item)
-                    if len(writes) >= _BATCH_MAX:
-                        item = None
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        item = None
-                        break
+                for i, item in enumerate(items):
+                    if isinstance(item, Write):
+                        writes.append(item)
+                        if len(writes) >= _BATCH_MAX:
+                            self._apply(writes)
+                            writes = []
+                        continue
+                    if writes:
+                        self._apply(writes)
+                        writes = []
+                    if isinstance(item, _Flush):
+                        errors = self.write_errors
+                        item.ok = errors == self._errors_at_flush
+                        self._errors_at_flush = errors
+                        item.done.set()
+                    elif isinstance(item, _Task):
+                        self._do_task(item)
+                    else:  # _Stop: what came after it is never made (see the finally)
+                        with self._lock:
+                            self._items[:0] = items[i + 1:]
+                        return
                 if writes:
                     self._apply(writes)
-                if isinstance(item, _Flush):
-                    errors = self.write_errors
-                    item.ok = errors == self._errors_at_flush
-                    self._errors_at_flush = errors
-                    item.done.set()
-                elif isinstance(item, _Task):
-                    self._do_task(item)
-                elif isinstance(item, _Stop):
-                    return
         except BaseException:  # a bug here must not pass silently
             log.exception("call store writer thread crashed")
         finally:
@@ -213,13 +284,14 @@ class QueuedWriter(ABC):
         return str(exc)
 
     def _drain_after_stop(self) -> None:
-        """Release whoever waits on the writer; count writes that will never be made."""
+        """Take nothing more; release whoever waits on the writer; count writes that will
+        never be made."""
+        with self._lock:
+            self._stopped = True
+            items, self._items = self._items, []
+            self._queued = 0
         lost = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        for item in items:
             if isinstance(item, Write):
                 lost += 1
             elif isinstance(item, _Flush):
