@@ -2,9 +2,9 @@
 RTP/SAVP) calls the gateway over UDP signalling (``srtp_over_cleartext`` on: the lab case).
 
 - echo: what baresip hears back, and the gateway's recording of the caller, hold what
-  baresip sent, piece by piece (``echo_missing``: on a loaded machine the gateway's
-  jitter buffer may take up or give back a 20 ms frame mid-call, which one correlation
-  over the whole call would take for a broken echo); a tap on ``lo`` finds none of that
+  baresip sent, piece by piece (``echo_missing``: on a loaded machine a jitter buffer,
+  the gateway's or baresip's, may take up or give back a 20 ms frame mid-call, which one
+  correlation over the whole call would take for a broken echo); a tap on ``lo`` finds none of that
   audio's G.711 in any datagram of the SRTP call, and finds it in a cleartext call to
   the same gateway (the check can fail);
 - agent: the built-in agent greets an SRTP caller and the caller hears it;
