@@ -24,7 +24,9 @@ import pytest
 from sipbridge.demo.baresip import find_free_port
 from tests.integration.probe import LOOPBACK, send_options
 
-READY_TIMEOUT = 10.0  # seconds for the gateway to answer its first OPTIONS
+# seconds for the gateway to answer its first OPTIONS: importing it alone takes 1.5-2 s on
+# this 2-core machine when quiet, 4-5 s when both cores are busy, more at a peak
+READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 
 # The event loop may not stall longer than this in tests marked watch_loop: 100 ms is five
