@@ -43,7 +43,7 @@ def fresh(offer: bytes, port: int, session_id: int, version: int, host: str = "1
     return sdp.to_bytes(), audio
 
 
-def cached(cache: AnswerCache, offer: bytes, port: int, session_id: int, version: int,
+def cached(cache: AnswerCache, offer: Any, port: int, session_id: int, version: int,
            host: str = "192.0.2.7", **how: Any) -> tuple[bytes, Any]:
     args = {**HOW, **how}
     return cache.answer(offer, local_address=host, local_port=port, session_id=session_id,
@@ -119,6 +119,9 @@ def test_hostile_offers_cannot_grow_it() -> None:
     long_offer = SIPP_OFFER + b"a=x-pad:" + b"p" * 600 + b"\r\n"
     assert cached(cache, long_offer, 4000, 1, 1) == fresh(long_offer, 4000, 1, 1)
     assert long_offer not in {key[0] for key in cache._templates}  # too long to keep
+    mutable = bytearray(SIPP_OFFER + b"a=x-mutable\r\n")  # not a key: answered afresh
+    assert cached(cache, mutable, 4000, 1, 1) == fresh(bytes(mutable), 4000, 1, 1)
+    assert bytes(mutable) not in {key[0] for key in cache._templates}
 
 
 def test_a_sip_error_is_what_the_manager_turns_into_a_reply() -> None:

@@ -75,7 +75,8 @@ class AnswerCache:
                srtp_key: bytes | None) -> tuple[bytes, NegotiatedAudio]:
         """The answer's bytes and what it settled; SipError (NotAcceptable, 488; SdpError,
         400) as `answer_offer` and `parse_sdp` raise them."""
-        if srtp_key is not None or len(offer) > self.offer_max or local_port <= 0:
+        if (srtp_key is not None or type(offer) is not bytes or len(offer) > self.offer_max
+                or local_port <= 0):
             return self._fresh(offer, local_address, local_port, session_id, session_version,
                                supported, srtp, secure_signalling, srtp_over_cleartext,
                                srtp_key)
