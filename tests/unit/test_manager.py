@@ -10,6 +10,7 @@ import pytest
 
 from sipbridge.audiostream import Direction
 from sipbridge.calls.call import Call, CallError, CallState
+from sipbridge.calls.events import Changed
 from sipbridge.calls.tool import tool_definition, tool_output
 from sipbridge.sip.events import EndReason
 from sipbridge.sip.message import response_to
@@ -289,3 +290,49 @@ def test_the_warning_header_of_a_refusal_is_one_quoted_string() -> None:
     assert (code, agent) == ("399", "sipbridge")
     assert re.fullmatch(r'"(?:[^"\\]|\\.)*"', text)  # RFC 3261 25.1 quoted-string
     assert '\\"hi\\"' in text
+
+
+class _Records:
+    """The call's state each time its record changes (what the store is given)."""
+
+    def __init__(self) -> None:
+        self.states: list[str] = []
+
+    def observe(self, event: object) -> None:
+        if isinstance(event, Changed):
+            self.states.append(event.call.state.value)
+
+
+def test_a_call_answered_at_once_is_recorded_answered_a_ringing_or_refused_one_ringing() -> None:
+    cases = [({}, invite(OFFER.format(direction="sendrecv")), ["active"]),
+             ({"ring_time": 3.0}, invite(OFFER.format(direction="sendrecv")), ["ringing"]),
+             ({}, invite("hello", content_type="text/plain"), ["ringing"]),
+             ({}, invite(OFFER.format(direction="sendrecv").replace("RTP/AVP 0 8 101",
+                                                                    "RTP/AVP 18")), ["ringing"]),
+             ({"auto_answer": None, "app": True}, invite(OFFER.format(direction="sendrecv")),
+              ["ringing"])]
+    for how, request, states in cases:
+        h = Harness(**how)  # type: ignore[arg-type]
+        records = _Records()
+        h.events.subscribe(records)
+        h.send(request)
+        # Refused calls end when the caller's ACK comes: their record says so once more.
+        assert records.states[:1] == states and records.states[1:] in ([], ["ended"]), how
+
+
+def test_each_call_gets_the_same_answer_but_for_its_port_and_session() -> None:
+    h = Harness()
+    bodies = []
+    for n in range(3):
+        h.send(invite(OFFER.format(direction="sendrecv"), branch=f"b{n}")
+               .replace("Call-ID: call-1", f"Call-ID: call-{n}"))
+        bodies.append(h.sent[-1].body)
+    calls = list(h.manager.calls.values())
+    assert len(calls) == 3 and len(h.manager.answers) == 1
+    for call, body in zip(calls, bodies, strict=True):
+        sdp = parse_sdp(body)
+        assert sdp.media[0].port == call.rtp_port
+        assert sdp.origin.session_id == hash(call.id) & 0x7FFFFFFF
+        assert body == bodies[0].replace(b"%d" % calls[0].rtp_port, b"%d" % call.rtp_port
+                                         ).replace(b"%d" % (hash(calls[0].id) & 0x7FFFFFFF),
+                                                   b"%d" % (hash(call.id) & 0x7FFFFFFF))

@@ -110,6 +110,9 @@ class TimelineRecorder:
     wants = (Noted, Digit, DtmfSending, TransferStepped)
 
     def observe(self, event: CallEvent) -> None:
+        if type(event) is Noted:  # most events: a SIP message or a note
+            event.call.timeline.append(event.entry)
+            return
         match event:
             case Noted(call=call, entry=entry):
                 call.timeline.append(entry)

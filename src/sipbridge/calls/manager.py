@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sipbridge.audiostream import Direction
+from sipbridge.calls.answers import AnswerCache
 from sipbridge.calls.call import (
     PRIVATE_HEADERS,
     RECENT_CALLS,
@@ -58,7 +59,6 @@ from sipbridge.sip.events import (
 )
 from sipbridge.sip.message import Request
 from sipbridge.sip.sdp import (
-    answer_offer,
     build_offer,
     new_srtp_key,
     parse_sdp,
@@ -117,6 +117,7 @@ class CallManager:
         if auto_answer is not None and auto_answer.startswith("play:"):
             self._play = load_wav(Path(auto_answer[5:]))
         self.auto_answer = auto_answer
+        self.answers = AnswerCache()  # the SDP answers, from templates of earlier ones
         self.transfers = Transfers(self, sip, events, media=media, media_host=media_host,
                                    bind_host=bind_host, policy=transfers or TransferPolicy())
         self.dtmf = DtmfSends(sip, events, media)
@@ -196,20 +197,28 @@ class CallManager:
         self.calls[call.id] = call
         self.by_leg[event.leg_id] = call
         self.by_sip_id[call.sip_call_id] = call
-        self.changed(call)
         log.info("call %s from %s to %s", call.id, call.caller, call.callee)
+        answer_now = self.auto_answer is not None and policy.ring_time <= 0
+        if not answer_now:
+            self.changed(call)
         if req.body and req.content_type != "application/sdp":
-            self.ua.reject(event.leg_id, 415, now, headers=[("Accept", "application/sdp")])
+            self._refuse(call, answer_now, 415, now, [("Accept", "application/sdp")])
             return
         try:
             self._negotiate(call, req.body, event.source.host, event.source.transport)
         except NoMediaPort as exc:
             log.warning("call %s refused: %s", call.id, exc)
-            self.ua.reject(event.leg_id, 503, now, headers=[("Retry-After", "5")])
+            self._refuse(call, answer_now, 503, now, [("Retry-After", "5")])
             return
         except SipError as exc:
-            self.ua.reject(event.leg_id, exc.status, now,
-                           headers=[("Warning", f'399 sipbridge "{exc.reason}"')])
+            self._refuse(call, answer_now, exc.status, now,
+                         [("Warning", f'399 sipbridge "{exc.reason}"')])
+            return
+        if answer_now:
+            # Answered in this same turn of the loop: its record is written once, answered
+            # (`_answer` says it changed), not ringing and then answered.
+            self.ua.ring(event.leg_id, now)
+            self._answer(call)
             return
         if self.auto_answer is None and policy.ask_app:
             # The application decides (webhook); the caller hears ringing meanwhile.
@@ -224,10 +233,15 @@ class CallManager:
             self.ua.reject(event.leg_id, policy.reject_code, now)
             return
         self.ua.ring(event.leg_id, now)
-        if policy.ring_time > 0:
-            call.cancel_timer = self.sip.schedule(policy.ring_time, lambda: self._answer(call))
-        else:
-            self._answer(call)
+        call.cancel_timer = self.sip.schedule(policy.ring_time, lambda: self._answer(call))
+
+    def _refuse(self, call: Call, unsaid: bool, status: int, now: float,
+                headers: list[tuple[str, str]]) -> None:
+        """A new call refused with `status`; `unsaid`: its record was not written yet (it
+        was to be answered at once), so it is now, as a call that rang."""
+        if unsaid:
+            self.changed(call)
+        self.ua.reject(call.leg_id, status, now, headers=headers)
 
     def _negotiate(self, call: Call, offer: bytes, peer_host: str, transport: str = "udp"
                    ) -> None:
@@ -243,8 +257,8 @@ class CallManager:
         port = call.rtp_port
         call.sdp_version += 1
         if offer:
-            answer, audio = answer_offer(
-                parse_sdp(offer), local_address=host, local_port=port,
+            call.local_sdp, audio = self.answers.answer(
+                offer, local_address=host, local_port=port,
                 session_id=hash(call.id) & 0x7FFFFFFF, session_version=call.sdp_version,
                 srtp=policy.srtp, secure_signalling=secure,
                 srtp_over_cleartext=policy.srtp_over_cleartext, srtp_key=srtp_key,
@@ -252,7 +266,6 @@ class CallManager:
             )
             call.audio = audio
             call.on_hold = audio.direction in (Direction.RECVONLY, Direction.INACTIVE)
-            call.local_sdp = answer.to_bytes()
         else:
             offer_srtp = policy.srtp == "required" and (secure or policy.srtp_over_cleartext)
             call.local_sdp = build_offer(

@@ -95,9 +95,14 @@ class SipTrace:
         call's too while its transactions last; False when it belongs to no call (yet).
         `early`: before the UA has read it, when an INVITE with an ended call's Call-ID may
         still make a new call (False then: it is traced once the UA has acted)."""
-        if not self.ids.expire():  # no call at all: not even the Call-ID is looked for
+        ids = self.ids
+        if not ids.expire():  # no call at all: not even the Call-ID is looked for
             return False
-        call = self._call_of(data)
+        # `_call_of`, inline: this runs for every SIP message.
+        match = _CALL_ID.search(data)
+        if match is None:
+            return False
+        call = ids._calls.get(match.group(1).strip().decode("utf-8", "replace"))
         if call is None:
             return False
         if early and call.state is CallState.ENDED and data.startswith(b"INVITE "):
