@@ -33,7 +33,7 @@ log = logging.getLogger("sipbridge.store")
 T = TypeVar("T")
 
 _BATCH_MAX = 1000  # writes per transaction; a batch this size commits in a few ms
-LINGER = 0.010  # seconds the writer waits, once woken, for more writes to batch
+LINGER = 0.002  # seconds the writer waits, once woken, for more writes to batch
 
 # What the writer thread is doing, as the callers see it (under `_lock`).
 _BUSY = 0  # applying writes or about to look at the queue: nobody needs to wake it
