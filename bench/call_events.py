@@ -85,7 +85,8 @@ _MESSAGES = (
 )
 FIGURES: MediaFigures = {
     "packets_in": 0, "packets_out": 0, "lost": 0, "duplicates": 0, "reordered": 0,
-    "jitter_ms": 0.0, "late": 0, "concealed": 0, "rtcp_in": 0, "rtcp_out": 0, "stun": 0,
+    "jitter_ms": 0.0, "late": 0, "concealed": 0, "skipped": 0, "stalled": 0, "rtcp_in": 0,
+    "rtcp_out": 0, "stun": 0,
     "stun_answered": 0, "dtmf": "", "dropped": {}, "srtp": False}
 
 

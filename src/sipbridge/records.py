@@ -88,6 +88,8 @@ class MediaFigures(TypedDict):
     jitter_ms: float
     late: int
     concealed: int
+    skipped: int  # queued frames the jitter buffer dropped to shrink its delay
+    stalled: int  # ticks it held back, playing nothing, to grow its delay
     rtcp_in: int
     rtcp_out: int
     stun: int

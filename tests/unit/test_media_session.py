@@ -552,3 +552,26 @@ def test_a_name_looked_up_is_sent_to_unless_the_callers_packets_came_first(
     assert s.peer_known and s.stats.packets_out == 1
     assert parse_rtp(peer.rtp.recvfrom(2048)[0]).ssrc != PEER_SSRC
     s.close()
+
+
+def test_figures_count_the_jitter_buffers_steps(pool: PortPool, peer: Peer) -> None:
+    """A network that holds packets back now and then makes the jitter buffer grow (ticks
+    that play nothing: `stalled`) and, once it is steady again, shrink (queued frames
+    dropped: `skipped`): each a 20 ms step in what is heard, in the figures and the log."""
+    s = make_session(pool, peer)
+    held: list[int] = []
+    for k in range(1500):
+        t = 0.02 * k
+        if k < 400 and k % 40 in range(30, 36):  # 120 ms held back, then a burst
+            held.append(k)
+        else:
+            for seq in held:
+                s.receive(packet(seq), peer.addr, t)
+            held = []
+            s.receive(packet(k), peer.addr, t)
+        s.tick(t + 0.001)
+    figures = s.figures()
+    assert figures["stalled"] == s.jitter.stalled >= 1
+    assert figures["skipped"] == s.jitter.skipped >= 1
+    assert f"skipped={s.jitter.skipped} stalled={s.jitter.stalled} " in s.summary()
+    s.close()

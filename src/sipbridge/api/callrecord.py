@@ -99,7 +99,9 @@ as the call runs and final once it ends: `packets_in` (datagrams received on the
 STUN aside), `packets_out`, `lost` (sequence numbers that never arrived: a duplicate does
 not offset a loss as in RFC 3550's cumulative loss), `duplicates`, `reordered` (arrived
 after a later packet), `jitter_ms` (RFC 3550 interarrival jitter), `late` and `concealed`
-(frames), `rtcp_in`, `rtcp_out`, `stun` (STUN messages
+(frames), `skipped` (queued frames the jitter buffer dropped to shrink its delay) and
+`stalled` (ticks it played nothing to grow it): each a 20 ms step in what is heard;
+`rtcp_in`, `rtcp_out`, `stun` (STUN messages
 received on the media ports, RFC 7983), `stun_answered` (Binding Success Responses sent),
 `dtmf` (the digits), `dropped` (packets dropped, by reason: `version`, `short`,
 `payload_type`, `source`, `flood`, `srtp_auth`, `srtp_replay`, ...) and `srtp` (whether the

@@ -707,7 +707,8 @@ class MediaSession:
             "packets_in": stats.packets_in, "packets_out": stats.packets_out,
             "lost": rx.missing, "duplicates": rx.duplicates, "reordered": rx.reordered,
             "jitter_ms": round(rx.jitter_ms(self.codec.clock_rate), 2), "late": self.jitter.late,
-            "concealed": self.jitter.concealed,
+            "concealed": self.jitter.concealed, "skipped": self.jitter.skipped,
+            "stalled": self.jitter.stalled,
             "rtcp_in": stats.rtcp_in, "rtcp_out": stats.rtcp_out,
             "stun": stats.stun, "stun_answered": stats.stun_answered,
             "dtmf": "".join(d.digit for d in self.digits), "dropped": dict(self.dropped),
@@ -721,6 +722,7 @@ class MediaSession:
                 f"lost={rx.missing} dup={rx.duplicates} reordered={rx.reordered} "
                 f"jitter={rx.jitter_ms(self.codec.clock_rate):.1f}ms "
                 f"late={self.jitter.late} concealed={self.jitter.concealed} "
+                f"skipped={self.jitter.skipped} stalled={self.jitter.stalled} "
                 f"stun={self.stats.stun} "
                 f"dtmf={''.join(d.digit for d in self.digits) or '-'}"
                 + (f" dropped: {dropped}" if dropped else ""))
