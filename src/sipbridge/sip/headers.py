@@ -251,22 +251,36 @@ def _name_addr_from_template(value: str, what: str) -> NameAddr | None:
     after = value.rfind(">") + 1
     if at < after or '"' in value[after:] or value.lower().count("tag") != 1:
         return None
-    start = at + len(_TAG_AT)
+    cut = _cut_param(value, at + len(_TAG_AT), _TAG_STAND_IN)
+    if cut is None:
+        return None
+    template_value, tag = cut
+    try:
+        template = _parse_name_addr_cached(template_value, what)
+    except ParseError:
+        return None  # parsed as it is, for the error that names what is wrong
+    params = _put_param(template.params, "tag", _TAG_STAND_IN, tag)
+    return None if params is None else NameAddr(template.uri, template.display, params)
+
+
+def _cut_param(value: str, start: int, stand_in: str) -> tuple[str, str] | None:
+    """The parameter value at `start` (up to the next ";") replaced by `stand_in`, and
+    the value cut out; None unless that value is a token, as _split_params asks."""
     end = value.find(";", start)
     if end < 0:
         end = len(value)
-    tag = value[start:end]
-    if not _PARAM_VALUE.match(tag):  # what _split_params asks of a token value
+    found = value[start:end]
+    if not _PARAM_VALUE.match(found):
         return None
-    try:
-        template = _parse_name_addr_cached(value[:start] + _TAG_STAND_IN + value[end:], what)
-    except ParseError:
-        return None  # parsed as it is, for the error that names what is wrong
-    params = template.params
-    for i, (name, param) in enumerate(params):
-        if name == "tag" and param == _TAG_STAND_IN:
-            return NameAddr(template.uri, template.display,
-                            (*params[:i], ("tag", tag), *params[i + 1 :]))
+    return value[:start] + stand_in + value[end:], found
+
+
+def _put_param(params: Params, name: str, stand_in: str, actual: str) -> Params | None:
+    """`params` with the parameter `name` that holds `stand_in` given `actual` instead;
+    None if there is no such parameter."""
+    for i, (key, param) in enumerate(params):
+        if key == name and param == stand_in:
+            return (*params[:i], (name, actual), *params[i + 1 :])
     return None
 
 
@@ -410,23 +424,17 @@ def _via_from_template(value: str) -> Via | None:
     # for it. No quotes: no quoted-string could hold what looks like a parameter.
     if at < 0 or '"' in value or value.lower().count("branch") != 1:
         return None
-    start = at + len(_BRANCH_AT)
-    end = value.find(";", start)
-    if end < 0:
-        end = len(value)
-    branch = value[start:end]
-    if not _PARAM_VALUE.match(branch):  # what _split_params asks of a token value
+    cut = _cut_param(value, at + len(_BRANCH_AT), _BRANCH_STAND_IN)
+    if cut is None:
         return None
+    template_value, branch = cut
     try:
-        template = _parse_via_cached(value[:start] + _BRANCH_STAND_IN + value[end:])
+        template = _parse_via_cached(template_value)
     except ParseError:
         return None  # parsed as it is, for the error that names what is wrong
-    params = template.params
-    for i, (name, param) in enumerate(params):
-        if name == "branch" and param == _BRANCH_STAND_IN:
-            return Via(template.transport, template.host, template.port,
-                       (*params[:i], ("branch", branch), *params[i + 1 :]))
-    return None
+    params = _put_param(template.params, "branch", _BRANCH_STAND_IN, branch)
+    return None if params is None else Via(template.transport, template.host, template.port,
+                                           params)
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
