@@ -163,7 +163,7 @@ def app_call() -> tuple[Harness, Call]:
     h = Harness(auto_answer=None, app=True)
     h.send(invite(OFFER.format(direction="sendrecv")).replace(
         "Max-Forwards: 70\n", "Max-Forwards: 70\nAuthorization: Digest secret\nX-Case: 42\n"))
-    assert h.statuses() == [100, 180] and len(h.incoming) == 1
+    assert h.statuses() == [180] and len(h.incoming) == 1
     return h, h.incoming[0]
 
 

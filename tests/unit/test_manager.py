@@ -29,7 +29,7 @@ from tests.unit.callharness import (
 def test_auto_answer_silence_answers_with_sdp() -> None:
     h = Harness()
     h.send(invite(OFFER.format(direction="sendrecv")))
-    assert h.statuses() == [100, 180, 200]
+    assert h.statuses() == [180, 200]
     answer = parse_sdp(h.sent[-1].body)
     call = next(iter(h.manager.calls.values()))
     assert answer.media[0].port == call.rtp_port and 20000 <= call.rtp_port < 20100
@@ -46,7 +46,7 @@ def test_auto_answer_silence_answers_with_sdp() -> None:
 def test_without_application_calls_are_refused_with_the_configured_code() -> None:
     h = Harness(auto_answer=None, reject_code=503)
     h.send(invite(OFFER.format(direction="sendrecv")))
-    assert h.statuses() == [100, 503]
+    assert h.statuses() == [503]
     assert h.ended[0].reason is EndReason.REJECTED
     assert h.manager.calls == {}
     assert h.media.pool.in_use == 0 and h.media.sessions == {}  # its RTP port was freed
@@ -56,25 +56,25 @@ def test_no_common_codec_gets_488_with_a_warning() -> None:
     h = Harness()
     g729 = OFFER.format(direction="sendrecv").replace("RTP/AVP 0 8 101", "RTP/AVP 18")
     h.send(invite(g729))
-    assert h.statuses() == [100, 488]
+    assert h.statuses() == [488]
     assert "codec" in (h.sent[-1].headers.get("Warning") or "")
 
 
 def test_non_sdp_body_gets_415() -> None:
     h = Harness()
     h.send(invite("hello", content_type="text/plain"))
-    assert h.statuses() == [100, 415]
+    assert h.statuses() == [415]
     assert h.sent[-1].headers.get("Accept") == "application/sdp"
 
 
 def test_ring_time_delays_the_answer_and_cancel_stops_it() -> None:
     h = Harness(ring_time=3.0)
     h.send(invite(OFFER.format(direction="sendrecv")))
-    assert h.statuses() == [100, 180]
+    assert h.statuses() == [180]
     h.advance(2.0)
-    assert h.statuses() == [100, 180]
+    assert h.statuses() == [180]
     h.advance(1.5)
-    assert h.statuses() == [100, 180, 200]
+    assert h.statuses() == [180, 200]
 
     h2 = Harness(ring_time=3.0)
     h2.send(invite(OFFER.format(direction="sendrecv")))
@@ -83,9 +83,9 @@ def test_ring_time_delays_the_answer_and_cancel_stops_it() -> None:
         "From: <sip:carrier@127.0.0.1>;tag=c1\nTo: <sip:bot@127.0.0.1>\nCall-ID: call-1\n"
         "CSeq: 1 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n"
     )
-    assert sorted(h2.statuses()[2:]) == [200, 487]
+    assert sorted(h2.statuses()[1:]) == [200, 487]
     h2.advance(5.0)
-    assert 200 not in h2.statuses()[2:] or h2.statuses().count(200) == 1  # only the CANCEL's
+    assert 200 not in h2.statuses()[1:] or h2.statuses().count(200) == 1  # only the CANCEL's
     assert h2.ended[0].reason is EndReason.CANCELLED
 
 
@@ -127,14 +127,14 @@ def test_application_calls_ring_until_accepted() -> None:
     assert names[:2] == ["Via", "From"] and ("X-Case", "42") in call.sip_headers
     assert "Authorization" not in names  # never shown to the application
     h.manager.accept(call.id, {"type": "realtime"})
-    assert h.statuses() == [100, 180, 200] and call.state is CallState.ACTIVE
+    assert h.statuses() == [180, 200] and call.state is CallState.ACTIVE
     assert call.id in h.media.sessions
     with pytest.raises(CallError) as err:
         h.manager.accept(call.id, {"type": "realtime"})
     assert err.value.kind == "conflict" and "already accepted" in err.value.message
     h.send(ack(h.sent[-1].to.tag or ""))  # the 200 is not retransmitted
     h.advance(30)  # the accept timer was cancelled: nothing more is sent
-    assert h.statuses() == [100, 180, 200]
+    assert h.statuses() == [180, 200]
 
 
 def test_application_reject_and_the_accept_timeout() -> None:
@@ -147,7 +147,7 @@ def test_application_reject_and_the_accept_timeout() -> None:
     assert err.value.kind == "conflict" and "ended" in err.value.message  # ... and final
     h2, call2 = app_call()
     h2.advance(19.9)
-    assert h2.statuses() == [100, 180]
+    assert h2.statuses() == [180]
     h2.advance(0.2)
     assert h2.statuses()[-1] == 408 and call2.end_reason == "accept_timeout"
     with pytest.raises(CallError) as err:

@@ -86,6 +86,32 @@ def test_invite_gets_100_trying_at_once_and_an_incoming_call(phone: Phone) -> No
     assert phone.ua.stats["calls_in"] == 1
 
 
+def statuses(out: list[tuple[bytes, Address]]) -> list[int]:
+    responses = [parse_message(data) for data, _ in out]
+    return [r.status for r in responses if isinstance(r, Response)]
+
+
+def test_an_invite_answered_in_the_same_turn_gets_no_100(phone: Phone) -> None:
+    phone.ua.receive(sip("INVITE", body=OFFER), UAC, 0.0)
+    [event] = phone.ua.events()
+    assert isinstance(event, IncomingCall)
+    phone.ua.ring(event.leg_id, 0.0)  # the TU rings before this turn's messages go out
+    assert statuses(phone.ua.outgoing()) == [180]
+    # ... and a retransmitted INVITE gets the 180 again, not a 100
+    phone.ua.receive(sip("INVITE", body=OFFER), UAC, 0.1)
+    assert statuses(phone.ua.outgoing()) == [180]
+    assert phone.ua.stats["answered_100"] == 0
+
+
+def test_an_invite_left_unanswered_in_its_turn_gets_100_once(phone: Phone) -> None:
+    phone.ua.receive(sip("INVITE", body=OFFER), UAC, 0.0)
+    phone.ua.events()
+    assert statuses(phone.ua.outgoing()) == [100]
+    assert phone.ua.outgoing() == []  # not again at the next turn
+    phone.ua.receive(sip("INVITE", body=OFFER), UAC, 0.5)  # a retransmission: the 100 again
+    assert statuses(phone.ua.outgoing()) == [100]
+
+
 def test_ring_sends_180_with_to_tag_and_contact(phone: Phone) -> None:
     leg = phone.call()
     phone.ua.ring(leg, phone.now)

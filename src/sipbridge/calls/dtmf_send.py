@@ -11,7 +11,6 @@ method (no telephone-event negotiated, on hold) is refused up front; nothing is 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import deque
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from sipbridge.media.engine import MediaEngine
 from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.events import RequestOutcome
 from sipbridge.sip.message import Headers
+from sipbridge.sip.tokens import token_hex
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -84,7 +84,7 @@ class DtmfSends:
         if len(queue) >= MAX_QUEUED:
             raise CallError("conflict", f"Cannot send DTMF on call '{call.id}': {MAX_QUEUED} "
                             "sends are already queued; wait for them to be sent.")
-        job = DtmfSend("dtmf_" + secrets.token_hex(8), digits, method, duration_ms, gap_ms,
+        job = DtmfSend("dtmf_" + token_hex(8), digits, method, duration_ms, gap_ms,
                        requested_by, on_done=on_done)
         queue.append(job)
         self.legs[call.leg_id] = call

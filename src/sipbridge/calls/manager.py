@@ -7,7 +7,6 @@ happens to a call goes out as events (`calls.events`); transfers are
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from sipbridge.sip.sdp import (
     parse_sdp,
     read_answer,
 )
+from sipbridge.sip.tokens import token_hex
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -184,7 +184,7 @@ class CallManager:
             return
         self.per_source[host] += 1
         call = Call(
-            id="rtc_" + secrets.token_hex(16),
+            id="rtc_" + token_hex(16),
             leg_id=event.leg_id,
             caller=str(req.from_.uri),
             callee=str(req.to.uri),

@@ -8,7 +8,6 @@ audio)."""
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from sipbridge.sip.subscription import (
     SipFragError,
     read_refer_notify,
 )
+from sipbridge.sip.tokens import token_hex
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -142,7 +142,7 @@ class Transfers:
             return self._warm(call, target, brief, timers or self.timers, requested_by, held,
                               hold_for, connect or self.warm.connect, now)
         mode = fallback or self._call_fallback(call)
-        job = TransferJob(Transfer("xfer_" + secrets.token_hex(12), target, now,
+        job = TransferJob(Transfer("xfer_" + token_hex(12), target, now,
                                    timers or self.timers, epoch=time.time() - now, reason=held,
                                    hold=hold_for if held is not None else 0.0),
                           mode, list(headers or []),
@@ -156,7 +156,7 @@ class Transfers:
     def _warm(self, call: Call, target: str, brief: str | None, timers: TransferTimers,
               requested_by: str, held: str | None, hold_for: float, connect: str,
               now: float) -> TransferJob:
-        machine = WarmTransfer("xfer_" + secrets.token_hex(12), target, now, timers,
+        machine = WarmTransfer("xfer_" + token_hex(12), target, now, timers,
                                epoch=time.time() - now, reason=held,
                                hold=hold_for if held is not None else 0.0)
         job = TransferJob(machine, "none", requested_by=requested_by, mode="warm",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import random
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from sipbridge.sip.auth import authorization, choose_challenge
 from sipbridge.sip.errors import ParseError, SipError
 from sipbridge.sip.headers import NameAddr, Via
 from sipbridge.sip.message import Headers, Request, Response
+from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import new_branch
 from sipbridge.sip.uri import SipUri, parse_sip_uri
 
@@ -78,7 +78,7 @@ class Registration:
     """The sans-IO REGISTER client of one binding."""
 
     def __init__(self, spec: RegistrationSpec, *, host: str, port: int,
-                 token: Callable[[], str] = lambda: secrets.token_hex(8),
+                 token: Callable[[], str] = lambda: token_hex(8),
                  jitter: Callable[[], float] = random.random) -> None:
         self.spec = spec
         self._token = token

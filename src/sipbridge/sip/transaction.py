@@ -238,6 +238,11 @@ class ServerTransaction(Transaction):
         self.final_status: int | None = None
         self.acked = False
 
+    @property
+    def responded(self) -> bool:
+        """Whether it has sent a response yet."""
+        return self._last is not None
+
     def respond(self, response: Response, now: float) -> None:
         """Send a response from the TU; illegal after a final one (except 2xx re-sends)."""
         if self.state not in (State.TRYING, State.PROCEEDING):

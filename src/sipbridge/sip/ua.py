@@ -46,6 +46,7 @@ from sipbridge.sip.message import (
 from sipbridge.sip.overload import REASON as OVERLOADED
 from sipbridge.sip.overload import OverloadDetector, shed_head, shed_response, shed_target
 from sipbridge.sip.ratelimit import RateLimiter
+from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -116,7 +117,7 @@ class UserAgent:
         config: UaConfig,
         guard: AccessGuard,
         *,
-        token: Callable[[], str] = lambda: secrets.token_hex(8),
+        token: Callable[[], str] = lambda: token_hex(8),
         limiter: RateLimiter | None = None,
         overload: OverloadDetector | None = None,
     ) -> None:
@@ -139,15 +140,26 @@ class UserAgent:
         self._timers: list[tuple[float, int, ServerTransaction | ClientTransaction]] = []
         self._timer_seq = 0
         self._out: list[tuple[bytes, Address]] = []
+        self._trying: list[tuple[ServerTransaction, float]] = []  # new INVITEs not answered
         self._events: list[Event] = []
         self.stats: Counter[str] = Counter()
 
     # ---- I/O side -------------------------------------------------------------------
 
     def outgoing(self) -> list[tuple[bytes, Address]]:
+        if self._trying:
+            self._send_trying()
         out = self._out[:]  # transactions hold this list: empty it in place
         self._out.clear()
         return out
+
+    def _send_trying(self) -> None:
+        """A 100 Trying to each new INVITE that nothing has answered yet."""
+        trying, self._trying = self._trying, []
+        for tx, now in trying:
+            request = tx.request
+            if request is not None and tx.state is State.PROCEEDING and not tx.responded:
+                self._respond_tx(tx, response_to(request, 100), now)
 
     def events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -605,7 +617,10 @@ class UserAgent:
         self._legs[leg.id] = leg
         self._dialogs[dialog.id] = leg
         self._incoming_ids[req.call_id] += 1
-        self._respond_tx(tx, response_to(req, 100), now)
+        # 100 Trying only if the TU has not answered by the time this turn's messages go
+        # out (RFC 3261 17.2.1 asks for it within 200 ms of no provisional response): a
+        # call answered at once gets its 180 or 200 without a 100 before it.
+        self._trying.append((tx, now))
         self.stats["calls_in"] += 1
         self._events.append(IncomingCall(leg.id, req, source, user))
 
