@@ -8,6 +8,7 @@ hit the catch-all in `receive` (`stats["internal_errors"]`).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -27,7 +28,7 @@ from sipbridge.sip.events import (
     RequestOutcome,
 )
 from sipbridge.sip.message import Headers, Request, Response, parse_message
-from sipbridge.sip.transaction import State, TimerConfig
+from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.ua import LegState
 from tests.unit.sipphone import (
     ANSWER,
@@ -224,8 +225,10 @@ def test_cancel_while_ringing(phone: Phone) -> None:
     phone.receive(sip("ACK", to=to_of(terminated.msg), contact=False))
     assert phone.take() == [] and phone.take_events() == []
     assert phone.ua.stats["dropped_stray_ack"] == 0
-    [tx] = phone.ua.server_transactions
-    assert tx.state is State.CONFIRMED
+    assert phone.ua.server_transactions == []  # Confirmed: only its values are left
+    [settled] = phone.ua.settled_transactions
+    assert settled.absorbs_ack and settled.resend is not None
+    assert settled.resend.startswith(b"SIP/2.0 487 ")
     phone.advance(100.0)
     assert phone.take() == []  # no 487 retransmissions once ACKed
     assert phone.empty()
@@ -273,6 +276,37 @@ def test_bye_ends_the_call(phone: Phone) -> None:
     assert phone.take_events() == []
     phone.advance(100.0)
     assert phone.empty()
+
+
+def test_a_finished_call_leaves_only_untracked_values_until_its_transactions_end(
+        phone: Phone) -> None:
+    leg, ok = phone.answered_call()
+    phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-bye-1", contact=False))
+    phone.take()
+    assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
+    # The INVITE's (Accepted, ACKed) and the BYE's (Completed) are settled: no transaction
+    # object is left, only plain values that the garbage collector does not walk.
+    assert phone.ua.server_transactions == []
+    assert phone.ua.held["server_transactions"] == 2
+    settled = sorted(phone.ua.settled_transactions, key=lambda s: s.end_at)
+    assert [s.absorbs_ack for s in settled] == [False, False]
+    assert [s.owner for s in settled] == [leg, ""]
+    assert {s.resend is None for s in settled} == {True, False}  # the INVITE's 2xx: none
+    gc.collect()
+    assert not any(gc.is_tracked(v) for v in phone.ua._settled.values())
+    assert not any(gc.is_tracked(k) for k in phone.ua._settled)
+    # A retransmitted INVITE is absorbed; a CANCEL for it gets 200 with the call's tag
+    phone.receive(sip("INVITE", body=OFFER))
+    assert phone.take() == [] and phone.take_events() == []
+    phone.receive(sip("CANCEL", contact=False))
+    cancelled = phone.one()
+    assert cancelled.status == 200 and cancelled.msg.to.tag == leg
+    assert phone.take_events() == []
+    # Both end with their timers (64*T1), and a BYE after that finds nothing
+    phone.advance(phone.now + 32.0)
+    assert phone.empty() and phone.ua.deadline is None
+    phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-bye-1", contact=False))
+    assert phone.one().status == 481
 
 
 def test_bye_for_unknown_dialog_gets_481_and_no_state(phone: Phone) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sipbridge.sip.address import Address
 from sipbridge.sip.message import Headers, Request, Response
@@ -79,6 +80,7 @@ class Transaction:
         self.timers = timers
         self.state = State.TRYING
         self.owner = ""  # the id of the leg this transaction belongs to, if any
+        self.settled_away = False  # the core keeps its `Settled` values in its place
         self.outbox: list[tuple[bytes, Address]] = [] if outbox is None else outbox
         # Retransmit timer (A, E, G or the 2xx timer) and the timer that ends a state.
         self._retransmit_at: float | None = None
@@ -211,6 +213,26 @@ class ClientTransaction(Transaction):
         return Request("ACK", req.uri, h)
 
 
+class Settled(NamedTuple):
+    """What is left of a server transaction that only waits for its end: the last response
+    to send again to a retransmitted request (None: absorb it), whether an ACK is absorbed,
+    the leg it belongs to, and its peer and end, as plain values. Kept in place of the
+    transaction until then (up to 64*T1), so that the garbage collector has nothing to walk:
+    a tuple of strings, numbers and bytes is not tracked."""
+
+    end_at: float
+    resend: bytes | None
+    absorbs_ack: bool
+    owner: str
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def peer(self) -> Address:
+        return Address(self.transport, self.host, self.port)
+
+
 class ServerTransaction(Transaction):
     """INVITE (17.2.1) and non-INVITE (17.2.2) server transactions.
 
@@ -284,6 +306,26 @@ class ServerTransaction(Transaction):
         """The TU matched an ACK to this transaction's 2xx: stop retransmitting it."""
         self.acked = True
         self._retransmit_at = None
+
+    def settled(self) -> Settled | None:
+        """What is left of it, once all it has still to do is answer retransmissions
+        until its timer ends: a non-INVITE Completed (Timer J), an INVITE Confirmed (Timer
+        I) or Accepted with the ACK of its 2xx in (Timer L); else None."""
+        state = self.state
+        if state is State.COMPLETED and not self.is_invite:
+            absorbs_ack, resend = False, self._last
+        elif state is State.CONFIRMED:
+            absorbs_ack, resend = True, self._last
+        elif state is State.ACCEPTED and self.acked:
+            absorbs_ack, resend = False, None  # 2xx re-sends are the TU's (13.3.1.4)
+        else:
+            return None
+        end_at = self._end_at
+        if end_at is None or self._retransmit_at is not None:
+            return None
+        peer = self.peer
+        return Settled(end_at, resend, absorbs_ack, self.owner, peer.transport, peer.host,
+                       peer.port)
 
     def on_timer(self, now: float) -> Timeout | None:
         if self._due(self._end_at, now):

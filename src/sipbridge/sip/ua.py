@@ -16,6 +16,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipbridge.sip.access import AccessGuard
 from sipbridge.sip.address import Address, in_networks, response_target, stamp_via
@@ -50,6 +51,7 @@ from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
+    Settled,
     State,
     Timeout,
     TimerConfig,
@@ -134,6 +136,10 @@ class UserAgent:
         self._admitted = False  # the message being received was admitted already
         self._incoming_ids: Counter[str] = Counter()  # Call-IDs of incoming legs alive
         self._server: dict[tuple[str, ...], ServerTransaction] = {}
+        # Server transactions that only wait for their end, as `Settled` values in plain
+        # tuples, and their ends in a heap of (end, key).
+        self._settled: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._settled_ends: list[tuple[float, tuple[str, ...]]] = []
         self._client: dict[tuple[str, ...], tuple[ClientTransaction, str]] = {}
         self._legs: dict[str, Leg] = {}
         self._dialogs: dict[DialogId, Leg] = {}
@@ -167,20 +173,30 @@ class UserAgent:
 
     @property
     def deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        at = self._timers[0][0] if self._timers else None
+        if self._settled_ends:
+            end = self._settled_ends[0][0]
+            return end if at is None or end < at else at
+        return at
 
     @property
     def held(self) -> dict[str, int]:
         """How much state the core holds: server and client transactions, legs, dialogs and
         the Call-IDs of incoming legs alive; all 0 once every call and transaction ended."""
-        return {"server_transactions": len(self._server),
+        return {"server_transactions": len(self._server) + len(self._settled),
                 "client_transactions": len(self._client), "legs": len(self._legs),
                 "dialogs": len(self._dialogs), "incoming_call_ids": len(self._incoming_ids)}
 
     @property
     def server_transactions(self) -> list[ServerTransaction]:
-        """The server transactions alive (RFC 3261 17.2)."""
+        """The server transactions alive (RFC 3261 17.2) that have more to do than answer
+        retransmissions until they end (those are `settled_transactions`)."""
         return list(self._server.values())
+
+    @property
+    def settled_transactions(self) -> list[Settled]:
+        """What is left of the server transactions that only wait for their end."""
+        return [Settled._make(values) for values in self._settled.values()]
 
     def admit(self, source: Address, now: float) -> bool:
         """The per-source rate limit (`sip.ratelimit`), first, before any parsing: a flood
@@ -262,9 +278,15 @@ class UserAgent:
 
     def handle_timer(self, now: float) -> None:
         """Fire every transaction timer that is due."""
+        ends, settled = self._settled_ends, self._settled
+        while ends and ends[0][0] <= now:
+            at, key = heapq.heappop(ends)
+            values = settled.get(key)
+            if values is not None and values[0] == at:
+                del settled[key]
         while self._timers and self._timers[0][0] <= now:
             at, _, tx = heapq.heappop(self._timers)
-            if tx.terminated or tx.deadline != at:
+            if tx.terminated or tx.settled_away or tx.deadline != at:
                 continue  # stale entry: the timer moved or the transaction ended
             result = tx.on_timer(now)
             if isinstance(tx, ServerTransaction):
@@ -450,7 +472,10 @@ class UserAgent:
                 body: bytes = b"") -> None:
         """Answer an in-dialog request the TU was handed (ReInvite, InDialogRequest)."""
         leg = self._legs.get(leg_id)
-        tx = self._server.get(server_key(request))
+        key = server_key(request)
+        tx = self._server.get(key)
+        if tx is None and key in self._settled:
+            return  # answered already
         if tx is None or leg is None:
             raise KeyError("no pending transaction for that request")
         h = list(headers)
@@ -516,10 +541,18 @@ class UserAgent:
         if method == "CANCEL":
             self._on_cancel(req, source, now)
             return
-        tx = self._server.get(server_key(req))
+        key = server_key(req)
+        tx = self._server.get(key)
         if tx is not None:
             self.stats["retransmissions_absorbed"] += 1
             tx.receive(req, now)
+            return
+        settled = self._settled.get(key)
+        if settled is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            done = Settled._make(settled)
+            if done.resend is not None:
+                self._out.append((done.resend, done.peer))
             return
         if req.to.tag is not None:
             self._in_dialog(req, source, now)
@@ -675,11 +708,15 @@ class UserAgent:
         self._track(tx)
 
     def _on_ack(self, req: Request, now: float) -> None:
-        tx = self._server.get(server_key(req))
+        key = server_key(req)
+        tx = self._server.get(key)
         if tx is not None and tx.state in (State.COMPLETED, State.CONFIRMED):
             tx.receive(req, now)  # ACK for a non-2xx: absorbed by the transaction
             self._track(tx)
             return
+        settled = self._settled.get(key)
+        if settled is not None and Settled._make(settled).absorbs_ack:
+            return  # another ACK for a non-2xx, in Confirmed
         leg = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
         if leg is None:
             self.stats["dropped_stray_ack"] += 1
@@ -699,9 +736,14 @@ class UserAgent:
 
     def _on_cancel(self, req: Request, source: Address, now: float) -> None:
         """RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
-        invite_tx = self._server.get((*server_key(req)[:-1], "INVITE"))
+        invite_key = (*server_key(req)[:-1], "INVITE")
+        invite_tx = self._server.get(invite_key)
         if invite_tx is None:
-            self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
+            settled = self._settled.get(invite_key)
+            if settled is None:
+                self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
+            else:  # answered already: the CANCEL has nothing to do (9.2)
+                self._stateless(req, source, 200, to_tag=Settled._make(settled).owner or None)
             return
         self._stateless(req, source, 200, to_tag=invite_tx.owner or None)  # 9.2: same To tag
         leg = self._dialogs_by_tx(invite_tx)
@@ -776,6 +818,17 @@ class UserAgent:
             else:
                 self._client.pop(tx.key, None)
             return
+        if isinstance(tx, ServerTransaction):
+            if tx.settled_away:
+                return
+            settled = tx.settled()
+            if settled is not None and self._server.get(tx.key) is tx:
+                # From now on it is plain values: the transaction object can go.
+                del self._server[tx.key]
+                tx.settled_away = True
+                self._settled[tx.key] = tuple(settled)
+                heapq.heappush(self._settled_ends, (settled.end_at, tx.key))
+                return
         at = tx.deadline
         if at is not None:
             self._timer_seq += 1
