@@ -215,9 +215,9 @@ class CallManager:
                          [("Warning", f'399 sipbridge "{exc.reason}"')])
             return
         if answer_now:
-            # Answered in this same turn of the loop: its record is written once, answered
-            # (`_answer` says it changed), not ringing and then answered.
-            self.ua.ring(event.leg_id, now)
+            # Answered in this same turn of the loop: the 200 alone (no 180 that nobody
+            # would hear ring), and its record is written once, answered (`_answer` says it
+            # changed), not ringing and then answered.
             self._answer(call)
             return
         if self.auto_answer is None and policy.ask_app:
