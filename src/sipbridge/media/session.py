@@ -28,6 +28,7 @@ send and right after each RTP or RTCP datagram is told from STUN; a packet that 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -740,6 +741,7 @@ class MediaSession:
             self.recorder.close()
 
 
+@functools.lru_cache(maxsize=1024)  # the same few peers call again and again
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
