@@ -4,6 +4,7 @@ as when every change is written at once."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -124,3 +125,29 @@ def test_a_call_that_changes_twice_in_a_turn_is_handed_over_once(
     got = store.get_call("rtc_1")
     store.close()
     assert got is not None and got["state"] == "active"
+
+
+def test_a_call_written_to_the_store_is_freed_without_the_garbage_collector(
+        tmp_path: Path) -> None:
+    """The timeline's sink does not hold the call: a call that holds its timeline would
+    otherwise be a cycle, left to the collector (and to its pauses) after every call."""
+    store = SqliteStore(tmp_path / "calls.db")
+    sink = StoreSink(store, None)
+    call = Call(id="rtc_gc", leg_id="leg", caller="sip:a@127.0.0.1",
+                callee="sip:b@127.0.0.1", created_at=1.0, sip_call_id="call-gc")
+    sink.observe(Changed(call))
+    call.timeline.append({"at": 1.0, "kind": "sip", "line": "INVITE"})
+    assert call.timeline.sink is not None
+    gc.collect()
+    gc.disable()
+    try:
+        del call  # its last reference: freed now, unless a cycle holds it
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, Call)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        store.close()
+    assert left == [], "the call was left to the garbage collector"

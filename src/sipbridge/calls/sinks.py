@@ -69,9 +69,13 @@ class StoreSink:
             return
         call, store = event.call, self.store
         if call.timeline.sink is None:
+            # The sink holds the call's id, not the call: the call holds its timeline, and
+            # a cycle through them would leave each ended call to the garbage collector.
+            call_id = call.id
+
             def sink(entry: dict[str, object]) -> None:
                 at = entry.get("at")
-                self._write(store.add_event, call.id,
+                self._write(store.add_event, call_id,
                             at if isinstance(at, float) else time.time(),
                             str(entry.get("kind")), entry)
 
