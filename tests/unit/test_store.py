@@ -19,7 +19,8 @@ import pytest
 
 from sipbridge.records import CallRecord
 from sipbridge.store import SqliteStore, Store, StoreError
-from sipbridge.store.rows import dumps
+from sipbridge.store.rows import dumps, encode
+from sipbridge.store.writer import Write
 from tests.unit.storerecords import call, run_killed_child, transfer
 
 
@@ -378,6 +379,31 @@ def test_json_is_written_as_json_dumps_writes_it(value: object) -> None:
     text = dumps(value)
     assert text == json.dumps(value, default=str, separators=(",", ":"))
     assert type(text).__name__ == "JsonText"
+    plain = encode(value)
+    assert plain == text and type(plain) is str
+
+
+def test_sqlite_binds_json_as_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """sqlite3 binds an exact str at once; a str subclass (JsonText, for PostgreSQL's jsonb)
+    it first looks up among its adapters, for each parameter."""
+    store = SqliteStore(tmp_path / "calls.db")
+    applied: list[Write] = []
+    apply = store._apply
+
+    def spy(writes: list[Write]) -> None:
+        applied.extend(writes)
+        apply(writes)
+
+    monkeypatch.setattr(store, "_apply", spy)
+    store.upsert_call(call("rtc_1", custom={"a": 1}))
+    store.add_event("rtc_1", 1.0, "sip", {"line": "INVITE sip:a@b SIP/2.0"})
+    assert store.flush()
+    store.close()
+    assert len(applied) == 2
+    texts = [p for w in applied for p in w.params if isinstance(p, str)]
+    assert {type(p) for p in texts} == {str}
+    assert '{"line":"INVITE sip:a@b SIP/2.0"}' in texts
 
 
 def test_json_refuses_a_record_that_holds_itself(store: Store) -> None:

@@ -32,7 +32,6 @@ from sipbridge.records import CallRecord
 from sipbridge.store.rows import (
     COLUMNS,
     call_params,
-    dumps,
     event_params,
     row_to_call,
     timeline,
@@ -113,6 +112,9 @@ class SqlStore(QueuedWriter, Generic[C]):
     CALLER_MATCH: ClassVar[str]  # caller contains ?, as a plain substring
     TRANSFER_MATCH: ClassVar[str]  # a transfer of the call has status ?
     INSERTION_ORDER: ClassVar[str]  # an expression growing with each new call row
+    # How JSON values are serialised for the driver (a staticmethod): `rows.encode`'s plain
+    # text, which a driver binds at once, or `rows.dumps` for a JSON column type.
+    to_json: Callable[[object], str]
     label: str  # how logs and errors name the store (never with a password)
     unfinished = "ended_at IS NULL"  # the calls that `mark_unfinished` ends
     stamp: tuple[tuple[str, str], ...] = ()  # (column, SQL value) set by each upsert_call
@@ -218,7 +220,7 @@ class SqlStore(QueuedWriter, Generic[C]):
     def upsert_call(self, record: CallRecord) -> None:
         """Queue the call record (replacing any earlier one with the same id)."""
         try:
-            params = call_params(record)
+            params = call_params(record, self.to_json)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             # a bad record must not break the call
             self._count_errors(1, "call store: unusable call record: %r", exc)
@@ -229,7 +231,7 @@ class SqlStore(QueuedWriter, Generic[C]):
                   ) -> None:
         """Queue one timeline entry of the call."""
         try:
-            params = event_params(call_id, at, kind, data)
+            params = event_params(call_id, at, kind, data, self.to_json)
         except (TypeError, ValueError, RecursionError) as exc:
             self._count_errors(1, "call store: unusable event: %r", exc)
             return
@@ -247,7 +249,7 @@ class SqlStore(QueuedWriter, Generic[C]):
                           f"WHERE {self.unfinished} RETURNING id"),
                 (now, f"abnormal: {reason}"),
             ).fetchall()
-            data = dumps({"status": "restarted", "reason": reason})
+            data = self.to_json({"status": "restarted", "reason": reason})
             for (call_id,) in ended:
                 conn.execute(self._event_sql, (call_id, now, "gateway", data))
             return len(ended)

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from sipbridge.store.base import SqlStore, StoreError
+from sipbridge.store.rows import encode
 
 # Migration N is MIGRATIONS[N - 1]; a database records the last one applied in schema_version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -58,6 +59,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         "WHERE json_extract(t.value, '$.status') = ?)"
     )
     INSERTION_ORDER = "rowid"  # an upsert that replaces a call keeps its rowid
+    # JSON as plain str: sqlite3 binds an exact str at once, where a subclass of it is
+    # looked up among its adapters, parameter by parameter.
+    to_json = staticmethod(encode)
 
     def __init__(
         self,
