@@ -19,7 +19,7 @@ import pytest
 
 from sipbridge.records import CallRecord
 from sipbridge.store import SqliteStore, Store, StoreError
-from sipbridge.store.rows import dumps, encode
+from sipbridge.store.rows import COLUMNS, JSON_COLUMNS, SCALARS, call_params, dumps, encode
 from sipbridge.store.writer import Write
 from tests.unit.storerecords import call, run_killed_child, transfer
 
@@ -381,6 +381,33 @@ def test_json_is_written_as_json_dumps_writes_it(value: object) -> None:
     assert type(text).__name__ == "JsonText"
     plain = encode(value)
     assert plain == text and type(plain) is str
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"state": "ended", "answered_at": 2.0, "ended_at": 3.0, "end_reason": "remote_bye",
+     "recording": Path("/r/rtc_1.wav"), "transfers": [transfer("failed")],
+     "webhooks": [{"id": "wh_1"}], "custom": {"v": [1]}, "object": "realtime.call"},
+    {"sip": None, "transfers": None, "webhooks": None},
+    {"sip": ["not", "a", "mapping"], "transfers": {}, "webhooks": ""},
+])
+@pytest.mark.parametrize("to_json", [encode, dumps])
+def test_call_params_are_the_columns_in_order(fields: dict[str, object],
+                                              to_json: Callable[[object], str]) -> None:
+    record = cast("dict[str, object]", call("rtc_1", "sip:+14155550100@carrier.example", **fields))
+    sip = record.get("sip")
+    sip = sip if isinstance(sip, Mapping) else {}
+    known = {"id", "recording", "timeline", *SCALARS, *JSON_COLUMNS}
+    expected = {
+        **{c: record.get(c) for c in COLUMNS},
+        "id": "rtc_1", "caller": sip.get("from"), "callee": sip.get("to"),
+        "recording": None if record.get("recording") is None else str(record["recording"]),
+        **{c: to_json(record.get(c) or empty) for c, empty in JSON_COLUMNS.items()},
+        "extra": to_json({k: v for k, v in record.items() if k not in known}),
+    }
+    params = call_params(record, to_json)
+    assert params == tuple(expected[c] for c in COLUMNS)
+    assert {type(p) for p in params[-4:]} == {type(to_json({}))}
 
 
 def test_sqlite_binds_json_as_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
