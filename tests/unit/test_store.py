@@ -268,7 +268,9 @@ def test_reopen_runs_no_migration_twice(backend: Backend) -> None:
         store.upsert_call(call("rtc_1"))
     with backend.open() as store:
         assert store.get_call("rtc_1") is not None
-    assert backend.sql("SELECT version FROM schema_version") == [(1,)]
+    migrations = 2 if backend.name == "sqlite" else 1
+    assert backend.sql("SELECT version FROM schema_version ORDER BY version") == [
+        (v,) for v in range(1, migrations + 1)]
     backend.sql("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match="newer"):
         backend.open()
