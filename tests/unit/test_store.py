@@ -19,7 +19,8 @@ import pytest
 
 from sipbridge.records import CallRecord
 from sipbridge.store import SqliteStore, Store, StoreError
-from sipbridge.store.rows import dumps
+from sipbridge.store.rows import COLUMNS, JSON_COLUMNS, SCALARS, call_params, dumps, encode
+from sipbridge.store.writer import Write
 from tests.unit.storerecords import call, run_killed_child, transfer
 
 
@@ -267,7 +268,9 @@ def test_reopen_runs_no_migration_twice(backend: Backend) -> None:
         store.upsert_call(call("rtc_1"))
     with backend.open() as store:
         assert store.get_call("rtc_1") is not None
-    assert backend.sql("SELECT version FROM schema_version") == [(1,)]
+    migrations = 2 if backend.name == "sqlite" else 1
+    assert backend.sql("SELECT version FROM schema_version ORDER BY version") == [
+        (v,) for v in range(1, migrations + 1)]
     backend.sql("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match="newer"):
         backend.open()
@@ -378,6 +381,58 @@ def test_json_is_written_as_json_dumps_writes_it(value: object) -> None:
     text = dumps(value)
     assert text == json.dumps(value, default=str, separators=(",", ":"))
     assert type(text).__name__ == "JsonText"
+    plain = encode(value)
+    assert plain == text and type(plain) is str
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"state": "ended", "answered_at": 2.0, "ended_at": 3.0, "end_reason": "remote_bye",
+     "recording": Path("/r/rtc_1.wav"), "transfers": [transfer("failed")],
+     "webhooks": [{"id": "wh_1"}], "custom": {"v": [1]}, "object": "realtime.call"},
+    {"sip": None, "transfers": None, "webhooks": None},
+    {"sip": ["not", "a", "mapping"], "transfers": {}, "webhooks": ""},
+])
+@pytest.mark.parametrize("to_json", [encode, dumps])
+def test_call_params_are_the_columns_in_order(fields: dict[str, object],
+                                              to_json: Callable[[object], str]) -> None:
+    record = cast("dict[str, object]", call("rtc_1", "sip:+14155550100@carrier.example", **fields))
+    sip = record.get("sip")
+    sip = sip if isinstance(sip, Mapping) else {}
+    known = {"id", "recording", "timeline", *SCALARS, *JSON_COLUMNS}
+    expected = {
+        **{c: record.get(c) for c in COLUMNS},
+        "id": "rtc_1", "caller": sip.get("from"), "callee": sip.get("to"),
+        "recording": None if record.get("recording") is None else str(record["recording"]),
+        **{c: to_json(record.get(c) or empty) for c, empty in JSON_COLUMNS.items()},
+        "extra": to_json({k: v for k, v in record.items() if k not in known}),
+    }
+    params = call_params(record, to_json)
+    assert params == tuple(expected[c] for c in COLUMNS)
+    assert {type(p) for p in params[-4:]} == {type(to_json({}))}
+
+
+def test_sqlite_binds_json_as_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """sqlite3 binds an exact str at once; a str subclass (JsonText, for PostgreSQL's jsonb)
+    it first looks up among its adapters, for each parameter."""
+    store = SqliteStore(tmp_path / "calls.db")
+    applied: list[Write] = []
+    apply = store._apply
+
+    def spy(writes: list[Write]) -> None:
+        applied.extend(writes)
+        apply(writes)
+
+    monkeypatch.setattr(store, "_apply", spy)
+    store.upsert_call(call("rtc_1", custom={"a": 1}))
+    store.add_event("rtc_1", 1.0, "sip", {"line": "INVITE sip:a@b SIP/2.0"})
+    assert store.flush()
+    store.close()
+    assert len(applied) == 2
+    texts = [p for w in applied for p in w.params if isinstance(p, str)]
+    assert {type(p) for p in texts} == {str}
+    assert '{"line":"INVITE sip:a@b SIP/2.0"}' in texts
 
 
 def test_json_refuses_a_record_that_holds_itself(store: Store) -> None:

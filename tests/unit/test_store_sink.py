@@ -151,3 +151,31 @@ def test_a_call_written_to_the_store_is_freed_without_the_garbage_collector(
         gc.enable()
         store.close()
     assert left == [], "the call was left to the garbage collector"
+
+
+def test_only_changes_reach_the_store_sink(tmp_path: Path) -> None:
+    """The timeline's entries reach the store through the timeline's sink: of the events,
+    the store sink takes only `Changed`, and the fan-out does not call it for the others."""
+    from sipbridge.calls.events import CallEvents, Ended, Noted
+
+    store = SqliteStore(tmp_path / "calls.db")
+    sink = StoreSink(store, None)
+    seen: list[CallEvent] = []
+    observe = sink.observe
+
+    def spy(event: CallEvent) -> None:
+        seen.append(event)
+        observe(event)
+
+    sink.observe = spy  # type: ignore[method-assign]
+    events = CallEvents()
+    events.subscribe(sink)
+    call = Call(id="rtc_1", leg_id="l1", caller="sip:a@b", callee="sip:c@d", created_at=1.0)
+    events.emit(Changed(call))
+    events.emit(Noted(call, {"at": 2.0, "kind": "api", "n": 1}))
+    events.emit(Ended(call))
+    assert [type(e) for e in seen] == [Changed]
+    assert store.flush()
+    got = store.get_call("rtc_1")
+    store.close()
+    assert got is not None and [e["kind"] for e in got["timeline"]] == ["api"]

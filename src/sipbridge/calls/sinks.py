@@ -30,6 +30,8 @@ class StoreSink:
     taken as they are when written; `hand_over()` sends what waits at once (before the
     store closes)."""
 
+    wants = (Changed,)  # the timeline's entries come through its `sink`, not as events
+
     def __init__(self, store: Store, recordings: str | None,
                  defer: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.store = store
@@ -65,7 +67,7 @@ class StoreSink:
             method(*args)
 
     def observe(self, event: CallEvent) -> None:
-        if not isinstance(event, Changed):
+        if not isinstance(event, Changed):  # as `wants` says, for a caller that ignores it
             return
         call, store = event.call, self.store
         if call.timeline.sink is None:

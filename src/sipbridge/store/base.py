@@ -32,7 +32,6 @@ from sipbridge.records import CallRecord
 from sipbridge.store.rows import (
     COLUMNS,
     call_params,
-    dumps,
     event_params,
     row_to_call,
     timeline,
@@ -79,11 +78,6 @@ class _Link(Generic[C]):
         self.writer = writer
 
 
-def _execute_all(writes: list[Write], conn: Connection) -> None:
-    for w in writes:
-        conn.execute(w.sql, w.params)
-
-
 class _Rows:
     """One INSERT, for many rows at once: its SQL for each size of `CHUNKS`."""
 
@@ -113,6 +107,17 @@ class SqlStore(QueuedWriter, Generic[C]):
     CALLER_MATCH: ClassVar[str]  # caller contains ?, as a plain substring
     TRANSFER_MATCH: ClassVar[str]  # a transfer of the call has status ?
     INSERTION_ORDER: ClassVar[str]  # an expression growing with each new call row
+    # How JSON values are serialised for the driver (a staticmethod): `rows.encode`'s plain
+    # text, which a driver binds at once, or `rows.dumps` for a JSON column type.
+    to_json: Callable[[object], str]
+    # How events go in: the INSERT's head, one row's values, and `_event_rows`, which turns
+    # each event's (call_id, at, kind, data) into that row's parameters. How a call's events
+    # are read (each "?" its id) and how those of the calls `old` selects are deleted.
+    EVENT_INSERT: ClassVar[tuple[str, str]] = (
+        "INSERT INTO events (call_id, at, kind, data)", "(?, ?, ?, ?)")
+    EVENTS_OF_CALL: ClassVar[str] = (
+        "SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY id")
+    DELETE_EVENTS_OF: ClassVar[str] = "DELETE FROM events WHERE call_id IN (SELECT id {old})"
     label: str  # how logs and errors name the store (never with a password)
     unfinished = "ended_at IS NULL"  # the calls that `mark_unfinished` ends
     stamp: tuple[tuple[str, str], ...] = ()  # (column, SQL value) set by each upsert_call
@@ -137,6 +142,10 @@ class SqlStore(QueuedWriter, Generic[C]):
         """After an error: is the connection gone (so that a new one may do better)?"""
         return False
 
+    def _event_rows(self, events: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        """The parameters of `EVENT_INSERT`'s rows for events (call_id, at, kind, data)."""
+        return events
+
     def _lock_schema(self, conn: C) -> None:
         """Inside the migration's transaction: keep other processes from migrating too."""
 
@@ -151,8 +160,7 @@ class SqlStore(QueuedWriter, Generic[C]):
             f"{c} = excluded.{c}" for c in columns if c != "id")
         self._calls = _Rows(f"INSERT INTO calls ({', '.join(columns)})", values, conflict,
                             self.PARAM)
-        self._events = _Rows("INSERT INTO events (call_id, at, kind, data)", "(?, ?, ?, ?)",
-                             "", self.PARAM)
+        self._events = _Rows(*self.EVENT_INSERT, "", self.PARAM)
         self._upsert_sql = self._calls.sql[1]
         self._event_sql = self._events.sql[1]
 
@@ -218,7 +226,7 @@ class SqlStore(QueuedWriter, Generic[C]):
     def upsert_call(self, record: CallRecord) -> None:
         """Queue the call record (replacing any earlier one with the same id)."""
         try:
-            params = call_params(record)
+            params = call_params(record, self.to_json)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             # a bad record must not break the call
             self._count_errors(1, "call store: unusable call record: %r", exc)
@@ -229,7 +237,7 @@ class SqlStore(QueuedWriter, Generic[C]):
                   ) -> None:
         """Queue one timeline entry of the call."""
         try:
-            params = event_params(call_id, at, kind, data)
+            params = event_params(call_id, at, kind, data, self.to_json)
         except (TypeError, ValueError, RecursionError) as exc:
             self._count_errors(1, "call store: unusable event: %r", exc)
             return
@@ -247,9 +255,9 @@ class SqlStore(QueuedWriter, Generic[C]):
                           f"WHERE {self.unfinished} RETURNING id"),
                 (now, f"abnormal: {reason}"),
             ).fetchall()
-            data = dumps({"status": "restarted", "reason": reason})
-            for (call_id,) in ended:
-                conn.execute(self._event_sql, (call_id, now, "gateway", data))
+            data = self.to_json({"status": "restarted", "reason": reason})
+            self._events.execute(conn, self._event_rows(
+                [(call_id, now, "gateway", data) for (call_id,) in ended]))
             return len(ended)
 
         return self._run_task(task, default=0)
@@ -263,8 +271,8 @@ class SqlStore(QueuedWriter, Generic[C]):
 
         def task(conn: C) -> int:
             old = "FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?"
-            conn.execute(self._sql(f"DELETE FROM events WHERE call_id IN (SELECT id {old})"),
-                         (cutoff,))
+            delete = self.DELETE_EVENTS_OF.format(old=old)
+            conn.execute(self._sql(delete), (cutoff,) * delete.count("?"))
             n = conn.execute(self._sql(f"DELETE {old}"), (cutoff,)).rowcount
             conn.execute(
                 self._sql("DELETE FROM events WHERE at < ? AND NOT EXISTS "
@@ -292,7 +300,7 @@ class SqlStore(QueuedWriter, Generic[C]):
     def _batch(self, calls: dict[object, tuple[object, ...]], events: list[tuple[object, ...]],
                conn: C) -> None:
         self._calls.execute(conn, list(calls.values()))
-        self._events.execute(conn, events)
+        self._events.execute(conn, self._event_rows(events))
 
     def _apply(self, writes: list[Write]) -> None:
         # Each call's last record, in the order the calls first came (a new call's row is
@@ -310,24 +318,24 @@ class SqlStore(QueuedWriter, Generic[C]):
             return
         except self.ERRORS as exc:
             error = exc
-        writes = [Write(upsert, p) for p in calls.values()]
-        writes += [Write(self._event_sql, p) for p in events]
+        one_by_one = [partial(self._batch, {p[0]: p}, []) for p in calls.values()]
+        one_by_one += [partial(self._batch, {}, [p]) for p in events]
         # Something failed: one write per transaction so only the bad ones are lost; all of
         # them when there is no connection to the server any more.
         failed = 0
         first: Exception | None = None
-        for i, w in enumerate(writes):
+        for i, write in enumerate(one_by_one):
             if self._lost(self._w.conn):
-                failed += len(writes) - i
+                failed += len(one_by_one) - i
                 break
             try:
-                self._transact(self._w, partial(_execute_all, [w]))
+                self._transact(self._w, write)
             except self.ERRORS as exc:
                 failed += 1
                 first = first or exc
         if failed:
             self._count_errors(failed, "call store: %d of %d writes failed: %s",
-                               failed, len(writes), self._describe(first or error))
+                               failed, len(one_by_one), self._describe(first or error))
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -343,8 +351,7 @@ class SqlStore(QueuedWriter, Generic[C]):
                 self._sql(f"SELECT {', '.join(COLUMNS)} FROM calls WHERE id = ?"), (call_id,)
             ).fetchone()
             events = conn.execute(
-                self._sql("SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY id"),
-                (call_id,),
+                self._sql(self.EVENTS_OF_CALL), (call_id,) * self.EVENTS_OF_CALL.count("?")
             ).fetchall()
             return row, events
 

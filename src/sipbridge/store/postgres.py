@@ -154,6 +154,7 @@ class PostgresStore(SqlStore[psycopg.Connection[TupleRow]]):
     CALLER_MATCH = "strpos(caller, ?) > 0"
     TRANSFER_MATCH = "transfers @> jsonb_build_array(jsonb_build_object('status', ?::text))"
     INSERTION_ORDER = "seq"  # an upsert that replaces a call keeps its seq
+    to_json = staticmethod(dumps)  # `JsonText`: bound as jsonb
 
     def __init__(
         self,

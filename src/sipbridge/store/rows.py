@@ -3,11 +3,14 @@
 The same for every backend: scalar fields get a column each, `sip`, `transfers` and
 `webhooks` a JSON column each, and every other field of the record goes into `extra` (JSON),
 so a record reads back as it was written. JSON is serialised here, once, when a write is
-queued; a backend reads it back as text and `row_to_call` / `timeline` parse it.
+queued, by the backend's `to_json`: `encode` (plain text, for a backend that stores JSON as
+text) or `dumps` (`JsonText`, for one that binds it as a JSON type); a backend reads it back
+as text and `row_to_call` / `timeline` parse it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from json.encoder import encode_basestring_ascii
@@ -49,34 +52,52 @@ def _encoder() -> Callable[[object], str]:
     return dumps
 
 
-_dumps = _encoder()
+encode = _encoder()
 
 
 def dumps(value: object) -> JsonText:
-    return JsonText(_dumps(value))
+    """`encode`, marked as JSON for a driver that binds it as such."""
+    return JsonText(encode(value))
 
 
-def call_params(record: Mapping[str, object]) -> tuple[object, ...]:
-    """The values of `COLUMNS` for a call record. KeyError, TypeError or ValueError when
-    the record cannot be stored (RecursionError when it holds itself)."""
-    recording = record.get("recording")
-    sip = record.get("sip")
-    sip = sip if isinstance(sip, Mapping) else {}
-    return (
+@functools.cache
+def _empty_json(to_json: Callable[[object], str]) -> tuple[str, str, str]:
+    """What `to_json` makes of an empty `sip`, `transfers` and `webhooks`."""
+    sip, transfers, webhooks = (to_json(empty) for empty in JSON_COLUMNS.values())
+    return sip, transfers, webhooks
+
+
+def call_params(record: Mapping[str, object], to_json: Callable[[object], str] = dumps
+                ) -> tuple[object, ...]:
+    """The values of `COLUMNS` for a call record, its JSON columns serialised by `to_json`
+    (an empty one is made once). KeyError, TypeError or ValueError when the record cannot
+    be stored (RecursionError when it holds itself)."""
+    get = record.get
+    sip = get("sip")
+    transfers = get("transfers")
+    webhooks = get("webhooks")
+    recording = get("recording")
+    sip_fields = sip if isinstance(sip, Mapping) else {}
+    no_sip, no_transfers, no_webhooks = _empty_json(to_json)
+    return (  # in the order of COLUMNS, spelled out: this runs for every record
         str(record["id"]),
-        *(record.get(c) for c in SCALARS),
-        *(sip.get(field) for field in SIP_COLUMNS.values()),
+        get("state"), get("created_at"), get("answered_at"), get("ended_at"),
+        get("end_reason"),
+        sip_fields.get("from"), sip_fields.get("to"),
         None if recording is None else str(recording),
-        *(dumps(record.get(c) or empty) for c, empty in JSON_COLUMNS.items()),
-        dumps({k: v for k, v in record.items() if k not in _KNOWN}),
+        to_json(sip) if sip else no_sip,
+        to_json(transfers) if transfers else no_transfers,
+        to_json(webhooks) if webhooks else no_webhooks,
+        to_json({k: v for k, v in record.items() if k not in _KNOWN}),
     )
 
 
-def event_params(call_id: str, at: float, kind: str, data: Mapping[str, object]
-                 ) -> tuple[object, ...]:
-    """The values of (call_id, at, kind, data) for a timeline entry."""
+def event_params(call_id: str, at: float, kind: str, data: Mapping[str, object],
+                 to_json: Callable[[object], str] = dumps) -> tuple[object, ...]:
+    """The values of (call_id, at, kind, data) for a timeline entry, `data` serialised by
+    `to_json`."""
     return (str(call_id), float(at), str(kind),
-            dumps(data if isinstance(data, dict) else dict(data)))
+            to_json(data if isinstance(data, dict) else dict(data)))
 
 
 def row_to_call(row: Iterable[Any]) -> CallRecord:

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from sipbridge.store.base import SqlStore, StoreError
+from sipbridge.store.rows import encode
 
 # Migration N is MIGRATIONS[N - 1]; a database records the last one applied in schema_version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -45,6 +46,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_call_id ON events (call_id, id)",
     ),
+    # An event refers to its call by the call's rowid too (`call_key`; NULL when the call
+    # had no row yet), and the index that finds a call's events is on that: the calls of
+    # the moment are the newest, so their events go to the last pages of the index, where
+    # call ids (random) sent them all over it, a page written for each call at each commit.
+    (
+        "ALTER TABLE events ADD COLUMN call_key INTEGER",
+        "UPDATE events SET call_key = (SELECT rowid FROM calls WHERE calls.id = events.call_id)",
+        "DROP INDEX events_call_id",
+        "CREATE INDEX events_call_key ON events (call_key, id)",
+        "CREATE INDEX events_orphan ON events (call_id, id) WHERE call_key IS NULL",
+    ),
 )
 
 
@@ -58,6 +70,18 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         "WHERE json_extract(t.value, '$.status') = ?)"
     )
     INSERTION_ORDER = "rowid"  # an upsert that replaces a call keeps its rowid
+    # JSON as plain str: sqlite3 binds an exact str at once, where a subclass of it is
+    # looked up among its adapters, parameter by parameter.
+    to_json = staticmethod(encode)
+    EVENT_INSERT = ("INSERT INTO events (call_id, call_key, at, kind, data)",
+                    "(?, (SELECT rowid FROM calls WHERE id = ?), ?, ?, ?)")
+    # (A rowid freed by `purge` may be taken again: the call_id is checked as well.)
+    EVENTS_OF_CALL = (
+        "SELECT at, kind, data FROM events "
+        "WHERE call_key = (SELECT rowid FROM calls WHERE id = ?) AND call_id = ? "
+        "OR call_key IS NULL AND call_id = ? ORDER BY id")
+    DELETE_EVENTS_OF = ("DELETE FROM events WHERE call_key IN (SELECT rowid {old}) "
+                        "OR call_key IS NULL AND call_id IN (SELECT id {old})")
 
     def __init__(
         self,
@@ -74,6 +98,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             super().__init__(retention_days=retention_days, max_queue=max_queue)
         except sqlite3.Error as exc:  # a directory that is missing or not ours, a bad file
             raise StoreError(f"cannot open the call store {self.label}: {exc}") from None
+
+    def _event_rows(self, events: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        return [(call_id, call_id, at, kind, data) for call_id, at, kind, data in events]
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(

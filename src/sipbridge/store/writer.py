@@ -136,12 +136,16 @@ class QueuedWriter(ABC):
         return True
 
     def _enqueue(self, item: Write) -> None:
-        if self._closed:
-            self._count_errors(1, "call store write after close ignored")
-            return
-        if self._put(item):
-            return
-        if self._stopped:
+        # `_put` for a write, inline: this runs for every write.
+        with self._lock:
+            if not (self._closed or self._stopped or self._queued >= self._max_queue):
+                self._items.append(item)
+                self._queued += 1
+                if self._state == _IDLE:
+                    self._state = _BUSY
+                    self._wake.release()
+                return
+        if self._closed or self._stopped:
             self._count_errors(1, "call store write after close ignored")
             return
         with self._count_lock:
