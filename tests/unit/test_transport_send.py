@@ -59,3 +59,35 @@ def test_what_cannot_be_sent_is_reported_not_raised() -> None:
     reasons = {data: why for data, _, why in errors}
     assert reasons[b"BYE ws"] == "no WS transport here"
     assert reasons[b"BYE nowhere"] == "no A record for nowhere.test"
+
+
+def test_datagrams_of_one_turn_go_out_together_at_its_end_in_order() -> None:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    dest = Address("udp", "127.0.0.1", sink.getsockname()[1])
+
+    def queued() -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(sink.recv(100))
+            except BlockingIOError:
+                return got
+
+    async def body(transport: SipTransport, errors: list[object]) -> None:
+        transport.send(b"SIP/2.0 200 one", dest)
+        transport.send(b"SIP/2.0 200 two", dest)
+        await asyncio.sleep(0.05)  # sent apart from each other, not before the turn's end
+        assert queued() == [b"SIP/2.0 200 one", b"SIP/2.0 200 two"]
+        transport.send(b"SIP/2.0 200 three", dest)
+        assert queued() == []  # still this turn
+        await asyncio.sleep(0)  # the turn ends
+        await asyncio.sleep(0.05)
+        assert queued() == [b"SIP/2.0 200 three"]
+        transport.send(b"BYE last", dest)  # the transport closes in this same turn
+
+    errors = asyncio.run(_with_transport([], body))
+    assert errors == []
+    assert queued() == [b"BYE last"]  # sent by the close, not lost
+    sink.close()

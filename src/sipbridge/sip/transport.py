@@ -74,6 +74,7 @@ class _Udp:
             except OSError:
                 pass
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._queued: list[tuple[bytes, tuple[str, int]]] = []  # sent at the turn's end
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sock.setblocking(False)
@@ -104,6 +105,27 @@ class _Udp:
                     "message": "error handling a datagram", "exception": exc})
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send at the end of this turn of the loop, with what else the turn sends.
+
+        A datagram to a peer that sleeps waiting for it costs the sender a wake-up of
+        that peer (an inter-processor interrupt: ~30 us of CPU on a VM, against ~8 us
+        for the send itself); the datagrams of one turn go out back to back, so that a
+        burst of messages read in one turn wakes each peer once, not once per answer."""
+        if self.loop is None:
+            self._send(data, addr)
+            return
+        self._queued.append((data, addr))
+        if len(self._queued) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn queued, in order."""
+        queued, self._queued = self._queued, []
+        send = self._send
+        for data, addr in queued:
+            send(data, addr)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
@@ -112,6 +134,7 @@ class _Udp:
             log.debug("udp send to %s failed: %s", addr[0], exc)
 
     def close(self) -> None:
+        self.flush()  # what was answered before the close goes out
         if self.loop is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.loop = None
