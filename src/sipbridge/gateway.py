@@ -64,6 +64,8 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         host, port = config.sip_bind
         self.overload = _overload_detector(config)
+        if self.overload is not None:
+            self.overload.starting()  # till `start` is done (`started`)
         self._compiled = use_compiled(config.media_path)  # MediaPathError: not built
         if not self._compiled and config.media_path == "auto":
             log.warning("media: the compiled path is not built (%s): calls take the Python "
@@ -221,6 +223,8 @@ class Gateway:
         # garbage collection, so full collections stay short under load.
         gc.collect()
         gc.freeze()
+        if self.overload is not None:
+            self.overload.started(self.loop.time())
         if c.slow_callback_ms:
             self.stall_watch = StallWatch(c.slow_callback_ms / 1000)
             self.stall_watch.start(self.loop)

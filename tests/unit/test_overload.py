@@ -53,6 +53,19 @@ def test_a_queue_delay_past_the_bound_starts_an_episode_that_holds_the_queue_sho
     assert d.rejected == 3 and d.activations == 1 and d.signs[Sign.QUEUE_DELAY] == 1
 
 
+def test_datagrams_that_waited_for_the_start_are_no_sign() -> None:
+    d = OverloadDetector(OverloadLimits(queue_delay=0.2))
+    d.starting()
+    d.queue_delay(3.0, 5.0)  # read while starting (the first OPTIONS, queued meanwhile)
+    assert not d.active(5.0) and d.admit(5.0)
+    d.started(5.0)
+    d.queue_delay(0.4, 5.1)  # came at 4.7, before the start was done: still none
+    assert not d.active(5.1) and d.admit(5.1)
+    d.queue_delay(0.3, 5.4)  # came at 5.1, once serving: a sign
+    assert d.active(5.4) and not d.admit(5.4)
+    assert d.signs[Sign.QUEUE_DELAY] == 1
+
+
 def test_queue_sign_ends_when_no_datagram_came_for_a_second() -> None:
     d = OverloadDetector(OverloadLimits(queue_delay=0.2))
     d.queue_delay(0.5, 10.0)

@@ -81,13 +81,25 @@ class OverloadDetector:
         self.activations = 0  # times it went from inactive to active
         self.signs: dict[Sign, int] = dict.fromkeys(Sign, 0)  # activations by sign
         self._past: dict[Sign, int] = dict.fromkeys((Sign.LOOP_LAG, Sign.CPU), 0)
+        # Datagrams that came before this time waited for the server to start, not for a
+        # server that lags (`starting`, `started`).
+        self._started_at = float("-inf")
+
+    def starting(self) -> None:
+        """The server is starting: what waits in its sockets meanwhile is no sign."""
+        self._started_at = float("inf")
+
+    def started(self, now: float) -> None:
+        """The server serves from `now` on: a datagram that came before then waited for
+        it to start, and says nothing of its load."""
+        self._started_at = now
 
     # ---- measurements ----------------------------------------------------------------
 
     def queue_delay(self, delay: float, now: float) -> None:
         """A received datagram waited `delay` seconds in the socket before it was read."""
         bound = self.limits.queue_delay
-        if not bound:
+        if not bound or now - delay < self._started_at:
             return
         if delay > bound:
             if not self.active(now):
