@@ -49,10 +49,6 @@ _pool = TokenPool()
 os.register_at_fork(after_in_child=_pool.reset)
 
 
-def token_bytes(n: int) -> bytes:
-    return _pool.take(n)
-
-
 def token_hex(n: int) -> str:
     """`2 * n` hex digits from `n` random bytes, as `secrets.token_hex(n)`."""
     return _pool.take(n).hex()

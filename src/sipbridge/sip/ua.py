@@ -198,6 +198,10 @@ class UserAgent:
         """What is left of the server transactions that only wait for their end."""
         return [Settled._make(values) for values in self._settled.values()]
 
+    def _settled_of(self, key: tuple[str, ...]) -> Settled | None:
+        values = self._settled.get(key)
+        return None if values is None else Settled._make(values)
+
     def admit(self, source: Address, now: float) -> bool:
         """The per-source rate limit (`sip.ratelimit`), first, before any parsing: a flood
         costs a dict lookup per message. Every message is charged, responses too: only
@@ -547,12 +551,11 @@ class UserAgent:
             self.stats["retransmissions_absorbed"] += 1
             tx.receive(req, now)
             return
-        settled = self._settled.get(key)
+        settled = self._settled_of(key)
         if settled is not None:
             self.stats["retransmissions_absorbed"] += 1
-            done = Settled._make(settled)
-            if done.resend is not None:
-                self._out.append((done.resend, done.peer))
+            if settled.resend is not None:
+                self._out.append((settled.resend, settled.peer))
             return
         if req.to.tag is not None:
             self._in_dialog(req, source, now)
@@ -714,8 +717,8 @@ class UserAgent:
             tx.receive(req, now)  # ACK for a non-2xx: absorbed by the transaction
             self._track(tx)
             return
-        settled = self._settled.get(key)
-        if settled is not None and Settled._make(settled).absorbs_ack:
+        settled = self._settled_of(key)
+        if settled is not None and settled.absorbs_ack:
             return  # another ACK for a non-2xx, in Confirmed
         leg = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
         if leg is None:
@@ -738,14 +741,13 @@ class UserAgent:
         """RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE if it is still pending."""
         invite_key = (*server_key(req)[:-1], "INVITE")
         invite_tx = self._server.get(invite_key)
-        if invite_tx is None:
-            settled = self._settled.get(invite_key)
-            if settled is None:
-                self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
-            else:  # answered already: the CANCEL has nothing to do (9.2)
-                self._stateless(req, source, 200, to_tag=Settled._make(settled).owner or None)
+        found = invite_tx if invite_tx is not None else self._settled_of(invite_key)
+        if found is None:
+            self._stateless(req, source, 481, "Call/Transaction Does Not Exist")
             return
-        self._stateless(req, source, 200, to_tag=invite_tx.owner or None)  # 9.2: same To tag
+        self._stateless(req, source, 200, to_tag=found.owner or None)  # 9.2: same To tag
+        if invite_tx is None:
+            return  # answered already (settled): the CANCEL has nothing more to do
         leg = self._dialogs_by_tx(invite_tx)
         if leg is not None and leg.state is LegState.INCOMING:
             self._respond_tx(invite_tx, response_to(leg.invite, 487, to_tag=leg.dialog.local_tag),

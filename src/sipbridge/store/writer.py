@@ -118,25 +118,22 @@ class QueuedWriter(ABC):
         else:
             log.debug(message, *args)
 
-    def _put(self, item: _Item) -> bool:
-        """Queue the item, waking the writer if it waits for it. False when the queue is
-        full (a write) or the writer has ended."""
-        write = isinstance(item, Write)
+    def _put(self, item: _Flush | _Task | _Stop) -> bool:
+        """Queue a flush, a task or the stop, waking the writer if it sleeps (a linger
+        too: these do not wait). False when the writer has ended. (Writes: `_enqueue`.)"""
         with self._lock:
-            if self._stopped or (write and self._queued >= self._max_queue):
+            if self._stopped:
                 return False
             self._items.append(item)
-            if write:
-                self._queued += 1
-            else:
-                self._urgent = True
-            if self._state == _IDLE or (not write and self._state == _LINGERING):
+            self._urgent = True
+            if self._state != _BUSY:
                 self._state = _BUSY
                 self._wake.release()
         return True
 
     def _enqueue(self, item: Write) -> None:
-        # `_put` for a write, inline: this runs for every write.
+        """Queue a write, waking the writer only if it sleeps with nothing to do (a linger
+        goes on, to gather more)."""
         with self._lock:
             if not (self._closed or self._stopped or self._queued >= self._max_queue):
                 self._items.append(item)
