@@ -66,6 +66,20 @@ def test_datagrams_that_waited_for_the_start_are_no_sign() -> None:
     assert d.signs[Sign.QUEUE_DELAY] == 1
 
 
+def test_a_loop_held_up_by_the_start_is_no_sign() -> None:
+    d = OverloadDetector(OverloadLimits(loop_lag=0.1))
+    d.starting()
+    d.loop_lag(0.5, 4.0)  # while starting (imports, the first collection)
+    d.loop_lag(0.4, 4.6)
+    assert not d.active(4.6)
+    d.started(5.0)
+    d.loop_lag(0.3, 5.2)  # due at 4.9, before the start was done
+    d.loop_lag(0.3, 5.6)  # due at 5.3: a first sign after the start, not yet sustained
+    assert not d.active(5.6)
+    d.loop_lag(0.3, 6.0)  # the second in a row: active
+    assert d.active(6.0) and d.signs[Sign.LOOP_LAG] == 1
+
+
 def test_queue_sign_ends_when_no_datagram_came_for_a_second() -> None:
     d = OverloadDetector(OverloadLimits(queue_delay=0.2))
     d.queue_delay(0.5, 10.0)

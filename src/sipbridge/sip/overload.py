@@ -81,17 +81,18 @@ class OverloadDetector:
         self.activations = 0  # times it went from inactive to active
         self.signs: dict[Sign, int] = dict.fromkeys(Sign, 0)  # activations by sign
         self._past: dict[Sign, int] = dict.fromkeys((Sign.LOOP_LAG, Sign.CPU), 0)
-        # Datagrams that came before this time waited for the server to start, not for a
+        # What came or was due before this time waited for the server to start, not for a
         # server that lags (`starting`, `started`).
         self._started_at = float("-inf")
 
     def starting(self) -> None:
-        """The server is starting: what waits in its sockets meanwhile is no sign."""
+        """The server is starting: what waits in its sockets, and a probe that its start-up
+        holds up, is no sign meanwhile."""
         self._started_at = float("inf")
 
     def started(self, now: float) -> None:
-        """The server serves from `now` on: a datagram that came before then waited for
-        it to start, and says nothing of its load."""
+        """The server serves from `now` on: a datagram that came before then, or a probe
+        due before then, waited for it to start, and says nothing of its load."""
         self._started_at = now
 
     # ---- measurements ----------------------------------------------------------------
@@ -115,14 +116,15 @@ class OverloadDetector:
 
     def loop_lag(self, lag: float, now: float) -> None:
         """A callback scheduled for a time ran `lag` seconds after it."""
-        self._probe(Sign.LOOP_LAG, lag, self.limits.loop_lag, now)
+        self._probe(Sign.LOOP_LAG, lag, self.limits.loop_lag, now, due=now - lag)
 
     def cpu(self, share: float, now: float) -> None:
         """The process used `share` of one core since the last measurement."""
-        self._probe(Sign.CPU, share, self.limits.max_cpu, now)
+        self._probe(Sign.CPU, share, self.limits.max_cpu, now, due=now)
 
-    def _probe(self, sign: Sign, value: float, bound: float, now: float) -> None:
-        if not bound or value <= bound:
+    def _probe(self, sign: Sign, value: float, bound: float, now: float, *, due: float
+               ) -> None:
+        if not bound or value <= bound or due < self._started_at:
             self._past[sign] = 0
             return
         self._past[sign] += 1
