@@ -21,7 +21,7 @@ from sipbridge.calls.call import Trunk
 from sipbridge.calls.events import CallEvents
 from sipbridge.calls.manager import AnswerPolicy, CallManager
 from sipbridge.calls.outbound import OutboundPolicy
-from sipbridge.calls.sinks import MetricsSink, StoreSink
+from sipbridge.calls.sinks import HOLD, MetricsSink, StoreSink
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy
 from sipbridge.calls.trunks import Trunks
@@ -251,7 +251,9 @@ class Gateway:
         c = self.config
         assert self.sip is not None and self.media is not None and self.loop is not None
         if self.store is not None:
-            self._store_sink = StoreSink(self.store, c.recordings, self.loop.call_soon)
+            loop = self.loop
+            self._store_sink = StoreSink(
+                self.store, c.recordings, lambda hand_over: loop.call_later(HOLD, hand_over))
             self.events.subscribe(self._store_sink)
         self.events.subscribe(MetricsSink(self.metrics))
         self.events.subscribe(SidebandSink(self.sideband))

@@ -14,7 +14,7 @@ import pytest
 from sipbridge.calls.call import Call, CallState
 from sipbridge.calls.events import CallEvent, Changed
 from sipbridge.calls.sinks import StoreSink
-from sipbridge.records import CallRecord
+from sipbridge.records import CallRecord, MediaFigures
 from sipbridge.store import SqliteStore
 from tests.unit.callharness import OFFER, Harness, ack, invite
 
@@ -125,6 +125,37 @@ def test_a_call_that_changes_twice_in_a_turn_is_handed_over_once(
     got = store.get_call("rtc_1")
     store.close()
     assert got is not None and got["state"] == "active"
+
+
+def test_the_record_is_made_at_the_hand_over_not_at_each_change(tmp_path: Path) -> None:
+    """A live call's record asks its media session for figures: changes before a
+    hand-over cost nothing, and the one record stored is the call as it is then."""
+    store = SqliteStore(tmp_path / "calls.db")
+    scheduled: list[Callable[[], None]] = []
+    sink = StoreSink(store, None, defer=scheduled.append)
+    asked: list[int] = []
+
+    def figures() -> MediaFigures:
+        asked.append(1)
+        return {"packets_in": len(asked)}  # type: ignore[typeddict-item]
+
+    call = Call(id="rtc_live", leg_id="l1", caller="sip:a@b", callee="sip:c@d",
+                created_at=1.0)
+    call.media_live = figures
+    for state in (CallState.RINGING, CallState.ACTIVE, CallState.ACTIVE):
+        call.state = state
+        sink.observe(Changed(call))
+    assert asked == []  # nothing made yet
+    call.end_reason = "after the last change"
+    (hand_over,) = scheduled
+    hand_over()
+    assert asked == [1]  # one record, made now
+    assert store.flush()
+    got = store.get_call("rtc_live")
+    store.close()
+    assert got is not None
+    assert got["state"] == "active" and got["end_reason"] == "after the last change"
+    assert dict(got["media"] or {}) == {"packets_in": 1}
 
 
 def test_a_call_written_to_the_store_is_freed_without_the_garbage_collector(

@@ -11,24 +11,30 @@ from typing import TYPE_CHECKING, Any
 from sipbridge.calls.call import Call
 from sipbridge.calls.events import CallEvent, Changed, Ended, OutboundNoted, TransferStepped
 from sipbridge.metrics import Metrics
-from sipbridge.records import CallRecord
 
 if TYPE_CHECKING:  # the store loads when one is opened
     from sipbridge.store import Store
+
+
+# Seconds a gateway's store sink holds what is written before handing it over: a call's
+# changes within it make one record (a call answered at once and hung up soon after,
+# one in all), and what the store's writer lingers for comes in fewer, larger pieces.
+HOLD = 0.02
 
 
 class StoreSink:
     """The call's record to the store whenever it changes; its timeline goes there entry
     by entry, as each is added.
 
-    With `defer` (the loop's `call_soon`), what one turn of the event loop writes is
-    handed to the store at once, at the end of the turn, in order, and a call whose
-    record changed several times in the turn has only its last record stored (at the
-    place of the first): the store would replace the others before anyone could read
-    them, and each record costs its serialisation. A call writes about a dozen times,
-    mostly within a few turns (bench/README.md, sip_cps). The records and entries are
-    taken as they are when written; `hand_over()` sends what waits at once (before the
-    store closes)."""
+    With `defer` (the loop's `call_soon`, or a `call_later` that holds writes a while),
+    what is written until the deferred hand-over runs is handed to the store then, in
+    order, and a call whose record changed several times meanwhile has only its last
+    record stored (at the place of the first): the store would replace the others before
+    anyone could read them. The record is made at the hand-over (`Call.to_dict`, with
+    its live media figures), so a change costs nothing until then: a call changes about
+    four times, mostly within a few milliseconds (bench/README.md, sip_cps). Timeline
+    entries are taken as they are when added; `hand_over()` sends what waits at once
+    (before the store closes)."""
 
     wants = (Changed,)  # the timeline's entries come through its `sink`, not as events
 
@@ -38,7 +44,7 @@ class StoreSink:
         self.recordings = recordings
         self._defer = defer
         self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self._records: dict[str, CallRecord] = {}  # this turn's last record of each call
+        self._changed: dict[str, Call] = {}  # calls changed since the last hand-over
 
     def _write(self, method: Callable[..., None], *args: Any) -> None:
         if self._defer is None:
@@ -48,20 +54,11 @@ class StoreSink:
             self._defer(self.hand_over)
         self._pending.append((method, args))
 
-    def _upsert(self, record: CallRecord) -> None:
-        if self._defer is None:
-            self.store.upsert_call(record)
-            return
-        call_id = record["id"]
-        if call_id not in self._records:
-            self._write(self._upsert_last, call_id)
-        self._records[call_id] = record
-
     def _upsert_last(self, call_id: str) -> None:
-        self.store.upsert_call(self._records.pop(call_id))
+        self.store.upsert_call(self._changed.pop(call_id).to_dict(timeline=False))
 
     def hand_over(self) -> None:
-        """Give the store what this turn wrote (see the class)."""
+        """Give the store what was written since the last hand-over (see the class)."""
         pending, self._pending = self._pending, []
         for method, args in pending:
             method(*args)
@@ -82,11 +79,13 @@ class StoreSink:
                             str(entry.get("kind")), entry)
 
             call.timeline.sink = sink
-        record = call.to_dict(timeline=False)
-        if self.recordings:
-            call.recording = str(Path(self.recordings) / f"{call.id}.wav")
-            record["recording"] = call.recording
-        self._upsert(record)
+            if self.recordings:
+                call.recording = str(Path(self.recordings) / f"{call.id}.wav")
+        if self._defer is None:
+            store.upsert_call(call.to_dict(timeline=False))
+        elif call.id not in self._changed:
+            self._changed[call.id] = call
+            self._write(self._upsert_last, call.id)
 
 
 class MetricsSink:
