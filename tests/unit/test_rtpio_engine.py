@@ -230,11 +230,51 @@ def test_a_reused_endpoint_keeps_what_comes_before_its_call_starts(rig: Rig) -> 
     key2, again = rig.allocate()
     assert again is endpoint
     rig.send(build_rtp(0, 7, 1120, SSRC, b"\xff" * 160), again)  # early media
-    rig.read(again)  # the call has not started: left in the kernel
+    rig.read(again)  # the call has not started: kept for it (or left in the kernel)
     session = rig.start(key2)
     rig.read(again)
     assert session.stats.packets_in == 1 and session.jitter.received == 1
     rig.engine.stop(key2)
+
+
+class CountingPoller:
+    """The engine's epoll set, with each change to it counted."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller = poller
+        self.changes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.poller, name)
+        if name in ("add", "enable", "remove"):
+            def counted(*args: Any) -> Any:
+                self.changes.append(name)
+                return attr(*args)
+            return counted
+        return attr
+
+
+def test_a_reused_endpoint_started_at_once_changes_nothing_in_the_epoll_set() -> None:
+    """An answer at once allocates the call's endpoint and starts its media in one turn:
+    the pooled endpoint stays watched throughout, so no epoll_ctl call is made for it."""
+    rig = Rig(True, (33500, 33599))
+    try:
+        key, endpoint = rig.allocate()
+        rig.start(key)
+        rig.engine.stop(key)  # back to the pool, watched while it idles
+        counting = CountingPoller(rig.engine._poller)
+        rig.engine._poller = counting
+        for _ in range(3):
+            key, again = rig.allocate()
+            assert again is endpoint
+            session = rig.start(key)
+            rig.send(build_rtp(0, 9, 1440, SSRC, b"\xff" * 160), again)
+            rig.read(again)
+            assert session.stats.packets_in == 1
+            rig.engine.stop(key)
+        assert counting.changes == []
+    finally:
+        rig.close()
 
 
 def test_a_full_pool_closes_what_it_cannot_keep(rig: Rig) -> None:

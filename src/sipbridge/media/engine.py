@@ -26,6 +26,7 @@ import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ _BLOCKED = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY, errno.EIN
 class _Watch:
     """The event loop's watch of one endpoint's sockets; it lasts as long as they do."""
 
-    __slots__ = ("endpoint", "on", "pending", "session", "token")
+    __slots__ = ("early", "endpoint", "on", "pending", "session", "token")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -62,6 +63,9 @@ class _Watch:
         self.pending = False  # allocated to a call that has not started
         self.on = False  # its sockets are watched
         self.token = -1  # its place in the compiled path's epoll set (RTP 2t, RTCP 2t+1)
+        # The compiled path's read of RTP that came while pending, for the call's start:
+        # (arrival, source, data, parsed) each, as `_batch` hands packets to a session.
+        self.early: list[tuple[float, Any, bytes | None, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +130,12 @@ class MediaEngine:
         """Bind the call's RTP port before the SDP answer names it (NoMediaPort if none)."""
         endpoint = self.pool.allocate(host)
         watch = endpoint.watch
-        if isinstance(watch, _Watch):  # reused: its packets wait in the kernel till start
+        if isinstance(watch, _Watch):
+            # Reused: it stays watched, and what comes for it before its call starts (the
+            # first packet seen, then the socket is no longer watched) waits for the start:
+            # no change to the watch when the call starts in the same turn, as an answer
+            # at once does (two epoll_ctl calls saved at each end).
             watch.pending = True
-            if self._rtpio is not None:
-                self._unwatch(watch)
         self._pending[key] = endpoint
         return endpoint
 
@@ -170,6 +176,15 @@ class MediaEngine:
         self.scheduler.add(key, now + 0.020)
         session.next_tick = now + 0.020
         self.driver.poke()
+        watch = endpoint.watch
+        if isinstance(watch, _Watch) and watch.early:  # what the compiled read kept for it
+            early, watch.early = watch.early, None
+            for arrival, source, data, parsed in early:
+                if data is None:  # an ICMP error, as `_batch` counts it
+                    session.dropped["socket_error"] += 1
+                else:
+                    session.receive(data, source, arrival, parsed)
+            session.pump()
         return session
 
     def _look_up(self, session: MediaSession, host: str, port: int) -> None:
@@ -283,6 +298,8 @@ class MediaEngine:
         endpoint.watch = watch
         watch.session = session
         watch.pending = False
+        if session is None:
+            watch.early = None  # its call never started
         if not watch.on:
             self._watch(watch)
         self._attach(watch)
@@ -383,15 +400,22 @@ class MediaEngine:
             if token & 1:
                 if session is not None:
                     session.rtcp_readable(now)
+                elif watch.pending:
+                    self._unwatch(watch)  # left in the kernel till its call starts
                 else:
                     watch.endpoint.drain()
                 continue
+            arrival = now if stamp is None else min(now, stamp - offset)
             if session is None:
+                if watch.pending:  # kept for its call's start, and the rest left queued
+                    if watch.early is None:
+                        watch.early = []
+                    watch.early.append((arrival, addr, data, parsed))
+                    self._unwatch(watch)
                 continue  # read while idle: dropped
             if data is None:  # an ICMP error, as session.readable counts it
                 session.dropped["socket_error"] += 1
                 continue
-            arrival = now if stamp is None else min(now, stamp - offset)
             session.receive(data, addr, arrival, parsed)
             session.pump()
         if self._outgoing:
