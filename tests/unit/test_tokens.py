@@ -51,3 +51,20 @@ def test_a_forked_child_reads_its_own_bytes() -> None:
     os.waitpid(pid, 0)
     parent = "".join(token_hex(8) for _ in range(4))
     assert len(child) == 64 and child != parent
+
+
+def test_call_ids_sort_in_the_order_calls_came_and_stay_unguessable() -> None:
+    """rtc_ and 32 hex digits: the creation time's milliseconds first, so that the
+    store's index of calls grows at its end, then 80 random bits."""
+    import re
+
+    from sipbridge.calls.call import new_call_id
+
+    start = 1_765_000_000.0
+    ids = [new_call_id(start + i * 0.001) for i in range(200)]
+    assert all(re.fullmatch(r"rtc_[0-9a-f]{32}", i) for i in ids)
+    assert ids == sorted(ids)
+    assert ids[0][4:16] == f"{int(start * 1000):012x}"
+    same = {new_call_id(start) for _ in range(1000)}  # one millisecond: random apart
+    assert len(same) == 1000
+    assert len({i[16:] for i in same}) == 1000

@@ -26,6 +26,7 @@ from sipbridge.calls.call import (
     CallState,
     DtmfSend,
     TransferJob,
+    new_call_id,
 )
 from sipbridge.calls.dtmf_send import DtmfSends
 from sipbridge.calls.events import (
@@ -63,7 +64,6 @@ from sipbridge.sip.sdp import (
     parse_sdp,
     read_answer,
 )
-from sipbridge.sip.tokens import token_hex
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -184,7 +184,7 @@ class CallManager:
             return
         self.per_source[host] += 1
         call = Call(
-            id="rtc_" + token_hex(16),
+            id=new_call_id(),
             leg_id=event.leg_id,
             caller=str(req.from_.uri),
             callee=str(req.to.uri),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sipbridge.calls.call import Call, CallError, CallState, Trunk
+from sipbridge.calls.call import Call, CallError, CallState, Trunk, new_call_id
 from sipbridge.calls.events import CallEvents, MediaStarted, OutboundNoted, note
 from sipbridge.calls.sipids import SipCallIds
 from sipbridge.calls.trunks import Trunks
@@ -27,7 +27,6 @@ from sipbridge.sip.driver import SipDriver
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.events import CallEnded, Event, OutgoingAnswered, OutgoingProgress
 from sipbridge.sip.sdp import build_offer, parse_sdp, read_answer
-from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.ua import UserAgent
 from sipbridge.sip.uri import parse_uri
 
@@ -173,7 +172,7 @@ class Outbound:
             raise OutboundLimit(f"Too many outbound calls per second "
                                 f"(outbound_calls_per_second = "
                                 f"{self.policy.calls_per_second:g}).", max(1, math.ceil(wait)))
-        call_id = "rtc_" + token_hex(16)
+        call_id = new_call_id()
         try:
             port = m.media.allocate(call_id, m.bind_host).port
         except NoMediaPort as exc:
