@@ -163,11 +163,12 @@ def test_a_silent_registrar_times_out_and_is_registered_with_once_back(
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind((LOOPBACK, 0))
     port = silent.getsockname()[1]
-    # t1 0.05 s: Timer F (64 x T1) ends an unanswered attempt after 3.2 s.
-    gw = start_gateway(api_key=[KEY], t1=0.05, registration=[registration(port)])
+    # t1 0.025 s: Timer F (64 x T1) ends an unanswered attempt after 1.6 s.
+    gw = start_gateway(api_key=[KEY], t1=0.025, registration=[registration(
+        port, retry_min=0.25, retry_max=1.0)])
     received: list[bytes] = []
     silent.settimeout(0.2)
-    watch_until = time.monotonic() + 9
+    watch_until = time.monotonic() + 4.5
     while time.monotonic() < watch_until:
         with contextlib.suppress(TimeoutError):
             received.append(silent.recv(65535))
@@ -180,7 +181,7 @@ def test_a_silent_registrar_times_out_and_is_registered_with_once_back(
           6, interval=0.1)
     cseqs = {ln for data in received for ln in data.decode(errors="replace").split("\r\n")
              if ln.startswith("CSeq:")}
-    # 9 s of 3.2 s attempts with backoff of 0.5 s doubling to 2 s between them: 2 or 3
+    # 4.5 s of 1.6 s attempts with backoff of 0.25 s doubling to 1 s between them: 2 or 3
     # attempts (each retransmitted by Timer E), not a tight loop.
     assert 2 <= len(cseqs) <= 3, (len(cseqs), len(received))
     assert len(received) <= 12 * len(cseqs), len(received)  # Timer E's retransmissions
@@ -191,6 +192,8 @@ def test_a_silent_registrar_times_out_and_is_registered_with_once_back(
         state = wait_state(gw, "registered", 10)
         assert state["failures"] >= 2 and location_has(k, USER)
         assert json.dumps(state)  # the API's shape is plain JSON
+        # stopped while the registrar answers its un-REGISTER (not waiting 2 s for none)
+        assert gw.stop() == 0, gw.log()[-3000:]
 
 
 def test_a_registrar_gone_quiet_does_not_hold_up_shutdown(

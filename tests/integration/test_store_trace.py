@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +18,12 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from sipbridge.demo.baresip import terminate
 from sipbridge.records import CallRecord
 from tests.integration.appside import KEY, App, start_app
 from tests.integration.callrecords import call_record, wait_first_call
 from tests.integration.gateway import Gateway
-from tests.integration.sipp import SCENARIOS, run_sipp
+from tests.integration.sipp import SCENARIOS, sipp_command
 from tests.pgserver import PASSWORD
 
 pytestmark = pytest.mark.integration
@@ -83,15 +83,21 @@ def test_a_killed_gateway_loses_no_reported_record(
     text = (SCENARIOS / "uac_listen.xml").read_text()
     scenario = tmp_path / "listen.xml"
     scenario.write_text(text.replace("__RTP_PORT__", "40000").replace("__HOLD__", "4000"))
-    sipp = threading.Thread(target=run_sipp, args=(gateway.address, scenario,
-                                                   tmp_path / "sipp"), daemon=True)
-    sipp.start()
-    base = f"http://127.0.0.1:{gateway.http_port}/v1"
-    call_id = wait_first_call(base, KEY, 10)
-    time.sleep(0.3)  # what was reported is committed within milliseconds
-    gateway.process.send_signal(signal.SIGKILL)
-    gateway.process.wait(5)
-    sipp.join(30)
+    # SIPp only keeps the call up (4 s) until the kill; it is stopped right after it
+    # rather than left to retransmit its BYE to the dead gateway until it gives up.
+    (tmp_path / "sipp").mkdir()
+    sipp = subprocess.Popen(sipp_command(gateway.address, scenario, tmp_path / "sipp"),
+                            cwd=tmp_path / "sipp", stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{gateway.http_port}/v1"
+        call_id = wait_first_call(base, KEY, 10)
+        time.sleep(0.3)  # what was reported is committed within milliseconds
+        assert sipp.poll() is None, "SIPp's call ended before the kill"
+        gateway.process.send_signal(signal.SIGKILL)
+        gateway.process.wait(5)
+    finally:
+        terminate(sipp, 3.0)
     again = start_gateway(auto_answer="silence", api_key=[KEY], store=store)
     record = call_record(f"http://127.0.0.1:{again.http_port}/v1", KEY, call_id)
     assert record["state"] == "ended"
