@@ -25,11 +25,6 @@ def test_the_person_declines_and_the_caller_is_told(tmp_path: Path,
     from sipbridge.demo import run
 
     monkeypatch.setattr(run, "WARM_ANSWER", "Sorry, I can't take it right now.")
-    # The demo hangs the caller up LISTEN_AFTER_FAILURE (6 s) after the return, about 32 s
-    # after the answer. The caller's call limit, the bound behind that hang-up, is 36 s, not
-    # the demo's 60 s: when the demo's hang-up thread takes the caller's CALL_CLOSED event,
-    # the call's own thread misses it and waits for the limit.
-    monkeypatch.setattr(run, "WARM_CALL_LIMIT", 36.0)
     lines: list[str] = []
     result = asyncio.run(run.Demo(tmp_path, http="off", out=lines.append, target=None,
                                   warm=True).run())

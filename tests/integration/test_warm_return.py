@@ -62,12 +62,6 @@ def test_the_caller_returns_to_the_agent_who_says_so(
         return load_config(*args, **{**kwargs, "transfer_ring_timeout": 3})
 
     monkeypatch.setattr(run, "load_config", config)
-    # The demo hangs the caller up LISTEN_AFTER_FAILURE (6 s) after the return: 17 to 21 s
-    # after the answer here, the agent's words for the caller said by 20 s. The caller's
-    # call limit, the bound behind that hang-up, is 24 s, not the demo's 60 s: when the
-    # demo's hang-up thread takes the caller's CALL_CLOSED event, the call's own thread
-    # misses it and waits for the limit (in about one run in three).
-    monkeypatch.setattr(run, "WARM_CALL_LIMIT", 24.0)
     lines: list[str] = []
     with person(kind, tmp_path) as target:
         result = asyncio.run(run.Demo(tmp_path / "demo", http="off", out=lines.append,

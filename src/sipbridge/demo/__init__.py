@@ -8,5 +8,6 @@ NOTIFYs. The demo shows each step as it happens, then the transfer's outcome, th
 call's trace and the dashboard's address, and succeeds only if the call went through:
 the transfer succeeded, the human's phone answered, and the caller heard the human.
 
-`audio.py` and `baresip.py` are the phones it drives; the integration tests use them too.
+`audio.py` and `baresip.py` (with `ctrl.py`, baresip's control socket) are the phones it
+drives; the integration tests use them too.
 """

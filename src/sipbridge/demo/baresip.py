@@ -9,17 +9,14 @@ The demo places its call with it; the integration tests use it as caller and cal
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +27,7 @@ import numpy.typing as npt
 import soxr
 
 from sipbridge.demo.audio import PHONE_RATE, Pcm, read_wav, to_int16, write_wav
+from sipbridge.demo.ctrl import Control, ControlClosed, Message
 
 LOOPBACK = "127.0.0.1"
 _HANDED_OUT: set[tuple[str, int]] = set()  # ports this process was already given
@@ -180,6 +178,8 @@ class BaresipCall:
     close_reason: str
     dtmf_sent: str
     events: list[dict[str, Any]] = field(repr=False)
+    call_id: str | None = None  # baresip's id for the call (its events' ``id``)
+    since: int = 0  # the index of ``events[0]`` in the phone's :attr:`Baresip.events`
 
 
 class Baresip(Peer):
@@ -219,11 +219,7 @@ class Baresip(Peer):
         self.sip_port = 0
         self.ctrl_port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self.events: list[dict[str, Any]] = []
-        self._sock: socket.socket | None = None
-        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._token = 0
+        self._ctrl: Control | None = None
         self._calls = 0
 
     # -- lifecycle --
@@ -274,34 +270,30 @@ class Baresip(Peer):
             if self.process.poll() is not None:
                 raise BaresipError(f"baresip exited with {self.process.returncode}\n{self.log()}")
             try:
-                self._sock = socket.create_connection((self.host, self.ctrl_port), timeout=0.2)
+                sock = socket.create_connection((self.host, self.ctrl_port), timeout=0.2)
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise BaresipError(f"no ctrl_tcp on {self.ctrl_port}\n{self.log()}") from None
                 time.sleep(0.05)
-        self._sock.settimeout(None)
-        self._reader = threading.Thread(target=self._read_loop, name="baresip-ctrl", daemon=True)
-        self._reader.start()
+        sock.settimeout(None)
+        self._ctrl = Control(sock)
 
     def stop(self) -> int | None:
         """Quit baresip (``quit`` command, then SIGTERM, then SIGKILL); its exit code."""
         process = self.process
         if process is None:
             return None
-        if process.poll() is None and self._sock is not None:
+        if process.poll() is None and self._ctrl is not None:
             try:
-                self._send("quit")
+                self._ctrl.send("quit")
                 process.wait(self.STOP_TIMEOUT)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         terminate(process, self.STOP_TIMEOUT)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._reader is not None:
-            self._reader.join(1.0)
+        if self._ctrl is not None:
+            self._ctrl.close()  # its events stay readable
         return process.returncode
 
     def log(self) -> str:
@@ -311,75 +303,52 @@ class Baresip(Peer):
         except FileNotFoundError:
             return ""
 
-    # -- ctrl_tcp: JSON in netstrings (baresip modules/ctrl_tcp) --
+    # -- ctrl_tcp (sipbridge.demo.ctrl) --
 
-    def _send(self, command: str, params: str | None = None) -> str:
-        if self._sock is None:
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event baresip reported on its control socket, in order."""
+        return self._ctrl.events if self._ctrl is not None else []
+
+    def _control(self) -> Control:
+        if self._ctrl is None or self.process is None:
             raise BaresipError("baresip is not running")
-        self._token += 1
-        token = str(self._token)
-        body = json.dumps({"command": command, "params": params, "token": token}).encode()
-        self._sock.sendall(b"%d:%s," % (len(body), body))
-        return token
+        return self._ctrl
 
-    def _read_loop(self) -> None:
-        sock, buf = self._sock, b""
-        assert sock is not None
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while True:
-                    length, colon, rest = buf.partition(b":")
-                    if not colon or len(rest) < int(length) + 1:
-                        break
-                    self._inbox.put(json.loads(rest[: int(length)]))
-                    buf = rest[int(length) + 1 :]
-        except (OSError, ValueError):
-            pass
-        self._inbox.put(None)
-
-    def _next(self, deadline: float) -> dict[str, Any] | None:
-        try:
-            message = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
-        if message is None:
-            raise BaresipError(f"baresip closed its control socket\n{self.log()[-4000:]}")
-        if message.get("event"):
-            self.events.append(message)
-        return message
+    def _closed(self) -> BaresipError:
+        return BaresipError(f"baresip closed its control socket\n{self.log()[-4000:]}")
 
     def command(self, command: str, params: str | None = None, timeout: float = 5.0) -> str:
         """Run a baresip command (``dial``, ``hangup``, ``sndcode``...); its output."""
-        token = self._send(command, params)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self._next(deadline)
-            if message is not None and message.get("response") and message.get("token") == token:
-                if not message.get("ok", False):
-                    raise BaresipError(f"{command} {params or ''}: {message.get('data')}")
-                return str(message.get("data", ""))
-        raise BaresipError(f"no answer to {command} within {timeout:g} s\n{self.log()[-4000:]}")
+        ctrl = self._control()
+        try:
+            reply = ctrl.reply(ctrl.send(command, params), time.monotonic() + timeout)
+        except (ControlClosed, OSError):
+            raise self._closed() from None
+        if reply is None:
+            raise BaresipError(f"no answer to {command} within {timeout:g} s\n{self.log()[-4000:]}")
+        if not reply.get("ok", False):
+            raise BaresipError(f"{command} {params or ''}: {reply.get('data')}")
+        return str(reply.get("data", ""))
 
     def wait_event(
-        self, types: Iterable[str], timeout: float, *, since: int = 0
+        self, types: Iterable[str], timeout: float, *, since: int = 0, call_id: str | None = None
     ) -> dict[str, Any] | None:
         """The first event of one of ``types`` (``CALL_ESTABLISHED``...) at or after
-        index ``since`` of :attr:`events`, waiting up to ``timeout``; None if none came."""
+        index ``since`` of :attr:`events`, of the call ``call_id`` if given (baresip's
+        ``id``), waiting up to ``timeout``; None if none came. Any number of threads may
+        wait at once: each sees every event."""
         wanted = set(types)
-        deadline = time.monotonic() + timeout
-        seen = since
-        while True:
-            for event in self.events[seen:]:
-                if event.get("type") in wanted:
-                    return event
-            seen = len(self.events)
-            if time.monotonic() >= deadline:
-                return None
-            self._next(deadline)
+        return self._wait(lambda e: e.get("type") in wanted
+                          and (call_id is None or e.get("id") == call_id),
+                          time.monotonic() + timeout, since)
+
+    def _wait(self, match: Callable[[Message], bool], deadline: float,
+              since: int) -> dict[str, Any] | None:
+        try:
+            return self._control().wait(match, deadline, since)
+        except ControlClosed:
+            raise self._closed() from None
 
     # -- a call --
 
@@ -401,7 +370,11 @@ class Baresip(Peer):
         ``play`` is padded with silence to ``seconds`` + 1 s, since aufile ends
         the call when its file runs out. ``dtmf`` digits are sent one at a time
         (``sndcode``: RFC 4733 when the answer has telephone-event), the first
-        ``dtmf_at`` s after the answer, then every ``dtmf_gap`` s."""
+        ``dtmf_at`` s after the answer, then every ``dtmf_gap`` s.
+
+        The call's events are those with its baresip ``id``: a call that baresip places
+        itself to follow a REFER has an id of its own, and its CALL_CLOSED (a failed
+        transfer's, say) is not this call's end."""
         if self.process is None:
             raise BaresipError("baresip is not running")
         self._calls += 1
@@ -413,8 +386,17 @@ class Baresip(Peer):
             old.unlink()
 
         start = len(self.events)
+        earlier = {e.get("id") for e in self.events}
         self.command("dial", uri)
-        event = self.wait_event(["CALL_ESTABLISHED", "CALL_CLOSED"], answer_timeout, since=start)
+        answer_by = time.monotonic() + answer_timeout
+        # The dialed call: the first outgoing one with an id that no earlier event had
+        # (baresip's CALL_LOCAL_SDP for the offer comes before the call has an id).
+        first = self._wait(lambda e: e.get("direction") == "outgoing" and bool(e.get("id"))
+                           and e.get("id") not in earlier, answer_by, start)
+        call_id = str(first["id"]) if first is not None else None
+        event = None if call_id is None else self._wait(
+            lambda e: e.get("id") == call_id
+            and e.get("type") in ("CALL_ESTABLISHED", "CALL_CLOSED"), answer_by, start)
         established = event is not None and event["type"] == "CALL_ESTABLISHED"
         sent_digits = ""
         if established:
@@ -425,20 +407,22 @@ class Baresip(Peer):
                     time.sleep(pause)
                 self.command("sndcode", digit)
                 sent_digits += digit
-            closed = self.wait_event(
-                ["CALL_CLOSED"], max(0.0, answered + seconds - time.monotonic()), since=start
-            )
+            closed = self.wait_event(["CALL_CLOSED"], answered + seconds - time.monotonic(),
+                                     since=start, call_id=call_id)
             if closed is None:
                 self.command("hangup")
         elif event is None:
             self.command("hangup")  # gives up the unanswered INVITE (CANCEL)
-        closed = self.wait_event(["CALL_CLOSED"], 5.0, since=start)
-        reason = str(closed.get("param", "")) if closed else "(no CALL_CLOSED event)"
+        closed = self.wait_event(["CALL_CLOSED"], 5.0, since=start, call_id=call_id)
         if event is None:
             raise BaresipError(
                 f"{uri}: no answer within {answer_timeout:g} s\n{self.log()[-4000:]}"
             )
-        return self._collect(uri, established, reason, sent_digits, self.events[start:])
+        if closed is None:
+            raise BaresipError(f"{uri}: no CALL_CLOSED within 5 s of the hang-up\n"
+                               f"{self.log()[-4000:]}")
+        return self._collect(uri, established, str(closed.get("param", "")), sent_digits,
+                             self.events[start:], call_id, start)
 
     @property
     def address(self) -> str:
@@ -470,10 +454,12 @@ class Baresip(Peer):
     def answered(self, since: int, timeout: float) -> BaresipCall:
         """The call an answering baresip took after :meth:`prepare`, once it has ended."""
         self._calls += 1
-        established = self.wait_event(["CALL_ESTABLISHED"], timeout, since=since) is not None
-        closed = self.wait_event(["CALL_CLOSED"], timeout, since=since)
+        answer = self.wait_event(["CALL_ESTABLISHED"], timeout, since=since)
+        call_id = str(answer["id"]) if answer is not None and answer.get("id") else None
+        closed = self.wait_event(["CALL_CLOSED"], timeout, since=since, call_id=call_id)
         reason = str(closed.get("param", "")) if closed else "(no CALL_CLOSED event)"
-        return self._collect("(incoming)", established, reason, "", self.events[since:])
+        return self._collect("(incoming)", answer is not None, reason, "", self.events[since:],
+                             call_id, since)
 
     def _collect(
         self,
@@ -482,6 +468,8 @@ class Baresip(Peer):
         reason: str,
         dtmf: str,
         events: list[dict[str, Any]],
+        call_id: str | None,
+        since: int,
     ) -> BaresipCall:
         """Move the call's sndfile dumps to ``callN-sent.wav`` and ``callN-received.wav``."""
         paths = {}
@@ -500,6 +488,7 @@ class Baresip(Peer):
             uri=uri, rate=rate, sent=sent, received=received,
             sent_path=paths["sent"], received_path=paths["received"],
             established=established, close_reason=reason, dtmf_sent=dtmf, events=events,
+            call_id=call_id, since=since,
         )  # fmt: skip
 
 

@@ -276,7 +276,7 @@ class Demo:
         human_call = await asyncio.to_thread(human.answered, since, HUMAN_SECONDS + 15)
         self.result.human_answered = human_call.established
         await asyncio.to_thread(caller.wait_event, ["CALL_CLOSED"], 5.0,
-                                since=len(caller_leg.events))
+                                since=caller_leg.since + len(caller_leg.events))
         heard = [read_wav(p)[0] for p in (caller_leg.received_path,
                                           *caller.dumps.glob("dump-*-dec.wav"))]
         self.result.heard = max((xcorr_delay(human_words, x, PHONE_RATE)[0] for x in heard),
