@@ -116,7 +116,7 @@ def inbound(args: argparse.Namespace, root: Path) -> tuple[float, float, int, in
         "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
         "-bind_local", "-t", "u1",
         "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
         "-r", "100000", "-l", str(args.concurrency), "-m", str(args.calls), "-nostdin",
         "-recv_timeout", "5000", "-timeout", "60s", "-timeout_error",
         "-trace_stat", "-stf", str(stats_file), "-fd", "1",

@@ -189,22 +189,32 @@ def start_sipbridge(
 
 
 def start_sipp_uas(workdir: Path, core: int | None, transport: str) -> Server:
-    port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
+    """SIPp's own uas on free loopback ports. A port found free can be taken before SIPp
+    binds it (by another process, or by the gateway's last step still closing): SIPp
+    then exits at once, and is started again on other ports, three times at most."""
     log = workdir / "sipp-uas.log"
-    cmd = [
-        "sipp", "-sn", "uas", "-i", LOOPBACK, "-p", str(port), "-bind_local",
-        "-t", "u1" if transport == "udp" else "t1", "-nostdin",
-        "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            pinned(cmd, core), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-    time.sleep(0.5)  # SIPp's uas does not answer OPTIONS; give it time to bind
-    if proc.poll() is not None:
-        raise SystemExit(f"sipp -sn uas did not start:\n{log.read_text(errors='replace')}")
-    return Server("sipp uas", proc, port, log)
+    for _ in range(3):
+        port = free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
+        control = free_port((socket.SOCK_DGRAM,))
+        media = free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))  # audio, video and RTCP
+        if len({port, control, media, media + 1, media + 2, media + 3}) < 6:
+            continue
+        cmd = [
+            "sipp", "-sn", "uas", "-i", LOOPBACK, "-p", str(port), "-bind_local",
+            "-t", "u1" if transport == "udp" else "t1", "-nostdin",
+            "-cp", str(control), "-mp", str(media),
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                pinned(cmd, core), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT
+            )
+        time.sleep(0.5)  # SIPp's uas does not answer OPTIONS; give it time to bind
+        if proc.poll() is None:
+            return Server("sipp uas", proc, port, log)
+        if "Address already in use" not in log.read_text(errors="replace"):
+            break
+    raise SystemExit(f"sipp -sn uas did not start:\n{log.read_text(errors='replace')}")
 
 
 Starter = Callable[[Path, "int | None", str], Server]
@@ -288,7 +298,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
         "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
         "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
         "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
         "-r", str(rate), "-m", str(calls), "-nostdin",
         "-recv_timeout", "5000",
         "-timeout", f"{args.duration * 2 + 30}s", "-timeout_error",
@@ -492,7 +502,7 @@ def run_overload(rate: int, multiple: float, args: argparse.Namespace, root: Pat
         "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
         "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
         "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
         "-r", str(rate), "-m", str(rate * duration), "-nostdin",
         "-recv_timeout", "5000", "-timeout", f"{duration * 2 + 60}s", "-timeout_error",
         "-trace_stat", "-stf", str(stats_file), "-fd", "1", "-trace_counts",

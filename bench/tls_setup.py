@@ -124,7 +124,7 @@ def run(mode: str, args: argparse.Namespace, root: Path) -> Run:
             "sipp", f"{LOOPBACK}:{target}", "-sn", "uac", "-i", LOOPBACK,
             "-p", str(free_port((socket.SOCK_STREAM,))), "-t", "tn", "-max_socket", "5000",
             "-cp", str(free_port((socket.SOCK_DGRAM,))),
-            "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 2))),
+            "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
             "-r", str(args.rate), "-m", str(calls), "-nostdin", "-recv_timeout", "5000",
             "-timeout", f"{args.duration * 2 + 15}s", "-timeout_error",
             "-trace_stat", "-stf", str(stats), "-fd", "1",

@@ -10,8 +10,7 @@ Via, From, To, Call-ID and CSeq values to build a response).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Iterable, Iterator
 
 from sipbridge.sip.errors import MessageTooLarge, ParseError, SipError
 from sipbridge.sip.headers import (
@@ -56,28 +55,6 @@ _HEADER_NAME_OK = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 # Header names from the wire already checked against _HEADER_NAME_OK, with canonical_name()'s
 # answer; bounded because the names come from peers.
 _WIRE_NAMES: dict[str, tuple[str, str]] = {}
-
-
-_T = TypeVar("_T")
-
-
-class cached_property(Generic[_T]):
-    """A lock-free cached property: functools' one takes a lock on every first access in 3.11."""
-
-    def __init__(self, func: Callable[[Any], _T]) -> None:
-        self.func = func
-        self.name = func.__name__
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> cached_property[_T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type) -> _T: ...
-    def __get__(self, obj: object | None, owner: type) -> _T | cached_property[_T]:
-        if obj is None:
-            return self
-        value = self.func(obj)
-        obj.__dict__[self.name] = value
-        return value
 
 
 def reason_phrase(status: int) -> str:
@@ -145,13 +122,23 @@ class Headers:
 
 
 class Message:
-    """What requests and responses share: headers, body and typed views of common headers."""
+    """What requests and responses share: headers, body and typed views of common headers.
+
+    The typed views are parsed on first use and kept in plain attributes (None: not yet),
+    which compiled code (setup.py) reads as fast as a slot."""
 
     headers: Headers
     body: bytes
     # The serialised form of the first header items, when they were copied from a request
     # whose answers share them (`response_to`): (those items, their text).
     _head: tuple[list[tuple[str, str, str]], str] | None = None
+    _vias: tuple[Via, ...] | None = None
+    _from: NameAddr | None = None
+    _to: NameAddr | None = None
+    _call_id: str | None = None
+    _cseq: CSeq | None = None
+    _contacts: tuple[NameAddr, ...] | None = None
+    _record_routes: tuple[NameAddr, ...] | None = None
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]], body: bytes) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
@@ -177,48 +164,73 @@ class Message:
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
-    # Typed views, parsed on first use and cached (parse once, at the edge).
-    @cached_property
+    # Typed views, parsed on first use and kept (parse once, at the edge).
+    @property
     def vias(self) -> tuple[Via, ...]:
-        values = self.headers.get_all("Via")
-        if not values:
-            raise ParseError("missing Via header")
-        return tuple(parse_via(v) for v in values)
+        vias = self._vias
+        if vias is None:
+            values = self.headers.get_all("Via")
+            if not values:
+                raise ParseError("missing Via header")
+            vias = self._vias = tuple([parse_via(v) for v in values])
+        return vias
+
+    def set_vias(self, vias: tuple[Via, ...]) -> None:
+        """The parsed Vias as they now are (the caller changed the Via headers to match)."""
+        self._vias = vias
 
     @property
     def top_via(self) -> Via:
         return self.vias[0]
 
-    @cached_property
+    @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self._one("From"), "From")
-
-    @cached_property
-    def to(self) -> NameAddr:
-        return parse_name_addr(self._one("To"), "To")
-
-    @cached_property
-    def call_id(self) -> str:
-        value = self._one("Call-ID").strip()
-        if not value or len(value.split(maxsplit=1)) != 1:  # word ["@" word], no LWS
-            raise ParseError("invalid Call-ID")
+        value = self._from
+        if value is None:
+            value = self._from = parse_name_addr(self._one("From"), "From")
         return value
 
-    @cached_property
+    @property
+    def to(self) -> NameAddr:
+        value = self._to
+        if value is None:
+            value = self._to = parse_name_addr(self._one("To"), "To")
+        return value
+
+    @property
+    def call_id(self) -> str:
+        value = self._call_id
+        if value is None:
+            value = self._one("Call-ID").strip()
+            if not value or len(value.split(maxsplit=1)) != 1:  # word ["@" word], no LWS
+                raise ParseError("invalid Call-ID")
+            self._call_id = value
+        return value
+
+    @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self._one("CSeq"))
+        value = self._cseq
+        if value is None:
+            value = self._cseq = parse_cseq(self._one("CSeq"))
+        return value
 
-    @cached_property
+    @property
     def contacts(self) -> tuple[NameAddr, ...]:
-        values = self.headers.get_all("Contact")
-        if values == ["*"]:
-            return ()
-        return tuple(parse_name_addr(v, "Contact") for v in values)
+        value = self._contacts
+        if value is None:
+            values = self.headers.get_all("Contact")
+            value = () if values == ["*"] else tuple(
+                [parse_name_addr(v, "Contact") for v in values])
+            self._contacts = value
+        return value
 
-    @cached_property
+    @property
     def record_routes(self) -> tuple[NameAddr, ...]:
-        return tuple(parse_name_addr(v, "Record-Route")
-                     for v in self.headers.get_all("Record-Route"))
+        value = self._record_routes
+        if value is None:
+            value = self._record_routes = tuple(
+                [parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route")])
+        return value
 
     @property
     def content_type(self) -> str | None:
@@ -235,10 +247,28 @@ class Message:
         return values[0]
 
 
+def _max_forwards(value: str | None) -> int:
+    """A Max-Forwards header's value; 70 when there is none."""
+    if value is None:
+        return 70
+    value = value.strip()
+    # 1*DIGIT with leading zeros allowed (RFC 4475 3.1.1.1); isascii because
+    # str.isdigit() also accepts digits such as "\u00b2" that int() rejects.
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > 255:
+        raise ParseError("invalid Max-Forwards")
+    return int(value)
+
+
 class Request(Message):
     """A SIP request (RFC 3261 7.1)."""
 
     start_line_error: SipError | None = None  # set when the start line cannot be served
+    _max_forwards: int | None = None
+    # The header items `response_to` copies, by (To tag, a 100's or not), remembered while
+    # the request's headers stay the same items (`_response_head`).
+    _response_heads: tuple[list[tuple[str, str, str]],
+                           dict[tuple[str | None, bool],
+                                tuple[list[tuple[str, str, str]], str]]] | None = None
 
     def __init__(
         self,
@@ -257,17 +287,12 @@ class Request(Message):
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
 
-    @cached_property
+    @property
     def max_forwards(self) -> int:
-        value = self.headers.get("Max-Forwards")
+        value = self._max_forwards
         if value is None:
-            return 70
-        value = value.strip()
-        # 1*DIGIT with leading zeros allowed (RFC 4475 3.1.1.1); isascii because
-        # str.isdigit() also accepts digits such as "\u00b2" that int() rejects.
-        if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > 255:
-            raise ParseError("invalid Max-Forwards")
-        return int(value)
+            value = self._max_forwards = _max_forwards(self.headers.get("Max-Forwards"))
+        return value
 
     def validate(self) -> None:
         """Check what RFC 3261 8.1.1 makes mandatory; raises SipError with the answer to give."""
@@ -342,11 +367,9 @@ def _response_head(request: Request, to_tag: str | None, trying: bool
     and Timestamp in a 100 (8.2.6.1); remembered on the request while its headers stay
     the same items."""
     items = request.headers._items
-    memo: tuple[list[tuple[str, str, str]], dict[tuple[str | None, bool], Any]] | None = (
-        request.__dict__.get("_response_heads"))
+    memo = request._response_heads
     if memo is None or memo[0] != items:
-        memo = (list(items), {})
-        request.__dict__["_response_heads"] = memo
+        memo = request._response_heads = (list(items), {})
     key = (to_tag, trying)
     found: tuple[list[tuple[str, str, str]], str] | None = memo[1].get(key)
     if found is not None:

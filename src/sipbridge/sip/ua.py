@@ -532,7 +532,7 @@ class UserAgent:
             req.headers.add("Via", str(stamped))
             for v in vias[1:]:
                 req.headers.add("Via", v)
-            req.__dict__["vias"] = (stamped, *req.vias[1:])
+            req.set_vias((stamped, *req.vias[1:]))
         try:
             req.validate()
         except SipError as exc:
