@@ -1,4 +1,6 @@
-"""The SIP layer's exceptions. Each carries the response the peer should hear."""
+"""The SIP layer's exceptions. Each carries the response the peer should hear. They stay
+interpreted (not in `sipbridge._compiled.MODULES`): a compiled subclass drops a class
+attribute such as `status`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ class ParseError(SipError):
     """Bytes that are not a well-formed SIP message, URI, header or body (400)."""
 
     status = 400
+
+
+class UnsupportedUriScheme(ParseError):
+    """A URI whose scheme sipbridge does not serve (416, RFC 3261 8.2.2.1)."""
+
+    status = 416
 
 
 class MessageTooLarge(ParseError):

@@ -7,14 +7,8 @@ import functools
 import re
 from dataclasses import dataclass, replace
 
-from sipbridge.sip.errors import ParseError
-from sipbridge.sip.uri import (
-    Params,
-    UnsupportedUriScheme,
-    Uri,
-    parse_host_port,
-    parse_uri,
-)
+from sipbridge.sip.errors import ParseError, UnsupportedUriScheme
+from sipbridge.sip.uri import Params, Uri, parse_host_port, parse_uri
 
 # RFC 3261 7.3.3 and the registry of compact forms.
 COMPACT = {

@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
-from sipbridge.sip.errors import ParseError
+from sipbridge.sip.errors import ParseError, UnsupportedUriScheme
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -32,12 +32,6 @@ _PARAM = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+$")
 _HEADER_CHARS = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*$")
 _URI_BAD_CHARS = re.compile(r'[\s<>"]')
 _TEL_NUMBER = re.compile(r"^(?:\+[0-9\-.()]*[0-9][0-9\-.()]*|[0-9A-Fa-f*#\-.()pw]+)$")
-
-
-class UnsupportedUriScheme(ParseError):
-    """A URI whose scheme sipbridge does not serve (416, RFC 3261 8.2.2.1)."""
-
-    status = 416
 
 
 def _parse_params(text: str, what: str) -> Params:
