@@ -31,6 +31,9 @@ MODULES = (
     "sipbridge.sip.tokens",
     "sipbridge.sip.sdp",
     "sipbridge.sip.address",
+    "sipbridge.sip.transaction",
+    "sipbridge.sip.dialog",
+    "sipbridge.sip.ua",
 )
 MANIFEST = "sipbridge/_compiled.json"  # under the source root (src/)
 _ROOT = Path(__file__).resolve().parent.parent
