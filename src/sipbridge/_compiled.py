@@ -34,6 +34,10 @@ MODULES = (
     "sipbridge.sip.transaction",
     "sipbridge.sip.dialog",
     "sipbridge.sip.ua",
+    "sipbridge.calls.sipids",
+    "sipbridge.calls.events",
+    "sipbridge.calls.manager",
+    "sipbridge.calls.sinks",
 )
 MANIFEST = "sipbridge/_compiled.json"  # under the source root (src/)
 _ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from sipbridge.agent.bridge import AgentBridge
 from sipbridge.calls import dtmf_tool
@@ -50,7 +50,8 @@ DECISION_SPEECH_WAIT = 4.0  # seconds a warm transfer's decision waits for the m
 class Agents:
     """The model sessions of the calls, one per call that talks with the agent."""
 
-    wants = (MediaStarted, Digit, TransferStepped, Ended)  # of a call's events (CallEvents)
+    # of a call's events (CallEvents)
+    wants: ClassVar[tuple[type, ...]] = (MediaStarted, Digit, TransferStepped, Ended)
 
     def __init__(self, config: Config, url: str, calls: CallManager, events: CallEvents,
                  sideband: SidebandHubs, metrics: Metrics, media: MediaEngine,

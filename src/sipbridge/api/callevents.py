@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import ClassVar
 
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery, WebhookSender, make_event
 from sipbridge.calls.call import Call
@@ -27,7 +28,8 @@ from sipbridge.realtime.sideband import SidebandHubs
 class SidebandSink:
     """Every transfer step to the call's sideband clients; at the end they are let go."""
 
-    wants = (TransferStepped, OutboundNoted, DtmfSending, Ended)  # of a call's events (CallEvents)
+    # of a call's events (CallEvents)
+    wants: ClassVar[tuple[type, ...]] = (TransferStepped, OutboundNoted, DtmfSending, Ended)
 
     def __init__(self, hubs: SidebandHubs) -> None:
         self.hubs = hubs
@@ -69,7 +71,8 @@ class WebhookSink:
     """realtime.call.incoming when a call waits for the application; a transfer's outcome
     as realtime.call.transfer.succeeded or .failed."""
 
-    wants = (Incoming, TransferStepped, OutboundNoted)  # of a call's events (CallEvents)
+    # of a call's events (CallEvents)
+    wants: ClassVar[tuple[type, ...]] = (Incoming, TransferStepped, OutboundNoted)
 
     def __init__(self, sender: WebhookSender, events: CallEvents, metrics: Metrics) -> None:
         self.sender = sender

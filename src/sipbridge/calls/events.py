@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from sipbridge.calls.call import Call, DtmfSend, TransferJob
 from sipbridge.calls.transfer_machine import TransferStep
@@ -107,7 +107,7 @@ def note(call: Call, kind: str, **data: object) -> Noted:
 class TimelineRecorder:
     """Each event that has one as its entry on the call's timeline."""
 
-    wants = (Noted, Digit, DtmfSending, TransferStepped)
+    wants: ClassVar[tuple[type, ...]] = (Noted, Digit, DtmfSending, TransferStepped)
 
     def observe(self, event: CallEvent) -> None:
         if type(event) is Noted:  # most events: a SIP message or a note

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipbridge.calls.call import Call
 from sipbridge.calls.events import CallEvent, Changed, Ended, OutboundNoted, TransferStepped
@@ -36,7 +36,8 @@ class StoreSink:
     entries are taken as they are when added; `hand_over()` sends what waits at once
     (before the store closes)."""
 
-    wants = (Changed,)  # the timeline's entries come through its `sink`, not as events
+    # the timeline's entries come through its `sink`, not as events
+    wants: ClassVar[tuple[type, ...]] = (Changed,)
 
     def __init__(self, store: Store, recordings: str | None,
                  defer: Callable[[Callable[[], None]], object] | None = None) -> None:
@@ -92,7 +93,7 @@ class MetricsSink:
     """Call setup times, calls ended by reason (with their media figures), transfers by
     outcome, outbound calls by outcome."""
 
-    wants = (OutboundNoted, Changed, Ended, TransferStepped)
+    wants: ClassVar[tuple[type, ...]] = (OutboundNoted, Changed, Ended, TransferStepped)
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
