@@ -102,11 +102,26 @@ python_ok || die "no Python >= 3.11 as $PYTHON"
 # Reinstall when the project's metadata, the compiled path's sources or the interpreter
 # change (the install builds the C modules in place, next to their Python reference).
 EXTRAS="agent,postgres,test,dev,uvloop"
-want="$({ echo "$EXTRAS"; cat pyproject.toml setup.py; find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat
+# The SIP modules that mypyc compiles (src/sipbridge/_compiled.py) are built from their
+# Python source: an edit to one rebuilds them (until then it runs from its source).
+compiled_sources() {
+    sed -n 's/^    "\(sipbridge\.[a-z_.]*\)",$/\1/p' src/sipbridge/_compiled.py |
+        sed 's|\.|/|g; s|^|src/|; s|$|.py|'
+}
+want="$({ echo "$EXTRAS"; cat pyproject.toml setup.py src/sipbridge/_compiled.py
+          find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat
+          compiled_sources | xargs -r cat
           "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 
-if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] &&
-    "$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s; sys.exit(bool(s.missing()))' >/dev/null 2>&1; then
+# Both compiled paths in place: the media kernels, and the SIP modules matching their source.
+built() {
+    "$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s, sipbridge._compiled as c
+m = s.missing()
+sys.exit("the compiled media path did not build: " + ", ".join(m) if m else
+         None if c.compiled() else "the SIP modules run from source: " + c.WHY_PURE)'
+}
+
+if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && built >/dev/null 2>&1; then
     exit 0
 fi
 
@@ -121,7 +136,6 @@ fi
 
 log "installing sipbridge (editable) with the agent, postgres, test, dev and uvloop extras"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
-"$VENV/bin/python" -c 'import sys, sipbridge.media.speed as s; m = s.missing()
-sys.exit("the compiled media path did not build: " + ", ".join(m) if m else 0)' || die "see above"
+built || die "see above"
 printf '%s\n' "$want" >"$STAMP"
 log "ready: $VENV"
