@@ -44,28 +44,21 @@ def _invite(n: int, method: str = "INVITE", cseq: int = 1, to_tag: str = "",
     return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def transcript() -> dict[str, object]:
-    """What this process's SIP plane makes of the input (see the module docstring)."""
-    from sipbridge import _compiled
-    from sipbridge.sip.access import AccessGuard
-    from sipbridge.sip.address import Address
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__} {getattr(exc, 'status', '')} {exc}"
+
+
+def _messages(lines: list[str]) -> None:
+    """The corpus: each message parsed, its views, validated, answered, serialised."""
     from sipbridge.sip.errors import SipError
-    from sipbridge.sip.events import IncomingCall
     from sipbridge.sip.message import Request, parse_message, response_to
-    from sipbridge.sip.sdp import answer_offer, parse_sdp
-    from sipbridge.sip.ua import UaConfig, UserAgent
     from tests.unit.corpus import CORPUS
-
-    lines: list[str] = []
-
-    def error(exc: Exception) -> str:
-        return f"{type(exc).__name__} {getattr(exc, 'status', '')} {exc}"
 
     for entry in CORPUS:
         try:
             msg = parse_message(entry.data)
         except SipError as exc:
-            lines.append(f"{entry.name}: {error(exc)}")
+            lines.append(f"{entry.name}: {_error(exc)}")
             continue
         views = []
         for view in ("vias", "from_", "to", "call_id", "cseq", "contacts", "record_routes",
@@ -73,19 +66,25 @@ def transcript() -> dict[str, object]:
             try:
                 views.append(repr(getattr(msg, view)))
             except SipError as exc:
-                views.append(error(exc))
+                views.append(_error(exc))
             except AttributeError:
                 views.append("-")
         lines.append(f"{entry.name}: {msg!r} {msg.headers._items!r} {views}")
         if isinstance(msg, Request):
+            status = 200
             try:
                 msg.validate()
-                status = 200
             except SipError as exc:
                 status = exc.status
-                lines.append(f"  {error(exc)}")
+                lines.append(f"  {_error(exc)}")
             lines.append(repr(response_to(msg, status, to_tag="t1").to_bytes()))
         lines.append(repr(msg.to_bytes()))
+
+
+def _offers(lines: list[str]) -> None:
+    from sipbridge.sip.errors import SipError
+    from sipbridge.sip.sdp import answer_offer, parse_sdp
+
     for n, offer in enumerate(OFFERS):
         try:
             answer, negotiated = answer_offer(parse_sdp(offer), local_address="203.0.113.5",
@@ -93,13 +92,26 @@ def transcript() -> dict[str, object]:
                                               session_version=1)
             lines.append(f"offer {n}: {answer.to_bytes()!r} {negotiated!r}")
         except SipError as exc:
-            lines.append(f"offer {n}: {error(exc)}")
+            lines.append(f"offer {n}: {_error(exc)}")
+
+
+def _calls(lines: list[str]) -> None:
+    """Calls through the UA core, its tokens counted rather than random."""
+    from sipbridge.sip.access import AccessGuard
+    from sipbridge.sip.address import Address
+    from sipbridge.sip.events import IncomingCall
+    from sipbridge.sip.ua import UaConfig, UserAgent
 
     counter = iter(range(10**6))
     ua = UserAgent(UaConfig(), AccessGuard(["192.0.2.0/24"]),
                    token=lambda: f"tok{next(counter)}")
     source = Address("udp", "192.0.2.1", 5060)
+    incoming: list[IncomingCall] = []
     now = 1000.0
+
+    def sent() -> None:
+        for out, dest in ua.outgoing():
+            lines.append(f"to {dest}: {out!r}")
 
     def step(data: bytes, src: Address = source) -> None:
         ua.receive(data, src, now)
@@ -107,10 +119,8 @@ def transcript() -> dict[str, object]:
             lines.append(f"event {type(event).__name__} {getattr(event, 'leg_id', '')}")
             if isinstance(event, IncomingCall):
                 incoming.append(event)
-        for out, dest in ua.outgoing():
-            lines.append(f"to {dest}: {out!r}")
+        sent()
 
-    incoming: list[IncomingCall] = []
     step(_invite(1, body=OFFERS[0]))  # answered, then hung up by the caller
     leg = incoming[-1].leg_id
     ua.ring(leg, now)
@@ -121,16 +131,24 @@ def transcript() -> dict[str, object]:
     step(_invite(2, "CANCEL"))
     step(_invite(3))  # refused
     ua.reject(incoming[-1].leg_id, 486, now)
-    for out, dest in ua.outgoing():
-        lines.append(f"to {dest}: {out!r}")
+    sent()
     step(_invite(3, "ACK"))
     step(_invite(4, "OPTIONS"))
     step(_invite(5), Address("udp", "198.51.100.7", 5060))  # not an allowed source
     now += 64.0
     ua.handle_timer(now)
-    for out, dest in ua.outgoing():
-        lines.append(f"to {dest}: {out!r}")
+    sent()
     lines.append(f"held {sorted(ua.held.items())!r} stats {sorted(ua.stats.items())!r}")
+
+
+def transcript() -> dict[str, object]:
+    """What this process's SIP plane makes of the input (see the module docstring)."""
+    from sipbridge import _compiled
+
+    lines: list[str] = []
+    _messages(lines)
+    _offers(lines)
+    _calls(lines)
     return {"compiled": _compiled.compiled(), "lines": lines}
 
 
