@@ -9,12 +9,13 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 
-Pcm = npt.NDArray[np.int16]
+Pcm: TypeAlias = npt.NDArray[np.int16]
 
 PHONE_RATE = 8000
 

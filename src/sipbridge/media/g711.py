@@ -21,14 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from sipbridge.media import speed
 
-Pcm = npt.NDArray[np.int16]
-PcmInput = Pcm | bytes | bytearray | memoryview
+Pcm: TypeAlias = npt.NDArray[np.int16]
+PcmInput: TypeAlias = Pcm | bytes | bytearray | memoryview
 
 _INT16 = np.dtype(np.int16)
 _S16LE = np.dtype("<u2")  # raw PCM arrives as 16-bit little-endian (s16le)
