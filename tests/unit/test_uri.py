@@ -6,11 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipbridge.sip.errors import ParseError
+from sipbridge.sip.errors import ParseError, UnsupportedUriScheme
 from sipbridge.sip.uri import (
     SipUri,
     TelUri,
-    UnsupportedUriScheme,
     parse_host_port,
     parse_sip_uri,
     parse_uri,
