@@ -110,7 +110,7 @@ def sipp_command(
     else:
         scenario_args = ["-sn", str(scenario)]
     local_port = find_free_port(local_ip)
-    media_port = find_free_port(local_ip, tcp=False, offsets=(0, 2))
+    media_port = find_free_port(local_ip, tcp=False, offsets=(0, 1, 2, 3))
     control_port = find_free_port("0.0.0.0", tcp=False)
     cmd = [
         "sipp",
@@ -153,19 +153,30 @@ def run_sipp(
     Options are those of :func:`sipp_command`. SIPp exits 0 when all calls
     succeeded, 1 when some failed, 255 on a fatal error or global timeout."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = sipp_command(target, scenario, workdir, **options)
     timeout = float(options.get("timeout", 30))
-    started = time.monotonic()
-    with (workdir / "output.txt").open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            returncode = proc.wait(timeout + 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            returncode = -9
+    # A port found free can be taken before SIPp binds it (the ports come from the
+    # range other processes draw from too): SIPp then stops before its first message,
+    # and runs again on new ports, three times at most.
+    for _ in range(3):
+        cmd = sipp_command(target, scenario, workdir, **options)
+        started = time.monotonic()
+        with (workdir / "output.txt").open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT
+            )
+            try:
+                returncode = proc.wait(timeout + 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                returncode = -9
+        said = "".join(
+            (workdir / name).read_text(errors="replace")
+            for name in ("output.txt", "errors.log") if (workdir / name).exists())
+        if not (returncode in (254, 255) and "Unable to bind" in said
+                and "Address already in use" in said):
+            break
     elapsed = time.monotonic() - started
 
     def text(name: str) -> str:
