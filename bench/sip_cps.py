@@ -287,6 +287,30 @@ def timed_uac(cmd: list[str], work: Path, core: int | None, pid: int) -> tuple[f
                        stderr=subprocess.STDOUT, check=False)
     return time.monotonic() - start, cpu_seconds(pid) - cpu0
 
+WARMUP_RATE = 200  # calls a second of the warm-up before each measured step
+
+
+def warm(server: Server, args: argparse.Namespace, workdir: Path) -> None:
+    """Calls at WARMUP_RATE for `--warmup` seconds to the fresh server before it is
+    measured: a server just started (its caches, pools, store file and the
+    interpreter's own specialisation) is slower for its first seconds than it runs
+    after, and a step is to measure the rate it sustains. Not measured; its calls may
+    fail (a server that cannot take this rate fails the step anyway)."""
+    cmd = [
+        "sipp", f"{LOOPBACK}:{server.port}", "-sn", "uac",
+        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
+        "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
+        "-cp", str(free_port((socket.SOCK_DGRAM,))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
+        "-r", str(WARMUP_RATE), "-m", str(int(WARMUP_RATE * args.warmup)), "-nostdin",
+        "-recv_timeout", "5000", "-timeout", f"{args.warmup + 20:g}s",
+    ]  # fmt: skip
+    with (workdir / "sipp-warmup.log").open("wb") as out:
+        subprocess.run(pinned(cmd, args.client_core), stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=subprocess.STDOUT, check=False)
+    time.sleep(0.5)  # its last transactions settle
+
+
 def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> Step:
     workdir = root / f"{target.replace(' ', '-')}-{rate}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +329,8 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
         "-trace_stat", "-stf", str(stats_file), "-fd", "1",
     ]  # fmt: skip
     try:
+        if getattr(args, "warmup", 0) > 0:  # (bench/multicore.py's steps have none)
+            warm(server, args, workdir)
         server_cpu0 = cpu_seconds(server.proc.pid)
         loop_cpu0 = cpu_seconds(server.proc.pid, server.proc.pid)
         start = time.monotonic()
@@ -689,6 +715,9 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=10, help="bisect until within N cps")
     ap.add_argument("--resolution-pct", type=float, default=5.0, help="... or N%% of the rate")
     ap.add_argument("--cooldown", type=float, default=2.0, help="seconds between steps")
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help=f"seconds of calls at {WARMUP_RATE}/s to each fresh server before "
+                    "its step is measured (default 2; 0: none)")
     ap.add_argument("--keep", metavar="DIR", help="keep SIPp and server logs in DIR")
     ap.add_argument("--overload", metavar="M,M", default="",
                     help="then offer these multiples of the max (e.g. 2,4) to sipbridge")
