@@ -290,21 +290,28 @@ def timed_uac(cmd: list[str], work: Path, core: int | None, pid: int) -> tuple[f
 WARMUP_RATE = 200  # calls a second of the warm-up before each measured step
 
 
+def uac_command(server: Server, transport: str, rate: int, calls: int, *extra: str
+                ) -> list[str]:
+    """SIPp's built-in uac placing `calls` calls at `rate` a second to `server`, from free
+    loopback ports, with `extra` options."""
+    return [
+        "sipp", f"{LOOPBACK}:{server.port}", "-sn", "uac",
+        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
+        "-bind_local", "-t", "u1" if transport == "udp" else "t1",
+        "-cp", str(free_port((socket.SOCK_DGRAM,))),
+        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
+        "-r", str(rate), "-m", str(calls), "-nostdin", "-recv_timeout", "5000", *extra,
+    ]  # fmt: skip
+
+
 def warm(server: Server, args: argparse.Namespace, workdir: Path) -> None:
     """Calls at WARMUP_RATE for `--warmup` seconds to the fresh server before it is
     measured: a server just started (its caches, pools, store file and the
     interpreter's own specialisation) is slower for its first seconds than it runs
     after, and a step is to measure the rate it sustains. Not measured; its calls may
     fail (a server that cannot take this rate fails the step anyway)."""
-    cmd = [
-        "sipp", f"{LOOPBACK}:{server.port}", "-sn", "uac",
-        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
-        "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
-        "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
-        "-r", str(WARMUP_RATE), "-m", str(int(WARMUP_RATE * args.warmup)), "-nostdin",
-        "-recv_timeout", "5000", "-timeout", f"{args.warmup + 20:g}s",
-    ]  # fmt: skip
+    cmd = uac_command(server, args.transport, WARMUP_RATE, int(WARMUP_RATE * args.warmup),
+                      "-timeout", f"{args.warmup + 20:g}s")
     with (workdir / "sipp-warmup.log").open("wb") as out:
         subprocess.run(pinned(cmd, args.client_core), stdin=subprocess.DEVNULL, stdout=out,
                        stderr=subprocess.STDOUT, check=False)
@@ -317,17 +324,9 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
     calls = rate * args.duration
     server = STARTERS[target](workdir, args.server_core, args.transport)
     stats_file = workdir / "stats.csv"
-    cmd = [
-        "sipp", f"{LOOPBACK}:{server.port}", "-sn", "uac",
-        "-i", LOOPBACK, "-p", str(free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))),
-        "-bind_local", "-t", "u1" if args.transport == "udp" else "t1",
-        "-cp", str(free_port((socket.SOCK_DGRAM,))),
-        "-mp", str(free_port((socket.SOCK_DGRAM,), (0, 1, 2, 3))),
-        "-r", str(rate), "-m", str(calls), "-nostdin",
-        "-recv_timeout", "5000",
-        "-timeout", f"{args.duration * 2 + 30}s", "-timeout_error",
-        "-trace_stat", "-stf", str(stats_file), "-fd", "1",
-    ]  # fmt: skip
+    cmd = uac_command(server, args.transport, rate, calls,
+                      "-timeout", f"{args.duration * 2 + 30}s", "-timeout_error",
+                      "-trace_stat", "-stf", str(stats_file), "-fd", "1")
     try:
         if getattr(args, "warmup", 0) > 0:  # (bench/multicore.py's steps have none)
             warm(server, args, workdir)
