@@ -5,10 +5,11 @@
   src/sipbridge/media/_c/). The Python modules stay the readable reference: sipbridge
   runs without these (with `media_path = "python"`), and the tests compare both on the
   same input.
-- the SIP plane's parsing (`sipbridge._compiled.MODULES`): the typed Python modules
-  themselves, compiled to C by mypyc (part of mypy) when it is installed. The same source
-  runs interpreted where they are not built, where a module's source changed after the
-  build (its hash in the manifest written here differs), or with SIPBRIDGE_PURE_PYTHON=1.
+- the SIP plane and the calls plane's hot modules (`sipbridge._compiled.MODULES`): the
+  typed Python modules themselves, compiled to C by mypyc (part of mypy) when it is
+  installed. The same source runs interpreted where they are not built, where a
+  module's source changed after the build (its hash in the manifest written here
+  differs), or with SIPBRIDGE_PURE_PYTHON=1.
 
 Everything else is declared in pyproject.toml."""
 
@@ -46,7 +47,7 @@ MYPY_OPTIONS = ["--config-file", "", "--ignore-missing-imports", "--python-versi
 
 
 def mypyc_extensions() -> list[Extension]:
-    """The SIP modules compiled by mypyc, and the manifest of the sources they were
+    """The modules of MODULES compiled by mypyc, and the manifest of the sources they were
     compiled from; none without mypyc or with SIPBRIDGE_PURE_PYTHON=1."""
     manifest = Path("src") / MANIFEST
     manifest.unlink(missing_ok=True)

@@ -102,11 +102,12 @@ python_ok || die "no Python >= 3.11 as $PYTHON"
 # Reinstall when the project's metadata, the compiled path's sources or the interpreter
 # change (the install builds the C modules in place, next to their Python reference).
 EXTRAS="agent,postgres,test,dev,uvloop"
-# The SIP modules that mypyc compiles (src/sipbridge/_compiled.py) are built from their
-# Python source: an edit to one rebuilds them (until then it runs from its source).
+# The SIP and calls modules that mypyc compiles (MODULES in src/sipbridge/_compiled.py)
+# are built from their Python source: an edit to one rebuilds them (until then they run
+# from source).
 compiled_sources() {
-    sed -n 's/^    "\(sipbridge\.[a-z_.]*\)",$/\1/p' src/sipbridge/_compiled.py |
-        sed 's|\.|/|g; s|^|src/|; s|$|.py|'
+    "$PYTHON" -c 'import runpy; m = runpy.run_path("src/sipbridge/_compiled.py")
+print("\n".join("src/" + m["source_path"](n) for n in m["MODULES"]))'
 }
 want="$({ echo "$EXTRAS"; cat pyproject.toml setup.py src/sipbridge/_compiled.py
           find src/sipbridge/media/_c -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat

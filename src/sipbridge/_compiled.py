@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# The SIP plane's per-message parsing: pure functions and small classes over str, typed
-# throughout (bench/README.md, sip_plane.py and sip_cps.py, has what they save).
+# The SIP plane (parsing, the UA core, its transactions and dialogs) and the calls plane's
+# per-message work: typed throughout (bench/README.md, "The SIP and calls planes compiled
+# by mypyc", has what compiling them saves).
 MODULES = (
     "sipbridge.sip.message",
     "sipbridge.sip.headers",
@@ -88,6 +89,6 @@ def install() -> None:
 
 
 def compiled() -> bool:
-    """Whether the SIP plane runs compiled (every module of MODULES is an extension)."""
+    """Whether the modules of MODULES run compiled (every one is an extension)."""
     loaded = [importlib.import_module(name) for name in MODULES]
     return all(not (m.__file__ or "").endswith(".py") for m in loaded)
