@@ -37,7 +37,9 @@ def test_a_queue_delay_past_the_bound_starts_an_episode_that_holds_the_queue_sho
     d = OverloadDetector(OverloadLimits(queue_delay=0.2))
     d.queue_delay(0.19, 1.0)  # under the bound, outside an episode: fine
     assert not d.active(1.0) and d.admit(1.0)
-    d.queue_delay(0.21, 1.1)
+    d.queue_delay(0.21, 1.0)  # past the bound: a sign once it lasts
+    assert not d.active(1.0) and d.admit(1.0)
+    d.queue_delay(0.21, 1.1)  # a tenth of a second later, still as late: the queue grows
     assert d.active(1.1) and not d.admit(1.1)
     d.queue_delay(0.03, 1.2)  # in the episode: past a tenth of the bound is late
     assert not d.admit(1.2)
@@ -61,8 +63,8 @@ def test_datagrams_that_waited_for_the_start_are_no_sign() -> None:
     d.started(5.0)
     d.queue_delay(0.4, 5.1)  # came at 4.7, before the start was done: still none
     assert not d.active(5.1) and d.admit(5.1)
-    d.queue_delay(0.3, 5.4)  # came at 5.1, once serving: a sign
-    assert d.active(5.4) and not d.admit(5.4)
+    d.queue_delay(0.5, 5.6)  # came at 5.1, once serving: a sign
+    assert d.active(5.6) and not d.admit(5.6)
     assert d.signs[Sign.QUEUE_DELAY] == 1
 
 
@@ -78,6 +80,40 @@ def test_a_loop_held_up_by_the_start_is_no_sign() -> None:
     assert not d.active(5.6)
     d.loop_lag(0.3, 6.0)  # the second in a row: active
     assert d.active(6.0) and d.signs[Sign.LOOP_LAG] == 1
+
+
+def test_a_stall_that_is_over_is_no_queue_sign() -> None:
+    """A pause (a full collection, the host taking the core) leaves datagrams that waited
+    past the bound, but the delay only falls as the backlog drains: no call waited long
+    enough to be sent again, and none is refused."""
+    d = OverloadDetector(OverloadLimits(queue_delay=0.2))
+    for i, delay in enumerate((0.35, 0.33, 0.3, 0.28, 0.25, 0.22, 0.21, 0.15, 0.05)):
+        now = 1.0 + 0.05 * i
+        d.queue_delay(delay, now)
+        assert not d.active(now) and d.admit(now), (delay, now)
+    assert d.activations == 0 and d.rejected == 0
+
+
+def test_a_queue_that_grows_past_the_bound_is_a_sign_within_the_sustain_time() -> None:
+    d = OverloadDetector(OverloadLimits(queue_delay=0.2))
+    d.queue_delay(0.21, 2.0)
+    d.queue_delay(0.22, 2.05)
+    assert not d.active(2.05)
+    d.queue_delay(0.1, 2.08)  # one read on time: the run of late ones starts again
+    d.queue_delay(0.23, 2.1)
+    d.queue_delay(0.24, 2.19)
+    assert not d.active(2.19) and d.admit(2.19)
+    d.queue_delay(0.25, 2.2)  # late for a tenth of a second, and later than at first
+    assert d.active(2.2) and not d.admit(2.2) and d.signs[Sign.QUEUE_DELAY] == 1
+
+
+def test_one_datagram_twice_the_bound_late_is_a_sign_by_itself() -> None:
+    d = OverloadDetector(OverloadLimits(queue_delay=0.2))
+    d.queue_delay(0.39, 3.0)
+    assert not d.active(3.0)
+    d.queue_delay(0.0, 3.01)
+    d.queue_delay(0.41, 3.02)
+    assert d.active(3.02) and not d.admit(3.02)
 
 
 def test_queue_sign_ends_when_no_datagram_came_for_a_second() -> None:

@@ -69,17 +69,7 @@ class StoreSink:
             return
         call, store = event.call, self.store
         if call.timeline.sink is None:
-            # The sink holds the call's id, not the call: the call holds its timeline, and
-            # a cycle through them would leave each ended call to the garbage collector.
-            call_id = call.id
-
-            def sink(entry: dict[str, object]) -> None:
-                at = entry.get("at")
-                self._write(store.add_event, call_id,
-                            at if isinstance(at, float) else time.time(),
-                            str(entry.get("kind")), entry)
-
-            call.timeline.sink = sink
+            call.timeline.sink = _TimelineSink(self, call.id)
             if self.recordings:
                 call.recording = str(Path(self.recordings) / f"{call.id}.wav")
         if self._defer is None:
@@ -87,6 +77,26 @@ class StoreSink:
         elif call.id not in self._changed:
             self._changed[call.id] = call
             self._write(self._upsert_last, call.id)
+
+
+class _TimelineSink:
+    """A call's timeline entries into the store, through its `StoreSink`. It holds the
+    call's id, not the call: the call holds its timeline, and a cycle through them (a
+    closure over the call, as the compiled module makes of any nested function's
+    locals) would leave each ended call to the garbage collector."""
+
+    __slots__ = ("owner", "call_id")
+
+    def __init__(self, owner: StoreSink, call_id: str) -> None:
+        self.owner = owner
+        self.call_id = call_id
+
+    def __call__(self, entry: dict[str, object]) -> None:
+        at = entry.get("at")
+        owner = self.owner
+        owner._write(owner.store.add_event, self.call_id,
+                     at if isinstance(at, float) else time.time(), str(entry.get("kind")),
+                     entry)
 
 
 class MetricsSink:

@@ -49,6 +49,8 @@ class OverloadLimits:
 
 QUEUE_LOW = 0.1  # in an episode, a datagram that waited this share of the bound is late
 QUEUE_HOLD = 1.0  # seconds: an episode ends this long after the last late datagram
+QUEUE_SUSTAIN = 0.1  # seconds of datagrams past the bound, the delay not falling: a sign
+QUEUE_SURE = 2.0  # a datagram that waited this many times the bound is a sign by itself
 SUSTAINED = 2  # probes in a row past the loop lag or CPU bound that make a sign
 
 
@@ -57,7 +59,12 @@ class OverloadDetector:
     (a monotonic clock, seconds).
 
     The queue delay comes with every datagram, and each INVITE is judged by its own.
-    One that waited past the bound starts an overload episode; within it, a datagram
+    Datagrams past the bound for QUEUE_SUSTAIN seconds with the delay not falling (a
+    queue that grows: more comes than the server does), or one past QUEUE_SURE times the
+    bound, start an overload episode. A stall that is over (a full garbage collection,
+    the host taking the core a moment) leaves a delay past the bound that only falls as
+    the backlog drains: no sign, as no call waited long enough to be sent again. Within
+    an episode, a datagram
     that waited past QUEUE_LOW of the bound is late, an INVITE that is late is refused,
     and the episode lasts until no datagram was late for QUEUE_HOLD seconds. So the
     backlog is held short while the load lasts (the calls taken are answered at once,
@@ -73,6 +80,10 @@ class OverloadDetector:
         self._until = float("-inf")  # the loop lag, CPU or rate sign holds until then
         self._late = False  # the last datagram was late, in an episode
         self._episode_until = float("-inf")  # the queue delay's episode lasts until then
+        # Outside an episode, since when datagrams waited past the bound, and the first one's
+        # delay (None: the last one did not).
+        self._over_since: float | None = None
+        self._over_first = 0.0
         self._burst = limits.burst or max(1.0, limits.max_rate)
         self._tokens = self._burst
         self._filled_at: float | None = None
@@ -102,9 +113,10 @@ class OverloadDetector:
         bound = self.limits.queue_delay
         if not bound or now - delay < self._started_at:
             return
-        if delay > bound:
+        if delay > bound and (now < self._episode_until or self._sustained(delay, now)):
             if not self.active(now):
                 self._count(Sign.QUEUE_DELAY)
+            self._over_since = None
             self._late = True
             self._episode_until = now + QUEUE_HOLD
         elif now < self._episode_until:
@@ -113,6 +125,17 @@ class OverloadDetector:
                 self._episode_until = now + QUEUE_HOLD
         else:
             self._late = False
+            if delay <= bound:
+                self._over_since = None
+
+    def _sustained(self, delay: float, now: float) -> bool:
+        """Outside an episode: whether this datagram, past the bound, makes a sign."""
+        if delay > self.limits.queue_delay * QUEUE_SURE:
+            return True
+        if self._over_since is None or now - self._over_since > QUEUE_HOLD:
+            self._over_since, self._over_first = now, delay  # (a new run of late ones)
+            return False
+        return now - self._over_since >= QUEUE_SUSTAIN and delay >= self._over_first
 
     def loop_lag(self, lag: float, now: float) -> None:
         """A callback scheduled for a time ran `lag` seconds after it."""
