@@ -12,7 +12,7 @@ from sipbridge.config import ConfigError, load_config
 from sipbridge.gateway import rate_limiter
 from sipbridge.metrics import Metrics
 from sipbridge.sip.access import AccessGuard
-from sipbridge.sip.address import Address
+from sipbridge.sip.address import Address, NetworkMatch, in_networks, networks
 from sipbridge.sip.ratelimit import RateLimiter, RateLimits
 from sipbridge.sip.ua import UaConfig, UserAgent
 
@@ -235,3 +235,15 @@ def test_metrics_show_blocks_blocked_sources_and_dropped_messages() -> None:
     values = scrape()
     assert values["sipbridge_rate_blocked_sources"] == 0
     assert values["sipbridge_rate_blocks_total"] == 1
+
+
+def test_a_network_match_remembers_hosts_within_its_bound() -> None:
+    """What the rate limit and the allow-list ask of every message: the same answers as
+    `in_networks`, each host's kept, and no more hosts kept than the bound."""
+    nets = networks(["192.0.2.0/24", "2001:db8::/32"])
+    match = NetworkMatch(nets, cache=3)
+    hosts = ["192.0.2.7", "198.51.100.1", "::ffff:192.0.2.9", "2001:db8::1", "carrier.example",
+             "192.0.2.7", "2001:db9::1"]
+    assert [match(h) for h in hosts] == [in_networks(h, nets) for h in hosts] == [
+        True, False, True, True, False, True, False]
+    assert len(match._known) <= 3

@@ -85,7 +85,7 @@ class _TimelineSink:
     closure over the call, as the compiled module makes of any nested function's
     locals) would leave each ended call to the garbage collector."""
 
-    __slots__ = ("owner", "call_id")
+    __slots__ = ("call_id", "owner")
 
     def __init__(self, owner: StoreSink, call_id: str) -> None:
         self.owner = owner

@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sipbridge.sip.address import Address, Network, in_networks, networks
+from sipbridge.sip.address import Address, Network, NetworkMatch, networks
 from sipbridge.sip.auth import DigestServer
 from sipbridge.sip.errors import ParseError
 from sipbridge.sip.message import Request
@@ -58,6 +58,7 @@ class AccessGuard:
     def __init__(self, allow: Iterable[str], digest: DigestServer | None = None,
                  limits: AuthLimits | None = None) -> None:
         self.networks: tuple[Network, ...] = networks(allow)
+        self._allowed = NetworkMatch(self.networks)
         self.digest = digest
         self.limits = limits or AuthLimits()
         # Source host -> its recent failures and block, least recently touched first.
@@ -95,7 +96,7 @@ class AccessGuard:
                         host, limits.block_time, count, limits.window)
 
     def allows_source(self, source: Address) -> bool:
-        return in_networks(source.host, self.networks)
+        return self._allowed(source.host)
 
     def check(self, request: Request, source: Address, now: float) -> Decision:
         """Decide on an out-of-dialog request (RFC 3261 22.1, 22.2)."""

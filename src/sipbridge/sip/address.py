@@ -108,6 +108,24 @@ def in_networks(host: str, nets: Iterable[Network]) -> bool:
     return any(ip in net for net in nets)
 
 
+class NetworkMatch:
+    """`in_networks` for one set of networks, each host's answer remembered: up to `cache`
+    hosts, then all are forgotten at once (a flood of new sources costs what it did)."""
+
+    def __init__(self, nets: tuple[Network, ...], cache: int = 4096) -> None:
+        self.nets = nets
+        self.cache = cache
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, host: str) -> bool:
+        known = self._known.get(host)
+        if known is None:
+            if len(self._known) >= self.cache:
+                self._known.clear()
+            known = self._known[host] = in_networks(host, self.nets)
+        return known
+
+
 def next_hop(uri: SipUri) -> Address:
     """Where a request for `uri` goes (RFC 3263 4.1, 4.2, before any DNS): maddr over the
     host, the transport= parameter (TLS for sips:, else UDP), the URI's port.

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sipbridge.sip.address import in_networks, networks
+from sipbridge.sip.address import NetworkMatch, networks
 
 log = logging.getLogger("sipbridge.sip")
 
@@ -80,16 +80,13 @@ class RateLimiter:
         self.limits = limits or RateLimits()
         self.exempt = networks(exempt)
         self._sources: OrderedDict[str, _Bucket] = OrderedDict()  # least recently seen first
-        self._exempt_hosts: dict[str, bool] = {}
+        self._is_exempt = NetworkMatch(self.exempt, EXEMPT_CACHE)
         self.blocks_total = 0  # blocks started (a block that goes on counts once)
         self.dropped_total = 0  # messages dropped while their source was blocked
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a message from `host` may be read; False drops it (it is counted)."""
-        exempt = self._exempt_hosts.get(host)
-        if exempt is None:
-            exempt = self._is_exempt(host)
-        if exempt:
+        if self._is_exempt(host):
             return True
         key = source_key(host) if ":" in host else host
         bucket = self._sources.get(key)
@@ -145,13 +142,6 @@ class RateLimiter:
         log.warning("source %s blocked for %gs: %d messages in %.2fs (limit %g/s, bursts "
                     "of %d); its messages are dropped unanswered", host, limits.block_time,
                     bucket.count + 1, seconds, limits.rate, limits.burst)
-
-    def _is_exempt(self, host: str) -> bool:
-        """Whether `host` is in an exempt network, remembered for the next time."""
-        if len(self._exempt_hosts) >= EXEMPT_CACHE:
-            self._exempt_hosts.clear()
-        exempt = self._exempt_hosts[host] = in_networks(host, self.exempt)
-        return exempt
 
     def _track(self, host: str, now: float) -> _Bucket:
         """A new source's full bucket; room is made for it first."""
