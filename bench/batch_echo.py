@@ -37,9 +37,10 @@ from sipbridge.media.ports import SO_TIMESTAMPNS
 from sipbridge.media.rtp import build_rtp
 
 
-def run(compiled: bool, calls: int, frames: int,
-        ports: tuple[int, int]) -> tuple[float, list[bytes]]:
-    """Seconds in the engine for the whole run, and what came back."""
+def run(compiled: bool, calls: int, frames: int, ports: tuple[int, int],
+        unread: bool = False) -> tuple[float, list[bytes]]:
+    """Seconds in the engine for the whole run, and what came back. `unread`: the
+    packets are still in the sockets at the ticks (a busy pass: the reader has not run)."""
     loop = asyncio.new_event_loop()
     clock = [1000.0]
     loop.time = lambda: clock[0]  # type: ignore[method-assign]
@@ -73,7 +74,9 @@ def run(compiled: bool, calls: int, frames: int,
             peer.sendto(build_rtp(0, k, 160 * k, 0x1000 + i, payloads[k]),
                         ("127.0.0.1", endpoint.port))
         t0 = time.process_time()
-        if compiled:
+        if unread:
+            pass
+        elif compiled:
             while select.select([fd], [], [], 0)[0]:
                 engine._batch()
         else:
@@ -102,6 +105,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--media-path", default="python,compiled")
+    parser.add_argument("--unread", action="store_true",
+                        help="no read before the ticks: each tick finds its packet unread, "
+                        "as in a pass that takes longer than the packets' spacing")
     args = parser.parse_args()
     paths = [p.strip() for p in args.media_path.split(",") if p.strip()]
     if "compiled" in paths and speed.missing():
@@ -111,7 +117,7 @@ def main() -> None:
     for _ in range(args.repeat):
         for n, name in enumerate(paths):
             spent, echoed = run(name == "compiled", args.calls, args.frames,
-                                (37000 + 1000 * n, 37999 + 1000 * n))
+                                (37000 + 1000 * n, 37999 + 1000 * n), args.unread)
             if len(echoed) < args.calls * (args.frames - 2):
                 raise SystemExit(f"{name}: only {len(echoed)} echoes came back")
             if reference is None:
@@ -120,7 +126,8 @@ def main() -> None:
                 raise SystemExit(f"{name}: the echoes differ from the first path's")
             best[name] = min(best[name], spent)
     print(f"batch_echo: {args.calls} calls x {args.frames} PCMU frames, best of {args.repeat}: "
-          "the engine's read, dispatch, ticks and sends per echoed frame")
+          "the engine's read, dispatch, ticks and sends per echoed frame"
+          + (" (read at the ticks)" if args.unread else ""))
     print(f"{'path':<12}{'us/frame':>9}")
     for name, seconds in best.items():
         print(f"{name:<12}{seconds / (args.calls * args.frames) * 1e6:>9.2f}")

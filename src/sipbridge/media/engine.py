@@ -421,22 +421,6 @@ class MediaEngine:
         if self._outgoing:
             self._flush()
 
-    def _drain(self, session: MediaSession, now: float) -> None:
-        """`session.readable(now, drain=True)`, its socket read by the compiled I/O."""
-        watch = session.endpoint.watch
-        if not isinstance(watch, _Watch) or watch.token < 0:
-            session.readable(now, drain=True)
-            return
-        offset = session.wall() - now
-        entries = self._poller.read(session.endpoint.rtp.fileno(), 2 * watch.token)
-        for _, stamp, addr, data, parsed in entries:
-            if data is None:  # an ICMP error: counted, and the read stops there
-                session.dropped["socket_error"] += 1
-                break
-            session.receive(data, addr, now if stamp is None else min(now, stamp - offset),
-                            parsed)
-        session.pump()
-
     def _flush(self) -> None:
         """Send what the sessions queued in this pass, in one call."""
         out = self._outgoing
@@ -463,10 +447,14 @@ class MediaEngine:
             if not session.ahead:
                 # A packet that came in since the loop last polled may be the one this
                 # tick plays: the timer can run before the socket's read callback does.
-                if self._rtpio is None:
+                # On the compiled path every socket that is readable now is read, in one
+                # call, as the read callback would (an ordinary packet taken in C): in a
+                # busy pass, many ticks' packets came in meanwhile.
+                watch = session.endpoint.watch
+                if self._rtpio is None or not isinstance(watch, _Watch) or watch.token < 0:
                     session.readable(now, drain=True)
                 else:
-                    self._drain(session, now)
+                    self._batch()
             session.tick(now)
             session.next_tick = tick.at + self.scheduler.interval
             session.pump()  # a burst may already hold the next tick's frame
