@@ -24,9 +24,11 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tick:
-    """One session's k-th tick: due `at` (= start + k * interval), handed out `lateness` late."""
+    """One session's k-th tick: due `at` (= start + k * interval), handed out `lateness` late.
+    (Not frozen: one is made for every session every 20 ms, and a frozen dataclass's
+    `__init__` costs five times a plain one's.)"""
 
     key: Hashable
     index: int

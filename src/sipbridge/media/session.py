@@ -38,6 +38,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -142,6 +143,19 @@ class MediaStats:
         return self.inbound.packets
 
 
+class _PlainEcho(NamedTuple):
+    """What `MediaSession._echo_frame` takes from its codec, echo and socket."""
+
+    codec: AudioCodec
+    echo: object
+    up: object  # the compiled 1:3 and 3:1 filters
+    down: object
+    alaw: bool
+    payload_type: int
+    step: int  # RTP timestamp units a frame
+    fileno: int
+
+
 class MediaSession:
     """RTP for one call. `on_audio` receives the caller's audio as int16 frames at the
     codec's audio rate, `rate` (8 kHz for G.711, 16 kHz for G.722, 24 kHz for Opus);
@@ -182,6 +196,7 @@ class MediaSession:
         # (no queued audio or digits, no recorder, no SRTP), each G.711 frame with the
         # compiled kernels goes in and out in one call (`_echo_frame`), as the ticks would.
         self.echo: tuple[Callable[[np.ndarray], None], Callable[[], Resampler]] | None = None
+        self._plain_echo: _PlainEcho | None = None  # `_echo_frame`'s, for this codec and echo
         self._kernels = speed.load("kernels") if compiled else None
         self.wall = wall
         # The compiled path's receive state, which its batch read takes packets into.
@@ -522,12 +537,19 @@ class MediaSession:
                 or self.recorder is not None or self.srtp is not None
                 or not self.sending or not self._peer_known or self.outgoing is None):
             return False
-        up = echo[1]()._kernel
-        down = self._resampler_from(MODEL_RATE)._kernel
-        if up is None or down is None:
-            return False
+        plain = self._plain_echo
+        if plain is None or plain[0] is not codec or plain[1] is not echo:
+            # What a frame's echo takes from the codec, the echo and the socket: the same
+            # until the codec (and with it the resamplers) or the echo changes.
+            up = echo[1]()._kernel
+            down = self._resampler_from(MODEL_RATE)._kernel
+            if up is None or down is None:
+                return False
+            plain = self._plain_echo = _PlainEcho(
+                codec, echo, up, down, codec.name == "PCMA", codec.payload_type,
+                codec.timestamp_step, self.endpoint.rtp.fileno())
         done = kernels.echo_frame(
-            up, down, codec.name == "PCMA", payload, codec.payload_type, self._seq,
+            plain.up, plain.down, plain.alaw, payload, plain.payload_type, self._seq,
             self._ts, self._ssrc, not self._talking)
         if done is None:
             return False
@@ -535,12 +557,12 @@ class MediaSession:
         self._last_pcm = self._in_pcm = np.frombuffer(samples, np.int16)
         self._lost_run = 0
         self._talking = True
-        self.outgoing.append((self, self.endpoint.rtp.fileno(), data, self._remote,
-                              len(payload)))
+        size = len(payload)
+        self.outgoing.append((self, plain.fileno, data, self._remote, size))
         self.stats.packets_out += 1
-        self._octets += len(payload)
+        self._octets += size
         self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + codec.timestamp_step) & 0xFFFFFFFF
+        self._ts = (self._ts + plain.step) & 0xFFFFFFFF
         return True
 
     def _give_out(self) -> None:
