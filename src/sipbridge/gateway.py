@@ -227,7 +227,7 @@ class Gateway:
         # A call leaves no cyclic garbage (tests/unit/test_store_sink.py), so the collector
         # only finds garbage from rarer paths; at the default thresholds it ran every
         # ~20 calls at 1,000 calls/s and took ~45 us of CPU a call, at these ~22
-        # (bench/README.md, "Garbage collection").
+        # (bench/README.md, "No garbage cycle per call, fewer collections").
         gc.set_threshold(*GC_THRESHOLDS)
         if self.overload is not None:
             self.overload.started(self.loop.time())
