@@ -144,12 +144,12 @@ def bind_pair(start: int, end: int) -> tuple[socket.socket, socket.socket, int]:
 
 
 def start_gateway(
-    workdir: Path, core: int | None, media_path: str = "auto"
+    workdir: Path, core: int | None, media_path: str = "auto", event_loop: str = "asyncio"
 ) -> tuple[subprocess.Popen[bytes], int]:
     server = start_sipbridge(
         workdir, core, "udp", auto_answer="echo",
         extra_config=f'rtp_ports = "{GATEWAY_PORTS[0]}-{GATEWAY_PORTS[1]}"\nmedia_timeout = 0\n'
-        f'media_path = "{media_path}"\n',
+        f'media_path = "{media_path}"\nevent_loop = "{event_loop}"\n',
     )
     return server.proc, server.port
 
@@ -413,7 +413,8 @@ class Step:
 def run_step(n: int, args: argparse.Namespace, root: Path) -> Step:
     workdir = root / f"{args.media_path}-calls-{n}"
     workdir.mkdir(parents=True, exist_ok=True)
-    gateway, gateway_port = start_gateway(workdir, args.server_core, args.media_path)
+    gateway, gateway_port = start_gateway(workdir, args.server_core, args.media_path,
+                                          args.event_loop)
     uac = Uac(gateway_port)
     sel = selectors.DefaultSelector()
     calls: list[Call] = []
@@ -685,6 +686,11 @@ def main() -> int:
         default="auto",
         help="the gateway's media_path, or several comma-separated (python,compiled): each "
         "measured in turn, with the ratio of their CPU per frame and largest N (default auto)",
+    )
+    ap.add_argument(
+        "--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+        help="the gateway's event_loop (default asyncio, its own default; uvloop needs "
+        "the uvloop extra installed)",
     )
     args = ap.parse_args()
     paths = [p.strip() for p in args.media_path.split(",") if p.strip()]

@@ -214,6 +214,9 @@ class MediaSession:
         self._out = bytearray()  # agent audio at `rate`, int16, waiting to be sent
         self._codec_format: object = None
         self._last_pcm: np.ndarray | None = None
+        # The last echoed frame's samples (`_echo_frame`), made `_last_pcm` only when a
+        # frame after it needs them (to conceal): most never do.
+        self._echoed: bytearray | None = None
         self._lost_run = 0
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
@@ -250,7 +253,7 @@ class MediaSession:
             if old is not None and old.rate != self.codec.rate:  # queued audio is at old's
                 self._out.clear()
                 self._to_call.clear()
-                self._last_pcm = None
+                self._last_pcm = self._echoed = None
             self.jitter.set_clock_rate(self.codec.clock_rate)
             self._frame = self.codec.frame_samples
             # A stateless coder's silence is the same packet every time.
@@ -506,6 +509,8 @@ class MediaSession:
         if frame.payload is not None and self.echo is not None and self._echo_frame(
                 frame.payload):
             return True
+        if self._echoed is not None:
+            self._last_pcm, self._echoed = np.frombuffer(self._echoed, np.int16), None
         if frame.payload is not None:
             pcm = self.codec.decode(frame.payload)
             if pcm is None:  # does not decode: counted, and concealed like a lost one
@@ -553,8 +558,8 @@ class MediaSession:
             self._ts, self._ssrc, not self._talking)
         if done is None:
             return False
-        samples, data = done
-        self._last_pcm = self._in_pcm = np.frombuffer(samples, np.int16)
+        self._echoed, data = done
+        self._in_pcm = None  # read only with a recorder, which takes no shortcut
         self._lost_run = 0
         self._talking = True
         size = len(payload)
