@@ -36,7 +36,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", dest="api_key", action="append",
                    help="an API key the HTTP API accepts as 'Bearer KEY' (repeatable)")
     p.add_argument("--webhook-url", dest="webhook_url",
-                   help="the application's webhook URL: calls ring until it accepts them")
+                   help="the application's webhook URL (realtime.call.incoming): calls ring "
+                   "until it accepts them; more endpoints and event types: [[webhook]]")
     p.add_argument("--webhook-secret", dest="webhook_secret",
                    help="whsec_... secret that signs the webhooks (Standard Webhooks)")
     p.add_argument("--http-tls-cert", dest="http_tls_cert",

@@ -32,6 +32,7 @@ from sipbridge.sip.address import split_host_port
 from sipbridge.sip.errors import SipError
 from sipbridge.sip.headers import UA_WRITTEN_HEADERS
 from sipbridge.sip.uri import parse_sip_uri
+from sipbridge.webhookevents import OPENAI_EVENTS, expand
 
 AUTO_ANSWER_MODES = ("silence", "echo", "agent", "play:FILE")
 
@@ -123,6 +124,56 @@ class TrunkConfig(BaseModel):
     @property
     def bind(self) -> tuple[str, int]:
         return parse_host_port(self.address, 5061 if self.transport == "tls" else 5060)
+
+
+def check_webhook_secret(value: str, key: str) -> str:
+    """`whsec_` followed by non-empty base64 (Standard Webhooks), or ValueError."""
+    body = value.removeprefix("whsec_")
+    try:
+        if value == body or not base64.b64decode(body, validate=True):
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{key} must be whsec_ followed by base64") from None
+    return value
+
+
+def check_webhook_url(value: str, key: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{key} must be an http:// or https:// URL")
+    return value
+
+
+class WebhookConfig(BaseModel):
+    """A `[[webhook]]` endpoint: where events go, the secret they are signed with, and
+    which event types it gets (`sipbridge.webhookevents`: by default only what OpenAI
+    sends, `realtime.call.incoming`; the gateway's own are opt-in)."""
+
+    url: str
+    secret: str = Field(repr=False)
+    events: list[str] = Field(default_factory=lambda: list(OPENAI_EVENTS), min_length=1)
+    timeout: float | None = Field(None, gt=0, le=60)  # default: webhook_timeout
+    attempts: int | None = Field(None, ge=1, le=20)  # default: webhook_attempts
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_webhook_url(value, "url")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return check_webhook_secret(value, "secret")
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        expand(value)
+        return value
+
+    @property
+    def types(self) -> frozenset[str]:
+        """The event types it gets."""
+        return expand(self.events)
 
 
 class RegistrationConfig(BaseModel):
@@ -276,6 +327,8 @@ class Config(BaseSettings):
     webhook_secret: str | None = None  # whsec_...: signs webhooks (Standard Webhooks)
     webhook_timeout: float = Field(5.0, gt=0, le=60)  # seconds per delivery attempt
     webhook_attempts: int = Field(5, ge=1, le=20)
+    # More endpoints ([[webhook]] tables), each with the event types it wants.
+    webhook: list[WebhookConfig] = Field(default_factory=list)
     accept_timeout: float = Field(30.0, gt=0, le=600)  # seconds a call rings for the app
     accept_timeout_code: int = Field(480, ge=400, le=699)
     # Transfers (REFER, RFC 3515): every one reaches an outcome within these bounds.
@@ -379,22 +432,18 @@ class Config(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _secret(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        body = value.removeprefix("whsec_")
-        try:
-            if value == body or not base64.b64decode(body, validate=True):
-                raise ValueError
-        except (binascii.Error, ValueError):
-            raise ValueError("webhook_secret must be whsec_ followed by base64") from None
-        return value
+        return None if value is None else check_webhook_secret(value, "webhook_secret")
 
     @field_validator("webhook_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http:// or https:// URL")
-        return value
+        return None if value is None else check_webhook_url(value, "webhook_url")
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Config:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("webhook_url needs webhook_secret (whsec_...) to sign with")
+        return self
 
     @field_validator("transfer_fallback")
     @classmethod
@@ -466,6 +515,18 @@ class Config(BaseSettings):
         if not Path(value).is_file():
             raise ValueError(f"no such file {value!r}")
         return value
+
+    @property
+    def webhook_endpoints(self) -> list[WebhookConfig]:
+        """Every webhook endpoint, timeouts and attempts filled in: `webhook_url` (with
+        `webhook_secret`, OpenAI's event types only) first, then each [[webhook]]."""
+        flat = [] if self.webhook_url is None or self.webhook_secret is None else [
+            WebhookConfig(url=self.webhook_url, secret=self.webhook_secret,
+                          events=list(OPENAI_EVENTS), timeout=None, attempts=None)]
+        return [e.model_copy(update={
+            "timeout": self.webhook_timeout if e.timeout is None else e.timeout,
+            "attempts": self.webhook_attempts if e.attempts is None else e.attempts})
+            for e in flat + self.webhook]
 
     @property
     def sip_bind(self) -> tuple[str, int]:

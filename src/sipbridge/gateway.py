@@ -47,6 +47,7 @@ from sipbridge.sip.transaction import TimerConfig
 from sipbridge.sip.transport import SipTransport, local_address_for
 from sipbridge.sip.ua import UaConfig, UserAgent
 from sipbridge.sip.uri import parse_sip_uri
+from sipbridge.webhookevents import INCOMING
 
 if TYPE_CHECKING:
     from sipbridge.store import Store
@@ -119,7 +120,8 @@ class Gateway:
         self._preload: asyncio.Future[Any] | None = None
         self.agent_url = config.agent_url
         self.http: HttpServer | None = None
-        self.webhooks: WebhookSender | None = None
+        # Each webhook endpoint, with the event types it gets.
+        self.webhooks: list[tuple[WebhookSender, frozenset[str]]] = []
         self.stall_watch: StallWatch | None = None
 
     @property
@@ -167,7 +169,7 @@ class Gateway:
                 self._purging = asyncio.create_task(
                     self._purge_every(self.store, c.store_purge_interval))
         # The model and the API first: once SIP answers, everything answers.
-        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_url
+        if c.agent_url == "local" and (c.auto_answer == "agent" or c.webhook_endpoints
                                        or self._outbound_possible()):
             await self._start_local_model()
         if c.http != "off":
@@ -205,12 +207,10 @@ class Gateway:
                         resolve=self._media_address if c.media_resolve_names else None),
             self.loop,
         )
-        if c.webhook_url:
-            if not c.webhook_secret:
-                raise ValueError("webhook_url needs webhook_secret (whsec_...) to sign with")
-            self.webhooks = WebhookSender(c.webhook_url, c.webhook_secret,
-                                          timeout=c.webhook_timeout,
-                                          max_attempts=c.webhook_attempts)
+        self.webhooks = [
+            (WebhookSender(e.url, e.secret, timeout=e.timeout or c.webhook_timeout,
+                           max_attempts=e.attempts or c.webhook_attempts), e.types)
+            for e in c.webhook_endpoints]
         self.sip = SipDriver(self.ua, self.transport, self.loop)
         self.calls = self._call_plane()
         if c.registration:
@@ -263,12 +263,12 @@ class Gateway:
             self.events.subscribe(self._store_sink)
         self.events.subscribe(MetricsSink(self.metrics))
         self.events.subscribe(SidebandSink(self.sideband))
-        if self.webhooks is not None:
+        if self.webhooks:
             self.events.subscribe(WebhookSink(self.webhooks, self.events, self.metrics))
         calls = CallManager(
             self.sip, self.events,
             AnswerPolicy(auto_answer=c.auto_answer, ring_time=c.ring_time,
-                         reject_code=c.reject_code, ask_app=self.webhooks is not None,
+                         reject_code=c.reject_code, ask_app=self._asks_app(),
                          accept_timeout=c.accept_timeout,
                          accept_timeout_code=c.accept_timeout_code, max_calls=c.max_calls,
                          max_calls_per_source=c.max_calls_per_source,
@@ -331,8 +331,8 @@ class Gateway:
         if self.media is not None:
             self.media.close()
         await self.transport.close()
-        if self.webhooks is not None:
-            await self.webhooks.close()
+        for sender, _ in self.webhooks:
+            await sender.close()
         if self.store is not None:  # last: everything above may still record something
             if self._store_sink is not None:
                 self._store_sink.hand_over()
@@ -429,6 +429,10 @@ class Gateway:
         for call in self.calls.calls.values() if self.calls is not None else ():
             if call.media_live is not None:
                 yield call.id, call.media_live()
+
+    def _asks_app(self) -> bool:
+        """Whether calls ring for the application: an endpoint gets realtime.call.incoming."""
+        return any(INCOMING in types for _, types in self.webhooks)
 
     def _outbound_possible(self) -> bool:
         """Whether the API may place outbound calls: it is on, and there is a trunk."""

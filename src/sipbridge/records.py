@@ -75,6 +75,7 @@ class WebhookRecord(TypedDict):
     event_type: str
     outcome: str  # pending, delivered, failed or cancelled
     attempts: list[WebhookAttemptRecord]
+    url: NotRequired[str]  # the endpoint, without credentials or query
 
 
 class MediaFigures(TypedDict):

@@ -119,7 +119,8 @@ def step(entry: Mapping[str, object], start: float) -> Step:
         return Step(at, kind, "app", "sipbridge", action, False)
     if kind == "webhook":
         result = entry.get("status_code") or entry.get("error")
-        text = f"{entry.get('type')} #{entry.get('attempt')}: {result}"
+        url = f" to {entry['url']}" if entry.get("url") else ""
+        text = f"{entry.get('type')} #{entry.get('attempt')}{url}: {result}"
         failing = bool(entry.get("error")) or not str(result).startswith("2")
         return Step(at, kind, "sipbridge", "app", text, failing)
     if kind == "sideband":

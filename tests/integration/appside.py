@@ -29,15 +29,26 @@ KEY = "sk-sipbridge-test"
 
 class WebhookSink:
     """The application's webhook endpoint: a real HTTP server that keeps what it gets;
-    with `tls` (a certificate and its key), over HTTPS."""
+    with `tls` (a certificate and its key), over HTTPS. With `known`, it answers 500 to
+    any other event type, as OpenAI's Flask sample does, and keeps only the types in
+    `known` (`refused` counts the others)."""
 
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None,
+                 known: frozenset[str] | None = None) -> None:
         self.received: queue.Queue[tuple[bytes, dict[str, str]]] = queue.Queue()
+        self.refused: list[str] = []
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                kind = json.loads(body).get("type")
+                if known is not None and kind not in known:
+                    sink.refused.append(str(kind))
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 sink.received.put((body, dict(self.headers.items())))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -116,6 +127,11 @@ def start_app(start_gateway: Callable[..., Gateway], tmp_path: Path,
     `http_tls_cert` in `config`, over HTTPS)."""
     sink = sink if sink is not None else WebhookSink()
     config.setdefault("accept_timeout", 20)
+    # OpenAI's event at webhook_url, the gateway's own (transfer and outbound outcomes)
+    # through a [[webhook]] endpoint that asks for them: both to this one receiver.
+    config.setdefault("webhook", [{"url": sink.url, "secret": SECRET,
+                                   "events": ["realtime.call.transfer.*",
+                                              "realtime.call.outbound.*"]}])
     gateway = start_gateway(webhook_url=sink.url, webhook_secret=SECRET, api_key=[KEY],
                             **config)
     client = openai.OpenAI(api_key=KEY, base_url=api_base(gateway),

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sipbridge.calls.outbound import OUTCOMES
 from sipbridge.config import ConfigError, load_config, parse_host_port
+from sipbridge.webhookevents import EVENT_TYPES, OUTBOUND_OUTCOMES, expand
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -205,3 +207,55 @@ def test_serve_names_what_tls_lacks_with_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "sip_tls needs tls_cert and tls_key" in proc.stderr
+
+
+SECRET = "whsec_c2lwYnJpZGdl"
+
+
+def test_webhook_endpoints_default_to_what_openai_sends(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, f'webhook_url = "http://app/hook"\n'
+                               f'webhook_secret = "{SECRET}"\nwebhook_timeout = 3\n'
+                               f'[[webhook]]\nurl = "https://ops/hook"\nsecret = "{SECRET}"\n'
+                               'events = ["realtime.call.transfer.*", '
+                               '"realtime.call.outbound.busy"]\nattempts = 2\n'
+                               f'[[webhook]]\nurl = "http://all/hook"\nsecret = "{SECRET}"\n'
+                               'events = ["*"]\n'
+                               f'[[webhook]]\nurl = "http://plain/hook"\nsecret = "{SECRET}"\n'))
+    flat, ops, every, plain = config.webhook_endpoints
+    assert (flat.url, flat.types, flat.timeout, flat.attempts) == (
+        "http://app/hook", frozenset({"realtime.call.incoming"}), 3.0, 5)
+    assert ops.types == {"realtime.call.transfer.succeeded", "realtime.call.transfer.failed",
+                         "realtime.call.outbound.busy"}
+    assert (ops.timeout, ops.attempts) == (3, 2)  # unset: the flat keys' values
+    assert every.types == set(EVENT_TYPES) and len(EVENT_TYPES) == 9
+    assert plain.types == {"realtime.call.incoming"}  # no events: OpenAI's own
+    assert SECRET not in repr(ops)
+    assert load_config().webhook_endpoints == []
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ({"url": "ftp://x/h", "secret": SECRET}, "url"),
+    ({"url": "http://x/h", "secret": "whsec_***"}, "secret"),
+    ({"url": "http://x/h"}, "secret"),
+    ({"url": "http://x/h", "secret": SECRET, "events": ["realtime.call.transfer.succeded"]},
+     "'realtime.call.transfer.succeded' is no webhook event type"),
+    ({"url": "http://x/h", "secret": SECRET, "events": ["realtime.call.hangup.*"]}, "events"),
+    ({"url": "http://x/h", "secret": SECRET, "events": []}, "events"),
+    ({"url": "http://x/h", "secret": SECRET, "attempts": 0}, "attempts"),
+])
+def test_bad_webhook_endpoints_are_refused(entry: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(webhook=[entry])
+
+
+def test_a_webhook_url_needs_its_secret() -> None:
+    with pytest.raises(ConfigError, match="webhook_url needs webhook_secret"):
+        load_config(webhook_url="http://app/hook")
+
+
+def test_the_outbound_event_types_are_the_outbound_outcomes() -> None:
+    assert OUTBOUND_OUTCOMES == OUTCOMES
+    assert expand(["realtime.call.outbound.*"]) == {
+        f"realtime.call.outbound.{o}" for o in OUTCOMES}
+    assert expand(["realtime.call.incoming", "realtime.call.incoming"]) == {
+        "realtime.call.incoming"}

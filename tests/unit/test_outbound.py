@@ -22,6 +22,7 @@ from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
 from sipbridge.sip.address import Address
 from sipbridge.sip.message import Request, response_to
+from sipbridge.webhookevents import EVENT_TYPES
 from tests.unit.callharness import Harness
 
 TRUNK = Address("udp", "127.0.0.1", 5070)
@@ -330,7 +331,8 @@ def test_each_change_is_a_sideband_event_the_outcome_a_webhook_and_a_metric() ->
     h, _ = harness()
     sender, hubs, metrics = Sender(), Hubs(), Metrics(lambda: 0)
     h.events.subscribe(SidebandSink(hubs))
-    h.events.subscribe(WebhookSink(sender, h.events, metrics))  # type: ignore[arg-type]
+    h.events.subscribe(WebhookSink([(sender, frozenset(EVENT_TYPES))],  # type: ignore[list-item]
+                                   h.events, metrics))
     h.events.subscribe(MetricsSink(metrics))
     call, invite = place(h)
     answer(h, invite, 180)
@@ -401,3 +403,18 @@ def test_an_answered_outbound_call_can_be_transferred() -> None:
     refer = h.requests[-1]
     assert refer.method == "REFER" and refer.call_id == invite.call_id
     assert refer.headers.get("Refer-To") == "<tel:+14155550100>" and job.status == "sent"
+
+
+def test_each_endpoint_gets_the_types_it_asked_for_the_same_event_to_each() -> None:
+    h, _ = harness()
+    every, incoming_only, busy = Sender(), Sender(), Sender()
+    endpoints: list[Any] = [
+        (every, frozenset(EVENT_TYPES)), (incoming_only, frozenset({"realtime.call.incoming"})),
+        (busy, frozenset({"realtime.call.outbound.busy"}))]
+    h.events.subscribe(WebhookSink(endpoints, h.events, Metrics(lambda: 0)))
+    call, invite = place(h)
+    answer(h, invite, 486)
+    assert incoming_only.sent == []
+    assert [e["type"] for e in every.sent] == ["realtime.call.outbound.busy"]
+    assert busy.sent == every.sent and busy.sent[0] is every.sent[0]  # one event, one id
+    assert len(call.webhooks) == 2  # a delivery per endpoint on the call's record

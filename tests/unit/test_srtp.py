@@ -36,6 +36,7 @@ from sipbridge.sip.sdp import (
     read_answer,
     redact_keys,
 )
+from sipbridge.webhookevents import EVENT_TYPES
 from tests.unit.callharness import Harness, ack, invite
 from tests.unit.test_fuzz import fuzz, only
 from tests.unit.test_media_session import Peer
@@ -320,7 +321,8 @@ def test_the_webhook_and_the_call_record_of_an_srtp_call_hold_no_key() -> None:
     h.manager.policy = dataclasses.replace(h.manager.policy, srtp="optional",
                                            srtp_over_cleartext=True)
     sender = Sender()
-    h.events.subscribe(WebhookSink(sender, h.events, Metrics(lambda: 0)))  # type: ignore[arg-type]
+    h.events.subscribe(WebhookSink([(sender, frozenset(EVENT_TYPES))],  # type: ignore[list-item]
+                                   h.events, Metrics(lambda: 0)))
     recorder = TimelineRecorder()
     h.events.subscribe(recorder)
     h.send(invite(offer()))

@@ -4,7 +4,7 @@ WebSocket clients, and webhooks (each delivery attempt on the call's timeline)."
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from sipbridge.api.webhooks import WebhookAttempt, WebhookDelivery, WebhookSender, make_event
@@ -69,13 +69,15 @@ class SidebandSink:
 
 class WebhookSink:
     """realtime.call.incoming when a call waits for the application; a transfer's outcome
-    as realtime.call.transfer.succeeded or .failed."""
+    as realtime.call.transfer.succeeded or .failed; an outbound call's as
+    realtime.call.outbound.<outcome>: each to every endpoint that asked for its type."""
 
     # of a call's events (CallEvents)
     wants: ClassVar[tuple[type, ...]] = (Incoming, TransferStepped, OutboundNoted)
 
-    def __init__(self, sender: WebhookSender, events: CallEvents, metrics: Metrics) -> None:
-        self.sender = sender
+    def __init__(self, endpoints: Sequence[tuple[WebhookSender, frozenset[str]]],
+                 events: CallEvents, metrics: Metrics) -> None:
+        self.endpoints = endpoints  # each sender, with the event types it gets
         self.events = events
         self.metrics = metrics
 
@@ -106,8 +108,11 @@ class WebhookSink:
                 pass
 
     def _send(self, call: Call, kind: str, data: dict[str, object]) -> None:
-        call.webhooks.append(self.sender.send(make_event(kind, data),
-                                              on_attempt=self._attempt(call)))
+        event: dict[str, object] | None = None
+        for sender, types in self.endpoints:
+            if kind in types:  # the same event (one id) to each, signed with its secret
+                event = event or make_event(kind, data)
+                call.webhooks.append(sender.send(event, on_attempt=self._attempt(call)))
 
     def _attempt(self, call: Call) -> Callable[[WebhookDelivery, WebhookAttempt], None]:
         def attempt(delivery: WebhookDelivery, result: WebhookAttempt) -> None:
@@ -116,5 +121,5 @@ class WebhookSink:
             self.events.emit(note(call, "webhook", type=delivery.event_type,
                                   attempt=result.number, status_code=result.status_code,
                                   error=result.error,
-                                  duration_ms=round(result.duration_ms, 1)))
+                                  duration_ms=round(result.duration_ms, 1), url=delivery.url))
         return attempt

@@ -82,6 +82,8 @@ class WebhookDelivery(_Described):
     event_type: str = Field(description="The event's type (realtime.call.incoming, ...).")
     outcome: str = Field(description="pending, delivered, failed or cancelled.")
     attempts: list[WebhookAttempt] = Field(description="Each HTTP attempt, oldest first.")
+    url: str = Field("", description="The endpoint it went to (a webhook_url or [[webhook]]), "
+                     "without credentials or query.")
 
 
 class TimelineEntry(_Described):

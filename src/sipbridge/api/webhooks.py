@@ -69,6 +69,7 @@ class WebhookDelivery:
     event_type: str
     attempts: list[WebhookAttempt] = field(default_factory=list)
     outcome: str = "pending"
+    url: str = ""  # the endpoint, as `WebhookSender.label` shows it
 
     def to_dict(self) -> WebhookRecord:
         return {
@@ -76,6 +77,7 @@ class WebhookDelivery:
             "event_type": self.event_type,
             "outcome": self.outcome,
             "attempts": [attempt.to_dict() for attempt in self.attempts],
+            "url": self.url,
         }
 
 
@@ -131,6 +133,8 @@ class WebhookSender:
             raise ValueError(f"backoff and max_backoff must be >= 0, got {backoff}, {max_backoff}")
         self._webhook = Webhook(_check_secret(secret))
         self._url = url
+        parsed = httpx.URL(url)  # shown without credentials or query (a token may be there)
+        self.label = f"{parsed.scheme}://{parsed.netloc.decode().rpartition('@')[2]}{parsed.path}"
         self._timeout = float(timeout)
         self._max_attempts = max_attempts
         self._backoff = float(backoff)
@@ -209,7 +213,7 @@ class WebhookSender:
             raise ValueError("a webhook event needs a string 'id' and 'type' (see make_event)")
         # ASCII-only JSON: the signed bytes survive any re-encoding by the receiver.
         body = json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
-        delivery = WebhookDelivery(event_id, event_type)
+        delivery = WebhookDelivery(event_id, event_type, url=self.label)
         self._recent.append(delivery)
         return delivery, body
 
