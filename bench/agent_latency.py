@@ -19,6 +19,12 @@ wait is split into shares:
 - gateway: -> the first agent RTP packet with sound at the caller.
 
 Prints p50 and p99 of each share and of the total, in ms. Everything runs on loopback.
+
+``--calls N`` places N such calls at once in each round (their questions a second
+apart, so that each one's transcription and answer run while the others' audio plays)
+and prints each call's p50 and p99, and the late frames of each call's RTP from the
+gateway (what the caller hears): a packet more than 20 ms behind the 20 ms grid its
+stream keeps (sequence numbers against the earliest arrival), over the whole call.
 """
 
 from __future__ import annotations
@@ -77,14 +83,40 @@ def first_after(events: list[tuple[float, str]], kind: str, after: float) -> flo
     return next((t for t, k in events if k == kind and t >= after), None)
 
 
-def one_round(gateway: _Gateway, workdir: Path, question: Any) -> dict[str, float] | None:
+def late_share(arrivals: list[tuple[int, float]]) -> tuple[int, int]:
+    """(late, packets) of a stream's (extended sequence, arrival) pairs: late is more
+    than 20 ms behind the grid set by the earliest packet so far (sequence * 20 ms)."""
+    late, base = 0, float("inf")
+    for seq, at in sorted(arrivals):
+        base = min(base, at - 0.020 * seq)
+        late += at - (base + 0.020 * seq) > 0.020
+    return late, len(arrivals)
+
+
+def stream_of(packets: list[Any]) -> list[tuple[int, float]]:
+    """(extended sequence number, arrival) of each packet, wrap-arounds unrolled."""
+    out: list[tuple[int, float]] = []
+    last = None
+    cycles = 0
+    for p in packets:
+        if last is not None and p.sequence < last and last - p.sequence > 32768:
+            cycles += 65536
+        last = p.sequence
+        out.append((cycles + p.sequence, p.arrival))
+    return out
+
+
+def one_round(gateway: _Gateway, workdir: Path, question: Any, delay: float = 0.0,
+              lateness: list[tuple[int, int]] | None = None) -> dict[str, float] | None:
     events: list[tuple[float, str]] = []
     with RtpCaller(gateway, workdir, hold_ms=11000, api_key=KEY) as caller:  # type: ignore[arg-type]
         call = caller.answered()
         base = f"http://{LOOPBACK}:{gateway.http_port}/v1"
         watcher = threading.Thread(target=watch, args=(base, call["id"], events), daemon=True)
         watcher.start()
-        _, last = caller.speak(question, lead_s=4.0, tail_s=4.0)
+        _, last = caller.speak(question, lead_s=4.0 + delay, tail_s=4.0)
+        if lateness is not None:
+            lateness.append(late_share(stream_of(list(caller.sink.packets))))
     watcher.join(10)
     marks = [last]
     for kind in ("input_audio_buffer.speech_stopped",
@@ -114,6 +146,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     # silence espeak-ng leaves after the words.
     loud = np.flatnonzero(np.abs(question.astype(np.int32)) > 328)
     question = question[: loud[-1] + 1]
+    if args.calls > 1:
+        try:
+            return run_together(args, workdir, gateway, question)
+        finally:
+            stop(server.proc)
     results: list[dict[str, float]] = []
     try:
         for i in range(args.rounds):
@@ -134,9 +171,52 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     return 0 if len(results) == args.rounds else 1
 
 
+def run_together(args: argparse.Namespace, workdir: Path, gateway: _Gateway,
+                 question: Any) -> int:
+    """`--calls N`: N calls at once in each round; each call's figures."""
+    totals: list[list[float]] = [[] for _ in range(args.calls)]
+    lateness: list[list[tuple[int, int]]] = [[] for _ in range(args.calls)]
+    for i in range(args.rounds):
+        got: list[dict[str, float] | None] = [None] * args.calls
+
+        def place(n: int, i: int = i, got: list[dict[str, float] | None] = got) -> None:
+            place_dir = workdir / f"round{i}-call{n}"
+            place_dir.mkdir()
+            got[n] = one_round(gateway, place_dir, question, delay=1.0 * n,
+                               lateness=lateness[n])
+
+        threads = [threading.Thread(target=place, args=(n,)) for n in range(args.calls)]
+        for t in threads:
+            t.start()
+            time.sleep(0.3)  # the calls' set-ups apart
+        for t in threads:
+            t.join(120)
+        for n, shares in enumerate(got):
+            if shares is not None:
+                totals[n].append(shares["total"])
+        print(f"round {i + 1}: " + ", ".join(
+            "-" if s is None else f"{1000 * s['total']:.0f} ms" for s in got), flush=True)
+    print(f"agent_latency: {args.calls} calls at once, {args.rounds} rounds, "
+          f"question {QUESTION!r}")
+    print(f"{'call':<6} {'answers':>7} {'p50 ms':>8} {'p99 ms':>8} {'late frames':>12}")
+    complete = True
+    for n in range(args.calls):
+        late = sum(x for x, _ in lateness[n])
+        packets = sum(y for _, y in lateness[n])
+        share = 100 * late / packets if packets else float("nan")
+        print(f"{n + 1:<6} {len(totals[n]):>7} {1000 * percentile(totals[n], 50):>8.0f} "
+              f"{1000 * percentile(totals[n], 99):>8.0f} {share:>11.2f}%  "
+              f"({late} of {packets})")
+        complete = complete and len(totals[n]) == args.rounds
+    return 0 if complete else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=1,
+                    help="calls at once in each round (default 1): each call's p50 and p99, "
+                    "and the late frames of its RTP")
     ap.add_argument("--keep", metavar="DIR", help="keep the gateway's and SIPp's files here")
     args = ap.parse_args()
     for tool in ("sipp", "espeak-ng"):

@@ -375,6 +375,10 @@ class Config(BaseSettings):
     agent_llm_api_key: str | None = None  # policy (which still greets)
     agent_reconnects: int = Field(3, ge=0, le=20)  # a dropped model connection is retried
     agent_on_failure: str = Field("hangup", pattern="^(hangup|transfer)$")  # then this
+    # How the default agent (auto_answer = "agent") finds the end of a caller's turn:
+    # "semantic_vad" (a short pause after complete words ends it; eagerness auto) or
+    # "server_vad" (500 ms of silence, as OpenAI's default).
+    agent_turn_detection: str = Field("semantic_vad", pattern="^(semantic_vad|server_vad)$")
     transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to
     # --transfer-mode: how the default agent transfers to transfer_to: "blind" (REFER) or
     # "warm" (the gateway dials the person and the agent briefs them first: the text

@@ -458,3 +458,84 @@ def test_run_alone_with_python_m(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def paced(client: Client, pcm: np.ndarray, chunk: int = 480) -> None:
+    """Stream 24 kHz audio as a caller speaks it: 20 ms an event, in real time."""
+    start = time.monotonic()
+    for n, at in enumerate(range(0, len(pcm), chunk)):
+        data = pcm[at:at + chunk].astype("<i2").tobytes()
+        await client.send({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(data).decode()})
+        await asyncio.sleep(max(0.0, start + (n + 1) * 0.020 - time.monotonic()))
+
+
+@needs_stt
+def test_semantic_vad_waits_out_a_pause_mid_sentence_and_ends_a_complete_one_soon() -> None:
+    """"I would like... to speak to a human.": the pause after "like" (700 ms, past the
+    pause that ends complete words at eagerness low, 500 ms, and within its longest
+    silence, 3 s) is no end of turn, as the words so far are not complete; the pause
+    after "human." ends it well before that longest silence. One turn, its transcript the
+    whole sentence, the words so far sent as a transcription delta."""
+
+    async def main() -> None:
+        async with local_model() as server, connect(server) as client:
+            await client.send({"type": "session.update", "session": _session(audio={
+                "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low",
+                                             "create_response": False}}})})
+            await client.until("session.updated")
+            first, second = phone_path(speech("I would like")), phone_path(speech(
+                "to speak to a human."))
+            lead, pause = np.zeros(9600, np.int16), np.zeros(16800, np.int16)  # 0.4, 0.7 s
+            spoken = np.concatenate([lead, first, pause, second])
+            await paced(client, np.concatenate([spoken, np.zeros(84000, np.int16)]))
+            events = await client.until(
+                "conversation.item.input_audio_transcription.completed", timeout=20)
+            await asyncio.sleep(0.5)
+            while True:  # anything after it (a second turn) is a failure below
+                try:
+                    events.append(await client.recv(timeout=0.2))
+                except TimeoutError:
+                    break
+            seen = kinds(events)
+            assert seen.count("input_audio_buffer.speech_started") == 1, seen
+            assert seen.count("input_audio_buffer.speech_stopped") == 1, seen
+            assert seen.count("input_audio_buffer.committed") == 1, seen
+            deltas = [e["delta"] for e in events
+                      if e["type"] == "conversation.item.input_audio_transcription.delta"]
+            assert deltas and "like" in deltas[0].lower(), seen
+            done = next(e for e in events
+                        if e["type"] == "conversation.item.input_audio_transcription.completed")
+            assert "like" in done["transcript"].lower() and "human" in done["transcript"].lower()
+            assert "".join(deltas) == done["transcript"][:len("".join(deltas))]
+            stop = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+            spoken_ms = int(np.flatnonzero(np.abs(spoken) > 500)[-1]) * 1000 // 24000
+            # ended by its words (500 ms after them, and their transcription), well before
+            # the longest silence (eagerness low: 3000 ms) ran out
+            assert 450 <= stop["audio_end_ms"] - spoken_ms < 2400, (stop, spoken_ms)
+
+    arun(main)
+
+
+@needs_stt
+def test_a_caller_who_never_pauses_gets_turns_of_at_most_30_s() -> None:
+    async def main() -> None:
+        async with local_model() as server, connect(server) as client:
+            await client.send({"type": "session.update", "session": _session(audio={
+                "input": {"turn_detection": {"type": "server_vad",
+                                             "create_response": False}}})})
+            await client.until("session.updated")
+            words = phone_path(speech())
+            loud = np.flatnonzero(np.abs(words) > 500)
+            words = words[loud[0]:loud[-1]]  # no silence at either end: no pause between
+            talk = np.tile(words, int(34 * 24000 / len(words)) + 1)
+            await client.append(talk)
+            turn = await client.until("input_audio_buffer.committed", timeout=20)
+            start, stop = turn[0], turn[-2]
+            assert (start["type"], stop["type"]) == ("input_audio_buffer.speech_started",
+                                                     "input_audio_buffer.speech_stopped")
+            assert 30_000 <= stop["audio_end_ms"] - start["audio_start_ms"] <= 30_100
+            following = await client.until("input_audio_buffer.speech_started", timeout=20)
+            assert following[-1]["item_id"] != start["item_id"]  # the caller goes on: a turn
+
+    arun(main)

@@ -111,7 +111,8 @@ class Agents:
                          "brief": self.config.transfer_brief}
             targets = {"human": human} if self.config.transfer_to else {}
             call.options = {"transfer_targets": targets} if targets else {}
-            config = SessionConfig(type="realtime")
+            config = SessionConfig.model_validate({"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": self.config.agent_turn_detection}}}})
             if targets:
                 config = config.model_copy(
                     update={"tools": [FunctionTool(**tool_definition(targets))]})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -163,17 +163,20 @@ def check_item(
 
 
 async def transcribe(
-    transcriber: Transcriber, item: dict[str, Any], pcm: np.ndarray, index: int = 0
+    transcriber: Transcriber, item: dict[str, Any], pcm: np.ndarray, index: int = 0,
+    made: Awaitable[str] | None = None,
 ) -> dict[str, Any]:
     """Transcribe the audio of `item`'s content part `index` into its transcript; the server
-    event that reports it (completed, or failed with why)."""
+    event that reports it (completed, or failed with why). `made`: a transcription of that
+    audio already under way (or done), taken instead of a new one."""
     content = item["content"][index]
     problem, code = transcriber.reason, "transcription_unavailable"
     text = ""
     if not problem:
         started = time.perf_counter()
         try:
-            text = await asyncio.to_thread(transcriber.transcribe, pcm)
+            text = await (made if made is not None
+                          else asyncio.to_thread(transcriber.transcribe, pcm))
         except Exception as exc:  # noqa: BLE001 - reported to the client, as OpenAI does
             log.warning("local model: transcription failed: %s", exc)
             problem, code = f"{type(exc).__name__}: {exc}", "transcription_failed"

@@ -8,12 +8,18 @@ one session with its own conversation:
   it (`sipbridge.realtime.schemas.SessionConfig`) and answered with `session.updated` or `error`.
 - `input_audio_buffer.append` takes PCM16 at 24 kHz, or G.711 (`audio/pcmu`, `audio/pcma`
   at 8 kHz) when the session's input format says so; `commit` and `clear` as OpenAI's.
-- With `server_vad` (the default; `semantic_vad` is served by the same detector) the
-  caller's turns are found in the audio (`localmodel.vad`): speech_started, speech_stopped,
-  committed, the user item (`conversation.item.added` / `.done`), its transcript
+- With `server_vad` (the default) or `semantic_vad` the caller's turns are found in the
+  audio (`localmodel.vad`): speech_started, speech_stopped, committed, the user item
+  (`conversation.item.added` / `.done`), its transcript
   (`conversation.item.input_audio_transcription.completed`, or `.failed` when speech to
   text is unavailable) and, with `create_response`, a response. Speech while a response is
-  under way cancels it when `interrupt_response` is on.
+  under way cancels it when `interrupt_response` is on. A pause of 100 ms within a turn
+  starts the transcription of the turn so far, in a thread: its words go out as a
+  `conversation.item.input_audio_transcription.delta`, and if the turn ends at that pause
+  they are its transcript, with nothing left to transcribe. `server_vad` ends a turn after
+  `silence_duration_ms`; `semantic_vad` after a short pause when those words are complete
+  (`turns.words_complete`), else after its longest silence (both by `eagerness`,
+  `turns.EAGERNESS_MS`). No turn lasts more than 30 s.
 - `conversation.item.create` (user, assistant and system messages, `function_call`,
   `function_call_output`), `.truncate`, `.delete`, `.retrieve`; `output_audio_buffer.clear`.
 - A response answers the newest input since the last response: a function's output with

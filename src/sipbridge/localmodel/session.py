@@ -24,7 +24,15 @@ from sipbridge.localmodel.policy import Policy, Reply
 from sipbridge.localmodel.response import SAMPLES_PER_MS, PendingResponse, ResponseRun
 from sipbridge.localmodel.stt import Transcriber
 from sipbridge.localmodel.tts import Synthesizer
-from sipbridge.localmodel.turns import InputBuffer, Turn, vad_settings
+from sipbridge.localmodel.turns import (
+    MAX_TURN_MS,
+    SPECULATE_MS,
+    InputBuffer,
+    Turn,
+    semantic_pauses,
+    vad_settings,
+    words_complete,
+)
 from sipbridge.localmodel.vad import Vad
 from sipbridge.media.g711 import alaw_decode, ulaw_decode
 from sipbridge.media.resample import MODEL_RATE, PHONE_RATE, Resampler
@@ -64,6 +72,23 @@ class ModelServer(Protocol):
 
 
 @dataclass(eq=False)
+class _Guess:
+    """A transcription of the turn so far, started while the caller paused: the turn's
+    transcript if it ends there, without transcribing it again."""
+
+    end_ms: int  # the audio it transcribes ends here (the last voiced frame's end)
+    task: asyncio.Future[str]
+    reported: bool = False  # its text went out as a transcription delta
+
+    def text(self) -> str | None:
+        """Its transcript, once it is done and did not fail."""
+        task = self.task
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+
+@dataclass(eq=False)
 class _Job:
     """Work for the session's worker, which runs one job at a time, in order."""
 
@@ -92,6 +117,8 @@ class Session:
         self._vad: Vad | None = None
         self._vad_key: tuple[float, int, int] | None = None
         self._turn: Turn | None = None
+        self._guess: _Guess | None = None  # of the current turn
+        self._told = ""  # the current turn's transcript sent as deltas so far
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._responses: list[PendingResponse] = []  # requested and not done, oldest first
         self.last_response_id: str | None = None
@@ -218,6 +245,8 @@ class Session:
                 await self._speech_started(vad_event.audio_ms)
             else:
                 await self._speech_stopped(vad_event.audio_ms)
+        if self._turn is not None and self._vad.speaking:
+            await self._follow_turn(self._vad, self._turn)
         if self._turn is None:
             keep_ms = self._vad.prefix_padding_ms + IDLE_KEEP_MS
             self.input.trim(self.input.written - keep_ms * SAMPLES_PER_MS)
@@ -232,6 +261,7 @@ class Session:
         item_id = self._turn.item_id if self._turn is not None else new_id("item")
         pcm = self.input.take(self.input.written)
         self._turn = None
+        self._drop_guess()
         if self._vad is not None:
             self._vad.reset(self.input.written // SAMPLES_PER_MS)
         await self._committed(item_id, pcm)
@@ -239,6 +269,7 @@ class Session:
     async def _clear(self, event: dict[str, Any]) -> None:
         self.input.take(self.input.written)
         self._turn = None
+        self._drop_guess()
         if self._vad is not None:
             self._vad.reset(self.input.written // SAMPLES_PER_MS)
         await self.emit({"type": "input_audio_buffer.cleared"})
@@ -330,7 +361,48 @@ class Session:
         if key != self._vad_key:
             self._vad, self._vad_key, self._turn = Vad(*key), key, None
 
+    async def _follow_turn(self, vad: Vad, turn: Turn) -> None:
+        """While the caller speaks: a pause starts the transcription of the turn so far
+        (its text goes out as a delta); with `semantic_vad`, a pause long enough after
+        words that are complete ends the turn. A turn that lasts MAX_TURN_MS ends."""
+        end, quiet = vad.last_voiced_end, vad.quiet_ms
+        now_ms = end + quiet
+        if now_ms - turn.start_ms >= MAX_TURN_MS:
+            vad.end_turn()
+            await self._speech_stopped(now_ms)
+            return
+        guess = self._guess
+        if (quiet >= SPECULATE_MS and self.server.transcriber.available()
+                and (guess is None or (guess.end_ms != end and guess.task.done()))):
+            pcm = self.input.peek(turn.start_ms * SAMPLES_PER_MS, end * SAMPLES_PER_MS)
+            guess = self._guess = _Guess(end, asyncio.ensure_future(
+                asyncio.to_thread(self.server.transcriber.transcribe, pcm)))
+        text = guess.text() if guess is not None else None
+        if guess is None or text is None:
+            return
+        if not guess.reported:
+            guess.reported = True
+            # The words so far, without the mark Whisper ends them with (the sentence may go
+            # on): the deltas of a turn join into the start of its transcript.
+            words = text.rstrip(".?!,;:\u2026 ")
+            if words.startswith(self._told) and words != self._told:
+                await self.emit({"type": "conversation.item.input_audio_transcription.delta",
+                                 "item_id": turn.item_id, "content_index": 0,
+                                 "delta": words[len(self._told):]})
+                self._told = words
+        detection = self._turn_detection() or {}
+        if (guess.end_ms == end and detection.get("type") == "semantic_vad"
+                and quiet >= semantic_pauses(detection)[0] and words_complete(text)):
+            vad.end_turn()
+            await self._speech_stopped(now_ms)
+
+    def _drop_guess(self) -> None:
+        if self._guess is not None and not self._guess.task.done():
+            self._guess.task.cancel()  # its thread runs on; its result is not waited for
+        self._guess, self._told = None, ""
+
     async def _speech_started(self, audio_start_ms: int) -> None:
+        self._drop_guess()
         self._turn = Turn(new_id("item"), audio_start_ms)
         await self.emit({"type": "input_audio_buffer.speech_started",
                          "audio_start_ms": audio_start_ms, "item_id": self._turn.item_id})
@@ -347,22 +419,31 @@ class Session:
             return
         await self.emit({"type": "input_audio_buffer.speech_stopped",
                          "audio_end_ms": audio_end_ms, "item_id": turn.item_id})
+        # What the pause's transcription covered: the turn's words, up to its last voiced
+        # frame (what follows is silence); kept unless the caller spoke after it.
+        guess, self._guess, self._told = self._guess, None, ""
+        vad = self._vad
+        made = (guess.task if guess is not None and vad is not None
+                and guess.end_ms == vad.last_voiced_end else None)
+        if guess is not None and made is None:
+            guess.task.cancel()
         self.input.trim(turn.start_ms * SAMPLES_PER_MS)
         pcm = self.input.take(audio_end_ms * SAMPLES_PER_MS)
-        await self._committed(turn.item_id, pcm)
+        await self._committed(turn.item_id, pcm, made)
         if (self._turn_detection() or {}).get("create_response", True) is not False:
             self._request_response({}, auto=True)
 
     # ---- conversation items ---------------------------------------------------------
 
-    async def _committed(self, item_id: str, pcm: np.ndarray) -> None:
+    async def _committed(self, item_id: str, pcm: np.ndarray,
+                         made: Awaitable[str] | None = None) -> None:
         previous = self.conversation.last_id()
         await self.emit({"type": "input_audio_buffer.committed", "item_id": item_id,
                          "previous_item_id": previous})
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
                 "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
         await self._add_item(item)
-        self._jobs.put_nowait(_Job(lambda: self._transcribe(item, pcm)))
+        self._jobs.put_nowait(_Job(lambda: self._transcribe(item, pcm, made=made)))
 
     def insert_item(self, item: dict[str, Any]) -> str | None:
         """Append `item` to the conversation; the id of the item before it (or None)."""
@@ -375,8 +456,9 @@ class Session:
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous,
                          "item": item})
 
-    async def _transcribe(self, item: dict[str, Any], pcm: np.ndarray, index: int = 0) -> None:
-        await self.emit(await transcribe(self.server.transcriber, item, pcm, index))
+    async def _transcribe(self, item: dict[str, Any], pcm: np.ndarray, index: int = 0, *,
+                          made: Awaitable[str] | None = None) -> None:
+        await self.emit(await transcribe(self.server.transcriber, item, pcm, index, made))
 
     def _decode_input(self, data: bytes) -> np.ndarray:
         fmt = self._format("input")

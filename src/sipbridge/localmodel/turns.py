@@ -9,20 +9,55 @@ from typing import Any
 
 import numpy as np
 
-EAGERNESS_SILENCE_MS = {"low": 1000, "medium": 500, "auto": 500, "high": 300}
-"""`semantic_vad` served by the plain detector: its eagerness as a silence duration."""
+# `semantic_vad`'s eagerness: (the silence that ends a turn whose words are complete, the
+# silence that ends any turn). "Complete": `words_complete` on the transcript of the turn
+# so far, made while the caller pauses.
+EAGERNESS_MS = {"high": (150, 800), "auto": (250, 1500), "medium": (250, 1500),
+                "low": (500, 3000)}
+SPECULATE_MS = 100
+"""A pause this long in a turn starts the transcription of the turn so far (kept if the
+turn ends there, dropped if the caller goes on)."""
+MAX_TURN_MS = 30_000
+"""A turn that lasts this long ends (a caller who never pauses, a line of steady noise)."""
+# Words a statement does not end on: a pause after them is no end of turn (a question,
+# "Who am I speaking to?", may end on one).
+_GOES_ON = frozenset(["a", "an", "the", "and", "or", "but", "because", "if", "than", "of",
+                      "to", "with", "from", "for", "um", "uh", "er", "erm", "hmm", "like",
+                      "my", "your", "our", "their", "its", "i", "i'm", "would", "could",
+                      "should", "want", "wanted", "need"])
+
+
+def words_complete(text: str) -> bool:
+    """Whether a transcript reads as a finished utterance: a question or an exclamation,
+    or a statement's full stop (not an ellipsis) after a word a statement can end on.
+    "Who am I speaking to?" and "I need a human." are; "Um, I want...", "I would like
+    to." and "I would like to speak to a human" (no mark) are not."""
+    text = text.strip()
+    if not text or text.endswith(("...", "\u2026", ",", "-", ";", ":")):
+        return False
+    if text[-1] in "?!":
+        return True
+    if text[-1] != ".":
+        return False
+    words = text.rstrip(".").split()
+    last = words[-1].strip("\"'()").lower() if words else ""
+    return bool(last) and last not in _GOES_ON
 
 
 def vad_settings(turn_detection: Mapping[str, Any]) -> tuple[float, int, int]:
     """The detector's (threshold, prefix padding ms, silence ms) for a session's
-    `turn_detection` (`server_vad` or `semantic_vad`)."""
+    `turn_detection` (`server_vad` or `semantic_vad`: its longest silence)."""
     if turn_detection.get("type") == "semantic_vad":
-        silence = EAGERNESS_SILENCE_MS.get(str(turn_detection.get("eagerness")), 500)
-        return (0.5, 300, silence)
+        return (0.5, 300, semantic_pauses(turn_detection)[1])
     threshold = turn_detection.get("threshold")
     return (threshold if threshold is not None else 0.5,
             turn_detection.get("prefix_padding_ms") or 300,
             turn_detection.get("silence_duration_ms") or 500)
+
+
+def semantic_pauses(turn_detection: Mapping[str, Any]) -> tuple[int, int]:
+    """`semantic_vad`'s (complete, any) silences in ms for its eagerness."""
+    return EAGERNESS_MS.get(str(turn_detection.get("eagerness")), EAGERNESS_MS["auto"])
 
 
 @dataclass
@@ -58,6 +93,15 @@ class InputBuffer:
         self._parts = [rest] if len(rest) else []
         self.length = len(rest)
         self.start += drop
+
+    def peek(self, since: int, until: int) -> np.ndarray:
+        """A copy of the buffered audio from session sample `since` to `until`."""
+        audio = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int16)
+        first = max(0, since - self.start)
+        last = max(first, min(len(audio), until - self.start))
+        self._parts = [audio] if len(audio) else []  # joined once, not at every peek
+        peeked: np.ndarray = audio[first:last].copy()
+        return peeked
 
     def take(self, until: int) -> np.ndarray:
         """The buffered audio before session sample `until`, removed from the buffer."""

@@ -112,6 +112,22 @@ class Vad:
         """Whether speech has started and not yet stopped."""
         return self._speaking
 
+    @property
+    def last_voiced_end(self) -> int:
+        """While speaking: the end of the last voiced frame (the buffer's time base)."""
+        return self._last_voiced_end
+
+    @property
+    def quiet_ms(self) -> int:
+        """While speaking: how long no frame has been voiced (0 right after one was)."""
+        return self._clock(self._frames) - self._last_voiced_end if self._speaking else 0
+
+    def end_turn(self) -> None:
+        """The turn was ended by other means than the silence (its words were complete):
+        the next speech is a new turn."""
+        self._speaking = False
+        self._recent.clear()
+
     def reset(self, now_ms: int | None = None) -> None:
         """Forget all audio (the buffer was cleared); the clock restarts at `now_ms`
         (0 when None)."""
