@@ -68,12 +68,24 @@ class RtpCaller:
         self.result = run_sipp(self.gateway.address, path, self.workdir / "sipp", timeout=60)
 
     def answered(self, timeout: float = 10) -> dict[str, Any]:
-        """The gateway's record of the call once it is up (its RTP port included)."""
+        """The gateway's record of this call once it is up (its RTP port included): the
+        active call whose INVITE offered this caller's RTP port (others may be up too)."""
         base = f"http://127.0.0.1:{self.gateway.http_port}/v1"
-        calls = until("the gateway answering with an RTP port",
-                      lambda: list(api_get(base, self.api_key, "/realtime/calls")["data"]),
-                      lambda calls: bool(calls) and calls[0]["state"] == "active"
-                      and bool(calls[0]["sip"]["rtp_port"]), timeout, interval=0.02)
+        offer = f"m=audio {self.sink.port} ".encode()
+
+        def ours() -> list[dict[str, Any]]:
+            found = []
+            for call in api_get(base, self.api_key, "/realtime/calls")["data"]:
+                if call["state"] != "active" or not call["sip"]["rtp_port"]:
+                    continue
+                record = api_get(base, self.api_key, f"/realtime/calls/{call['id']}")
+                if any(offer in str(e.get("text", "")).encode() for e in record["timeline"]
+                       if e.get("kind") == "sip"):
+                    found.append(call)
+            return found
+
+        calls = until("the gateway answering this call with an RTP port", ours, bool,
+                      timeout, interval=0.02)
         self.call = calls[0]
         return self.call
 

@@ -39,8 +39,8 @@ def test_words_complete(text: str, complete: bool) -> None:
 
 def test_semantic_pauses_by_eagerness() -> None:
     assert semantic_pauses({"type": "semantic_vad"}) == EAGERNESS_MS["auto"]
-    assert semantic_pauses({"type": "semantic_vad", "eagerness": "high"}) == (150, 800)
-    assert semantic_pauses({"type": "semantic_vad", "eagerness": "bogus"}) == (250, 1500)
+    assert semantic_pauses({"type": "semantic_vad", "eagerness": "high"}) == (200, 800)
+    assert semantic_pauses({"type": "semantic_vad", "eagerness": "bogus"}) == (400, 1500)
     # the detector waits for the longest silence; the words decide before it
     assert vad_settings({"type": "semantic_vad", "eagerness": "low"}) == (0.5, 300, 3000)
     assert vad_settings({"type": "server_vad", "silence_duration_ms": 200}) == (0.5, 300, 200)

@@ -12,8 +12,10 @@ import numpy as np
 # `semantic_vad`'s eagerness: (the silence that ends a turn whose words are complete, the
 # silence that ends any turn). "Complete": `words_complete` on the transcript of the turn
 # so far, made while the caller pauses.
-EAGERNESS_MS = {"high": (150, 800), "auto": (250, 1500), "medium": (250, 1500),
-                "low": (500, 3000)}
+# People leave 200-500 ms between sentences ("Hello." [320 ms] "Can you ..." as espeak-ng
+# says it): auto waits 400 ms after a complete sentence.
+EAGERNESS_MS = {"high": (200, 800), "auto": (400, 1500), "medium": (400, 1500),
+                "low": (600, 3000)}
 SPECULATE_MS = 100
 """A pause this long in a turn starts the transcription of the turn so far (kept if the
 turn ends there, dropped if the caller goes on)."""
