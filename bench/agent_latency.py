@@ -139,7 +139,8 @@ def one_round(gateway: _Gateway, workdir: Path, question: Any, delay: float = 0.
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
     server = start_sipbridge(workdir, None, "udp", auto_answer="agent",
-                             extra_config=f'api_key = ["{KEY}"]\nmedia_timeout = 0\n')
+                             extra_config=f'api_key = ["{KEY}"]\nmedia_timeout = 0\n'
+                             f'agent_turn_detection = "{args.turn_detection}"\n')
     gateway = _Gateway(server.port, server.http)
     question = make_speech_wav(workdir / "question.wav", QUESTION)
     # The end of the caller's speech is the last sample above -40 dBFS, not the
@@ -214,6 +215,8 @@ def run_together(args: argparse.Namespace, workdir: Path, gateway: _Gateway,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--turn-detection", choices=("semantic_vad", "server_vad"),
+                    default="semantic_vad", help="the gateway's agent_turn_detection")
     ap.add_argument("--calls", type=int, default=1,
                     help="calls at once in each round (default 1): each call's p50 and p99, "
                     "and the late frames of its RTP")
