@@ -539,3 +539,45 @@ def test_a_caller_who_never_pauses_gets_turns_of_at_most_30_s() -> None:
             assert following[-1]["item_id"] != start["item_id"]  # the caller goes on: a turn
 
     arun(main)
+
+
+@needs_stt
+def test_noise_silence_and_clipped_speech_keep_turns_and_memory_bounded() -> None:
+    """A minute of loud noise is at most turns of 30 s, the buffer never holding more;
+    silence is no turn at all; speech clipped at a third of full scale is still heard
+    and transcribed."""
+
+    async def main() -> None:
+        async with local_model() as server, connect(server) as client:
+            await client.send({"type": "session.update", "session": _session(audio={
+                "input": {"turn_detection": {"type": "semantic_vad",
+                                             "create_response": False}}})})
+            await client.until("session.updated")
+            await client.append(np.zeros(24000 * 20, np.int16))  # 20 s of silence
+            await client.send({"type": "input_audio_buffer.clear"})
+            cleared = await client.until("input_audio_buffer.cleared")
+            assert not [e for e in cleared if e["type"].startswith("input_audio_buffer.speech")]
+
+            rng = np.random.default_rng(5)
+            noise = rng.normal(0, 9000, 24000 * 65).clip(-32768, 32767).astype(np.int16)
+            await client.append(noise)
+            await client.send({"type": "input_audio_buffer.clear"})
+            events = await client.until("input_audio_buffer.cleared", timeout=60)
+            starts = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+            stops = [e for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+            for start, stop in zip(starts, stops, strict=False):
+                assert stop["audio_end_ms"] - start["audio_start_ms"] <= 30_100
+
+            clipped = phone_path(speech()).astype(np.int32) * 4
+            clipped = clipped.clip(-11000, 11000).astype(np.int16)
+            await client.append(np.concatenate([np.zeros(12000, np.int16), clipped,
+                                                np.zeros(48000, np.int16)]))
+            item_id = (await client.until("input_audio_buffer.committed"))[-1]["item_id"]
+            while True:  # the noise's turns are transcribed first, in order
+                done = (await client.until(
+                    "conversation.item.input_audio_transcription.completed", timeout=30))[-1]
+                if done["item_id"] == item_id:
+                    break
+            assert "human" in done["transcript"].lower(), done
+
+    arun(main)
