@@ -379,6 +379,10 @@ class Config(BaseSettings):
     # "semantic_vad" (a short pause after complete words ends it; eagerness auto) or
     # "server_vad" (500 ms of silence, as OpenAI's default).
     agent_turn_detection: str = Field("semantic_vad", pattern="^(semantic_vad|server_vad)$")
+    # Calls at once that talk with the built-in model (agent_url = "local"): with
+    # auto_answer = "agent", more are refused 503 (agents busy); a session past it that
+    # the API accepted gets the model's refusal, and agent_on_failure.
+    agent_max_sessions: int = Field(8, ge=1, le=1000)
     transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to
     # --transfer-mode: how the default agent transfers to transfer_to: "blind" (REFER) or
     # "warm" (the gateway dials the person and the agent briefs them first: the text

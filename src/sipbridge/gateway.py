@@ -271,6 +271,8 @@ class Gateway:
                          reject_code=c.reject_code, ask_app=self._asks_app(),
                          accept_timeout=c.accept_timeout,
                          accept_timeout_code=c.accept_timeout_code, max_calls=c.max_calls,
+                         max_agent_calls=(c.agent_max_sessions if c.agent_url == "local"
+                                          else None),
                          max_calls_per_source=c.max_calls_per_source,
                          srtp=c.srtp, srtp_over_cleartext=c.srtp_over_cleartext,
                          dtmf_method=c.dtmf_method),
@@ -361,7 +363,8 @@ class Gateway:
 
             policy = ChatPolicy(policy, self.config.agent_llm_url, self.config.agent_llm_model,
                                 api_key=self.config.agent_llm_api_key)
-        self.local_model = LocalModelServer(policy=policy, preload=False)
+        self.local_model = LocalModelServer(policy=policy, preload=False,
+                                            max_sessions=self.config.agent_max_sessions)
         await self.local_model.start("127.0.0.1", 0)
         transcriber = self.local_model.transcriber
         if transcriber.available():  # load the speech model while the gateway serves

@@ -581,3 +581,25 @@ def test_noise_silence_and_clipped_speech_keep_turns_and_memory_bounded() -> Non
             assert "human" in done["transcript"].lower(), done
 
     arun(main)
+
+
+def test_sessions_past_the_limit_are_refused_with_503_until_one_ends() -> None:
+    async def main() -> None:
+        async with local_model(max_sessions=1) as server:
+            async with connect(server):
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    async with websockets.connect(server.url):
+                        pass
+                response = refused.value.response
+                assert response.status_code == 503
+                assert response.headers["Retry-After"] == "5"
+                assert json.loads(response.body)["error"]["code"] == "too_many_sessions"
+                assert server.refused == 1
+            for _ in range(50):  # the first session's end is seen by the server
+                if not server._sessions:
+                    break
+                await asyncio.sleep(0.02)
+            async with connect(server):  # room again
+                pass
+
+    arun(main)

@@ -6,6 +6,7 @@ at start and checked against the configured limits."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -183,3 +184,18 @@ def test_loop_errors_are_logged_once_per_interval_with_a_count(
     assert lines[1].endswith("(499 more like it in the last 0.2 s)")
     assert len(lines) == 3 and caplog.records[0].exc_info is None
     assert "Exception in callback" in lines[2] and caplog.records[2].exc_info is not None
+
+
+def test_agent_calls_past_the_agents_limit_get_503_agents_busy() -> None:
+    h = Harness()
+    h.manager.policy = dataclasses.replace(h.manager.policy, auto_answer="agent",
+                                           max_agent_calls=1)
+    assert call(h, 1) == [200]
+    assert call(h, 2) == [503]
+    refused = h.sent[-1]
+    assert refused.reason == "Service Unavailable (agents busy)"
+    assert refused.headers.get("Retry-After") == "5"
+    assert len(h.manager.calls) == 1 and h.media.pool.in_use == 1
+    # Only the agent's calls count against it.
+    h.manager.policy = dataclasses.replace(h.manager.policy, auto_answer="echo")
+    assert call(h, 3) == [200]

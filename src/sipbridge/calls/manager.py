@@ -83,6 +83,9 @@ class AnswerPolicy:
     accept_timeout_code: int = 480
     max_calls: int | None = None
     max_calls_per_source: int | None = None
+    # With auto_answer "agent": calls at once that the agent (the built-in model) can take;
+    # more get 503 (agents busy) + Retry-After.
+    max_agent_calls: int | None = None
     srtp: str = "off"  # off | optional | required (sipbridge.sip.sdp.answer_offer)
     srtp_over_cleartext: bool = False  # SDES keys accepted over signalling other than TLS
     dtmf_method: str = "rfc4733"  # how calls send DTMF unless a request says
@@ -180,6 +183,12 @@ class CallManager:
             # Refused before any call state: cheap, and the caller may try again later.
             self.refused_busy += 1
             self.ua.reject(event.leg_id, 503, now, "Service Unavailable (call limit reached)",
+                           headers=[("Retry-After", "5")])
+            return
+        if (policy.auto_answer == "agent" and policy.max_agent_calls is not None
+                and len(self.calls) >= policy.max_agent_calls):
+            self.refused_busy += 1
+            self.ua.reject(event.leg_id, 503, now, "Service Unavailable (agents busy)",
                            headers=[("Retry-After", "5")])
             return
         self.per_source[host] += 1

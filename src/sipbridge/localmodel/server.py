@@ -37,6 +37,7 @@ socket keeps being served.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from http import HTTPStatus
 from pathlib import Path
@@ -70,7 +71,8 @@ class LocalModelServer:
     to text (default: faster-whisper with the packaged model, shared by all sessions),
     `synthesizer` speaks (default: espeak-ng), `chunk_ms` is the audio per
     `response.output_audio.delta`, `path` the WebSocket path, `preload` loads the speech
-    model in `start` rather than on the first turn."""
+    model in `start` rather than on the first turn; past `max_sessions` sessions at once a
+    connection is refused with HTTP 503 (its body in OpenAI's error shape)."""
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class LocalModelServer:
         path: str = PATH,
         preload: bool = True,
         max_message_size: int = 16 << 20,
+        max_sessions: int | None = None,
     ) -> None:
         self.policy = policy if isinstance(policy, Policy) else Policy.load(policy)
         self.transcriber = transcriber if transcriber is not None else Transcriber()
@@ -90,6 +93,8 @@ class LocalModelServer:
         self.path = path.rstrip("/") or "/"
         self.preload = preload
         self.max_message_size = max_message_size
+        self.max_sessions = max_sessions
+        self.refused = 0  # connections refused past max_sessions
         self.host = ""
         self.port = 0
         self._server: Server | None = None
@@ -127,6 +132,17 @@ class LocalModelServer:
         if path != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, f"No WebSocket at {path}; "
                                                             f"connect to {self.path}\n")
+        if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
+            self.refused += 1
+            log.warning("local model: a session refused: %d at once is its limit",
+                        self.max_sessions)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, json.dumps({
+                "error": {"type": "server_error", "code": "too_many_sessions",
+                          "message": f"The local model serves {self.max_sessions} sessions "
+                                     "at once; try again later.", "param": None}}) + "\n")
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Retry-After"] = "5"
+            return response
         return None
 
     async def _serve(self, connection: ServerConnection) -> None:
