@@ -58,3 +58,39 @@ def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     transcriber = Transcriber()
     assert not transcriber.available()
     assert "faster-whisper is not installed" in transcriber.reason
+
+
+@needs_espeak
+@needs_stt
+def test_a_short_turn_takes_the_10_s_window_a_long_one_whispers_30_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both give the words; a turn past SHORT_SECONDS goes to faster-whisper's own
+    transcribe (30 s windows), a shorter one to the one-window decode."""
+    TRANSCRIBER.load()
+    windows: list[int] = []
+    short = TRANSCRIBER._short
+
+    def counted(audio: np.ndarray) -> str:
+        windows.append(len(audio))
+        return short(audio)
+
+    monkeypatch.setattr(TRANSCRIBER, "_short", counted)
+    words = phone_path(speech())
+    assert "human" in TRANSCRIBER.transcribe(words).lower() and len(windows) == 1
+    long = np.concatenate([words, np.zeros(24000 * 9, np.int16), words])  # ~15 s
+    text = TRANSCRIBER.transcribe(long).lower()
+    assert len(windows) == 1  # not the short path
+    assert text.count("human") == 2, text
+
+
+@needs_stt
+def test_transcriptions_from_many_threads_at_once_on_a_fresh_model() -> None:
+    """The first turns may come while the model loads (the gateway preloads it in the
+    background): each gets its words, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = Transcriber()
+    audio = (np.sin(np.arange(24000) * 0.05) * 3000).astype(np.int16)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fresh.transcribe(audio), range(4)))
+    assert all(isinstance(r, str) for r in results)

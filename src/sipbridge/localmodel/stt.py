@@ -105,7 +105,13 @@ class Transcriber:
                     str(self.model_path), device="cpu", compute_type="int8",
                     cpu_threads=self.cpu_threads,
                 )
-                self._model = model
+                tokenizer = importlib.import_module("faster_whisper.tokenizer").Tokenizer(
+                    model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                    language=self.language)
+                self._suppress = importlib.import_module(
+                    "faster_whisper.transcribe").get_suppressed_tokens(tokenizer, (-1,))
+                self._tokenizer = tokenizer
+                self._model = model  # last: another thread may use it from now on
                 # The first decode of a window's shape sets up its kernels (~1 s): done
                 # here, at load, not in the first caller's turn.
                 self._short(np.zeros(WHISPER_RATE, np.float32))
@@ -137,15 +143,7 @@ class Transcriber:
         30 s (as whisper.cpp's audio_ctx): the encoder, nearly all of the time, costs a
         ninth (tiny.en, 1.7 s of speech, 2 cores: 330 -> 41 ms); greedy, English, no
         timestamps, the tokens Whisper never says suppressed, as `transcribe` does."""
-        model = self._model
-        if self._tokenizer is None:
-            tokenizer_module = importlib.import_module("faster_whisper.tokenizer")
-            transcribe_module = importlib.import_module("faster_whisper.transcribe")
-            self._tokenizer = tokenizer_module.Tokenizer(
-                model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
-                language=self.language)
-            self._suppress = transcribe_module.get_suppressed_tokens(self._tokenizer, (-1,))
-        tokenizer = self._tokenizer
+        model, tokenizer = self._model, self._tokenizer  # both set by `load`
         features = model.feature_extractor(audio)[:, :WINDOW_FRAMES]
         window = np.zeros((1, features.shape[0], WINDOW_FRAMES), np.float32)
         window[0, :, :features.shape[1]] = features
