@@ -72,16 +72,20 @@ class RtpCaller:
         active call whose INVITE offered this caller's RTP port (others may be up too)."""
         base = f"http://127.0.0.1:{self.gateway.http_port}/v1"
         offer = f"m=audio {self.sink.port} ".encode()
+        others: set[str] = set()  # active calls whose INVITE offered another port
 
         def ours() -> list[dict[str, Any]]:
             found = []
             for call in api_get(base, self.api_key, "/realtime/calls")["data"]:
-                if call["state"] != "active" or not call["sip"]["rtp_port"]:
+                if (call["state"] != "active" or not call["sip"]["rtp_port"]
+                        or call["id"] in others):
                     continue
                 record = api_get(base, self.api_key, f"/realtime/calls/{call['id']}")
                 if any(offer in str(e.get("text", "")).encode() for e in record["timeline"]
                        if e.get("kind") == "sip"):
                     found.append(call)
+                else:
+                    others.add(call["id"])
             return found
 
         calls = until("the gateway answering this call with an RTP port", ours, bool,
