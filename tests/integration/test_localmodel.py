@@ -460,6 +460,14 @@ def test_run_alone_with_python_m(tmp_path: Path) -> None:
             proc.wait()
 
 
+async def detect_turns(client: Client, kind: str, **options: Any) -> None:
+    """The session finds turns with `kind` (server_vad, semantic_vad) and creates no
+    response of its own."""
+    await client.send({"type": "session.update", "session": _session(audio={"input": {
+        "turn_detection": {"type": kind, **options, "create_response": False}}})})
+    await client.until("session.updated")
+
+
 async def paced(client: Client, pcm: np.ndarray, chunk: int = 480) -> None:
     """Stream 24 kHz audio as a caller speaks it: 20 ms an event, in real time."""
     start = time.monotonic()
@@ -480,10 +488,7 @@ def test_semantic_vad_waits_out_a_pause_mid_sentence_and_ends_a_complete_one_soo
 
     async def main() -> None:
         async with local_model() as server, connect(server) as client:
-            await client.send({"type": "session.update", "session": _session(audio={
-                "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low",
-                                             "create_response": False}}})})
-            await client.until("session.updated")
+            await detect_turns(client, "semantic_vad", eagerness="low")
             first, second = phone_path(speech("I would like")), phone_path(speech(
                 "to speak to a human."))
             lead, pause = np.zeros(9600, np.int16), np.zeros(16800, np.int16)  # 0.4, 0.7 s
@@ -521,10 +526,7 @@ def test_semantic_vad_waits_out_a_pause_mid_sentence_and_ends_a_complete_one_soo
 def test_a_caller_who_never_pauses_gets_turns_of_at_most_30_s() -> None:
     async def main() -> None:
         async with local_model() as server, connect(server) as client:
-            await client.send({"type": "session.update", "session": _session(audio={
-                "input": {"turn_detection": {"type": "server_vad",
-                                             "create_response": False}}})})
-            await client.until("session.updated")
+            await detect_turns(client, "server_vad")
             words = phone_path(speech())
             loud = np.flatnonzero(np.abs(words) > 500)
             words = words[loud[0]:loud[-1]]  # no silence at either end: no pause between
@@ -542,17 +544,13 @@ def test_a_caller_who_never_pauses_gets_turns_of_at_most_30_s() -> None:
 
 
 @needs_stt
-def test_noise_silence_and_clipped_speech_keep_turns_and_memory_bounded() -> None:
-    """A minute of loud noise is at most turns of 30 s, the buffer never holding more;
-    silence is no turn at all; speech clipped at a third of full scale is still heard
-    and transcribed."""
+def test_noise_silence_and_clipped_speech_keep_turns_bounded() -> None:
+    """A minute of loud noise is at most turns of 30 s; silence is no turn at all;
+    speech clipped at a third of full scale is still heard and transcribed."""
 
     async def main() -> None:
         async with local_model() as server, connect(server) as client:
-            await client.send({"type": "session.update", "session": _session(audio={
-                "input": {"turn_detection": {"type": "semantic_vad",
-                                             "create_response": False}}})})
-            await client.until("session.updated")
+            await detect_turns(client, "semantic_vad")
             await client.append(np.zeros(24000 * 20, np.int16))  # 20 s of silence
             await client.send({"type": "input_audio_buffer.clear"})
             cleared = await client.until("input_audio_buffer.cleared")
