@@ -19,6 +19,10 @@ wait is split into shares:
 - gateway: -> the first agent RTP packet with sound at the caller.
 
 Prints p50 and p99 of each share and of the total, in ms. Everything runs on loopback.
+``--warmup N`` rounds (default 1) come first and are not counted: the gateway loads its
+speech models (Whisper, the natural voice's process) in the background at start.
+``--voice-engine`` sets the gateway's ``agent_voice_engine`` (default auto: the natural
+voice when the ``voice`` extra is installed; synthesis is then piper's first clause).
 
 ``--calls N`` places N such calls at once in each round (their questions a second
 apart, so that each one's transcription and answer run while the others' audio plays)
@@ -140,7 +144,8 @@ def one_round(gateway: _Gateway, workdir: Path, question: Any, delay: float = 0.
 def run(args: argparse.Namespace, workdir: Path) -> int:
     server = start_sipbridge(workdir, None, "udp", auto_answer="agent",
                              extra_config=f'api_key = ["{KEY}"]\nmedia_timeout = 0\n'
-                             f'agent_turn_detection = "{args.turn_detection}"\n')
+                             f'agent_turn_detection = "{args.turn_detection}"\n'
+                             f'agent_voice_engine = "{args.voice_engine}"\n')
     gateway = _Gateway(server.port, server.http)
     question = make_speech_wav(workdir / "question.wav", QUESTION)
     # The end of the caller's speech is the last sample above -40 dBFS, not the
@@ -154,13 +159,15 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             stop(server.proc)
     results: list[dict[str, float]] = []
     try:
-        for i in range(args.rounds):
+        for i in range(-args.warmup, args.rounds):
             round_dir = workdir / f"round{i}"
             round_dir.mkdir()
             shares = one_round(gateway, round_dir, question)
-            if shares is not None:
+            if shares is not None and i >= 0:
                 results.append(shares)
-                print(f"round {i + 1}: total {1000 * shares['total']:.0f} ms", flush=True)
+            if shares is not None:
+                print(f"{'round' if i >= 0 else 'warm-up'} {i + 1 if i >= 0 else ''}: "
+                      f"total {1000 * shares['total']:.0f} ms", flush=True)
     finally:
         stop(server.proc)
     print(f"agent_latency: {len(results)}/{args.rounds} rounds, question {QUESTION!r}")
@@ -177,7 +184,7 @@ def run_together(args: argparse.Namespace, workdir: Path, gateway: _Gateway,
     """`--calls N`: N calls at once in each round; each call's figures."""
     totals: list[list[float]] = [[] for _ in range(args.calls)]
     lateness: list[list[tuple[int, int]]] = [[] for _ in range(args.calls)]
-    for i in range(args.rounds):
+    for i in range(-args.warmup, args.rounds):
         got: list[dict[str, float] | None] = [None] * args.calls
 
         def place(n: int, i: int = i, got: list[dict[str, float] | None] = got) -> None:
@@ -192,6 +199,12 @@ def run_together(args: argparse.Namespace, workdir: Path, gateway: _Gateway,
             time.sleep(0.3)  # the calls' set-ups apart
         for t in threads:
             t.join(120)
+        if i < 0:
+            for n in range(args.calls):
+                del lateness[n][:]
+            print("warm-up: " + ", ".join(
+                "-" if s is None else f"{1000 * s['total']:.0f} ms" for s in got), flush=True)
+            continue
         for n, shares in enumerate(got):
             if shares is not None:
                 totals[n].append(shares["total"])
@@ -220,6 +233,12 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=1,
                     help="calls at once in each round (default 1): each call's p50 and p99, "
                     "and the late frames of its RTP")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="rounds first, not counted (default 1): the gateway loads its speech "
+                    "models in the background at start, and its first calls share the CPU "
+                    "with that")
+    ap.add_argument("--voice-engine", choices=("auto", "piper", "espeak"), default="auto",
+                    help="the gateway's agent_voice_engine")
     ap.add_argument("--keep", metavar="DIR", help="keep the gateway's and SIPp's files here")
     args = ap.parse_args()
     for tool in ("sipp", "espeak-ng"):

@@ -101,7 +101,7 @@ python_ok || die "no Python >= 3.11 as $PYTHON"
 
 # Reinstall when the project's metadata, the compiled path's sources or the interpreter
 # change (the install builds the C modules in place, next to their Python reference).
-EXTRAS="agent,postgres,test,dev,uvloop"
+EXTRAS="agent,voice,postgres,test,dev,uvloop"
 # The SIP and calls modules that mypyc compiles (MODULES in src/sipbridge/_compiled.py)
 # are built from their Python source: an edit to one rebuilds them (until then they run
 # from source).
@@ -135,7 +135,7 @@ if ! [[ -x "$VENV/bin/python" ]] || [[ "$(pyversion "$VENV/bin/python")" != "$(p
     "$PYTHON" -m venv "$VENV"
 fi
 
-log "installing sipbridge (editable) with the agent, postgres, test, dev and uvloop extras"
+log "installing sipbridge (editable) with the agent, voice, postgres, test, dev and uvloop extras"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
 built || die "see above"
 printf '%s\n' "$want" >"$STAMP"

@@ -383,6 +383,10 @@ class Config(BaseSettings):
     # auto_answer = "agent", more are refused 503 (agents busy); a session past it that
     # the API accepted gets the model's refusal, and agent_on_failure.
     agent_max_sessions: int = Field(8, ge=1, le=1000)
+    # The built-in model's voice: "auto" (the natural voice, piper-tts, when the `voice`
+    # extra is installed; else espeak-ng), "piper" (the same, warning when it is missing),
+    # "espeak" (espeak-ng only). espeak-ng speaks whenever the natural voice fails.
+    agent_voice_engine: str = Field("auto", pattern="^(auto|piper|espeak)$")
     transfer_to: str | None = None  # --transfer-to: the human the default agent transfers to
     # --transfer-mode: how the default agent transfers to transfer_to: "blind" (REFER) or
     # "warm" (the gateway dials the person and the agent briefs them first: the text

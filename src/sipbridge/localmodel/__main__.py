@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sipbridge.localmodel",
         description="The built-in local model: OpenAI's Realtime protocol over WebSocket, "
-                    "offline (faster-whisper, a YAML dialog policy, espeak-ng).",
+                    "offline (faster-whisper, a YAML dialog policy, piper-tts or espeak-ng).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                                                          "the built-in one")
     parser.add_argument("--chunk-ms", type=int, default=100,
                         help="audio per response.output_audio.delta")
+    parser.add_argument("--voice-engine", choices=("auto", "piper", "espeak"), default="auto",
+                        help="auto: the natural voice (piper-tts) when the voice extra is "
+                             "installed, else espeak-ng")
     parser.add_argument("--verbose", "-v", action="store_true", help="log at debug level")
     return parser
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyError as exc:
         print(f"sipbridge-localmodel: {exc}", file=sys.stderr)
         return 2
-    server = LocalModelServer(policy=policy, chunk_ms=args.chunk_ms)
+    server = LocalModelServer(policy=policy, chunk_ms=args.chunk_ms,
+                              voice_engine=args.voice_engine)
     try:
         asyncio.run(_serve(server, args.host, args.port))
     except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sipbridge.localmodel import tts
 from sipbridge.localmodel.policy import Policy, Reply
 from sipbridge.localmodel.tts import Synthesizer
 from sipbridge.media.g711 import alaw_encode, ulaw_encode
@@ -203,47 +204,67 @@ class ResponseRun:
         await self._item_done(item)
 
     async def _speak(self, where: dict[str, Any], text: str) -> str:
-        """Audio and transcript deltas, the words spread over the audio; returns the words
-        sent (all of them unless cancelled)."""
-        try:
-            pcm = await asyncio.to_thread(self.s.server.synthesizer, text, self.voice,
-                                          self.speed)
-        except Exception as exc:  # noqa: BLE001 - any synthesizer: the transcript goes out
-            log.warning("local model: speech synthesis failed: %s", exc)
-            pcm = np.zeros(0, np.int16)
-        chunks = self._encode(pcm)
-        words = text.split()
+        """Audio and transcript deltas, clause by clause (`tts.clauses`): the first clause's
+        audio goes out as soon as it is synthesised, while the next is synthesised; each
+        clause's words are spread over its audio. Returns the words sent (all of them
+        unless cancelled)."""
+        pieces = tts.clauses(text)
+        encoder = _Encoder(self.format, self.s.server.chunk_ms)
+        said: list[str] = []
+        upcoming = self._synthesize(pieces[0]) if pieces else None
+        for index, piece in enumerate(pieces):
+            assert upcoming is not None
+            pcm = await upcoming
+            upcoming = None
+            if self.cancelled:
+                break
+            last = index == len(pieces) - 1
+            if not last:
+                upcoming = self._synthesize(pieces[index + 1])
+            chunks = encoder.take(tts.clause_audio(pcm, piece, last), flush=last)
+            words = piece.split()
+            sent = await self._send(where, words, chunks, first=not said)
+            said += words[:sent]
+            if sent < len(words):
+                break
+        if upcoming is not None:  # cancelled: the clause under way is not wanted
+            upcoming.cancel()
+        return " ".join(said)
+
+    def _synthesize(self, piece: str) -> asyncio.Future[np.ndarray]:
+        async def run() -> np.ndarray:
+            try:
+                pcm: np.ndarray = await asyncio.to_thread(
+                    self.s.server.synthesizer, piece, self.voice, self.speed)
+                return pcm
+            except Exception as exc:  # noqa: BLE001 - any synthesizer: the transcript goes out
+                log.warning("local model: speech synthesis failed: %s", exc)
+                return np.zeros(0, np.int16)
+        return asyncio.ensure_future(run())
+
+    async def _send(self, where: dict[str, Any], words: list[str], chunks: list[bytes],
+                    *, first: bool) -> int:
+        """One clause: its audio chunks, its words spread over them (all of its words at
+        once when it has no audio of its own); returns how many of its words were sent."""
         sent = 0
         for index, chunk in enumerate(chunks):
             if self.cancelled:
-                break
+                return sent
             upto = math.ceil(len(words) * (index + 1) / len(chunks))
             if upto > sent:
-                delta = (" " if sent else "") + " ".join(words[sent:upto])
+                delta = ("" if first and not sent else " ") + " ".join(words[sent:upto])
                 await self.s.emit({"type": "response.output_audio_transcript.delta", **where,
                                    "delta": delta})
                 sent = upto
             await self.s.emit({"type": "response.output_audio.delta", **where,
                                "delta": base64.b64encode(chunk).decode("ascii")})
             await asyncio.sleep(0)  # let a response.cancel in
-        if not chunks and words and not self.cancelled:
+        if sent < len(words) and not self.cancelled:
             await self.s.emit({"type": "response.output_audio_transcript.delta", **where,
-                               "delta": " ".join(words)})
+                               "delta": ("" if first and not sent else " ")
+                               + " ".join(words[sent:])})
             sent = len(words)
-        return " ".join(words[:sent])
-
-    def _encode(self, pcm: np.ndarray) -> list[bytes]:
-        """The audio in the output format, cut into `chunk_ms` pieces."""
-        kind = self.format.get("type")
-        step_ms = self.s.server.chunk_ms
-        if kind in ("audio/pcmu", "audio/pcma"):
-            pcm8 = Resampler(MODEL_RATE, PHONE_RATE).process(pcm)
-            data = ulaw_encode(pcm8) if kind == "audio/pcmu" else alaw_encode(pcm8)
-            step = PHONE_RATE // 1000 * step_ms
-        else:
-            data = pcm.astype("<i2").tobytes()
-            step = SAMPLES_PER_MS * 2 * step_ms
-        return [data[i:i + step] for i in range(0, len(data), step)]
+        return sent
 
     async def _function_call(self, name: str, arguments: str) -> None:
         call_id = new_id("call")
@@ -259,3 +280,27 @@ class ResponseRun:
                            "name": name, "arguments": arguments})
         item.update(status="completed", arguments=arguments)
         await self._item_done(item)
+
+
+class _Encoder:
+    """24 kHz PCM16 into the output format, in `chunk_ms` pieces; what falls short of a
+    piece waits for the next clause (the resampler's state too), `flush` sends it."""
+
+    def __init__(self, fmt: dict[str, Any], chunk_ms: int) -> None:
+        self.kind = fmt.get("type")
+        self.g711 = self.kind in ("audio/pcmu", "audio/pcma")
+        self.resampler = Resampler(MODEL_RATE, PHONE_RATE) if self.g711 else None
+        self.step = (PHONE_RATE // 1000 * chunk_ms if self.g711
+                     else SAMPLES_PER_MS * 2 * chunk_ms)
+        self.pending = b""
+
+    def take(self, pcm: np.ndarray, *, flush: bool) -> list[bytes]:
+        if self.resampler is not None:
+            pcm8 = self.resampler.process(pcm)
+            data = ulaw_encode(pcm8) if self.kind == "audio/pcmu" else alaw_encode(pcm8)
+        else:
+            data = pcm.astype("<i2").tobytes()
+        data = self.pending + data
+        cut = len(data) if flush else len(data) - len(data) % self.step
+        self.pending = data[cut:]
+        return [data[i:i + self.step] for i in range(0, cut, self.step)]

@@ -43,7 +43,6 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -59,20 +58,18 @@ log = logging.getLogger("sipbridge.localmodel")
 PATH = "/v1/realtime"
 
 
-def _espeak(text: str, voice: str | None, speed: float) -> np.ndarray:
-    return tts.synthesize(text, voice, speed=speed)
-
-
 class LocalModelServer:
     """The local model, served over WebSocket (see the module docstring).
 
     `policy` decides what to say: a Policy, a YAML file's path, or None for the built-in one
     (PolicyError when it cannot be loaded, PyYAML missing included); `transcriber` does speech
     to text (default: faster-whisper with the packaged model, shared by all sessions),
-    `synthesizer` speaks (default: espeak-ng), `chunk_ms` is the audio per
-    `response.output_audio.delta`, `path` the WebSocket path, `preload` loads the speech
-    model in `start` rather than on the first turn; past `max_sessions` sessions at once a
-    connection is refused with HTTP 503 (its body in OpenAI's error shape)."""
+    `synthesizer` speaks (default: `tts.Speech(voice_engine)`: the natural voice when the
+    `voice` extra is installed and `voice_engine` is "auto" or "piper", else espeak-ng),
+    `chunk_ms` is the audio per `response.output_audio.delta`, `path` the WebSocket path,
+    `preload` loads the speech models in `start` rather than on the first turn (`load` does
+    it later); past `max_sessions` sessions at once a connection is refused with HTTP 503
+    (its body in OpenAI's error shape)."""
 
     def __init__(
         self,
@@ -85,10 +82,14 @@ class LocalModelServer:
         preload: bool = True,
         max_message_size: int = 16 << 20,
         max_sessions: int | None = None,
+        voice_engine: str = "auto",
     ) -> None:
         self.policy = policy if isinstance(policy, Policy) else Policy.load(policy)
         self.transcriber = transcriber if transcriber is not None else Transcriber()
-        self.synthesizer: Synthesizer = synthesizer if synthesizer is not None else _espeak
+        self.speech: tts.Speech | None = None
+        if synthesizer is None:
+            self.speech = synthesizer = tts.Speech(voice_engine)
+        self.synthesizer: Synthesizer = synthesizer
         self.chunk_ms = max(10, int(chunk_ms))
         self.path = path.rstrip("/") or "/"
         self.preload = preload
@@ -108,16 +109,28 @@ class LocalModelServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on (host, port); port 0 picks a free one, then in `self.port`."""
-        if self.preload and self.transcriber.available():
-            await asyncio.to_thread(self.transcriber.load)
+        if self.preload:
+            await asyncio.to_thread(self.load)
         self._server = await serve(
             self._serve, host, port, process_request=self._check_path,
             max_size=self.max_message_size, compression=None,
         )
         sockname = next(iter(self._server.sockets)).getsockname()
         self.host, self.port = host, int(sockname[1])
-        log.info("local model listening on %s (speech to text: %s)", self.url,
-                 "on" if self.transcriber.available() else self.transcriber.reason)
+        log.info("local model listening on %s (speech to text: %s; voice: %s)", self.url,
+                 "on" if self.transcriber.available() else self.transcriber.reason,
+                 self.speech.name if self.speech is not None else "given")
+
+    def load(self) -> None:
+        """Load the speech models (blocking: run it in a thread): the transcriber's, and the
+        natural voice's process when it speaks."""
+        if self.transcriber.available():
+            try:
+                self.transcriber.load()
+            except Exception as exc:  # noqa: BLE001 - any load failure: turns report it
+                log.warning("local model: the speech-to-text model failed to load: %s", exc)
+        if self.speech is not None:
+            self.speech.load()
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
