@@ -154,3 +154,28 @@ def test_an_espeak_voice_name_is_spoken_by_espeak_even_with_the_natural_voice() 
                               tts.synthesize("Hello there.", "marin")[:len(natural) // 2])
     assert np.array_equal(tts.Speech("espeak")("Hello there.", None, 1.0),
                           tts.synthesize("Hello there."))
+
+
+@needs_espeak
+def test_what_was_said_is_kept_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    speech = tts.Speech("espeak")
+    first = speech("Hello there.", None, 1.0)
+    assert speech.hits == 0
+    again = speech("Hello there.", None, 1.0)
+    assert speech.hits == 1 and again is first and not again.flags.writeable
+    assert speech("Hello there.", "en-gb", 1.0) is not first  # another voice: another entry
+    assert speech("Hello there.", None, 1.5) is not first  # another rate too
+    assert speech.hits == 1
+    # The oldest goes first once the bound is passed.
+    texts = ["Hello there.", "Hello there!", "Hello there?"]
+    sizes = [tts.synthesize(t).nbytes for t in texts]
+    monkeypatch.setattr(tts, "CACHE_BYTES", sizes[1] + sizes[2])
+    small = tts.Speech("espeak")
+    for text in texts:
+        small(text, None, 1.0)
+    assert small._kept_bytes <= tts.CACHE_BYTES
+    assert [key[2] for key in small._kept] == ["Hello there!", "Hello there?"]
+    uncached = tts.Speech("espeak", cache=False)
+    uncached("Hello there.", None, 1.0)
+    uncached("Hello there.", None, 1.0)
+    assert uncached.hits == 0 and not uncached._kept

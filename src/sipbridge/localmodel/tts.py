@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +162,8 @@ NATURAL_TIMEOUT = 15.0
 """Longest wait for one utterance of the natural voice (its load included)."""
 NICE = 10
 """The natural voice's processes run at this nice value (lower priority than the calls)."""
+CACHE_BYTES = 16 << 20
+"""What `Speech` keeps of what it said: 16 MB, about 5.8 minutes of 24 kHz audio."""
 RETRY_AFTER = 30.0
 """After the natural voice fails, espeak-ng speaks for this long before it is tried again."""
 _SPEAKABLE = re.compile(r"\w")
@@ -361,9 +364,14 @@ class Speech:
     the natural voice when it is installed, "piper" wants it (and says what to install when
     it is missing), "espeak" uses espeak-ng only. An espeak-ng voice name (`en-gb`) is
     spoken by espeak-ng in any case; a failure of the natural voice is logged once and
-    espeak-ng speaks instead (for `RETRY_AFTER`, then the natural voice is tried again)."""
+    espeak-ng speaks instead (for `RETRY_AFTER`, then the natural voice is tried again).
 
-    def __init__(self, engine: str = "auto", natural: NaturalVoice | None = None) -> None:
+    What it said is kept (least recently used first out, `CACHE_BYTES` in all): a policy's
+    fixed lines (its greeting, its replies) are synthesised once, then sent at once; `cache`
+    = False keeps nothing. Thread-safe."""
+
+    def __init__(self, engine: str = "auto", natural: NaturalVoice | None = None, *,
+                 cache: bool = True) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown speech engine {engine!r}: one of {', '.join(ENGINES)}")
         self.engine = engine
@@ -377,6 +385,11 @@ class Speech:
                             "speaks instead", voice.reason)
         self.failures = 0
         self._retry_at = 0.0
+        self.cache = cache
+        self.hits = 0
+        self._kept: OrderedDict[tuple[str, str, str, float], np.ndarray] = OrderedDict()
+        self._kept_bytes = 0
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -395,11 +408,42 @@ class Speech:
         natural = self.natural
         explicit_espeak = bool(voice) and voice.lower() not in VOICES  # type: ignore[union-attr]
         if natural is not None and not explicit_espeak and time.monotonic() >= self._retry_at:
+            key = ("piper", "", text, speed)
+            kept = self._recall(key)
+            if kept is not None:
+                return kept
             try:
-                return natural.synthesize(text, speed)
+                return self._keep(key, natural.synthesize(text, speed))
             except TtsError as exc:
                 self._failed(exc)
-        return synthesize(text, voice, speed=speed)
+        key = ("espeak", espeak_voice(voice), text, speed)
+        kept = self._recall(key)
+        if kept is not None:
+            return kept
+        return self._keep(key, synthesize(text, voice, speed=speed))
+
+    def _recall(self, key: tuple[str, str, str, float]) -> np.ndarray | None:
+        if not self.cache:
+            return None
+        with self._lock:
+            pcm = self._kept.get(key)
+            if pcm is not None:
+                self._kept.move_to_end(key)
+                self.hits += 1
+            return pcm
+
+    def _keep(self, key: tuple[str, str, str, float], pcm: np.ndarray) -> np.ndarray:
+        if not self.cache or pcm.nbytes > CACHE_BYTES:
+            return pcm
+        pcm.flags.writeable = False
+        with self._lock:
+            if key not in self._kept:
+                self._kept[key] = pcm
+                self._kept_bytes += pcm.nbytes
+            while self._kept_bytes > CACHE_BYTES:
+                _, old = self._kept.popitem(last=False)
+                self._kept_bytes -= old.nbytes
+        return pcm
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
