@@ -2,6 +2,8 @@
 
 Client events are checked and handled one at a time; transcriptions and responses run on the
 session's worker, in order, so the socket keeps being served while they take their time.
+While the caller speaks, guesses (transcriptions of the turn so far, one at a time, in a
+thread) give the transcription deltas and, at a pause, the turn's transcript ahead of time.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -53,6 +56,18 @@ MIN_COMMIT_MS = 100
 """OpenAI refuses to commit less audio than this."""
 IDLE_KEEP_MS = 1500
 """Audio kept before the prefix padding while no one speaks (server VAD)."""
+PARTIAL_MS = 700
+"""Speech since the last guess (or since the turn's speech began) after which a guess starts
+while the caller speaks on without a pause. Its words go out as a delta where they agree
+with the guess before (speech cut off mid-word changes Whisper's last words: "I am calling
+an out" at 1 s, "... about my internet connection with" at 2 s), so the first words go out
+at the second guess: 1.5-1.8 s into the speech (with 1 s: 2.3 s, or none in 4 s when tiny.en
+flips "I am" to "I'm" once). A guess of up to 8 s of speech costs 120-330 ms (2 cores)."""
+PARTIAL_SPACING = 4
+"""... and no sooner than this many times the last guess's own time (in speech) after it:
+a turn past 8 s takes 0.6-2 s a guess (Whisper's 30 s window), so a caller who talks on,
+or a line of noise, keeps guesses to a quarter of the time, not back to back."""
+_MARKS = ".?!,;:\u2026 "  # what Whisper ends the words so far with (the sentence may go on)
 
 
 class ModelServer(Protocol):
@@ -73,12 +88,32 @@ class ModelServer(Protocol):
 
 @dataclass(eq=False)
 class _Guess:
-    """A transcription of the turn so far, started while the caller paused: the turn's
-    transcript if it ends there, without transcribing it again."""
+    """A transcription of the turn so far, started while the caller paused (the turn's
+    transcript if it ends there, without transcribing it again) or while they spoke on
+    (`partial`: its last word may be cut off). It goes on the words already sent as deltas
+    (`told`, Whisper's decoding forced to start with them), so it can only add to them."""
 
     end_ms: int  # the audio it transcribes ends here (the last voiced frame's end)
     task: asyncio.Future[str]
+    partial: bool = False
     reported: bool = False  # its text went out as a transcription delta
+    cost_ms: int = 0  # how long it took, once done
+
+    def words(self, before: str | None) -> str | None:
+        """The words it tells: its transcript without the mark Whisper ends it with, or for
+        a partial guess only its first words that read as those of the guess `before` it
+        (case and marks aside): LocalAgreement, as whisper_streaming's."""
+        text = self.text()
+        if text is None:
+            return None
+        if self.partial:
+            agreed = []
+            for mine, theirs in zip(text.split(), (before or "").split(), strict=False):
+                if _word(mine) != _word(theirs):
+                    break
+                agreed.append(mine)
+            text = " ".join(agreed)
+        return text.rstrip(_MARKS)
 
     def text(self) -> str | None:
         """Its transcript, once it is done and did not fail."""
@@ -86,6 +121,11 @@ class _Guess:
         if not task.done() or task.cancelled() or task.exception() is not None:
             return None
         return task.result()
+
+
+def _word(word: str) -> str:
+    """A word as guesses are compared: "Hello," and "hello." agree."""
+    return re.sub(r"[^\w']", "", word.lower())
 
 
 @dataclass(eq=False)
@@ -117,8 +157,10 @@ class Session:
         self._vad: Vad | None = None
         self._vad_key: tuple[float, int, int] | None = None
         self._turn: Turn | None = None
-        self._guess: _Guess | None = None  # of the current turn
+        self._guess: _Guess | None = None  # of the current turn, the newest
+        self._guessing: asyncio.Future[str] | None = None  # the newest guess of any turn
         self._told = ""  # the current turn's transcript sent as deltas so far
+        self._heard: str | None = None  # the current turn's last guess's transcript
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._responses: list[PendingResponse] = []  # requested and not done, oldest first
         self.last_response_id: str | None = None
@@ -260,11 +302,12 @@ class Session:
                                 code="input_audio_buffer_commit_empty")
         item_id = self._turn.item_id if self._turn is not None else new_id("item")
         pcm = self.input.take(self.input.written)
+        made = self._turn_text(pcm, None) if self._told else None  # deltas went out
         self._turn = None
         self._drop_guess()
         if self._vad is not None:
             self._vad.reset(self.input.written // SAMPLES_PER_MS)
-        await self._committed(item_id, pcm)
+        await self._committed(item_id, pcm, made)
 
     async def _clear(self, event: dict[str, Any]) -> None:
         self.input.take(self.input.written)
@@ -362,9 +405,13 @@ class Session:
             self._vad, self._vad_key, self._turn = Vad(*key), key, None
 
     async def _follow_turn(self, vad: Vad, turn: Turn) -> None:
-        """While the caller speaks: a pause starts the transcription of the turn so far
-        (its text goes out as a delta); with `semantic_vad`, a pause long enough after
-        words that are complete ends the turn. A turn that lasts MAX_TURN_MS ends."""
+        """While the caller speaks: a guess's words go out as a delta once it is done; a
+        pause starts a guess of the turn so far, and so does speech going on PARTIAL_MS past
+        the last guess; with `semantic_vad`, a pause long enough after words that are
+        complete ends the turn. A turn that lasts MAX_TURN_MS ends.
+
+        One guess at a time per session (one that was dropped included, as its thread runs
+        on): a guess that was not done is waited for, not run beside."""
         end, quiet = vad.last_voiced_end, vad.quiet_ms
         now_ms = end + quiet
         if now_ms - turn.start_ms >= MAX_TURN_MS:
@@ -372,34 +419,77 @@ class Session:
             await self._speech_stopped(now_ms)
             return
         guess = self._guess
-        if (quiet >= SPECULATE_MS and self.server.transcriber.available()
-                and (guess is None or (guess.end_ms != end and guess.task.done()))):
-            pcm = self.input.peek(turn.start_ms * SAMPLES_PER_MS, end * SAMPLES_PER_MS)
-            guess = self._guess = _Guess(end, asyncio.ensure_future(
-                asyncio.to_thread(self.server.transcriber.transcribe, pcm)))
-        text = guess.text() if guess is not None else None
-        if guess is None or text is None:
-            return
-        if not guess.reported:
+        if guess is not None and not guess.reported and guess.task.done():
             guess.reported = True
-            # The words so far, without the mark Whisper ends them with (the sentence may go
-            # on): the deltas of a turn join into the start of its transcript.
-            words = text.rstrip(".?!,;:\u2026 ")
-            if words.startswith(self._told) and words != self._told:
+            words = guess.words(self._heard)
+            self._heard = guess.text() or self._heard
+            # Only words that go on those sent: the deltas of a turn join into the start of
+            # its transcript (which goes on them too); a guess that reads them otherwise
+            # (it should not: it is made to start with them) says nothing.
+            if words is not None and words.startswith(self._told) and words != self._told:
                 await self.emit({"type": "conversation.item.input_audio_transcription.delta",
                                  "item_id": turn.item_id, "content_index": 0,
                                  "delta": words[len(self._told):]})
                 self._told = words
+        if ((self._guessing is None or self._guessing.done())
+                and self.server.transcriber.available()):
+            if quiet >= SPECULATE_MS:
+                wanted = guess is None or guess.end_ms != end
+            else:
+                since = (guess.end_ms if guess is not None
+                         else turn.start_ms + vad.prefix_padding_ms)
+                spacing = max(PARTIAL_MS, PARTIAL_SPACING * (guess.cost_ms if guess else 0))
+                wanted = end - since >= spacing
+            if wanted:
+                guess = self._start_guess(turn, end, partial=quiet < SPECULATE_MS)
+        text = guess.text() if guess is not None else None
+        if guess is None or text is None:
+            return
         detection = self._turn_detection() or {}
         if (guess.end_ms == end and detection.get("type") == "semantic_vad"
                 and quiet >= semantic_pauses(detection)[0] and words_complete(text)):
             vad.end_turn()
             await self._speech_stopped(now_ms)
 
+    def _start_guess(self, turn: Turn, end_ms: int, *, partial: bool) -> _Guess:
+        """Transcribe the turn up to `end_ms` in a thread, going on the words told."""
+        pcm = self.input.peek(turn.start_ms * SAMPLES_PER_MS, end_ms * SAMPLES_PER_MS)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.ensure_future(
+            asyncio.to_thread(self.server.transcriber.transcribe, pcm, self._told))
+        guess = self._guess = _Guess(end_ms, task, partial)
+        self._guessing = task
+
+        def done(task: asyncio.Future[str]) -> None:
+            guess.cost_ms = round((loop.time() - started) * 1000)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                # Dropped: the end of the turn transcribes it again (and reports a failure).
+                log.debug("local model: a guess failed: %s: %s", type(exc).__name__, exc)
+
+        task.add_done_callback(done)
+        return guess
+
+    def _turn_text(self, pcm: np.ndarray,
+                   guess: _Guess | None) -> Callable[[], Awaitable[str]]:
+        """How the worker gets a turn's transcript: the guess when it covers the turn's
+        words (waited for if not done), else a transcription of `pcm`; both go on the words
+        sent as deltas so far."""
+        told, transcriber = self._told, self.server.transcriber
+
+        async def text() -> str:
+            if guess is not None:
+                await asyncio.wait([guess.task])  # its failure is not this turn's
+                made = guess.text()
+                if made is not None and made.startswith(told):
+                    return made
+            return await asyncio.to_thread(transcriber.transcribe, pcm, told)
+
+        return text
+
     def _drop_guess(self) -> None:
-        if self._guess is not None and not self._guess.task.done():
-            self._guess.task.cancel()  # its thread runs on; its result is not waited for
-        self._guess, self._told = None, ""
+        # Its thread runs on (and is waited for before the next guess); its text is not used.
+        self._guess, self._told, self._heard = None, "", None
 
     async def _speech_started(self, audio_start_ms: int) -> None:
         self._drop_guess()
@@ -419,16 +509,15 @@ class Session:
             return
         await self.emit({"type": "input_audio_buffer.speech_stopped",
                          "audio_end_ms": audio_end_ms, "item_id": turn.item_id})
-        # What the pause's transcription covered: the turn's words, up to its last voiced
-        # frame (what follows is silence); kept unless the caller spoke after it.
-        guess, self._guess, self._told = self._guess, None, ""
-        vad = self._vad
-        made = (guess.task if guess is not None and vad is not None
-                and guess.end_ms == vad.last_voiced_end else None)
-        if guess is not None and made is None:
-            guess.task.cancel()
+        # What the pause's guess covered: the turn's words, up to its last voiced frame
+        # (what follows is silence); kept unless the caller spoke after it.
+        guess, vad = self._guess, self._vad
+        if guess is not None and (vad is None or guess.end_ms != vad.last_voiced_end):
+            guess = None
         self.input.trim(turn.start_ms * SAMPLES_PER_MS)
         pcm = self.input.take(audio_end_ms * SAMPLES_PER_MS)
+        made = self._turn_text(pcm, guess)
+        self._drop_guess()
         await self._committed(turn.item_id, pcm, made)
         if (self._turn_detection() or {}).get("create_response", True) is not False:
             self._request_response({}, auto=True)
@@ -436,7 +525,7 @@ class Session:
     # ---- conversation items ---------------------------------------------------------
 
     async def _committed(self, item_id: str, pcm: np.ndarray,
-                         made: Awaitable[str] | None = None) -> None:
+                         made: Callable[[], Awaitable[str]] | None = None) -> None:
         previous = self.conversation.last_id()
         await self.emit({"type": "input_audio_buffer.committed", "item_id": item_id,
                          "previous_item_id": previous})
@@ -457,8 +546,12 @@ class Session:
                          "item": item})
 
     async def _transcribe(self, item: dict[str, Any], pcm: np.ndarray, index: int = 0, *,
-                          made: Awaitable[str] | None = None) -> None:
-        await self.emit(await transcribe(self.server.transcriber, item, pcm, index, made))
+                          made: Callable[[], Awaitable[str]] | None = None) -> None:
+        """Report the item's transcript (`made` makes it, when given) or why it failed: a
+        failed transcription is reported, and the response to the turn still comes."""
+        transcriber = self.server.transcriber
+        text = made() if made is not None and transcriber.available() else None
+        await self.emit(await transcribe(transcriber, item, pcm, index, text))
 
     def _decode_input(self, data: bytes) -> np.ndarray:
         fmt = self._format("input")
