@@ -188,7 +188,8 @@ async def transcribe(
             "type": "conversation.item.input_audio_transcription.failed",
             "item_id": item["id"], "content_index": index,
             "error": {"type": "transcription_error", "code": code,
-                      "message": f"Speech to text is unavailable: {problem}. "
+                      "message": ("Speech to text failed: " if code == "transcription_failed"
+                                  else "Speech to text is unavailable: ") + f"{problem}. "
                                  "The local model answers with its fallback.",
                       "param": None},
         }

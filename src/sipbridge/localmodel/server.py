@@ -14,7 +14,8 @@ one session with its own conversation:
   (`conversation.item.input_audio_transcription.completed`, or `.failed` when speech to
   text is unavailable) and, with `create_response`, a response. Speech while a response is
   under way cancels it when `interrupt_response` is on. A pause of 100 ms within a turn
-  starts the transcription of the turn so far, in a thread: its words go out as a
+  starts the transcription of the turn so far, in a thread, and so does speech going on
+  700 ms without a pause (its words sent once two transcriptions agree): its words go out as a
   `conversation.item.input_audio_transcription.delta`, and if the turn ends at that pause
   they are its transcript, with nothing left to transcribe. `server_vad` ends a turn after
   `silence_duration_ms`; `semantic_vad` after a short pause when those words are complete

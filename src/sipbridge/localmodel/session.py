@@ -26,7 +26,7 @@ from sipbridge.localmodel.conversation import Conversation, check_item, transcri
 from sipbridge.localmodel.policy import Policy, Reply
 from sipbridge.localmodel.response import SAMPLES_PER_MS, PendingResponse, ResponseRun
 from sipbridge.localmodel.stt import Transcriber
-from sipbridge.localmodel.tts import Synthesizer
+from sipbridge.localmodel.tts import Synthesizer, clauses
 from sipbridge.localmodel.turns import (
     MAX_TURN_MS,
     SPECULATE_MS,
@@ -90,8 +90,11 @@ class ModelServer(Protocol):
 class _Guess:
     """A transcription of the turn so far, started while the caller paused (the turn's
     transcript if it ends there, without transcribing it again) or while they spoke on
-    (`partial`: its last word may be cut off). It goes on the words already sent as deltas
-    (`told`, Whisper's decoding forced to start with them), so it can only add to them."""
+    (`partial`: its last word may be cut off). A partial guess goes on the words already
+    sent as deltas (`told`, Whisper's decoding forced to start with them), so it can only
+    add to them; a pause's guess, like a turn's own transcription, is decoded free of them:
+    Whisper reads the start of a turn better with its end in hand ("Yes, put them through"
+    heard as "Yeah, both" 700 ms in), and the transcript is what the policy answers."""
 
     end_ms: int  # the audio it transcribes ends here (the last voiced frame's end)
     task: asyncio.Future[str]
@@ -121,6 +124,12 @@ class _Guess:
         if not task.done() or task.cancelled() or task.exception() is not None:
             return None
         return task.result()
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """A synthesis ahead of time that failed: the response synthesises (and reports) it."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("local model: a reply synthesised ahead failed: %s", exc)
 
 
 def _word(word: str) -> str:
@@ -161,6 +170,7 @@ class Session:
         self._guessing: asyncio.Future[str] | None = None  # the newest guess of any turn
         self._told = ""  # the current turn's transcript sent as deltas so far
         self._heard: str | None = None  # the current turn's last guess's transcript
+        self._preparing: asyncio.Future[Any] | None = None  # a reply's first clause, ahead
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._responses: list[PendingResponse] = []  # requested and not done, oldest first
         self.last_response_id: str | None = None
@@ -302,7 +312,7 @@ class Session:
                                 code="input_audio_buffer_commit_empty")
         item_id = self._turn.item_id if self._turn is not None else new_id("item")
         pcm = self.input.take(self.input.written)
-        made = self._turn_text(pcm, None) if self._told else None  # deltas went out
+        made = None  # transcribed on the worker, free of the deltas (see _Guess)
         self._turn = None
         self._drop_guess()
         if self._vad is not None:
@@ -421,11 +431,13 @@ class Session:
         guess = self._guess
         if guess is not None and not guess.reported and guess.task.done():
             guess.reported = True
+            if not guess.partial and (made := guess.text()) and words_complete(made):
+                self._prepare_reply(made)
             words = guess.words(self._heard)
             self._heard = guess.text() or self._heard
-            # Only words that go on those sent: the deltas of a turn join into the start of
-            # its transcript (which goes on them too); a guess that reads them otherwise
-            # (it should not: it is made to start with them) says nothing.
+            # Only words that go on those sent: a pause's guess that reads the start of the
+            # turn otherwise than the partial guesses did says nothing (its transcript, the
+            # turn's, is still the better reading: the deltas are what was heard so far).
             if words is not None and words.startswith(self._told) and words != self._told:
                 await self.emit({"type": "conversation.item.input_audio_transcription.delta",
                                  "item_id": turn.item_id, "content_index": 0,
@@ -451,13 +463,37 @@ class Session:
             vad.end_turn()
             await self._speech_stopped(now_ms)
 
+    def _prepare_reply(self, text: str) -> None:
+        """At a pause after complete words: synthesise, in a thread, the first clause of what
+        the policy would answer `text` now, so that a turn that ends at this pause finds
+        its reply's first audio made (a synthesizer that keeps what it said, `tts.Speech`,
+        gives it at once; a turn that goes on only leaves it unused). Not for a policy
+        that waits on the network, nor with a synthesis of that kind under way."""
+        synthesizer, policy = self.server.synthesizer, self.server.policy
+        if (not getattr(synthesizer, "cache", False) or getattr(policy, "blocking", False)
+                or (self._preparing is not None and not self._preparing.done())):
+            return
+        config = self.session_object()
+        tools = [] if config.get("tool_choice") == "none" else [
+            t for t in config.get("tools") or [] if isinstance(t, dict)]
+        pieces = clauses(policy.respond(text, tools).text)
+        if not pieces:
+            return
+        output = self.audio_config("output")
+        voice, speed = output.get("voice"), output.get("speed")
+        self._preparing = asyncio.ensure_future(asyncio.to_thread(
+            synthesizer, pieces[0], voice if isinstance(voice, str) else None,
+            float(speed) if isinstance(speed, int | float) else 1.0))
+        self._preparing.add_done_callback(_quiet)
+
     def _start_guess(self, turn: Turn, end_ms: int, *, partial: bool) -> _Guess:
         """Transcribe the turn up to `end_ms` in a thread, going on the words told."""
         pcm = self.input.peek(turn.start_ms * SAMPLES_PER_MS, end_ms * SAMPLES_PER_MS)
         loop = asyncio.get_running_loop()
         started = loop.time()
         task = asyncio.ensure_future(
-            asyncio.to_thread(self.server.transcriber.transcribe, pcm, self._told))
+            asyncio.to_thread(self.server.transcriber.transcribe, pcm,
+                              self._told if partial else ""))
         guess = self._guess = _Guess(end_ms, task, partial)
         self._guessing = task
 
@@ -472,18 +508,17 @@ class Session:
 
     def _turn_text(self, pcm: np.ndarray,
                    guess: _Guess | None) -> Callable[[], Awaitable[str]]:
-        """How the worker gets a turn's transcript: the guess when it covers the turn's
-        words (waited for if not done), else a transcription of `pcm`; both go on the words
-        sent as deltas so far."""
-        told, transcriber = self._told, self.server.transcriber
+        """How the worker gets a turn's transcript: the pause's guess when it covers the
+        turn's words (waited for if not done), else a transcription of `pcm`."""
+        transcriber = self.server.transcriber
 
         async def text() -> str:
-            if guess is not None:
+            if guess is not None and not guess.partial:
                 await asyncio.wait([guess.task])  # its failure is not this turn's
                 made = guess.text()
-                if made is not None and made.startswith(told):
+                if made is not None:
                     return made
-            return await asyncio.to_thread(transcriber.transcribe, pcm, told)
+            return await asyncio.to_thread(transcriber.transcribe, pcm)
 
         return text
 

@@ -389,6 +389,7 @@ class Speech:
         self.hits = 0
         self._kept: OrderedDict[tuple[str, str, str, float], np.ndarray] = OrderedDict()
         self._kept_bytes = 0
+        self._making: dict[tuple[str, str, str, float], threading.Event] = {}
         self._lock = threading.Lock()
 
     @property
@@ -416,21 +417,44 @@ class Speech:
                 return self._keep(key, natural.synthesize(text, speed))
             except TtsError as exc:
                 self._failed(exc)
+            finally:
+                self._made(key)
         key = ("espeak", espeak_voice(voice), text, speed)
         kept = self._recall(key)
         if kept is not None:
             return kept
-        return self._keep(key, synthesize(text, voice, speed=speed))
+        try:
+            return self._keep(key, synthesize(text, voice, speed=speed))
+        finally:
+            self._made(key)
 
     def _recall(self, key: tuple[str, str, str, float]) -> np.ndarray | None:
+        """What was said for `key`: kept, or being made by another thread (waited for);
+        None when this thread is to make it (and then calls `_made`)."""
         if not self.cache:
             return None
         with self._lock:
             pcm = self._kept.get(key)
-            if pcm is not None:
-                self._kept.move_to_end(key)
+            making = self._making.get(key) if pcm is None else None
+            if pcm is None and making is None:
+                self._making[key] = threading.Event()
+        if making is not None:
+            making.wait(NATURAL_TIMEOUT)
+            with self._lock:
+                pcm = self._kept.get(key)
+        if pcm is not None:
+            with self._lock:
+                if key in self._kept:
+                    self._kept.move_to_end(key)
                 self.hits += 1
-            return pcm
+        return pcm
+
+    def _made(self, key: tuple[str, str, str, float]) -> None:
+        if self.cache:
+            with self._lock:
+                making = self._making.pop(key, None)
+            if making is not None:
+                making.set()
 
     def _keep(self, key: tuple[str, str, str, float], pcm: np.ndarray) -> np.ndarray:
         if not self.cache or pcm.nbytes > CACHE_BYTES:
