@@ -76,6 +76,12 @@ def test_the_demo_transfers_the_caller_to_the_human(tmp_path: Path) -> None:
         rest, err = proc.communicate(timeout=30)
     out += rest
     assert proc.returncode == 0, out + err
+    # the agent's voice: the natural one when the voice extra is installed
+    from sipbridge.localmodel.tts import NaturalVoice
+
+    voice = ("piper-tts, en_US-joe-medium" if NaturalVoice().available()
+             else "espeak-ng (pip install 'sipbridge[voice]'")
+    assert f"  voice      {voice}" in out, out
     # progress, in the order it happened
     steps = ['agent says', 'caller says', 'agent calls          transfer_call',
              'sipbridge -> caller   REFER sip:', 'caller -> sipbridge   SIP/2.0 202',
