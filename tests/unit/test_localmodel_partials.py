@@ -233,10 +233,11 @@ def _longest_pause_ms(pcm: np.ndarray) -> int:
 
 @needs_espeak
 @needs_stt
-def test_a_caller_who_does_not_pause_gets_partial_transcripts_that_the_transcript_goes_on() -> None:
+def test_a_caller_who_does_not_pause_gets_partial_transcripts_while_speaking() -> None:
     """4 s of speech without a pause the session would guess at (none of SPECULATE_MS):
-    deltas come while the caller speaks (before its last word was sent); joined, they are
-    the start of the completed transcript. Guesses ran one at a time, none after the turn;
+    deltas come while the caller speaks (before its last word was sent); their words are
+    the completed transcript's, but for a word or two that the whole turn reads otherwise
+    (it is decoded free of them). Guesses ran one at a time, none after the turn;
     the turn ending at a pause took the pause's guess as its transcript (no transcription
     after)."""
     voice = phone_path(_squeezed(speech(NO_PAUSE)))
