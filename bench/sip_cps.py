@@ -104,7 +104,7 @@ def workdir(keep: str | None, prefix: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -349,7 +349,7 @@ def run_step(target: str, rate: int, args: argparse.Namespace, root: Path) -> St
         loop_cpu = cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu0
         server_alive = server.proc.poll() is None
     finally:
-        stop(server.proc, signal.SIGTERM if target.startswith("sipbridge") else signal.SIGKILL)
+        stop(server.proc, signal.SIGINT if target.startswith("sipbridge") else signal.SIGKILL)
 
     stats = read_stats(stats_file)
     successful = int(stats.get("SuccessfulCall(C)", 0) or 0)

@@ -106,12 +106,23 @@ async def _serve(gateway: Gateway) -> int:
         scheme = "https" if gateway.http.tls else "http"
         print(f"sipbridge: HTTP API on {scheme}://{f'[{h}]' if ':' in h else h}:"
               f"{gateway.http.port}/v1", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     logging.getLogger("sipbridge").info("event loop: %s", eventloop.name(loop))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    # SIGTERM drains (a second one stops at once): new calls refused, calls under way
+    # waited for up to drain_timeout.
+    loop.add_signal_handler(signal.SIGTERM,
+                            lambda: stop.set() if drain.is_set() else drain.set())
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if drain.is_set() and not stop.is_set():
+        print("sipbridge: draining", file=sys.stderr, flush=True)
+        draining = asyncio.ensure_future(gateway.drain(gateway.config.drain_timeout))
+        await asyncio.wait([draining, waits[0]], return_when=asyncio.FIRST_COMPLETED)
+        draining.cancel()
+    for wait in waits:
+        wait.cancel()
     await gateway.stop()
     print(f"sipbridge: stopped; {gateway.summary()}", file=sys.stderr, flush=True)
     return 0

@@ -366,6 +366,10 @@ class Config(BaseSettings):
     store: str = "sipbridge.db"
     store_retention_days: float | None = Field(None, gt=0)
     store_purge_interval: float = Field(3600.0, gt=0)  # seconds between purges by age
+    # SIGTERM drains: new INVITEs and OPTIONS get 503 + Retry-After while the calls under
+    # way go on, for up to this many seconds; then the gateway stops (exit 0). SIGINT, or
+    # a second SIGTERM, stops at once.
+    drain_timeout: float = Field(300.0, ge=0)
     # The agent: the model each answered call talks to.
     agent_url: str = "local"  # "local": the built-in model; or ws(s)://.../v1/realtime?model=...
     agent_api_key: str | None = None  # Bearer key for agent_url (OpenAI's, say)

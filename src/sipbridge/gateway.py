@@ -315,6 +315,27 @@ class Gateway:
         if self._preload is not None:
             await asyncio.shield(self._preload)
 
+    async def drain(self, wait_s: float) -> int:
+        """Take no new calls (INVITEs and OPTIONS get 503 + Retry-After) and wait up to
+        `wait_s` s for the calls under way to end; returns how many are still up (the
+        `stop` that follows ends them)."""
+        if self.ua is None or self.calls is None:
+            return 0
+        self.ua.draining = True
+        calls = self.calls.calls
+        log.warning("draining: no new calls; %d under way, waited for up to %.0f s",
+                    len(calls), wait_s)
+        deadline = time.monotonic() + wait_s
+        # A poll, for the drain alone: the calls plane has no "last call ended" signal.
+        while calls and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if calls:
+            log.warning("draining: %d calls still up after %.0f s: ended", len(calls),
+                        wait_s)
+        else:
+            log.warning("draining: every call has ended")
+        return len(calls)
+
     async def stop(self) -> None:
         if self.registrations is not None:  # first: its un-REGISTERs need the SIP timers
             await self.registrations.stop()

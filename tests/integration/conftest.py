@@ -50,7 +50,7 @@ def start_gateway(
     gateway with those config keys (``sip`` and ``http`` get free loopback
     ports unless given; ``nofile=N`` runs it under ``ulimit -n N``) and returns a
     ready :class:`Gateway`. Every gateway is
-    stopped (SIGTERM, then SIGKILL) at teardown; a failed test shows its log.
+    stopped (SIGINT, then SIGKILL) at teardown; a failed test shows its log.
 
     In a test marked ``watch_loop`` each gateway watches its event loop
     (``slow_callback_ms``), and the test fails at teardown if the loop stalled

@@ -27,7 +27,7 @@ from tests.integration.probe import LOOPBACK, send_options
 # seconds for the gateway to answer its first OPTIONS: importing it alone takes 1.5-2 s on
 # this 2-core machine when quiet, 4-5 s when both cores are busy, more at a peak
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = 5.0  # seconds between the stop signal and SIGKILL
 
 # The event loop may not stall longer than this in tests marked watch_loop: 100 ms is five
 # 20 ms media frames held back at once (past what a phone's jitter buffer hides: the call
@@ -109,8 +109,9 @@ class Gateway:
         except FileNotFoundError:
             return ""
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig``, wait, kill if needed; the exit code (negative: killed)."""
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Send ``sig`` (SIGINT: stop at once; SIGTERM drains first), wait, kill if
+        needed; the exit code (negative: killed)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:

@@ -161,7 +161,9 @@ def agent(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Iterator[Age
         gateway = start_gateway(auto_answer="agent", api_key=[KEY],
                                 transfer_to=f"sip:{NUMBER}@{human.address}",
                                 transfer_notify_timeout=5,
-                                recordings=str(tmp_path / "recordings"), codecs=G711)
+                                recordings=str(tmp_path / "recordings"), codecs=G711,
+                                # the same words are the same samples: found in recordings
+                                agent_voice_engine="espeak")
         yield Agent(gateway, human, since)
 
 
@@ -188,11 +190,12 @@ def agent_words(record: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def spoken(text: str) -> np.ndarray:
-    """`text` in the built-in model's voice (espeak-ng, en-us), at the phone's 8 kHz."""
+    """`text` as the built-in model says it with espeak-ng (en-us), clause by clause, at
+    the phone's 8 kHz."""
     from sipbridge.localmodel import tts
     from sipbridge.media.resample import resample
 
-    pcm: np.ndarray = resample(tts.synthesize(text), tts.RATE, PHONE_RATE)
+    pcm: np.ndarray = resample(tts.spoken(text), tts.RATE, PHONE_RATE)
     return pcm
 
 

@@ -999,3 +999,25 @@ def test_bad_version_with_a_bad_via_still_gets_505_at_the_source(phone: Phone) -
     sent = phone.one()
     assert sent.status == 505 and sent.addr == UAC
     assert phone.empty()
+
+
+def test_draining_refuses_new_calls_and_options_and_lets_calls_go_on(phone: Phone) -> None:
+    leg, ok = phone.answered_call()
+    phone.take_events()
+    phone.ua.draining = True
+    phone.ua.drain_retry_after = 45
+    for method, branch in (("OPTIONS", "z9hG4bK-d-opt"), ("INVITE", "z9hG4bK-d-inv")):
+        phone.receive(sip(method, branch=branch, call_id=f"drain-{method}@127.0.0.1",
+                          body=OFFER if method == "INVITE" else b""))
+        sent = phone.one()
+        assert sent.status == 503 and sent.msg.reason == "Service Unavailable (draining)"
+        assert sent.msg.headers.get("Retry-After") == "45"
+    assert phone.take_events() == []  # no call for the refused INVITE
+    assert phone.ua.stats["refused_draining"] == 2
+    # The call under way goes on: its BYE is answered and ends it.
+    phone.receive(in_dialog("BYE", ok, 2, "z9hG4bK-d-bye", contact=False))
+    assert phone.one().status == 200
+    assert phone.take_events() == [CallEnded(leg, EndReason.REMOTE_BYE)]
+    phone.ua.draining = False
+    phone.receive(sip("OPTIONS", branch="z9hG4bK-d-opt2"))
+    assert phone.one().status == 200

@@ -63,6 +63,7 @@ from sipbridge.sip.uri import parse_uri
 
 log = logging.getLogger("sipbridge.sip")
 
+DRAINING = "Service Unavailable (draining)"
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "REFER")
 KNOWN_METHODS = frozenset(
     (*ALLOW, "REGISTER", "SUBSCRIBE", "MESSAGE", "UPDATE", "PRACK", "PUBLISH")
@@ -134,6 +135,10 @@ class UserAgent:
         self._shed_mark = b";tag=" + self._shed_prefix.encode("ascii")
         self._shed_count = 0
         self._admitted = False  # the message being received was admitted already
+        # Draining: new INVITEs and OPTIONS get 503 + Retry-After (a load balancer probing
+        # with OPTIONS, as Kamailio's dispatcher does, takes the node out); dialogs go on.
+        self.draining = False
+        self.drain_retry_after = 30
         self._incoming_ids: Counter[str] = Counter()  # Call-IDs of incoming legs alive
         self._server: dict[tuple[str, ...], ServerTransaction] = {}
         # Server transactions that only wait for their end, as `Settled` values in plain
@@ -589,6 +594,11 @@ class UserAgent:
             self.stats[f"refused_{decision.status}"] += 1
             self._stateless(req, source, decision.status, decision.reason,
                             headers=decision.headers)
+            return
+        if self.draining:
+            self.stats["refused_draining"] += 1
+            self._stateless(req, source, 503, DRAINING,
+                            headers=[("Retry-After", str(self.drain_retry_after))])
             return
         if method == "OPTIONS":
             self._stateless(req, source, 200, headers=self._capabilities())
