@@ -1010,7 +1010,8 @@ def test_draining_refuses_new_calls_and_options_and_lets_calls_go_on(phone: Phon
         phone.receive(sip(method, branch=branch, call_id=f"drain-{method}@127.0.0.1",
                           body=OFFER if method == "INVITE" else b""))
         sent = phone.one()
-        assert sent.status == 503 and sent.msg.reason == "Service Unavailable (draining)"
+        assert isinstance(sent.msg, Response) and sent.status == 503
+        assert sent.msg.reason == "Service Unavailable (draining)"
         assert sent.msg.headers.get("Retry-After") == "45"
     assert phone.take_events() == []  # no call for the refused INVITE
     assert phone.ua.stats["refused_draining"] == 2
