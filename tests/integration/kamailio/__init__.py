@@ -7,6 +7,8 @@ Two configs live beside this module:
   ``loose_route()``.
 - ``stateless.cfg``: ``forward()`` of every request that reaches its carrier side to the
   gateway, no record-route; requests reaching its gateway side go by Request-URI.
+- ``dispatcher``: the repository's own ``deploy/kamailio/kamailio.cfg``, the dispatcher in
+  front of several gateways (its list file given as the ``DISPATCHER_LIST`` define).
 - ``registrar.cfg``: a registrar (registrar, usrloc, auth with one password) that routes
   an INVITE for a registered user to its Contact.
 
@@ -32,6 +34,7 @@ from sipbridge.demo.baresip import Peer, find_free_port, terminate
 from tests.integration.probe import LOOPBACK, send_options
 
 CONFIGS = Path(__file__).parent
+DEPLOYED = CONFIGS.parents[2] / "deploy" / "kamailio" / "kamailio.cfg"
 KAMAILIO = "/usr/sbin/kamailio"
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0
@@ -74,12 +77,13 @@ class Kamailio(Peer):
     def __init__(self, workdir: Path, config: str, *, gateway: str = "",
                  defines: dict[str, str] | None = None, port: int = 0,
                  tcp: bool = False) -> None:
-        if config not in ("stateful", "stateless", "registrar"):
-            raise ValueError("config must be 'stateful', 'stateless' or 'registrar'")
+        if config not in ("stateful", "stateless", "registrar", "dispatcher"):
+            raise ValueError("config must be 'stateful', 'stateless', 'registrar' or "
+                             "'dispatcher' (deploy/kamailio/kamailio.cfg)")
         self.defines = dict(defines or {})  # more -A NAME="VALUE" for the config
         self.tcp = tcp  # also listen on TCP at the carrier port (registrar.cfg only)
         self.workdir = workdir
-        self.config = CONFIGS / f"{config}.cfg"
+        self.config = (DEPLOYED if config == "dispatcher" else CONFIGS / f"{config}.cfg")
         self.kind = config
         self.gateway = gateway
         self.carrier_port = port  # 0: a free one at start
@@ -106,7 +110,8 @@ class Kamailio(Peer):
             defines.append(f'RR_ADDRESS="{self.rr_address}"')
         elif self.kind == "stateless":
             defines.append(f"CARRIER_PORT={self.carrier_port}")
-        defines += [f'{name}="{value}"' for name, value in self.defines.items()]
+        defines += [f"{name}={value}" if value.isdigit() else f'{name}="{value}"'
+                    for name, value in self.defines.items()]  # numbers bare, as numbers
         command = [
             binary, "-f", str(self.config),
             "-DD", "-E",  # stay in the foreground, log to stderr
