@@ -71,13 +71,21 @@ def wait_answered(gw: Gateway, calls: int = 1) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_refuses_new_calls_and_waits_for_the_call_under_way(
-        start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]) -> None:
-    gw = start_gateway(auto_answer="echo", drain_timeout=30)
-    thread, got = call_in_background(sipp, gw, 4.0)
+def drained(start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult],
+            drain_timeout: float, seconds: float,
+            ) -> tuple[Gateway, threading.Thread, dict[str, Any], float]:
+    """A gateway with one call up for `seconds`, sent SIGTERM: the gateway, the call's
+    thread and result, and when the signal went."""
+    gw = start_gateway(auto_answer="echo", drain_timeout=drain_timeout)
+    thread, got = call_in_background(sipp, gw, seconds)
     wait_answered(gw)
     gw.process.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
+    return gw, thread, got, time.monotonic()
+
+
+def test_sigterm_refuses_new_calls_and_waits_for_the_call_under_way(
+        start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]) -> None:
+    gw, thread, got, signalled = drained(start_gateway, sipp, 30, 4.0)
     time.sleep(0.3)
     for method in ("OPTIONS", "INVITE"):
         head = ask(gw, method)
@@ -98,11 +106,7 @@ def test_sigterm_refuses_new_calls_and_waits_for_the_call_under_way(
 
 def test_past_drain_timeout_calls_are_ended_and_a_second_sigterm_stops_at_once(
         start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]) -> None:
-    gw = start_gateway(auto_answer="echo", drain_timeout=1.0)
-    thread, _ = call_in_background(sipp, gw, 8.0)
-    wait_answered(gw)
-    gw.process.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
+    gw, thread, _, signalled = drained(start_gateway, sipp, 1.0, 8.0)
     gw.process.wait(10)
     took = time.monotonic() - signalled
     assert gw.process.returncode == 0, gw.log()
@@ -110,10 +114,7 @@ def test_past_drain_timeout_calls_are_ended_and_a_second_sigterm_stops_at_once(
     assert "draining: 1 calls still up after 1 s: ended" in gw.log(), gw.log()
     thread.join(40)
 
-    again = start_gateway(auto_answer="echo", drain_timeout=60)
-    thread, _ = call_in_background(sipp, again, 8.0)
-    wait_answered(again)
-    again.process.send_signal(signal.SIGTERM)
+    again, thread, _, _ = drained(start_gateway, sipp, 60, 8.0)
     time.sleep(0.3)
     assert again.process.poll() is None
     again.process.send_signal(signal.SIGTERM)

