@@ -312,12 +312,11 @@ class Session:
                                 code="input_audio_buffer_commit_empty")
         item_id = self._turn.item_id if self._turn is not None else new_id("item")
         pcm = self.input.take(self.input.written)
-        made = None  # transcribed on the worker, free of the deltas (see _Guess)
         self._turn = None
         self._drop_guess()
         if self._vad is not None:
             self._vad.reset(self.input.written // SAMPLES_PER_MS)
-        await self._committed(item_id, pcm, made)
+        await self._committed(item_id, pcm)  # transcribed on the worker, free of the deltas
 
     async def _clear(self, event: dict[str, Any]) -> None:
         self.input.take(self.input.written)
