@@ -1,6 +1,7 @@
 """sipbridge's command line: `serve` runs the gateway, `demo` places a real call at one
 (transferred to a human), `calls` and `trace` read the call store, `status` asks a running
-gateway for its registrations."""
+gateway for its registrations, `cluster` and `drain` show and drain the nodes of a
+cluster."""
 
 from __future__ import annotations
 
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HOST:PORT of the gateway's HTTP API (default 127.0.0.1:8080)")
     status.add_argument("--api-key", dest="api_key", default=os.environ.get("SIPBRIDGE_API_KEY"),
                         help="an API key of the gateway (env SIPBRIDGE_API_KEY)")
+    cluster = sub.add_parser("cluster", help="the nodes of a cluster: state, calls, heartbeat "
+                             "(from the shared store)")
+    cluster.add_argument("--config", help="TOML config file (for the store's URL)")
+    cluster.add_argument("--store", help="the cluster's postgresql:// store (default: the "
+                         "config's)")
+    drain = sub.add_parser("drain", help="drain a node of a cluster: it takes no new calls, "
+                           "lets its calls end (up to drain_timeout), then stops")
+    drain.add_argument("node", help="the node's name")
+    drain.add_argument("--config", help="TOML config file (for the store's URL)")
+    drain.add_argument("--store", help="the cluster's postgresql:// store (default: the "
+                       "config's)")
     callcli.add_parser(sub)
     demo = sub.add_parser("demo", help="a real call to the agent, transferred to a human")
     demo.add_argument("--dir", help="where the store, recordings and phone logs go "
@@ -114,9 +126,11 @@ async def _serve(gateway: Gateway) -> int:
     # waited for up to drain_timeout.
     loop.add_signal_handler(signal.SIGTERM,
                             lambda: stop.set() if drain.is_set() else drain.set())
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait())]
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait()),
+             asyncio.ensure_future(gateway.drain_requested.wait())]  # `sipbridge drain`
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    if drain.is_set() and not stop.is_set():
+    if (drain.is_set() or gateway.drain_requested.is_set()) and not stop.is_set():
+        drain.set()
         print("sipbridge: draining", file=sys.stderr, flush=True)
         draining = asyncio.ensure_future(gateway.drain(gateway.config.drain_timeout))
         await asyncio.wait([draining, waits[0]], return_when=asyncio.FIRST_COMPLETED)
@@ -211,6 +225,46 @@ def show(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cluster(args: argparse.Namespace) -> int:
+    """`cluster` and `drain`, through the store's membership (no node needs to answer)."""
+    from sipbridge.store import StoreError, is_database_url
+    from sipbridge.trace import cluster_table
+
+    url = args.store
+    if url is None:
+        try:
+            url = load_config(args.config or os.environ.get("SIPBRIDGE_CONFIG")).store
+        except ConfigError as exc:
+            print(f"sipbridge: {exc}", file=sys.stderr)
+            return 2
+    if not is_database_url(url):
+        print("sipbridge: a cluster's store is a postgresql:// URL (--store or the config's "
+              "store)", file=sys.stderr)
+        return 2
+    try:
+        from sipbridge.store.nodes import NodeTable
+    except ImportError as exc:
+        print(f"sipbridge: a PostgreSQL store needs psycopg: pip install "
+              f"'sipbridge[postgres]' ({exc})", file=sys.stderr)
+        return 1
+    table = NodeTable(url, "")
+    try:
+        if args.command == "drain":
+            if not table.request_drain(args.node):
+                print(f"sipbridge: no node {args.node!r} is up in {table.label}",
+                      file=sys.stderr)
+                return 1
+            print(f"sipbridge: node {args.node} drains from its next heartbeat")
+            return 0
+        print(cluster_table(table.nodes()))
+        return 0
+    except StoreError as exc:
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        table.close()
+
+
 def status(args: argparse.Namespace) -> int:
     """`status`: the running gateway's registrations (GET /v1/sipbridge/registrations)."""
     import json
@@ -272,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args)
     if args.command == "status":
         return status(args)
+    if args.command in ("cluster", "drain"):
+        return cluster(args)
     if args.command == "call":
         return callcli.run(args)
     return 2

@@ -370,6 +370,13 @@ class Config(BaseSettings):
     # way go on, for up to this many seconds; then the gateway stops (exit 0). SIGINT, or
     # a second SIGTERM, stops at once.
     drain_timeout: float = Field(300.0, ge=0)
+    # A cluster (README "Running several nodes"): nodes sharing a PostgreSQL store, each
+    # named; any node answers the API for any call, forwarding to the node that holds it.
+    node_name: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+    node_api_url: str | None = None  # where the other nodes reach this one's API
+    cluster_secret: str | None = None  # shared by the nodes: authenticates forwarded requests
+    cluster_heartbeat: float = Field(2.0, gt=0, le=60)  # s between a node's heartbeats
+    cluster_node_timeout: float = Field(15.0, gt=0)  # s without one: the node is gone
     # The agent: the model each answered call talks to.
     agent_url: str = "local"  # "local": the built-in model; or ws(s)://.../v1/realtime?model=...
     agent_api_key: str | None = None  # Bearer key for agent_url (OpenAI's, say)
@@ -459,6 +466,23 @@ class Config(BaseSettings):
     def _webhook_signed(self) -> Config:
         if self.webhook_url is not None and self.webhook_secret is None:
             raise ValueError("webhook_url needs webhook_secret (whsec_...) to sign with")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Config:
+        if self.node_name is None:
+            return self
+        if not self.store.lower().startswith(("postgresql://", "postgres://")):
+            raise ValueError("node_name (a cluster) needs a PostgreSQL store "
+                             "(store = \"postgresql://...\"), shared by the nodes")
+        if self.http == "off":
+            raise ValueError("node_name (a cluster) needs the HTTP API (http): the nodes "
+                             "forward requests to each other")
+        if not self.cluster_secret or len(self.cluster_secret) < 16:
+            raise ValueError("node_name (a cluster) needs cluster_secret, at least 16 "
+                             "characters, the same on every node")
+        if self.cluster_node_timeout < 3 * self.cluster_heartbeat:
+            raise ValueError("cluster_node_timeout must be at least 3 x cluster_heartbeat")
         return self
 
     @field_validator("transfer_fallback")

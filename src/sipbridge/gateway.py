@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.types import ASGIApp
+
 from sipbridge.agent.lifecycle import Agents
 from sipbridge.api.app import HttpServer, create_app, tls_context
 from sipbridge.api.callevents import SidebandSink, WebhookSink
@@ -25,6 +27,9 @@ from sipbridge.calls.sinks import HOLD, MetricsSink, StoreSink
 from sipbridge.calls.transfer_machine import TransferTimers
 from sipbridge.calls.transfer_runner import TransferPolicy
 from sipbridge.calls.trunks import Trunks
+from sipbridge.cluster.forward import Forwarder
+from sipbridge.cluster.local import LocalNode
+from sipbridge.cluster.membership import ClusterNode
 from sipbridge.config import Config, RegistrationConfig
 from sipbridge.loopwatch import StallWatch
 from sipbridge.media.engine import MediaConfig, MediaEngine, load_wav
@@ -123,6 +128,13 @@ class Gateway:
         # Each webhook endpoint, with the event types it gets.
         self.webhooks: list[tuple[WebhookSender, frozenset[str]]] = []
         self.stall_watch: StallWatch | None = None
+        self.node: LocalNode | ClusterNode = LocalNode(
+            config.node_name or "local", "", self._live_calls, self.refused_total,
+            self._draining)
+        self._sampling: asyncio.Task[None] | None = None
+        self.forwarder: Forwarder | None = None
+        # Set when the cluster asks this node to drain (`sipbridge drain`): as SIGTERM.
+        self.drain_requested = asyncio.Event()
 
     @property
     def advertised_host(self) -> str:
@@ -173,13 +185,9 @@ class Gateway:
                                        or self._outbound_possible()):
             await self._start_local_model()
         if c.http != "off":
-            host, port = c.http_bind
-            if not c.api_key:
-                log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
-            tls = tls_context(c.http_tls_cert, c.http_tls_key) if c.http_tls_cert else None
-            self.http = HttpServer(create_app(self, c.api_key, open_metrics=metrics_open(c)),
-                                   host, port, tls)
-            await self.http.start()
+            await self._start_http()
+        if isinstance(self.node, LocalNode):
+            self._sampling = asyncio.create_task(self._sample_every(5.0))
         await self.transport.start(self._bind_host, self._bind_port)
         if c.sip_tls_bind is not None:
             await self.transport.listen_tls(*c.sip_tls_bind)
@@ -287,6 +295,7 @@ class Gateway:
                 load_wav(c.transfer_hold_audio) if c.transfer_hold_audio else None),
             outbound=OutboundPolicy(Trunks.from_config(c), c.outbound_max_calls,
                                     c.outbound_calls_per_second, c.outbound_ring_timeout),
+            node=c.node_name or "",
         )
         self.agents = Agents(c, self.agent_url, calls, self.events, self.sideband,
                              self.metrics, self.media, self.loop)
@@ -308,6 +317,63 @@ class Gateway:
             purged = await asyncio.to_thread(store.purge)
             if purged:
                 log.info("store %s: %d old calls purged", store.label, purged)
+
+    async def _start_http(self) -> None:
+        """The API (and, in a cluster, the forwarding of other nodes' calls); then this
+        node joins the cluster, its API's address known."""
+        c = self.config
+        host, port = c.http_bind
+        if not c.api_key:
+            log.warning("no api_key configured: the HTTP API on %s:%d is open", host, port)
+        tls = tls_context(c.http_tls_cert, c.http_tls_key) if c.http_tls_cert else None
+        cluster = self._cluster_node()
+        app: ASGIApp = create_app(self, c.api_key, open_metrics=metrics_open(c),
+                                  nodes=cluster or self.node)
+        if cluster is not None:
+            assert c.cluster_secret is not None  # Config checks it
+            self.forwarder = Forwarder(app, cluster, c.cluster_secret,
+                                       verify=c.tls_verify)
+            app = self.forwarder
+        self.http = HttpServer(app, host, port, tls)
+        await self.http.start()
+        scheme = "https" if tls is not None else "http"
+        self.node.api_url = c.node_api_url or \
+            f"{scheme}://{_url_host(self.http.host)}:{self.http.port}"
+        if cluster is not None:
+            cluster.api_url = self.node.api_url
+            await cluster.join()  # NodeNameTaken: another process has the name
+            self.node = cluster
+
+    def _cluster_node(self) -> ClusterNode | None:
+        """This node of the cluster, before it joins (None: no cluster configured)."""
+        c = self.config
+        if c.node_name is None:
+            return None
+        from sipbridge.store.nodes import NodeTable
+
+        return ClusterNode(NodeTable(c.store, c.node_name), "", heartbeat=c.cluster_heartbeat,
+                           timeout=c.cluster_node_timeout, live_calls=self._live_calls,
+                           refused=self.refused_total, draining=self._draining,
+                           drain=self.drain_requested.set)
+
+    async def _sample_every(self, interval: float) -> None:
+        """The node's per-minute refusals, counted as they happen (to the minute)."""
+        while True:
+            await asyncio.sleep(interval)
+            if isinstance(self.node, LocalNode):
+                self.node.sample()
+
+    def _live_calls(self) -> int:
+        return len(self.calls.calls) if self.calls is not None else 0
+
+    def _draining(self) -> bool:
+        return self.ua is not None and self.ua.draining
+
+    def refused_total(self) -> int:
+        """New calls refused with 503 so far: overload, draining, call or agent limit."""
+        stats = self.ua.stats if self.ua is not None else {}
+        busy = self.calls.refused_busy if self.calls is not None else 0
+        return stats.get("refused_draining", 0) + stats.get("overload_rejected", 0) + busy
 
     async def speech_ready(self) -> None:
         """Wait until the built-in model has loaded its speech models (at once without it;
@@ -349,12 +415,15 @@ class Gateway:
                 log.warning("%s", self.stall_watch.summary())
         if self._purging is not None:
             self._purging.cancel()
+        if self._sampling is not None:
+            self._sampling.cancel()
         if self._load_probe is not None:
             self._load_probe.stop()
         if self.agents is not None:
             await self.agents.close()
         if self.http is not None:
             await self.http.stop()
+        await self._leave_cluster()
         if self.local_model is not None:
             await self.local_model.stop()
         if self.media is not None:
@@ -366,6 +435,12 @@ class Gateway:
             if self._store_sink is not None:
                 self._store_sink.hand_over()
             await asyncio.to_thread(self.store.close)
+
+    async def _leave_cluster(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        if isinstance(self.node, ClusterNode):
+            await self.node.leave()
 
     def summary(self) -> str:
         """Message counters (received, answered by status, dropped and why), one line."""
@@ -527,6 +602,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _url_host(host: str) -> str:
+    """A host as a URL names it: an IPv6 address in brackets, a wildcard as loopback."""
+    if host in WILDCARDS:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 @lru_cache(maxsize=1024)

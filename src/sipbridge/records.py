@@ -119,3 +119,17 @@ class CallRecord(TypedDict):
     direction: str  # "inbound" or "outbound"
     outbound: dict[str, object] | None  # an outbound call's status
     timeline: NotRequired[list[TimelineEntry]]
+
+
+class NodeRecord(TypedDict):
+    """One node of a cluster as the store knows it (`sipbridge cluster`, the dashboard's
+    overview). A gateway on its own is a cluster of one node."""
+
+    name: str
+    api_url: str  # where the other nodes reach its API (forwarded requests)
+    state: str  # "up", "draining" or "gone"
+    started_at: float
+    heartbeat_age: float  # seconds since its last heartbeat, by the store's clock
+    live_calls: int  # its calls under way, as of its last heartbeat
+    refused: int  # new calls it refused with 503 (overload, draining) since it started
+    this: bool  # the node that answers the request

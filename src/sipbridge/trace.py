@@ -8,10 +8,10 @@ the dashboard (`sipbridge.api.dashboard`) as HTML."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sipbridge.records import CallRecord, TransferRecord
+from sipbridge.records import CallRecord, NodeRecord, TransferRecord
 
 FAILING = {"failed", "rejected", "timed_out", "unconfirmed", "cancelled", "returned"}
 WIDTH = 44  # the arrow's width between two columns
@@ -79,6 +79,21 @@ def calls_table(calls: Iterable[CallRecord]) -> str:
         rows.append((c.id, c.state, c.caller, c.callee,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.started)),
                      f"{c.seconds:.1f}", str(c.end_reason or "-"), c.outcome))
+    return _table(rows)
+
+
+def cluster_table(nodes: Iterable[NodeRecord]) -> str:
+    """`sipbridge cluster`: one line per node, its state, calls and heartbeat."""
+    rows = [("NODE", "STATE", "CALLS", "REFUSED", "HEARTBEAT", "STARTED", "API")]
+    for n in nodes:
+        rows.append((n["name"], n["state"], str(n["live_calls"]), str(n["refused"]),
+                     f"{n['heartbeat_age']:.1f} s ago",
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n["started_at"])),
+                     n["api_url"]))
+    return _table(rows)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

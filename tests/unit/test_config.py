@@ -71,6 +71,15 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
         ("dns_timeout = 0", "dns_timeout"),
         ('[auth]\nalgorithms = ["ROT13"]', "auth.algorithms"),
         ("sip = ", "invalid config file"),
+        ('node_name = "Node_1"', "node_name"),
+        ('node_name = "a"', "needs a PostgreSQL store"),
+        ('node_name = "a"\nstore = "postgresql://h/db"', "needs cluster_secret"),
+        ('node_name = "a"\nstore = "postgresql://h/db"\ncluster_secret = "short"',
+         "at least 16"),
+        ('node_name = "a"\nstore = "postgresql://h/db"\ncluster_secret = "0123456789abcdef"'
+         '\nhttp = "off"', "needs the HTTP API"),
+        ('node_name = "a"\nstore = "postgresql://h/db"\ncluster_secret = "0123456789abcdef"'
+         "\ncluster_heartbeat = 5\ncluster_node_timeout = 10", "at least 3 x"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:

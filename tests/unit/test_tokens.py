@@ -68,3 +68,16 @@ def test_call_ids_sort_in_the_order_calls_came_and_stay_unguessable() -> None:
     same = {new_call_id(start) for _ in range(1000)}  # one millisecond: random apart
     assert len(same) == 1000
     assert len({i[16:] for i in same}) == 1000
+
+
+def test_a_cluster_node_s_call_ids_name_it() -> None:
+    from sipbridge.calls.call import call_node, new_call_id
+
+    start = 1_765_000_000.0
+    ids = [new_call_id(start + i * 0.001, node="node-2") for i in range(50)]
+    assert ids == sorted(ids) and all(i.endswith("_node-2") for i in ids)
+    assert {call_node(i) for i in ids} == {"node-2"}
+    assert call_node(new_call_id(node="a")) == "a"
+    assert call_node(new_call_id()) is None  # outside a cluster: no node
+    for not_ours in ("", "rtc_", "rtc_123_a", "sess_" + "0" * 32 + "_a", "rtc_" + "0" * 32 + "_"):
+        assert call_node(not_ours) is None, not_ours

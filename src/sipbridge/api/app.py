@@ -29,13 +29,13 @@ from sipbridge.api.auth import require_key
 from sipbridge.api.calllookup import CallRecords
 from sipbridge.api.dashboard import mount_dashboard
 from sipbridge.api.errors import ApiError, error_response, invalid_request
-from sipbridge.api.state import ApiState, Control
+from sipbridge.api.state import ApiState, Control, Nodes
 
 MAX_BODY = 1 << 20  # bytes: a session config with long instructions and many tools fits
 
 
-def create_app(control: Control, api_keys: list[str], *, open_metrics: bool = False
-               ) -> FastAPI:
+def create_app(control: Control, api_keys: list[str], *, open_metrics: bool = False,
+               nodes: Nodes | None = None) -> FastAPI:
     """The FastAPI application for one gateway. With no API keys configured the API is
     open (the default listens on loopback only); `open_metrics` leaves `/metrics` open
     even with keys (for a scraper on loopback)."""
@@ -47,7 +47,7 @@ def create_app(control: Control, api_keys: list[str], *, open_metrics: bool = Fa
     )
     records = CallRecords(control)
     app.state.sipbridge = ApiState(control, records, tuple(k.encode() for k in api_keys),
-                                    open_metrics=open_metrics)
+                                    open_metrics=open_metrics, nodes=nodes)
     app.middleware("http")(require_key)
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(RequestValidationError)(_invalid)
@@ -185,7 +185,7 @@ class HttpServer:
     """Runs the API on a socket it binds itself (so port 0 works and the port is known);
     with `tls` (from `tls_context`), over HTTPS and WSS only."""
 
-    def __init__(self, app: FastAPI, host: str, port: int,
+    def __init__(self, app: ASGIApp, host: str, port: int,
                  tls: ssl.SSLContext | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)

@@ -13,6 +13,7 @@ from sipbridge.api.calllookup import CallRecords
 from sipbridge.calls.manager import CallManager
 from sipbridge.metrics import Metrics
 from sipbridge.realtime.sideband import SidebandHubs
+from sipbridge.records import NodeRecord
 from sipbridge.registrations import Registrations
 from sipbridge.store import Store
 
@@ -27,6 +28,19 @@ class Control(Protocol):
     registrations: Registrations | None
 
 
+class Nodes(Protocol):
+    """The cluster's nodes, as the store (or, on its own, the gateway) knows them."""
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node the cluster knows, this one included."""
+        ...
+
+    async def refusals(self, since: float) -> dict[int, int]:
+        """New calls refused with 503 (overload, draining) by all nodes, per minute:
+        the minute's start (Unix time, a multiple of 60) -> count, from `since` on."""
+        ...
+
+
 @dataclass(frozen=True)
 class ApiState:
     """The gateway the API controls, the call records it reads, and the API keys it takes
@@ -36,6 +50,7 @@ class ApiState:
     records: CallRecords
     keys: tuple[bytes, ...]
     open_metrics: bool = False  # /metrics open even with keys (a scraper on loopback)
+    nodes: Nodes | None = None  # the cluster's nodes (None: not known, as in unit tests)
 
 
 def api_state(connection: HTTPConnection) -> ApiState:

@@ -28,14 +28,24 @@ class Timeline(list[TimelineEntry]):
             sink(entry)
 
 
-def new_call_id(now: float | None = None) -> str:
+def new_call_id(now: float | None = None, node: str = "") -> str:
     """A call's id: "rtc_" and 32 hex digits, the first 12 the milliseconds since the
     epoch at `now` (time.time()), the other 20 random (80 bits). Ids in the order the
     calls came make the store's index of them grow at its end: with random ids each
     call dirtied a page of the index somewhere in it, and the store's writer spent ~25 us
-    a call more (bench/README.md)."""
+    a call more (bench/README.md). In a cluster, "_" and the node's name follow
+    (`call_node`): any node knows from the id alone which node holds the call, with no
+    lookup and no wait for the store to have the call."""
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    return f"rtc_{ms:012x}{token_hex(10)}"
+    return f"rtc_{ms:012x}{token_hex(10)}_{node}" if node else f"rtc_{ms:012x}{token_hex(10)}"
+
+
+def call_node(call_id: str) -> str | None:
+    """The name of the node that holds the call, from its id; None for a call id of a
+    gateway outside a cluster (or not one of ours)."""
+    if len(call_id) < 38 or call_id[36] != "_" or not call_id.startswith("rtc_"):
+        return None
+    return call_id[37:]
 
 
 RECENT_CALLS = 1000  # ended calls kept for GET /v1/realtime/calls until the store has them

@@ -105,7 +105,9 @@ class CallManager:
         bind_host: str,
         transfers: TransferPolicy | None = None,
         outbound: OutboundPolicy | None = None,
+        node: str = "",
     ) -> None:
+        self.node = node  # in a cluster, this node's name: the suffix of its call ids
         self.sip = sip
         self.ua = sip.ua
         self.events = events
@@ -193,7 +195,7 @@ class CallManager:
             return
         self.per_source[host] += 1
         call = Call(
-            id=new_call_id(),
+            id=new_call_id(node=self.node),
             leg_id=event.leg_id,
             caller=str(req.from_.uri),
             callee=str(req.to.uri),

@@ -49,6 +49,7 @@ class CallRegistry(Protocol):
     media: MediaEngine
     media_host: Callable[[str], str]
     bind_host: str
+    node: str  # in a cluster, this node's name (the suffix of its call ids)
     events: CallEvents
     calls: dict[str, Call]
     by_leg: dict[str, Call]
@@ -172,7 +173,7 @@ class Outbound:
             raise OutboundLimit(f"Too many outbound calls per second "
                                 f"(outbound_calls_per_second = "
                                 f"{self.policy.calls_per_second:g}).", max(1, math.ceil(wait)))
-        call_id = new_call_id()
+        call_id = new_call_id(node=m.node)
         try:
             port = m.media.allocate(call_id, m.bind_host).port
         except NoMediaPort as exc:
