@@ -7,8 +7,12 @@ that it is the failover on 503 that is seen, not the probe."""
 
 from __future__ import annotations
 
+import json
+import queue
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
+from tests.integration.appside import KEY, SECRET, WebhookSink
+from tests.integration.callrecords import call_record, wait_record
 from tests.integration.gateway import Gateway
 from tests.integration.kamailio import Kamailio, kamailio_binary
 from tests.integration.sipp import SippResult
@@ -82,3 +89,201 @@ def test_calls_spread_over_two_nodes_and_a_draining_node_is_passed_over(
         holder.process.wait(10)
         assert holder.process.returncode == 0, holder.log()
         assert "refused_draining=" in holder.log(), holder.log()
+
+
+class Accepter:
+    """The application for every call of a load: it takes each realtime.call.incoming
+    webhook and accepts the call through the node that does NOT hold it (the owner when
+    that node is down), with the official SDK; keeps who held each call, and when."""
+
+    def __init__(self, sink: WebhookSink, clients: dict[str, openai.OpenAI]) -> None:
+        self.sink = sink
+        self.clients = clients
+        self.owners: list[tuple[float, str, str]] = []  # (monotonic, call id, node)
+        self.failures: list[str] = []
+        self.forwarded = 0
+        self._stop = threading.Event()
+        self.paused = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.paused.is_set():
+                time.sleep(0.02)
+                continue
+            try:
+                body, headers = self.sink.next(timeout=0.1)
+            except queue.Empty:
+                continue
+            next(iter(self.clients.values())).webhooks.verify_signature(body, headers)
+            event = json.loads(body)
+            if event.get("type") != "realtime.call.incoming":
+                continue
+            call_id = event["data"]["call_id"]
+            owner = call_id.rsplit("_", 1)[1]
+            self.owners.append((time.monotonic(), call_id, owner))
+            other = next(n for n in self.clients if n != owner)
+            for node in (other, owner):
+                try:
+                    self.clients[node].realtime.calls.accept(call_id, type="realtime")
+                    self.forwarded += node != owner
+                    break
+                except openai.APIConnectionError:
+                    continue
+                except openai.APIError as exc:
+                    self.failures.append(f"{call_id} via {node}: {exc}")
+                    break
+            else:
+                self.failures.append(f"{call_id}: no node answered")
+
+    def by(self, node: str, after: float = 0.0) -> list[str]:
+        return [c for t, c, n in self.owners if n == node and t >= after]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def cluster_node(name: str, pg_url: str, sink: WebhookSink, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "node_name": name, "store": pg_url, "cluster_secret": "cluster-secret-0123456789",
+        "cluster_heartbeat": 0.5, "cluster_node_timeout": 3, "agent_url": "",
+        "webhook_url": sink.url, "webhook_secret": SECRET, "api_key": [KEY],
+        "accept_timeout": 20, "drain_timeout": 30,
+        "webhook": [{"url": sink.url, "secret": SECRET, "events": ["realtime.call.transfer.*"]}],
+    }
+    config.update(extra)
+    return config
+
+
+def test_a_cluster_behind_kamailio_takes_load_drains_and_survives_a_killed_node(
+        start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult],
+        pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL, Kamailio (deploy/kamailio/kamailio.cfg, probing every second) and two
+    nodes; the application accepts every call through the other node."""
+    sink = WebhookSink()
+    a = start_gateway(**cluster_node("a", pg_url, sink))
+    b = start_gateway(**cluster_node("b", pg_url, sink))
+    nodes = tmp_path / "dispatcher.list"
+    nodes.write_text(f"1 sip:{a.address}\n1 sip:{b.address}\n")
+    base = {"a": f"http://127.0.0.1:{a.http_port}/v1", "b": f"http://127.0.0.1:{b.http_port}/v1"}
+    clients = {n: openai.OpenAI(api_key=KEY, base_url=u, webhook_secret=SECRET, max_retries=0,
+                                timeout=5) for n, u in base.items()}
+    app = Accepter(sink, clients)
+    try:
+        with Kamailio(tmp_path / "kamailio", "dispatcher",
+                      defines={"DISPATCHER_LIST": str(nodes), "DS_PING_INTERVAL": "1"}) as proxy:
+            # 200 calls: both nodes take calls, none fails, each accepted by the other node.
+            load = sipp(proxy.address, "uac_routed.xml", calls=200, rate=25,
+                        extra=["-d", "300"], timeout=90)
+            assert (load.successful, load.failed) == (200, 0), (
+                load.describe() + proxy.trace_text()[-3000:])
+            assert app.failures == [] and len(app.owners) == 200
+            assert min(len(app.by("a")), len(app.by("b"))) >= 50, (
+                len(app.by("a")), len(app.by("b")))
+            assert app.forwarded == 200
+
+            # The seed's flow through node b for a call of node a: the app's requests
+            # all go to b.
+            app.paused.set()
+            seed_flow(sipp, proxy, sink, a, clients["b"], base["b"], tmp_path)
+            app.paused.clear()
+
+            # a drains (`sipbridge drain a`) during a steady load: no call fails.
+            got: dict[str, SippResult] = {}
+            steady = threading.Thread(target=lambda: got.update(r=sipp(
+                proxy.address, "uac_routed.xml", calls=80, rate=20, extra=["-d", "1000"],
+                timeout=60)))
+            steady.start()
+            time.sleep(1.5)
+            asked = subprocess.run([sys.executable, "-m", "sipbridge", "drain", "a",
+                                    "--store", pg_url], capture_output=True, text=True,
+                                   timeout=30, check=False)
+            assert asked.returncode == 0, asked.stderr
+            steady.join(90)
+            assert (got["r"].successful, got["r"].failed) == (80, 0), (
+                got["r"].describe() + proxy.trace_text()[-3000:])
+            a.process.wait(30)
+            assert a.process.returncode == 0, a.log()
+            assert app.failures == []
+
+            # a again, on the same ports: Kamailio's probe takes it back in.
+            a = start_gateway(**cluster_node("a", pg_url, sink, sip=a.config["sip"],
+                                             http=a.config["http"]))
+            deadline = time.monotonic() + 10
+            while True:
+                before = len(app.by("a"))
+                sipp(proxy.address, "uac_routed.xml", calls=4, rate=10, extra=["-d", "100"],
+                     timeout=30)
+                if len(app.by("a")) > before:
+                    break
+                assert time.monotonic() < deadline, "Kamailio never sent a call to a again"
+
+            # Calls held on both nodes; a is killed; new calls all go to b at once.
+            held = threading.Thread(target=lambda: got.update(held=sipp(
+                proxy.address, "uac_routed.xml", calls=4, rate=20, extra=["-d", "20000"],
+                timeout=60)))
+            held.start()
+            deadline = time.monotonic() + 10
+            while a.metric("sipbridge_calls_active", KEY) < 2 or \
+                    b.metric("sipbridge_calls_active", KEY) < 2:
+                assert time.monotonic() < deadline, "the held calls did not come up"
+                time.sleep(0.1)
+            on_a = [c for c in app.by("a")
+                    if call_record(base["b"], KEY, c)["state"] == "active"]
+            assert len(on_a) == 2, on_a
+            a.process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            a.process.wait(5)
+            after = sipp(proxy.address, "uac_routed.xml", calls=30, rate=10,
+                         extra=["-d", "200"], timeout=60)
+            assert (after.successful, after.failed) == (30, 0), after.describe()
+            assert app.by("a", after=killed) == [], "a call went to the killed node"
+            assert len(app.by("b", after=killed)) == 30
+            for call_id in on_a:  # a's calls: marked ended; control answers 409
+                record = wait_record(base["b"], KEY, call_id,
+                                     lambda r: r["state"] == "ended", "marked ended", 10)
+                assert record["end_reason"] == "abnormal: node_gone"
+                with pytest.raises(openai.ConflictError) as gone:
+                    clients["b"].realtime.calls.hangup(call_id)
+                assert gone.value.code == "call_node_gone"
+            held.join(60)
+            assert got["held"].successful == 2, got["held"].describe()  # b's two
+    finally:
+        app.stop()
+        for client in clients.values():
+            client.close()
+        sink.close()
+
+
+def seed_flow(sipp: Callable[..., SippResult], proxy: Kamailio, sink: WebhookSink,
+              a: Gateway, client: openai.OpenAI, base: str, tmp_path: Path) -> None:
+    """SIPp calls node a straight (the carrier's leg through Kamailio is the load's); the
+    application answers through node b: webhook, accept, sideband session.update, refer
+    (reaching the carrier), the transfer's outcome."""
+    got: dict[str, SippResult] = {}
+    carrier = threading.Thread(target=lambda: got.update(r=sipp(
+        a, "app_refer.xml", timeout=40, recv_timeout=20)))
+    carrier.start()
+    while True:
+        body, headers = sink.next(timeout=15)
+        event = client.webhooks.unwrap(body, headers)
+        if event.type == "realtime.call.incoming":
+            break
+    call_id = event.data.call_id
+    assert call_id.endswith("_a")
+    client.realtime.calls.accept(call_id, type="realtime", instructions="Acme front desk")
+    wait_record(base, KEY, call_id, lambda r: r["state"] == "active", "active")
+    with client.realtime.connect(call_id=call_id) as conn:
+        assert conn.recv().type == "session.created"
+        conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        updated = conn.recv()
+        assert updated.type == "session.updated"
+    client.realtime.calls.refer(call_id, target_uri="tel:+61420351258")
+    carrier.join(60)
+    assert got["r"].ok, got["r"].describe()
+    assert "Refer-To: <tel:+61420351258>" in got["r"].messages
+    record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended")
+    assert record["end_reason"] == "transferred"
+    assert record["transfers"][0]["status"] == "succeeded"
