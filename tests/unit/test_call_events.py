@@ -24,6 +24,7 @@ from sipbridge.calls.events import (
     note,
 )
 from sipbridge.calls.sinks import MetricsSink, StoreSink
+from sipbridge.callstats import CallStats, Percentiles
 from sipbridge.records import CallRecord
 from tests.unit.callharness import OFFER, Harness, ack, answered_app_call, invite, notify
 
@@ -77,6 +78,9 @@ class Store:
                    transfer_status: str | None = None, limit: int = 100,
                    ) -> list[CallRecord]:
         return []
+
+    def call_stats(self, since: float, until: float | None = None) -> CallStats:
+        return CallStats(since, since if until is None else until, {}, {}, Percentiles(0), {})
 
     def close(self) -> None:
         pass

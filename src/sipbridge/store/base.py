@@ -19,6 +19,7 @@ the transaction is then run once more on a new connection.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +29,16 @@ from functools import partial
 from itertools import chain
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from sipbridge.callstats import (
+    ANSWERED_SQL,
+    FAILED_SQL,
+    PERCENTILES,
+    CallStats,
+    Percentiles,
+    count_transfers,
+    minute_of,
+    rank,
+)
 from sipbridge.records import CallRecord
 from sipbridge.store.rows import (
     COLUMNS,
@@ -118,6 +129,8 @@ class SqlStore(QueuedWriter, Generic[C]):
     EVENTS_OF_CALL: ClassVar[str] = (
         "SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY id")
     DELETE_EVENTS_OF: ClassVar[str] = "DELETE FROM events WHERE call_id IN (SELECT id {old})"
+    # A call's direction, a field of the record kept in `extra` (JSON): PostgreSQL's way.
+    DIRECTION: ClassVar[str] = "extra ->> 'direction'"
     label: str  # how logs and errors name the store (never with a password)
     unfinished = "ended_at IS NULL"  # the calls that `mark_unfinished` ends
     stamp: tuple[tuple[str, str], ...] = ()  # (column, SQL value) set by each upsert_call
@@ -394,3 +407,48 @@ class SqlStore(QueuedWriter, Generic[C]):
         params.append(max(0, int(limit)))
         rows = self._read(lambda conn: conn.execute(self._sql(sql), params).fetchall())
         return [row_to_call(r) for r in rows]
+
+    def call_stats(self, since: float, until: float | None = None) -> CallStats:
+        """`sipbridge.callstats`'s figures of the calls that came in from `since` to `until`
+        (now), worked out by the database: a row per minute and a value per percentile
+        come back, whatever the number of calls; of the transfers, only the lists of the
+        calls that have any (JSON, counted here). One read, one snapshot."""
+        end = time.time() if until is None else until
+        base = float(minute_of(since))
+        window = "created_at >= ? AND created_at < ?"
+        # The minute's index: floor() is not in every SQLite, and a cast truncates in
+        # SQLite but rounds in PostgreSQL, so one taken where the cast went up.
+        per_minute = self._sql(
+            "SELECT k, SUM(a), SUM(f) FROM (SELECT CAST(d AS BIGINT) - "
+            "CASE WHEN CAST(d AS BIGINT) > d THEN 1 ELSE 0 END AS k, a, f FROM ("
+            "SELECT (created_at - ?) / 60 AS d, "
+            f"CASE WHEN {ANSWERED_SQL} THEN 1 ELSE 0 END AS a, "
+            f"CASE WHEN {FAILED_SQL} THEN 1 ELSE 0 END AS f "
+            f"FROM calls WHERE {window}) AS w) AS m GROUP BY k")
+        setup = (f"FROM calls WHERE {window} AND answered_at IS NOT NULL "
+                 f"AND COALESCE({self.DIRECTION}, 'inbound') <> 'outbound'")
+        count_sql = self._sql(f"SELECT COUNT(*) {setup}")
+        nth_sql = self._sql(f"SELECT answered_at - created_at {setup} ORDER BY 1 LIMIT 1 OFFSET ?")
+        transfers_sql = self._sql(f"SELECT transfers FROM calls WHERE {window} "
+                                  "AND transfers <> '[]'")
+
+        def read(conn: C) -> tuple[list[Any], dict[int, float], int, list[Any]]:
+            minutes = conn.execute(per_minute, (base, since, end)).fetchall()
+            n = int(conn.execute(count_sql, (since, end)).fetchone()[0])
+            values = {p: float(conn.execute(nth_sql, (since, end, rank(p, n) - 1)).fetchone()[0])
+                      for p in PERCENTILES} if n else {}
+            return minutes, values, n, conn.execute(transfers_sql, (since, end)).fetchall()
+
+        minutes, values, n, lists = self._read(read)
+        answered: dict[int, int] = {}
+        failed: dict[int, int] = {}
+        for k, a, f in minutes:
+            minute = int(base) + int(k) * 60
+            if a:
+                answered[minute] = int(a)
+            if f:
+                failed[minute] = int(f)
+        transfers: dict[tuple[str, str], int] = {}
+        for (text,) in lists:
+            count_transfers(json.loads(text), transfers)
+        return CallStats(since, end, answered, failed, Percentiles(n, values), transfers)

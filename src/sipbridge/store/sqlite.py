@@ -70,6 +70,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         "WHERE json_extract(t.value, '$.status') = ?)"
     )
     INSERTION_ORDER = "rowid"  # an upsert that replaces a call keeps its rowid
+    DIRECTION = "json_extract(extra, '$.direction')"  # ->> only from SQLite 3.38 on
     # JSON as plain str: sqlite3 binds an exact str at once, where a subclass of it is
     # looked up among its adapters, parameter by parameter.
     to_json = staticmethod(encode)
