@@ -1,6 +1,6 @@
 """The gateway's side of the API app, faked: live calls (`Manager`), stored records
-(`Store`) and the control object `create_app` takes (`Control`); `basic` makes HTTP Basic
-credentials."""
+(`Store`), the cluster's nodes (`Nodes`) and the control object `create_app` takes
+(`Control`); `basic` makes HTTP Basic credentials."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipbridge.calls.call import Call, CallError
+from sipbridge.callstats import CallStats, from_records
 from sipbridge.realtime.sideband import SidebandHubs
-from sipbridge.records import CallRecord
+from sipbridge.records import CallRecord, NodeRecord
 
 KEY = "sk-dashboard-test"
 
@@ -40,6 +41,7 @@ class Store:
 
     def __init__(self, *records: CallRecord) -> None:
         self.records = {r["id"]: r for r in records}
+        self.stats_reads = 0
 
     def get_call(self, call_id: str) -> CallRecord | None:
         record = self.records.get(call_id)
@@ -52,6 +54,27 @@ class Store:
             row.pop("timeline", None)
             listed.append(row)
         return listed
+
+    def call_stats(self, since: float, until: float | None = None) -> CallStats:
+        """The figures of the records held, counted as the store counts them."""
+        self.stats_reads += 1
+        return from_records(self.records.values(), since, 1e12 if until is None else until)
+
+
+@dataclass
+class Nodes:
+    """The cluster's nodes as the store knows them, and their refusals per minute."""
+
+    listed: list[NodeRecord]
+    refused: dict[int, int] = field(default_factory=dict)
+    asked: list[float] = field(default_factory=list)  # the `since` of each refusals()
+
+    async def nodes(self) -> list[NodeRecord]:
+        return self.listed
+
+    async def refusals(self, since: float) -> dict[int, int]:
+        self.asked.append(since)
+        return {m: n for m, n in self.refused.items() if m + 60 > since}
 
 
 @dataclass

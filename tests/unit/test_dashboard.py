@@ -54,7 +54,8 @@ def http(control: Control) -> TestClient:
 
 
 PROTECTED = ["/dashboard", "/dashboard/api/calls", f"/dashboard/calls/{FAILED}",
-             f"/dashboard/calls/{RECORDED}/recording", "/dashboard/static/dashboard.js"]
+             f"/dashboard/calls/{RECORDED}/recording", "/dashboard/static/dashboard.js",
+             "/dashboard/overview", "/dashboard/api/overview"]
 
 
 @pytest.mark.parametrize("path", PROTECTED)

@@ -1,7 +1,9 @@
 """The operator's dashboard, served by the gateway's HTTP API: `/dashboard` lists the calls
-(live ones marked, refreshed every second) and `/dashboard/calls/{id}` shows one call: who,
+(live ones marked, refreshed every second), `/dashboard/calls/{id}` shows one call: who,
 how it ended, the transfer's outcome, the ladder (`sipbridge.trace.steps`, the same rows
-as `sipbridge trace`), the transcript and the recording.
+as `sipbridge trace`), the transcript and the recording; `/dashboard/overview` shows the
+whole cluster (nodes, calls per minute, transfers, latencies: `sipbridge.api.overview`),
+refreshed every few seconds from `/dashboard/api/overview`.
 
 The pages read calls the way the API's GET routes do (`CallRecords`: live calls from the
 CallManager, else the store). With API keys configured every dashboard route wants HTTP
@@ -26,7 +28,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from sipbridge.api import overview
 from sipbridge.api.errors import ApiError
+from sipbridge.api.overview import DEFAULT_MINUTES, MAX_MINUTES
 from sipbridge.api.state import State
 from sipbridge.records import CallRecord, TransferRecord
 from sipbridge.trace import FAILING, Step, Summary, outcome, step, steps, summarize
@@ -116,6 +120,23 @@ async def calls_data(state: State, limit: int = Query(100, ge=1, le=1000)) -> Re
     return JSONResponse({"now": now, "calls": rows}, headers=HEADERS)
 
 
+@router.get("/overview")
+async def overview_page(minutes: int = Query(DEFAULT_MINUTES, ge=1, le=MAX_MINUTES)
+                        ) -> Response:
+    return _page("Overview", overview.frame(BASE, minutes), page="overview",
+                 source=f"{BASE}/api/overview?minutes={minutes}")
+
+
+@router.get("/api/overview")
+async def overview_data(state: State, minutes: int = Query(DEFAULT_MINUTES, ge=1,
+                                                           le=MAX_MINUTES)) -> Response:
+    try:
+        data = await overview.figures(state, minutes, time.time(), tone)
+    except ApiError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=HEADERS)
+    return JSONResponse(data, headers=HEADERS)
+
+
 @router.get("/calls/{call_id}")
 async def call_page(call_id: str, state: State) -> Response:
     record = await _read(state.records.get, call_id)
@@ -176,14 +197,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def _tone(transfer: TransferRecord) -> str:
-    """How a transfer went, as a colour: bad (failed...), good, or pending."""
-    status = transfer.get("status")
+def tone(status: object, final: bool) -> str:
+    """How a transfer went, as a colour: bad (failed...), good, pending or neutral."""
     if status in FAILING:
         return "bad"
     if status in ("succeeded", "connected"):
         return "good"
-    return "pending" if not transfer.get("final") else "neutral"
+    return "neutral" if final else "pending"
+
+
+def _tone(transfer: TransferRecord) -> str:
+    return tone(transfer.get("status"), bool(transfer.get("final")))
 
 
 def _page(title: str, main: str, *, status: int = 200,
@@ -196,9 +220,17 @@ def _page(title: str, main: str, *, status: int = 200,
         f'<link rel="stylesheet" href="{BASE}/static/dashboard.css">'
         f'<script src="{BASE}/static/dashboard.js" defer></script></head>'
         f'<body{attributes}><header class="top"><a class="brand" href="{BASE}">sipbridge'
-        '</a><span class="muted">calls dashboard</span></header>'
+        f'</a><nav class="views">{_views(data.get("page"))}</nav></header>'
         f'<main id="main">{main}</main></body></html>\n')
     return HTMLResponse(document, status_code=status, headers={**HEADERS, **(headers or {})})
+
+
+def _views(page: str | None) -> str:
+    """The header's links to the dashboard's two views, the one shown marked."""
+    views = (("list", BASE, "Calls"), ("overview", f"{BASE}/overview", "Overview"))
+    current = ' aria-current="page"'
+    return "".join(f'<a href="{href}"{current if page == name else ""}>{label}</a>'
+                   for name, href, label in views)
 
 
 def _error_page(status: int, message: str) -> HTMLResponse:
