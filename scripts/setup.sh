@@ -53,6 +53,8 @@ command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
 # kamailio lives in /usr/sbin, often not on a user's PATH.
 command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || missing+=(kamailio)
+# deploy/kamailio/kamailio.cfg's optional TLS (WITH_TLS) loads the tls module.
+compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null || missing+=(kamailio-tls-modules)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 # The TLS tests make their certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

@@ -287,3 +287,49 @@ def seed_flow(sipp: Callable[..., SippResult], proxy: Kamailio, sink: WebhookSin
     record = wait_record(base, KEY, call_id, lambda r: r["state"] == "ended", "ended")
     assert record["end_reason"] == "transferred"
     assert record["transfers"][0]["status"] == "succeeded"
+
+
+def test_the_deployed_config_takes_sip_over_tls_with_tls_on(
+        start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """-A WITH_TLS: Kamailio's tls module with the certificate deploy/kamailio/tls.cfg's
+    shape names; a carrier's OPTIONS over TLS is dispatched to a node, and its 200 comes
+    back over the same TLS connection."""
+    import socket
+    import ssl
+
+    from sipbridge.demo.baresip import find_free_port
+    from tests.tlscerts import make_ca
+
+    ca = make_ca(tmp_path / "ca")
+    cert, key = ca.issue("proxy", dns=["localhost"], ip=["127.0.0.1"])
+    deployed = (Path(__file__).parents[2] / "deploy/kamailio/tls.cfg").read_text()
+    tls_cfg = tmp_path / "tls.cfg"
+    tls_cfg.write_text(deployed.replace("/etc/kamailio/certs/sip.example.com.pem", str(cert))
+                       .replace("/etc/kamailio/certs/sip.example.com.key", str(key)))
+    node = start_gateway(auto_answer="echo")
+    nodes = tmp_path / "dispatcher.list"
+    nodes.write_text(f"1 sip:{node.address}\n")
+    port = find_free_port("127.0.0.1", tcp=True)
+    with Kamailio(tmp_path / "kamailio", "dispatcher", tls_port=port,
+                  defines={"DISPATCHER_LIST": str(nodes), "WITH_TLS": "1",
+                           "TLS_CONFIG": str(tls_cfg)}) as proxy:
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            host, local_port = tls.getsockname()[:2]
+            local = f"{host}:{local_port}"
+            tls.sendall((
+                "OPTIONS sip:+15559870000@sip.example.com SIP/2.0\r\n"
+                f"Via: SIP/2.0/TLS {local};branch=z9hG4bK-tls-1;rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:probe@{local}>;tag=t1\r\n"
+                "To: <sip:+15559870000@sip.example.com>\r\n"
+                "Call-ID: tls-options-1@test\r\nCSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n").encode())
+            answer = tls.recv(65536).decode(errors="replace")
+        assert answer.startswith("SIP/2.0 200"), answer + proxy.log()[-3000:]
+        assert "Keepalive" not in answer.split("\r\n", 1)[0]  # not the proxy's own
+        hops = [h for h in proxy.trace("tls-options-1@test") if h.kind == "out"]
+        assert hops and node.address in str(hops[0].to), proxy.trace_text()
+        assert any(h.kind == "reply" and h.status == 200
+                   for h in proxy.trace("tls-options-1@test")), proxy.trace_text()

@@ -76,12 +76,13 @@ class Kamailio(Peer):
 
     def __init__(self, workdir: Path, config: str, *, gateway: str = "",
                  defines: dict[str, str] | None = None, port: int = 0,
-                 tcp: bool = False) -> None:
+                 tcp: bool = False, tls_port: int = 0) -> None:
         if config not in ("stateful", "stateless", "registrar", "dispatcher"):
             raise ValueError("config must be 'stateful', 'stateless', 'registrar' or "
                              "'dispatcher' (deploy/kamailio/kamailio.cfg)")
         self.defines = dict(defines or {})  # more -A NAME="VALUE" for the config
         self.tcp = tcp  # also listen on TCP at the carrier port (registrar.cfg only)
+        self.tls_port = tls_port  # also listen on TLS there (a config WITH_TLS)
         self.workdir = workdir
         self.config = (DEPLOYED if config == "dispatcher" else CONFIGS / f"{config}.cfg")
         self.kind = config
@@ -123,6 +124,8 @@ class Kamailio(Peer):
         ]  # fmt: skip
         if self.tcp:
             command += ["-l", f"tcp:{LOOPBACK}:{self.carrier_port}"]
+        if self.tls_port:
+            command += ["-l", f"tls:{LOOPBACK}:{self.tls_port}"]
         for define in defines:
             command += ["-A", define]
         return command
