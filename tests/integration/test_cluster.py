@@ -70,7 +70,7 @@ def node_config(name: str, pg_url: str, sink: WebhookSink, **extra: Any) -> dict
 def cluster(start_gateway: Callable[..., Gateway], pg_url: str, tmp_path: Path
             ) -> Iterator[Cluster]:
     sink = WebhookSink()
-    a = start_gateway(**node_config("a", pg_url, sink))
+    a = start_gateway(**node_config("a", pg_url, sink, recordings=str(tmp_path / "rec-a")))
     b = start_gateway(**node_config("b", pg_url, sink))
     yield Cluster(a, b, sink, pg_url, tmp_path)
     sink.close()
@@ -131,10 +131,16 @@ def test_the_sdk_drives_a_call_of_node_a_through_node_b(cluster: Cluster) -> Non
         assert time.monotonic() < deadline, f"no transfer outcome webhook: {kinds}"
         body, _ = cluster.sink.next(timeout=10)
         kinds.add(json.loads(body)["type"])
-    # a's timeline shows the requests came from b
-    sideband = [e for e in call_record(cluster.base(a), KEY, call_id)["timeline"]
+    # The sideband through b reached a, and closed there when the client closed.
+    sideband = [e["status"] for e in call_record(cluster.base(a), KEY, call_id)["timeline"]
                 if e["kind"] == "sideband"]
-    assert [e["status"] for e in sideband][:1] == ["connected"], sideband
+    assert sideband[0] == "connected" and sideband[-1] == "disconnected", sideband
+    # The recording, on a's disk, through b.
+    wav = httpx.get(f"{cluster.base(b)}/realtime/calls/{call_id}/recording",
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert wav.status_code == 200 and wav.content[:4] == b"RIFF", wav.text[:200]
+    assert wav.headers["content-type"] == "audio/wav"
+    assert int(wav.headers["content-length"]) == len(wav.content) > 1000
     # The owner served them: b holds no call.
     assert b.metric("sipbridge_calls_active", KEY) == 0
     client.close()

@@ -157,7 +157,7 @@ def cluster_node(name: str, pg_url: str, sink: WebhookSink, **extra: Any) -> dic
     return config
 
 
-def test_a_cluster_behind_kamailio_takes_load_drains_and_survives_a_killed_node(
+def test_a_cluster_behind_kamailio_takes_load_restarts_node_by_node_and_survives_a_kill(
         start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult],
         pg_url: str, tmp_path: Path) -> None:
     """PostgreSQL, Kamailio (deploy/kamailio/kamailio.cfg, probing every second) and two
@@ -171,6 +171,31 @@ def test_a_cluster_behind_kamailio_takes_load_drains_and_survives_a_killed_node(
     clients = {n: openai.OpenAI(api_key=KEY, base_url=u, webhook_secret=SECRET, max_retries=0,
                                 timeout=5) for n, u in base.items()}
     app = Accepter(sink, clients)
+
+    def rolling_restart(node: Gateway, name: str, drain: Callable[[], object]) -> Gateway:
+        got: dict[str, SippResult] = {}
+        steady = threading.Thread(target=lambda: got.update(r=sipp(
+            proxy.address, "uac_routed.xml", calls=60, rate=20, extra=["-d", "1000"],
+            timeout=60)))
+        steady.start()
+        time.sleep(1.5)
+        drain()
+        steady.join(90)
+        assert (got["r"].successful, got["r"].failed) == (60, 0), (
+            got["r"].describe() + proxy.trace_text()[-3000:])
+        node.process.wait(30)
+        assert node.process.returncode == 0, node.log()
+        again = start_gateway(**cluster_node(name, pg_url, sink, sip=node.config["sip"],
+                                             http=node.config["http"]))
+        deadline = time.monotonic() + 10  # Kamailio's probe takes it back in
+        while True:
+            before = len(app.by(name))
+            sipp(proxy.address, "uac_routed.xml", calls=4, rate=10, extra=["-d", "100"],
+                 timeout=30)
+            if len(app.by(name)) > before:
+                return again
+            assert time.monotonic() < deadline, f"Kamailio never sent a call to {name} again"
+
     try:
         with Kamailio(tmp_path / "kamailio", "dispatcher",
                       defines={"DISPATCHER_LIST": str(nodes), "DS_PING_INTERVAL": "1"}) as proxy:
@@ -190,35 +215,15 @@ def test_a_cluster_behind_kamailio_takes_load_drains_and_survives_a_killed_node(
             seed_flow(sipp, proxy, sink, a, clients["b"], base["b"], tmp_path)
             app.paused.clear()
 
-            # a drains (`sipbridge drain a`) during a steady load: no call fails.
+            # A rolling restart: each node in turn drains during a steady load (a with
+            # `sipbridge drain a`, b with SIGTERM, as systemd stops it), exits 0 and
+            # starts again on its ports; no call fails.
             got: dict[str, SippResult] = {}
-            steady = threading.Thread(target=lambda: got.update(r=sipp(
-                proxy.address, "uac_routed.xml", calls=80, rate=20, extra=["-d", "1000"],
-                timeout=60)))
-            steady.start()
-            time.sleep(1.5)
-            asked = subprocess.run([sys.executable, "-m", "sipbridge", "drain", "a",
-                                    "--store", pg_url], capture_output=True, text=True,
-                                   timeout=30, check=False)
-            assert asked.returncode == 0, asked.stderr
-            steady.join(90)
-            assert (got["r"].successful, got["r"].failed) == (80, 0), (
-                got["r"].describe() + proxy.trace_text()[-3000:])
-            a.process.wait(30)
-            assert a.process.returncode == 0, a.log()
+            a = rolling_restart(a, "a", lambda: subprocess.run(
+                [sys.executable, "-m", "sipbridge", "drain", "a", "--store", pg_url],
+                capture_output=True, text=True, timeout=30, check=True))
+            b = rolling_restart(b, "b", lambda: b.process.send_signal(signal.SIGTERM))
             assert app.failures == []
-
-            # a again, on the same ports: Kamailio's probe takes it back in.
-            a = start_gateway(**cluster_node("a", pg_url, sink, sip=a.config["sip"],
-                                             http=a.config["http"]))
-            deadline = time.monotonic() + 10
-            while True:
-                before = len(app.by("a"))
-                sipp(proxy.address, "uac_routed.xml", calls=4, rate=10, extra=["-d", "100"],
-                     timeout=30)
-                if len(app.by("a")) > before:
-                    break
-                assert time.monotonic() < deadline, "Kamailio never sent a call to a again"
 
             # Calls held on both nodes; a is killed; new calls all go to b at once.
             held = threading.Thread(target=lambda: got.update(held=sipp(
