@@ -481,6 +481,9 @@ class Config(BaseSettings):
         if not self.cluster_secret or len(self.cluster_secret) < 16:
             raise ValueError("node_name (a cluster) needs cluster_secret, at least 16 "
                              "characters, the same on every node")
+        if self.node_api_url is not None and not self.node_api_url.startswith(
+                ("http://", "https://")):
+            raise ValueError("node_api_url must be an http:// or https:// URL")
         if self.cluster_node_timeout < 3 * self.cluster_heartbeat:
             raise ValueError("cluster_node_timeout must be at least 3 x cluster_heartbeat")
         return self

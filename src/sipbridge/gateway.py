@@ -332,6 +332,7 @@ class Gateway:
         if cluster is not None:
             assert c.cluster_secret is not None  # Config checks it
             self.forwarder = Forwarder(app, cluster, c.cluster_secret,
+                                       keys=tuple(k.encode() for k in c.api_key),
                                        verify=c.tls_verify)
             app = self.forwarder
         self.http = HttpServer(app, host, port, tls)

@@ -206,6 +206,9 @@ def test_a_killed_node_is_marked_gone_and_its_calls_answer_409(cluster: Cluster)
     assert closed.value.rcvd is not None, closed.value
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "node a went away")
 
+    # Without an API key nothing is carried to a (401 from b itself, not a's silence).
+    stranger = httpx.post(f"{cluster.base(b)}/realtime/calls/{call_id}/hangup", timeout=5)
+    assert stranger.status_code == 401, stranger.text
     # Before b has marked a gone: control answers 409 (a does not answer), never hangs.
     started = time.monotonic()
     with pytest.raises(openai.ConflictError) as early:

@@ -80,6 +80,8 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
          '\nhttp = "off"', "needs the HTTP API"),
         ('node_name = "a"\nstore = "postgresql://h/db"\ncluster_secret = "0123456789abcdef"'
          "\ncluster_heartbeat = 5\ncluster_node_timeout = 10", "at least 3 x"),
+        ('node_name = "a"\nstore = "postgresql://h/db"\ncluster_secret = "0123456789abcdef"'
+         '\nnode_api_url = "10.0.0.1:8080"', "node_api_url must be"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:

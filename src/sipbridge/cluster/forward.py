@@ -3,10 +3,12 @@
 (`/v1/realtime?call_id=...`) are carried to that node, found from the call's id
 (`calls.call.call_node`) and the cluster's membership (`membership.ClusterNode`).
 
-- A forwarded request carries the cluster secret (`X-Sipbridge-Cluster`) and the client's
-  own Authorization, which the owner checks as usual (the nodes share their API keys);
-  the owner serves it itself, never forwarding it on. A request that carries a wrong
-  secret is answered 401 and logged (one line per `LOG_EVERY` s with the count).
+- A request is carried only with a valid API key (checked here too: no stranger's request
+  is forwarded). A forwarded request carries the cluster secret (`X-Sipbridge-Cluster`)
+  and the client's own Authorization, which the owner checks as usual (the nodes share
+  their API keys); the owner serves it itself, never forwarding it on. A request that
+  carries a wrong secret is answered 401 and logged (one line per `LOG_EVERY` s with the
+  count).
 - A call whose node is gone or stopped: control (accept, refer, ...) is answered 409 with
   the reason at once; reads (the record, the recording) come from the shared store, as on
   the owner. A node that does not answer within `CONNECT_TIMEOUT` is treated the same
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from sipbridge.api.auth import authorize
 from sipbridge.api.errors import ApiError, error_response
 from sipbridge.calls.call import call_node
 from sipbridge.cluster.membership import ClusterNode, Owner
@@ -46,6 +49,7 @@ CONNECT_TIMEOUT = 2.0  # s to reach the owner
 REPLY_TIMEOUT = 15.0  # s for its answer
 LOG_EVERY = 10.0  # s between two log lines about refused forwarded requests
 MAX_FRAME = 1 << 20  # bytes, as the API's own WebSocket takes
+PING_INTERVAL = 5.0  # s: an owner that vanished without a word is found within 2 of them
 _CALL_PATH = re.compile(r"^/v1/realtime/calls/([^/]+)(?:/[a-z_]+)?$")
 _HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding",
                          b"te", b"upgrade", b"proxy-authorization", b"content-length",
@@ -58,10 +62,11 @@ class Forwarder:
     to that node."""
 
     def __init__(self, app: ASGIApp, node: ClusterNode, secret: str, *,
-                 verify: bool = True) -> None:
+                 keys: tuple[bytes, ...] = (), verify: bool = True) -> None:
         self.app = app
         self.node = node
         self.secret = secret.encode()
+        self.keys = keys  # the API keys: a request without one is not carried anywhere
         self.verify = verify
         self._client: httpx.AsyncClient | None = None
         self._refused = 0
@@ -102,7 +107,18 @@ class Forwarder:
         owner = await self.node.owner(name) if name and name != self.node.name else None
         if owner is None:
             await self.app(scope, receive, send)
-        elif kind == "http":
+            return
+        credentials = _header(scope, b"authorization")
+        try:
+            authorize(self.keys, None if credentials is None else credentials.decode("latin-1"))
+        except ApiError as exc:  # answered here as the API would, nothing forwarded
+            if kind == "http":
+                await error_response(exc)(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008,
+                            "reason": "invalid API key"})
+            return
+        if kind == "http":
             await self._http(owner, call_id, scope, receive, send)
         else:
             await self._websocket(owner, call_id, scope, receive, send)
@@ -185,7 +201,8 @@ class Forwarder:
         try:
             upstream = await connect(url, additional_headers=headers,
                                      open_timeout=CONNECT_TIMEOUT, max_size=MAX_FRAME,
-                                     ping_interval=None, compression=None,
+                                     ping_interval=PING_INTERVAL, ping_timeout=PING_INTERVAL,
+                                     compression=None,
                                      ssl=None if url.startswith("ws:") else _ssl(self.verify))
         except InvalidStatus as exc:  # the owner refused it (an API key it does not take)
             await send({"type": "websocket.close", "code": 1008,
