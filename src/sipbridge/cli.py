@@ -189,18 +189,26 @@ def demo(args: argparse.Namespace) -> int:
                     out=lambda line: print(line, flush=True))
 
 
+def _store_arg(args: argparse.Namespace) -> str | None:
+    """The store `--store` names, else the config's; None (said why) when the config does
+    not load."""
+    if args.store is not None:
+        return str(args.store)
+    try:
+        return load_config(args.config or os.environ.get("SIPBRIDGE_CONFIG")).store
+    except ConfigError as exc:
+        print(f"sipbridge: {exc}", file=sys.stderr)
+        return None
+
+
 def show(args: argparse.Namespace) -> int:
     """`calls` and `trace`, read from the store (no running gateway needed)."""
     from sipbridge.store import StoreError, is_database_url, open_store
     from sipbridge.trace import calls_table, ladder
 
-    path = args.store
+    path = _store_arg(args)
     if path is None:
-        try:
-            path = load_config(args.config or os.environ.get("SIPBRIDGE_CONFIG")).store
-        except ConfigError as exc:
-            print(f"sipbridge: {exc}", file=sys.stderr)
-            return 2
+        return 2
     if path == "off" or not (is_database_url(path) or Path(path).is_file()):
         print(f"sipbridge: no call store at {path}", file=sys.stderr)
         return 1
@@ -230,13 +238,9 @@ def cluster(args: argparse.Namespace) -> int:
     from sipbridge.store import StoreError, is_database_url
     from sipbridge.trace import cluster_table
 
-    url = args.store
+    url = _store_arg(args)
     if url is None:
-        try:
-            url = load_config(args.config or os.environ.get("SIPBRIDGE_CONFIG")).store
-        except ConfigError as exc:
-            print(f"sipbridge: {exc}", file=sys.stderr)
-            return 2
+        return 2
     if not is_database_url(url):
         print("sipbridge: a cluster's store is a postgresql:// URL (--store or the config's "
               "store)", file=sys.stderr)
