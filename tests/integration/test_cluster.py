@@ -168,6 +168,12 @@ def test_forged_internal_requests_names_and_the_cli(cluster: Cluster, start_gate
     assert "sipbridge exited with 1" in str(refused.value)
     assert "node name 'a' is in use by a running node" in str(refused.value)
 
+    overview = httpx.get(f"http://127.0.0.1:{b.http_port}/dashboard/api/overview",
+                         auth=("ops", KEY), timeout=10)
+    assert overview.status_code == 200, overview.text
+    shown = {n["name"]: (n["state"], n["this"]) for n in overview.json()["nodes"]}
+    assert shown == {"a": ("up", False), "b": ("up", True)}, shown  # b shows the cluster
+
     listing = cli("cluster", "--store", cluster.pg_url)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
