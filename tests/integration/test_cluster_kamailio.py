@@ -1,9 +1,10 @@
 """Two gateways behind Kamailio with the repository's dispatcher config
 (deploy/kamailio/kamailio.cfg): calls spread over both; a node drained with SIGTERM
-answers 503, Kamailio sends each call it refuses on to the other node (and takes it out
-of the rotation), so no call through Kamailio fails meanwhile, while the drained node's
-own call goes on to its end. The dispatcher's OPTIONS probe is set to 30 s here, so
-that it is the failover on 503 that is seen, not the probe."""
+answers 503, Kamailio sends each call it refuses on to the other node, so no call
+through Kamailio fails meanwhile, while the drained node's own call goes on to its end.
+The dispatcher's OPTIONS probe is set to 30 s in that test, so that it is the failover on
+503 that is seen, not the probe (which would take the node out). Then the whole cluster:
+PostgreSQL, Kamailio and two nodes under load; and Kamailio's optional TLS."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def test_calls_spread_over_two_nodes_and_a_draining_node_is_passed_over(
         time.sleep(0.2)
         assert holder.options() is not None and holder.options().startswith(  # type: ignore[union-attr]
             "SIP/2.0 503"), holder.log()
-        # New calls right away: the draining node's 503 sends a call on to the other node,
-        # and marks the draining one out of the rotation.
+        # New calls right away: each one the draining node refuses with 503 goes on to the
+        # other node.
         during = sipp(proxy.address, "uac_routed.xml", calls=20, rate=20, extra=["-d", "300"],
                       timeout=40)
         assert (during.successful, during.failed) == (20, 0), (
