@@ -58,6 +58,7 @@ def node_config(name: str, pg_url: str, sink: WebhookSink, **extra: Any) -> dict
     config: dict[str, Any] = {
         "node_name": name, "store": pg_url, "cluster_secret": CLUSTER_SECRET,
         "cluster_heartbeat": 0.5, "cluster_node_timeout": 3,
+        "agent_url": "",  # no model: the calls here are about control, not speech
         "webhook_url": sink.url, "webhook_secret": SECRET, "api_key": [KEY],
         "accept_timeout": 20,
         "webhook": [{"url": sink.url, "secret": SECRET, "events": ["realtime.call.transfer.*"]}],
