@@ -201,7 +201,7 @@ def test_a_cluster_behind_kamailio_takes_load_restarts_node_by_node_and_survives
         with Kamailio(tmp_path / "kamailio", "dispatcher",
                       defines={"DISPATCHER_LIST": str(nodes), "DS_PING_INTERVAL": "1"}) as proxy:
             # 200 calls: both nodes take calls, none fails, each accepted by the other node.
-            load = sipp(proxy.address, "uac_routed.xml", calls=200, rate=25,
+            load = sipp(proxy.address, "uac_routed.xml", calls=200, rate=50,
                         extra=["-d", "300"], timeout=90)
             assert (load.successful, load.failed) == (200, 0), (
                 load.describe() + proxy.trace_text()[-3000:])
@@ -228,7 +228,7 @@ def test_a_cluster_behind_kamailio_takes_load_restarts_node_by_node_and_survives
 
             # Calls held on both nodes; a is killed; new calls all go to b at once.
             held = threading.Thread(target=lambda: got.update(held=sipp(
-                proxy.address, "uac_routed.xml", calls=4, rate=20, extra=["-d", "20000"],
+                proxy.address, "uac_routed.xml", calls=4, rate=20, extra=["-d", "12000"],
                 timeout=60)))
             held.start()
             deadline = time.monotonic() + 10
@@ -242,7 +242,7 @@ def test_a_cluster_behind_kamailio_takes_load_restarts_node_by_node_and_survives
             a.process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             a.process.wait(5)
-            after = sipp(proxy.address, "uac_routed.xml", calls=30, rate=10,
+            after = sipp(proxy.address, "uac_routed.xml", calls=30, rate=20,
                          extra=["-d", "200"], timeout=60)
             assert (after.successful, after.failed) == (30, 0), after.describe()
             assert app.by("a", after=killed) == [], "a call went to the killed node"

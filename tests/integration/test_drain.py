@@ -51,13 +51,15 @@ def ask(gw: Gateway, method: str) -> str:
 
 
 def call_in_background(sipp: Callable[..., SippResult], gw: Gateway, seconds: float,
-                       ) -> tuple[threading.Thread, dict[str, Any]]:
-    """SIPp's uac: one call that stays up `seconds` before its BYE; in a thread."""
+                       give_up: float = 20.0) -> tuple[threading.Thread, dict[str, Any]]:
+    """SIPp's uac: one call that stays up `seconds` before its BYE; in a thread. SIPp
+    stops `give_up` s after the call's end at the latest (a BYE the gateway, gone, never
+    answers is retransmitted for 32 s)."""
     got: dict[str, Any] = {}
 
     def run() -> None:
         got["result"] = sipp(gw, "uac", calls=1, extra=["-d", str(int(seconds * 1000))],
-                             timeout=seconds + 20)
+                             timeout=seconds + give_up)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -72,12 +74,12 @@ def wait_answered(gw: Gateway, calls: int = 1) -> None:
 
 
 def drained(start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult],
-            drain_timeout: float, seconds: float,
+            drain_timeout: float, seconds: float, give_up: float = 20.0,
             ) -> tuple[Gateway, threading.Thread, dict[str, Any], float]:
     """A gateway with one call up for `seconds`, sent SIGTERM: the gateway, the call's
     thread and result, and when the signal went."""
     gw = start_gateway(auto_answer="echo", drain_timeout=drain_timeout)
-    thread, got = call_in_background(sipp, gw, seconds)
+    thread, got = call_in_background(sipp, gw, seconds, give_up)
     wait_answered(gw)
     gw.process.send_signal(signal.SIGTERM)
     return gw, thread, got, time.monotonic()
@@ -106,7 +108,7 @@ def test_sigterm_refuses_new_calls_and_waits_for_the_call_under_way(
 
 def test_past_drain_timeout_calls_are_ended_and_a_second_sigterm_stops_at_once(
         start_gateway: Callable[..., Gateway], sipp: Callable[..., SippResult]) -> None:
-    gw, thread, _, signalled = drained(start_gateway, sipp, 1.0, 8.0)
+    gw, thread, _, signalled = drained(start_gateway, sipp, 1.0, 5.0, give_up=1.0)
     gw.process.wait(10)
     took = time.monotonic() - signalled
     assert gw.process.returncode == 0, gw.log()
@@ -114,7 +116,7 @@ def test_past_drain_timeout_calls_are_ended_and_a_second_sigterm_stops_at_once(
     assert "draining: 1 calls still up after 1 s: ended" in gw.log(), gw.log()
     thread.join(40)
 
-    again, thread, _, _ = drained(start_gateway, sipp, 60, 8.0)
+    again, thread, _, _ = drained(start_gateway, sipp, 60, 5.0, give_up=1.0)
     time.sleep(0.3)
     assert again.process.poll() is None
     again.process.send_signal(signal.SIGTERM)
