@@ -31,10 +31,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from sipbridge.api.app import replay_body
 from sipbridge.api.auth import authorize
 from sipbridge.api.errors import ApiError, error_response
 from sipbridge.calls.call import call_node
@@ -157,7 +158,7 @@ class Forwarder:
             reply = await self.client().send(request, stream=True)
         except httpx.HTTPError as exc:
             if method in _READS:  # from the store, as for a gone node
-                await self.app(scope, _replay(body, receive), send)
+                await self.app(scope, replay_body(body, receive), send)
                 return
             problem = f"node {owner.name!r} does not answer ({_why(exc)})"
             await error_response(_gone(call_id, problem))(scope, receive, send)
@@ -316,15 +317,3 @@ async def _body(receive: Receive) -> bytes | None:
         if not message.get("more_body", False):
             return b"".join(chunks)
 
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
